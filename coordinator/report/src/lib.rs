@@ -1,0 +1,2 @@
+//! Analysis and reports; see docs/ARCHITECTURE.md.
+pub mod selection;

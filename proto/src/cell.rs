@@ -1,0 +1,204 @@
+//! The resolved cell a worker runs: everything the trainer needs, no reference back to
+//! the sweep file. The coordinator writes it as JSON on the task; the worker reads it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Regime {
+    /// Logistic regression on frozen penultimate features, whole L2 path in one task.
+    Linear,
+    /// ImageNet weights + new head, all weights trained.
+    Finetune,
+    /// Same recipe from random initialisation.
+    Scratch,
+}
+
+impl Regime {
+    pub const ALL: [Regime; 3] = [Regime::Linear, Regime::Finetune, Regime::Scratch];
+    pub fn name(self) -> &'static str {
+        match self {
+            Regime::Linear => "linear",
+            Regime::Finetune => "finetune",
+            Regime::Scratch => "scratch",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// A grid point: trained on train, scored on val (and test, for the record).
+    Grid,
+    /// The refit of the selected grid point on train+val, scored on test.
+    Final,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Grid => "grid",
+            Stage::Final => "final",
+        }
+    }
+}
+
+/// Where a backbone comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelSource {
+    /// A backbone built in Rust (`arch` names it: resnet50, densenet121, ...).
+    Builtin,
+    /// A TorchScript module file (`weights` is the .pt file) that returns penultimate features.
+    Torchscript,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The name the sweep file gives it (unique in the sweep).
+    pub name: String,
+    pub source: ModelSource,
+    /// Architecture for builtin backbones, e.g. "resnet50"; informational for torchscript.
+    pub arch: String,
+    /// Pretrained weights (.safetensors or .ot for builtin; the module for torchscript).
+    /// None: random init (required for the scratch regime, refused for finetune/linear
+    /// unless the sweep says `allow_random_init`).
+    pub weights: Option<PathBuf>,
+    pub imagenet_top1: Option<f64>,
+    /// Native input resolution (224, 299, 331).
+    pub image_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetFormat {
+    /// root/{train,val?,test}/CLASS/*.jpg|png
+    Imagefolder,
+    /// CIFAR-10/100 binary batches as distributed.
+    CifarBinary,
+    /// Multi-label image list (VOC2007 classification): see the worker's data module.
+    MultilabelList,
+    /// A directory written by `tsweep-worker data prepare` (manifest + shards).
+    Prepared,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Top1,
+    MeanPerClass,
+    /// 11-point interpolated mean average precision (multi-label).
+    Map11,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Top1 => "top1",
+            Metric::MeanPerClass => "mean_per_class",
+            Metric::Map11 => "map11",
+        }
+    }
+}
+
+/// How the validation split used for selection is obtained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ValPolicy {
+    /// The dataset's own val split.
+    Official,
+    /// A deterministic (seeded) held-out fraction of train, stratified by class.
+    HeldOut { fraction: f64, seed: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    pub name: String,
+    pub format: DatasetFormat,
+    pub path: PathBuf,
+    pub metric: Metric,
+    pub val: ValPolicy,
+    /// Expected number of classes, checked against the data when set.
+    pub num_classes: Option<u32>,
+}
+
+/// Training settings of one cell (the sweep's defaults with per-regime overrides applied).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSettings {
+    pub steps: u64,
+    pub batch_size: u32,
+    pub momentum: f64,
+    pub nesterov: bool,
+    /// "cosine" (decay to zero, no warmup) or "constant".
+    pub schedule: String,
+    /// BatchNorm running-stat momentum; None: min(10 / steps_per_epoch, 0.1).
+    pub bn_momentum: Option<f64>,
+    /// Evaluate on val every N steps (0: only at the end).
+    pub eval_every: u64,
+    /// Checkpoint every N steps (0: only on SIGTERM).
+    pub checkpoint_every: u64,
+    /// Eval preprocessing: resize the short side to this, then center-crop image_size.
+    /// None: image_size * 256 / 224.
+    pub eval_resize: Option<u32>,
+    /// Data-loader threads.
+    pub loader_threads: u32,
+    /// Linear regime: the L2 strengths of the path (ascending).
+    pub l2_path: Vec<f64>,
+    /// Linear regime: L-BFGS iterations per path point.
+    pub lbfgs_max_iter: u32,
+}
+
+/// Behaviour of the test executor (`tsweep-worker --executor fake`), used by cluster
+/// tests and benchmarks. Ignored by the real trainer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FakeSettings {
+    /// How long the fake run takes.
+    pub sleep_ms: u64,
+    /// Steps it reports (and checkpoints) over that time.
+    pub steps: u64,
+    /// Fail with this class ("retryable" | "fatal") or "crash" (abort the child).
+    pub fail: Option<String>,
+    /// Only the first N attempts fail (0: all of them).
+    pub fail_attempts: u32,
+    /// The score it reports (val and test); defaults to a deterministic function of the hparams.
+    pub score: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellSpec {
+    pub sweep: String,
+    pub stage: Stage,
+    pub regime: Regime,
+    pub model: ModelSpec,
+    pub dataset: DatasetSpec,
+    /// The grid point: lr and weight_decay for finetune/scratch; empty for linear
+    /// (its path is `train.l2_path`). Keys are sorted, so the JSON is canonical.
+    pub hparams: BTreeMap<String, f64>,
+    pub train: TrainSettings,
+    pub seed: u64,
+    pub gpus: u32,
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub fake: Option<FakeSettings>,
+}
+
+impl CellSpec {
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+    /// `model/dataset/regime`: the group whose grid points are compared for selection.
+    pub fn group_key(&self) -> String {
+        format!("{}/{}/{}", self.model.name, self.dataset.name, self.regime.name())
+    }
+}

@@ -1,0 +1,55 @@
+//! The tsweep wire: generated `tsweep.v1` gRPC code, the protocol version, the cell spec
+//! a worker runs ([`cell::CellSpec`]), and typed failure classes.
+
+pub mod cell;
+
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("tsweep.v1");
+
+    /// Encoded descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tsweep_descriptor");
+}
+
+/// Bumped whenever a worker and a coordinator of different values cannot work together.
+/// Every worker request carries it; a mismatch is refused with FAILED_PRECONDITION.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The crate version, printed by both binaries with the protocol version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `tsweep x.y.z (protocol N)`
+pub fn version_line(binary: &str) -> String {
+    format!("{binary} {VERSION} (protocol {PROTOCOL_VERSION})")
+}
+
+impl v1::FailureClass {
+    /// Whether a failure of this class counts against the task's `max_attempts`.
+    pub fn counts_against_budget(self) -> bool {
+        matches!(self, Self::Retryable | Self::Unspecified)
+    }
+    /// Whether the task may run again after a failure of this class.
+    pub fn is_retryable(self) -> bool {
+        !matches!(self, Self::Fatal)
+    }
+    /// Lowercase name used in Redis, logs and CSV.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Retryable => "retryable",
+            Self::Fatal => "fatal",
+            Self::LostWorker => "lost_worker",
+            Self::Preempted => "preempted",
+        }
+    }
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "unspecified" => Self::Unspecified,
+            "retryable" => Self::Retryable,
+            "fatal" => Self::Fatal,
+            "lost_worker" => Self::LostWorker,
+            "preempted" => Self::Preempted,
+            _ => return None,
+        })
+    }
+}

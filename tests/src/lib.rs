@@ -1,0 +1,1 @@
+//! Test harness: starts redis-server and the real binaries on loopback.

@@ -1,0 +1,1 @@
+//! Datasets, shards and the loader; see docs/ARCHITECTURE.md.

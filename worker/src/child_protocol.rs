@@ -1,0 +1,96 @@
+//! The pipe between the agent and the per-task child process (`tsweep-worker run-task`).
+//!
+//! The agent writes one [`TaskInput`] as JSON to the child's stdin and closes it. The
+//! child writes [`ChildEvent`]s as JSON lines to stdout (anything else it prints goes to
+//! stderr), ending with exactly one `result` or `failed` event. A child that exits
+//! without one crashed: the agent reports a retryable failure.
+//!
+//! SIGTERM to the child means "checkpoint now and exit": it writes a `checkpoint` event,
+//! then `failed` with class `preempted`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tsweep_proto::cell::CellSpec;
+use tsweep_proto::v1::TaskResult;
+
+/// Which executor the child runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// The libtorch trainer.
+    Trainer,
+    /// Test executor for cluster tests and benchmarks: sleeps, reports steps, fails on request.
+    Fake,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskInput {
+    pub task_id: String,
+    pub attempt: u32,
+    pub spec: CellSpec,
+    /// Resume from this checkpoint (written by an earlier attempt), if any.
+    pub resume: Option<CheckpointRef>,
+    /// Where this attempt writes its checkpoints (created by the child).
+    pub checkpoint_dir: PathBuf,
+    /// Feature and prepared-shard cache shared by every task on this machine.
+    pub cache_dir: PathBuf,
+    /// "auto" | "cpu" | "cuda:N"
+    pub device: String,
+    pub executor: ExecutorKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    pub path: PathBuf,
+    pub step: u64,
+}
+
+/// How a failed child classifies its failure (mirrors `tsweep.v1.FailureClass`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildFailure {
+    Retryable,
+    Fatal,
+    Preempted,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ChildEvent {
+    /// Training has started (the agent marks the lease running).
+    Started { resumed_from_step: u64 },
+    Progress {
+        step: u64,
+        total_steps: u64,
+        loss: f64,
+        lr: f64,
+        images_per_s: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        val_score: Option<f64>,
+    },
+    Checkpoint { path: PathBuf, step: u64 },
+    Result { result: TaskResult },
+    Failed { class: ChildFailure, message: String },
+}
+
+impl ChildEvent {
+    /// One JSON line, as the child prints it.
+    pub fn to_line(&self) -> String {
+        // Serialising these plain structs cannot fail; fall back to a failure event anyway.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"event":"failed","class":"retryable","message":"cannot encode event: {e}"}}"#)
+        })
+    }
+    pub fn parse_line(line: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+}
+
+/// Exit codes of `tsweep-worker run-task`, a fallback when no `failed` line was read.
+pub mod exit_code {
+    pub const OK: i32 = 0;
+    pub const RETRYABLE: i32 = 3;
+    pub const FATAL: i32 = 4;
+    pub const PREEMPTED: i32 = 5;
+}

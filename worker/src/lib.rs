@@ -1,0 +1,2 @@
+//! Worker library; see docs/ARCHITECTURE.md.
+pub mod child_protocol;

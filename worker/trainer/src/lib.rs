@@ -1,0 +1,1 @@
+//! The libtorch trainer; see docs/ARCHITECTURE.md.
