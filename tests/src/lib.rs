@@ -1,1 +1,8 @@
-//! Test harness: starts redis-server and the real binaries on loopback.
+//! Test harness for the multi-process suites: real `redis-server`, real `tsweep` and
+//! `tsweep-worker` binaries, real gRPC over loopback.
+//!
+//! Binaries are looked up in the workspace target directory (`cargo build --bins` first;
+//! `.ci/run` does). Every process is started by PID and killed when its handle drops.
+
+pub mod cluster;
+pub mod process;

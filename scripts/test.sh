@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what is missing (scripts/setup.sh),
+# builds every binary, runs every crate's tests (real redis-server, real libtorch, real
+# gRPC over loopback) and validates the Kubernetes manifests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+# One target dir shared by every clone on this machine: later runs reuse the build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TSWEEP_CACHE/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== build"
+cargo build --workspace --bins --tests --locked
+echo "== kubernetes manifests"
+bash deploy/validate.sh
+echo "== tests"
+# libtorch tests each use a couple of threads; run two test binaries' tests at a time.
+cargo test --workspace --locked -- --test-threads 2
