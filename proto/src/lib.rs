@@ -2,6 +2,7 @@
 //! a worker runs ([`cell::CellSpec`]), and typed failure classes.
 
 pub mod cell;
+pub mod auth;
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

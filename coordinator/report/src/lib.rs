@@ -1,2 +1,156 @@
-//! Analysis and reports; see docs/ARCHITECTURE.md.
+//! From cell results to the answer: the selection rule, the paper's analysis (log-odds,
+//! Pearson r with a bootstrap interval), tables, plots, a self-contained HTML page and
+//! CSV/JSON exports. No libtorch, no Redis, no network. See docs/ARCHITECTURE.md
+//! ("Analysis and reports").
+//!
+//! ```no_run
+//! # fn main() -> Result<(), tsweep_report::ReportError> {
+//! # let tasks: Vec<tsweep_proto::v1::TaskInfo> = Vec::new();
+//! let input = tsweep_report::ReportInput::from_task_infos(&tasks)?;
+//! print!("{}", tsweep_report::render_terminal_tables(&input));
+//! let paths = tsweep_report::write_report(&input, std::path::Path::new("report"))?;
+//! println!("{}", paths.index_html.display());
+//! # Ok(()) }
+//! ```
+
+pub mod analysis;
+pub mod export;
+pub mod html;
+pub mod input;
+pub mod plots;
 pub mod selection;
+pub mod tables;
+
+use std::path::{Path, PathBuf};
+
+pub use analysis::{analyze, Analysis};
+pub use input::{AnalysisSettings, CellRow, CellStatus, DatasetInfo, ModelInfo, ReportInput};
+pub use selection::{select_best, GridPoint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("task {task_id}: invalid spec_json: {source}")]
+    Spec {
+        task_id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("task {task_id}: unknown {field} {value:?}")]
+    UnknownValue {
+        task_id: String,
+        field: &'static str,
+        value: String,
+    },
+    #[error("cannot encode {what} as json: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot draw {figure}: {message}")]
+    Plot { figure: String, message: String },
+    #[error("embedded font {name} cannot be loaded")]
+    Font { name: &'static str },
+}
+
+/// The files [`write_report`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportPaths {
+    pub out_dir: PathBuf,
+    /// Self-contained page: tables, inline SVG figures, inline CSS, no external URLs.
+    pub index_html: PathBuf,
+    /// The terminal tables as plain text.
+    pub tables_txt: PathBuf,
+    /// Every cell (grid points and finals).
+    pub results_csv: PathBuf,
+    pub results_json: PathBuf,
+    /// The analysis: reported scores, correlations, intervals, comparisons.
+    pub analysis_json: PathBuf,
+    /// Mean log-odds vs ImageNet top-1, one panel per regime (the paper's Figure 1).
+    pub figure1_png: PathBuf,
+    pub figure1_svg: PathBuf,
+    /// One panel per dataset; None when the sweep lacks finetune or scratch scores.
+    pub scratch_vs_finetune_png: Option<PathBuf>,
+    pub scratch_vs_finetune_svg: Option<PathBuf>,
+}
+
+impl ReportPaths {
+    /// Every file written.
+    pub fn files(&self) -> Vec<&Path> {
+        let mut files = vec![
+            self.index_html.as_path(),
+            self.tables_txt.as_path(),
+            self.results_csv.as_path(),
+            self.results_json.as_path(),
+            self.analysis_json.as_path(),
+            self.figure1_png.as_path(),
+            self.figure1_svg.as_path(),
+        ];
+        files.extend(self.scratch_vs_finetune_png.as_deref());
+        files.extend(self.scratch_vs_finetune_svg.as_deref());
+        files
+    }
+}
+
+/// Analyses `input` and writes every report file into `out_dir` (created if missing).
+pub fn write_report(input: &ReportInput, out_dir: &Path) -> Result<ReportPaths, ReportError> {
+    let analysis = analyze(input);
+    std::fs::create_dir_all(out_dir).map_err(|source| ReportError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let write = |name: &str, bytes: &[u8]| -> Result<PathBuf, ReportError> {
+        let path = out_dir.join(name);
+        std::fs::write(&path, bytes).map_err(|source| ReportError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    };
+
+    let figure1_svg_text = plots::figure1_svg(&analysis)?;
+    let figure1_svg = write("figure1.svg", figure1_svg_text.as_bytes())?;
+    let figure1_png = out_dir.join("figure1.png");
+    plots::figure1_png(&analysis, &figure1_png)?;
+
+    let (mut svf_svg, mut svf_png, mut svf_svg_text) = (None, None, None);
+    if !analysis.scratch_vs_finetune.is_empty() {
+        let text = plots::scratch_vs_finetune_svg(&analysis)?;
+        svf_svg = Some(write("scratch_vs_finetune.svg", text.as_bytes())?);
+        let png = out_dir.join("scratch_vs_finetune.png");
+        plots::scratch_vs_finetune_png(&analysis, &png)?;
+        svf_png = Some(png);
+        svf_svg_text = Some(text);
+    }
+
+    let tables_txt = write("tables.txt", tables::render_tables(&analysis).as_bytes())?;
+    let results_csv = write("results.csv", export::results_csv(&input.cells).as_bytes())?;
+    let results_json = write("results.json", export::results_json(input)?.as_bytes())?;
+    let analysis_json = write("analysis.json", export::analysis_json(&analysis)?.as_bytes())?;
+    let page = html::render_page(&analysis, &input.cells, &figure1_svg_text, svf_svg_text.as_deref());
+    let index_html = write("index.html", page.as_bytes())?;
+
+    Ok(ReportPaths {
+        out_dir: out_dir.to_path_buf(),
+        index_html,
+        tables_txt,
+        results_csv,
+        results_json,
+        analysis_json,
+        figure1_png,
+        figure1_svg,
+        scratch_vs_finetune_png: svf_png,
+        scratch_vs_finetune_svg: svf_svg,
+    })
+}
+
+/// The per-regime tables, correlations and the scratch-vs-fine-tune summary, for a terminal.
+pub fn render_terminal_tables(input: &ReportInput) -> String {
+    tables::render_tables(&analyze(input))
+}

@@ -1,10 +1,27 @@
-//! Sweep files: parsing (TOML, unknown keys rejected, errors with file:line), axes,
-//! grid expansion into cells with deterministic ids.
-//! OWNER: sweep-file helper. The signatures below are the contract with the store/server.
+//! Sweep files: parsing (TOML, unknown keys rejected, errors with file:line:column and
+//! the field), axes, grid expansion into cells with deterministic ids.
+//! OWNER: sweep-file helper. `parse_and_expand` and `task_id` are the contract with the
+//! store/server. The schema is documented in docs/ARCHITECTURE.md ("Sweep files and the
+//! CLI") and by `examples/*.toml`.
+
+mod axis;
+mod expand;
+mod identity;
+mod location;
+mod schema;
 
 use std::path::Path;
 
-use tsweep_proto::cell::CellSpec;
+use tsweep_proto::cell::{CellSpec, Regime, Stage};
+
+pub use axis::{Axis, AxisError};
+pub use identity::identity_json;
+pub use location::Location;
+
+/// Grids larger than this are refused unless the caller passes `allow_huge`.
+pub const MAX_CELLS: u64 = 1_000_000;
+/// Grids larger than this are refused even with `allow_huge` (they would not fit in memory).
+pub const HARD_MAX_CELLS: u64 = 50_000_000;
 
 /// Sweep-wide settings that are not part of any one cell.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,17 +37,79 @@ pub struct Cell {
     pub spec: CellSpec,
 }
 
+/// Cells of one (regime, stage). Final counts of a file are projections: one refit per
+/// (model, dataset, seed) of the finetune and scratch regimes, scheduled by the
+/// coordinator once that group's grid points have ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageCount {
+    pub regime: Regime,
+    pub stage: Stage,
+    pub cells: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct ExpandedSweep {
     pub name: String,
     pub settings: SweepSettings,
+    /// Grid cells, in file order (regime, model, dataset, seed, lr, weight decay).
     pub cells: Vec<Cell>,
 }
 
-#[derive(Debug, thiserror::Error)]
+impl ExpandedSweep {
+    /// Grid cells per regime, then the finals that will follow them, in regime order.
+    /// Regimes without cells are left out.
+    pub fn stage_counts(&self) -> Vec<StageCount> {
+        let mut counts = Vec::new();
+        for regime in Regime::ALL {
+            let grid = self.cells.iter().filter(|c| c.spec.regime == regime).count() as u64;
+            if grid == 0 {
+                continue;
+            }
+            counts.push(StageCount { regime, stage: Stage::Grid, cells: grid });
+            if regime_has_final(regime) {
+                let mut groups: Vec<(&str, &str, u64)> = self
+                    .cells
+                    .iter()
+                    .filter(|c| c.spec.regime == regime)
+                    .map(|c| (c.spec.model.name.as_str(), c.spec.dataset.name.as_str(), c.spec.seed))
+                    .collect();
+                groups.sort_unstable();
+                groups.dedup();
+                counts.push(StageCount { regime, stage: Stage::Final, cells: groups.len() as u64 });
+            }
+        }
+        counts
+    }
+}
+
+/// Whether the coordinator schedules a `final` refit after a regime's grid points. The
+/// linear regime selects its L2 strength, refits on train+val and scores test inside its
+/// one task per (model, dataset), so it has none.
+pub fn regime_has_final(regime: Regime) -> bool {
+    !matches!(regime, Regime::Linear)
+}
+
+/// The refit of a selected grid point: the same cell as stage `final` (trained on
+/// train+val, scored on test), with its own deterministic id.
+pub fn final_cell(winner: &CellSpec) -> Cell {
+    let mut spec = winner.clone();
+    spec.stage = Stage::Final;
+    Cell { id: task_id(&spec), spec }
+}
+
+/// Why a sweep file was refused. Every message is one line that names the file and,
+/// where there is one, the line, column and field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SweepFileError {
-    #[error("{0}")]
-    Invalid(String),
+    /// Not valid TOML, a key the schema does not know, a wrong type, or a value out of range.
+    #[error("{location}: {}{message}", field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    Invalid { location: Location, field: Option<String>, message: String },
+    /// The file expands to no cell at all.
+    #[error("{file}: the grid is empty: {reason}")]
+    EmptyGrid { file: String, reason: String },
+    /// More cells than [`MAX_CELLS`] without `allow_huge` (or than [`HARD_MAX_CELLS`]).
+    #[error("{file}: the grid has {cells} cells, more than the limit of {limit}{}", if *limit == MAX_CELLS { "; pass --allow-huge to submit it anyway" } else { "" })]
+    TooLarge { file: String, cells: u64, limit: u64 },
 }
 
 /// Parses a sweep file and expands its grid. `base_dir` resolves relative paths.
@@ -40,12 +119,13 @@ pub fn parse_and_expand(
     base_dir: &Path,
     allow_huge: bool,
 ) -> Result<ExpandedSweep, SweepFileError> {
-    let _ = (text, file_name, base_dir, allow_huge);
-    Err(SweepFileError::Invalid("sweep files are not parsed yet".into()))
+    expand::parse_and_expand(text, file_name, base_dir, allow_huge)
 }
 
 /// The cell's identity: hash of (sweep, stage, model, dataset, regime, hparams, seed).
 pub fn task_id(spec: &CellSpec) -> String {
-    let _ = spec;
-    String::new()
+    identity::task_id(spec)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,89 @@
-//! The libtorch trainer; see docs/ARCHITECTURE.md.
+//! tsweep-trainer: one cell of the Kornblith et al. grid on libtorch (tch 0.24).
+//! See docs/ARCHITECTURE.md ("The trainer").
+//!
+//! Entry point: [`run_task`]. It runs the cell's regime (linear probe, fine-tune,
+//! scratch) on the device, reports [`TrainerEvent`]s, checkpoints, honours the stop flag,
+//! and returns the [`TaskResult`] or a [`TrainerError`] that classifies itself
+//! ([`TrainerError::class`]).
+
+pub mod checkpoint;
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod finetune;
+pub mod lbfgs;
+pub mod linear;
+pub mod metrics;
+pub mod models;
+pub mod sgd;
+pub mod tensors;
+pub mod weights;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use sha2::{Digest, Sha256};
+use tsweep_proto::cell::{CellSpec, Regime};
+pub use tsweep_proto::v1::TaskResult;
+
+pub use error::TrainerError;
+
+/// Where a resumed attempt starts from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResumeFrom {
+    pub path: PathBuf,
+    pub step: u64,
+}
+
+/// One task for the trainer.
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    pub spec: CellSpec,
+    /// A checkpoint written by an earlier attempt of this cell.
+    pub resume: Option<ResumeFrom>,
+    /// Where this attempt writes its checkpoints (created if missing).
+    pub checkpoint_dir: PathBuf,
+    /// Shared cache: prepared dataset shards (`datasets/`) and extracted features (`features/`).
+    pub cache_dir: PathBuf,
+    /// "auto" | "cpu" | "cuda:N"
+    pub device: String,
+}
+
+/// What the trainer reports while it runs (the worker turns them into child events).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainerEvent {
+    Started { resumed_from_step: u64 },
+    Progress { step: u64, total_steps: u64, loss: f64, lr: f64, images_per_s: f64, val_score: Option<f64> },
+    Checkpoint { path: PathBuf, step: u64 },
+}
+
+/// Runs one cell. `stop` set (SIGTERM): a fine-tune/scratch run writes a checkpoint and
+/// returns [`TrainerError::Preempted`]; the linear regime returns it between path points
+/// (its features stay cached). A NaN/inf loss is a result with `diverged = true` and a
+/// chance-level score, not an error.
+pub fn run_task(
+    job: &TrainJob,
+    events: &mut dyn FnMut(TrainerEvent),
+    stop: &AtomicBool,
+) -> Result<TaskResult, TrainerError> {
+    let device = device::resolve(&job.device)?;
+    tracing::info!(
+        sweep = %job.spec.sweep, cell = %job.spec.group_key(), stage = job.spec.stage.name(),
+        device = %device::name(device), resume = ?job.resume.as_ref().map(|r| r.step), "trainer starting"
+    );
+    match job.spec.regime {
+        Regime::Linear => linear::run(job, device, events, stop),
+        Regime::Finetune | Regime::Scratch => finetune::run(job, device, events, stop),
+    }
+}
+
+/// The fingerprint of what a cell trains (checkpoints of another cell are refused).
+pub fn cell_fingerprint(spec: &CellSpec) -> String {
+    let identity = serde_json::json!({
+        "stage": spec.stage, "regime": spec.regime, "model": spec.model, "dataset": spec.dataset,
+        "hparams": spec.hparams, "train": spec.train, "seed": spec.seed,
+    });
+    let mut h = Sha256::new();
+    h.update(identity.to_string().as_bytes());
+    hex::encode(&h.finalize()[..16])
+}

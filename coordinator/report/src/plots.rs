@@ -1,0 +1,415 @@
+//! Figures drawn with plotters, as PNG and SVG: the paper's Figure 1 (mean transfer
+//! log-odds against ImageNet top-1, one panel per regime, a labelled point per model, the
+//! least-squares line, r in the title) and fine-tune vs scratch per dataset.
+//!
+//! Text is rendered with DejaVu Sans embedded in the binary (plotters' `ab_glyph`
+//! feature), so the PNGs look the same on any machine and need no system fonts.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+
+use crate::analysis::{Analysis, RegimeAnalysis};
+use crate::tables::r_with_interval;
+use crate::ReportError;
+
+const FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FONT: &str = "sans-serif";
+
+/// Registers the embedded font once per process.
+pub fn ensure_font() -> Result<(), ReportError> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    if *REGISTERED.get_or_init(|| register_font(FONT, FontStyle::Normal, FONT_BYTES).is_ok()) {
+        Ok(())
+    } else {
+        Err(ReportError::Font { name: "DejaVuSans.ttf" })
+    }
+}
+
+const FIGURE1_PANEL: (u32, u32) = (600, 560);
+const COMPARISON_PANEL: (u32, u32) = (440, 360);
+const COMPARISON_COLUMNS: usize = 4;
+
+const FINETUNE_COLOR: RGBColor = RGBColor(31, 119, 180);
+const SCRATCH_COLOR: RGBColor = RGBColor(255, 127, 14);
+const FIT_COLOR: RGBColor = RGBColor(214, 39, 40);
+const EXCLUDED_COLOR: RGBColor = RGBColor(150, 150, 150);
+
+#[derive(Debug, Clone)]
+struct Point {
+    label: String,
+    x: f64,
+    y: f64,
+    /// In the correlation (filled) or not (hollow, grey).
+    included: bool,
+}
+
+fn plot_error(figure: &str, e: impl std::fmt::Display) -> ReportError {
+    ReportError::Plot {
+        figure: figure.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn padded_range(values: impl Iterator<Item = f64>, pad_low: f64, pad_high: f64, default: (f64, f64)) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in values.filter(|v| v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if lo > hi {
+        return default;
+    }
+    let span = if hi - lo > 1e-9 {
+        hi - lo
+    } else {
+        1.0_f64.max(hi.abs() * 0.1)
+    };
+    (lo - span * pad_low, hi + span * pad_high)
+}
+
+/// Decimals that tell ticks apart over a span of about 7 ticks.
+fn tick_decimals(span: f64) -> usize {
+    let step = span / 7.0;
+    if !step.is_finite() || step >= 1.0 {
+        0
+    } else {
+        (-step.log10()).ceil().clamp(0.0, 6.0) as usize
+    }
+}
+
+/// Pixel boxes overlap area.
+fn overlap(a: (i32, i32, i32, i32), b: (i32, i32, i32, i32)) -> i64 {
+    let w = (a.0 + a.2).min(b.0 + b.2) - a.0.max(b.0);
+    let h = (a.1 + a.3).min(b.1 + b.3) - a.1.max(b.1);
+    if w > 0 && h > 0 {
+        i64::from(w) * i64::from(h)
+    } else {
+        0
+    }
+}
+
+/// Places point labels greedily (left to right) at the candidate offset that overlaps
+/// other labels, markers and the plot's edge least, then draws them.
+fn draw_labels<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    anchors: &[(String, (i32, i32))],
+    plot_box: (i32, i32, i32, i32),
+) -> Result<(), String> {
+    let style = TextStyle::from((FONT, 12.0).into_font()).color(&BLACK);
+    let base = area.get_base_pixel();
+    let markers: Vec<(i32, i32, i32, i32)> = anchors.iter().map(|(_, (x, y))| (x - 6, y - 6, 12, 12)).collect();
+    let mut order: Vec<usize> = (0..anchors.len()).collect();
+    order.sort_by_key(|&i| (anchors[i].1 .0, anchors[i].1 .1));
+    let mut placed: Vec<(i32, i32, i32, i32)> = Vec::new();
+    for i in order {
+        let (label, (px, py)) = &anchors[i];
+        let (w, h) = area.estimate_text_size(label, &style).map_err(|e| e.to_string())?;
+        let (w, h) = (w as i32, h as i32);
+        let candidates = [
+            (8, -h / 2),
+            (6, -h - 2),
+            (6, 3),
+            (-w - 8, -h / 2),
+            (-w - 6, -h - 2),
+            (-w - 6, 3),
+            (-w / 2, -h - 8),
+            (-w / 2, 8),
+        ];
+        let mut best: Option<(i64, (i32, i32, i32, i32))> = None;
+        for (dx, dy) in candidates {
+            let rect = (px + dx, py + dy, w, h);
+            let mut cost: i64 = placed.iter().map(|p| overlap(rect, *p)).sum::<i64>() * 4;
+            cost += markers.iter().map(|m| overlap(rect, *m)).sum::<i64>() * 2;
+            let inside = overlap(rect, plot_box);
+            cost += (i64::from(w) * i64::from(h) - inside) * 8;
+            if best.is_none_or(|(c, _)| cost < c) {
+                best = Some((cost, rect));
+            }
+        }
+        if let Some((_, rect)) = best {
+            area.draw_text(label, &style, (rect.0 - base.0, rect.1 - base.1))
+                .map_err(|e| e.to_string())?;
+            placed.push(rect);
+        }
+    }
+    Ok(())
+}
+
+struct ScatterPanel {
+    title: String,
+    x_desc: &'static str,
+    y_desc: &'static str,
+    series: Vec<(String, RGBColor, Vec<Point>)>,
+    /// (intercept, slope) of a line to draw.
+    fit: Option<(f64, f64)>,
+    /// Pairs of points joined by a thin line (the same model in two series).
+    links: Vec<((f64, f64), (f64, f64))>,
+    labels: bool,
+    legend: bool,
+    empty_message: Option<String>,
+}
+
+fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &ScatterPanel) -> Result<(), String> {
+    let all = || panel.series.iter().flat_map(|(_, _, pts)| pts.iter());
+    let (x0, x1) = padded_range(all().map(|p| p.x), 0.08, 0.12, (60.0, 85.0));
+    let (y0, y1) = padded_range(all().map(|p| p.y), 0.1, 0.1, (0.0, 1.0));
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, (FONT, 19.0))
+        .margin(14)
+        .x_label_area_size(48)
+        .y_label_area_size(58)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc(panel.x_desc)
+        .y_desc(panel.y_desc)
+        .label_style((FONT, 13.0))
+        .axis_desc_style((FONT, 15.0))
+        .light_line_style(RGBColor(238, 238, 238))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .x_labels(7)
+        .y_labels(7)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.*}", tick_decimals(y1 - y0)))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    if let Some(message) = &panel.empty_message {
+        let (xr, yr) = chart.plotting_area().get_pixel_range();
+        let base = area.get_base_pixel();
+        let style = TextStyle::from((FONT, 16.0).into_font()).color(&EXCLUDED_COLOR);
+        area.draw_text(
+            message,
+            &style,
+            (xr.start + 20 - base.0, (yr.start + yr.end) / 2 - base.1),
+        )
+        .map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    for (a, b) in &panel.links {
+        chart
+            .draw_series(LineSeries::new([*a, *b], RGBColor(190, 190, 190).stroke_width(1)))
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some((intercept, slope)) = panel.fit {
+        // Clip the line to the plotting box.
+        let (mut lo, mut hi) = (x0, x1);
+        if slope.abs() > 1e-12 {
+            let (xa, xb) = ((y0 - intercept) / slope, (y1 - intercept) / slope);
+            lo = lo.max(xa.min(xb));
+            hi = hi.min(xa.max(xb));
+        }
+        if lo < hi {
+            chart
+                .draw_series(LineSeries::new(
+                    [(lo, intercept + slope * lo), (hi, intercept + slope * hi)],
+                    FIT_COLOR.stroke_width(2),
+                ))
+                .map_err(|e| e.to_string())?
+                .label("least-squares fit")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], FIT_COLOR.stroke_width(2)));
+        }
+    }
+    for (name, color, points) in &panel.series {
+        let color = *color;
+        let excluded = points
+            .iter()
+            .filter(|p| !p.included)
+            .map(|p| Circle::new((p.x, p.y), 5, EXCLUDED_COLOR.stroke_width(2)));
+        chart.draw_series(excluded).map_err(|e| e.to_string())?;
+        let included = points
+            .iter()
+            .filter(|p| p.included)
+            .map(move |p| Circle::new((p.x, p.y), 5, color.filled()));
+        let drawn = chart.draw_series(included).map_err(|e| e.to_string())?;
+        if panel.legend {
+            drawn
+                .label(name.as_str())
+                .legend(move |(x, y)| Circle::new((x + 9, y), 5, color.filled()));
+        }
+    }
+    if panel.legend || panel.fit.is_some() {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .label_font((FONT, 13.0))
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(200, 200, 200))
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    if panel.labels {
+        let (xr, yr) = chart.plotting_area().get_pixel_range();
+        let plot_box = (xr.start, yr.start, xr.end - xr.start, yr.end - yr.start);
+        let anchors: Vec<(String, (i32, i32))> = all()
+            .map(|p| (p.label.clone(), chart.backend_coord(&(p.x, p.y))))
+            .collect();
+        draw_labels(area, &anchors, plot_box)?;
+    }
+    Ok(())
+}
+
+fn regime_panel(regime: &RegimeAnalysis) -> ScatterPanel {
+    let points: Vec<Point> = regime
+        .models
+        .iter()
+        .filter_map(|m| {
+            Some(Point {
+                label: m.model.clone(),
+                x: m.imagenet_top1? * 100.0,
+                y: m.mean_log_odds?,
+                included: m.in_correlation,
+            })
+        })
+        .collect();
+    let title = match &regime.correlation {
+        Some(c) => format!("{}: r = {}, n = {}", regime.regime.name(), r_with_interval(c), c.n),
+        None => format!("{}: r not available", regime.regime.name()),
+    };
+    ScatterPanel {
+        title,
+        x_desc: "ImageNet top-1 accuracy (%)",
+        y_desc: "transfer accuracy (mean log-odds)",
+        empty_message: points
+            .is_empty()
+            .then(|| "no model with a top-1 and a score yet".to_string()),
+        series: vec![("models".to_string(), FINETUNE_COLOR, points)],
+        fit: regime.correlation.as_ref().map(|c| (c.intercept, c.slope)),
+        links: Vec::new(),
+        labels: true,
+        legend: false,
+    }
+}
+
+fn draw_figure1<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, analysis: &Analysis) -> Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let panels: Vec<ScatterPanel> = if analysis.regimes.is_empty() {
+        vec![ScatterPanel {
+            title: "no results yet".to_string(),
+            x_desc: "ImageNet top-1 accuracy (%)",
+            y_desc: "transfer accuracy (mean log-odds)",
+            series: Vec::new(),
+            fit: None,
+            links: Vec::new(),
+            labels: false,
+            legend: false,
+            empty_message: Some("no cell has a score yet".to_string()),
+        }]
+    } else {
+        analysis.regimes.iter().map(regime_panel).collect()
+    };
+    let areas = root.split_evenly((1, panels.len()));
+    for (area, panel) in areas.iter().zip(&panels) {
+        draw_panel(area, panel)?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+fn figure1_size(analysis: &Analysis) -> (u32, u32) {
+    (FIGURE1_PANEL.0 * analysis.regimes.len().max(1) as u32, FIGURE1_PANEL.1)
+}
+
+pub fn figure1_svg(analysis: &Analysis) -> Result<String, ReportError> {
+    ensure_font()?;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, figure1_size(analysis)).into_drawing_area();
+        draw_figure1(root, analysis).map_err(|e| plot_error("figure1.svg", e))?;
+    }
+    Ok(svg)
+}
+
+pub fn figure1_png(analysis: &Analysis, path: &Path) -> Result<(), ReportError> {
+    ensure_font()?;
+    let root = BitMapBackend::new(path, figure1_size(analysis)).into_drawing_area();
+    draw_figure1(root, analysis).map_err(|e| plot_error(&path.display().to_string(), e))
+}
+
+fn comparison_panels(analysis: &Analysis) -> Vec<ScatterPanel> {
+    analysis
+        .scratch_vs_finetune
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let with_top1: Vec<_> = c
+                .pairs
+                .iter()
+                .filter_map(|p| Some((p, p.imagenet_top1? * 100.0)))
+                .collect();
+            let series = |f: fn(&crate::analysis::PairedScores) -> f64| -> Vec<Point> {
+                with_top1
+                    .iter()
+                    .map(|(p, x)| Point {
+                        label: p.model.clone(),
+                        x: *x,
+                        y: f(p) * 100.0,
+                        included: true,
+                    })
+                    .collect()
+            };
+            let title = match c.mean_difference {
+                Some(d) => format!("{}: fine-tune {:+.1} pp", c.dataset, d * 100.0),
+                None => format!("{}: no model with both", c.dataset),
+            };
+            ScatterPanel {
+                title,
+                x_desc: "ImageNet top-1 (%)",
+                y_desc: "test accuracy (%)",
+                empty_message: with_top1
+                    .is_empty()
+                    .then(|| "no model with both scores and a top-1".to_string()),
+                series: vec![
+                    ("fine-tune".to_string(), FINETUNE_COLOR, series(|p| p.finetune)),
+                    ("scratch".to_string(), SCRATCH_COLOR, series(|p| p.scratch)),
+                ],
+                fit: None,
+                links: with_top1
+                    .iter()
+                    .map(|(p, x)| ((*x, p.finetune * 100.0), (*x, p.scratch * 100.0)))
+                    .collect(),
+                labels: false,
+                legend: i == 0,
+            }
+        })
+        .collect()
+}
+
+fn comparison_grid(n: usize) -> (usize, usize) {
+    let cols = n.clamp(1, COMPARISON_COLUMNS);
+    (n.div_ceil(cols).max(1), cols)
+}
+
+fn comparison_size(analysis: &Analysis) -> (u32, u32) {
+    let (rows, cols) = comparison_grid(analysis.scratch_vs_finetune.len());
+    (COMPARISON_PANEL.0 * cols as u32, COMPARISON_PANEL.1 * rows as u32)
+}
+
+fn draw_comparison<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, analysis: &Analysis) -> Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let panels = comparison_panels(analysis);
+    let areas = root.split_evenly(comparison_grid(panels.len()));
+    for (area, panel) in areas.iter().zip(&panels) {
+        draw_panel(area, panel)?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+pub fn scratch_vs_finetune_svg(analysis: &Analysis) -> Result<String, ReportError> {
+    ensure_font()?;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, comparison_size(analysis)).into_drawing_area();
+        draw_comparison(root, analysis).map_err(|e| plot_error("scratch_vs_finetune.svg", e))?;
+    }
+    Ok(svg)
+}
+
+pub fn scratch_vs_finetune_png(analysis: &Analysis, path: &Path) -> Result<(), ReportError> {
+    ensure_font()?;
+    let root = BitMapBackend::new(path, comparison_size(analysis)).into_drawing_area();
+    draw_comparison(root, analysis).map_err(|e| plot_error(&path.display().to_string(), e))
+}

@@ -1,0 +1,555 @@
+//! The `tsweep` command line: argument definitions (clap derive) and one function per
+//! subcommand. Every command returns `Result<(), CliError>`; `main` prints the error as
+//! one line `error: <reason>` and exits with [`CliError::exit_code`].
+//!
+//! Exit codes: 0 ok · 1 other failure · 2 bad input (sweep file, arguments, unknown
+//! sweep, refused token) · 3 unavailable (coordinator, Redis, a process `local` starts)
+//! · 4 the sweep ended with failed cells (`watch`, `local`).
+
+pub mod client;
+pub mod error;
+pub mod output;
+pub mod watch;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tsweep_proto::v1::{
+    CancelSweepRequest, GetSweepRequest, ListSweepsRequest, RetrySweepRequest, SubmitSweepRequest,
+};
+
+use crate::config::{ConfigOverrides, ServiceConfig};
+use crate::logging::{self, LogFormat};
+use crate::sweepfile::{self, ExpandedSweep};
+
+pub use error::CliError;
+
+/// Default coordinator address when neither `--coordinator` nor the service config says.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:50051";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tsweep",
+    version = tsweep_proto::VERSION,
+    about = "Transfer-learning sweeps (Kornblith et al. 2019) on a cluster: submit, watch, resume, report",
+    long_about = None,
+)]
+pub struct Cli {
+    /// Coordinator gRPC address. Default: http://<listen> of the service config
+    /// (--config / TSWEEP__LISTEN), i.e. http://127.0.0.1:50051.
+    #[arg(long, global = true, value_name = "URL")]
+    pub coordinator: Option<String>,
+    /// Bearer token for the coordinator. Default: auth_token / auth_token_file of the
+    /// service config (TSWEEP__AUTH_TOKEN).
+    #[arg(long, global = true, value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Service config file (TOML): read by `serve`, and by the client commands for the
+    /// coordinator address and token. Layers: defaults → file → TSWEEP__* env → flags.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log lines on stderr as text or JSON.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator (gRPC server, lease protocol on Redis).
+    Serve(ServeArgs),
+    /// Submit a sweep file (idempotent: only new cells are added).
+    Submit(SubmitArgs),
+    /// Show one sweep's counts and best scores, or every sweep.
+    Status(StatusArgs),
+    /// Follow a sweep live until it ends.
+    Watch(SweepArg),
+    /// Print every cell of a sweep with its state and scores.
+    Results(ResultsArgs),
+    /// Cancel every pending and running cell of a sweep.
+    Cancel(SweepArg),
+    /// Put failed and/or cancelled cells back to pending with a fresh retry budget.
+    Retry(RetryArgs),
+    /// Write the analysis (tables, Pearson r, plots, index.html, CSV/JSON) of a sweep.
+    Report(ReportArgs),
+    /// Run a sweep on this machine: private Redis, in-process coordinator, N workers.
+    Local(LocalArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ResultsFormat {
+    #[default]
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Executor {
+    /// The libtorch trainer.
+    #[default]
+    Trainer,
+    /// The test executor (sleeps, reports a score; for tests and benchmarks).
+    Fake,
+}
+
+impl Executor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Executor::Trainer => "trainer",
+            Executor::Fake => "fake",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// gRPC listen address host:port (port 0 picks a free one).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Prometheus /metrics listen address ("" disables it).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+    #[arg(long, value_name = "MS")]
+    pub lease_ttl_ms: Option<u64>,
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    #[arg(long, value_name = "MS")]
+    pub reaper_interval_ms: Option<u64>,
+    #[arg(long, value_name = "MS")]
+    pub finals_interval_ms: Option<u64>,
+    #[arg(long, value_name = "MS")]
+    pub acquire_retry_after_ms: Option<u64>,
+    /// File holding the bearer token (exclusive with --token).
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow a non-loopback listen address without a token.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The sweep file (TOML).
+    pub file: PathBuf,
+    /// Parse and expand, print the cell counts per regime and stage; touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Accept grids over 1,000,000 cells.
+    #[arg(long)]
+    pub allow_huge: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A sweep name; without it every sweep is listed.
+    pub sweep: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArg {
+    pub sweep: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    pub sweep: String,
+    #[arg(long, value_enum, default_value_t = ResultsFormat::Table)]
+    pub format: ResultsFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    pub sweep: String,
+    /// Retry failed cells (with neither flag: failed and cancelled).
+    #[arg(long)]
+    pub failed: bool,
+    /// Retry cancelled cells.
+    #[arg(long)]
+    pub cancelled: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    pub sweep: String,
+    /// Output directory (default ./tsweep-out/<sweep>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// The sweep file (TOML).
+    pub file: PathBuf,
+    /// Worker processes to start (one slot each).
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// Use this Redis instead of starting a private redis-server.
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+    #[arg(long, value_enum, default_value_t = Executor::Trainer)]
+    pub executor: Executor,
+    /// Report directory (default ./tsweep-out/<sweep>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Passed to each worker (`auto`, `cpu`, `cuda:N`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Where workers write checkpoints (default <out>/checkpoints).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_root: Option<PathBuf>,
+    /// Prepared-data cache of the workers (default: the worker's own default).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// The worker binary (default: tsweep-worker next to this executable, else on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub worker_bin: Option<PathBuf>,
+    /// Accept grids over 1,000,000 cells.
+    #[arg(long)]
+    pub allow_huge: bool,
+}
+
+/// Runs the parsed command line to the end.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let base_level = match cli.command {
+        Command::Serve(_) => tracing::Level::INFO,
+        _ => tracing::Level::WARN,
+    };
+    logging::init(cli.log_format, base_level, cli.verbose);
+
+    // `submit --dry-run` needs neither the network nor a runtime.
+    if let Command::Submit(args) = &cli.command {
+        if args.dry_run {
+            return submit_dry_run(args);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(run_async(cli))
+}
+
+async fn run_async(cli: Cli) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Serve(args) => serve(&cli, args).await,
+        Command::Submit(args) => submit(&cli, args).await,
+        Command::Status(args) => status(&cli, args).await,
+        Command::Watch(args) => watch(&cli, &args.sweep).await,
+        Command::Results(args) => results(&cli, args).await,
+        Command::Cancel(args) => cancel(&cli, &args.sweep).await,
+        Command::Retry(args) => retry(&cli, args).await,
+        Command::Report(args) => report(&cli, args).await,
+        Command::Local(args) => crate::local::run(&cli, args).await,
+    }
+}
+
+/// A sweep file read from disk, with what `parse_and_expand` and `SubmitSweep` need.
+pub struct SweepSource {
+    pub text: String,
+    pub file_name: String,
+    pub base_dir: PathBuf,
+}
+
+impl SweepSource {
+    pub fn read(path: &Path) -> Result<SweepSource, CliError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| CliError::ReadFile { path: path.to_path_buf(), source })?;
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let base_dir = absolute.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        Ok(SweepSource { text, file_name: path.display().to_string(), base_dir })
+    }
+
+    pub fn expand(&self, allow_huge: bool) -> Result<ExpandedSweep, CliError> {
+        Ok(sweepfile::parse_and_expand(&self.text, &self.file_name, &self.base_dir, allow_huge)?)
+    }
+
+    pub fn request(&self, allow_huge: bool) -> SubmitSweepRequest {
+        SubmitSweepRequest {
+            file_text: self.text.clone(),
+            file_name: self.file_name.clone(),
+            base_dir: self.base_dir.display().to_string(),
+            allow_huge,
+        }
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Other(format!("cannot encode json: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn submit_dry_run(args: &SubmitArgs) -> Result<(), CliError> {
+    let source = SweepSource::read(&args.file)?;
+    let sweep = source.expand(args.allow_huge)?;
+    match args.format {
+        Format::Table => print!("{}", output::dry_run_table(&sweep, &source.file_name)),
+        Format::Json => print_json(&output::dry_run_json(&sweep))?,
+    }
+    Ok(())
+}
+
+/// The service config as the client sees it (for the default address and token).
+fn client_config(cli: &Cli) -> Result<Option<ServiceConfig>, CliError> {
+    if cli.coordinator.is_some() && cli.token.is_some() {
+        return Ok(None);
+    }
+    ServiceConfig::load(cli.config.as_deref(), ConfigOverrides::default())
+        .map(Some)
+        .map_err(|e| CliError::BadInput(e.to_string()))
+}
+
+/// `http://<listen>` with an unspecified listen address (0.0.0.0, ::) replaced by loopback.
+pub fn coordinator_url_for_listen(listen: &str) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(mut addr) => {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr.ip() {
+                    IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                });
+            }
+            format!("http://{addr}")
+        }
+        Err(_) => DEFAULT_COORDINATOR.to_string(),
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<client::SweepClient, CliError> {
+    let config = client_config(cli)?;
+    let url = cli
+        .coordinator
+        .clone()
+        .or_else(|| config.as_ref().map(|c| coordinator_url_for_listen(&c.listen)))
+        .unwrap_or_else(|| DEFAULT_COORDINATOR.to_string());
+    let token = cli.token.clone().or_else(|| config.as_ref().and_then(|c| c.token().map(str::to_string)));
+    client::connect(&url, token).await
+}
+
+async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
+    let overrides = ConfigOverrides {
+        listen: args.listen.clone(),
+        metrics_listen: args.metrics_listen.clone(),
+        redis_url: args.redis_url.clone(),
+        lease_ttl_ms: args.lease_ttl_ms,
+        heartbeat_interval_ms: args.heartbeat_interval_ms,
+        reaper_interval_ms: args.reaper_interval_ms,
+        finals_interval_ms: args.finals_interval_ms,
+        acquire_retry_after_ms: args.acquire_retry_after_ms,
+        auth_token: cli.token.clone(),
+        auth_token_file: args.auth_token_file.clone(),
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
+        insecure: args.insecure.then_some(true),
+    };
+    let config = ServiceConfig::load(cli.config.as_deref(), overrides).map_err(|e| CliError::BadInput(e.to_string()))?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutdown signal received; stopping");
+        on_signal.cancel();
+    });
+    crate::local::serve_coordinator(config, shutdown).await
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn wait_for_shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<(), CliError> {
+    let source = SweepSource::read(&args.file)?;
+    // Refuse bad input here, before the network: same parser as the coordinator's.
+    source.expand(args.allow_huge)?;
+    let mut client = connect(cli).await?;
+    let response = client
+        .submit_sweep(source.request(args.allow_huge))
+        .await
+        .map_err(|s| CliError::from_status(&format!("submit {}", source.file_name), s))?
+        .into_inner();
+    match args.format {
+        Format::Table => print!("{}", output::submit_table(&response)),
+        Format::Json => print_json(&output::submit_json(&response))?,
+    }
+    Ok(())
+}
+
+async fn status(cli: &Cli, args: &StatusArgs) -> Result<(), CliError> {
+    let mut client = connect(cli).await?;
+    match &args.sweep {
+        Some(sweep) => {
+            let summary = client
+                .get_sweep(GetSweepRequest { sweep: sweep.clone() })
+                .await
+                .map_err(|s| CliError::from_status(&format!("sweep {sweep}"), s))?
+                .into_inner();
+            match args.format {
+                Format::Table => print!("{}", output::summary_text(&summary)),
+                Format::Json => print_json(&output::summary_json(&summary))?,
+            }
+        }
+        None => {
+            let sweeps = client
+                .list_sweeps(ListSweepsRequest {})
+                .await
+                .map_err(|s| CliError::from_status("list sweeps", s))?
+                .into_inner()
+                .sweeps;
+            match args.format {
+                Format::Table => print!("{}", output::sweeps_table(&sweeps)),
+                Format::Json => print_json(&serde_json::Value::Array(sweeps.iter().map(output::summary_json).collect()))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long an ended sweep must stay ended before `watch` believes it (final refits are
+/// scheduled a moment after a grid stage ends).
+pub const WATCH_SETTLE: Duration = Duration::from_secs(3);
+
+async fn watch(cli: &Cli, sweep: &str) -> Result<(), CliError> {
+    let mut client = connect(cli).await?;
+    let summary = watch::watch_until_done(&mut client, sweep, WATCH_SETTLE, false).await?;
+    print!("{}", output::summary_text(&summary));
+    failed_cells_error(&summary)
+}
+
+/// `Err(CellsFailed)` when an ended sweep has failed cells.
+pub fn failed_cells_error(summary: &tsweep_proto::v1::SweepSummary) -> Result<(), CliError> {
+    let counts = summary.counts.clone().unwrap_or_default();
+    if counts.failed > 0 {
+        return Err(CliError::CellsFailed { sweep: summary.sweep.clone(), failed: counts.failed, cancelled: counts.cancelled });
+    }
+    Ok(())
+}
+
+async fn results(cli: &Cli, args: &ResultsArgs) -> Result<(), CliError> {
+    let mut client = connect(cli).await?;
+    let mut tasks = client::all_tasks(&mut client, &args.sweep).await?;
+    output::sort_tasks(&mut tasks);
+    match args.format {
+        ResultsFormat::Table => print!("{}", output::results_table(&tasks)),
+        ResultsFormat::Csv => print!("{}", output::results_csv(&tasks)),
+        ResultsFormat::Json => print_json(&output::results_json(&tasks))?,
+    }
+    Ok(())
+}
+
+async fn cancel(cli: &Cli, sweep: &str) -> Result<(), CliError> {
+    let mut client = connect(cli).await?;
+    let response = client
+        .cancel_sweep(CancelSweepRequest { sweep: sweep.to_string() })
+        .await
+        .map_err(|s| CliError::from_status(&format!("cancel {sweep}"), s))?
+        .into_inner();
+    println!("sweep {sweep}: {} cell(s) cancelled", response.cancelled);
+    Ok(())
+}
+
+async fn retry(cli: &Cli, args: &RetryArgs) -> Result<(), CliError> {
+    let (failed, cancelled) = if !args.failed && !args.cancelled { (true, true) } else { (args.failed, args.cancelled) };
+    let mut client = connect(cli).await?;
+    let response = client
+        .retry_sweep(RetrySweepRequest { sweep: args.sweep.clone(), failed, cancelled })
+        .await
+        .map_err(|s| CliError::from_status(&format!("retry {}", args.sweep), s))?
+        .into_inner();
+    println!("sweep {}: {} cell(s) back to pending", args.sweep, response.requeued);
+    Ok(())
+}
+
+/// `./tsweep-out/<sweep>` unless given.
+pub fn default_out_dir(sweep: &str, out: Option<&Path>) -> PathBuf {
+    out.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("tsweep-out").join(sweep))
+}
+
+async fn report(cli: &Cli, args: &ReportArgs) -> Result<(), CliError> {
+    let mut client = connect(cli).await?;
+    let tasks = client::all_tasks(&mut client, &args.sweep).await?;
+    if tasks.is_empty() {
+        return Err(CliError::BadInput(format!("sweep {} has no cells", args.sweep)));
+    }
+    let out = default_out_dir(&args.sweep, args.out.as_deref());
+    let written = write_report(&tasks, &out)?;
+    print!("{}", written.terminal_tables);
+    println!("report: {}", written.index_html.display());
+    Ok(())
+}
+
+/// What [`write_report`] produced.
+pub struct WrittenReport {
+    pub index_html: PathBuf,
+    pub terminal_tables: String,
+}
+
+/// Builds the analysis from the cells and writes it under `out` (tsweep-report).
+pub fn write_report(tasks: &[tsweep_proto::v1::TaskInfo], out: &Path) -> Result<WrittenReport, CliError> {
+    let input = tsweep_report::ReportInput::from_task_infos(tasks).map_err(|e| CliError::Other(format!("report: {e}")))?;
+    let terminal_tables = tsweep_report::render_terminal_tables(&input);
+    let paths = tsweep_report::write_report(&input, out).map_err(|e| CliError::Other(format!("report: {e}")))?;
+    Ok(WrittenReport { index_html: paths.index_html, terminal_tables })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_listen_addresses_become_loopback() {
+        assert_eq!(coordinator_url_for_listen("0.0.0.0:7000"), "http://127.0.0.1:7000");
+        assert_eq!(coordinator_url_for_listen("127.0.0.1:50051"), DEFAULT_COORDINATOR);
+        assert_eq!(coordinator_url_for_listen("[::]:1"), "http://[::1]:1");
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["tsweep", "-vv", "local", "x.toml", "--workers", "3", "--executor", "fake"]).unwrap();
+        assert_eq!(cli.verbose, 2);
+        assert!(matches!(cli.command, Command::Local(LocalArgs { workers: 3, executor: Executor::Fake, .. })));
+    }
+}

@@ -1,0 +1,350 @@
+//! Tables, CSV and JSON the CLI prints. Tables go to stdout for people; `--format json`
+//! and `csv` print exactly one document to stdout for scripts.
+
+use std::collections::BTreeMap;
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{CellAlignment, ContentArrangement, Table};
+use serde_json::{json, Value};
+use tsweep_proto::cell::Stage;
+use tsweep_proto::v1::{BestScore, SubmitSweepResponse, SweepSummary, TaskCounts, TaskInfo};
+
+use crate::sweepfile::{ExpandedSweep, StageCount};
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    table.set_header(header.iter().copied());
+    table
+}
+
+fn align_right(table: &mut Table, columns: &[usize]) {
+    for &i in columns {
+        if let Some(column) = table.column_mut(i) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+}
+
+/// `submit --dry-run`: cells per regime and stage, then the total.
+pub fn dry_run_table(sweep: &ExpandedSweep, file: &str) -> String {
+    let counts = sweep.stage_counts();
+    let mut t = table(&["regime", "stage", "cells", "when"]);
+    for c in &counts {
+        let when = match c.stage {
+            Stage::Grid => "now",
+            Stage::Final => "after selection (refit on train+val, scored on test)",
+        };
+        t.add_row(vec![c.regime.name().to_string(), c.stage.name().to_string(), c.cells.to_string(), when.to_string()]);
+    }
+    let grid: u64 = counts.iter().filter(|c| c.stage == Stage::Grid).map(|c| c.cells).sum();
+    let finals: u64 = counts.iter().filter(|c| c.stage == Stage::Final).map(|c| c.cells).sum();
+    t.add_row(vec!["total".to_string(), String::new(), (grid + finals).to_string(), String::new()]);
+    align_right(&mut t, &[2]);
+    format!(
+        "sweep {} from {file} (dry run: nothing submitted)\n{t}\n{grid} grid cells now, {finals} final refits after selection\n",
+        sweep.name
+    )
+}
+
+pub fn stage_counts_json(counts: &[StageCount]) -> Value {
+    Value::Array(
+        counts
+            .iter()
+            .map(|c| json!({ "regime": c.regime.name(), "stage": c.stage.name(), "cells": c.cells }))
+            .collect(),
+    )
+}
+
+pub fn dry_run_json(sweep: &ExpandedSweep) -> Value {
+    let counts = sweep.stage_counts();
+    let total: u64 = counts.iter().map(|c| c.cells).sum();
+    json!({
+        "sweep": sweep.name,
+        "dry_run": true,
+        "grid_cells": sweep.cells.len(),
+        "cells_with_finals": total,
+        "max_attempts": sweep.settings.max_attempts,
+        "per_stage": stage_counts_json(&counts),
+    })
+}
+
+pub fn submit_table(response: &SubmitSweepResponse) -> String {
+    let mut t = table(&["regime", "stage", "cells"]);
+    for c in &response.per_stage {
+        t.add_row(vec![c.regime.clone(), c.stage.clone(), c.cells.to_string()]);
+    }
+    align_right(&mut t, &[2]);
+    format!(
+        "sweep {}: {} cells, {} added, {} already known (kept with their results)\n{t}\n",
+        response.sweep, response.cells_total, response.cells_added, response.cells_existing
+    )
+}
+
+pub fn submit_json(response: &SubmitSweepResponse) -> Value {
+    json!({
+        "sweep": response.sweep,
+        "cells_total": response.cells_total,
+        "cells_added": response.cells_added,
+        "cells_existing": response.cells_existing,
+        "per_stage": response.per_stage.iter().map(|c| json!({ "regime": c.regime, "stage": c.stage, "cells": c.cells })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn counts_json(c: &TaskCounts) -> Value {
+    json!({
+        "pending": c.pending, "leased": c.leased, "running": c.running,
+        "succeeded": c.succeeded, "failed": c.failed, "cancelled": c.cancelled, "total": c.total,
+    })
+}
+
+/// `pending 3 · leased 1 · running 2 · succeeded 10 · failed 0 · cancelled 0`
+pub fn counts_line(c: &TaskCounts) -> String {
+    format!(
+        "pending {} · leased {} · running {} · succeeded {} · failed {} · cancelled {}",
+        c.pending, c.leased, c.running, c.succeeded, c.failed, c.cancelled
+    )
+}
+
+pub fn summary_json(s: &SweepSummary) -> Value {
+    json!({
+        "sweep": s.sweep,
+        "status": s.status,
+        "counts": s.counts.as_ref().map(counts_json),
+        "stale_reports": s.stale_reports,
+        "lease_expiries": s.lease_expiries,
+        "created_unix_ms": s.created_unix_ms,
+        "best": s.best.iter().map(|b| json!({
+            "model": b.model, "dataset": b.dataset, "regime": b.regime, "val_score": b.val_score, "task_id": b.task_id,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn sweeps_table(sweeps: &[SweepSummary]) -> String {
+    if sweeps.is_empty() {
+        return "no sweeps\n".to_string();
+    }
+    let mut t = table(&["sweep", "status", "total", "pending", "leased", "running", "succeeded", "failed", "cancelled"]);
+    for s in sweeps {
+        let c = s.counts.clone().unwrap_or_default();
+        t.add_row(vec![
+            s.sweep.clone(),
+            s.status.clone(),
+            c.total.to_string(),
+            c.pending.to_string(),
+            c.leased.to_string(),
+            c.running.to_string(),
+            c.succeeded.to_string(),
+            c.failed.to_string(),
+            c.cancelled.to_string(),
+        ]);
+    }
+    align_right(&mut t, &[2, 3, 4, 5, 6, 7, 8]);
+    format!("{t}\n")
+}
+
+pub fn summary_text(s: &SweepSummary) -> String {
+    let c = s.counts.clone().unwrap_or_default();
+    let mut text = format!("sweep {} ({}): {} cells\n{}\n", s.sweep, s.status, c.total, counts_line(&c));
+    if s.stale_reports > 0 || s.lease_expiries > 0 {
+        text.push_str(&format!("stale reports refused: {} · leases expired: {}\n", s.stale_reports, s.lease_expiries));
+    }
+    if !s.best.is_empty() {
+        text.push_str(&best_table(&s.best));
+    }
+    text
+}
+
+/// Best validation score so far per (model, dataset, regime).
+pub fn best_table(best: &[BestScore]) -> String {
+    let mut rows: Vec<&BestScore> = best.iter().collect();
+    rows.sort_by(|a, b| (&a.regime, &a.model, &a.dataset).cmp(&(&b.regime, &b.model, &b.dataset)));
+    let mut t = table(&["regime", "model", "dataset", "best val"]);
+    for b in rows {
+        t.add_row(vec![b.regime.clone(), b.model.clone(), b.dataset.clone(), format_score(Some(b.val_score))]);
+    }
+    align_right(&mut t, &[3]);
+    format!("{t}\n")
+}
+
+fn format_score(score: Option<f64>) -> String {
+    match score {
+        Some(v) if v.is_finite() => format!("{v:.4}"),
+        Some(v) => v.to_string(),
+        None => String::new(),
+    }
+}
+
+fn format_number(v: f64) -> String {
+    if v == 0.0 {
+        "0".to_string()
+    } else if (1e-3..1e4).contains(&v.abs()) {
+        let s = format!("{v:.6}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
+/// `lr=0.001 weight_decay=0`, plus what the task selected itself (`l2=...` for linear).
+pub fn hparams_text(task: &TaskInfo) -> String {
+    let mut parts: Vec<String> = sorted(&task.hparams).into_iter().map(|(k, v)| format!("{k}={}", format_number(v))).collect();
+    if let Some(result) = &task.result {
+        parts.extend(sorted(&result.selected).into_iter().map(|(k, v)| format!("{k}={} (selected)", format_number(v))));
+    }
+    parts.join(" ")
+}
+
+fn sorted(map: &std::collections::HashMap<String, f64>) -> BTreeMap<String, f64> {
+    map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+fn regime_order(regime: &str) -> usize {
+    match regime {
+        "linear" => 0,
+        "finetune" => 1,
+        "scratch" => 2,
+        _ => 3,
+    }
+}
+
+/// Rows in a stable, readable order: regime, model, dataset, stage (grid before final), hparams.
+pub fn sort_tasks(tasks: &mut [TaskInfo]) {
+    tasks.sort_by(|a, b| {
+        (regime_order(&a.regime), &a.regime, &a.model, &a.dataset, a.stage != "grid", hparams_text(a), &a.task_id).cmp(&(
+            regime_order(&b.regime),
+            &b.regime,
+            &b.model,
+            &b.dataset,
+            b.stage != "grid",
+            hparams_text(b),
+            &b.task_id,
+        ))
+    });
+}
+
+pub fn results_table(tasks: &[TaskInfo]) -> String {
+    if tasks.is_empty() {
+        return "no cells\n".to_string();
+    }
+    let mut t = table(&["regime", "stage", "model", "dataset", "hyperparameters", "state", "val", "test", "attempts"]);
+    for task in tasks {
+        let (val, test) = task.result.as_ref().map_or((None, None), |r| (r.val_score, r.test_score));
+        let diverged = task.result.as_ref().is_some_and(|r| r.diverged);
+        let state = if diverged { format!("{} (diverged)", task.state) } else { task.state.clone() };
+        t.add_row(vec![
+            task.regime.clone(),
+            task.stage.clone(),
+            task.model.clone(),
+            task.dataset.clone(),
+            hparams_text(task),
+            state,
+            format_score(val),
+            format_score(test),
+            task.attempt.to_string(),
+        ]);
+    }
+    align_right(&mut t, &[6, 7, 8]);
+    format!("{t}\n")
+}
+
+const CSV_COLUMNS: [&str; 20] = [
+    "task_id", "sweep", "regime", "stage", "model", "dataset", "state", "lr", "weight_decay", "selected",
+    "metric", "val_score", "test_score", "diverged", "steps", "duration_s", "attempt", "retries_used", "worker",
+    "error",
+];
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+pub fn results_csv(tasks: &[TaskInfo]) -> String {
+    let mut out = CSV_COLUMNS.join(",");
+    out.push('\n');
+    for task in tasks {
+        let r = task.result.clone().unwrap_or_default();
+        let selected = sorted(&r.selected).into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        let row = [
+            task.task_id.clone(),
+            task.sweep.clone(),
+            task.regime.clone(),
+            task.stage.clone(),
+            task.model.clone(),
+            task.dataset.clone(),
+            task.state.clone(),
+            opt(task.hparams.get("lr").copied()),
+            opt(task.hparams.get("weight_decay").copied()),
+            selected,
+            r.metric.clone(),
+            opt(r.val_score),
+            opt(r.test_score),
+            if task.result.is_some() { r.diverged.to_string() } else { String::new() },
+            if task.result.is_some() { r.steps.to_string() } else { String::new() },
+            if task.result.is_some() { r.duration_s.to_string() } else { String::new() },
+            task.attempt.to_string(),
+            task.retries_used.to_string(),
+            task.worker.clone(),
+            task.error.clone(),
+        ];
+        out.push_str(&row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
+        out.push('\n');
+    }
+    out
+}
+
+pub fn results_json(tasks: &[TaskInfo]) -> Value {
+    Value::Array(
+        tasks
+            .iter()
+            .map(|task| {
+                let result = task.result.as_ref().map(|r| {
+                    json!({
+                        "metric": r.metric, "val_score": r.val_score, "test_score": r.test_score,
+                        "train_loss": r.train_loss, "diverged": r.diverged, "steps": r.steps,
+                        "images_per_s": r.images_per_s, "duration_s": r.duration_s,
+                        "selected": sorted(&r.selected), "extra": sorted(&r.extra),
+                        "resumed_from_step": r.resumed_from_step,
+                    })
+                });
+                json!({
+                    "task_id": task.task_id, "sweep": task.sweep, "regime": task.regime, "stage": task.stage,
+                    "model": task.model, "dataset": task.dataset, "state": task.state,
+                    "hparams": sorted(&task.hparams), "attempt": task.attempt, "retries_used": task.retries_used,
+                    "worker": task.worker, "error": task.error,
+                    "error_class": tsweep_proto::v1::FailureClass::try_from(task.error_class).map(|c| c.name()).unwrap_or("unspecified"),
+                    "checkpoint_step": task.checkpoint_step,
+                    "started_unix_ms": task.started_unix_ms, "finished_unix_ms": task.finished_unix_ms,
+                    "result": result,
+                })
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_what_needs_quoting() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
+    }
+
+    #[test]
+    fn numbers_are_short() {
+        assert_eq!(format_number(0.001), "0.001");
+        assert_eq!(format_number(0.0), "0");
+        assert_eq!(format_number(1e-6), "1.000e-6");
+        assert_eq!(format_number(31.622776601683793), "31.622777");
+    }
+}

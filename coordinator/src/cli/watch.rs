@@ -1,0 +1,147 @@
+//! `tsweep watch`: a live progress bar, per-state counts and the best validation score
+//! so far per (model, dataset, regime), from the coordinator's `WatchSweep` stream.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tsweep_proto::v1::{GetSweepRequest, SweepSummary, WatchSweepRequest};
+
+use super::client::SweepClient;
+use super::error::CliError;
+use super::output::{best_table, counts_line};
+
+/// Summaries asked for at least this often.
+const WATCH_INTERVAL_MS: u32 = 1000;
+/// Without a terminal, a progress line at most this often (and at the end).
+const PLAIN_LINE_EVERY: Duration = Duration::from_secs(10);
+/// Reconnects of the watch stream before giving up.
+const MAX_STREAM_RETRIES: u32 = 30;
+
+/// A sweep has ended when nothing is pending, leased or running.
+pub fn is_finished(summary: &SweepSummary) -> bool {
+    matches!(summary.status.as_str(), "done" | "cancelled")
+}
+
+struct Display {
+    bar: ProgressBar,
+    best: ProgressBar,
+    plain: bool,
+    last_plain: Option<Instant>,
+    last_line: String,
+}
+
+impl Display {
+    fn new(sweep: &str, quiet: bool) -> Display {
+        let plain = !std::io::stderr().is_terminal();
+        let multi = MultiProgress::with_draw_target(if plain || quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        });
+        let style = ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta} left)\n{msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let bar = multi.add(ProgressBar::new(0).with_style(style).with_prefix(sweep.to_string()));
+        let best = multi.add(ProgressBar::new(0).with_style(ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar())));
+        Display { bar, best, plain: plain && !quiet, last_plain: None, last_line: String::new() }
+    }
+
+    fn update(&mut self, summary: &SweepSummary) {
+        let c = summary.counts.clone().unwrap_or_default();
+        let ended = c.succeeded + c.failed + c.cancelled;
+        self.bar.set_length(c.total);
+        self.bar.set_position(ended);
+        let line = counts_line(&c);
+        self.bar.set_message(line.clone());
+        if !summary.best.is_empty() {
+            self.best.set_message(format!("best validation score so far:\n{}", best_table(&summary.best).trim_end()));
+        }
+        if self.plain {
+            let due = self.last_plain.is_none_or(|t| t.elapsed() >= PLAIN_LINE_EVERY);
+            if due && line != self.last_line || is_finished(summary) && line != self.last_line {
+                eprintln!("{}: {ended}/{} ended · {line}", summary.sweep, c.total);
+                self.last_plain = Some(Instant::now());
+                self.last_line = line;
+            }
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish();
+        self.best.finish();
+    }
+}
+
+/// Follows the sweep until it has ended and stays ended for `settle` (the coordinator
+/// schedules final refits shortly after a grid stage ends). Returns the last summary.
+pub async fn watch_until_done(
+    client: &mut SweepClient,
+    sweep: &str,
+    settle: Duration,
+    quiet: bool,
+) -> Result<SweepSummary, CliError> {
+    let mut display = Display::new(sweep, quiet);
+    let mut retries = 0;
+    let result = loop {
+        match follow_stream(client, sweep, &mut display).await {
+            Ok(Some(last)) if is_finished(&last) => {
+                tokio::time::sleep(settle).await;
+                let now = get_summary(client, sweep).await?;
+                display.update(&now);
+                let total = |s: &SweepSummary| s.counts.as_ref().map_or(0, |c| c.total);
+                if is_finished(&now) && total(&now) == total(&last) {
+                    break Ok(now);
+                }
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(CliError::Unavailable(message)) => {
+                retries += 1;
+                if retries > MAX_STREAM_RETRIES {
+                    break Err(CliError::Unavailable(message));
+                }
+                tracing::warn!(sweep, retries, reason = %message, "watch stream interrupted; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(other) => break Err(other),
+        }
+    };
+    display.finish();
+    result
+}
+
+async fn get_summary(client: &mut SweepClient, sweep: &str) -> Result<SweepSummary, CliError> {
+    client
+        .get_sweep(GetSweepRequest { sweep: sweep.to_string() })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| CliError::from_status(&format!("sweep {sweep}"), s))
+}
+
+/// Reads the stream until it ends or reports an ended sweep; the last summary seen.
+async fn follow_stream(
+    client: &mut SweepClient,
+    sweep: &str,
+    display: &mut Display,
+) -> Result<Option<SweepSummary>, CliError> {
+    let mut stream = client
+        .watch_sweep(WatchSweepRequest { sweep: sweep.to_string(), interval_ms: WATCH_INTERVAL_MS })
+        .await
+        .map_err(|s| CliError::from_status(&format!("watch {sweep}"), s))?
+        .into_inner();
+    let mut last = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(summary)) => {
+                display.update(&summary);
+                let finished = is_finished(&summary);
+                last = Some(summary);
+                if finished {
+                    return Ok(last);
+                }
+            }
+            Ok(None) => return Ok(last),
+            Err(status) => return Err(CliError::from_status(&format!("watch {sweep}"), status)),
+        }
+    }
+}

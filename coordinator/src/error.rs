@@ -1,0 +1,126 @@
+//! The coordinator's service error and its ONE mapping to gRPC status codes.
+//!
+//! | variant                         | code                |
+//! |---------------------------------|---------------------|
+//! | `InvalidArgument`, `SweepFile`  | INVALID_ARGUMENT    |
+//! | `SweepNotFound`                 | NOT_FOUND           |
+//! | `ProtocolMismatch`              | FAILED_PRECONDITION |
+//! | `Unavailable` (Redis away)      | UNAVAILABLE         |
+//! | `Unauthenticated`               | UNAUTHENTICATED     |
+//! | `Internal` (corrupt record ...) | INTERNAL            |
+//!
+//! UNAVAILABLE is the only retryable code: clients (worker agent, CLI) back off and repeat.
+
+use crate::store::StoreError;
+use crate::sweepfile::SweepFileError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The sweep file was refused; its message (file, line, field) is passed on intact.
+    #[error("{0}")]
+    SweepFile(#[from] SweepFileError),
+    #[error("sweep {sweep} not found")]
+    SweepNotFound { sweep: String },
+    #[error(
+        "protocol version mismatch: worker speaks {worker}, coordinator speaks {coordinator} \
+         (upgrade the older side)"
+    )]
+    ProtocolMismatch { worker: u32, coordinator: u32 },
+    /// Redis is unreachable (restarting, network); retry after a short wait.
+    #[error("state store unavailable, retry later: {0}")]
+    Unavailable(String),
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CoordinatorError {
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            CoordinatorError::InvalidArgument(_) | CoordinatorError::SweepFile(_) => tonic::Code::InvalidArgument,
+            CoordinatorError::SweepNotFound { .. } => tonic::Code::NotFound,
+            CoordinatorError::ProtocolMismatch { .. } => tonic::Code::FailedPrecondition,
+            CoordinatorError::Unavailable(_) => tonic::Code::Unavailable,
+            CoordinatorError::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            CoordinatorError::Internal(_) => tonic::Code::Internal,
+        }
+    }
+
+    /// Whether the caller may repeat the same call after a wait.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CoordinatorError::Unavailable(_))
+    }
+}
+
+impl From<StoreError> for CoordinatorError {
+    fn from(error: StoreError) -> Self {
+        if error.is_retryable() {
+            return CoordinatorError::Unavailable(error.to_string());
+        }
+        match error {
+            StoreError::SweepNotFound { sweep } => CoordinatorError::SweepNotFound { sweep },
+            StoreError::InvalidArgument(message) => CoordinatorError::InvalidArgument(message),
+            other => CoordinatorError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<CoordinatorError> for tonic::Status {
+    fn from(error: CoordinatorError) -> Self {
+        let code = error.code();
+        match code {
+            tonic::Code::Internal => tracing::error!(%error, "internal error answered"),
+            tonic::Code::Unavailable => tracing::warn!(%error, "store unavailable"),
+            _ => tracing::debug!(%error, ?code, "call refused"),
+        }
+        tonic::Status::new(code, error.to_string())
+    }
+}
+
+/// Refuses a worker whose protocol version differs from ours.
+pub fn check_protocol(worker: u32) -> Result<(), CoordinatorError> {
+    let coordinator = tsweep_proto::PROTOCOL_VERSION;
+    if worker == coordinator {
+        Ok(())
+    } else {
+        Err(CoordinatorError::ProtocolMismatch { worker, coordinator })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_class_maps_to_its_code() {
+        let cases = [
+            (CoordinatorError::InvalidArgument("x".into()), tonic::Code::InvalidArgument),
+            (CoordinatorError::SweepNotFound { sweep: "s".into() }, tonic::Code::NotFound),
+            (CoordinatorError::ProtocolMismatch { worker: 9, coordinator: 1 }, tonic::Code::FailedPrecondition),
+            (CoordinatorError::Unavailable("down".into()), tonic::Code::Unavailable),
+            (CoordinatorError::Unauthenticated("no".into()), tonic::Code::Unauthenticated),
+        ];
+        for (error, code) in cases {
+            assert_eq!(tonic::Status::from(error).code(), code);
+        }
+    }
+
+    #[test]
+    fn protocol_mismatch_names_both_versions() {
+        let status = tonic::Status::from(check_protocol(99).unwrap_err());
+        assert!(status.message().contains("99"), "{}", status.message());
+        assert!(status.message().contains(&tsweep_proto::PROTOCOL_VERSION.to_string()));
+    }
+
+    #[test]
+    fn sweep_file_message_is_kept_intact() {
+        let file_error = SweepFileError::EmptyGrid { file: "sweep.toml".into(), reason: "no models".into() };
+        let message = file_error.to_string();
+        let status = tonic::Status::from(CoordinatorError::from(file_error));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), message);
+    }
+}

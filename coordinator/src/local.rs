@@ -1,0 +1,326 @@
+//! `tsweep local FILE --workers N`: a whole sweep on one machine.
+//!
+//! 1. parse and expand the file (bad input stops here, nothing started);
+//! 2. without `--redis-url`, start a private `redis-server` in a temporary directory on a
+//!    free loopback port (the shipped `deploy/redis/redis.conf`, AOF on), by PID;
+//! 3. start the coordinator in this process on a free loopback port (no /metrics, no token);
+//! 4. spawn N `tsweep-worker` processes (one slot each), logs in `<out>/logs/`;
+//! 5. submit, watch to the end, print the results table, write the report to `<out>`
+//!    (default `./tsweep-out/<sweep>`) and print its path;
+//! 6. stop what it started (workers with SIGTERM, then the coordinator, then Redis), also
+//!    on Ctrl-C / SIGTERM.
+//!
+//! Exit code: 0 when every cell succeeded (diverged runs are results, not failures);
+//! 4 when the sweep ended with failed cells (the results table and the report are still
+//! written); 3 when Redis, the coordinator or a worker could not be started; 2 for a bad
+//! sweep file; 1 when interrupted.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::client::{self, SweepClient};
+use crate::cli::output;
+use crate::cli::watch::watch_until_done;
+use crate::cli::{
+    default_out_dir, failed_cells_error, wait_for_shutdown_signal, write_report, Cli, CliError, LocalArgs,
+    SweepSource, WATCH_SETTLE,
+};
+use crate::config::{ConfigOverrides, ServiceConfig};
+use crate::redis_server::RedisServer;
+
+/// Name of the worker binary looked up next to `tsweep`.
+pub const WORKER_BINARY: &str = "tsweep-worker";
+/// How long the in-process coordinator may take to answer.
+const COORDINATOR_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long workers get to drain after SIGTERM before they are killed.
+const WORKER_STOP_GRACE: Duration = Duration::from_secs(30);
+/// Refits are scheduled this often in local mode (snappier than the service default).
+const LOCAL_FINALS_INTERVAL_MS: u64 = 500;
+
+/// Runs the coordinator until `shutdown` is cancelled (the gRPC server of `server`).
+pub async fn serve_coordinator(config: ServiceConfig, shutdown: CancellationToken) -> Result<(), CliError> {
+    let _ = (config, shutdown);
+    Err(CliError::Unavailable("the coordinator server is not part of this build yet".to_string()))
+}
+
+pub async fn run(cli: &Cli, args: &LocalArgs) -> Result<(), CliError> {
+    let source = SweepSource::read(&args.file)?;
+    let sweep = source.expand(args.allow_huge)?;
+    if args.workers == 0 {
+        return Err(CliError::BadInput("--workers must be at least 1".to_string()));
+    }
+    let worker_bin = find_worker_binary(args.worker_bin.as_deref())?;
+    let out = default_out_dir(&sweep.name, args.out.as_deref());
+    let logs = out.join("logs");
+    std::fs::create_dir_all(&logs)
+        .map_err(|e| CliError::Other(format!("cannot create {}: {e}", logs.display())))?;
+
+    let mut stack = LocalStack::default();
+    let outcome = tokio::select! {
+        result = run_sweep(cli, args, &source, &sweep.name, &worker_bin, &out, &logs, &mut stack) => result,
+        _ = wait_for_shutdown_signal() => {
+            eprintln!("interrupted: stopping workers, coordinator and redis");
+            Err(CliError::Other("interrupted".to_string()))
+        }
+    };
+    stack.stop().await;
+    if outcome.is_err() {
+        eprintln!("logs: {}", logs.display());
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_sweep(
+    cli: &Cli,
+    args: &LocalArgs,
+    source: &SweepSource,
+    sweep: &str,
+    worker_bin: &Path,
+    out: &Path,
+    logs: &Path,
+    stack: &mut LocalStack,
+) -> Result<(), CliError> {
+    let redis_url = match &args.redis_url {
+        Some(url) => url.clone(),
+        None => {
+            let server = tokio::task::spawn_blocking(RedisServer::start_temp)
+                .await
+                .map_err(|e| CliError::Other(format!("redis-server start: {e}")))?
+                .map_err(|e| CliError::Unavailable(format!("cannot start a private redis-server: {e}")))?;
+            let url = server.url();
+            eprintln!("redis: {url} (private, stopped at the end)");
+            stack.redis = Some(server);
+            url
+        }
+    };
+
+    let port = free_loopback_port()?;
+    let overrides = ConfigOverrides {
+        listen: Some(format!("127.0.0.1:{port}")),
+        metrics_listen: Some(String::new()),
+        redis_url: Some(redis_url.clone()),
+        finals_interval_ms: Some(LOCAL_FINALS_INTERVAL_MS),
+        auth_token: cli.token.clone(),
+        ..ConfigOverrides::default()
+    };
+    let config = ServiceConfig::load(cli.config.as_deref(), overrides).map_err(|e| CliError::BadInput(e.to_string()))?;
+    let token = config.token().map(str::to_string);
+    let url = format!("http://127.0.0.1:{port}");
+    let shutdown = CancellationToken::new();
+    stack.coordinator_shutdown = Some(shutdown.clone());
+    stack.coordinator = Some(tokio::spawn(serve_coordinator(config, shutdown)));
+    let mut client = wait_for_coordinator(&url, token.clone(), stack).await?;
+    eprintln!("coordinator: {url} (in process)");
+
+    let checkpoint_root = args.checkpoint_root.clone().unwrap_or_else(|| out.join("checkpoints"));
+    for index in 0..args.workers {
+        let child = spawn_worker(cli, args, worker_bin, &url, &redis_url, token.as_deref(), &checkpoint_root, logs, index)?;
+        stack.workers.push(child);
+    }
+    eprintln!("workers: {} × {} ({} executor), logs in {}", args.workers, worker_bin.display(), args.executor.name(), logs.display());
+
+    let response = client
+        .submit_sweep(source.request(args.allow_huge))
+        .await
+        .map_err(|s| CliError::from_status(&format!("submit {}", source.file_name), s))?
+        .into_inner();
+    eprint!("{}", output::submit_table(&response));
+
+    let summary = tokio::select! {
+        summary = watch_until_done(&mut client, sweep, WATCH_SETTLE, false) => summary?,
+        dead = stack.all_workers_exited() => return Err(CliError::Unavailable(format!(
+            "every worker exited before the sweep ended ({dead}); see {}", logs.display()
+        ))),
+    };
+    let mut tasks = client::all_tasks(&mut client, sweep).await?;
+    output::sort_tasks(&mut tasks);
+    print!("{}", output::results_table(&tasks));
+    println!("{}", output::counts_line(&summary.counts.clone().unwrap_or_default()));
+    let written = write_report(&tasks, out)?;
+    print!("{}", written.terminal_tables);
+    println!("report: {}", written.index_html.display());
+    failed_cells_error(&summary)
+}
+
+/// What `local` started, stopped in reverse order.
+#[derive(Default)]
+struct LocalStack {
+    redis: Option<RedisServer>,
+    coordinator: Option<JoinHandle<Result<(), CliError>>>,
+    coordinator_shutdown: Option<CancellationToken>,
+    workers: Vec<Child>,
+}
+
+impl LocalStack {
+    /// Resolves once every worker process has exited (never if there are none running).
+    async fn all_workers_exited(&mut self) -> String {
+        loop {
+            let mut statuses = Vec::new();
+            for worker in &mut self.workers {
+                match worker.try_wait() {
+                    Ok(Some(status)) => statuses.push(status.to_string()),
+                    Ok(None) => break,
+                    Err(e) => statuses.push(e.to_string()),
+                }
+            }
+            if !self.workers.is_empty() && statuses.len() == self.workers.len() {
+                statuses.dedup();
+                return statuses.join(", ");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn stop(&mut self) {
+        // Workers first: on SIGTERM they checkpoint, release their leases and exit.
+        for worker in &self.workers {
+            if let Some(pid) = worker.id() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + WORKER_STOP_GRACE;
+        for worker in &mut self.workers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, worker.wait()).await.is_err() {
+                tracing::warn!(pid = worker.id(), "worker did not stop after SIGTERM; killing it");
+                let _ = worker.kill().await;
+            }
+        }
+        self.workers.clear();
+        if let Some(shutdown) = self.coordinator_shutdown.take() {
+            shutdown.cancel();
+        }
+        if let Some(handle) = self.coordinator.take() {
+            match tokio::time::timeout(Duration::from_secs(10), handle).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "coordinator stopped with an error"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "coordinator task failed"),
+                Err(_) => tracing::warn!("coordinator did not stop within 10 s"),
+                Ok(Ok(Ok(()))) => {}
+            }
+        }
+        if let Some(redis) = self.redis.take() {
+            // Dropping it kills the process and removes its temporary directory.
+            let _ = tokio::task::spawn_blocking(move || drop(redis)).await;
+        }
+    }
+}
+
+async fn wait_for_coordinator(url: &str, token: Option<String>, stack: &mut LocalStack) -> Result<SweepClient, CliError> {
+    let started = Instant::now();
+    loop {
+        if let Some(handle) = &stack.coordinator {
+            if handle.is_finished() {
+                let result = match stack.coordinator.take() {
+                    Some(handle) => handle.await,
+                    None => Ok(Ok(())),
+                };
+                return Err(match result {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => CliError::Unavailable("the coordinator stopped at start".to_string()),
+                    Err(e) => CliError::Unavailable(format!("the coordinator failed at start: {e}")),
+                });
+            }
+        }
+        match client::connect(url, token.clone()).await {
+            Ok(client) => return Ok(client),
+            Err(e) if started.elapsed() > COORDINATOR_READY_TIMEOUT => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn free_loopback_port() -> Result<u16, CliError> {
+    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| CliError::Unavailable(format!("no free loopback port: {e}")))
+}
+
+/// `--worker-bin`, else `tsweep-worker` beside the running `tsweep`, else on PATH.
+pub fn find_worker_binary(explicit: Option<&Path>) -> Result<PathBuf, CliError> {
+    if let Some(path) = explicit {
+        return if path.is_file() {
+            Ok(path.to_path_buf())
+        } else {
+            Err(CliError::BadInput(format!("--worker-bin {}: no such file", path.display())))
+        };
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(WORKER_BINARY)))
+        .filter(|p| p.is_file());
+    if let Some(path) = beside {
+        return Ok(path);
+    }
+    // Test binaries live in target/<profile>/deps; the worker is one level up.
+    let above = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().and_then(Path::parent).map(|dir| dir.join(WORKER_BINARY)))
+        .filter(|p| p.is_file());
+    if let Some(path) = above {
+        return Ok(path);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join(WORKER_BINARY)).find(|p| p.is_file()))
+        .unwrap_or_default();
+    on_path.ok_or_else(|| {
+        CliError::Unavailable(format!(
+            "cannot find {WORKER_BINARY} next to tsweep or on PATH (build it: cargo build -p tsweep-worker, or pass --worker-bin)"
+        ))
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_worker(
+    cli: &Cli,
+    args: &LocalArgs,
+    worker_bin: &Path,
+    coordinator: &str,
+    redis_url: &str,
+    token: Option<&str>,
+    checkpoint_root: &Path,
+    logs: &Path,
+    index: u32,
+) -> Result<Child, CliError> {
+    let log_path = logs.join(format!("worker-{index}.log"));
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| CliError::Other(format!("cannot create {}: {e}", log_path.display())))?;
+    let log_err = log.try_clone().map_err(|e| CliError::Other(format!("cannot open {}: {e}", log_path.display())))?;
+    let mut command = Command::new(worker_bin);
+    command
+        .arg("--coordinator")
+        .arg(coordinator)
+        .arg("--redis-url")
+        .arg(redis_url)
+        .arg("--slots")
+        .arg("1")
+        .arg("--executor")
+        .arg(args.executor.name())
+        .arg("--checkpoint-root")
+        .arg(checkpoint_root)
+        .arg("--worker-id")
+        .arg(format!("local-{}-{index}", std::process::id()))
+        .arg("--log-format")
+        .arg(match cli.log_format {
+            crate::logging::LogFormat::Text => "text",
+            crate::logging::LogFormat::Json => "json",
+        });
+    if let Some(device) = &args.device {
+        command.arg("--device").arg(device);
+    }
+    if let Some(cache) = &args.cache_dir {
+        command.arg("--cache-dir").arg(cache);
+    }
+    if let Some(token) = token {
+        command.arg("--token").arg(token);
+    }
+    command.stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(true);
+    command.spawn().map_err(|e| CliError::Unavailable(format!("cannot start {}: {e}", worker_bin.display())))
+}

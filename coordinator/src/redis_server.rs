@@ -1,0 +1,210 @@
+//! A private `redis-server` for tests and `tsweep local`: started on a free loopback port
+//! in a directory of its own with the shipped configuration (`deploy/redis/redis.conf`:
+//! AOF on, `appendfsync everysec`), tracked by PID, killed when dropped.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), tsweep_coordinator::redis_server::RedisServerError> {
+//! let server = tsweep_coordinator::redis_server::RedisServer::start_temp()?;
+//! let url = server.url(); // redis://127.0.0.1:<port>/
+//! # Ok(()) }
+//! ```
+//!
+//! The data directory survives [`RedisServer::kill`] / [`RedisServer::restart`], so a test
+//! can kill Redis mid-sweep and bring it back with its AOF.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The shipped Redis configuration (`deploy/redis/redis.conf`).
+pub const REDIS_CONF: &str = include_str!("../../deploy/redis/redis.conf");
+
+/// Where `redis-server` is looked up when `TSWEEP_REDIS_SERVER` is not set.
+pub const DEFAULT_REDIS_SERVER: &str = "redis-server";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisServerError {
+    #[error("redis-server {what} in {dir}: {source}")]
+    Io {
+        what: &'static str,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("redis-server on port {port} did not answer PING within {waited_ms} ms (log: {log})")]
+    NotReady { port: u16, waited_ms: u128, log: PathBuf },
+    #[error("redis-server on port {port} exited at start with {status} (log: {log})")]
+    Exited { port: u16, status: String, log: PathBuf },
+}
+
+/// A running (or killed, restartable) private redis-server.
+#[derive(Debug)]
+pub struct RedisServer {
+    binary: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    /// Holds the temporary directory when the server made its own.
+    _temp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free loopback port in a new temporary directory (removed
+    /// when the server is dropped).
+    pub fn start_temp() -> Result<RedisServer, RedisServerError> {
+        let temp = tempfile::Builder::new().prefix("tsweep-redis-").tempdir().map_err(|source| {
+            RedisServerError::Io { what: "creating a temporary directory", dir: std::env::temp_dir(), source }
+        })?;
+        let dir = temp.path().to_path_buf();
+        let mut server = RedisServer::new_in(&dir, free_port(&dir)?);
+        server._temp = Some(temp);
+        server.start()?;
+        Ok(server)
+    }
+
+    /// Starts redis-server on `port` (0: a free one) with its data in `dir` (kept).
+    pub fn start_in(dir: &Path, port: u16) -> Result<RedisServer, RedisServerError> {
+        let port = if port == 0 { free_port(dir)? } else { port };
+        let mut server = RedisServer::new_in(dir, port);
+        server.start()?;
+        Ok(server)
+    }
+
+    fn new_in(dir: &Path, port: u16) -> RedisServer {
+        let binary = std::env::var_os("TSWEEP_REDIS_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_REDIS_SERVER));
+        RedisServer { binary, port, dir: dir.to_path_buf(), _temp: None, child: None }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `redis://127.0.0.1:<port>/`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The server's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    /// Starts the server (again) on the same port and directory and waits for PING.
+    pub fn start(&mut self) -> Result<(), RedisServerError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let io = |what: &'static str, dir: &Path| {
+            let dir = dir.to_path_buf();
+            move |source| RedisServerError::Io { what, dir, source }
+        };
+        let conf = self.dir.join("redis.conf");
+        std::fs::write(&conf, REDIS_CONF).map_err(io("writing redis.conf", &self.dir))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(io("opening redis.log", &self.dir))?;
+        let log_err = log.try_clone().map_err(io("opening redis.log", &self.dir))?;
+        let child = Command::new(&self.binary)
+            .arg(&conf)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "yes"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--daemonize", "no", "--save", ""])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(io("starting redis-server", &self.dir))?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), RedisServerError> {
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(RedisServerError::Exited {
+                        port: self.port,
+                        status: status.to_string(),
+                        log: self.log_path(),
+                    });
+                }
+            }
+            if ping(self.port) {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                self.kill();
+                return Err(RedisServerError::NotReady {
+                    port: self.port,
+                    waited_ms: started.elapsed().as_millis(),
+                    log: self.log_path(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and reap; the data directory (with the AOF) stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kill -9, then start again on the same port with the same AOF.
+    pub fn restart(&mut self) -> Result<(), RedisServerError> {
+        self.kill();
+        self.start()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port(dir: &Path) -> Result<u16, RedisServerError> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| RedisServerError::Io {
+        what: "finding a free port",
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    listener.local_addr().map(|a| a.port()).map_err(|source| RedisServerError::Io {
+        what: "finding a free port",
+        dir: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// True when something on the port answers `PING` with `+PONG` (not `-LOADING`).
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    match stream.read(&mut reply) {
+        Ok(n) => reply[..n].starts_with(b"+PONG"),
+        Err(_) => false,
+    }
+}

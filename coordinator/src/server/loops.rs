@@ -1,0 +1,207 @@
+//! The coordinator's background loops, all stopped by one cancellation token:
+//! - `connect`: first Redis connection (retried with backoff; the server answers
+//!   UNAVAILABLE and readiness NOT_SERVING until it succeeds);
+//! - `readiness`: PINGs Redis, sets the `tsweep.ready` health status and `tsweep_redis_up`;
+//! - `reaper`: expired leases back to pending, every `reaper_interval_ms`, per active sweep;
+//! - `finals`: refits of finished selection groups, every `finals_interval_ms`;
+//! - `gauges`: per-sweep task gauges and the queue depth, every `gauges_interval_ms`.
+//!
+//! A loop that meets an unavailable Redis logs and backs off (exponential, capped); it
+//! never ends the process. The metrics stream consumer is in `metrics_consumer`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use tracing::{debug, info, warn};
+
+use super::state::{sleep_or_cancel, Backoff, Shared};
+use super::READINESS_SERVICE;
+use crate::store::{Store, StoreError, StoreOptions};
+
+/// Longest wait between tries while Redis is away.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// How often readiness is re-checked.
+pub const READINESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Connects to Redis, retrying with backoff until it answers or `cancel` fires.
+pub async fn connect(shared: Shared, options: StoreOptions) {
+    let cancel = shared.cancel.clone();
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+    loop {
+        let attempt = tokio::select! {
+            _ = cancel.cancelled() => return,
+            result = Store::connect(&shared.config.redis_url, options.clone()) => result,
+        };
+        match attempt {
+            Ok(store) => {
+                info!(redis_url = %redact(&shared.config.redis_url), "connected to redis");
+                shared.store.set(store);
+                return;
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis not reachable yet");
+                if !sleep_or_cancel(delay, &cancel).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host` for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Readiness follows Redis: SERVING while PING answers, NOT_SERVING otherwise. Liveness
+/// (the empty service name) is never touched: it stays SERVING while the process runs.
+pub async fn readiness(shared: Shared, health: HealthReporter) {
+    let cancel = shared.cancel.clone();
+    let mut last: Option<bool> = None;
+    loop {
+        let up = match shared.store.get() {
+            Ok(store) => match tokio::time::timeout(READINESS_INTERVAL, store.ping()).await {
+                Ok(Ok(())) => true,
+                Ok(Err(error)) => {
+                    debug!(%error, "readiness ping failed");
+                    false
+                }
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if last != Some(up) {
+            let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
+            health.set_service_status(READINESS_SERVICE, status).await;
+            shared.telemetry.set_redis_up(up);
+            if up {
+                info!("ready: redis answers");
+            } else if last.is_some() {
+                warn!("not ready: redis does not answer");
+            }
+            last = Some(up);
+        }
+        if !sleep_or_cancel(READINESS_INTERVAL, &cancel).await {
+            health.set_service_status(READINESS_SERVICE, ServingStatus::NotServing).await;
+            return;
+        }
+    }
+}
+
+/// Runs `step` every `interval` until cancelled. A failed step is logged and retried
+/// after an exponential backoff (from `MIN_BACKOFF` to `MAX_BACKOFF`) instead of the
+/// interval; a success resets the backoff.
+async fn periodic<F, Fut>(name: &'static str, shared: Shared, interval: Duration, mut step: F)
+where
+    F: FnMut(Store) -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let cancel: CancellationToken = shared.cancel.clone();
+    let Some(store) = shared.store.wait(&cancel).await else {
+        return;
+    };
+    let mut backoff = Backoff::new(MIN_BACKOFF.max(interval / 4), MAX_BACKOFF.max(interval));
+    loop {
+        let delay = match step(store.clone()).await {
+            Ok(()) => {
+                backoff.reset();
+                interval
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                if error.is_retryable() {
+                    warn!(loop_name = name, %error, retry_in_ms = delay.as_millis() as u64, "redis unavailable, backing off");
+                } else {
+                    warn!(loop_name = name, %error, retry_in_ms = delay.as_millis() as u64, "loop step failed");
+                }
+                delay
+            }
+        };
+        if !sleep_or_cancel(delay, &cancel).await {
+            debug!(loop_name = name, "stopped");
+            return;
+        }
+    }
+}
+
+pub async fn reaper(shared: Shared) {
+    let interval = Duration::from_millis(shared.config.reaper_interval_ms);
+    let telemetry = shared.telemetry.clone();
+    periodic("reaper", shared, interval, move |store| {
+        let telemetry = telemetry.clone();
+        async move {
+            let expired = store.reap_all().await?;
+            if expired > 0 {
+                info!(expired, "expired leases returned to pending");
+                telemetry.add_lease_expiries(expired);
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+pub async fn finals(shared: Shared) {
+    let interval = Duration::from_millis(shared.config.finals_interval_ms);
+    let notifier = shared.clone();
+    periodic("finals", shared, interval, move |store| {
+        let notifier = notifier.clone();
+        async move {
+            for sweep in store.active_sweeps().await? {
+                let scheduled = store.schedule_finals(&sweep).await?;
+                if !scheduled.is_empty() {
+                    info!(sweep = %sweep, finals = scheduled.len(), "refits scheduled");
+                    notifier.notify_sweep(&sweep);
+                }
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+pub async fn gauges(shared: Shared) {
+    let interval = Duration::from_millis(shared.config.gauges_interval_ms);
+    let telemetry = shared.telemetry.clone();
+    let roster = shared.roster.clone();
+    let window = shared.config.lease_ttl() * 3;
+    periodic("gauges", shared, interval, move |store| {
+        let telemetry = telemetry.clone();
+        let roster = roster.clone();
+        async move {
+            let sweeps = store.list_sweeps().await?;
+            let counts: Vec<_> = sweeps
+                .iter()
+                .map(|s| (s.sweep.as_str(), s.counts.clone().unwrap_or_default()))
+                .collect();
+            telemetry.set_sweep_counts(counts.iter().map(|(name, counts)| (*name, counts)));
+            telemetry.set_workers_registered(roster.live(window));
+            Ok(())
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(redact("redis://:pw@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact("rediss://user:pw@host"), "rediss://user:***@host");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,488 @@
+//! The metrics stream consumer: one consumer group (`tsweep-coordinator`) on every active
+//! sweep's stream `tsweep:{<sweep>}:metrics`, read with `XREADGROUP BLOCK` on a DEDICATED
+//! connection that has no response timeout (a blocking read must not look like a dead
+//! server, and must not hold up the shared connection manager).
+//!
+//! Each entry (fields written by workers: `task_id, attempt, step, total_steps, loss, lr,
+//! images_per_s, val_score?, ts_ms`) is checked against the task's current attempt:
+//! - current: the task's progress summary (last step, loss, lr, images/s, best val of the
+//!   attempt) is merged into the hash `<stream key>:progress` (field = task id, JSON
+//!   [`TaskProgress`]) by a small Lua script that never lets an older attempt or an older
+//!   step overwrite a newer one;
+//! - stale (an attempt that no longer holds the lease): counted (store + telemetry) and
+//!   ignored;
+//! - malformed: logged and dropped (a poison entry must not block the stream).
+//!
+//! Entries are XACKed only after their effect is written. Entries left pending by a
+//! crashed consumer are taken over with `XAUTOCLAIM` after `CLAIM_MIN_IDLE`.
+//! Redis away: the loop logs, drops the connection, backs off and reconnects.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::AsyncConnectionConfig;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use super::state::{sleep_or_cancel, Backoff, Shared};
+use crate::store::{Store, StoreError};
+use crate::telemetry::StaleKind;
+
+pub const GROUP: &str = "tsweep-coordinator";
+/// How long one XREADGROUP waits for new entries.
+pub const BLOCK: Duration = Duration::from_millis(1000);
+/// Entries per read.
+pub const BATCH: usize = 512;
+/// An entry delivered but not acked for this long is claimed again.
+pub const CLAIM_MIN_IDLE: Duration = Duration::from_secs(30);
+/// How often the set of active sweeps (streams to read) and stuck entries are re-checked.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+/// Last known progress of a task's current attempt, from its metrics entries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TaskProgress {
+    pub attempt: u32,
+    pub step: u64,
+    pub total_steps: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lr: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub images_per_s: Option<f64>,
+    /// Best validation score this attempt reported so far.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub best_val: Option<f64>,
+    pub ts_ms: i64,
+}
+
+/// One parsed stream entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricEntry {
+    pub task_id: String,
+    pub progress: TaskProgress,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EntryError {
+    #[error("metrics entry {id}: field `{field}` is missing")]
+    Missing { id: String, field: &'static str },
+    #[error("metrics entry {id}: field `{field}` is not a number: {value:?}")]
+    NotANumber { id: String, field: &'static str, value: String },
+}
+
+fn field_text(entry: &StreamId, field: &str) -> Option<String> {
+    entry.get::<String>(field).filter(|text| !text.trim().is_empty())
+}
+
+fn parse_field<T: std::str::FromStr>(entry: &StreamId, field: &'static str) -> Result<Option<T>, EntryError> {
+    match field_text(entry, field) {
+        None => Ok(None),
+        Some(text) => text
+            .trim()
+            .parse::<T>()
+            .map(Some)
+            .map_err(|_| EntryError::NotANumber { id: entry.id.clone(), field, value: text }),
+    }
+}
+
+fn required<T>(entry: &StreamId, field: &'static str, value: Option<T>) -> Result<T, EntryError> {
+    value.ok_or_else(|| EntryError::Missing { id: entry.id.clone(), field })
+}
+
+/// Only finite values are kept: a NaN loss is a diverged run, reported on completion.
+fn finite(value: Option<f64>) -> Option<f64> {
+    value.filter(|v| v.is_finite())
+}
+
+pub fn parse_entry(entry: &StreamId) -> Result<MetricEntry, EntryError> {
+    let task_id = required(entry, "task_id", field_text(entry, "task_id"))?;
+    let attempt = required(entry, "attempt", parse_field::<u32>(entry, "attempt")?)?;
+    let step = parse_field::<u64>(entry, "step")?.unwrap_or(0);
+    let total_steps = parse_field::<u64>(entry, "total_steps")?.unwrap_or(0);
+    let progress = TaskProgress {
+        attempt,
+        step,
+        total_steps,
+        loss: finite(parse_field(entry, "loss")?),
+        lr: finite(parse_field(entry, "lr")?),
+        images_per_s: finite(parse_field(entry, "images_per_s")?),
+        best_val: finite(parse_field(entry, "val_score")?),
+        ts_ms: parse_field::<i64>(entry, "ts_ms")?.unwrap_or(0),
+    };
+    Ok(MetricEntry { task_id, progress })
+}
+
+/// The hash of per-task progress of a sweep, beside its metrics stream (same hash slot).
+pub fn progress_key(stream_key: &str) -> String {
+    format!("{stream_key}:progress")
+}
+
+/// Merges one progress record; an older attempt, or an older step of the same attempt,
+/// never replaces a newer one (best_val is kept as the maximum within an attempt).
+const MERGE_PROGRESS_LUA: &str = r#"
+local new = cjson.decode(ARGV[2])
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  local old = cjson.decode(current)
+  if old.attempt > new.attempt then return 0 end
+  if old.attempt == new.attempt then
+    local best = new.best_val
+    if old.best_val ~= nil and (best == nil or old.best_val > best) then best = old.best_val end
+    if old.step > new.step then new = old end
+    new.best_val = best
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(new))
+return 1
+"#;
+
+/// Reads every task's progress of a sweep (for the CLI or reports; absent tasks sent none).
+pub async fn read_progress(store: &Store, sweep: &str) -> Result<HashMap<String, TaskProgress>, StoreError> {
+    let mut conn = store.connection();
+    let raw: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(progress_key(&store.metrics_stream_key(sweep)))
+        .query_async(&mut conn)
+        .await
+        .map_err(|source| StoreError::Redis { operation: "read task progress", source })?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(task, json)| serde_json::from_str(&json).ok().map(|p| (task, p)))
+        .collect())
+}
+
+/// A blocking read that outlives BLOCK by this much counts as a lost connection.
+const READ_MARGIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+enum ConsumeError {
+    #[error("XREADGROUP did not return within its block time plus {READ_MARGIN:?}")]
+    ReadTimeout,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("redis {operation}: {source}")]
+    Redis {
+        operation: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+fn redis_err(operation: &'static str) -> impl FnOnce(redis::RedisError) -> ConsumeError {
+    move |source| ConsumeError::Redis { operation, source }
+}
+
+/// Runs until `shared.cancel` fires.
+pub async fn run(shared: Shared) {
+    let cancel = shared.cancel.clone();
+    let Some(store) = shared.store.wait(&cancel).await else {
+        return;
+    };
+    let consumer = format!("coordinator-{}", std::process::id());
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let mut consumer_state = Consumer {
+            shared: shared.clone(),
+            store: store.clone(),
+            consumer: consumer.clone(),
+            merge: redis::Script::new(MERGE_PROGRESS_LUA),
+            streams: HashMap::new(),
+            groups_ready: HashSet::new(),
+            last_refresh: None,
+        };
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => return,
+            outcome = consumer_state.run_connected(&mut backoff) => outcome,
+        };
+        if let Err(error) = outcome {
+            let delay = backoff.next_delay();
+            warn!(%error, retry_in_ms = delay.as_millis() as u64, "metrics consumer: redis unavailable, backing off");
+            if !sleep_or_cancel(delay, &cancel).await {
+                return;
+            }
+        }
+    }
+}
+
+struct Consumer {
+    shared: Shared,
+    store: Store,
+    consumer: String,
+    merge: redis::Script,
+    /// Stream key → sweep name, for the active sweeps.
+    streams: HashMap<String, String>,
+    groups_ready: HashSet<String>,
+    last_refresh: Option<Instant>,
+}
+
+impl Consumer {
+    async fn dedicated_connection(&self) -> Result<MultiplexedConnection, ConsumeError> {
+        let client = redis::Client::open(self.shared.config.redis_url.as_str()).map_err(redis_err("open client"))?;
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(redis_err("connect metrics consumer"))
+    }
+
+    async fn run_connected(&mut self, backoff: &mut Backoff) -> Result<(), ConsumeError> {
+        let mut conn = self.dedicated_connection().await?;
+        debug!(consumer = %self.consumer, "metrics consumer connected");
+        loop {
+            if self.last_refresh.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
+                self.refresh_streams(&mut conn).await?;
+                self.claim_stuck(&mut conn).await?;
+                self.last_refresh = Some(Instant::now());
+            }
+            if self.streams.is_empty() {
+                backoff.reset();
+                if !sleep_or_cancel(BLOCK, &self.shared.cancel).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            let keys: Vec<&String> = self.streams.keys().collect();
+            let mut command = redis::cmd("XREADGROUP");
+            command
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(BATCH)
+                .arg("BLOCK")
+                .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(1000))
+                .arg("STREAMS")
+                .arg(&keys);
+            for _ in &keys {
+                command.arg(">");
+            }
+            // No response timeout on this connection; a silent network partition still ends
+            // the read after BLOCK plus a margin.
+            let read = tokio::time::timeout(BLOCK + READ_MARGIN, command.query_async(&mut conn)).await;
+            let Ok(read) = read else {
+                return Err(ConsumeError::ReadTimeout);
+            };
+            let reply: Option<StreamReadReply> = match read {
+                Ok(reply) => reply,
+                Err(error) if error.code() == Some("NOGROUP") => {
+                    // The stream or group vanished (Redis restarted without its data): recreate.
+                    self.groups_ready.clear();
+                    self.last_refresh = None;
+                    continue;
+                }
+                Err(source) => return Err(ConsumeError::Redis { operation: "XREADGROUP", source }),
+            };
+            backoff.reset();
+            if let Some(reply) = reply {
+                for stream in reply.keys {
+                    self.apply(&mut conn, &stream.key, stream.ids).await?;
+                }
+            }
+        }
+    }
+
+    /// Streams of the active sweeps, each with our consumer group (created from the start
+    /// of the stream, so entries written before the group existed are read too).
+    async fn refresh_streams(&mut self, conn: &mut MultiplexedConnection) -> Result<(), ConsumeError> {
+        let sweeps = self.store.active_sweeps().await?;
+        self.streams = sweeps
+            .into_iter()
+            .map(|sweep| (self.store.metrics_stream_key(&sweep), sweep))
+            .collect();
+        for key in self.streams.keys() {
+            if self.groups_ready.contains(key) {
+                continue;
+            }
+            let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(key)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(conn)
+                .await;
+            match created {
+                Ok(()) => info!(stream = %key, group = GROUP, "metrics consumer group created"),
+                Err(error) if error.code() == Some("BUSYGROUP") => {}
+                Err(source) => return Err(ConsumeError::Redis { operation: "XGROUP CREATE", source }),
+            }
+            self.groups_ready.insert(key.clone());
+        }
+        Ok(())
+    }
+
+    /// Takes over entries delivered to a consumer that died before acking them.
+    async fn claim_stuck(&mut self, conn: &mut MultiplexedConnection) -> Result<(), ConsumeError> {
+        let keys: Vec<String> = self.streams.keys().cloned().collect();
+        for key in keys {
+            let mut start = "0-0".to_string();
+            loop {
+                let reply: Result<StreamAutoClaimReply, redis::RedisError> = redis::cmd("XAUTOCLAIM")
+                    .arg(&key)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(u64::try_from(CLAIM_MIN_IDLE.as_millis()).unwrap_or(30_000))
+                    .arg(&start)
+                    .arg("COUNT")
+                    .arg(BATCH)
+                    .query_async(conn)
+                    .await;
+                let reply = match reply {
+                    Ok(reply) => reply,
+                    Err(error) if error.code() == Some("NOGROUP") => {
+                        self.groups_ready.remove(&key);
+                        break;
+                    }
+                    Err(source) => return Err(ConsumeError::Redis { operation: "XAUTOCLAIM", source }),
+                };
+                if !reply.claimed.is_empty() {
+                    info!(stream = %key, entries = reply.claimed.len(), "claimed stuck metrics entries");
+                    self.apply(conn, &key, reply.claimed).await?;
+                }
+                if reply.next_stream_id == "0-0" || reply.next_stream_id.is_empty() {
+                    break;
+                }
+                start = reply.next_stream_id;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a batch of one stream's entries, then acks them.
+    async fn apply(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        entries: Vec<StreamId>,
+    ) -> Result<(), ConsumeError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let sweep = match self.streams.get(key) {
+            Some(sweep) => sweep.clone(),
+            None => {
+                // A claimed entry of a sweep no longer active: nothing to update.
+                self.ack(conn, key, &entries).await?;
+                return Ok(());
+            }
+        };
+        let progress_key = progress_key(key);
+        let mut current: HashMap<(String, u32), bool> = HashMap::new();
+        let mut stale: u64 = 0;
+        let mut applied: u64 = 0;
+        for entry in &entries {
+            let parsed = match parse_entry(entry) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    warn!(sweep = %sweep, %error, "malformed metrics entry dropped");
+                    continue;
+                }
+            };
+            let attempt = parsed.progress.attempt;
+            let cache_key = (parsed.task_id.clone(), attempt);
+            let is_current = match current.get(&cache_key) {
+                Some(known) => *known,
+                None => {
+                    let known = self.attempt_is_current(&sweep, &parsed.task_id, attempt).await?;
+                    current.insert(cache_key, known);
+                    known
+                }
+            };
+            if !is_current {
+                self.store.record_stale_metric(&sweep).await?;
+                stale += 1;
+                continue;
+            }
+            let json = serde_json::to_string(&parsed.progress)
+                .map_err(|source| StoreError::Json { what: "task progress", source })?;
+            let _: i64 = self
+                .merge
+                .key(&progress_key)
+                .arg(&parsed.task_id)
+                .arg(json)
+                .invoke_async(conn)
+                .await
+                .map_err(redis_err("merge task progress"))?;
+            applied += 1;
+        }
+        self.ack(conn, key, &entries).await?;
+        if stale > 0 {
+            debug!(sweep = %sweep, stale, "stale metrics entries ignored");
+            self.shared.telemetry.add_stale_reports(StaleKind::Metrics, stale);
+        }
+        self.shared.telemetry.add_metrics_entries(applied);
+        Ok(())
+    }
+
+    /// Whether metrics of `attempt` still count: it is the task's latest attempt and that
+    /// attempt was not taken back (leased, running, or ended by its own report — an entry
+    /// read after the attempt's CompleteTask is late, not stale). An older attempt, or
+    /// one whose lease was reaped (pending again) or cancelled, is stale.
+    async fn attempt_is_current(&self, sweep: &str, task_id: &str, attempt: u32) -> Result<bool, StoreError> {
+        let Some(task) = self.store.task(sweep, task_id).await? else {
+            return Ok(false);
+        };
+        Ok(task.attempt == attempt && matches!(task.state.as_str(), "leased" | "running" | "succeeded" | "failed"))
+    }
+
+    async fn ack(&self, conn: &mut MultiplexedConnection, key: &str, entries: &[StreamId]) -> Result<(), ConsumeError> {
+        let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
+        let _: u64 = redis::cmd("XACK")
+            .arg(key)
+            .arg(GROUP)
+            .arg(&ids)
+            .query_async(conn)
+            .await
+            .map_err(redis_err("XACK"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(fields: &[(&str, &str)]) -> StreamId {
+        StreamId {
+            id: "1-0".into(),
+            map: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), redis::Value::BulkString(v.as_bytes().to_vec())))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn parses_worker_fields_and_drops_nan() {
+        let parsed = parse_entry(&entry(&[
+            ("task_id", "t1"),
+            ("attempt", "2"),
+            ("step", "40"),
+            ("total_steps", "100"),
+            ("loss", "NaN"),
+            ("lr", "0.01"),
+            ("images_per_s", "512.5"),
+            ("val_score", "0.7"),
+            ("ts_ms", "1700000000000"),
+        ]))
+        .unwrap();
+        assert_eq!(parsed.task_id, "t1");
+        assert_eq!(parsed.progress.attempt, 2);
+        assert_eq!(parsed.progress.step, 40);
+        assert_eq!(parsed.progress.loss, None);
+        assert_eq!(parsed.progress.best_val, Some(0.7));
+    }
+
+    #[test]
+    fn missing_attempt_or_bad_number_is_an_error_naming_the_field() {
+        let missing = parse_entry(&entry(&[("task_id", "t1")])).unwrap_err();
+        assert!(missing.to_string().contains("attempt"), "{missing}");
+        let bad = parse_entry(&entry(&[("task_id", "t1"), ("attempt", "1"), ("step", "x")])).unwrap_err();
+        assert!(bad.to_string().contains("step"), "{bad}");
+    }
+}

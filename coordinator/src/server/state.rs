@@ -1,0 +1,163 @@
+//! What the gRPC services and the background loops share: the store (once connected),
+//! the config, telemetry, and a per-sweep "something ended" signal for watchers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServiceConfig;
+use crate::error::CoordinatorError;
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+
+/// The store once the first Redis connection succeeded. Until then every call answers
+/// UNAVAILABLE (the server listens and answers health checks from the start, so a
+/// coordinator started before Redis does not crash-loop).
+#[derive(Clone)]
+pub struct StoreSlot {
+    sender: Arc<watch::Sender<Option<Store>>>,
+}
+
+impl Default for StoreSlot {
+    fn default() -> Self {
+        Self { sender: Arc::new(watch::channel(None).0) }
+    }
+}
+
+impl StoreSlot {
+    pub fn set(&self, store: Store) {
+        self.sender.send_replace(Some(store));
+    }
+
+    /// The connected store, or UNAVAILABLE while the first connection is still pending.
+    pub fn get(&self) -> Result<Store, CoordinatorError> {
+        self.sender
+            .borrow()
+            .clone()
+            .ok_or_else(|| CoordinatorError::Unavailable("not connected to redis yet".into()))
+    }
+
+    /// Waits until connected; `None` when `cancel` fires first.
+    pub async fn wait(&self, cancel: &CancellationToken) -> Option<Store> {
+        let mut receiver = self.sender.subscribe();
+        tokio::select! {
+            _ = cancel.cancelled() => None,
+            result = receiver.wait_for(Option::is_some) => result.ok().and_then(|store| store.clone()),
+        }
+    }
+}
+
+/// Shared by both services and the loops; cheap to clone.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: StoreSlot,
+    pub config: Arc<ServiceConfig>,
+    pub telemetry: Telemetry,
+    /// Sweep names whose tasks ended or changed state in bulk (complete, fail, cancel,
+    /// retry); WatchSweep answers at once instead of at its next tick.
+    pub sweep_events: broadcast::Sender<String>,
+    /// Cancelled on shutdown: loops stop, watch streams end.
+    pub cancel: CancellationToken,
+    /// Workers seen (register or heartbeat) by this coordinator, for the workers gauge.
+    pub roster: WorkerRoster,
+}
+
+/// When each worker was last seen. A worker counts as registered while it was seen within
+/// the window (three lease TTLs); the map is rebuilt from heartbeats after a restart.
+#[derive(Clone, Default)]
+pub struct WorkerRoster {
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl WorkerRoster {
+    pub fn seen(&self, worker_id: &str) {
+        if let Ok(mut seen) = self.seen.lock() {
+            match seen.get_mut(worker_id) {
+                Some(at) => *at = Instant::now(),
+                None => {
+                    seen.insert(worker_id.to_string(), Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Forgets workers not seen within `window` and returns how many remain.
+    pub fn live(&self, window: Duration) -> u64 {
+        match self.seen.lock() {
+            Ok(mut seen) => {
+                seen.retain(|_, at| at.elapsed() <= window);
+                seen.len() as u64
+            }
+            Err(_) => 0,
+        }
+    }
+}
+
+impl Shared {
+    pub fn new(config: ServiceConfig, telemetry: Telemetry, cancel: CancellationToken) -> Self {
+        Self {
+            store: StoreSlot::default(),
+            config: Arc::new(config),
+            telemetry,
+            sweep_events: broadcast::channel(1024).0,
+            cancel,
+            roster: WorkerRoster::default(),
+        }
+    }
+
+    pub fn notify_sweep(&self, sweep: &str) {
+        // No receiver (nobody watching) is fine.
+        let _ = self.sweep_events.send(sweep.to_string());
+    }
+}
+
+/// Exponential backoff for loops that meet an unavailable Redis: doubles from `min` up to
+/// `max`, back to `min` after a success.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self { min, max, next: min }
+    }
+
+    /// The delay to wait now; the following one is twice as long (capped).
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// Sleeps `delay` unless cancelled first; returns false when cancelled.
+pub async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+        let delays: Vec<_> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 500, 500]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Duration::from_millis(100));
+    }
+}

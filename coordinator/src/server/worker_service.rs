@@ -1,0 +1,182 @@
+//! `tsweep.v1.WorkerService`: what worker agents call. Every request's protocol version is
+//! checked first; every report is fenced by the store on `(task, attempt)`.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info};
+use tsweep_proto::v1::worker_service_server::WorkerService;
+use tsweep_proto::v1::{
+    AcquireTaskRequest, AcquireTaskResponse, CompleteTaskRequest, FailTaskRequest, FailureClass, HeartbeatRequest,
+    HeartbeatResponse, LeaseRef, RegisterWorkerRequest, RegisterWorkerResponse, ReportOutcome, ReportResponse,
+};
+
+use super::state::Shared;
+use crate::error::{check_protocol, CoordinatorError};
+use crate::store::{Checkpoint, WorkerInfo};
+use crate::telemetry::StaleKind;
+
+#[derive(Clone)]
+pub struct WorkerServiceImpl {
+    shared: Shared,
+}
+
+impl WorkerServiceImpl {
+    pub fn new(shared: Shared) -> Self {
+        Self { shared }
+    }
+
+    /// What an idle worker waits before asking again: the configured value ±20 %, so a
+    /// fleet that found nothing does not come back in lockstep.
+    fn retry_after_ms(&self) -> u64 {
+        let base = self.shared.config.acquire_retry_after_ms;
+        let spread = base / 5;
+        if spread == 0 {
+            return base;
+        }
+        rand::rng().random_range(base - spread..=base + spread)
+    }
+}
+
+fn require_worker_id(worker_id: &str) -> Result<(), CoordinatorError> {
+    if worker_id.trim().is_empty() {
+        return Err(CoordinatorError::InvalidArgument("worker_id is empty".into()));
+    }
+    Ok(())
+}
+
+fn require_lease(lease: Option<&LeaseRef>) -> Result<&LeaseRef, CoordinatorError> {
+    let lease = lease.ok_or_else(|| CoordinatorError::InvalidArgument("lease is missing".into()))?;
+    if lease.sweep.is_empty() || lease.task_id.is_empty() {
+        return Err(CoordinatorError::InvalidArgument("lease.sweep and lease.task_id must be set".into()));
+    }
+    Ok(lease)
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerServiceImpl {
+    async fn register_worker(
+        &self,
+        request: Request<RegisterWorkerRequest>,
+    ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        let request = request.into_inner();
+        check_protocol(request.protocol_version)?;
+        require_worker_id(&request.worker_id)?;
+        let store = self.shared.store.get()?;
+        let worker = WorkerInfo {
+            worker_id: request.worker_id.clone(),
+            hostname: request.hostname,
+            slots: request.slots,
+            gpus: request.gpus,
+            version: request.version,
+        };
+        store.register_worker(&worker).await.map_err(CoordinatorError::from)?;
+        self.shared.roster.seen(&worker.worker_id);
+        info!(worker_id = %worker.worker_id, hostname = %worker.hostname, slots = worker.slots, gpus = worker.gpus, version = %worker.version, "worker registered");
+        let config = &self.shared.config;
+        Ok(Response::new(RegisterWorkerResponse {
+            lease_ttl_ms: config.lease_ttl_ms,
+            heartbeat_interval_ms: duration_ms(config.heartbeat_interval()),
+            metrics_stream_pattern: store.metrics_stream_pattern(),
+        }))
+    }
+
+    async fn acquire_task(
+        &self,
+        request: Request<AcquireTaskRequest>,
+    ) -> Result<Response<AcquireTaskResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        check_protocol(request.protocol_version)?;
+        require_worker_id(&request.worker_id)?;
+        let store = self.shared.store.get()?;
+        let task = store
+            .acquire(&request.worker_id, request.free_gpus)
+            .await
+            .map_err(CoordinatorError::from)?;
+        self.shared.telemetry.observe_acquire(started.elapsed());
+        let retry_after_ms = match &task {
+            Some(task) => {
+                debug!(worker_id = %request.worker_id, sweep = %task.sweep, task_id = %task.task_id, attempt = task.attempt, slot = request.slot, "leased");
+                0
+            }
+            None => self.retry_after_ms(),
+        };
+        Ok(Response::new(AcquireTaskResponse { task, retry_after_ms }))
+    }
+
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        check_protocol(request.protocol_version)?;
+        require_worker_id(&request.worker_id)?;
+        let store = self.shared.store.get()?;
+        self.shared.roster.seen(&request.worker_id);
+        let stop = store
+            .renew(&request.worker_id, &request.leases)
+            .await
+            .map_err(CoordinatorError::from)?;
+        if !stop.is_empty() {
+            debug!(worker_id = %request.worker_id, stop_orders = stop.len(), "heartbeat answered with stop orders");
+        }
+        Ok(Response::new(HeartbeatResponse { stop, lease_ttl_ms: self.shared.config.lease_ttl_ms }))
+    }
+
+    async fn complete_task(&self, request: Request<CompleteTaskRequest>) -> Result<Response<ReportResponse>, Status> {
+        let request = request.into_inner();
+        check_protocol(request.protocol_version)?;
+        require_worker_id(&request.worker_id)?;
+        let lease = require_lease(request.lease.as_ref())?;
+        let result = request.result.unwrap_or_default();
+        let store = self.shared.store.get()?;
+        let outcome = store
+            .complete(&request.worker_id, lease, &result)
+            .await
+            .map_err(CoordinatorError::from)?;
+        match outcome {
+            ReportOutcome::Accepted => {
+                info!(worker_id = %request.worker_id, sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, "completed");
+                self.shared.notify_sweep(&lease.sweep);
+            }
+            ReportOutcome::Stale => {
+                info!(worker_id = %request.worker_id, sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, "stale completion refused");
+                self.shared.telemetry.add_stale_reports(StaleKind::Complete, 1);
+            }
+            ReportOutcome::Duplicate | ReportOutcome::Unspecified => {}
+        }
+        Ok(Response::new(ReportResponse { outcome: outcome as i32, task_state: String::new() }))
+    }
+
+    async fn fail_task(&self, request: Request<FailTaskRequest>) -> Result<Response<ReportResponse>, Status> {
+        let request = request.into_inner();
+        check_protocol(request.protocol_version)?;
+        require_worker_id(&request.worker_id)?;
+        let lease = require_lease(request.lease.as_ref())?;
+        let class = FailureClass::try_from(request.class)
+            .map_err(|_| CoordinatorError::InvalidArgument(format!("unknown failure class {}", request.class)))?;
+        let checkpoint = (!request.checkpoint_path.is_empty())
+            .then(|| Checkpoint { path: request.checkpoint_path.clone(), step: request.checkpoint_step });
+        let store = self.shared.store.get()?;
+        let outcome = store
+            .fail(&request.worker_id, lease, class, &request.message, checkpoint.as_ref())
+            .await
+            .map_err(CoordinatorError::from)?;
+        let task_state = outcome.state.map(|s| s.name().to_string()).unwrap_or_default();
+        match outcome.outcome {
+            ReportOutcome::Accepted => {
+                info!(worker_id = %request.worker_id, sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, class = class.name(), state = %task_state, message = %request.message, "failure recorded");
+                self.shared.notify_sweep(&lease.sweep);
+            }
+            ReportOutcome::Stale => {
+                info!(worker_id = %request.worker_id, sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, "stale failure refused");
+                self.shared.telemetry.add_stale_reports(StaleKind::Fail, 1);
+            }
+            ReportOutcome::Duplicate | ReportOutcome::Unspecified => {}
+        }
+        Ok(Response::new(ReportResponse { outcome: outcome.outcome as i32, task_state }))
+    }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,69 @@
+//! Store errors, classified by type: [`StoreError::is_retryable`] says whether the caller
+//! may try the same call again (Redis restarting, connection dropped, timeout) or must not
+//! (bad argument, corrupt record, protocol error).
+
+use redis::{ErrorKind, RetryMethod, ServerErrorKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A Redis command failed; see [`StoreError::is_retryable`].
+    #[error("redis {operation}: {source}")]
+    Redis {
+        operation: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The sweep is not known.
+    #[error("sweep {sweep} not found")]
+    SweepNotFound { sweep: String },
+    /// A caller passed something the store refuses (bad sweep name, empty task id, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A record in Redis does not have the shape the store wrote (key and field named).
+    #[error("corrupt record {key} field {field}: {detail}")]
+    Corrupt { key: String, field: String, detail: String },
+    /// JSON encoding of a result or spec failed.
+    #[error("json of {what}: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn redis(operation: &'static str) -> impl FnOnce(redis::RedisError) -> StoreError {
+        move |source| StoreError::Redis { operation, source }
+    }
+
+    /// True when the same call may succeed if repeated after a short wait: the connection
+    /// dropped or was refused (Redis restarting), a timeout, Redis still loading its AOF,
+    /// or a cluster fail-over. The `ConnectionManager` reconnects in the background but
+    /// never repeats the failed command itself.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Redis { source, .. } => redis_error_is_retryable(source),
+            _ => false,
+        }
+    }
+}
+
+fn redis_error_is_retryable(err: &redis::RedisError) -> bool {
+    if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() {
+        return true;
+    }
+    match err.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly,
+        ) => true,
+        ErrorKind::Server(_) => false,
+        _ => matches!(
+            err.retry_method(),
+            RetryMethod::Reconnect | RetryMethod::RetryImmediately | RetryMethod::WaitAndRetry
+        ),
+    }
+}

@@ -1,0 +1,135 @@
+-- Shared helpers, prepended to every transition script (store/scripts.rs).
+-- KEYS[1] is the sweep's key base "<prefix>:{<sweep>}:"; every key of the sweep is
+-- KEYS[1] .. suffix, so all of them hash to the sweep's slot.
+local base = KEYS[1]
+local function k(suffix) return base .. suffix end
+local function task_key(id) return base .. 'task:' .. id end
+
+-- Milliseconds on the Redis server's clock: lease deadlines never use a host's clock.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function num(v, default)
+  local n = tonumber(v)
+  if n == nil then return default end
+  return n
+end
+
+local function is_terminal(state)
+  return state == 'succeeded' or state == 'failed' or state == 'cancelled'
+end
+
+local function sweep_status()
+  return redis.call('HGET', k('meta'), 'status')
+end
+
+-- Moves a task between states: its field, the per-state index and the counts.
+local function move_state(id, from, to, seq)
+  redis.call('HSET', task_key(id), 'state', to)
+  if from then
+    redis.call('ZREM', k('state:' .. from), id)
+    redis.call('HINCRBY', k('counts'), from, -1)
+  end
+  redis.call('ZADD', k('state:' .. to), seq, id)
+  redis.call('HINCRBY', k('counts'), to, 1)
+end
+
+-- The pending queue: one zset per GPU count (scored by priority), and the set of GPU
+-- counts that have one, so acquire looks only at queues the worker can run.
+local function enqueue(id, gpus, prio)
+  redis.call('ZADD', k('queue:' .. gpus), prio, id)
+  redis.call('SADD', k('gpus'), gpus)
+end
+
+local function dequeue(id, gpus)
+  redis.call('ZREM', k('queue:' .. gpus), id)
+end
+
+-- A grid point of a selection group reached a terminal state: one fewer open point;
+-- when none is left the group closes (version += 1) and waits in `closed` for
+-- schedule_finals.
+local function group_point_ended(group)
+  if group == nil or group == false or group == '' then return end
+  local gkey = k('group:' .. group)
+  local open = redis.call('HINCRBY', gkey, 'open', -1)
+  if open <= 0 then
+    if open < 0 then redis.call('HSET', gkey, 'open', 0) end
+    redis.call('HINCRBY', gkey, 'version', 1)
+    redis.call('SADD', k('closed'), group)
+  end
+end
+
+-- A grid point left a terminal state (retry) or was added: the group is open again.
+local function group_point_opened(group)
+  if group == nil or group == false or group == '' then return end
+  redis.call('HINCRBY', k('group:' .. group), 'open', 1)
+end
+
+-- Leaves leased/running for state `to` (pending or a terminal state).
+local function end_lease(id, t, to)
+  redis.call('ZREM', k('leases'), id)
+  redis.call('HDEL', task_key(id), 'deadline')
+  local seq = num(t.seq, 0)
+  move_state(id, t.state, to, seq)
+  if to == 'pending' then
+    enqueue(id, t.gpus, num(t.prio, seq))
+  else
+    redis.call('HSET', task_key(id), 'finished_ms', now_ms())
+    group_point_ended(t.group)
+  end
+end
+
+-- Reads the fields of a task into a table (nil when the task does not exist).
+local function load_task(id)
+  local raw = redis.call('HMGET', task_key(id), 'state', 'attempt', 'worker', 'seq', 'prio', 'gpus',
+    'group', 'retries_used', 'max_attempts', 'lost_streak', 'ckpt_step', 'done_attempt',
+    'failed_attempt', 'stage')
+  if not raw[1] then return nil end
+  return {
+    state = raw[1], attempt = num(raw[2], 0), worker = raw[3] or '', seq = raw[4], prio = raw[5],
+    gpus = raw[6] or '1', group = raw[7] or '', retries_used = num(raw[8], 0),
+    max_attempts = num(raw[9], 1), lost_streak = num(raw[10], 0), ckpt_step = num(raw[11], 0),
+    done_attempt = num(raw[12], 0), failed_attempt = num(raw[13], 0), stage = raw[14] or 'grid',
+  }
+end
+
+local function holds_lease(t, worker, attempt)
+  return (t.state == 'leased' or t.state == 'running') and t.attempt == attempt and t.worker == worker
+end
+
+-- Records a checkpoint if it is newer than the one on the task; progress resets the
+-- count of consecutive lost attempts.
+local function record_checkpoint(id, t, path, step)
+  if path ~= nil and path ~= '' and step > t.ckpt_step then
+    redis.call('HSET', task_key(id), 'ckpt_path', path, 'ckpt_step', step, 'lost_streak', 0)
+    t.ckpt_step = step
+    t.lost_streak = 0
+  end
+end
+
+-- A lost attempt (expired lease, lost worker, preemption): back to pending, not counted
+-- against max_attempts; failed after `max_lost` consecutive lost attempts without
+-- checkpoint progress; cancelled when the sweep was cancelled. Returns the new state.
+local function lose_attempt(id, t, max_lost, class, message)
+  local streak = t.lost_streak + 1
+  local to = 'pending'
+  local err = message
+  if sweep_status() == 'cancelled' then
+    to = 'cancelled'
+  elseif streak >= max_lost then
+    to = 'failed'
+    err = 'lost too many times: ' .. streak .. ' consecutive lost attempts without progress; last: ' .. message
+  end
+  redis.call('HSET', task_key(id), 'lost_streak', streak, 'error', err, 'error_class', class)
+  end_lease(id, t, to)
+  return to
+end
+
+local function validate_base()
+  if base == nil or string.sub(base, -1) ~= ':' then
+    return redis.error_reply('tsweep script: KEYS[1] must be the sweep key base ending in ":"')
+  end
+  return nil
+end

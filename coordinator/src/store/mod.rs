@@ -1,0 +1,1047 @@
+//! The durable task state and the lease protocol, in Redis.
+//!
+//! [`Store`] is one cheap-to-clone handle (a redis `ConnectionManager` plus options):
+//! clone it into every gRPC handler and timer. It holds no state Redis does not have, so
+//! any number of coordinators may share one Redis and any of them may be killed at any
+//! moment.
+//!
+//! Every state transition is one Lua script (`store/lua/*.lua`, one file per transition,
+//! loaded with `include_str!`), atomic in Redis, validating before it mutates. Keys of one
+//! sweep share the hash tag `{<sweep>}` (see [`keys`]), so a script touches one slot.
+//!
+//! The protocol, in short (docs/ARCHITECTURE.md, "Task state and the lease protocol"):
+//! - [`Store::submit`] writes new cells only; existing cells keep state and results.
+//! - [`Store::acquire`] leases the first pending task that fits the worker's free GPUs:
+//!   `attempt += 1`, deadline = Redis server `TIME` + lease TTL.
+//! - [`Store::renew`] extends the leases a worker still holds, and answers stop orders
+//!   for leases it lost or tasks that were cancelled.
+//! - [`Store::complete`] / [`Store::fail`] are fenced: accepted only from the worker that
+//!   holds the current attempt's lease; a repeat of an accepted report is `DUPLICATE`,
+//!   anything else `STALE` (counted).
+//! - [`Store::reap_expired`] returns expired leases to pending (lost worker, not counted
+//!   against the retry budget); safe to run from several coordinators at once.
+//! - [`Store::schedule_finals`] creates the `final` task of every selection group whose
+//!   grid points have all ended.
+//!
+//! Errors classify themselves: [`StoreError::is_retryable`] (connection dropped, Redis
+//! restarting or loading) versus everything else. The connection manager reconnects in
+//! the background with exponential backoff but does not repeat the failed command:
+//! callers repeat retryable calls (every script is safe to repeat: a repeated report is
+//! `DUPLICATE`, a repeated submit adds nothing).
+
+mod error;
+mod keys;
+mod scripts;
+mod types;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use tracing::{debug, info, warn};
+use tsweep_proto::cell::{CellSpec, Stage};
+use tsweep_proto::v1::{
+    BestScore, FailureClass, HeldLease, LeaseRef, ReportOutcome, StopOrder, StopReason, SweepSummary,
+    TaskAssignment, TaskCounts, TaskInfo, TaskResult,
+};
+use tsweep_report::selection::{select_best, GridPoint};
+
+use crate::sweepfile::{self, ExpandedSweep};
+use scripts::SCRIPTS;
+
+pub use error::StoreError;
+pub use types::{
+    Checkpoint, FailOutcome, GroupInfo, StageSubmitCount, StoreOptions, SubmitOutcome, TaskPage, TaskState,
+    WorkerInfo,
+};
+
+use keys::Keys;
+
+/// The handle on the task state in Redis. Cheap to clone; see the module docs.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    options: Arc<StoreOptions>,
+    keys: Keys,
+    /// Where the next `acquire` starts its round over the active sweeps.
+    round_robin: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects to Redis (`redis://host:port/db`). Fails if the first connection fails;
+    /// afterwards the manager reconnects with backoff whenever Redis goes away.
+    pub async fn connect(redis_url: &str, options: StoreOptions) -> Result<Store, StoreError> {
+        let client = redis::Client::open(redis_url).map_err(StoreError::redis("open client"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_min_delay(options.reconnect_min_delay)
+            .set_max_delay(options.reconnect_max_delay)
+            .set_number_of_retries(usize::MAX)
+            .set_response_timeout(Some(options.response_timeout))
+            .set_connection_timeout(Some(options.connection_timeout));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(StoreError::redis("connect"))?;
+        Ok(Store {
+            conn,
+            keys: Keys::new(&options.key_prefix),
+            options: Arc::new(options),
+            round_robin: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// A clone of the underlying connection (for the metrics stream consumer).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The Redis stream workers append a sweep's metrics to.
+    pub fn metrics_stream_key(&self, sweep: &str) -> String {
+        self.keys.metrics(sweep)
+    }
+
+    /// The pattern handed to workers on register: `{sweep}` replaced by the sweep's name
+    /// gives [`Store::metrics_stream_key`].
+    pub fn metrics_stream_pattern(&self) -> String {
+        self.keys.metrics_pattern()
+    }
+
+    /// PING; for readiness probes.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(StoreError::redis("ping"))?;
+        Ok(())
+    }
+
+    /// Records the sweep and writes its cells that do not exist yet (in batches of
+    /// `submit_batch` cells, one script call each). Existing cells keep their state,
+    /// attempts and results. Submitting a cancelled sweep again re-activates it and puts
+    /// its cancelled cells back to pending.
+    pub async fn submit(&self, sweep: &ExpandedSweep) -> Result<SubmitOutcome, StoreError> {
+        validate_sweep_name(&sweep.name)?;
+        let mut conn = self.conn.clone();
+        let base = self.keys.sweep_base(&sweep.name);
+        let settings = serde_json::json!({ "max_attempts": sweep.settings.max_attempts }).to_string();
+        let previous: String = SCRIPTS
+            .submit_meta
+            .key(&base)
+            .arg(&sweep.name)
+            .arg(settings)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("submit_meta script"))?;
+        let _: () = conn.sadd(self.keys.sweeps(), &sweep.name).await.map_err(StoreError::redis("sadd sweeps"))?;
+
+        let mut per_stage: BTreeMap<(String, String), StageSubmitCount> = BTreeMap::new();
+        for count in sweep.stage_counts() {
+            let key = (count.regime.name().to_string(), count.stage.name().to_string());
+            per_stage.insert(
+                key,
+                StageSubmitCount {
+                    regime: count.regime.name().to_string(),
+                    stage: count.stage.name().to_string(),
+                    cells: count.cells,
+                    added: 0,
+                },
+            );
+        }
+        let mut added = 0u64;
+        let batch = self.options.submit_batch.max(1);
+        for cells in sweep.cells.chunks(batch) {
+            let mut invocation = SCRIPTS.submit_cells.key(&base);
+            for cell in cells {
+                if cell.id.is_empty() {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "sweep {}: cell {} has an empty task id",
+                        sweep.name,
+                        cell.spec.group_key()
+                    )));
+                }
+                let spec_json = cell.spec.to_json().map_err(|source| StoreError::Json { what: "cell spec", source })?;
+                invocation
+                    .arg(&cell.id)
+                    .arg(spec_json)
+                    .arg(cell.spec.gpus)
+                    .arg(cell.spec.stage.name())
+                    .arg(cell.spec.regime.name())
+                    .arg(selection_group(&cell.spec).unwrap_or_default())
+                    .arg(cell.spec.max_attempts.max(1))
+                    .arg(if cell.spec.stage == Stage::Grid { cell.spec.group_key() } else { String::new() });
+            }
+            let flags: String =
+                invocation.invoke_async(&mut conn).await.map_err(StoreError::redis("submit_cells script"))?;
+            for (cell, flag) in cells.iter().zip(flags.bytes()) {
+                if flag == b'1' {
+                    added += 1;
+                    let key = (cell.spec.regime.name().to_string(), cell.spec.stage.name().to_string());
+                    let entry = per_stage.entry(key).or_insert_with(|| StageSubmitCount {
+                        regime: cell.spec.regime.name().to_string(),
+                        stage: cell.spec.stage.name().to_string(),
+                        cells: 0,
+                        added: 0,
+                    });
+                    entry.added += 1;
+                }
+            }
+        }
+        let reactivated =
+            if previous == "cancelled" { self.move_back(&sweep.name, "cancelled").await? } else { 0 };
+        self.mark_active(&sweep.name).await?;
+        let total = sweep.cells.len() as u64;
+        info!(sweep = %sweep.name, total, added, reactivated, "sweep submitted");
+        Ok(SubmitOutcome {
+            sweep: sweep.name.clone(),
+            total,
+            added,
+            existing: total - added,
+            reactivated,
+            per_stage: per_stage.into_values().collect(),
+        })
+    }
+
+    /// Leases the first pending task that needs at most `free_gpus` GPUs, going round the
+    /// active sweeps (one script call per sweep, starting one sweep further each call).
+    /// None when nothing fits now.
+    pub async fn acquire(&self, worker_id: &str, free_gpus: u32) -> Result<Option<TaskAssignment>, StoreError> {
+        if worker_id.is_empty() {
+            return Err(StoreError::InvalidArgument("acquire: empty worker id".into()));
+        }
+        let mut conn = self.conn.clone();
+        let mut sweeps: Vec<String> =
+            conn.smembers(self.keys.active()).await.map_err(StoreError::redis("smembers active"))?;
+        if sweeps.is_empty() {
+            return Ok(None);
+        }
+        sweeps.sort();
+        let start = self.round_robin.fetch_add(1, Ordering::Relaxed);
+        let ttl_ms = self.lease_ttl_ms();
+        for offset in 0..sweeps.len() {
+            let sweep = &sweeps[(start + offset) % sweeps.len()];
+            let reply: Vec<String> = SCRIPTS
+                .acquire
+                .key(self.keys.sweep_base(sweep))
+                .arg(worker_id)
+                .arg(free_gpus)
+                .arg(ttl_ms)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(StoreError::redis("acquire script"))?;
+            match reply.first().map(String::as_str) {
+                Some("ok") if reply.len() >= 7 => {
+                    let task_id = reply[1].clone();
+                    let attempt = parse_num::<u32>(&reply[2], &task_id, "attempt")?;
+                    let gpus = parse_num::<u32>(&reply[4], &task_id, "gpus")?;
+                    let step = parse_num::<u64>(&reply[6], &task_id, "ckpt_step")?;
+                    debug!(sweep = %sweep, task_id = %task_id, attempt, worker = %worker_id, "leased");
+                    return Ok(Some(TaskAssignment {
+                        sweep: sweep.clone(),
+                        task_id,
+                        attempt,
+                        spec_json: reply[3].clone(),
+                        gpus,
+                        resume_checkpoint_path: reply[5].clone(),
+                        resume_checkpoint_step: step,
+                        lease_ttl_ms: ttl_ms,
+                    }));
+                }
+                Some("idle") => self.deactivate_if_idle(sweep).await?,
+                Some("none") | Some("inactive") => {}
+                other => {
+                    return Err(StoreError::Corrupt {
+                        key: self.keys.meta(sweep),
+                        field: "acquire reply".into(),
+                        detail: format!("unexpected {other:?}"),
+                    })
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The heartbeat: extends every lease the worker still holds; answers a stop order
+    /// for each lease it lost (`LEASE_LOST`) or whose sweep was cancelled (`CANCELLED`).
+    /// One script call per sweep.
+    pub async fn renew(&self, worker_id: &str, leases: &[HeldLease]) -> Result<Vec<StopOrder>, StoreError> {
+        if worker_id.is_empty() {
+            return Err(StoreError::InvalidArgument("renew: empty worker id".into()));
+        }
+        let mut by_sweep: BTreeMap<&str, Vec<(&LeaseRef, &HeldLease)>> = BTreeMap::new();
+        for held in leases {
+            if let Some(lease) = held.lease.as_ref() {
+                by_sweep.entry(lease.sweep.as_str()).or_default().push((lease, held));
+            }
+        }
+        self.touch_worker(worker_id).await?;
+        let mut conn = self.conn.clone();
+        let mut stops = Vec::new();
+        for (sweep, held) in by_sweep {
+            if validate_sweep_name(sweep).is_err() {
+                stops.extend(held.iter().map(|(lease, _)| stop(lease, StopReason::LeaseLost)));
+                continue;
+            }
+            let mut invocation = SCRIPTS.renew.key(self.keys.sweep_base(sweep));
+            invocation.arg(worker_id).arg(self.lease_ttl_ms());
+            for (lease, h) in &held {
+                invocation
+                    .arg(&lease.task_id)
+                    .arg(lease.attempt)
+                    .arg(if h.running { "1" } else { "0" })
+                    .arg(&h.checkpoint_path)
+                    .arg(h.checkpoint_step);
+            }
+            let answers: Vec<String> =
+                invocation.invoke_async(&mut conn).await.map_err(StoreError::redis("renew script"))?;
+            for ((lease, _), answer) in held.iter().zip(answers.iter()) {
+                match answer.as_str() {
+                    "ok" => {}
+                    "cancelled" => stops.push(stop(lease, StopReason::Cancelled)),
+                    _ => {
+                        debug!(sweep = %sweep, task_id = %lease.task_id, attempt = lease.attempt, worker = %worker_id, "lease lost");
+                        stops.push(stop(lease, StopReason::LeaseLost));
+                    }
+                }
+            }
+        }
+        Ok(stops)
+    }
+
+    /// Records a result. Fenced: `ACCEPTED` only from the worker holding the current
+    /// attempt's lease; the same attempt again after its success is `DUPLICATE`;
+    /// anything else `STALE` (counted in the sweep's `stale_reports`).
+    pub async fn complete(
+        &self,
+        worker_id: &str,
+        lease: &LeaseRef,
+        result: &TaskResult,
+    ) -> Result<ReportOutcome, StoreError> {
+        validate_report(worker_id, lease)?;
+        let result = finite_result(result);
+        let result_json = serde_json::to_string(&result).map_err(|source| StoreError::Json { what: "task result", source })?;
+        let val = result.val_score.filter(|v| v.is_finite()).map(|v| v.to_string()).unwrap_or_default();
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = SCRIPTS
+            .complete
+            .key(self.keys.sweep_base(&lease.sweep))
+            .arg(worker_id)
+            .arg(&lease.task_id)
+            .arg(lease.attempt)
+            .arg(result_json)
+            .arg(val)
+            .arg(if result.diverged { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("complete script"))?;
+        let outcome = parse_outcome(&reply, &self.keys.task(&lease.sweep, &lease.task_id))?;
+        match outcome {
+            ReportOutcome::Stale => {
+                warn!(sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, worker = %worker_id, "stale completion refused")
+            }
+            _ => debug!(sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, outcome = ?outcome, "completion"),
+        }
+        Ok(outcome)
+    }
+
+    /// Records a classified failure of the current attempt (fenced like `complete`) and
+    /// the attempt's last checkpoint. Lost worker / preempted: back to pending, not
+    /// counted; retryable: counted, pending while budget remains; fatal: failed now.
+    pub async fn fail(
+        &self,
+        worker_id: &str,
+        lease: &LeaseRef,
+        class: FailureClass,
+        message: &str,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<FailOutcome, StoreError> {
+        validate_report(worker_id, lease)?;
+        let (path, step) = checkpoint.map(|c| (c.path.as_str(), c.step)).unwrap_or(("", 0));
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = SCRIPTS
+            .fail
+            .key(self.keys.sweep_base(&lease.sweep))
+            .arg(worker_id)
+            .arg(&lease.task_id)
+            .arg(lease.attempt)
+            .arg(class.name())
+            .arg(message)
+            .arg(path)
+            .arg(step)
+            .arg(self.options.max_lost_attempts.max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("fail script"))?;
+        let outcome = parse_outcome(&reply, &self.keys.task(&lease.sweep, &lease.task_id))?;
+        let state = reply.get(1).and_then(|s| TaskState::from_name(s));
+        info!(sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, worker = %worker_id,
+            class = class.name(), outcome = ?outcome, state = ?state, "failure reported");
+        Ok(FailOutcome { outcome, state })
+    }
+
+    /// Takes back every lease of the sweep whose deadline (Redis server time) has passed:
+    /// the task goes back to pending as a lost worker, not counted against its budget.
+    /// Safe to run from several coordinators at once. Returns how many were taken back.
+    pub async fn reap_expired(&self, sweep: &str) -> Result<u64, StoreError> {
+        validate_sweep_name(sweep)?;
+        let mut conn = self.conn.clone();
+        let mut total = 0u64;
+        loop {
+            let reply: Vec<String> = SCRIPTS
+                .reap
+                .key(self.keys.sweep_base(sweep))
+                .arg(self.options.max_lost_attempts.max(1))
+                .arg(self.options.bulk_batch.max(1))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(StoreError::redis("reap script"))?;
+            let key = self.keys.meta(sweep);
+            let reaped = parse_num::<u64>(reply.first().map(String::as_str).unwrap_or(""), &key, "reaped")?;
+            total += reaped;
+            if reply.get(1).map(String::as_str) != Some("1") {
+                break;
+            }
+        }
+        if total > 0 {
+            info!(sweep = %sweep, reaped = total, "expired leases taken back");
+        }
+        Ok(total)
+    }
+
+    /// [`Store::reap_expired`] over every active sweep.
+    pub async fn reap_all(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for sweep in self.active_sweeps().await? {
+            total += self.reap_expired(&sweep).await?;
+        }
+        Ok(total)
+    }
+
+    /// Sweeps that may have work (pending, leased or running tasks, or a selection
+    /// waiting); what the timers (reaper, finals) go over.
+    pub async fn active_sweeps(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut sweeps: Vec<String> =
+            conn.smembers(self.keys.active()).await.map_err(StoreError::redis("smembers active"))?;
+        sweeps.sort();
+        Ok(sweeps)
+    }
+
+    /// Drains the sweep's closed selection groups: for each, picks the best grid point
+    /// with [`select_best`] and creates its `final` task (deterministic id, so a group
+    /// whose winner did not change creates nothing new). Returns the ids of the final
+    /// tasks created now. Safe to run from several coordinators at once.
+    pub async fn schedule_finals(&self, sweep: &str) -> Result<Vec<String>, StoreError> {
+        validate_sweep_name(sweep)?;
+        let mut conn = self.conn.clone();
+        let closed: Vec<String> =
+            conn.smembers(self.keys.closed(sweep)).await.map_err(StoreError::redis("smembers closed"))?;
+        let mut created = Vec::new();
+        for group in closed {
+            let version: Option<u64> = conn
+                .hget(self.keys.group(sweep, &group), "version")
+                .await
+                .map_err(StoreError::redis("hget group version"))?;
+            let version = version.unwrap_or(0);
+            let members: Vec<String> = conn
+                .smembers(self.keys.group_members(sweep, &group))
+                .await
+                .map_err(StoreError::redis("smembers group members"))?;
+            let mut pipe = redis::pipe();
+            for id in &members {
+                pipe.cmd("HMGET").arg(self.keys.task(sweep, id)).arg(&["state", "val", "diverged", "spec"]);
+            }
+            let rows: Vec<Vec<Option<String>>> =
+                pipe.query_async(&mut conn).await.map_err(StoreError::redis("read group members"))?;
+            let mut points = Vec::with_capacity(members.len());
+            let mut specs = Vec::with_capacity(members.len());
+            let mut still_open = false;
+            let mut any_cancelled = false;
+            for (id, row) in members.iter().zip(rows) {
+                let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+                let state = field(0);
+                match TaskState::from_name(&state) {
+                    Some(TaskState::Cancelled) => any_cancelled = true,
+                    Some(s) if s.is_terminal() => {}
+                    _ => still_open = true,
+                }
+                let spec_json = field(3);
+                let spec = CellSpec::from_json(&spec_json).map_err(|e| StoreError::Corrupt {
+                    key: self.keys.task(sweep, id),
+                    field: "spec".into(),
+                    detail: e.to_string(),
+                })?;
+                let succeeded = state == TaskState::Succeeded.name();
+                points.push(GridPoint {
+                    task_id: id.clone(),
+                    hparams: spec.hparams.clone(),
+                    val_score: if succeeded { field(1).parse::<f64>().ok() } else { None },
+                    diverged: field(2) == "1",
+                });
+                specs.push(spec);
+            }
+            let mut invocation = SCRIPTS.create_final.key(self.keys.sweep_base(sweep));
+            invocation.arg(&group).arg(version);
+            let mode = if any_cancelled { "incomplete" } else { "select" };
+            match select_best(&points).filter(|_| !still_open && !any_cancelled) {
+                Some(best) => {
+                    let winner = &specs[best];
+                    let final_cell = sweepfile::final_cell(winner);
+                    let spec_json =
+                        final_cell.spec.to_json().map_err(|source| StoreError::Json { what: "final spec", source })?;
+                    invocation
+                        .arg(&points[best].task_id)
+                        .arg(&final_cell.id)
+                        .arg(spec_json)
+                        .arg(final_cell.spec.gpus)
+                        .arg(final_cell.spec.regime.name())
+                        .arg(final_cell.spec.max_attempts.max(1))
+                        .arg(mode);
+                }
+                None => {
+                    invocation.arg("").arg("").arg("").arg(0).arg("").arg(1).arg(mode);
+                }
+            }
+            let reply: Vec<String> =
+                invocation.invoke_async(&mut conn).await.map_err(StoreError::redis("create_final script"))?;
+            let what = reply.first().map(String::as_str).unwrap_or("");
+            let final_id = reply.get(1).cloned().unwrap_or_default();
+            info!(sweep = %sweep, group = %group, outcome = what, final_id = %final_id, "selection");
+            if what == "created" {
+                created.push(final_id);
+            }
+        }
+        if !created.is_empty() {
+            self.mark_active(sweep).await?;
+        }
+        Ok(created)
+    }
+
+    /// [`Store::schedule_finals`] over every active sweep.
+    pub async fn schedule_finals_all(&self) -> Result<Vec<String>, StoreError> {
+        let mut created = Vec::new();
+        for sweep in self.active_sweeps().await? {
+            created.extend(self.schedule_finals(&sweep).await?);
+        }
+        Ok(created)
+    }
+
+    /// The sweep's counts and status in O(1) (plus the best-score board).
+    pub async fn summary(&self, sweep: &str) -> Result<SweepSummary, StoreError> {
+        validate_sweep_name(sweep)?;
+        let mut conn = self.conn.clone();
+        let (meta, counts, closed, best): (
+            HashMap<String, String>,
+            HashMap<String, String>,
+            u64,
+            HashMap<String, String>,
+        ) = redis::pipe()
+            .hgetall(self.keys.meta(sweep))
+            .hgetall(self.keys.counts(sweep))
+            .scard(self.keys.closed(sweep))
+            .hgetall(self.keys.best(sweep))
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("read summary"))?;
+        if meta.is_empty() {
+            return Err(StoreError::SweepNotFound { sweep: sweep.to_string() });
+        }
+        let count = |state: &str| counts.get(state).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0).max(0) as u64;
+        let counts = TaskCounts {
+            pending: count("pending"),
+            leased: count("leased"),
+            running: count("running"),
+            succeeded: count("succeeded"),
+            failed: count("failed"),
+            cancelled: count("cancelled"),
+            total: count("total"),
+        };
+        let meta_num = |field: &str| meta.get(field).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let in_flight = counts.pending + counts.leased + counts.running;
+        let status = match meta.get("status").map(String::as_str) {
+            Some("cancelled") => "cancelled",
+            _ if in_flight == 0 && closed == 0 => "done",
+            _ => "active",
+        };
+        Ok(SweepSummary {
+            sweep: sweep.to_string(),
+            status: status.to_string(),
+            counts: Some(counts),
+            stale_reports: meta_num("stale_reports").max(0) as u64,
+            lease_expiries: meta_num("lease_expiries").max(0) as u64,
+            created_unix_ms: meta_num("created_ms"),
+            best: parse_best(best),
+        })
+    }
+
+    /// Every sweep's summary, by name.
+    pub async fn list_sweeps(&self) -> Result<Vec<SweepSummary>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut names: Vec<String> =
+            conn.smembers(self.keys.sweeps()).await.map_err(StoreError::redis("smembers sweeps"))?;
+        names.sort();
+        let mut summaries = Vec::with_capacity(names.len());
+        for name in names {
+            match self.summary(&name).await {
+                Ok(summary) => summaries.push(summary),
+                Err(StoreError::SweepNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(summaries)
+    }
+
+    /// One page of the sweep's tasks in submission order, optionally of one state.
+    /// `page_size` 0 means 100; at most 1000. `page_token` is empty for the first page,
+    /// then the previous page's `next_page_token`.
+    pub async fn list_tasks(
+        &self,
+        sweep: &str,
+        state: Option<TaskState>,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<TaskPage, StoreError> {
+        validate_sweep_name(sweep)?;
+        let size = match page_size {
+            0 => 100,
+            n => n.min(1000),
+        } as isize;
+        let after: u64 = if page_token.is_empty() {
+            0
+        } else {
+            page_token
+                .parse()
+                .map_err(|_| StoreError::InvalidArgument(format!("list_tasks: bad page token {page_token:?}")))?
+        };
+        let index = match state {
+            Some(state) => self.keys.state_index(sweep, state),
+            None => self.keys.all(sweep),
+        };
+        let mut conn = self.conn.clone();
+        let exists: bool = conn.exists(self.keys.meta(sweep)).await.map_err(StoreError::redis("exists meta"))?;
+        if !exists {
+            return Err(StoreError::SweepNotFound { sweep: sweep.to_string() });
+        }
+        let ids: Vec<(String, f64)> = conn
+            .zrangebyscore_limit_withscores(&index, format!("({after}"), "+inf", 0, size)
+            .await
+            .map_err(StoreError::redis("zrangebyscore tasks"))?;
+        let mut pipe = redis::pipe();
+        for (id, _) in &ids {
+            pipe.hgetall(self.keys.task(sweep, id));
+        }
+        let rows: Vec<HashMap<String, String>> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await.map_err(StoreError::redis("read tasks"))?
+        };
+        let mut tasks = Vec::with_capacity(rows.len());
+        for ((id, _), row) in ids.iter().zip(rows) {
+            if !row.is_empty() {
+                tasks.push(self.task_info(sweep, id, &row)?);
+            }
+        }
+        let next_page_token = match ids.last() {
+            Some((_, seq)) if ids.len() as isize == size => format!("{}", *seq as u64),
+            _ => String::new(),
+        };
+        Ok(TaskPage { tasks, next_page_token })
+    }
+
+    /// One task, or None if the sweep has no such task.
+    pub async fn task(&self, sweep: &str, task_id: &str) -> Result<Option<TaskInfo>, StoreError> {
+        validate_sweep_name(sweep)?;
+        let mut conn = self.conn.clone();
+        let row: HashMap<String, String> =
+            conn.hgetall(self.keys.task(sweep, task_id)).await.map_err(StoreError::redis("hgetall task"))?;
+        if row.is_empty() {
+            return Ok(None);
+        }
+        self.task_info(sweep, task_id, &row).map(Some)
+    }
+
+    /// Cancels the sweep: pending tasks become cancelled now; leased and running ones are
+    /// told to stop (renew answers `CANCELLED`) and end cancelled when they report a
+    /// failure or their lease runs out (a completion that arrives first is still
+    /// recorded). Returns how many pending tasks were cancelled.
+    pub async fn cancel_sweep(&self, sweep: &str) -> Result<u64, StoreError> {
+        self.require_sweep(sweep).await?;
+        let mut conn = self.conn.clone();
+        let mut moved = 0;
+        loop {
+            let reply: Vec<String> = SCRIPTS
+                .cancel
+                .key(self.keys.sweep_base(sweep))
+                .arg(self.options.bulk_batch.max(1))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(StoreError::redis("cancel script"))?;
+            let key = self.keys.meta(sweep);
+            moved += parse_num::<u64>(reply.first().map(String::as_str).unwrap_or(""), &key, "moved")?;
+            if parse_num::<u64>(reply.get(1).map(String::as_str).unwrap_or(""), &key, "remaining")? == 0 {
+                break;
+            }
+        }
+        info!(sweep = %sweep, cancelled = moved, "sweep cancelled");
+        Ok(moved)
+    }
+
+    /// Puts failed and/or cancelled tasks back to pending with a fresh budget and
+    /// re-activates the sweep. Returns how many were re-queued.
+    pub async fn retry_sweep(&self, sweep: &str, failed: bool, cancelled: bool) -> Result<u64, StoreError> {
+        self.require_sweep(sweep).await?;
+        let mut requeued = 0;
+        if failed {
+            requeued += self.move_back(sweep, "failed").await?;
+        }
+        if cancelled {
+            requeued += self.move_back(sweep, "cancelled").await?;
+        }
+        if failed || cancelled {
+            // Marks the sweep active even when nothing moved (un-cancels it).
+            if requeued == 0 {
+                let mut conn = self.conn.clone();
+                let _: () = conn
+                    .hset(self.keys.meta(sweep), "status", "active")
+                    .await
+                    .map_err(StoreError::redis("hset status"))?;
+            }
+            self.mark_active(sweep).await?;
+        }
+        info!(sweep = %sweep, requeued, failed, cancelled, "sweep retried");
+        Ok(requeued)
+    }
+
+    /// Records a worker's registration (informational; leases do not depend on it).
+    pub async fn register_worker(&self, worker: &WorkerInfo) -> Result<(), StoreError> {
+        if worker.worker_id.is_empty() {
+            return Err(StoreError::InvalidArgument("register_worker: empty worker id".into()));
+        }
+        let mut conn = self.conn.clone();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let key = self.keys.worker(&worker.worker_id);
+        let _: () = redis::pipe()
+            .hset_multiple(
+                &key,
+                &[
+                    ("hostname", worker.hostname.clone()),
+                    ("slots", worker.slots.to_string()),
+                    ("gpus", worker.gpus.to_string()),
+                    ("version", worker.version.clone()),
+                    ("registered_unix_ms", now_ms.to_string()),
+                ],
+            )
+            .ignore()
+            .expire(&key, 7 * 24 * 3600)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("register worker"))?;
+        self.touch_worker(&worker.worker_id).await?;
+        info!(worker = %worker.worker_id, hostname = %worker.hostname, slots = worker.slots, gpus = worker.gpus, "worker registered");
+        Ok(())
+    }
+
+    /// Workers that registered or renewed within the last `worker_forget` (see
+    /// [`StoreOptions::worker_forget`]).
+    pub async fn worker_count(&self) -> Result<u64, StoreError> {
+        self.touch_worker("").await
+    }
+
+    async fn touch_worker(&self, worker_id: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let forget_ms = (self.options.worker_forget.as_millis() as u64).max(1);
+        let count: String = SCRIPTS
+            .touch_worker
+            .key(self.keys.workers())
+            .arg(worker_id)
+            .arg(forget_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("touch_worker script"))?;
+        parse_num(&count, &self.keys.workers(), "count")
+    }
+
+    /// Counts a metrics record of an attempt that no longer holds its lease.
+    pub async fn record_stale_metric(&self, sweep: &str) -> Result<(), StoreError> {
+        validate_sweep_name(sweep)?;
+        let mut conn = self.conn.clone();
+        let _: String = SCRIPTS
+            .stale_metric
+            .key(self.keys.sweep_base(sweep))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("stale_metric script"))?;
+        Ok(())
+    }
+
+    /// Whether `attempt` is the task's current lease (leased or running): metrics of any
+    /// other attempt are stale.
+    pub async fn is_current_attempt(&self, sweep: &str, task_id: &str, attempt: u32) -> Result<bool, StoreError> {
+        validate_sweep_name(sweep)?;
+        let mut conn = self.conn.clone();
+        let (state, current): (Option<String>, Option<u32>) = redis::cmd("HMGET")
+            .arg(self.keys.task(sweep, task_id))
+            .arg("state")
+            .arg("attempt")
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("hmget task attempt"))?;
+        Ok(matches!(state.as_deref(), Some("leased") | Some("running")) && current == Some(attempt))
+    }
+
+    /// The best validation score so far per (model, dataset, regime) among succeeded,
+    /// non-diverged grid points.
+    pub async fn best_scores(&self, sweep: &str) -> Result<Vec<BestScore>, StoreError> {
+        validate_sweep_name(sweep)?;
+        let mut conn = self.conn.clone();
+        let best: HashMap<String, String> =
+            conn.hgetall(self.keys.best(sweep)).await.map_err(StoreError::redis("hgetall best"))?;
+        Ok(parse_best(best))
+    }
+
+    /// The sweep's selection groups with their current final, by key.
+    pub async fn groups(&self, sweep: &str) -> Result<Vec<GroupInfo>, StoreError> {
+        validate_sweep_name(sweep)?;
+        let mut conn = self.conn.clone();
+        let mut keys: Vec<String> =
+            conn.smembers(self.keys.groups(sweep)).await.map_err(StoreError::redis("smembers groups"))?;
+        keys.sort();
+        let mut groups = Vec::with_capacity(keys.len());
+        for key in keys {
+            let (row, finals): (HashMap<String, String>, Vec<String>) = redis::pipe()
+                .hgetall(self.keys.group(sweep, &key))
+                .lrange(self.keys.group_finals(sweep, &key), 0, -1)
+                .query_async(&mut conn)
+                .await
+                .map_err(StoreError::redis("read group"))?;
+            let num = |field: &str| row.get(field).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0).max(0) as u64;
+            groups.push(GroupInfo {
+                points: num("points"),
+                open: num("open"),
+                current_final: row.get("current_final").cloned().unwrap_or_default(),
+                winner: row.get("winner").cloned().unwrap_or_default(),
+                finals,
+                key,
+            });
+        }
+        Ok(groups)
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    fn lease_ttl_ms(&self) -> u64 {
+        (self.options.lease_ttl.as_millis() as u64).max(1)
+    }
+
+    async fn require_sweep(&self, sweep: &str) -> Result<(), StoreError> {
+        validate_sweep_name(sweep)?;
+        let mut conn = self.conn.clone();
+        let exists: bool = conn.exists(self.keys.meta(sweep)).await.map_err(StoreError::redis("exists meta"))?;
+        if exists {
+            Ok(())
+        } else {
+            Err(StoreError::SweepNotFound { sweep: sweep.to_string() })
+        }
+    }
+
+    /// Moves every task of `from` (failed | cancelled) back to pending, in batches.
+    async fn move_back(&self, sweep: &str, from: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut moved = 0;
+        loop {
+            let reply: Vec<String> = SCRIPTS
+                .retry
+                .key(self.keys.sweep_base(sweep))
+                .arg(from)
+                .arg(self.options.bulk_batch.max(1))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(StoreError::redis("retry script"))?;
+            let key = self.keys.meta(sweep);
+            moved += parse_num::<u64>(reply.first().map(String::as_str).unwrap_or(""), &key, "moved")?;
+            if parse_num::<u64>(reply.get(1).map(String::as_str).unwrap_or(""), &key, "remaining")? == 0 {
+                break;
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn mark_active(&self, sweep: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.sadd(self.keys.active(), sweep).await.map_err(StoreError::redis("sadd active"))?;
+        Ok(())
+    }
+
+    /// Drops a sweep that acquire found idle from the active set, then checks again and
+    /// puts it back if work arrived in between (a submit, retry or final that raced).
+    async fn deactivate_if_idle(&self, sweep: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.srem(self.keys.active(), sweep).await.map_err(StoreError::redis("srem active"))?;
+        let (counts, closed): (Vec<Option<i64>>, u64) = redis::pipe()
+            .cmd("HMGET")
+            .arg(self.keys.counts(sweep))
+            .arg(&["pending", "leased", "running"])
+            .scard(self.keys.closed(sweep))
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("recheck idle sweep"))?;
+        let in_flight: i64 = counts.into_iter().map(|c| c.unwrap_or(0)).sum();
+        if in_flight > 0 || closed > 0 {
+            self.mark_active(sweep).await?;
+        } else {
+            debug!(sweep = %sweep, "sweep idle");
+        }
+        Ok(())
+    }
+
+    fn task_info(&self, sweep: &str, task_id: &str, row: &HashMap<String, String>) -> Result<TaskInfo, StoreError> {
+        let key = self.keys.task(sweep, task_id);
+        let text = |field: &str| row.get(field).cloned().unwrap_or_default();
+        let number = |field: &str| row.get(field).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let spec_json = text("spec");
+        let spec: serde_json::Value = serde_json::from_str(&spec_json).map_err(|e| StoreError::Corrupt {
+            key: key.clone(),
+            field: "spec".into(),
+            detail: e.to_string(),
+        })?;
+        let name_of = |part: &str| spec[part]["name"].as_str().unwrap_or_default().to_string();
+        let hparams = spec["hparams"]
+            .as_object()
+            .map(|m| m.iter().filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v))).collect())
+            .unwrap_or_default();
+        let result = match row.get("result") {
+            Some(json) if !json.is_empty() => Some(serde_json::from_str::<TaskResult>(json).map_err(|e| {
+                StoreError::Corrupt { key: key.clone(), field: "result".into(), detail: e.to_string() }
+            })?),
+            _ => None,
+        };
+        let error_class =
+            row.get("error_class").and_then(|c| FailureClass::from_name(c)).unwrap_or(FailureClass::Unspecified);
+        Ok(TaskInfo {
+            task_id: task_id.to_string(),
+            sweep: sweep.to_string(),
+            state: text("state"),
+            model: name_of("model"),
+            dataset: name_of("dataset"),
+            regime: text("regime"),
+            stage: text("stage"),
+            hparams,
+            attempt: number("attempt").max(0) as u32,
+            retries_used: number("retries_used").max(0) as u32,
+            worker: text("worker"),
+            result,
+            error: text("error"),
+            error_class: error_class as i32,
+            checkpoint_step: number("ckpt_step").max(0) as u64,
+            checkpoint_path: text("ckpt_path"),
+            started_unix_ms: number("started_ms"),
+            finished_unix_ms: number("finished_ms"),
+            accepted_completions: number("accepted").max(0) as u32,
+            spec_json,
+        })
+    }
+}
+
+/// The selection group of a cell: finetune/scratch grid points of one
+/// (model, dataset, regime, seed); None for linear cells and finals.
+pub fn selection_group(spec: &CellSpec) -> Option<String> {
+    (spec.stage == Stage::Grid && sweepfile::regime_has_final(spec.regime))
+        .then(|| format!("{}/{}", spec.group_key(), spec.seed))
+}
+
+/// Sweep names become part of keys (`{<sweep>}` is the hash tag): refuse what would
+/// break them.
+fn validate_sweep_name(sweep: &str) -> Result<(), StoreError> {
+    if sweep.is_empty() || sweep.len() > 200 || sweep.chars().any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control()) {
+        return Err(StoreError::InvalidArgument(format!(
+            "sweep name {sweep:?} must be 1 to 200 characters without braces or whitespace"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_report(worker_id: &str, lease: &LeaseRef) -> Result<(), StoreError> {
+    validate_sweep_name(&lease.sweep)?;
+    if worker_id.is_empty() {
+        return Err(StoreError::InvalidArgument("report: empty worker id".into()));
+    }
+    if lease.task_id.is_empty() {
+        return Err(StoreError::InvalidArgument("report: empty task id".into()));
+    }
+    Ok(())
+}
+
+fn stop(lease: &LeaseRef, reason: StopReason) -> StopOrder {
+    StopOrder { lease: Some(lease.clone()), reason: reason as i32 }
+}
+
+fn parse_num<T: std::str::FromStr>(text: &str, key: &str, field: &str) -> Result<T, StoreError> {
+    text.parse::<T>().map_err(|_| StoreError::Corrupt {
+        key: key.to_string(),
+        field: field.to_string(),
+        detail: format!("not a number: {text:?}"),
+    })
+}
+
+fn parse_outcome(reply: &[String], key: &str) -> Result<ReportOutcome, StoreError> {
+    match reply.first().map(String::as_str) {
+        Some("accepted") => Ok(ReportOutcome::Accepted),
+        Some("duplicate") => Ok(ReportOutcome::Duplicate),
+        Some("stale") => Ok(ReportOutcome::Stale),
+        other => Err(StoreError::Corrupt {
+            key: key.to_string(),
+            field: "report reply".into(),
+            detail: format!("unexpected {other:?}"),
+        }),
+    }
+}
+
+/// JSON has no NaN or infinity: non-finite optional scores become unset, other
+/// non-finite numbers 0 (a diverged run says so with `diverged`).
+fn finite_result(result: &TaskResult) -> TaskResult {
+    let finite_opt = |v: Option<f64>| v.filter(|x| x.is_finite());
+    let finite = |v: f64| if v.is_finite() { v } else { 0.0 };
+    let mut clean = result.clone();
+    clean.val_score = finite_opt(result.val_score);
+    clean.test_score = finite_opt(result.test_score);
+    clean.train_loss = finite_opt(result.train_loss);
+    clean.images_per_s = finite(result.images_per_s);
+    clean.duration_s = finite(result.duration_s);
+    clean.selected.retain(|_, v| v.is_finite());
+    clean.extra.retain(|_, v| v.is_finite());
+    clean
+}
+
+/// The best-score board: field `model/dataset/regime`, value `score<TAB>task_id`.
+fn parse_best(best: HashMap<String, String>) -> Vec<BestScore> {
+    let mut scores: Vec<BestScore> = best
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let (score, task_id) = value.split_once('\t')?;
+            let val_score = score.parse::<f64>().ok()?;
+            let (rest, regime) = key.rsplit_once('/')?;
+            let (model, dataset) = rest.split_once('/')?;
+            Some(BestScore {
+                model: model.to_string(),
+                dataset: dataset.to_string(),
+                regime: regime.to_string(),
+                val_score,
+                task_id: task_id.to_string(),
+            })
+        })
+        .collect();
+    scores.sort_by(|a, b| (&a.regime, &a.model, &a.dataset).cmp(&(&b.regime, &b.model, &b.dataset)));
+    scores
+}

@@ -1,0 +1,173 @@
+//! Plain types of the store API (beside the `tsweep_proto::v1` messages it returns).
+
+use std::time::Duration;
+
+/// A task's state. `pending → leased → running → succeeded | failed | cancelled`;
+/// `failed` and `cancelled` go back to `pending` only by `retry_sweep` (or a resubmit of a
+/// cancelled sweep).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TaskState {
+    Pending,
+    Leased,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Pending,
+        TaskState::Leased,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    /// Lowercase name used in Redis, on the wire and in the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Leased => "leased",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Succeeded, failed or cancelled: nothing happens to the task unless a user retries it.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Settings of a [`super::Store`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long a lease lives without a renewal (measured on the Redis server's clock).
+    pub lease_ttl: Duration,
+    /// First part of every key (`<prefix>:{<sweep>}:...`); lets tests and several
+    /// installations share one Redis.
+    pub key_prefix: String,
+    /// Consecutive lost-worker/preempted attempts without checkpoint progress after which
+    /// a task fails for good ("lost too many times"), so a task that kills its worker
+    /// cannot loop forever.
+    pub max_lost_attempts: u32,
+    /// Cells written per submit script call.
+    pub submit_batch: usize,
+    /// Tasks moved per cancel/retry/reap script call.
+    pub bulk_batch: usize,
+    /// Reconnect backoff: first and longest delay.
+    pub reconnect_min_delay: Duration,
+    pub reconnect_max_delay: Duration,
+    /// Per-command response timeout (a command that takes longer fails as retryable).
+    pub response_timeout: Duration,
+    /// Timeout of one connection attempt.
+    pub connection_timeout: Duration,
+    /// A worker not seen (register or renew) for this long is no longer counted.
+    pub worker_forget: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            lease_ttl: Duration::from_secs(30),
+            key_prefix: "tsweep".to_string(),
+            max_lost_attempts: 20,
+            submit_batch: 1000,
+            bulk_batch: 1000,
+            reconnect_min_delay: Duration::from_millis(50),
+            reconnect_max_delay: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(10),
+            connection_timeout: Duration::from_secs(2),
+            worker_forget: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What a submission did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubmitOutcome {
+    pub sweep: String,
+    /// Cells in the expanded file.
+    pub total: u64,
+    /// New cells written now.
+    pub added: u64,
+    /// Cells already known, kept with their state and results.
+    pub existing: u64,
+    /// Cancelled cells put back to pending because the sweep was cancelled and is
+    /// submitted again.
+    pub reactivated: u64,
+    /// Per (regime, stage): cells in the file and how many of them are new.
+    pub per_stage: Vec<StageSubmitCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSubmitCount {
+    pub regime: String,
+    pub stage: String,
+    pub cells: u64,
+    pub added: u64,
+}
+
+/// A checkpoint an attempt wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    pub path: String,
+    pub step: u64,
+}
+
+/// What `fail` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailOutcome {
+    pub outcome: tsweep_proto::v1::ReportOutcome,
+    /// The task's state after the call (pending or failed when accepted; unchanged otherwise).
+    pub state: Option<TaskState>,
+}
+
+/// One page of `list_tasks`.
+#[derive(Debug, Clone, Default)]
+pub struct TaskPage {
+    pub tasks: Vec<tsweep_proto::v1::TaskInfo>,
+    /// Empty when there is no next page.
+    pub next_page_token: String,
+}
+
+/// A worker as it registered.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkerInfo {
+    pub worker_id: String,
+    pub hostname: String,
+    pub slots: u32,
+    pub gpus: u32,
+    pub version: String,
+}
+
+/// A (model, dataset, regime) selection group of finetune/scratch grid points.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GroupInfo {
+    /// `model/dataset/regime` ([`tsweep_proto::cell::CellSpec::group_key`]).
+    pub key: String,
+    /// Grid points in the group.
+    pub points: u64,
+    /// Grid points not ended yet (pending, leased or running).
+    pub open: u64,
+    /// The final task of the latest selection (empty: none yet, or no eligible point).
+    pub current_final: String,
+    /// The grid point that won the latest selection (empty: none).
+    pub winner: String,
+    /// Every final task ever created for this group, oldest first.
+    pub finals: Vec<String>,
+}

@@ -1,0 +1,550 @@
+//! From the parsed file to validated cells.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+use tsweep_proto::cell::{
+    CellSpec, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings,
+    ValPolicy,
+};
+
+use super::axis::{Axis, AxisError};
+use super::location::SourceText;
+use super::schema::{DatasetEntry, ModelEntry, RegimeSection, Schedule, Settings, SweepFile};
+use super::{task_id, Cell, ExpandedSweep, SweepFileError, SweepSettings, HARD_MAX_CELLS, MAX_CELLS};
+
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+const DEFAULT_IMAGE_SIZE: u32 = 224;
+/// Longest sweep, model or dataset name (they become Redis keys and directory names).
+const MAX_NAME_LEN: usize = 100;
+/// Held-out validation when a dataset does not say: 10% of train, stratified, seed 0.
+const DEFAULT_HELD_OUT_FRACTION: f64 = 0.1;
+
+pub(super) fn parse_and_expand(
+    text: &str,
+    file_name: &str,
+    base_dir: &Path,
+    allow_huge: bool,
+) -> Result<ExpandedSweep, SweepFileError> {
+    let src = SourceText { file: file_name, text };
+    let file: SweepFile = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        SweepFileError::Invalid {
+            location: src.locate_span(&span),
+            field: src.field_at(span.start),
+            message: e.message().trim().replace('\n', "; "),
+        }
+    })?;
+    let root = match &file.root {
+        Some(root) if root.is_absolute() => root.clone(),
+        Some(root) => base_dir.join(root),
+        None => base_dir.to_path_buf(),
+    };
+    Expander { src, base_dir: &root }.expand(file, allow_huge)
+}
+
+struct Expander<'a> {
+    src: SourceText<'a>,
+    base_dir: &'a Path,
+}
+
+/// One regime's resolved plan before cells are written out.
+struct RegimePlan<'f> {
+    regime: Regime,
+    models: Vec<&'f ModelEntry>,
+    datasets: Vec<&'f DatasetEntry>,
+    /// The grid points (one, without hparams, for linear).
+    points: Points,
+    train: TrainSettings,
+    gpus: u32,
+    fake: Option<FakeSettings>,
+}
+
+impl<'a> Expander<'a> {
+    fn invalid(&self, span: &Range<usize>, field: &str, message: impl Into<String>) -> SweepFileError {
+        SweepFileError::Invalid {
+            location: self.src.locate_span(span),
+            field: Some(field.to_string()),
+            message: message.into(),
+        }
+    }
+
+    fn empty(&self, reason: impl Into<String>) -> SweepFileError {
+        SweepFileError::EmptyGrid { file: self.src.file.to_string(), reason: reason.into() }
+    }
+
+    fn check_name(&self, name: &Spanned<String>, field: &str, what: &str) -> Result<(), SweepFileError> {
+        let value = name.get_ref();
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        let problem = if value.is_empty() {
+            Some("is empty".to_string())
+        } else if value.len() > MAX_NAME_LEN {
+            Some(format!("is longer than {MAX_NAME_LEN} characters"))
+        } else if value.chars().all(|c| c == '.') {
+            Some("may not be only dots".to_string())
+        } else {
+            value.chars().find(|c| !allowed(*c)).map(|c| format!("contains {c:?}"))
+        };
+        match problem {
+            Some(problem) => Err(self.invalid(
+                &name.span(),
+                field,
+                format!("{what} {value:?} {problem}; use only letters, digits, '.', '_' and '-'"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    fn expand(&self, file: SweepFile, allow_huge: bool) -> Result<ExpandedSweep, SweepFileError> {
+        self.check_name(&file.name, "name", "sweep name")?;
+        let max_attempts = match &file.max_attempts {
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(self.invalid(&m.span(), "max_attempts", "must be at least 1"));
+            }
+            Some(m) => *m.get_ref(),
+            None => DEFAULT_MAX_ATTEMPTS,
+        };
+        let seeds = match &file.seeds {
+            Some(s) if s.get_ref().is_empty() => {
+                return Err(self.invalid(&s.span(), "seeds", "needs at least one seed (default [0])"));
+            }
+            Some(s) => {
+                let unique: BTreeSet<u64> = s.get_ref().iter().copied().collect();
+                if unique.len() != s.get_ref().len() {
+                    return Err(self.invalid(&s.span(), "seeds", "lists a seed twice"));
+                }
+                s.get_ref().clone()
+            }
+            None => vec![0],
+        };
+        self.check_models(&file.models)?;
+        self.check_datasets(&file.datasets)?;
+
+        let Some(regimes) = &file.regimes else {
+            return Err(self.empty("the file has no [regimes.linear], [regimes.finetune] or [regimes.scratch] section"));
+        };
+        if file.models.is_empty() {
+            return Err(self.empty("the file has no [[models]]"));
+        }
+        if file.datasets.is_empty() {
+            return Err(self.empty("the file has no [[datasets]]"));
+        }
+        let sections = [
+            (Regime::Linear, &regimes.get_ref().linear),
+            (Regime::Finetune, &regimes.get_ref().finetune),
+            (Regime::Scratch, &regimes.get_ref().scratch),
+        ];
+        let mut plans = Vec::new();
+        for (regime, section) in sections {
+            if let Some(section) = section {
+                plans.push(self.plan(regime, section, &file)?);
+            }
+        }
+        if plans.is_empty() {
+            return Err(self.empty("[regimes] names no regime (linear, finetune, scratch)"));
+        }
+
+        let mut total: u64 = 0;
+        for plan in &plans {
+            let cells = [plan.models.len(), plan.datasets.len(), seeds.len(), plan.points.count()]
+                .iter()
+                .fold(1u64, |acc, n| acc.saturating_mul(*n as u64));
+            total = total.saturating_add(cells);
+        }
+        if total == 0 {
+            return Err(self.empty("no regime selects any (model, dataset) pair"));
+        }
+        check_size(self.src.file, total, allow_huge)?;
+
+        let name = file.name.get_ref().clone();
+        let mut cells = Vec::with_capacity(total as usize);
+        for plan in &plans {
+            for model in &plan.models {
+                let model_spec = self.model_spec(model, plan.regime);
+                for dataset in &plan.datasets {
+                    let dataset_spec = self.dataset_spec(dataset);
+                    for &seed in &seeds {
+                        for hparams in plan.points.iter() {
+                            let spec = CellSpec {
+                                sweep: name.clone(),
+                                stage: Stage::Grid,
+                                regime: plan.regime,
+                                model: model_spec.clone(),
+                                dataset: dataset_spec.clone(),
+                                hparams,
+                                train: plan.train.clone(),
+                                seed,
+                                gpus: plan.gpus,
+                                max_attempts,
+                                fake: plan.fake.clone(),
+                            };
+                            cells.push(Cell { id: task_id(&spec), spec });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(ExpandedSweep { name, settings: SweepSettings { max_attempts }, cells })
+    }
+
+    fn check_models(&self, models: &[Spanned<ModelEntry>]) -> Result<(), SweepFileError> {
+        let mut seen = BTreeSet::new();
+        for entry in models {
+            let model = entry.get_ref();
+            self.check_name(&model.name, "models.name", "model name")?;
+            if !seen.insert(model.name.get_ref().as_str()) {
+                return Err(self.invalid(
+                    &model.name.span(),
+                    "models.name",
+                    format!("model {:?} is defined twice", model.name.get_ref()),
+                ));
+            }
+            if model.source == ModelSource::Torchscript && model.weights.is_none() {
+                return Err(self.invalid(
+                    &entry.span(),
+                    "models.weights",
+                    format!("torchscript model {:?} needs `weights` (the .pt module file)", model.name.get_ref()),
+                ));
+            }
+            if let Some(arch) = &model.arch {
+                if arch.trim().is_empty() {
+                    return Err(self.invalid(&entry.span(), "models.arch", "is empty"));
+                }
+            }
+            if let Some(top1) = &model.imagenet_top1 {
+                let v = *top1.get_ref();
+                if !(v > 0.0 && v <= 100.0) {
+                    return Err(self.invalid(
+                        &top1.span(),
+                        "models.imagenet_top1",
+                        format!("{v} is not a percentage in (0, 100]"),
+                    ));
+                }
+            }
+            if let Some(size) = &model.image_size {
+                if *size.get_ref() == 0 {
+                    return Err(self.invalid(&size.span(), "models.image_size", "must be at least 1"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_datasets(&self, datasets: &[Spanned<DatasetEntry>]) -> Result<(), SweepFileError> {
+        let mut seen = BTreeSet::new();
+        for entry in datasets {
+            let dataset = entry.get_ref();
+            self.check_name(&dataset.name, "datasets.name", "dataset name")?;
+            if !seen.insert(dataset.name.get_ref().as_str()) {
+                return Err(self.invalid(
+                    &dataset.name.span(),
+                    "datasets.name",
+                    format!("dataset {:?} is defined twice", dataset.name.get_ref()),
+                ));
+            }
+            if let Some(n) = &dataset.num_classes {
+                if *n.get_ref() < 2 {
+                    return Err(self.invalid(&n.span(), "datasets.num_classes", "must be at least 2"));
+                }
+            }
+            if let Some(val) = &dataset.val {
+                if let ValPolicy::HeldOut { fraction, .. } = val.get_ref() {
+                    if !(*fraction > 0.0 && *fraction < 1.0) {
+                        return Err(self.invalid(
+                            &val.span(),
+                            "datasets.val.fraction",
+                            format!("{fraction} is not a fraction in (0, 1)"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn plan<'f>(
+        &self,
+        regime: Regime,
+        section: &Spanned<RegimeSection>,
+        file: &'f SweepFile,
+    ) -> Result<RegimePlan<'f>, SweepFileError> {
+        let prefix = format!("regimes.{}", regime.name());
+        let body = section.get_ref();
+        let models = self.filter(
+            &body.models,
+            file.models.iter().map(|m| (m.get_ref().name.get_ref().as_str(), m.get_ref())),
+            &format!("{prefix}.models"),
+            "model",
+        )?;
+        let datasets = self.filter(
+            &body.datasets,
+            file.datasets.iter().map(|d| (d.get_ref().name.get_ref().as_str(), d.get_ref())),
+            &format!("{prefix}.datasets"),
+            "dataset",
+        )?;
+
+        let points = self.points(regime, section, &prefix)?;
+        let settings = file.defaults.overridden_by(&body.settings());
+        let train = self.train_settings(regime, &settings, section, &prefix, points.l2_path.clone())?;
+
+        if matches!(regime, Regime::Linear | Regime::Finetune) && !file.allow_random_init {
+            if let Some(model) = models.iter().find(|m| m.weights.is_none()) {
+                return Err(self.invalid(
+                    &model.name.span(),
+                    "models.weights",
+                    format!(
+                        "model {:?} has no `weights`, which the {} regime needs (pretrained); set `weights`, leave the model out of this regime with `models = [...]`, or set allow_random_init = true for a test sweep",
+                        model.name.get_ref(),
+                        regime.name()
+                    ),
+                ));
+            }
+        }
+        if let Some(resize) = &settings.eval_resize {
+            if let Some(model) = models.iter().find(|m| m.image_size.as_ref().map_or(DEFAULT_IMAGE_SIZE, |s| *s.get_ref()) > *resize.get_ref()) {
+                return Err(self.invalid(
+                    &resize.span(),
+                    &format!("{prefix}.eval_resize"),
+                    format!("{} is smaller than model {:?}'s image_size", resize.get_ref(), model.name.get_ref()),
+                ));
+            }
+        }
+        Ok(RegimePlan {
+            regime,
+            models,
+            datasets,
+            points,
+            train,
+            gpus: settings.gpus.unwrap_or(1),
+            fake: body.fake.clone().or_else(|| file.fake.clone()),
+        })
+    }
+
+    /// The entries a regime's `models = [...]` / `datasets = [...]` selects (all when absent).
+    fn filter<'f, T>(
+        &self,
+        names: &Option<Vec<Spanned<String>>>,
+        all: impl Iterator<Item = (&'f str, &'f T)>,
+        field: &str,
+        what: &str,
+    ) -> Result<Vec<&'f T>, SweepFileError> {
+        let all: Vec<(&str, &T)> = all.collect();
+        let Some(names) = names else {
+            return Ok(all.into_iter().map(|(_, t)| t).collect());
+        };
+        let mut selected = Vec::new();
+        let mut seen = BTreeSet::new();
+        for name in names {
+            match all.iter().find(|(n, _)| *n == name.get_ref().as_str()) {
+                Some((_, t)) if seen.insert(name.get_ref().as_str()) => selected.push(*t),
+                Some(_) => {
+                    return Err(self.invalid(&name.span(), field, format!("{what} {:?} is listed twice", name.get_ref())));
+                }
+                None => {
+                    let known: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
+                    return Err(self.invalid(
+                        &name.span(),
+                        field,
+                        format!("unknown {what} {:?}; defined: {}", name.get_ref(), known.join(", ")),
+                    ));
+                }
+            }
+        }
+        // Keep the file's order of models / datasets whatever the filter's order.
+        selected.sort_by_key(|t| all.iter().position(|(_, a)| std::ptr::eq(*a, *t)));
+        Ok(selected)
+    }
+
+    fn axis_points(
+        &self,
+        axis: &Spanned<Axis>,
+        field: &str,
+        check: impl Fn(f64) -> bool,
+        requirement: &str,
+    ) -> Result<Vec<f64>, SweepFileError> {
+        let points = axis.get_ref().points().map_err(|e| match e {
+            AxisError::Empty => self.empty(format!("{field} (line {}) has no values", self.src.locate_span(&axis.span()).line)),
+            other => self.invalid(&axis.span(), field, other.to_string()),
+        })?;
+        if let Some(bad) = points.iter().find(|v| !check(**v)) {
+            return Err(self.invalid(&axis.span(), field, format!("value {bad} is out of range: {requirement}")));
+        }
+        Ok(points)
+    }
+
+    fn points(&self, regime: Regime, section: &Spanned<RegimeSection>, prefix: &str) -> Result<Points, SweepFileError> {
+        let body = section.get_ref();
+        let refuse = |axis: &Option<Spanned<Axis>>, key: &str, why: &str| match axis {
+            Some(a) => Err(self.invalid(&a.span(), &format!("{prefix}.{key}"), why.to_string())),
+            None => Ok(()),
+        };
+        match regime {
+            Regime::Linear => {
+                let why = "the linear regime has one axis, `l2` (the L2 path fitted inside each task)";
+                refuse(&body.lr, "lr", why)?;
+                refuse(&body.weight_decay, "weight_decay", why)?;
+                let Some(l2) = &body.l2 else {
+                    return Err(self.invalid(&section.span(), prefix, "needs `l2`, e.g. l2 = { logspace = [-6, 5, 45] }"));
+                };
+                let path = self.axis_points(l2, &format!("{prefix}.l2"), |v| v > 0.0, "L2 strengths must be > 0")?;
+                Ok(Points { lrs: Vec::new(), weight_decays: Vec::new(), l2_path: path })
+            }
+            Regime::Finetune | Regime::Scratch => {
+                refuse(&body.l2, "l2", "`l2` is the linear regime's axis; this regime's axes are `lr` and `weight_decay`")?;
+                let Some(lr) = &body.lr else {
+                    return Err(self.invalid(&section.span(), prefix, "needs `lr`, e.g. lr = { logspace = [-4, -1, 7] }"));
+                };
+                let lrs = self.axis_points(lr, &format!("{prefix}.lr"), |v| v > 0.0, "learning rates must be > 0")?;
+                let wds = match &body.weight_decay {
+                    Some(wd) => self.axis_points(wd, &format!("{prefix}.weight_decay"), |v| v >= 0.0, "weight decay must be >= 0")?,
+                    None => vec![0.0],
+                };
+                Ok(Points { lrs, weight_decays: wds, l2_path: Vec::new() })
+            }
+        }
+    }
+
+    fn train_settings(
+        &self,
+        regime: Regime,
+        settings: &Settings,
+        section: &Spanned<RegimeSection>,
+        prefix: &str,
+        l2_path: Vec<f64>,
+    ) -> Result<TrainSettings, SweepFileError> {
+        let steps = match &settings.steps {
+            Some(s) => *s.get_ref(),
+            None => default_steps(regime),
+        };
+        if steps == 0 && regime != Regime::Linear {
+            let span = settings.steps.as_ref().map_or(section.span(), |s| s.span());
+            return Err(self.invalid(&span, &format!("{prefix}.steps"), "must be at least 1"));
+        }
+        let batch_size = settings.batch_size.as_ref().map_or(256, |b| *b.get_ref());
+        if batch_size == 0 {
+            let span = settings.batch_size.as_ref().map_or(section.span(), |b| b.span());
+            return Err(self.invalid(&span, &format!("{prefix}.batch_size"), "must be at least 1"));
+        }
+        let momentum = settings.momentum.as_ref().map_or(0.9, |m| *m.get_ref());
+        if !(0.0..1.0).contains(&momentum) {
+            let span = settings.momentum.as_ref().map_or(section.span(), |m| m.span());
+            return Err(self.invalid(&span, &format!("{prefix}.momentum"), format!("{momentum} is not in [0, 1)")));
+        }
+        let bn_momentum = match &settings.bn_momentum {
+            Some(b) if !(*b.get_ref() > 0.0 && *b.get_ref() <= 1.0) => {
+                return Err(self.invalid(&b.span(), &format!("{prefix}.bn_momentum"), format!("{} is not in (0, 1]", b.get_ref())));
+            }
+            Some(b) => Some(*b.get_ref()),
+            None => None,
+        };
+        let lbfgs_max_iter = settings.lbfgs_max_iter.as_ref().map_or(100, |l| *l.get_ref());
+        if lbfgs_max_iter == 0 {
+            let span = settings.lbfgs_max_iter.as_ref().map_or(section.span(), |l| l.span());
+            return Err(self.invalid(&span, &format!("{prefix}.lbfgs_max_iter"), "must be at least 1"));
+        }
+        Ok(TrainSettings {
+            steps,
+            batch_size,
+            momentum,
+            nesterov: settings.nesterov.unwrap_or(true),
+            schedule: settings.schedule.unwrap_or(Schedule::Cosine).name().to_string(),
+            bn_momentum,
+            eval_every: settings.eval_every.unwrap_or(0),
+            checkpoint_every: settings.checkpoint_every.unwrap_or(1000),
+            eval_resize: settings.eval_resize.as_ref().map(|r| *r.get_ref()),
+            loader_threads: settings.loader_threads.unwrap_or(4),
+            l2_path,
+            lbfgs_max_iter,
+        })
+    }
+
+    fn model_spec(&self, model: &ModelEntry, regime: Regime) -> ModelSpec {
+        // Scratch trains from random init: builtin backbones get no weights. A torchscript
+        // module file is also its architecture, so it stays (the trainer re-initialises it).
+        let weights = match (regime, model.source) {
+            (Regime::Scratch, ModelSource::Builtin) => None,
+            _ => model.weights.as_deref().map(|w| self.resolve(w)),
+        };
+        ModelSpec {
+            name: model.name.get_ref().clone(),
+            source: model.source,
+            arch: model.arch.clone().unwrap_or_else(|| model.name.get_ref().clone()),
+            weights,
+            imagenet_top1: model.imagenet_top1.as_ref().map(|t| *t.get_ref()),
+            image_size: model.image_size.as_ref().map_or(DEFAULT_IMAGE_SIZE, |s| *s.get_ref()),
+        }
+    }
+
+    fn dataset_spec(&self, dataset: &DatasetEntry) -> DatasetSpec {
+        DatasetSpec {
+            name: dataset.name.get_ref().clone(),
+            format: dataset.format,
+            path: self.resolve(&dataset.path),
+            metric: dataset.metric.unwrap_or(Metric::Top1),
+            val: dataset
+                .val
+                .as_ref()
+                .map(|v| v.get_ref().clone())
+                .unwrap_or(ValPolicy::HeldOut { fraction: DEFAULT_HELD_OUT_FRACTION, seed: 0 }),
+            num_classes: dataset.num_classes.as_ref().map(|n| *n.get_ref()),
+        }
+    }
+}
+
+/// A regime's grid, kept as its axes so that its size is known before anything is built.
+struct Points {
+    /// Finetune / scratch axes (empty for linear).
+    lrs: Vec<f64>,
+    weight_decays: Vec<f64>,
+    /// Linear: the L2 path of its single task.
+    l2_path: Vec<f64>,
+}
+
+impl Points {
+    fn count(&self) -> usize {
+        if self.lrs.is_empty() {
+            1
+        } else {
+            self.lrs.len() * self.weight_decays.len()
+        }
+    }
+
+    /// Each grid point's hparams, lr-major (linear: one empty map).
+    fn iter(&self) -> impl Iterator<Item = BTreeMap<String, f64>> + '_ {
+        let linear = self.lrs.is_empty().then(BTreeMap::new);
+        let grid = self.lrs.iter().flat_map(move |&lr| {
+            self.weight_decays
+                .iter()
+                .map(move |&wd| BTreeMap::from([("lr".to_string(), lr), ("weight_decay".to_string(), wd)]))
+        });
+        linear.into_iter().chain(grid)
+    }
+}
+
+/// The paper's step counts when neither `[defaults]` nor the regime says.
+fn default_steps(regime: Regime) -> u64 {
+    match regime {
+        Regime::Linear => 0,
+        Regime::Finetune => 20_000,
+        Regime::Scratch => 40_000,
+    }
+}
+
+/// Refuses grids over [`MAX_CELLS`] without `allow_huge`, and over [`HARD_MAX_CELLS`] always.
+pub(super) fn check_size(file: &str, cells: u64, allow_huge: bool) -> Result<(), SweepFileError> {
+    let limit = if allow_huge { HARD_MAX_CELLS } else { MAX_CELLS };
+    if cells > limit {
+        return Err(SweepFileError::TooLarge { file: file.to_string(), cells, limit });
+    }
+    Ok(())
+}

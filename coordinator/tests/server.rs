@@ -1,0 +1,532 @@
+//! The coordinator server over real gRPC, on a real redis-server (started by PID on a free
+//! loopback port in a temp dir, killed at the end): protocol version check, bearer-token
+//! auth, lease fencing (STALE / LEASE_LOST), sweep file errors, health (liveness vs
+//! readiness), the metrics endpoint and stream consumer, and Redis going away and back.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tsweep_coordinator::config::{ConfigError, ServiceConfig};
+use tsweep_coordinator::redis_server::RedisServer;
+use tsweep_coordinator::server::{self, RunningCoordinator, ServeError, READINESS_SERVICE};
+use tsweep_proto::auth::{bearer_interceptor, BearerInterceptor};
+use tsweep_proto::v1::sweep_service_client::SweepServiceClient;
+use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
+use tsweep_proto::v1::*;
+use tsweep_proto::PROTOCOL_VERSION;
+
+type Interceptor = tonic::service::interceptor::InterceptedService<Channel, BearerInterceptor>;
+
+const SWEEP: &str = r#"
+name = "svc"
+allow_random_init = true
+
+[defaults]
+steps = 10
+batch_size = 8
+gpus = 0
+
+[[models]]
+name = "resnet18"
+source = "builtin"
+image_size = 32
+
+[[datasets]]
+name = "shapes"
+format = "imagefolder"
+path = "data/shapes"
+val = { kind = "official" }
+
+[regimes.scratch]
+lr = [0.01, 0.1, 0.2]
+weight_decay = [0.0001]
+"#;
+
+struct Harness {
+    redis: RedisServer,
+    coordinator: Option<RunningCoordinator>,
+    channel: Channel,
+}
+
+fn test_config(redis_url: &str, token: Option<&str>) -> ServiceConfig {
+    ServiceConfig {
+        listen: "127.0.0.1:0".into(),
+        metrics_listen: "127.0.0.1:0".into(),
+        redis_url: redis_url.into(),
+        lease_ttl_ms: 1_500,
+        reaper_interval_ms: 100,
+        finals_interval_ms: 200,
+        gauges_interval_ms: 100,
+        acquire_retry_after_ms: 50,
+        auth_token: token.map(String::from),
+        ..ServiceConfig::default()
+    }
+}
+
+impl Harness {
+    async fn start(token: Option<&str>) -> Harness {
+        let redis = tokio::task::spawn_blocking(RedisServer::start_temp).await.unwrap().unwrap();
+        let coordinator = server::start(test_config(&redis.url(), token)).await.unwrap();
+        let channel = Endpoint::from_shared(coordinator.url()).unwrap().connect().await.unwrap();
+        let harness = Harness { redis, coordinator: Some(coordinator), channel };
+        harness.wait_ready(ServingStatus::Serving).await;
+        harness
+    }
+
+    fn coordinator(&self) -> &RunningCoordinator {
+        self.coordinator.as_ref().unwrap()
+    }
+
+    fn sweeps(&self, token: Option<&str>) -> SweepServiceClient<Interceptor> {
+        SweepServiceClient::with_interceptor(self.channel.clone(), bearer_interceptor(token.map(String::from)).unwrap())
+    }
+
+    fn workers(&self, token: Option<&str>) -> WorkerServiceClient<Interceptor> {
+        WorkerServiceClient::with_interceptor(self.channel.clone(), bearer_interceptor(token.map(String::from)).unwrap())
+    }
+
+    async fn health(&self, service: &str) -> ServingStatus {
+        let mut health = HealthClient::new(self.channel.clone());
+        let reply = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        ServingStatus::try_from(reply.status).unwrap()
+    }
+
+    async fn wait_ready(&self, want: ServingStatus) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.health(READINESS_SERVICE).await != want {
+            assert!(Instant::now() < deadline, "readiness never became {want:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(coordinator) = self.coordinator.take() {
+            coordinator.shutdown().await.unwrap();
+        }
+        self.redis.kill();
+    }
+}
+
+async fn submit(sweeps: &mut SweepServiceClient<Interceptor>) -> SubmitSweepResponse {
+    sweeps
+        .submit_sweep(SubmitSweepRequest {
+            file_text: SWEEP.into(),
+            file_name: "svc.toml".into(),
+            base_dir: "/data".into(),
+            allow_huge: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn register(workers: &mut WorkerServiceClient<Interceptor>, worker_id: &str) -> RegisterWorkerResponse {
+    workers
+        .register_worker(RegisterWorkerRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: worker_id.into(),
+            hostname: "test".into(),
+            slots: 1,
+            gpus: 0,
+            version: "test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn acquire(workers: &mut WorkerServiceClient<Interceptor>, worker_id: &str) -> Option<TaskAssignment> {
+    workers
+        .acquire_task(AcquireTaskRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: worker_id.into(),
+            free_gpus: 0,
+            slot: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+}
+
+fn lease_of(task: &TaskAssignment) -> LeaseRef {
+    LeaseRef { sweep: task.sweep.clone(), task_id: task.task_id.clone(), attempt: task.attempt }
+}
+
+async fn complete(
+    workers: &mut WorkerServiceClient<Interceptor>,
+    worker_id: &str,
+    lease: LeaseRef,
+) -> ReportOutcome {
+    let reply = workers
+        .complete_task(CompleteTaskRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: worker_id.into(),
+            lease: Some(lease),
+            result: Some(TaskResult { metric: "top1".into(), val_score: Some(0.5), ..Default::default() }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ReportOutcome::try_from(reply.outcome).unwrap()
+}
+
+async fn heartbeat(workers: &mut WorkerServiceClient<Interceptor>, worker_id: &str, lease: LeaseRef) -> Vec<StopOrder> {
+    workers
+        .heartbeat(HeartbeatRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: worker_id.into(),
+            leases: vec![HeldLease { lease: Some(lease), running: true, ..Default::default() }],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stop
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_mismatch_is_refused_naming_both_versions() {
+    let harness = Harness::start(None).await;
+    let mut workers = harness.workers(None);
+    let wrong = PROTOCOL_VERSION + 41;
+    let status = workers
+        .register_worker(RegisterWorkerRequest { protocol_version: wrong, worker_id: "w".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains(&wrong.to_string()), "{}", status.message());
+    assert!(status.message().contains(&PROTOCOL_VERSION.to_string()), "{}", status.message());
+    let status = workers
+        .acquire_task(AcquireTaskRequest { protocol_version: wrong, worker_id: "w".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let registered = register(&mut workers, "w").await;
+    assert_eq!(registered.lease_ttl_ms, 1_500);
+    assert_eq!(registered.heartbeat_interval_ms, 500);
+    assert_eq!(registered.metrics_stream_pattern, "tsweep:{sweep}:metrics");
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_is_required_on_both_services_but_not_on_health() {
+    let harness = Harness::start(Some("s3cret")).await;
+    for token in [None, Some("wrong")] {
+        let status = harness.sweeps(token).list_sweeps(ListSweepsRequest {}).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "sweeps with {token:?}");
+        let status = harness
+            .workers(token)
+            .register_worker(RegisterWorkerRequest {
+                protocol_version: PROTOCOL_VERSION,
+                worker_id: "w".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "workers with {token:?}");
+    }
+    harness.sweeps(Some("s3cret")).list_sweeps(ListSweepsRequest {}).await.unwrap();
+    register(&mut harness.workers(Some("s3cret")), "w").await;
+    assert_eq!(harness.health("").await, ServingStatus::Serving);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cannot_complete_or_renew_a_lease_it_does_not_hold() {
+    let harness = Harness::start(None).await;
+    let mut sweeps = harness.sweeps(None);
+    let submitted = submit(&mut sweeps).await;
+    assert_eq!(submitted.sweep, "svc");
+    assert_eq!(submitted.cells_added, 3);
+    let mut workers = harness.workers(None);
+    register(&mut workers, "a").await;
+    register(&mut workers, "b").await;
+
+    // b reports on a's lease: refused, counted; a's own report is accepted once.
+    let task = acquire(&mut workers, "a").await.expect("a task is pending");
+    assert_eq!(complete(&mut workers, "b", lease_of(&task)).await, ReportOutcome::Stale);
+    let stop = heartbeat(&mut workers, "b", lease_of(&task)).await;
+    assert_eq!(stop.len(), 1);
+    assert_eq!(stop[0].reason, StopReason::LeaseLost as i32);
+    assert!(heartbeat(&mut workers, "a", lease_of(&task)).await.is_empty());
+    assert_eq!(complete(&mut workers, "a", lease_of(&task)).await, ReportOutcome::Accepted);
+    assert_eq!(complete(&mut workers, "a", lease_of(&task)).await, ReportOutcome::Duplicate);
+
+    // a goes silent past its lease: the reaper takes it back, b gets attempt 2, and a's
+    // late reports on attempt 1 are stale.
+    let first = acquire(&mut workers, "a").await.expect("a second task");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let second = loop {
+        if let Some(task) = acquire(&mut workers, "b").await {
+            if task.task_id == first.task_id {
+                break task;
+            }
+            // Another pending cell: finish it and keep waiting for the reaped one.
+            assert_eq!(complete(&mut workers, "b", lease_of(&task)).await, ReportOutcome::Accepted);
+        }
+        assert!(Instant::now() < deadline, "the expired lease was never reaped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(second.attempt, first.attempt + 1);
+    let stop = heartbeat(&mut workers, "a", lease_of(&first)).await;
+    assert_eq!(stop.len(), 1, "{stop:?}");
+    assert_eq!(stop[0].reason, StopReason::LeaseLost as i32);
+    assert_eq!(complete(&mut workers, "a", lease_of(&first)).await, ReportOutcome::Stale);
+    let fail = workers
+        .fail_task(FailTaskRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: "a".into(),
+            lease: Some(lease_of(&first)),
+            class: FailureClass::Retryable as i32,
+            message: "late".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fail.outcome, ReportOutcome::Stale as i32);
+    assert_eq!(complete(&mut workers, "b", lease_of(&second)).await, ReportOutcome::Accepted);
+
+    let summary = sweeps.get_sweep(GetSweepRequest { sweep: "svc".into() }).await.unwrap().into_inner();
+    let counts = summary.counts.unwrap();
+    assert_eq!(counts.succeeded, 3, "{counts:?}");
+    assert!(summary.stale_reports >= 3, "{summary:?}");
+    assert!(summary.lease_expiries >= 1, "{summary:?}");
+    let tasks = sweeps
+        .list_tasks(ListTasksRequest { sweep: "svc".into(), state: "succeeded".into(), page_size: 2, page_token: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tasks.tasks.len(), 2);
+    assert!(!tasks.next_page_token.is_empty());
+    assert!(tasks.tasks.iter().all(|t| t.accepted_completions == 1));
+
+    // The Prometheus endpoint shows the stale reports and the sweep's gauges.
+    let text = scrape(harness.coordinator().metrics_addr.unwrap()).await;
+    assert!(text.contains("tsweep_stale_reports_total{kind=\"complete\"}"), "{text}");
+    assert!(text.contains("tsweep_queue_depth"), "{text}");
+    assert!(text.contains("tsweep_acquire_latency_seconds_count"), "{text}");
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sweep_file_is_invalid_argument_with_its_message_and_writes_nothing() {
+    let harness = Harness::start(None).await;
+    let mut sweeps = harness.sweeps(None);
+    let bad = SWEEP.replace("[regimes.scratch]", "[regimes.scratch]\nlearning_rate = 3");
+    let expected = tsweep_coordinator::sweepfile::parse_and_expand(&bad, "bad.toml", Path::new("/data"), false)
+        .unwrap_err()
+        .to_string();
+    let status = sweeps
+        .submit_sweep(SubmitSweepRequest {
+            file_text: bad,
+            file_name: "bad.toml".into(),
+            base_dir: "/data".into(),
+            allow_huge: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.message(), expected);
+    assert!(sweeps.list_sweeps(ListSweepsRequest {}).await.unwrap().into_inner().sweeps.is_empty());
+    let unknown = sweeps.get_sweep(GetSweepRequest { sweep: "nope".into() }).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let bad_state = sweeps
+        .list_tasks(ListTasksRequest { sweep: "svc".into(), state: "sleeping".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_state.code(), Code::InvalidArgument);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_until_done_and_metrics_entries_are_fenced() {
+    let harness = Harness::start(None).await;
+    let mut sweeps = harness.sweeps(None);
+    submit(&mut sweeps).await;
+    let mut workers = harness.workers(None);
+    register(&mut workers, "a").await;
+    let mut stream = sweeps
+        .watch_sweep(WatchSweepRequest { sweep: "svc".into(), interval_ms: 200 })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.status, "active");
+
+    // Metrics of the current attempt update progress; of another attempt are stale.
+    let task = acquire(&mut workers, "a").await.unwrap();
+    let client = redis::Client::open(harness.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stream_key = format!("tsweep:{{{}}}:metrics", task.sweep);
+    for (attempt, step) in [(task.attempt, 7u64), (task.attempt + 5, 9)] {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream_key)
+            .arg("*")
+            .arg(&[
+                ("task_id", task.task_id.clone()),
+                ("attempt", attempt.to_string()),
+                ("step", step.to_string()),
+                ("total_steps", "10".to_string()),
+                ("loss", "0.25".to_string()),
+                ("lr", "0.01".to_string()),
+                ("images_per_s", "100".to_string()),
+                ("val_score", "0.6".to_string()),
+                ("ts_ms", "1".to_string()),
+            ])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let progress: Option<String> = redis::cmd("HGET")
+            .arg(format!("{stream_key}:progress"))
+            .arg(&task.task_id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let summary = sweeps.get_sweep(GetSweepRequest { sweep: "svc".into() }).await.unwrap().into_inner();
+        if let Some(progress) = progress {
+            if summary.stale_reports >= 1 {
+                let progress: serde_json::Value = serde_json::from_str(&progress).unwrap();
+                assert_eq!(progress["step"], 7, "{progress}");
+                assert_eq!(progress["attempt"], task.attempt, "{progress}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "metrics entries were not consumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pending: (u64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
+        .arg(&stream_key)
+        .arg("tsweep-coordinator")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 0, "every consumed entry is acked");
+
+    complete(&mut workers, "a", lease_of(&task)).await;
+    // A worker runs everything else, the refit scheduled after the grid included.
+    let worker = tokio::spawn(async move {
+        loop {
+            match acquire(&mut workers, "a").await {
+                Some(task) => {
+                    complete(&mut workers, "a", lease_of(&task)).await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    let last = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut last = None;
+        while let Some(summary) = stream.message().await.unwrap() {
+            last = Some(summary);
+        }
+        last
+    })
+    .await
+    .expect("the watch stream ends when the sweep is done")
+    .unwrap();
+    worker.abort();
+    assert_eq!(last.status, "done");
+    let counts = last.counts.unwrap();
+    assert!(counts.succeeded >= 3, "{counts:?}");
+    assert_eq!(counts.succeeded, counts.total, "{counts:?}");
+    assert_eq!(last.best.len(), 1, "one (model, dataset, regime) group: {:?}", last.best);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_away_means_unavailable_and_not_ready_then_recovery() {
+    let mut harness = Harness::start(None).await;
+    let mut sweeps = harness.sweeps(None);
+    submit(&mut sweeps).await;
+    harness.redis.kill();
+    harness.wait_ready(ServingStatus::NotServing).await;
+    assert_eq!(harness.health("").await, ServingStatus::Serving, "liveness must not depend on redis");
+    let status = sweeps.get_sweep(GetSweepRequest { sweep: "svc".into() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let status = harness
+        .workers(None)
+        .acquire_task(AcquireTaskRequest { protocol_version: PROTOCOL_VERSION, worker_id: "w".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    tokio::task::block_in_place(|| harness.redis.restart()).unwrap();
+    harness.wait_ready(ServingStatus::Serving).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match sweeps.get_sweep(GetSweepRequest { sweep: "svc".into() }).await {
+            Ok(summary) => {
+                assert_eq!(summary.into_inner().counts.unwrap().total, 3, "the sweep survived in the AOF");
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(Instant::now() < deadline, "never recovered");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_started_before_redis_serves_health_and_then_becomes_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let coordinator = server::start(test_config(&format!("redis://127.0.0.1:{port}/"), None)).await.unwrap();
+    let channel = Endpoint::from_shared(coordinator.url()).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let check = |service: &str| HealthCheckRequest { service: service.into() };
+    assert_eq!(health.check(check("")).await.unwrap().into_inner().status, ServingStatus::Serving as i32);
+    assert_eq!(
+        health.check(check(READINESS_SERVICE)).await.unwrap().into_inner().status,
+        ServingStatus::NotServing as i32
+    );
+    let status = SweepServiceClient::new(channel.clone()).list_sweeps(ListSweepsRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    let mut redis = tokio::task::block_in_place(|| RedisServer::start_in(dir.path(), port)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health.check(check(READINESS_SERVICE)).await.unwrap().into_inner().status != ServingStatus::Serving as i32 {
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    SweepServiceClient::new(channel).list_sweeps(ListSweepsRequest {}).await.unwrap();
+    coordinator.shutdown().await.unwrap();
+    redis.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_loopback_listen_without_token_is_refused() {
+    let config = ServiceConfig { listen: "0.0.0.0:0".into(), metrics_listen: String::new(), ..ServiceConfig::default() };
+    let error = server::start(config.clone()).await.unwrap_err();
+    assert!(matches!(error, ServeError::Config(ConfigError::InsecureListen { .. })), "{error}");
+    assert!(error.to_string().contains("--insecure"), "{error}");
+    let with_token = ServiceConfig { auth_token: Some("t".into()), ..config };
+    let running = server::start(with_token).await.unwrap();
+    running.shutdown().await.unwrap();
+}
+
+/// GET /metrics over plain HTTP/1.1.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Gauges refresh every 100 ms in these tests.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}

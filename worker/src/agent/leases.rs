@@ -1,0 +1,147 @@
+//! The leases this agent holds: one entry per running attempt, owned here, read by the
+//! heartbeat loop and updated by the slot that runs the attempt.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+use tsweep_proto::v1::{HeldLease, LeaseRef};
+
+use crate::child_protocol::CheckpointRef;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaseKey {
+    pub sweep: String,
+    pub task_id: String,
+    pub attempt: u32,
+}
+
+impl LeaseKey {
+    pub fn to_ref(&self) -> LeaseRef {
+        LeaseRef { sweep: self.sweep.clone(), task_id: self.task_id.clone(), attempt: self.attempt }
+    }
+    pub fn from_ref(lease: &LeaseRef) -> Self {
+        Self { sweep: lease.sweep.clone(), task_id: lease.task_id.clone(), attempt: lease.attempt }
+    }
+}
+
+/// What the coordinator told the agent to do with a running attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCommand {
+    /// The lease expired or belongs to a newer attempt: kill the child, report nothing.
+    LeaseLost,
+    /// The user cancelled the task: stop the child (SIGTERM), report nothing.
+    Cancelled,
+}
+
+#[derive(Debug)]
+struct LeaseEntry {
+    checkpoint: Option<CheckpointRef>,
+    running: bool,
+    stop: mpsc::UnboundedSender<StopCommand>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LeaseTable {
+    entries: Arc<Mutex<HashMap<LeaseKey, LeaseEntry>>>,
+}
+
+impl LeaseTable {
+    fn lock(&self) -> MutexGuard<'_, HashMap<LeaseKey, LeaseEntry>> {
+        // A panic while holding the lock leaves the map consistent (single inserts/removes).
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts tracking a lease; stop orders for it arrive on the returned receiver.
+    pub fn insert(&self, key: LeaseKey) -> mpsc::UnboundedReceiver<StopCommand> {
+        let (stop, receiver) = mpsc::unbounded_channel();
+        self.lock().insert(key, LeaseEntry { checkpoint: None, running: false, stop });
+        receiver
+    }
+
+    pub fn remove(&self, key: &LeaseKey) {
+        self.lock().remove(key);
+    }
+
+    pub fn set_running(&self, key: &LeaseKey) {
+        if let Some(entry) = self.lock().get_mut(key) {
+            entry.running = true;
+        }
+    }
+
+    pub fn set_checkpoint(&self, key: &LeaseKey, checkpoint: CheckpointRef) {
+        if let Some(entry) = self.lock().get_mut(key) {
+            entry.checkpoint = Some(checkpoint);
+        }
+    }
+
+    pub fn checkpoint(&self, key: &LeaseKey) -> Option<CheckpointRef> {
+        self.lock().get(key).and_then(|entry| entry.checkpoint.clone())
+    }
+
+    /// Passes a stop order to the slot running `key`; false when the lease is not held.
+    pub fn stop(&self, key: &LeaseKey, command: StopCommand) -> bool {
+        match self.lock().get(key) {
+            Some(entry) => entry.stop.send(command).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every held lease with its latest checkpoint, for a heartbeat.
+    pub fn held(&self) -> Vec<HeldLease> {
+        self.lock()
+            .iter()
+            .map(|(key, entry)| HeldLease {
+                lease: Some(key.to_ref()),
+                checkpoint_path: entry
+                    .checkpoint
+                    .as_ref()
+                    .map(|c| c.path.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                checkpoint_step: entry.checkpoint.as_ref().map(|c| c.step).unwrap_or(0),
+                running: entry.running,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(task: &str) -> LeaseKey {
+        LeaseKey { sweep: "s".into(), task_id: task.into(), attempt: 1 }
+    }
+
+    #[test]
+    fn heartbeat_view_carries_checkpoint_and_running() {
+        let table = LeaseTable::default();
+        let _stop = table.insert(key("a"));
+        table.set_running(&key("a"));
+        table.set_checkpoint(&key("a"), CheckpointRef { path: "/c/a".into(), step: 7 });
+        let held = table.held();
+        assert_eq!(held.len(), 1);
+        assert!(held[0].running);
+        assert_eq!(held[0].checkpoint_step, 7);
+        assert_eq!(held[0].checkpoint_path, "/c/a");
+        table.remove(&key("a"));
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn stop_orders_reach_only_held_leases() {
+        let table = LeaseTable::default();
+        let mut stop = table.insert(key("a"));
+        assert!(table.stop(&key("a"), StopCommand::LeaseLost));
+        assert_eq!(stop.try_recv().unwrap(), StopCommand::LeaseLost);
+        assert!(!table.stop(&key("b"), StopCommand::Cancelled));
+    }
+}

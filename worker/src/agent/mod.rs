@@ -1,0 +1,201 @@
+//! The worker agent (async, tokio): registers with the coordinator, runs one loop per slot
+//! (acquire → child process → report), heartbeats on its own timer, forwards progress to
+//! Redis, and drains on SIGTERM/SIGINT. See docs/ARCHITECTURE.md, "The worker".
+
+pub mod backoff;
+pub mod child;
+pub mod client;
+pub mod heartbeat;
+pub mod leases;
+pub mod metrics;
+pub mod slot;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{parse_device, ConfigError, WorkerConfig};
+use backoff::Backoff;
+use child::ChildLauncher;
+use client::{is_transient, CoordinatorClient};
+use heartbeat::Registration;
+use leases::LeaseTable;
+use slot::{Slot, SlotShared};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Coordinator(String),
+    #[error("coordinator refused to register worker {worker_id}: {code:?}: {message}")]
+    RegistrationRefused { worker_id: String, code: tonic::Code, message: String },
+    #[error("cannot find this executable to start children: {0}")]
+    CurrentExe(std::io::Error),
+}
+
+/// Extra time past the grace period before the agent stops waiting for its slots.
+const HARD_STOP_MARGIN: Duration = Duration::from_secs(2);
+
+/// Which GPUs slot `slot` of `slots` owns on a machine with `gpus` GPUs: an equal contiguous
+/// share when there are at least as many GPUs as slots, else one GPU shared round-robin.
+pub fn slot_gpus(slot: u32, slots: u32, gpus: u32) -> Vec<u32> {
+    if gpus == 0 || slots == 0 {
+        return Vec::new();
+    }
+    if gpus >= slots {
+        let per_slot = gpus / slots;
+        (slot * per_slot..(slot + 1) * per_slot).collect()
+    } else {
+        vec![slot % gpus]
+    }
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            error!(error = %e, "cannot listen for SIGTERM/SIGINT; the agent will not drain on signals");
+            return;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = token.cancelled() => return,
+    };
+    info!(signal = name, "draining: no new tasks, children checkpoint, leases released as preempted");
+    token.cancel();
+}
+
+/// Runs the agent until `shutdown` is cancelled and every slot has drained.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let worker_id = config.resolved_worker_id();
+    let gpus = config.gpu_setting()?.resolve();
+    let slots = config.slots.unwrap_or(gpus.max(1));
+    let device = parse_device(&config.device)?;
+    let exe: PathBuf = std::env::current_exe().map_err(AgentError::CurrentExe)?;
+    let client = CoordinatorClient::new(&config.coordinator, config.token.as_deref(), worker_id.clone())?;
+    let registration = Registration { hostname: crate::config::local_hostname(), slots, gpus };
+
+    info!(worker_id = %worker_id, coordinator = %config.coordinator, slots, gpus, executor = ?config.executor,
+          version = %tsweep_proto::version_line("tsweep-worker"), "worker starting");
+
+    // Register, retrying while the coordinator is unreachable.
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let registered = loop {
+        match client.register(registration.hostname.clone(), slots, gpus).await {
+            Ok(response) => break response,
+            Err(status) if is_transient(&status) => {
+                let wait = backoff.next_delay();
+                warn!(code = ?status.code(), error = %status.message(), retry_in_ms = wait.as_millis() as u64,
+                      "cannot register yet");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        info!("stopped before registering");
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(status) => {
+                return Err(AgentError::RegistrationRefused {
+                    worker_id,
+                    code: status.code(),
+                    message: status.message().to_string(),
+                })
+            }
+        }
+    };
+    let lease_ttl = Duration::from_millis(registered.lease_ttl_ms);
+    let heartbeat_interval = match registered.heartbeat_interval_ms {
+        0 if lease_ttl.is_zero() => Duration::from_secs(2),
+        0 => lease_ttl / 3,
+        ms => Duration::from_millis(ms),
+    }
+    .max(Duration::from_millis(50));
+    info!(worker_id = %worker_id, lease_ttl_ms = registered.lease_ttl_ms,
+          heartbeat_ms = heartbeat_interval.as_millis() as u64,
+          metrics_stream = %metrics::stream_key(&registered.metrics_stream_pattern, "<sweep>"), "registered");
+
+    let leases = LeaseTable::default();
+    let (metrics_sink, forwarder) = metrics::channel(&config.redis_url, &registered.metrics_stream_pattern);
+    let forwarder = tokio::spawn(forwarder.run(Duration::from_secs(2)));
+
+    let heartbeat_stop = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat::run(
+        client.clone(),
+        leases.clone(),
+        heartbeat_interval,
+        registration,
+        heartbeat_stop.clone(),
+    ));
+
+    let shared = Arc::new(SlotShared {
+        client,
+        leases: leases.clone(),
+        metrics: metrics_sink,
+        launcher: ChildLauncher { exe, executor: config.executor, log_format: config.log_format },
+        shutdown: shutdown.clone(),
+        checkpoint_root: config.checkpoint_root.clone(),
+        cache_dir: config.cache_dir.clone(),
+        grace: config.grace_period(),
+        report_timeout: config.report_timeout(),
+    });
+    let mut slot_tasks = JoinSet::new();
+    for index in 0..slots {
+        let slot = Slot { index, gpus: slot_gpus(index, slots, gpus), device: device.clone(), shared: shared.clone() };
+        slot_tasks.spawn(slot.run());
+    }
+    drop(shared);
+
+    // Slots end only after shutdown; then they get the grace period to drain.
+    let grace = config.grace_period();
+    let hard_stop = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace + HARD_STOP_MARGIN).await;
+    };
+    tokio::pin!(hard_stop);
+    loop {
+        tokio::select! {
+            joined = slot_tasks.join_next() => match joined {
+                None => break,
+                Some(Err(e)) => error!(error = %e, "a slot task panicked"),
+                Some(Ok(())) => {}
+            },
+            _ = &mut hard_stop => {
+                warn!(leases = leases.len(), "grace period over: leaving the remaining leases to expire");
+                break;
+            }
+        }
+    }
+    slot_tasks.abort_all();
+    heartbeat_stop.cancel();
+    let _ = heartbeat.await;
+    // The forwarder ends once every sink is gone (the slots' shared state held the last one).
+    drop(slot_tasks);
+    if tokio::time::timeout(Duration::from_secs(3), forwarder).await.is_err() {
+        warn!("metrics forwarder did not finish in time");
+    }
+    info!(worker_id = %worker_id, "worker stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_share_gpus_evenly() {
+        assert_eq!(slot_gpus(0, 2, 0), Vec::<u32>::new());
+        assert_eq!(slot_gpus(1, 4, 4), vec![1]);
+        assert_eq!(slot_gpus(1, 2, 4), vec![2, 3]);
+        assert_eq!(slot_gpus(3, 4, 2), vec![1]);
+    }
+}

@@ -1,0 +1,239 @@
+//! One slot: acquire → run the attempt in a child → report, until the agent drains.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use tsweep_proto::cell::CellSpec;
+use tsweep_proto::v1::{FailTaskRequest, FailureClass, TaskAssignment};
+
+use super::backoff::Backoff;
+use super::child::{AttemptOutcome, ChildLauncher, DrainPolicy, GpuAssignment};
+use super::client::{is_transient, CoordinatorClient, Delivery, Report};
+use super::leases::{LeaseKey, LeaseTable};
+use super::metrics::MetricsSink;
+use crate::child_protocol::{CheckpointRef, ChildFailure, TaskInput};
+
+/// Everything a slot needs; shared by all slots of the agent.
+pub struct SlotShared {
+    pub client: CoordinatorClient,
+    pub leases: LeaseTable,
+    pub metrics: MetricsSink,
+    pub launcher: ChildLauncher,
+    pub shutdown: CancellationToken,
+    pub checkpoint_root: PathBuf,
+    pub cache_dir: PathBuf,
+    pub grace: Duration,
+    pub report_timeout: Duration,
+}
+
+impl SlotShared {
+    /// Time the children get after SIGTERM; the rest of the grace period is for the reports.
+    pub fn child_grace(&self) -> Duration {
+        self.grace.saturating_sub(report_reserve(self.grace))
+    }
+}
+
+/// The part of the grace period kept for reporting after the children stopped.
+pub fn report_reserve(grace: Duration) -> Duration {
+    (grace / 5).min(Duration::from_secs(5))
+}
+
+pub struct Slot {
+    pub index: u32,
+    /// GPUs this slot owns (indices on this machine); empty on a CPU slot.
+    pub gpus: Vec<u32>,
+    /// `auto` | `cpu` | `cuda:N` as configured.
+    pub device: crate::config::DeviceSetting,
+    pub shared: Arc<SlotShared>,
+}
+
+impl Slot {
+    fn free_gpus(&self) -> u32 {
+        u32::try_from(self.gpus.len()).unwrap_or(u32::MAX)
+    }
+
+    fn gpu_assignment(&self) -> GpuAssignment {
+        use crate::config::DeviceSetting;
+        match (&self.device, self.gpus.is_empty()) {
+            (DeviceSetting::Cpu, _) => GpuAssignment(Some(String::new())),
+            (DeviceSetting::Cuda(_), _) => GpuAssignment(None),
+            (DeviceSetting::Auto, false) => GpuAssignment(Some(
+                self.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+            )),
+            (DeviceSetting::Auto, true) => GpuAssignment(Some(String::new())),
+        }
+    }
+
+    /// The device string the child gets.
+    fn child_device(&self) -> String {
+        use crate::config::DeviceSetting;
+        match (&self.device, self.gpus.is_empty()) {
+            (DeviceSetting::Cpu, _) => "cpu".to_string(),
+            (DeviceSetting::Auto, false) => "cuda:0".to_string(),
+            (DeviceSetting::Auto, true) => "cpu".to_string(),
+            (DeviceSetting::Cuda(n), _) => format!("cuda:{n}"),
+        }
+    }
+
+    pub async fn run(self) {
+        let shared = self.shared.clone();
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        info!(slot = self.index, gpus = ?self.gpus, device = %self.child_device(), "slot started");
+        while !shared.shutdown.is_cancelled() {
+            // Never abandoned half-way: an acquire that lands after SIGTERM is released below.
+            let wait = match shared.client.acquire(self.index, self.free_gpus()).await {
+                Ok(response) => match response.task {
+                    Some(assignment) => {
+                        backoff.reset();
+                        self.run_assignment(assignment).await;
+                        continue;
+                    }
+                    None => {
+                        backoff.reset();
+                        Duration::from_millis(response.retry_after_ms.clamp(20, 5_000))
+                    }
+                },
+                Err(status) => {
+                    let wait = backoff.next_delay();
+                    if is_transient(&status) {
+                        warn!(slot = self.index, code = ?status.code(), error = %status.message(),
+                              retry_in_ms = wait.as_millis() as u64, "acquire failed, retrying");
+                    } else {
+                        error!(slot = self.index, code = ?status.code(), error = %status.message(),
+                               retry_in_ms = wait.as_millis() as u64, "coordinator refused acquire");
+                    }
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        info!(slot = self.index, "slot stopped");
+    }
+
+    async fn run_assignment(&self, assignment: TaskAssignment) {
+        let shared = &self.shared;
+        let key = LeaseKey {
+            sweep: assignment.sweep.clone(),
+            task_id: assignment.task_id.clone(),
+            attempt: assignment.attempt,
+        };
+        let stop_orders = shared.leases.insert(key.clone());
+        info!(slot = self.index, sweep = %key.sweep, task_id = %key.task_id, attempt = key.attempt,
+              resume_step = assignment.resume_checkpoint_step, "leased");
+
+        let outcome = if shared.shutdown.is_cancelled() {
+            AttemptOutcome::Failed {
+                class: ChildFailure::Preempted,
+                message: "worker draining: task released before it started".to_string(),
+            }
+        } else {
+            match CellSpec::from_json(&assignment.spec_json) {
+                Err(e) => AttemptOutcome::Failed {
+                    class: ChildFailure::Fatal,
+                    message: format!(
+                        "task {}: spec_json line {} column {}: {e}",
+                        key.task_id,
+                        e.line(),
+                        e.column()
+                    ),
+                },
+                Ok(spec) => {
+                    let resume = (!assignment.resume_checkpoint_path.is_empty()).then(|| CheckpointRef {
+                        path: PathBuf::from(&assignment.resume_checkpoint_path),
+                        step: assignment.resume_checkpoint_step,
+                    });
+                    if let Some(resume) = &resume {
+                        // A retry that fails before its first checkpoint must keep the old one.
+                        shared.leases.set_checkpoint(&key, resume.clone());
+                    }
+                    let input = TaskInput {
+                        task_id: key.task_id.clone(),
+                        attempt: key.attempt,
+                        spec,
+                        resume,
+                        checkpoint_dir: checkpoint_dir(&shared.checkpoint_root, &key),
+                        cache_dir: shared.cache_dir.clone(),
+                        device: self.child_device(),
+                        executor: shared.launcher.executor,
+                    };
+                    shared
+                        .launcher
+                        .run(
+                            &input,
+                            &key,
+                            &self.gpu_assignment(),
+                            &shared.leases,
+                            &shared.metrics,
+                            stop_orders,
+                            &shared.shutdown,
+                            DrainPolicy { child_grace: shared.child_grace() },
+                        )
+                        .await
+                }
+            }
+        };
+        self.report(&key, outcome).await;
+        shared.leases.remove(&key);
+    }
+
+    async fn report(&self, key: &LeaseKey, outcome: AttemptOutcome) {
+        let shared = &self.shared;
+        let report = match outcome {
+            AttemptOutcome::LeaseLost | AttemptOutcome::Cancelled => {
+                info!(task_id = %key.task_id, attempt = key.attempt, ?outcome, "attempt stopped by the coordinator; nothing to report");
+                return;
+            }
+            AttemptOutcome::Completed(result) => {
+                info!(task_id = %key.task_id, attempt = key.attempt, val_score = ?result.val_score, "attempt succeeded");
+                Report::Complete { lease: key.to_ref(), result: *result }
+            }
+            AttemptOutcome::Failed { class, message } => {
+                let checkpoint = shared.leases.checkpoint(key);
+                info!(task_id = %key.task_id, attempt = key.attempt, class = ?class, message = %message,
+                      checkpoint_step = checkpoint.as_ref().map(|c| c.step), "attempt failed");
+                Report::Fail(FailTaskRequest {
+                    protocol_version: 0,
+                    worker_id: String::new(),
+                    lease: Some(key.to_ref()),
+                    class: failure_class(class) as i32,
+                    message,
+                    checkpoint_path: checkpoint
+                        .as_ref()
+                        .map(|c| c.path.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    checkpoint_step: checkpoint.as_ref().map(|c| c.step).unwrap_or(0),
+                })
+            }
+        };
+        let deadline = if shared.shutdown.is_cancelled() {
+            Instant::now() + report_reserve(shared.grace).max(Duration::from_secs(1))
+        } else {
+            Instant::now() + shared.report_timeout
+        };
+        if let Delivery::GaveUp = shared.client.deliver(&report, deadline).await {
+            error!(task_id = %key.task_id, attempt = key.attempt,
+                   "report not delivered; the lease will expire and the task run again");
+        }
+    }
+}
+
+pub fn failure_class(class: ChildFailure) -> FailureClass {
+    match class {
+        ChildFailure::Retryable => FailureClass::Retryable,
+        ChildFailure::Fatal => FailureClass::Fatal,
+        ChildFailure::Preempted => FailureClass::Preempted,
+    }
+}
+
+/// `<root>/<sweep>/<task>/attempt-<n>`: each attempt writes its own checkpoints, so a late
+/// writer of an old attempt never overwrites a newer one's.
+pub fn checkpoint_dir(root: &std::path::Path, key: &LeaseKey) -> PathBuf {
+    root.join(&key.sweep).join(&key.task_id).join(format!("attempt-{}", key.attempt))
+}

@@ -1,0 +1,240 @@
+//! The fake executor (`--executor fake`): the **test executor** for cluster tests, fault
+//! injection and benchmarks. It trains nothing; it behaves like a trainer on the wire.
+//!
+//! Driven by the cell's [`FakeSettings`] (`fake` in the sweep file's defaults):
+//! - sleeps `sleep_ms` in total, split into `steps` steps (at least one); after each step it
+//!   writes a small checkpoint file atomically (temp file + rename) into the attempt's
+//!   `checkpoint_dir` and emits `checkpoint`, then `progress`;
+//! - with `resume` set, it reads that checkpoint and continues after its step (it emits
+//!   `started { resumed_from_step }` and logs `resumed_from_step`);
+//! - when the stop flag is raised (SIGTERM) it checkpoints the steps it finished and fails
+//!   as `preempted`;
+//! - `fail = "retryable" | "fatal"` fails with that class half-way through, `"crash"` aborts
+//!   the process there (no result, killed by SIGABRT); with `fail_attempts = N > 0` only
+//!   attempts 1..=N fail;
+//! - the score is `score`, or a deterministic function of the model and the hyperparameters
+//!   (peaked at lr = 1e-2, weight_decay = 1e-4, higher for a model with a higher
+//!   `imagenet_top1`), so that selection and the report have something to pick.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+use tsweep_proto::cell::{CellSpec, FakeSettings};
+use tsweep_proto::v1::TaskResult;
+
+use crate::child_protocol::{ChildEvent, ChildFailure, TaskInput};
+use crate::run_task::ExecutorFailure;
+
+/// File name of the fake checkpoint inside the attempt's checkpoint directory.
+pub const CHECKPOINT_FILE: &str = "fake-checkpoint.json";
+
+/// How often a sleeping step looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(10);
+
+/// What the fake checkpoint holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FakeCheckpoint {
+    pub task_id: String,
+    pub attempt: u32,
+    pub step: u64,
+}
+
+/// What `fake.fail` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InjectedFault {
+    Fail(ChildFailure),
+    Crash,
+}
+
+pub fn run(
+    input: &TaskInput,
+    emit: &mut dyn FnMut(ChildEvent),
+    stop: &AtomicBool,
+) -> Result<TaskResult, ExecutorFailure> {
+    let started = Instant::now();
+    let settings = input.spec.fake.clone().unwrap_or_default();
+    let total_steps = settings.steps.max(1);
+    let step_sleep = Duration::from_millis(settings.sleep_ms) / u32::try_from(total_steps).unwrap_or(u32::MAX);
+    let fault = injected_fault(&settings, input.attempt)?;
+
+    std::fs::create_dir_all(&input.checkpoint_dir).map_err(|e| {
+        ExecutorFailure::retryable(format!("cannot create checkpoint dir {}: {e}", input.checkpoint_dir.display()))
+    })?;
+
+    let resumed_from_step = match &input.resume {
+        Some(resume) => match read_checkpoint(&resume.path) {
+            Ok(checkpoint) => {
+                let step = checkpoint.step.min(total_steps);
+                info!(task_id = %input.task_id, attempt = input.attempt, resumed_from_step = step,
+                      checkpoint = %resume.path.display(), "resuming from checkpoint");
+                step
+            }
+            Err(e) => {
+                warn!(task_id = %input.task_id, attempt = input.attempt, error = %e,
+                      "cannot read the checkpoint to resume from, starting at step 0");
+                0
+            }
+        },
+        None => 0,
+    };
+    emit(ChildEvent::Started { resumed_from_step });
+
+    let fault_step = (total_steps / 2).max(resumed_from_step);
+    let mut done = resumed_from_step;
+    let mut loss = loss_at(done);
+    loop {
+        if let Some(fault) = fault {
+            if done >= fault_step {
+                match fault {
+                    InjectedFault::Crash => {
+                        warn!(task_id = %input.task_id, attempt = input.attempt, step = done, "fake executor crashing on request");
+                        std::process::abort();
+                    }
+                    InjectedFault::Fail(class) => {
+                        return Err(ExecutorFailure {
+                            class,
+                            message: format!("fake executor failing as asked (fake.fail) at step {done}"),
+                        });
+                    }
+                }
+            }
+        }
+        if done >= total_steps {
+            break;
+        }
+        if !sleep_unless_stopped(step_sleep, stop) {
+            let path = write_checkpoint(input, done)?;
+            emit(ChildEvent::Checkpoint { path, step: done });
+            return Err(ExecutorFailure::preempted(format!("stopped by signal after step {done}")));
+        }
+        done += 1;
+        loss = loss_at(done);
+        let path = write_checkpoint(input, done)?;
+        emit(ChildEvent::Checkpoint { path, step: done });
+        let images_per_s = if step_sleep.is_zero() { 0.0 } else { 32.0 / step_sleep.as_secs_f64() };
+        emit(ChildEvent::Progress {
+            step: done,
+            total_steps,
+            loss,
+            lr: input.spec.hparams.get("lr").copied().unwrap_or(0.0),
+            images_per_s,
+            val_score: None,
+        });
+    }
+
+    let score = settings.score.unwrap_or_else(|| deterministic_score(&input.spec));
+    let duration_s = started.elapsed().as_secs_f64();
+    let ran = total_steps - resumed_from_step;
+    Ok(TaskResult {
+        metric: input.spec.dataset.metric.name().to_string(),
+        val_score: Some(score),
+        test_score: Some((score - 0.01).max(0.0)),
+        train_loss: Some(loss),
+        diverged: false,
+        steps: total_steps,
+        images_per_s: if duration_s > 0.0 { 32.0 * ran as f64 / duration_s } else { 0.0 },
+        duration_s,
+        selected: Default::default(),
+        extra: [("fake".to_string(), 1.0)].into_iter().collect(),
+        resumed_from_step,
+    })
+}
+
+fn injected_fault(settings: &FakeSettings, attempt: u32) -> Result<Option<InjectedFault>, ExecutorFailure> {
+    let Some(fail) = settings.fail.as_deref() else { return Ok(None) };
+    let fault = match fail {
+        "retryable" => InjectedFault::Fail(ChildFailure::Retryable),
+        "fatal" => InjectedFault::Fail(ChildFailure::Fatal),
+        "crash" => InjectedFault::Crash,
+        other => {
+            return Err(ExecutorFailure::fatal(format!(
+                "fake.fail: `{other}` is not one of retryable, fatal, crash"
+            )))
+        }
+    };
+    let applies = settings.fail_attempts == 0 || attempt <= settings.fail_attempts;
+    Ok(applies.then_some(fault))
+}
+
+/// Sleeps `total`, returning false early when `stop` is raised.
+fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) -> bool {
+    let deadline = Instant::now() + total;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        std::thread::sleep(STOP_POLL.min(deadline - now));
+    }
+}
+
+fn loss_at(step: u64) -> f64 {
+    2.3 / (1.0 + 0.1 * step as f64)
+}
+
+/// Writes `<checkpoint_dir>/fake-checkpoint.json` atomically (temp file, fsync, rename).
+pub fn write_checkpoint(input: &TaskInput, step: u64) -> Result<PathBuf, ExecutorFailure> {
+    let path = input.checkpoint_dir.join(CHECKPOINT_FILE);
+    let checkpoint = FakeCheckpoint { task_id: input.task_id.clone(), attempt: input.attempt, step };
+    let text = serde_json::to_vec(&checkpoint)
+        .map_err(|e| ExecutorFailure::retryable(format!("cannot encode checkpoint {}: {e}", path.display())))?;
+    let temp = input.checkpoint_dir.join(format!(".{CHECKPOINT_FILE}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &path)
+    };
+    write().map_err(|e| ExecutorFailure::retryable(format!("cannot write checkpoint {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+pub fn read_checkpoint(path: &Path) -> Result<FakeCheckpoint, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read checkpoint {}: {e}", path.display()))?;
+    serde_json::from_slice(&text).map_err(|e| format!("checkpoint {} is not a fake checkpoint: {e}", path.display()))
+}
+
+/// A score in (0, 1) that depends only on the cell: the model's ImageNet top-1 (or a hash
+/// of its name), the dataset's name, and the distance of lr / weight_decay from a sweet spot.
+pub fn deterministic_score(spec: &CellSpec) -> f64 {
+    let base = match spec.model.imagenet_top1 {
+        Some(top1) => {
+            let top1 = if top1 > 1.0 { top1 / 100.0 } else { top1 };
+            0.3 + 0.6 * top1
+        }
+        None => 0.5 + 0.3 * unit_hash(&spec.model.name),
+    };
+    let dataset_shift = 0.1 * (unit_hash(&spec.dataset.name) - 0.5);
+    let penalty: f64 = spec
+        .hparams
+        .iter()
+        .filter(|(_, value)| **value > 0.0)
+        .map(|(name, value)| {
+            let centre = match name.as_str() {
+                "lr" => -2.0,
+                "weight_decay" => -4.0,
+                _ => 0.0,
+            };
+            let distance = value.log10() - centre;
+            0.02 * distance * distance
+        })
+        .sum();
+    (base + dataset_shift - penalty).clamp(0.01, 0.99)
+}
+
+/// A number in [0, 1) from a string, stable across runs and machines.
+fn unit_hash(text: &str) -> f64 {
+    let digest = Sha256::digest(text.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}

@@ -1,0 +1,474 @@
+//! The agent process (`tsweep-worker agent --executor fake`) against a scripted in-test
+//! coordinator (a `WorkerService` that hands out given tasks and records every call) and a
+//! real `redis-server` for the metrics stream. The lease store itself is tested in the
+//! coordinator crate and end to end in the `tests/` suites.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+use tsweep_proto::cell::{
+    CellSpec, DatasetFormat, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings,
+    ValPolicy,
+};
+use tsweep_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+use tsweep_proto::v1::{
+    AcquireTaskRequest, AcquireTaskResponse, CompleteTaskRequest, FailTaskRequest, FailureClass, HeartbeatRequest,
+    HeartbeatResponse, LeaseRef, RegisterWorkerRequest, RegisterWorkerResponse, ReportOutcome, ReportResponse,
+    StopOrder, StopReason, TaskAssignment,
+};
+
+// ------------------------------------------------------------ scripted coordinator
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<TaskAssignment>,
+    registers: Vec<RegisterWorkerRequest>,
+    acquires: usize,
+    heartbeats: Vec<HeartbeatRequest>,
+    stop_next_heartbeat: Vec<StopOrder>,
+    completes: Vec<CompleteTaskRequest>,
+    fails: Vec<FailTaskRequest>,
+    authorization: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+struct Scripted(Arc<Mutex<State>>);
+
+impl Scripted {
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+    fn note_auth<T>(&self, request: &Request<T>) {
+        let value = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        self.with(|s| s.authorization.push(value));
+    }
+}
+
+fn accepted() -> Response<ReportResponse> {
+    Response::new(ReportResponse { outcome: ReportOutcome::Accepted as i32, task_state: String::new() })
+}
+
+#[tonic::async_trait]
+impl WorkerService for Scripted {
+    async fn register_worker(
+        &self,
+        request: Request<RegisterWorkerRequest>,
+    ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        self.note_auth(&request);
+        self.with(|s| s.registers.push(request.into_inner()));
+        Ok(Response::new(RegisterWorkerResponse {
+            lease_ttl_ms: 3_000,
+            heartbeat_interval_ms: 100,
+            metrics_stream_pattern: "tsweep:{{sweep}}:metrics".into(),
+        }))
+    }
+
+    async fn acquire_task(&self, request: Request<AcquireTaskRequest>) -> Result<Response<AcquireTaskResponse>, Status> {
+        self.note_auth(&request);
+        let task = self.with(|s| {
+            s.acquires += 1;
+            s.queue.pop_front()
+        });
+        Ok(Response::new(AcquireTaskResponse { task, retry_after_ms: 50 }))
+    }
+
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let stop = self.with(|s| {
+            s.heartbeats.push(request.into_inner());
+            std::mem::take(&mut s.stop_next_heartbeat)
+        });
+        Ok(Response::new(HeartbeatResponse { stop, lease_ttl_ms: 3_000 }))
+    }
+
+    async fn complete_task(&self, request: Request<CompleteTaskRequest>) -> Result<Response<ReportResponse>, Status> {
+        self.with(|s| s.completes.push(request.into_inner()));
+        Ok(accepted())
+    }
+
+    async fn fail_task(&self, request: Request<FailTaskRequest>) -> Result<Response<ReportResponse>, Status> {
+        self.with(|s| s.fails.push(request.into_inner()));
+        Ok(accepted())
+    }
+}
+
+async fn start_coordinator(script: Scripted) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(WorkerServiceServer::new(script))
+            .serve_with_incoming(TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+// ------------------------------------------------------------ redis-server, agent process
+
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("/usr/bin/redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let redis = Redis { child, port, _dir: dir };
+        wait_for(Duration::from_secs(10), || redis.connection().is_some());
+        redis
+    }
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+    fn connection(&self) -> Option<redis::Connection> {
+        redis::Client::open(self.url()).ok()?.get_connection().ok()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(coordinator: SocketAddr, redis_url: &str, dir: &Path, slots: u32) -> Agent {
+        let log = dir.join("agent.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_tsweep-worker"))
+            .arg("agent")
+            .args(["--coordinator", &format!("http://{coordinator}")])
+            .args(["--redis-url", redis_url])
+            .args(["--slots", &slots.to_string(), "--gpus", "0", "--device", "cpu", "--executor", "fake"])
+            .args(["--worker-id", "w-test", "--token", "t0ken", "--grace-period", "10"])
+            .arg("--checkpoint-root")
+            .arg(dir.join("checkpoints"))
+            .arg("--cache-dir")
+            .arg(dir.join("cache"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Agent { child, log }
+    }
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// SIGTERM, then the exit code (None: killed by a signal).
+    fn terminate(&mut self, within: Duration) -> Option<i32> {
+        kill(self.pid(), Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "agent did not exit within {within:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn wait_until(timeout: Duration, agent: &Agent, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "condition not met within {timeout:?}; agent log:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Children of `parent` (by /proc), for checking that none outlives the agent.
+fn children_of(parent: Pid) -> Vec<Pid> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid ...
+        let Some(after_comm) = stat.rsplit_once(')').map(|(_, rest)| rest) else { continue };
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent.as_raw()) && fields[0] != "Z" {
+            found.push(Pid::from_raw(pid));
+        }
+    }
+    found
+}
+
+fn alive(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw()))
+        .map(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+// ------------------------------------------------------------ tasks
+
+fn assignment(task_id: &str, attempt: u32, fake: FakeSettings, resume: Option<(&Path, u64)>) -> TaskAssignment {
+    let spec = CellSpec {
+        sweep: "s1".into(),
+        stage: Stage::Grid,
+        regime: Regime::Finetune,
+        model: ModelSpec {
+            name: "r18".into(),
+            source: ModelSource::Builtin,
+            arch: "resnet18".into(),
+            weights: None,
+            imagenet_top1: Some(0.7),
+            image_size: 32,
+        },
+        dataset: DatasetSpec {
+            name: "toy".into(),
+            format: DatasetFormat::Imagefolder,
+            path: "/nonexistent".into(),
+            metric: Metric::Top1,
+            val: ValPolicy::Official,
+            num_classes: None,
+        },
+        hparams: BTreeMap::from([("lr".to_string(), 0.01)]),
+        train: TrainSettings {
+            steps: 10,
+            batch_size: 8,
+            momentum: 0.9,
+            nesterov: true,
+            schedule: "cosine".into(),
+            bn_momentum: None,
+            eval_every: 0,
+            checkpoint_every: 0,
+            eval_resize: None,
+            loader_threads: 1,
+            l2_path: vec![],
+            lbfgs_max_iter: 10,
+        },
+        seed: 1,
+        gpus: 0,
+        max_attempts: 3,
+        fake: Some(fake),
+    };
+    TaskAssignment {
+        sweep: "s1".into(),
+        task_id: task_id.into(),
+        attempt,
+        spec_json: spec.to_json().unwrap(),
+        gpus: 0,
+        resume_checkpoint_path: resume.map(|(p, _)| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        resume_checkpoint_step: resume.map(|(_, s)| s).unwrap_or(0),
+        lease_ttl_ms: 3_000,
+    }
+}
+
+fn fake(sleep_ms: u64, steps: u64) -> FakeSettings {
+    FakeSettings { sleep_ms, steps, ..Default::default() }
+}
+
+fn lease(task_id: &str, attempt: u32) -> LeaseRef {
+    LeaseRef { sweep: "s1".into(), task_id: task_id.into(), attempt }
+}
+
+// ------------------------------------------------------------ tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_tasks_reports_them_heartbeats_and_forwards_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let script = Scripted::default();
+    // A checkpoint an earlier attempt of task "b" left behind (at step 2 of 4).
+    let old = dir.path().join("old-ckpt.json");
+    std::fs::write(&old, r#"{"task_id":"b","attempt":1,"step":2}"#).unwrap();
+    script.with(|s| {
+        s.queue.push_back(assignment("a", 1, fake(600, 6), None));
+        s.queue.push_back(assignment("b", 2, fake(100, 4), Some((&old, 2))));
+        s.queue.push_back(assignment("c", 1, FakeSettings { fail: Some("crash".into()), ..fake(40, 4) }, None));
+        s.queue.push_back(assignment("d", 1, FakeSettings { fail: Some("fatal".into()), ..fake(0, 2) }, None));
+    });
+    let coordinator = start_coordinator(script.clone()).await;
+    let mut agent = Agent::start(coordinator, &redis.url(), dir.path(), 1);
+
+    wait_until(Duration::from_secs(60), &agent, || script.with(|s| s.completes.len() == 2 && s.fails.len() == 2)).await;
+    let (registers, completes, fails, heartbeats, auth) =
+        script.with(|s| (s.registers.clone(), s.completes.clone(), s.fails.clone(), s.heartbeats.clone(), s.authorization.clone()));
+
+    assert_eq!(registers[0].worker_id, "w-test");
+    assert_eq!(registers[0].protocol_version, tsweep_proto::PROTOCOL_VERSION);
+    assert!(auth.iter().all(|a| a == "Bearer t0ken"), "{auth:?}");
+
+    let a = completes.iter().find(|c| c.lease == Some(lease("a", 1))).expect("task a completed");
+    let a_result = a.result.clone().unwrap();
+    assert_eq!(a_result.steps, 6);
+    assert!(a_result.val_score.is_some());
+    let b = completes.iter().find(|c| c.lease == Some(lease("b", 2))).expect("task b completed");
+    assert_eq!(b.result.as_ref().unwrap().resumed_from_step, 2);
+    assert!(agent.log().contains("resumed_from_step=2"), "{}", agent.log());
+
+    let c = fails.iter().find(|f| f.lease == Some(lease("c", 1))).expect("task c failed");
+    assert_eq!(c.class, FailureClass::Retryable as i32, "a crash is retryable: {c:?}");
+    assert!(c.message.contains("crash"), "{}", c.message);
+    assert_eq!(c.checkpoint_step, 2, "the crashed attempt's last checkpoint is reported");
+    let d = fails.iter().find(|f| f.lease == Some(lease("d", 1))).expect("task d failed");
+    assert_eq!(d.class, FailureClass::Fatal as i32);
+
+    // Heartbeats renewed task a while it ran, with its running flag and checkpoints.
+    let a_beats: Vec<_> = heartbeats
+        .iter()
+        .flat_map(|h| h.leases.iter())
+        .filter(|l| l.lease == Some(lease("a", 1)))
+        .collect();
+    assert!(a_beats.len() >= 2, "{a_beats:?}");
+    assert!(a_beats.iter().any(|l| l.running && l.checkpoint_step > 0 && !l.checkpoint_path.is_empty()));
+    // After the reports, the agent holds nothing.
+    let beats_before = script.with(|s| s.heartbeats.len());
+    wait_until(Duration::from_secs(5), &agent, || script.with(|s| s.heartbeats.len() > beats_before + 1)).await;
+    assert!(script.with(|s| s.heartbeats.last().unwrap().leases.is_empty()));
+
+    // Progress reached the sweep's stream.
+    let mut redis_conn = redis.connection().unwrap();
+    let mut entries: Vec<(String, Vec<String>)> = Vec::new();
+    for _ in 0..100 {
+        entries = redis::cmd("XRANGE").arg("tsweep:{s1}:metrics").arg("-").arg("+").query(&mut redis_conn).unwrap();
+        if entries.len() >= 8 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let a_steps: Vec<String> = entries
+        .iter()
+        .filter(|(_, f)| f.chunks(2).any(|kv| kv[0] == "task_id" && kv[1] == "a"))
+        .filter_map(|(_, f)| f.chunks(2).find(|kv| kv[0] == "step").map(|kv| kv[1].clone()))
+        .collect();
+    assert_eq!(a_steps, ["1", "2", "3", "4", "5", "6"]);
+    let fields: Vec<&str> = entries[0].1.chunks(2).map(|kv| kv[0].as_str()).collect();
+    for field in ["task_id", "attempt", "step", "total_steps", "loss", "lr", "images_per_s", "ts_ms"] {
+        assert!(fields.contains(&field), "{fields:?}");
+    }
+
+    assert_eq!(agent.terminate(Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_running_tasks_as_preempted_with_their_checkpoint_even_without_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Scripted::default();
+    script.with(|s| {
+        s.queue.push_back(assignment("long1", 1, fake(60_000, 600), None));
+        s.queue.push_back(assignment("long2", 3, fake(60_000, 600), None));
+    });
+    let coordinator = start_coordinator(script.clone()).await;
+    // Nothing listens on this port: metrics cannot be delivered, tasks must not care.
+    let dead_redis = format!("redis://127.0.0.1:{}/", free_port());
+    let mut agent = Agent::start(coordinator, &dead_redis, dir.path(), 2);
+
+    let progressed = |s: &State, task: &str| {
+        s.heartbeats.iter().flat_map(|h| h.leases.iter()).any(|l| {
+            l.lease.as_ref().is_some_and(|r| r.task_id == task) && l.running && l.checkpoint_step >= 2
+        })
+    };
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| progressed(s, "long1") && progressed(s, "long2")))
+        .await;
+    let children = children_of(agent.pid());
+    assert_eq!(children.len(), 2, "one child per slot");
+    let acquires_before = script.with(|s| s.acquires);
+
+    assert_eq!(agent.terminate(Duration::from_secs(10)), Some(0), "{}", agent.log());
+    let (fails, completes, acquires) = script.with(|s| (s.fails.clone(), s.completes.clone(), s.acquires));
+    assert!(completes.is_empty());
+    assert_eq!(fails.len(), 2, "{fails:?}");
+    for fail in &fails {
+        assert_eq!(fail.class, FailureClass::Preempted as i32, "{fail:?}");
+        assert!(fail.checkpoint_step >= 2, "{fail:?}");
+        let on_disk = tsweep_worker::fake::read_checkpoint(Path::new(&fail.checkpoint_path)).unwrap();
+        assert_eq!(on_disk.step, fail.checkpoint_step);
+        assert_eq!(Some(on_disk.attempt), fail.lease.as_ref().map(|l| l.attempt));
+    }
+    assert!(acquires <= acquires_before + 2, "no acquiring while draining ({acquires_before} -> {acquires})");
+    for child in children {
+        assert!(!alive(child), "child {child} outlived the agent");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_lost_kills_the_child_silently_and_sigkill_of_the_agent_takes_children_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let script = Scripted::default();
+    script.with(|s| {
+        s.queue.push_back(assignment("lost", 1, fake(60_000, 600), None));
+        s.queue.push_back(assignment("orphan", 1, fake(60_000, 600), None));
+    });
+    let coordinator = start_coordinator(script.clone()).await;
+    let mut agent = Agent::start(coordinator, &redis.url(), dir.path(), 1);
+
+    let running = |s: &State, task: &str| {
+        s.heartbeats
+            .last()
+            .is_some_and(|h| h.leases.iter().any(|l| l.lease.as_ref().is_some_and(|r| r.task_id == task) && l.running))
+    };
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| running(s, "lost"))).await;
+    let first_child = children_of(agent.pid());
+    assert_eq!(first_child.len(), 1);
+    script.with(|s| {
+        s.stop_next_heartbeat.push(StopOrder { lease: Some(lease("lost", 1)), reason: StopReason::LeaseLost as i32 })
+    });
+    // The slot is free again: it takes the next task.
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| running(s, "orphan"))).await;
+    assert!(!alive(first_child[0]), "the lost lease's child was killed");
+    assert!(script.with(|s| s.fails.is_empty() && s.completes.is_empty()), "nothing reported for a lost lease");
+    assert!(script.with(|s| !s.heartbeats.last().unwrap().leases.iter().any(|l| l.lease == Some(lease("lost", 1)))));
+
+    let orphan = children_of(agent.pid());
+    assert_eq!(orphan.len(), 1);
+    agent.child.kill().unwrap(); // SIGKILL: no drain possible
+    agent.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(orphan[0]) {
+        assert!(Instant::now() < deadline, "child {} outlived a SIGKILL'd agent", orphan[0]);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

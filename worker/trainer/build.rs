@@ -1,0 +1,50 @@
+//! Link settings for this crate's own binaries, tests and benches (a library's build script
+//! cannot change how downstream binaries link: tsweep-worker's build.rs does the same).
+//!
+//! - `--no-as-needed` around libtorch_cuda: nothing in Rust calls into it directly, so the
+//!   default `--as-needed` drops it and CUDA silently goes missing (tch-rs issue #751 and
+//!   torch-sys's build.rs notes). The library also dlopens it at run time
+//!   (`device::load_cuda_library`) as a second line of defence.
+//! - an rpath to the libtorch the build used (the venv's torch/lib), so local runs need no
+//!   LD_LIBRARY_PATH; LD_LIBRARY_PATH still wins on a GPU machine with its own PyTorch.
+use std::path::PathBuf;
+use std::process::Command;
+
+fn libtorch_lib_dir() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("LIBTORCH_LIB") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Ok(root) = std::env::var("LIBTORCH") {
+        return Some(PathBuf::from(root).join("lib"));
+    }
+    let python = std::env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .args(["-c", "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let dir = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (!dir.is_empty()).then(|| PathBuf::from(dir))
+}
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
+    println!("cargo:rerun-if-changed=build.rs");
+    let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if target_os != "linux" {
+        return;
+    }
+    if let Some(dir) = libtorch_lib_dir() {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+        if dir.join("libtorch_cuda.so").exists() {
+            println!("cargo:rustc-link-arg=-L{}", dir.display());
+            println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+            println!("cargo:rustc-link-arg=-ltorch_cuda");
+            println!("cargo:rustc-link-arg=-Wl,--as-needed");
+        }
+    }
+}

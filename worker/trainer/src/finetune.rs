@@ -1,0 +1,225 @@
+//! The `finetune` and `scratch` regimes: SGD (Nesterov) with cosine decay over
+//! `train.steps` steps of `train.batch_size`, BatchNorm in train mode with momentum
+//! min(10/s, 0.1), checkpoints every `train.checkpoint_every` steps and on stop.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tch::Device;
+use tsweep_data::{steps_per_epoch, Loader, LoaderConfig, Mode};
+use tsweep_proto::cell::{CellSpec, Regime};
+use tsweep_proto::v1::TaskResult;
+
+use crate::error::{guard_torch, TrainerError};
+use crate::eval;
+use crate::models::{Init, NetConfig, Network};
+use crate::sgd::{learning_rate, Sgd};
+use crate::tensors::{loss as loss_of, Normalizer};
+use crate::{checkpoint, cell_fingerprint, device, TrainJob, TrainerEvent};
+
+/// The BatchNorm momentum of a cell: the setting, else min(10 / steps_per_epoch, 0.1).
+pub fn bn_momentum(spec: &CellSpec, train_images: usize) -> f64 {
+    spec.train.bn_momentum.unwrap_or_else(|| {
+        let s = steps_per_epoch(train_images, spec.train.batch_size.max(1) as usize).max(1);
+        (10.0 / s as f64).min(0.1)
+    })
+}
+
+fn hparam(spec: &CellSpec, key: &str) -> Result<f64, TrainerError> {
+    let v = spec.hparams.get(key).copied().ok_or_else(|| {
+        TrainerError::InvalidCell(format!("{} regime needs hparams.{key}", spec.regime.name()))
+    })?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(TrainerError::InvalidCell(format!("hparams.{key} = {v} must be finite and >= 0")));
+    }
+    Ok(v)
+}
+
+/// Seed of the torch generator at a step (dropout): a function of (seed, step) only.
+fn step_seed(seed: u64, step: u64) -> i64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
+pub fn run(
+    job: &TrainJob,
+    device: Device,
+    events: &mut dyn FnMut(TrainerEvent),
+    stop: &AtomicBool,
+) -> Result<TaskResult, TrainerError> {
+    let started = Instant::now();
+    let spec = &job.spec;
+    let lr = hparam(spec, "lr")?;
+    let wd = spec.hparams.get("weight_decay").copied().unwrap_or(0.0);
+    if lr <= 0.0 {
+        return Err(TrainerError::InvalidCell(format!("hparams.lr = {lr} must be > 0")));
+    }
+    if spec.train.steps == 0 || spec.train.batch_size == 0 {
+        return Err(TrainerError::InvalidCell("train.steps and train.batch_size must be > 0".into()));
+    }
+    let batch_size = spec.train.batch_size as usize;
+    let dev_name = device::name(device);
+    let ds = eval::open_dataset(spec, &job.cache_dir)?;
+    let (train_split, val_split, test_split) = eval::stage_splits(spec);
+    let train_view = eval::split(&ds, train_split)?;
+    let num_classes = ds.num_classes() as i64;
+    let cfg = NetConfig { bn_momentum: bn_momentum(spec, train_view.len()) };
+    let fingerprint = cell_fingerprint(spec);
+
+    // Resume: a checkpoint that has gone missing restarts the cell (the cell is still
+    // correct, only slower); one of another cell is fatal.
+    let resume = match &job.resume {
+        Some(r) if r.path.is_file() => Some(r.clone()),
+        Some(r) => {
+            tracing::warn!(path = %r.path.display(), step = r.step, "checkpoint to resume from is missing: starting from step 0");
+            None
+        }
+        None => None,
+    };
+    let mut model = spec.model.clone();
+    if let Some(r) = &resume {
+        let script = checkpoint::script_path(&r.path);
+        if script.is_file() {
+            model.weights = Some(script);
+        }
+    }
+    let init = match (spec.regime, &model.weights) {
+        (Regime::Scratch, _) | (_, None) => Init::Random,
+        (_, Some(path)) => Init::Pretrained(path.clone()),
+    };
+    tch::manual_seed(spec.seed as i64);
+    let mut net = guard_torch("building the model", &dev_name, batch_size, || {
+        Network::build(&model, &init, num_classes, device, cfg)
+    })?;
+    let mut sgd = Sgd::new(net.trainable(), spec.train.momentum, spec.train.nesterov, wd / lr)?;
+    let mut start_step = 0;
+    if let Some(r) = &resume {
+        let loaded = checkpoint::read(&r.path, &fingerprint)?;
+        loaded.restore(&r.path, &net, &mut sgd)?;
+        start_step = loaded.step;
+    }
+    net.set_train(true)?;
+    events(TrainerEvent::Started { resumed_from_step: start_step });
+    tracing::info!(
+        arch = %net.arch, classes = num_classes, train_images = train_view.len(), bn_momentum = cfg.bn_momentum,
+        lr, wd, start_step, steps = spec.train.steps, "training"
+    );
+
+    let total = spec.train.steps;
+    let loader_cfg = LoaderConfig {
+        batch_size,
+        image_size: spec.model.image_size,
+        resize_short: eval::resize_short(spec),
+        seed: spec.seed,
+        threads: spec.train.loader_threads as usize,
+        prefetch: 2 * spec.train.loader_threads.max(1) as usize,
+    };
+    let norm = Normalizer::new(device)?;
+    let mut loader = Loader::new(train_view, loader_cfg, Mode::Train { start_step })
+        .map_err(|e| TrainerError::data(ds.name(), e))?;
+    let report_every = (total / 100).clamp(1, 50);
+    let mut last_loss = f64::NAN;
+    let mut recent = Vec::new();
+    let mut window_start = Instant::now();
+    let mut window_images = 0usize;
+    let mut train_images = 0usize;
+    let train_started = Instant::now();
+    let mut step = start_step;
+    while step < total {
+        if stop.load(Ordering::Relaxed) {
+            let path = checkpoint::save(&job.checkpoint_dir, step, &fingerprint, &net, &sgd)?;
+            events(TrainerEvent::Checkpoint { path: path.clone(), step });
+            return Err(TrainerError::Preempted { step, checkpoint: Some(path) });
+        }
+        let batch = loader
+            .next_batch()
+            .map_err(|e| TrainerError::data(ds.name(), e))?
+            .ok_or_else(|| TrainerError::data(ds.name(), tsweep_data::DataError::LoaderStopped("training loader ended".into())))?;
+        let rate = learning_rate(&spec.train.schedule, lr, step, total);
+        let loss = guard_torch("a training step", &dev_name, batch_size, || {
+            tch::manual_seed(step_seed(spec.seed, step));
+            let x = norm.images(&batch)?;
+            let y = norm.targets(&batch)?;
+            let loss = loss_of(&net.forward(&x, true)?, &y)?;
+            sgd.zero_grad();
+            loss.f_backward()?;
+            let value = loss.f_double_value(&[])?;
+            if value.is_finite() {
+                sgd.step(rate)?;
+            }
+            Ok(value)
+        })?;
+        step += 1;
+        train_images += batch.batch_size;
+        window_images += batch.batch_size;
+        if !loss.is_finite() {
+            tracing::warn!(step, loss, "loss is not finite: the run diverged");
+            let chance = eval::chance(spec, &ds);
+            let mut result = base_result(spec, step, started, train_images, train_started);
+            result.diverged = true;
+            result.train_loss = Some(loss);
+            result.val_score = val_split.map(|_| chance);
+            result.test_score = Some(chance);
+            result.resumed_from_step = start_step;
+            return Ok(result);
+        }
+        last_loss = loss;
+        recent.push(loss);
+        if recent.len() > 100 {
+            recent.remove(0);
+        }
+        let eval_now = spec.train.eval_every > 0 && step % spec.train.eval_every == 0 && step < total;
+        if step % report_every == 0 || step == total || eval_now {
+            let val_score = match (eval_now, val_split) {
+                (true, Some(v)) => Some(eval::score_split(&mut net, &ds, v, spec, device)?.0),
+                _ => None,
+            };
+            let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+            events(TrainerEvent::Progress {
+                step,
+                total_steps: total,
+                loss,
+                lr: rate,
+                images_per_s: window_images as f64 / secs,
+                val_score,
+            });
+            window_start = Instant::now();
+            window_images = 0;
+        }
+        if spec.train.checkpoint_every > 0 && step % spec.train.checkpoint_every == 0 && step < total {
+            let path = checkpoint::save(&job.checkpoint_dir, step, &fingerprint, &net, &sgd)?;
+            events(TrainerEvent::Checkpoint { path, step });
+        }
+    }
+    drop(loader);
+    let train_secs = train_started.elapsed().as_secs_f64();
+    let val_score = match val_split {
+        Some(v) => Some(eval::score_split(&mut net, &ds, v, spec, device)?.0),
+        None => None,
+    };
+    let (test_score, _) = eval::score_split(&mut net, &ds, test_split, spec, device)?;
+    let mut result = base_result(spec, step, started, train_images, train_started);
+    result.val_score = val_score;
+    result.test_score = Some(test_score);
+    result.train_loss = Some(last_loss);
+    result.resumed_from_step = start_step;
+    let mut extra = HashMap::new();
+    extra.insert("train_loss_mean_last_100".to_string(), recent.iter().sum::<f64>() / recent.len().max(1) as f64);
+    extra.insert("bn_momentum".to_string(), cfg.bn_momentum);
+    extra.insert("train_seconds".to_string(), train_secs);
+    result.extra = extra;
+    Ok(result)
+}
+
+fn base_result(spec: &CellSpec, steps: u64, started: Instant, images: usize, train_started: Instant) -> TaskResult {
+    TaskResult {
+        metric: spec.dataset.metric.name().to_string(),
+        steps,
+        images_per_s: images as f64 / train_started.elapsed().as_secs_f64().max(1e-9),
+        duration_s: started.elapsed().as_secs_f64(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,274 @@
+//! Backbones and the network a cell trains: backbone (pooled penultimate features) + a new
+//! linear head `tsweep_head` for the target's classes.
+//!
+//! Built in Rust with torchvision's parameter names (so converted torchvision weights load
+//! by name): resnet18/34/50/101/152, densenet121/169/201, mobilenet_v2 (+ `_140`).
+//! Through tch::vision's builders: inception_v3, efficientnet_b0 — their classifier is
+//! kept as a frozen identity layer so that the model's output is the penultimate feature
+//! (their BatchNorm momentum is tch's default 0.1, not the cell's). TorchScript modules
+//! (`source = torchscript`) must return the penultimate features; they are trained through
+//! `TrainableCModule`.
+
+pub mod densenet;
+pub mod mobilenet;
+pub mod resnet;
+
+use std::path::{Path, PathBuf};
+
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+use tsweep_proto::cell::{ModelSource, ModelSpec};
+
+use crate::error::TrainerError;
+use crate::weights;
+
+pub const KNOWN_ARCHS: &[&str] = &[
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "mobilenet_v2",
+    "mobilenet_v2_140",
+    "inception_v3",
+    "efficientnet_b0",
+];
+
+/// Variable-store path of the new linear head.
+pub const HEAD: &str = "tsweep_head";
+
+/// Settings the builders need.
+#[derive(Debug, Clone, Copy)]
+pub struct NetConfig {
+    /// BatchNorm running-stat momentum (PyTorch convention: new = (1-m) old + m batch).
+    pub bn_momentum: f64,
+}
+
+pub(crate) fn conv(p: nn::Path, i: i64, o: i64, k: i64, stride: i64, padding: i64, groups: i64) -> nn::Conv2D {
+    let cfg = nn::ConvConfig {
+        stride,
+        padding,
+        groups,
+        bias: false,
+        // torchvision's init: kaiming normal, fan_out, relu
+        ws_init: nn::Init::Kaiming {
+            dist: nn::init::NormalOrUniform::Normal,
+            fan: nn::init::FanInOut::FanOut,
+            non_linearity: nn::init::NonLinearity::ReLU,
+        },
+        ..Default::default()
+    };
+    nn::conv2d(p, i, o, k, cfg)
+}
+
+pub(crate) fn bn(p: nn::Path, c: i64, cfg: &NetConfig) -> nn::BatchNorm {
+    nn::batch_norm2d(p, c, nn::BatchNormConfig { momentum: cfg.bn_momentum, ..Default::default() })
+}
+
+enum Backbone {
+    Native(Box<dyn ModuleT>),
+    Script(tch::TrainableCModule),
+}
+
+/// The network of a cell.
+pub struct Network {
+    pub vs: nn::VarStore,
+    backbone: Backbone,
+    head: nn::Linear,
+    pub feature_dim: i64,
+    pub num_classes: i64,
+    pub arch: String,
+    /// For TorchScript backbones: the module file (checkpoints save the module itself,
+    /// because its BatchNorm buffers are not in the variable store).
+    pub script_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network").field("arch", &self.arch).field("feature_dim", &self.feature_dim).finish()
+    }
+}
+
+/// What to initialise the backbone from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Init {
+    Random,
+    Pretrained(PathBuf),
+}
+
+impl Network {
+    /// Builds the network of `spec`. `tch::manual_seed` should be set before for a
+    /// reproducible random init. Pretrained weights (builtin) are loaded by name; a
+    /// missing file is a fatal error naming it.
+    pub fn build(
+        spec: &ModelSpec,
+        init: &Init,
+        num_classes: i64,
+        device: Device,
+        cfg: NetConfig,
+    ) -> Result<Network, TrainerError> {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let arch = spec.arch.to_lowercase();
+        let (backbone, feature_dim, frozen_identity, script_path): (Backbone, i64, Option<&str>, Option<PathBuf>) =
+            match spec.source {
+                ModelSource::Torchscript => {
+                    let path = spec.weights.clone().ok_or_else(|| {
+                        TrainerError::InvalidCell(format!("model {}: a torchscript model needs `weights` (the module file)", spec.name))
+                    })?;
+                    let module = load_script(&path, &root / "backbone")?;
+                    let dim = probe_feature_dim(&module, spec.image_size, device, &path)?;
+                    (Backbone::Script(module), dim, None, Some(path))
+                }
+                ModelSource::Builtin => {
+                    if let Some((bottleneck, stages)) = resnet::layout(&arch) {
+                        let m = resnet::ResNet::new(&root, bottleneck, stages, &cfg);
+                        let d = m.feature_dim;
+                        (Backbone::Native(Box::new(m)), d, None, None)
+                    } else if let Some(blocks) = densenet::layout(&arch) {
+                        let m = densenet::DenseNet::new(&root, blocks, &cfg);
+                        let d = m.feature_dim;
+                        (Backbone::Native(Box::new(m)), d, None, None)
+                    } else if let Some(w) = mobilenet::width(&arch) {
+                        let m = mobilenet::MobileNetV2::new(&root, w, &cfg);
+                        let d = m.feature_dim;
+                        (Backbone::Native(Box::new(m)), d, None, None)
+                    } else if arch == "inception_v3" {
+                        let m = tch::vision::inception::v3(&root, 2048);
+                        (Backbone::Native(Box::new(m)), 2048, Some("fc"), None)
+                    } else if arch == "efficientnet_b0" {
+                        let m = tch::vision::efficientnet::b0(&root, 1280);
+                        (Backbone::Native(Box::new(m)), 1280, Some("classifier.1"), None)
+                    } else {
+                        return Err(TrainerError::UnknownArch(spec.arch.clone()));
+                    }
+                }
+            };
+        let head = nn::linear(&root / HEAD, feature_dim, num_classes, Default::default());
+        let mut net = Network {
+            vs,
+            backbone,
+            head,
+            feature_dim,
+            num_classes,
+            arch: arch.clone(),
+            script_path,
+        };
+        if let (ModelSource::Builtin, Init::Pretrained(path)) = (spec.source, init) {
+            let skip: Vec<String> = [HEAD.to_string()].into_iter().chain(frozen_identity.map(String::from)).collect();
+            weights::load_into(&net.vs, path, &arch, &skip)?;
+        }
+        if let Some(prefix) = frozen_identity {
+            net.make_identity(prefix)?;
+        }
+        Ok(net)
+    }
+
+    /// Sets a linear layer (`prefix.weight`, `prefix.bias`) to the identity and freezes it.
+    fn make_identity(&mut self, prefix: &str) -> Result<(), TrainerError> {
+        let vars = self.vs.variables();
+        let (Some(w), Some(b)) = (vars.get(&format!("{prefix}.weight")), vars.get(&format!("{prefix}.bias"))) else {
+            return Err(TrainerError::InvalidCell(format!("{}: no layer {prefix} to turn into the identity", self.arch)));
+        };
+        let mut w = w.shallow_clone();
+        let mut b = b.shallow_clone();
+        tch::no_grad(|| -> Result<(), TrainerError> {
+            let n = w.size()[0];
+            w.f_copy_(&Tensor::f_eye(n, (w.kind(), w.device()))?)?;
+            let _ = b.f_zero_()?;
+            Ok(())
+        })?;
+        let _ = w.set_requires_grad(false);
+        let _ = b.set_requires_grad(false);
+        Ok(())
+    }
+
+    /// Pooled penultimate features `[batch, feature_dim]`.
+    pub fn features(&self, xs: &Tensor, train: bool) -> Result<Tensor, TrainerError> {
+        match &self.backbone {
+            Backbone::Native(m) => Ok(m.forward_t(xs, train)),
+            Backbone::Script(m) => Ok(m.forward_ts(&[xs])?.flatten(1, -1)),
+        }
+    }
+
+    /// Logits `[batch, num_classes]`.
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor, TrainerError> {
+        Ok(self.features(xs, train)?.apply(&self.head))
+    }
+
+    /// Switches TorchScript modules between train and eval mode (builtin backbones take
+    /// the mode per call).
+    pub fn set_train(&mut self, train: bool) -> Result<(), TrainerError> {
+        if let Backbone::Script(m) = &mut self.backbone {
+            if train {
+                m.f_set_train()?;
+            } else {
+                m.f_set_eval()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The trained parameters, by name, in a fixed order.
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Every variable (parameters and BatchNorm buffers), by name, sorted.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Saves a TorchScript backbone's module (with its buffers) to `path`.
+    pub fn save_script(&self, path: &Path) -> Result<bool, TrainerError> {
+        match &self.backbone {
+            Backbone::Script(m) => {
+                m.save(path)?;
+                Ok(true)
+            }
+            Backbone::Native(_) => Ok(false),
+        }
+    }
+
+    pub fn head_parameters(&self) -> (&Tensor, Option<&Tensor>) {
+        (&self.head.ws, self.head.bs.as_ref())
+    }
+}
+
+fn load_script(path: &Path, p: nn::Path) -> Result<tch::TrainableCModule, TrainerError> {
+    if !path.is_file() {
+        return Err(TrainerError::MissingFile { what: "torchscript module".into(), path: path.to_path_buf() });
+    }
+    tch::TrainableCModule::load(path, p).map_err(|e| TrainerError::WeightsMismatch {
+        path: path.to_path_buf(),
+        arch: "torchscript".into(),
+        detail: format!("cannot load the module: {e}"),
+    })
+}
+
+fn probe_feature_dim(m: &tch::TrainableCModule, size: u32, device: Device, path: &Path) -> Result<i64, TrainerError> {
+    let size = i64::from(size.max(32));
+    let out = tch::no_grad(|| m.forward_ts(&[Tensor::zeros([1, 3, size, size], (Kind::Float, device))]));
+    let out = out.map_err(|e| TrainerError::WeightsMismatch {
+        path: path.to_path_buf(),
+        arch: "torchscript".into(),
+        detail: format!("forward on a 1x3x{size}x{size} input failed: {e}"),
+    })?;
+    let shape = out.size();
+    if shape.len() < 2 || shape[0] != 1 {
+        return Err(TrainerError::WeightsMismatch {
+            path: path.to_path_buf(),
+            arch: "torchscript".into(),
+            detail: format!("the module must return [batch, features], it returned {shape:?}"),
+        });
+    }
+    Ok(shape[1..].iter().product())
+}

@@ -1,0 +1,62 @@
+//! Loader batches (u8 HWC) to network inputs (float NCHW, ImageNet mean/std) on the device.
+
+use tch::{Device, Kind, Tensor};
+use tsweep_data::{Batch, Targets};
+
+use crate::error::TrainerError;
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Converts batches: the u8 bytes travel to the device (4x less than floats), the
+/// permute, cast and normalisation run there.
+pub struct Normalizer {
+    scale: Tensor,
+    shift: Tensor,
+    device: Device,
+}
+
+impl Normalizer {
+    pub fn new(device: Device) -> Result<Normalizer, TrainerError> {
+        let scale: Vec<f32> = IMAGENET_STD.iter().map(|s| 1.0 / (255.0 * s)).collect();
+        let shift: Vec<f32> = IMAGENET_MEAN.iter().zip(IMAGENET_STD).map(|(m, s)| -m / s).collect();
+        Ok(Normalizer {
+            scale: Tensor::from_slice(&scale).f_view([1, 3, 1, 1])?.f_to_device(device)?,
+            shift: Tensor::from_slice(&shift).f_view([1, 3, 1, 1])?.f_to_device(device)?,
+            device,
+        })
+    }
+
+    pub fn images(&self, batch: &Batch) -> Result<Tensor, TrainerError> {
+        let (b, h, w) = (batch.batch_size as i64, batch.height as i64, batch.width as i64);
+        let raw = Tensor::from_slice(&batch.images).f_view([b, h, w, 3])?.f_to_device(self.device)?;
+        let mut x = raw.f_permute([0, 3, 1, 2])?.f_to_kind(Kind::Float)?.f_contiguous()?;
+        let _ = x.f_mul_(&self.scale)?;
+        let _ = x.f_add_(&self.shift)?;
+        Ok(x)
+    }
+
+    /// Class indices `[B]` (i64) or multi-hot `[B, K]` (f32).
+    pub fn targets(&self, batch: &Batch) -> Result<Tensor, TrainerError> {
+        Ok(match &batch.targets {
+            Targets::Labels(y) => Tensor::from_slice(y).f_to_device(self.device)?,
+            Targets::MultiHot(t, k) => Tensor::from_slice(t).f_view([batch.batch_size as i64, *k as i64])?.f_to_device(self.device)?,
+        })
+    }
+}
+
+/// Mean loss of logits against targets: softmax cross-entropy for labels, per-class
+/// binary cross-entropy (one-vs-rest) for multi-hot.
+pub fn loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor, TrainerError> {
+    Ok(if targets.kind() == Kind::Int64 {
+        logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss::<Tensor>(targets, None, tch::Reduction::Mean, -100)?
+    } else {
+        logits.f_binary_cross_entropy_with_logits::<Tensor>(targets, None, None, tch::Reduction::Mean)?
+    })
+}
+
+/// A flat f32 copy of a CPU-or-device tensor.
+pub fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>, TrainerError> {
+    let t = t.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?.f_flatten(0, -1)?;
+    Ok(Vec::<f32>::try_from(&t)?)
+}

@@ -1,0 +1,106 @@
+//! Shared by the trainer's integration tests: a tiny generated ImageFolder dataset and
+//! cell specs for it.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use rand::{Rng, SeedableRng};
+use tsweep_proto::cell::*;
+use tsweep_trainer::{run_task, TaskResult, TrainJob, TrainerError, TrainerEvent};
+
+pub const CLASSES: usize = 4;
+
+/// 32x32 PNGs: class c is a square of colour c at a random place on a noisy background.
+pub fn make_imagefolder(root: &Path, train_per_class: usize, test_per_class: usize, seed: u64) {
+    let colours: [[u8; 3]; CLASSES] = [[220, 40, 40], [40, 200, 40], [40, 60, 220], [220, 210, 40]];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (split, n) in [("train", train_per_class), ("test", test_per_class)] {
+        for (c, colour) in colours.iter().enumerate() {
+            let dir = root.join(split).join(format!("class{c}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let mut img = image::RgbImage::new(32, 32);
+                for p in img.pixels_mut() {
+                    let g: u8 = rng.random_range(60..160);
+                    *p = image::Rgb([g, g, g]);
+                }
+                let side = rng.random_range(10..18);
+                let (x0, y0) = (rng.random_range(0..32 - side), rng.random_range(0..32 - side));
+                for y in y0..y0 + side {
+                    for x in x0..x0 + side {
+                        img.put_pixel(x, y, image::Rgb(*colour));
+                    }
+                }
+                img.save(dir.join(format!("{i:03}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+pub fn cell(regime: Regime, data: &Path, arch: &str, weights: Option<PathBuf>) -> CellSpec {
+    let mut hparams = BTreeMap::new();
+    if regime != Regime::Linear {
+        hparams.insert("lr".to_string(), 0.05);
+        hparams.insert("weight_decay".to_string(), 1e-5);
+    }
+    CellSpec {
+        sweep: "trainer-test".into(),
+        stage: Stage::Grid,
+        regime,
+        model: ModelSpec {
+            name: arch.into(),
+            source: ModelSource::Builtin,
+            arch: arch.into(),
+            weights,
+            imagenet_top1: None,
+            image_size: 32,
+        },
+        dataset: DatasetSpec {
+            name: "colours".into(),
+            format: DatasetFormat::Imagefolder,
+            path: data.to_path_buf(),
+            metric: Metric::Top1,
+            val: ValPolicy::HeldOut { fraction: 0.2, seed: 3 },
+            num_classes: Some(CLASSES as u32),
+        },
+        hparams,
+        train: TrainSettings {
+            steps: 40,
+            batch_size: 16,
+            momentum: 0.9,
+            nesterov: true,
+            schedule: "cosine".into(),
+            bn_momentum: None,
+            eval_every: 0,
+            checkpoint_every: 0,
+            eval_resize: Some(32),
+            loader_threads: 1,
+            l2_path: vec![1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+            lbfgs_max_iter: 200,
+        },
+        seed: 7,
+        gpus: 0,
+        max_attempts: 3,
+        fake: None,
+    }
+}
+
+pub fn job(spec: CellSpec, work: &Path, name: &str) -> TrainJob {
+    TrainJob {
+        spec,
+        resume: None,
+        checkpoint_dir: work.join("ckpt").join(name),
+        cache_dir: work.join("cache"),
+        device: "cpu".into(),
+    }
+}
+
+pub fn run(job: &TrainJob) -> (Result<TaskResult, TrainerError>, Vec<TrainerEvent>) {
+    tch::set_num_threads(2);
+    let stop = AtomicBool::new(false);
+    let mut events = Vec::new();
+    let r = run_task(job, &mut |e| events.push(e), &stop);
+    (r, events)
+}

@@ -1,0 +1,70 @@
+//! A run stopped mid-way (stop flag = SIGTERM, or killed right after a periodic
+//! checkpoint) and resumed ends at the same step count and final loss as an uninterrupted
+//! run with the same seed.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use tsweep_proto::cell::Regime;
+use tsweep_trainer::{run_task, ResumeFrom, TrainerError, TrainerEvent};
+
+#[test]
+fn resumed_runs_match_an_uninterrupted_run() {
+    tch::set_num_threads(2);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_imagefolder(&data, 30, 10, 21);
+    let mut spec = cell(Regime::Scratch, &data, "resnet18", None);
+    spec.train.steps = 30;
+    spec.train.checkpoint_every = 10;
+
+    let (whole, _) = run(&job(spec.clone(), dir.path(), "whole"));
+    let whole = whole.unwrap();
+    assert_eq!(whole.steps, 30);
+
+    // interrupted: keep a copy of the step-10 checkpoint (what a kill -9 after it leaves),
+    // then set the stop flag at step 15
+    let interrupted = job(spec.clone(), dir.path(), "interrupted");
+    let kill9_copy = dir.path().join("kill9.safetensors");
+    let stop = AtomicBool::new(false);
+    let r = run_task(
+        &interrupted,
+        &mut |e| match e {
+            TrainerEvent::Checkpoint { path, step: 10 } => {
+                std::fs::copy(&path, &kill9_copy).unwrap();
+            }
+            TrainerEvent::Progress { step: 15, .. } => stop.store(true, Ordering::Relaxed),
+            _ => {}
+        },
+        &stop,
+    );
+    let (step, preempted_ckpt) = match r {
+        Err(TrainerError::Preempted { step, checkpoint: Some(path) }) => (step, path),
+        other => panic!("expected preempted, got {other:?}"),
+    };
+    assert_eq!(step, 15);
+    assert!(preempted_ckpt.is_file());
+
+    for (name, path, from) in [("after-stop", preempted_ckpt, 15), ("after-kill9", kill9_copy, 10)] {
+        let mut resumed = job(spec.clone(), dir.path(), name);
+        resumed.resume = Some(ResumeFrom { path, step: from });
+        let (r, events) = run(&resumed);
+        let r = r.unwrap();
+        assert!(matches!(events.first(), Some(TrainerEvent::Started { resumed_from_step }) if *resumed_from_step == from));
+        assert_eq!(r.resumed_from_step, from);
+        assert_eq!(r.steps, whole.steps, "{name}");
+        let (a, b) = (r.train_loss.unwrap(), whole.train_loss.unwrap());
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{name}: final loss {a} vs uninterrupted {b}");
+        assert_eq!(r.test_score, whole.test_score, "{name}");
+    }
+
+    // a checkpoint of another cell is refused as fatal
+    let mut other = spec.clone();
+    other.seed += 1;
+    let mut wrong = job(other, dir.path(), "wrong");
+    wrong.resume = Some(ResumeFrom { path: dir.path().join("ckpt/interrupted").join(tsweep_trainer::checkpoint::file_name(15)), step: 15 });
+    let err = run(&wrong).0.unwrap_err();
+    assert!(matches!(err, TrainerError::BadCheckpoint { .. }), "{err}");
+}
