@@ -149,5 +149,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         store.cancel_sweep(&name).await?;
     }
+    // Server-side cost per command (Redis CPU, excluding network and queueing).
+    let mut conn = store.connection();
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
+    for line in stats.lines().filter(|l| l.starts_with("cmdstat_evalsha") || l.starts_with("cmdstat_smembers")) {
+        println!("redis {line}");
+    }
     Ok(())
 }

@@ -366,14 +366,23 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         insecure: args.insecure.then_some(true),
     };
     let config = ServiceConfig::load(cli.config.as_deref(), overrides).map_err(|e| CliError::BadInput(e.to_string()))?;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
+    let shutdown = async {
         wait_for_shutdown_signal().await;
         tracing::info!("shutdown signal received; stopping");
-        on_signal.cancel();
-    });
-    crate::local::serve_coordinator(config, shutdown).await
+    };
+    crate::server::serve(config, shutdown).await.map_err(serve_error)
+}
+
+/// A coordinator that cannot start: bad settings are bad input, a port in use or a TLS
+/// file that cannot be read make it unavailable.
+pub fn serve_error(error: crate::server::ServeError) -> CliError {
+    use crate::server::ServeError;
+    let message = format!("coordinator: {error}");
+    match error {
+        ServeError::Config(_) | ServeError::TlsFile { .. } | ServeError::Tls(_) => CliError::BadInput(message),
+        ServeError::Bind { .. } | ServeError::Metrics(_) => CliError::Unavailable(message),
+        ServeError::Transport(_) | ServeError::Task(_) => CliError::Other(message),
+    }
 }
 
 /// Ctrl-C or SIGTERM.

@@ -3,7 +3,7 @@
 //! 1. parse and expand the file (bad input stops here, nothing started);
 //! 2. without `--redis-url`, start a private `redis-server` in a temporary directory on a
 //!    free loopback port (the shipped `deploy/redis/redis.conf`, AOF on), by PID;
-//! 3. start the coordinator in this process on a free loopback port (no /metrics, no token);
+//! 3. start the coordinator in this process on a free loopback port (no /metrics);
 //! 4. spawn N `tsweep-worker` processes (one slot each), logs in `<out>/logs/`;
 //! 5. submit, watch to the end, print the results table, write the report to `<out>`
 //!    (default `./tsweep-out/<sweep>`) and print its path;
@@ -15,24 +15,22 @@
 //! written); 3 when Redis, the coordinator or a worker could not be started; 2 for a bad
 //! sweep file; 1 when interrupted.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::client::{self, SweepClient};
 use crate::cli::output;
 use crate::cli::watch::watch_until_done;
 use crate::cli::{
-    default_out_dir, failed_cells_error, wait_for_shutdown_signal, write_report, Cli, CliError, LocalArgs,
+    default_out_dir, failed_cells_error, serve_error, wait_for_shutdown_signal, write_report, Cli, CliError, LocalArgs,
     SweepSource, WATCH_SETTLE,
 };
 use crate::config::{ConfigOverrides, ServiceConfig};
 use crate::redis_server::RedisServer;
+use crate::server::RunningCoordinator;
 
 /// Name of the worker binary looked up next to `tsweep`.
 pub const WORKER_BINARY: &str = "tsweep-worker";
@@ -42,12 +40,6 @@ const COORDINATOR_READY_TIMEOUT: Duration = Duration::from_secs(20);
 const WORKER_STOP_GRACE: Duration = Duration::from_secs(30);
 /// Refits are scheduled this often in local mode (snappier than the service default).
 const LOCAL_FINALS_INTERVAL_MS: u64 = 500;
-
-/// Runs the coordinator until `shutdown` is cancelled (the gRPC server of `server`).
-pub async fn serve_coordinator(config: ServiceConfig, shutdown: CancellationToken) -> Result<(), CliError> {
-    let _ = (config, shutdown);
-    Err(CliError::Unavailable("the coordinator server is not part of this build yet".to_string()))
-}
 
 pub async fn run(cli: &Cli, args: &LocalArgs) -> Result<(), CliError> {
     let source = SweepSource::read(&args.file)?;
@@ -101,9 +93,8 @@ async fn run_sweep(
         }
     };
 
-    let port = free_loopback_port()?;
     let overrides = ConfigOverrides {
-        listen: Some(format!("127.0.0.1:{port}")),
+        listen: Some("127.0.0.1:0".to_string()),
         metrics_listen: Some(String::new()),
         redis_url: Some(redis_url.clone()),
         finals_interval_ms: Some(LOCAL_FINALS_INTERVAL_MS),
@@ -112,14 +103,14 @@ async fn run_sweep(
     };
     let config = ServiceConfig::load(cli.config.as_deref(), overrides).map_err(|e| CliError::BadInput(e.to_string()))?;
     let token = config.token().map(str::to_string);
-    let url = format!("http://127.0.0.1:{port}");
-    let shutdown = CancellationToken::new();
-    stack.coordinator_shutdown = Some(shutdown.clone());
-    stack.coordinator = Some(tokio::spawn(serve_coordinator(config, shutdown)));
-    let mut client = wait_for_coordinator(&url, token.clone(), stack).await?;
+    let coordinator = crate::server::start(config).await.map_err(serve_error)?;
+    let url = coordinator.url();
+    stack.coordinator = Some(coordinator);
+    let mut client = wait_for_coordinator(&url, token.clone()).await?;
     eprintln!("coordinator: {url} (in process)");
 
     let checkpoint_root = args.checkpoint_root.clone().unwrap_or_else(|| out.join("checkpoints"));
+    let checkpoint_root = std::path::absolute(&checkpoint_root).unwrap_or(checkpoint_root);
     for index in 0..args.workers {
         let child = spawn_worker(cli, args, worker_bin, &url, &redis_url, token.as_deref(), &checkpoint_root, logs, index)?;
         stack.workers.push(child);
@@ -153,8 +144,7 @@ async fn run_sweep(
 #[derive(Default)]
 struct LocalStack {
     redis: Option<RedisServer>,
-    coordinator: Option<JoinHandle<Result<(), CliError>>>,
-    coordinator_shutdown: Option<CancellationToken>,
+    coordinator: Option<RunningCoordinator>,
     workers: Vec<Child>,
 }
 
@@ -194,15 +184,9 @@ impl LocalStack {
             }
         }
         self.workers.clear();
-        if let Some(shutdown) = self.coordinator_shutdown.take() {
-            shutdown.cancel();
-        }
-        if let Some(handle) = self.coordinator.take() {
-            match tokio::time::timeout(Duration::from_secs(10), handle).await {
-                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "coordinator stopped with an error"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "coordinator task failed"),
-                Err(_) => tracing::warn!("coordinator did not stop within 10 s"),
-                Ok(Ok(Ok(()))) => {}
+        if let Some(coordinator) = self.coordinator.take() {
+            if let Err(error) = coordinator.shutdown().await {
+                tracing::warn!(%error, "coordinator stopped with an error");
             }
         }
         if let Some(redis) = self.redis.take() {
@@ -212,35 +196,15 @@ impl LocalStack {
     }
 }
 
-async fn wait_for_coordinator(url: &str, token: Option<String>, stack: &mut LocalStack) -> Result<SweepClient, CliError> {
+async fn wait_for_coordinator(url: &str, token: Option<String>) -> Result<SweepClient, CliError> {
     let started = Instant::now();
     loop {
-        if let Some(handle) = &stack.coordinator {
-            if handle.is_finished() {
-                let result = match stack.coordinator.take() {
-                    Some(handle) => handle.await,
-                    None => Ok(Ok(())),
-                };
-                return Err(match result {
-                    Ok(Err(e)) => e,
-                    Ok(Ok(())) => CliError::Unavailable("the coordinator stopped at start".to_string()),
-                    Err(e) => CliError::Unavailable(format!("the coordinator failed at start: {e}")),
-                });
-            }
-        }
         match client::connect(url, token.clone()).await {
             Ok(client) => return Ok(client),
             Err(e) if started.elapsed() > COORDINATOR_READY_TIMEOUT => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-}
-
-fn free_loopback_port() -> Result<u16, CliError> {
-    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| CliError::Unavailable(format!("no free loopback port: {e}")))
 }
 
 /// `--worker-bin`, else `tsweep-worker` beside the running `tsweep`, else on PATH.

@@ -87,7 +87,7 @@ fn dry_run_prints_counts_per_regime_and_stage_without_the_network() {
     ] {
         assert!(
             text.lines().any(|l| {
-                let cells: Vec<&str> = l.split('│').map(str::trim).collect();
+                let cells: Vec<&str> = l.split(['│', '┆']).map(str::trim).collect();
                 cells.len() > 3 && cells[1] == row[0] && cells[2] == row[1] && cells[3] == row[2]
             }),
             "row {row:?} missing in:\n{text}"

@@ -209,7 +209,9 @@ async fn protocol_mismatch_is_refused_naming_both_versions() {
     let registered = register(&mut workers, "w").await;
     assert_eq!(registered.lease_ttl_ms, 1_500);
     assert_eq!(registered.heartbeat_interval_ms, 500);
-    assert_eq!(registered.metrics_stream_pattern, "tsweep:{sweep}:metrics");
+    // The pattern's "{sweep}" is replaced by the sweep name; the braces around it stay as
+    // the Redis hash tag.
+    assert_eq!(registered.metrics_stream_pattern.replace("{sweep}", "svc"), "tsweep:{svc}:metrics");
     harness.stop().await;
 }
 

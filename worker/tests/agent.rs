@@ -37,6 +37,9 @@ struct State {
     completes: Vec<CompleteTaskRequest>,
     fails: Vec<FailTaskRequest>,
     authorization: Vec<String>,
+    /// Answer this many CompleteTask calls with UNAVAILABLE first.
+    refuse_completes: usize,
+    complete_calls: usize,
 }
 
 #[derive(Clone, Default)]
@@ -94,7 +97,18 @@ impl WorkerService for Scripted {
     }
 
     async fn complete_task(&self, request: Request<CompleteTaskRequest>) -> Result<Response<ReportResponse>, Status> {
-        self.with(|s| s.completes.push(request.into_inner()));
+        let refuse = self.with(|s| {
+            s.complete_calls += 1;
+            if s.refuse_completes > 0 {
+                s.refuse_completes -= 1;
+                return true;
+            }
+            s.completes.push(request.into_inner());
+            false
+        });
+        if refuse {
+            return Err(Status::unavailable("coordinator restarting"));
+        }
         Ok(accepted())
     }
 
@@ -105,7 +119,11 @@ impl WorkerService for Scripted {
 }
 
 async fn start_coordinator(script: Scripted) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_coordinator_at(script, "127.0.0.1:0".parse().unwrap()).await
+}
+
+async fn start_coordinator_at(script: Scripted, addr: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
@@ -434,11 +452,12 @@ async fn sigterm_releases_running_tasks_as_preempted_with_their_checkpoint_even_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_lost_kills_the_child_silently_and_sigkill_of_the_agent_takes_children_along() {
+async fn stop_orders_end_children_silently_and_sigkill_of_the_agent_takes_children_along() {
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start();
     let script = Scripted::default();
     script.with(|s| {
+        s.queue.push_back(assignment("cancelled", 1, fake(60_000, 600), None));
         s.queue.push_back(assignment("lost", 1, fake(60_000, 600), None));
         s.queue.push_back(assignment("orphan", 1, fake(60_000, 600), None));
     });
@@ -450,7 +469,16 @@ async fn lease_lost_kills_the_child_silently_and_sigkill_of_the_agent_takes_chil
             .last()
             .is_some_and(|h| h.leases.iter().any(|l| l.lease.as_ref().is_some_and(|r| r.task_id == task) && l.running))
     };
+    // CANCELLED: the child is stopped (SIGTERM), nothing is reported, the slot moves on.
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| running(s, "cancelled"))).await;
+    let cancelled_child = children_of(agent.pid());
+    assert_eq!(cancelled_child.len(), 1);
+    script.with(|s| {
+        s.stop_next_heartbeat
+            .push(StopOrder { lease: Some(lease("cancelled", 1)), reason: StopReason::Cancelled as i32 })
+    });
     wait_until(Duration::from_secs(30), &agent, || script.with(|s| running(s, "lost"))).await;
+    assert!(!alive(cancelled_child[0]), "the cancelled task's child was stopped");
     let first_child = children_of(agent.pid());
     assert_eq!(first_child.len(), 1);
     script.with(|s| {
@@ -459,7 +487,7 @@ async fn lease_lost_kills_the_child_silently_and_sigkill_of_the_agent_takes_chil
     // The slot is free again: it takes the next task.
     wait_until(Duration::from_secs(30), &agent, || script.with(|s| running(s, "orphan"))).await;
     assert!(!alive(first_child[0]), "the lost lease's child was killed");
-    assert!(script.with(|s| s.fails.is_empty() && s.completes.is_empty()), "nothing reported for a lost lease");
+    assert!(script.with(|s| s.fails.is_empty() && s.completes.is_empty()), "nothing reported for a cancelled or lost lease");
     assert!(script.with(|s| !s.heartbeats.last().unwrap().leases.iter().any(|l| l.lease == Some(lease("lost", 1)))));
 
     let orphan = children_of(agent.pid());
@@ -471,4 +499,26 @@ async fn lease_lost_kills_the_child_silently_and_sigkill_of_the_agent_takes_chil
         assert!(Instant::now() < deadline, "child {} outlived a SIGKILL'd agent", orphan[0]);
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_for_a_late_coordinator_and_retries_reports_it_could_not_deliver() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let script = Scripted::default();
+    script.with(|s| {
+        s.queue.push_back(assignment("late", 1, fake(50, 2), None));
+        s.refuse_completes = 3;
+    });
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut agent = Agent::start(addr, &redis.url(), dir.path(), 1);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(agent.child.try_wait().unwrap(), None, "the agent keeps trying to register");
+    start_coordinator_at(script.clone(), addr).await;
+
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| s.completes.len() == 1)).await;
+    let (calls, completes) = script.with(|s| (s.complete_calls, s.completes.clone()));
+    assert_eq!(calls, 4, "three refused deliveries, then the accepted one");
+    assert_eq!(completes[0].lease, Some(lease("late", 1)));
+    assert_eq!(agent.terminate(Duration::from_secs(10)), Some(0));
 }

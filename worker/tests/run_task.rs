@@ -271,3 +271,67 @@ fn bad_input_is_a_fatal_failure() {
     assert_eq!(done.code, Some(exit_code::FATAL));
     assert!(matches!(done.events.last(), Some(ChildEvent::Failed { class: ChildFailure::Fatal, .. })));
 }
+
+// ------------------------------------------------------------ --executor trainer (libtorch)
+
+fn trainer_input(dir: &Path, arch: &str) -> TaskInput {
+    let data = dir.join("shapes");
+    let options = tsweep_data::SynthOptions {
+        classes: 3,
+        train_per_class: 8,
+        val_per_class: 2,
+        test_per_class: 2,
+        image_size: 32,
+        seed: 0,
+    };
+    tsweep_data::make_dataset(tsweep_data::SynthKind::Imagefolder, &data, &options).unwrap();
+    let mut spec = spec(FakeSettings::default());
+    spec.fake = None;
+    spec.regime = Regime::Scratch;
+    spec.model.arch = arch.into();
+    spec.model.imagenet_top1 = None;
+    spec.dataset.path = data;
+    spec.dataset.num_classes = Some(3);
+    spec.train.steps = 2;
+    spec.train.batch_size = 4;
+    spec.train.checkpoint_every = 1;
+    let mut task = input(dir, 1, FakeSettings::default(), None);
+    task.executor = ExecutorKind::Trainer;
+    task.spec = spec;
+    task
+}
+
+fn run_trainer(input: &TaskInput) -> Finished {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tsweep-worker"))
+        .args(["run-task", "--executor", "trainer"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(serde_json::to_string(input).unwrap().as_bytes()).unwrap();
+    finish(child)
+}
+
+#[test]
+fn trainer_executor_runs_a_tiny_cell_through_the_child_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = run_trainer(&trainer_input(dir.path(), "resnet18"));
+    assert_eq!(done.code, Some(exit_code::OK), "{}", done.stderr);
+    assert!(matches!(done.events.first(), Some(ChildEvent::Started { resumed_from_step: 0 })), "{:?}", done.events);
+    assert!(done.events.iter().any(|e| matches!(e, ChildEvent::Progress { step: 2, total_steps: 2, .. })));
+    assert!(done.events.iter().any(|e| matches!(e, ChildEvent::Checkpoint { .. })));
+    let Some(ChildEvent::Result { result }) = done.events.last() else { panic!("{:?}", done.events) };
+    assert_eq!(result.steps, 2);
+    assert!(result.test_score.is_some());
+}
+
+#[test]
+fn trainer_errors_keep_their_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = run_trainer(&trainer_input(dir.path(), "no_such_net"));
+    assert_eq!(done.code, Some(exit_code::FATAL), "{}", done.stderr);
+    let Some(ChildEvent::Failed { class, message }) = done.events.last() else { panic!("{:?}", done.events) };
+    assert_eq!(*class, ChildFailure::Fatal);
+    assert!(message.contains("no_such_net"), "{message}");
+}

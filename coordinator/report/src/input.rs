@@ -11,6 +11,9 @@ use tsweep_proto::v1::TaskInfo;
 use crate::selection::{select_best, GridPoint};
 use crate::ReportError;
 
+/// (model, dataset, regime): the group whose grid points compete in selection.
+pub type GroupKey = (String, String, Regime);
+
 /// A cell's lifecycle state as the coordinator names it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CellStatus {
@@ -99,7 +102,7 @@ pub struct CellRow {
 
 impl CellRow {
     /// `model/dataset/regime`, the group whose grid points compete in selection.
-    pub fn group_key(&self) -> (String, String, Regime) {
+    pub fn group_key(&self) -> GroupKey {
         (self.model.clone(), self.dataset.clone(), self.regime)
     }
 
@@ -297,7 +300,8 @@ fn parse_stage(task_id: &str, name: &str) -> Result<Stage, ReportError> {
 /// points have not ended the mark reflects the points that have. A group with no eligible
 /// grid point and exactly one final marks that final current.
 pub fn mark_current_finals(cells: &mut [CellRow]) {
-    let mut groups: BTreeMap<(String, String, Regime), (Vec<usize>, Vec<usize>)> = BTreeMap::new();
+    // Per group: indices of its grid points and of its finals.
+    let mut groups: BTreeMap<GroupKey, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
     for (i, cell) in cells.iter().enumerate() {
         let (grid, finals) = groups.entry(cell.group_key()).or_default();
         match cell.stage {

@@ -71,7 +71,7 @@ pub fn dry_run_json(sweep: &ExpandedSweep) -> Value {
 
 pub fn submit_table(response: &SubmitSweepResponse) -> String {
     let mut t = table(&["regime", "stage", "cells"]);
-    for c in &response.per_stage {
+    for c in sorted_stages(response) {
         t.add_row(vec![c.regime.clone(), c.stage.clone(), c.cells.to_string()]);
     }
     align_right(&mut t, &[2]);
@@ -81,13 +81,20 @@ pub fn submit_table(response: &SubmitSweepResponse) -> String {
     )
 }
 
+/// Per-stage counts in regime order (linear, finetune, scratch), grid before final.
+fn sorted_stages(response: &SubmitSweepResponse) -> Vec<&tsweep_proto::v1::StageCount> {
+    let mut rows: Vec<_> = response.per_stage.iter().collect();
+    rows.sort_by_key(|c| (regime_order(&c.regime), c.regime.clone(), c.stage != "grid"));
+    rows
+}
+
 pub fn submit_json(response: &SubmitSweepResponse) -> Value {
     json!({
         "sweep": response.sweep,
         "cells_total": response.cells_total,
         "cells_added": response.cells_added,
         "cells_existing": response.cells_existing,
-        "per_stage": response.per_stage.iter().map(|c| json!({ "regime": c.regime, "stage": c.stage, "cells": c.cells })).collect::<Vec<_>>(),
+        "per_stage": sorted_stages(response).into_iter().map(|c| json!({ "regime": c.regime, "stage": c.stage, "cells": c.cells })).collect::<Vec<_>>(),
     })
 }
 
@@ -189,6 +196,19 @@ fn format_number(v: f64) -> String {
 /// `lr=0.001 weight_decay=0`, plus what the task selected itself (`l2=...` for linear).
 pub fn hparams_text(task: &TaskInfo) -> String {
     let mut parts: Vec<String> = sorted(&task.hparams).into_iter().map(|(k, v)| format!("{k}={}", format_number(v))).collect();
+    if task.hparams.is_empty() && task.result.as_ref().is_none_or(|r| r.selected.is_empty()) {
+        // Linear: one task fits the whole L2 path; say which, until it reports its choice.
+        if let Ok(spec) = tsweep_proto::cell::CellSpec::from_json(&task.spec_json) {
+            if let (Some(first), Some(last)) = (spec.train.l2_path.first(), spec.train.l2_path.last()) {
+                parts.push(format!(
+                    "l2 path {}..{} ({})",
+                    format_number(*first),
+                    format_number(*last),
+                    spec.train.l2_path.len()
+                ));
+            }
+        }
+    }
     if let Some(result) = &task.result {
         parts.extend(sorted(&result.selected).into_iter().map(|(k, v)| format!("{k}={} (selected)", format_number(v))));
     }
@@ -208,18 +228,13 @@ fn regime_order(regime: &str) -> usize {
     }
 }
 
-/// Rows in a stable, readable order: regime, model, dataset, stage (grid before final), hparams.
+/// Rows in a stable, readable order: regime, model, dataset, stage (grid before final),
+/// hyperparameters ascending.
 pub fn sort_tasks(tasks: &mut [TaskInfo]) {
-    tasks.sort_by(|a, b| {
-        (regime_order(&a.regime), &a.regime, &a.model, &a.dataset, a.stage != "grid", hparams_text(a), &a.task_id).cmp(&(
-            regime_order(&b.regime),
-            &b.regime,
-            &b.model,
-            &b.dataset,
-            b.stage != "grid",
-            hparams_text(b),
-            &b.task_id,
-        ))
+    tasks.sort_by_cached_key(|t| {
+        // Hyperparameters are >= 0, where the bit pattern orders like the value.
+        let hparams: Vec<(String, u64)> = sorted(&t.hparams).into_iter().map(|(k, v)| (k, v.abs().to_bits())).collect();
+        (regime_order(&t.regime), t.regime.clone(), t.model.clone(), t.dataset.clone(), t.stage != "grid", hparams, t.task_id.clone())
     });
 }
 
@@ -231,7 +246,15 @@ pub fn results_table(tasks: &[TaskInfo]) -> String {
     for task in tasks {
         let (val, test) = task.result.as_ref().map_or((None, None), |r| (r.val_score, r.test_score));
         let diverged = task.result.as_ref().is_some_and(|r| r.diverged);
-        let state = if diverged { format!("{} (diverged)", task.state) } else { task.state.clone() };
+        let state = if diverged {
+            format!("{} (diverged)", task.state)
+        } else if task.state == "failed" && !task.error.is_empty() {
+            let error: String = task.error.chars().take(60).collect();
+            let more = if task.error.chars().count() > 60 { "…" } else { "" };
+            format!("failed: {error}{more}")
+        } else {
+            task.state.clone()
+        };
         t.add_row(vec![
             task.regime.clone(),
             task.stage.clone(),

@@ -158,7 +158,7 @@ pub struct WorkerInfo {
 /// A (model, dataset, regime) selection group of finetune/scratch grid points.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GroupInfo {
-    /// `model/dataset/regime` ([`tsweep_proto::cell::CellSpec::group_key`]).
+    /// `model/dataset/regime/seed` ([`super::selection_group`]).
     pub key: String,
     /// Grid points in the group.
     pub points: u64,

@@ -1,13 +1,17 @@
 //! Opening the dataset a cell names: read its index, build or reuse its shard cache,
 //! apply the validation policy, hand out split views for the loader.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
-use tsweep_proto::cell::{DatasetFormat, DatasetSpec, ValPolicy};
+use sha2::{Digest, Sha256};
+
+use tsweep_proto::cell::{DatasetFormat, DatasetSpec, Metric, ValPolicy};
 
 use crate::error::{DataError, Result};
-use crate::index::{DatasetIndex, Label, Split};
+use crate::index::{DatasetIndex, ImageSource, Label, Split};
 use crate::readers;
 use crate::shards::{self, BuildOptions, Manifest, ProgressFn, ShardSet};
 use crate::split::select;
@@ -31,13 +35,44 @@ pub fn read_index(spec: &DatasetSpec) -> Result<DatasetIndex> {
 }
 
 /// Where the shard cache of a raw-format dataset lives for a short side:
-/// `cache_root/NAME-rSHORT-PLANHASH16`.
+/// `cache_root/NAME-rSHORT-HASH16`, the hash covering the plan (classes, images, labels,
+/// short side) and every source file's size and modification time, so regenerated or
+/// edited data gets a fresh cache.
 pub fn cache_dir_for(index: &DatasetIndex, cache_root: &Path, short_side: u32) -> PathBuf {
-    let hash = shards::plan_hash(index, short_side);
+    let mut h = Sha256::new();
+    h.update(shards::plan_hash(index, short_side).as_bytes());
+    let files: BTreeSet<&Path> = index
+        .records
+        .iter()
+        .map(|r| match &r.source {
+            ImageSource::File { path } | ImageSource::CifarRecord { path, .. } => path.as_path(),
+        })
+        .collect();
+    for path in files {
+        let (len, mtime) = std::fs::metadata(path)
+            .map(|m| {
+                let t = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                (m.len(), t)
+            })
+            .unwrap_or((0, 0));
+        h.update(format!("{}\t{len}\t{mtime}\n", path.display()).as_bytes());
+    }
+    let hash = hex::encode(h.finalize());
     let safe: String = index
         .name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     cache_root.join(format!("{safe}-r{short_side}-{}", &hash[..16]))
 }
@@ -55,8 +90,14 @@ impl Dataset {
     /// `cache_root` at `short_side` (reused by every later call, every model and grid
     /// point; safe when several processes build it at once). A prepared directory is used
     /// as it is, whatever its stored short side (the loader resamples from it).
-    /// `spec.num_classes`, when set, must match.
-    pub fn open(spec: &DatasetSpec, cache_root: &Path, short_side: u32, progress: ProgressFn) -> Result<Dataset> {
+    /// `spec.num_classes`, when set, must match, and a multi-label dataset must be scored
+    /// by 11-point mAP (and only it): else a `Mismatch` (fatal for the cell).
+    pub fn open(
+        spec: &DatasetSpec,
+        cache_root: &Path,
+        short_side: u32,
+        progress: ProgressFn,
+    ) -> Result<Dataset> {
         let dir = match spec.format {
             DatasetFormat::Prepared => spec.path.clone(),
             _ => {
@@ -65,12 +106,19 @@ impl Dataset {
                 let mut opts = BuildOptions::new(short_side);
                 opts.val_policy = spec.val.clone();
                 opts.source = format!("{:?} {}", spec.format, spec.path.display());
+                if !dir.join(shards::MANIFEST_FILE).exists() {
+                    tracing::info!(dataset = %spec.name, dir = %dir.display(), images = index.records.len(), short_side, "building shard cache");
+                }
                 shards::build(&index, &dir, &opts, progress)?;
                 dir
             }
         };
         let set = ShardSet::open(&dir)?;
-        let ds = Dataset { shards: Arc::new(set), policy: spec.val.clone(), name: spec.name.clone() };
+        let ds = Dataset {
+            shards: Arc::new(set),
+            policy: spec.val.clone(),
+            name: spec.name.clone(),
+        };
         if let Some(expected) = spec.num_classes {
             if expected as usize != ds.num_classes() {
                 return Err(DataError::Mismatch {
@@ -79,6 +127,17 @@ impl Dataset {
                 });
             }
         }
+        let map = spec.metric == Metric::Map11;
+        if map != ds.is_multi_label() {
+            return Err(DataError::Mismatch {
+                path: dir.join(shards::MANIFEST_FILE),
+                detail: format!(
+                    "the dataset is {}multi-label but the sweep scores it by {}",
+                    if ds.is_multi_label() { "" } else { "not " },
+                    spec.metric.name()
+                ),
+            });
+        }
         Ok(ds)
     }
 
@@ -86,7 +145,11 @@ impl Dataset {
     pub fn from_dir(dir: &Path, policy: ValPolicy) -> Result<Dataset> {
         let set = ShardSet::open(dir)?;
         let name = set.manifest().name.clone();
-        Ok(Dataset { shards: Arc::new(set), policy, name })
+        Ok(Dataset {
+            shards: Arc::new(set),
+            policy,
+            name,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -113,8 +176,17 @@ impl Dataset {
 
     /// The images of `split` under the dataset's validation policy.
     pub fn split(&self, split: Split) -> Result<SplitView> {
-        let indices = select(&self.shards.origins(), &self.shards.strata(), &self.policy, split)?;
-        Ok(SplitView { shards: Arc::clone(&self.shards), indices: Arc::new(indices), split })
+        let indices = select(
+            &self.shards.origins(),
+            &self.shards.strata(),
+            &self.policy,
+            split,
+        )?;
+        Ok(SplitView {
+            shards: Arc::clone(&self.shards),
+            indices: Arc::new(indices),
+            split,
+        })
     }
 
     pub fn len(&self, split: Split) -> Result<usize> {

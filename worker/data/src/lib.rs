@@ -11,8 +11,9 @@
 //! let train = ds.split(Split::Train)?;
 //! let cfg = LoaderConfig::for_image_size(256, 224, 42);
 //! let mut loader = Loader::new(train, cfg, Mode::Train { start_step: 0 })?;
-//! let batch = loader.next_batch()?.expect("training never ends");
-//! assert_eq!(batch.images.len(), batch.batch_size * 224 * 224 * 3);
+//! if let Some(batch) = loader.next_batch()? {
+//!     assert_eq!(batch.images.len(), batch.batch_size * 224 * 224 * 3);
+//! }
 //! # Ok(()) }
 //! ```
 
@@ -33,7 +34,9 @@ pub mod verify;
 pub use dataset::{cache_dir_for, read_index, Dataset, SplitView};
 pub use error::{DataError, Result};
 pub use index::{DatasetIndex, ImageSource, Label, Origin, Record, Split};
-pub use loader::{default_resize_short, steps_per_epoch, Batch, Loader, LoaderConfig, Mode, Targets};
+pub use loader::{
+    default_resize_short, steps_per_epoch, Batch, Loader, LoaderConfig, Mode, Targets,
+};
 pub use prepare::{prepare, DatasetInfo, PrepareOptions, DATASETS};
 pub use shards::{Manifest, Progress, ProgressFn, ShardSet};
 pub use synth::{make_dataset, SynthKind, SynthOptions, SynthSummary};

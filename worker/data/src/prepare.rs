@@ -25,23 +25,92 @@ pub struct DatasetInfo {
     pub counts_may_differ: bool,
 }
 
-const fn info(name: &'static str, aliases: &'static [&'static str], classes: usize, trainval: usize, test: usize, official_val: bool) -> DatasetInfo {
-    DatasetInfo { name, aliases, classes, trainval, test, official_val, multi_label: false, counts_may_differ: false }
+const fn info(
+    name: &'static str,
+    aliases: &'static [&'static str],
+    classes: usize,
+    trainval: usize,
+    test: usize,
+    official_val: bool,
+) -> DatasetInfo {
+    DatasetInfo {
+        name,
+        aliases,
+        classes,
+        trainval,
+        test,
+        official_val,
+        multi_label: false,
+        counts_may_differ: false,
+    }
 }
 
 pub const DATASETS: &[DatasetInfo] = &[
     info("food101", &["food-101", "food"], 101, 75_750, 25_250, false),
     info("cifar10", &["cifar-10"], 10, 50_000, 10_000, false),
     info("cifar100", &["cifar-100"], 100, 50_000, 10_000, false),
-    DatasetInfo { counts_may_differ: true, ..info("birdsnap", &[], 500, 47_386, 2_443, false) },
+    DatasetInfo {
+        counts_may_differ: true,
+        ..info("birdsnap", &[], 500, 47_386, 2_443, false)
+    },
     info("sun397", &["sun-397", "sun"], 397, 19_850, 19_850, false),
-    info("stanford_cars", &["cars", "stanford-cars"], 196, 8_144, 8_041, false),
-    info("fgvc_aircraft", &["aircraft", "fgvc-aircraft"], 100, 6_667, 3_333, true),
-    DatasetInfo { multi_label: true, ..info("voc2007", &["voc", "voc-2007", "pascal_voc2007"], 20, 5_011, 4_952, true) },
+    info(
+        "stanford_cars",
+        &["cars", "stanford-cars"],
+        196,
+        8_144,
+        8_041,
+        false,
+    ),
+    info(
+        "fgvc_aircraft",
+        &["aircraft", "fgvc-aircraft"],
+        100,
+        6_667,
+        3_333,
+        true,
+    ),
+    DatasetInfo {
+        multi_label: true,
+        ..info(
+            "voc2007",
+            &["voc", "voc-2007", "pascal_voc2007"],
+            20,
+            5_011,
+            4_952,
+            true,
+        )
+    },
     info("dtd", &[], 47, 3_760, 1_880, true),
-    info("oxford_pets", &["pets", "oxford-iiit-pets", "oxford-pets"], 37, 3_680, 3_669, false),
-    info("caltech101", &["caltech-101", "caltech"], 102, 3_060, 6_084, false),
-    info("flowers102", &["flowers", "oxford-flowers", "oxford_flowers102", "flowers-102"], 102, 2_040, 6_149, true),
+    info(
+        "oxford_pets",
+        &["pets", "oxford-iiit-pets", "oxford-pets"],
+        37,
+        3_680,
+        3_669,
+        false,
+    ),
+    info(
+        "caltech101",
+        &["caltech-101", "caltech"],
+        102,
+        3_060,
+        6_084,
+        false,
+    ),
+    info(
+        "flowers102",
+        &[
+            "flowers",
+            "oxford-flowers",
+            "oxford_flowers102",
+            "flowers-102",
+        ],
+        102,
+        2_040,
+        6_149,
+        true,
+    ),
 ];
 
 /// The dataset called `name` (canonical name or alias, case-insensitive).
@@ -52,7 +121,10 @@ pub fn lookup(name: &str) -> Result<&'static DatasetInfo> {
         .find(|d| d.name == want || d.aliases.contains(&want.as_str()))
         .ok_or_else(|| {
             let names: Vec<&str> = DATASETS.iter().map(|d| d.name).collect();
-            DataError::Invalid(format!("unknown dataset {name} (known: {})", names.join(", ")))
+            DataError::Invalid(format!(
+                "unknown dataset {name} (known: {})",
+                names.join(", ")
+            ))
         })
 }
 
@@ -74,7 +146,14 @@ pub struct PrepareOptions {
 
 impl Default for PrepareOptions {
     fn default() -> Self {
-        PrepareOptions { short_side: 256, val_policy: None, held_out_fraction: 0.2, seed: 0, threads: 0, stop_after_shards: None }
+        PrepareOptions {
+            short_side: 256,
+            val_policy: None,
+            held_out_fraction: 0.2,
+            seed: 0,
+            threads: 0,
+            stop_after_shards: None,
+        }
     }
 }
 
@@ -83,7 +162,10 @@ impl PrepareOptions {
         self.val_policy.clone().unwrap_or(if info.official_val {
             ValPolicy::Official
         } else {
-            ValPolicy::HeldOut { fraction: self.held_out_fraction, seed: self.seed }
+            ValPolicy::HeldOut {
+                fraction: self.held_out_fraction,
+                seed: self.seed,
+            }
         })
     }
 }
@@ -92,10 +174,21 @@ impl PrepareOptions {
 /// already written are kept) and ends with the same content hash; a finished one returns
 /// its manifest at once. Undecodable or missing images are listed in the manifest and
 /// skipped.
-pub fn prepare(dataset: &str, source: &Path, out: &Path, opts: &PrepareOptions, progress: ProgressFn) -> Result<Manifest> {
+pub fn prepare(
+    dataset: &str,
+    source: &Path,
+    out: &Path,
+    opts: &PrepareOptions,
+    progress: ProgressFn,
+) -> Result<Manifest> {
     let info = lookup(dataset)?;
     let index = adapters::index(info.name, source, opts.seed)?;
-    tracing::info!(dataset = info.name, images = index.records.len(), classes = index.num_classes(), "indexed");
+    tracing::info!(
+        dataset = info.name,
+        images = index.records.len(),
+        classes = index.num_classes(),
+        "indexed"
+    );
     let build = BuildOptions {
         short_side: opts.short_side,
         val_policy: opts.policy_for(info),
@@ -107,7 +200,11 @@ pub fn prepare(dataset: &str, source: &Path, out: &Path, opts: &PrepareOptions, 
     };
     let manifest = shards::build(&index, out, &build, progress)?;
     if !manifest.skipped.is_empty() {
-        tracing::warn!(dataset = info.name, skipped = manifest.skipped.len(), "images skipped (listed in the manifest)");
+        tracing::warn!(
+            dataset = info.name,
+            skipped = manifest.skipped.len(),
+            "images skipped (listed in the manifest)"
+        );
     }
     Ok(manifest)
 }

@@ -10,7 +10,11 @@ use tsweep_proto::cell::ValPolicy;
 
 fn jpg(path: &Path, shade: u8) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    image::RgbImage::from_fn(14, 10, |x, y| image::Rgb([shade, (x * 9) as u8, (y * 11) as u8])).save(path).unwrap();
+    image::RgbImage::from_fn(14, 10, |x, y| {
+        image::Rgb([shade, (x * 9) as u8, (y * 11) as u8])
+    })
+    .save(path)
+    .unwrap();
 }
 
 fn write(path: &Path, text: &str) {
@@ -19,7 +23,11 @@ fn write(path: &Path, text: &str) {
 }
 
 fn opts() -> PrepareOptions {
-    PrepareOptions { short_side: 8, threads: 2, ..PrepareOptions::default() }
+    PrepareOptions {
+        short_side: 8,
+        threads: 2,
+        ..PrepareOptions::default()
+    }
 }
 
 fn run(name: &str, src: &Path) -> (tempfile::TempDir, Manifest, Dataset) {
@@ -50,21 +58,34 @@ fn label_of(ds: &Dataset, key: &str) -> Label {
 fn food101() {
     let src = tempfile::tempdir().unwrap();
     let root = src.path().join("food-101");
-    write(&root.join("meta/classes.txt"), "apple_pie\nbaby_back_ribs\nbaklava\n");
+    write(
+        &root.join("meta/classes.txt"),
+        "apple_pie\nbaby_back_ribs\nbaklava\n",
+    );
     let mut train = String::new();
     let mut test = String::new();
-    for (c, class) in ["apple_pie", "baby_back_ribs", "baklava"].iter().enumerate() {
+    for (c, class) in ["apple_pie", "baby_back_ribs", "baklava"]
+        .iter()
+        .enumerate()
+    {
         for i in 0..4 {
             let id = 1000 * (c + 1) + i;
             jpg(&root.join(format!("images/{class}/{id}.jpg")), 50 * c as u8);
-            if i < 3 { train += &format!("{class}/{id}\n") } else { test += &format!("{class}/{id}\n") }
+            if i < 3 {
+                train += &format!("{class}/{id}\n")
+            } else {
+                test += &format!("{class}/{id}\n")
+            }
         }
     }
     write(&root.join("meta/train.txt"), &train);
     write(&root.join("meta/test.txt"), &test);
     let (_out, m, ds) = run("food-101", src.path());
     assert_eq!(m.name, "food101");
-    assert_eq!(m.class_names, vec!["apple_pie", "baby_back_ribs", "baklava"]);
+    assert_eq!(
+        m.class_names,
+        vec!["apple_pie", "baby_back_ribs", "baklava"]
+    );
     assert_eq!((count(&m, "train"), count(&m, "test")), (9, 3));
     assert_eq!(label_of(&ds, "baklava/3002.jpg"), Label::Single(2));
     assert!(matches!(m.val_policy, ValPolicy::HeldOut { .. }));
@@ -74,20 +95,45 @@ fn food101() {
 #[test]
 fn cifar10_and_cifar100() {
     let src = tempfile::tempdir().unwrap();
-    let o = SynthOptions { classes: 10, train_per_class: 2, val_per_class: 0, test_per_class: 1, image_size: 32, seed: 1 };
-    make_dataset(SynthKind::Cifar10, &src.path().join("cifar-10-batches-bin"), &o).unwrap();
+    let o = SynthOptions {
+        classes: 10,
+        train_per_class: 2,
+        val_per_class: 0,
+        test_per_class: 1,
+        image_size: 32,
+        seed: 1,
+    };
+    make_dataset(
+        SynthKind::Cifar10,
+        &src.path().join("cifar-10-batches-bin"),
+        &o,
+    )
+    .unwrap();
     let (_out, m, ds) = run("cifar10", src.path());
     assert_eq!(m.class_names.len(), 10);
     assert_eq!((count(&m, "train"), count(&m, "test")), (20, 10));
     assert_eq!(label_of(&ds, "test_batch.bin#4"), Label::Single(4));
 
     let src100 = tempfile::tempdir().unwrap();
-    make_dataset(SynthKind::Cifar100, &src100.path().join("cifar-100-binary"), &SynthOptions { classes: 4, ..o }).unwrap();
+    make_dataset(
+        SynthKind::Cifar100,
+        &src100.path().join("cifar-100-binary"),
+        &SynthOptions { classes: 4, ..o },
+    )
+    .unwrap();
     let (_out, m, ds) = run("cifar100", src100.path());
     assert_eq!(m.class_names.len(), 100);
     assert_eq!((count(&m, "train"), count(&m, "test")), (8, 4));
     assert_eq!(label_of(&ds, "test.bin#3"), Label::Single(3));
-    let err = prepare("cifar100", src.path(), &src.path().join("x"), &opts(), &|_| {}).unwrap_err().to_string();
+    let err = prepare(
+        "cifar100",
+        src.path(),
+        &src.path().join("x"),
+        &opts(),
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("Cifar10"), "{err}");
 }
 
@@ -107,16 +153,29 @@ fn birdsnap_lists_missing_downloads() {
         }
     }
     write(&root.join("images.txt"), &images);
-    write(&root.join("test_images.txt"), "path\nAcadian_Flycatcher/0000.jpg\nAcorn_Woodpecker/0000.jpg\n");
+    write(
+        &root.join("test_images.txt"),
+        "path\nAcadian_Flycatcher/0000.jpg\nAcorn_Woodpecker/0000.jpg\n",
+    );
     let (out, m, ds) = run("birdsnap", src.path());
-    assert_eq!(m.class_names, vec!["Acadian Flycatcher", "Acorn Woodpecker"]);
+    assert_eq!(
+        m.class_names,
+        vec!["Acadian Flycatcher", "Acorn Woodpecker"]
+    );
     assert_eq!((count(&m, "train"), count(&m, "test")), (3, 2));
     assert_eq!(m.skipped.len(), 1);
     assert_eq!(m.skipped[0].key, "Acorn_Woodpecker/0002.jpg");
     assert_eq!(label_of(&ds, "Acorn_Woodpecker/0001.jpg"), Label::Single(1));
     let report = verify(out.path()).unwrap();
     assert!(report.ok(), "{}", report.render());
-    assert!(report.notes.iter().any(|n| n.contains("distributed as URLs")), "{:?}", report.notes);
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("distributed as URLs")),
+        "{:?}",
+        report.notes
+    );
 }
 
 #[test]
@@ -130,7 +189,11 @@ fn sun397_split_1() {
         for i in 0..3 {
             let rel = format!("{class}/sun_{c}{i}.jpg");
             jpg(&src.path().join(format!("SUN397{rel}")), 30 * c as u8);
-            if i < 2 { train += &format!("{rel}\n") } else { test += &format!("{rel}\n") }
+            if i < 2 {
+                train += &format!("{rel}\n")
+            } else {
+                test += &format!("{rel}\n")
+            }
         }
     }
     write(&src.path().join("Partitions/ClassName.txt"), &names);
@@ -160,10 +223,35 @@ fn stanford_cars_annos_mat_and_devkit() {
             MatValue::scalar(if i >= 4 { 1.0 } else { 0.0 }),
         ]);
     }
-    let fields = ["relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test"].map(String::from).to_vec();
-    let annotations = MatValue::Struct { dims: vec![1, 6], fields, items };
-    let class_names = MatValue::Cell { dims: vec![1, 2], items: names.iter().map(|n| MatValue::string(n)).collect() };
-    mat::write_file(&src.path().join("cars_annos.mat"), &[("annotations", annotations), ("class_names", class_names.clone())], true).unwrap();
+    let fields = [
+        "relative_im_path",
+        "bbox_x1",
+        "bbox_y1",
+        "bbox_x2",
+        "bbox_y2",
+        "class",
+        "test",
+    ]
+    .map(String::from)
+    .to_vec();
+    let annotations = MatValue::Struct {
+        dims: vec![1, 6],
+        fields,
+        items,
+    };
+    let class_names = MatValue::Cell {
+        dims: vec![1, 2],
+        items: names.iter().map(|n| MatValue::string(n)).collect(),
+    };
+    mat::write_file(
+        &src.path().join("cars_annos.mat"),
+        &[
+            ("annotations", annotations),
+            ("class_names", class_names.clone()),
+        ],
+        true,
+    )
+    .unwrap();
     let (_out, m, ds) = run("stanford_cars", src.path());
     assert_eq!(m.class_names, names);
     assert_eq!((count(&m, "train"), count(&m, "test")), (4, 2));
@@ -171,15 +259,31 @@ fn stanford_cars_annos_mat_and_devkit() {
     assert_eq!(label_of(&ds, "car_ims/000005.jpg"), Label::Single(0));
 
     let dev = tempfile::tempdir().unwrap();
-    mat::write_file(&dev.path().join("devkit/cars_meta.mat").tap_dir(), &[("class_names", class_names)], true).unwrap();
-    for (file, dir, n) in [("devkit/cars_train_annos.mat", "cars_train", 3), ("cars_test_annos_withlabels.mat", "cars_test", 2)] {
+    mat::write_file(
+        &dev.path().join("devkit/cars_meta.mat").tap_dir(),
+        &[("class_names", class_names)],
+        true,
+    )
+    .unwrap();
+    for (file, dir, n) in [
+        ("devkit/cars_train_annos.mat", "cars_train", 3),
+        ("cars_test_annos_withlabels.mat", "cars_test", 2),
+    ] {
         let items = (0..n)
             .map(|i| {
                 jpg(&dev.path().join(format!("{dir}/{:05}.jpg", i + 1)), 10);
-                vec![MatValue::scalar(1.0), MatValue::scalar((i % 2 + 1) as f64), MatValue::string(&format!("{:05}.jpg", i + 1))]
+                vec![
+                    MatValue::scalar(1.0),
+                    MatValue::scalar((i % 2 + 1) as f64),
+                    MatValue::string(&format!("{:05}.jpg", i + 1)),
+                ]
             })
             .collect();
-        let ann = MatValue::Struct { dims: vec![1, n], fields: vec!["bbox_x1".into(), "class".into(), "fname".into()], items };
+        let ann = MatValue::Struct {
+            dims: vec![1, n],
+            fields: vec!["bbox_x1".into(), "class".into(), "fname".into()],
+            items,
+        };
         mat::write_file(&dev.path().join(file), &[("annotations", ann)], false).unwrap();
     }
     let (_out, m, ds) = run("cars", dev.path());
@@ -214,7 +318,10 @@ fn fgvc_aircraft_variant_official_val() {
     }
     let (_out, m, ds) = run("fgvc_aircraft", src.path());
     assert_eq!(m.class_names, variants);
-    assert_eq!((count(&m, "train"), count(&m, "val"), count(&m, "test")), (3, 3, 3));
+    assert_eq!(
+        (count(&m, "train"), count(&m, "val"), count(&m, "test")),
+        (3, 3, 3)
+    );
     assert_eq!(m.val_policy, ValPolicy::Official);
     assert_eq!(label_of(&ds, "0000202.jpg"), Label::Single(2));
     assert_eq!(ds.len(Split::Val).unwrap(), 3);
@@ -239,15 +346,27 @@ fn voc_xml(objects: &[(&str, bool)]) -> String {
 fn voc2007_multi_label_from_annotations() {
     let src = tempfile::tempdir().unwrap();
     let root = src.path().join("VOCdevkit/VOC2007");
-    let images: [(&str, &str, &[(&str, bool)]); 5] = [
-        ("000005", "train", &[("chair", false), ("chair", false), ("person", false)]),
+    type Objects<'a> = &'a [(&'a str, bool)];
+    let images: [(&str, &str, Objects); 5] = [
+        (
+            "000005",
+            "train",
+            &[("chair", false), ("chair", false), ("person", false)],
+        ),
         ("000007", "train", &[("car", false)]),
-        ("000009", "val", &[("horse", false), ("person", false), ("dog", true)]),
+        (
+            "000009",
+            "val",
+            &[("horse", false), ("person", false), ("dog", true)],
+        ),
         ("000001", "test", &[("dog", false), ("tvmonitor", false)]),
         ("000002", "test", &[("train", false)]),
     ];
     for (id, split, objects) in images {
-        write(&root.join(format!("Annotations/{id}.xml")), &voc_xml(objects));
+        write(
+            &root.join(format!("Annotations/{id}.xml")),
+            &voc_xml(objects),
+        );
         jpg(&root.join(format!("JPEGImages/{id}.jpg")), 90);
         let list = root.join(format!("ImageSets/Main/{split}.txt"));
         let mut text = std::fs::read_to_string(&list).unwrap_or_default();
@@ -257,17 +376,54 @@ fn voc2007_multi_label_from_annotations() {
     let (_out, m, ds) = run("voc2007", src.path());
     assert!(m.multi_label);
     assert_eq!(m.class_names.len(), 20);
-    assert_eq!((count(&m, "train"), count(&m, "val"), count(&m, "test")), (2, 1, 2));
+    assert_eq!(
+        (count(&m, "train"), count(&m, "val"), count(&m, "test")),
+        (2, 1, 2)
+    );
     // chair=8, person=14; difficult dog left out; parts' <name>head</name> ignored.
-    assert_eq!(label_of(&ds, "JPEGImages/000005.jpg"), Label::Multi(vec![8, 14]));
-    assert_eq!(label_of(&ds, "JPEGImages/000009.jpg"), Label::Multi(vec![12, 14]));
-    assert_eq!(label_of(&ds, "JPEGImages/000001.jpg"), Label::Multi(vec![11, 19]));
-    let b = Loader::new(ds.split(Split::Test).unwrap(), LoaderConfig::for_image_size(2, 8, 0), Mode::Eval).unwrap().next_batch().unwrap().unwrap();
-    let Targets::MultiHot(t, 20) = b.targets else { panic!("multi-hot") };
-    assert_eq!(t.iter().enumerate().filter(|(_, &v)| v == 1.0).map(|(i, _)| i).collect::<Vec<_>>(), vec![11, 19, 20 + 18]);
+    assert_eq!(
+        label_of(&ds, "JPEGImages/000005.jpg"),
+        Label::Multi(vec![8, 14])
+    );
+    assert_eq!(
+        label_of(&ds, "JPEGImages/000009.jpg"),
+        Label::Multi(vec![12, 14])
+    );
+    assert_eq!(
+        label_of(&ds, "JPEGImages/000001.jpg"),
+        Label::Multi(vec![11, 19])
+    );
+    let b = Loader::new(
+        ds.split(Split::Test).unwrap(),
+        LoaderConfig::for_image_size(2, 8, 0),
+        Mode::Eval,
+    )
+    .unwrap()
+    .next_batch()
+    .unwrap()
+    .unwrap();
+    let Targets::MultiHot(t, 20) = b.targets else {
+        panic!("multi-hot")
+    };
+    assert_eq!(
+        t.iter()
+            .enumerate()
+            .filter(|(_, &v)| v == 1.0)
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>(),
+        vec![11, 19, 20 + 18]
+    );
 
     std::fs::remove_file(root.join("Annotations/000007.xml")).unwrap();
-    let err = prepare("voc2007", src.path(), &src.path().join("o2"), &opts(), &|_| {}).unwrap_err().to_string();
+    let err = prepare(
+        "voc2007",
+        src.path(),
+        &src.path().join("o2"),
+        &opts(),
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("000007.xml"), "{err}");
 }
 
@@ -289,36 +445,73 @@ fn dtd_split_1() {
     }
     let (_out, m, ds) = run("dtd", src.path());
     assert_eq!(m.class_names, classes);
-    assert_eq!((count(&m, "train"), count(&m, "val"), count(&m, "test")), (6, 3, 6));
-    assert_eq!(label_of(&ds, "zigzagged/zigzagged_0004.jpg"), Label::Single(2));
+    assert_eq!(
+        (count(&m, "train"), count(&m, "val"), count(&m, "test")),
+        (6, 3, 6)
+    );
+    assert_eq!(
+        label_of(&ds, "zigzagged/zigzagged_0004.jpg"),
+        Label::Single(2)
+    );
 
     std::fs::remove_file(root.join("labels/val1.txt")).unwrap();
-    let err = prepare("dtd", src.path(), &src.path().join("o2"), &opts(), &|_| {}).unwrap_err().to_string();
+    let err = prepare("dtd", src.path(), &src.path().join("o2"), &opts(), &|_| {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("val1.txt"), "{err}");
 }
 
 #[test]
 fn oxford_pets() {
     let src = tempfile::tempdir().unwrap();
-    let rows = [("Abyssinian_1", 1, 1), ("Abyssinian_2", 1, 1), ("american_bulldog_10", 2, 2), ("american_bulldog_11", 2, 2), ("yorkshire_terrier_3", 3, 2), ("yorkshire_terrier_4", 3, 2)];
-    let (mut trainval, mut test) = ("#Image CLASS-ID SPECIES BREED ID\n".to_string(), String::new());
+    let rows = [
+        ("Abyssinian_1", 1, 1),
+        ("Abyssinian_2", 1, 1),
+        ("american_bulldog_10", 2, 2),
+        ("american_bulldog_11", 2, 2),
+        ("yorkshire_terrier_3", 3, 2),
+        ("yorkshire_terrier_4", 3, 2),
+    ];
+    let (mut trainval, mut test) = (
+        "#Image CLASS-ID SPECIES BREED ID\n".to_string(),
+        String::new(),
+    );
     for (i, (name, id, species)) in rows.iter().enumerate() {
-        jpg(&src.path().join(format!("images/{name}.jpg")), 30 * *id as u8);
+        jpg(
+            &src.path().join(format!("images/{name}.jpg")),
+            30 * *id as u8,
+        );
         let line = format!("{name} {id} {species} {id}\n");
-        if i % 2 == 0 { trainval += &line } else { test += &line }
+        if i % 2 == 0 {
+            trainval += &line
+        } else {
+            test += &line
+        }
     }
     write(&src.path().join("annotations/trainval.txt"), &trainval);
     write(&src.path().join("annotations/test.txt"), &test);
     let (_out, m, ds) = run("pets", src.path());
-    assert_eq!(m.class_names, vec!["Abyssinian", "american_bulldog", "yorkshire_terrier"]);
+    assert_eq!(
+        m.class_names,
+        vec!["Abyssinian", "american_bulldog", "yorkshire_terrier"]
+    );
     assert_eq!((count(&m, "train"), count(&m, "test")), (3, 3));
     assert_eq!(label_of(&ds, "american_bulldog_11.jpg"), Label::Single(1));
 }
 
 fn caltech(src: &Path) {
-    for (c, class) in ["BACKGROUND_Google", "Faces", "accordion"].iter().enumerate() {
+    for (c, class) in ["BACKGROUND_Google", "Faces", "accordion"]
+        .iter()
+        .enumerate()
+    {
         for i in 0..33 + c {
-            jpg(&src.join(format!("101_ObjectCategories/{class}/image_{:04}.jpg", i + 1)), 80 * c as u8);
+            jpg(
+                &src.join(format!(
+                    "101_ObjectCategories/{class}/image_{:04}.jpg",
+                    i + 1
+                )),
+                80 * c as u8,
+            );
         }
     }
 }
@@ -328,14 +521,27 @@ fn caltech101_thirty_per_class_seeded() {
     let src = tempfile::tempdir().unwrap();
     caltech(src.path());
     let (_out, m, ds) = run("caltech101", src.path());
-    assert_eq!(m.class_names, vec!["BACKGROUND_Google", "Faces", "accordion"]);
+    assert_eq!(
+        m.class_names,
+        vec!["BACKGROUND_Google", "Faces", "accordion"]
+    );
     assert_eq!((count(&m, "train"), count(&m, "test")), (90, 3 + 4 + 5));
     assert_eq!(label_of(&ds, "accordion/image_0035.jpg"), Label::Single(2));
     let (_out2, m2, _) = run("caltech101", src.path());
     assert_eq!(m.content_hash, m2.content_hash);
     let out3 = tempfile::tempdir().unwrap();
-    let m3 = prepare("caltech101", src.path(), out3.path(), &PrepareOptions { seed: 1, ..opts() }, &|_| {}).unwrap();
-    assert_ne!(m.content_hash, m3.content_hash, "another seed draws other training images");
+    let m3 = prepare(
+        "caltech101",
+        src.path(),
+        out3.path(),
+        &PrepareOptions { seed: 1, ..opts() },
+        &|_| {},
+    )
+    .unwrap();
+    assert_ne!(
+        m.content_hash, m3.content_hash,
+        "another seed draws other training images"
+    );
 }
 
 #[test]
@@ -343,18 +549,33 @@ fn flowers102_official_splits_from_mat() {
     let src = tempfile::tempdir().unwrap();
     let labels: Vec<f64> = (0..9).map(|i| (i % 3 + 1) as f64).collect();
     for i in 1..=9 {
-        jpg(&src.path().join(format!("jpg/image_{i:05}.jpg")), 25 * i as u8);
+        jpg(
+            &src.path().join(format!("jpg/image_{i:05}.jpg")),
+            25 * i as u8,
+        );
     }
-    mat::write_file(&src.path().join("imagelabels.mat"), &[("labels", MatValue::row(&labels))], true).unwrap();
+    mat::write_file(
+        &src.path().join("imagelabels.mat"),
+        &[("labels", MatValue::row(&labels))],
+        true,
+    )
+    .unwrap();
     mat::write_file(
         &src.path().join("setid.mat"),
-        &[("trnid", MatValue::row(&[1.0, 2.0, 3.0])), ("valid", MatValue::row(&[4.0, 5.0, 6.0])), ("tstid", MatValue::row(&[7.0, 8.0, 9.0]))],
+        &[
+            ("trnid", MatValue::row(&[1.0, 2.0, 3.0])),
+            ("valid", MatValue::row(&[4.0, 5.0, 6.0])),
+            ("tstid", MatValue::row(&[7.0, 8.0, 9.0])),
+        ],
         true,
     )
     .unwrap();
     let (_out, m, ds) = run("flowers102", src.path());
     assert_eq!(m.class_names.len(), 3);
-    assert_eq!((count(&m, "train"), count(&m, "val"), count(&m, "test")), (3, 3, 3));
+    assert_eq!(
+        (count(&m, "train"), count(&m, "val"), count(&m, "test")),
+        (3, 3, 3)
+    );
     assert_eq!(label_of(&ds, "jpg/image_00008.jpg"), Label::Single(1));
     assert_eq!(m.val_policy, ValPolicy::Official);
 }
@@ -363,7 +584,11 @@ fn flowers102_official_splits_from_mat() {
 fn corrupt_images_are_listed_and_skipped() {
     let src = tempfile::tempdir().unwrap();
     caltech(src.path());
-    std::fs::write(src.path().join("101_ObjectCategories/Faces/image_0007.jpg"), b"\xff\xd8\xffnot really").unwrap();
+    std::fs::write(
+        src.path().join("101_ObjectCategories/Faces/image_0007.jpg"),
+        b"\xff\xd8\xffnot really",
+    )
+    .unwrap();
     let out = tempfile::tempdir().unwrap();
     let m = prepare("caltech101", src.path(), out.path(), &opts(), &|_| {}).unwrap();
     assert_eq!(m.skipped.len(), 1);
@@ -380,11 +605,18 @@ fn interrupted_prepare_resumes_to_the_same_hash() {
     assert!(reference.shards.len() > 3);
 
     let out = tempfile::tempdir().unwrap();
-    let interrupted = PrepareOptions { stop_after_shards: Some(2), threads: 1, ..opts() };
+    let interrupted = PrepareOptions {
+        stop_after_shards: Some(2),
+        threads: 1,
+        ..opts()
+    };
     assert!(prepare("caltech101", src.path(), out.path(), &interrupted, &|_| {}).is_err());
     assert!(!out.path().join("manifest.json").exists());
     let seen = std::sync::Mutex::new(Vec::new());
-    let resumed = prepare("caltech101", src.path(), out.path(), &opts(), &|p| seen.lock().unwrap().push(p)).unwrap();
+    let resumed = prepare("caltech101", src.path(), out.path(), &opts(), &|p| {
+        seen.lock().unwrap().push(p)
+    })
+    .unwrap();
     assert_eq!(resumed.content_hash, reference.content_hash);
     let last = *seen.lock().unwrap().iter().max_by_key(|p| p.done).unwrap();
     assert_eq!(last.done, last.total);
@@ -401,24 +633,69 @@ fn verify_checks_hashes_and_paper_sizes() {
     prepare("caltech101", src.path(), out.path(), &opts(), &|_| {}).unwrap();
     let report = verify(out.path()).unwrap();
     // A miniature differs from the paper's sizes, and says so.
-    assert!(report.differences.iter().any(|d| d.contains("the paper has 102")), "{}", report.render());
-    assert!(report.differences.iter().all(|d| d.contains("the paper has")), "{}", report.render());
+    assert!(
+        report
+            .differences
+            .iter()
+            .any(|d| d.contains("the paper has 102")),
+        "{}",
+        report.render()
+    );
+    assert!(
+        report
+            .differences
+            .iter()
+            .all(|d| d.contains("the paper has")),
+        "{}",
+        report.render()
+    );
     // Flip one byte of a shard: the hash check catches it.
     let shard = out.path().join("shards/shard-00001.bin");
     let mut bytes = std::fs::read(&shard).unwrap();
     bytes[5] ^= 0xFF;
     std::fs::write(&shard, bytes).unwrap();
     let report = verify(out.path()).unwrap();
-    assert!(report.differences.iter().any(|d| d.contains("shard-00001.bin") && d.contains("sha256")), "{}", report.render());
+    assert!(
+        report
+            .differences
+            .iter()
+            .any(|d| d.contains("shard-00001.bin") && d.contains("sha256")),
+        "{}",
+        report.render()
+    );
 }
 
 #[test]
 fn missing_source_names_what_is_missing() {
     let src = tempfile::tempdir().unwrap();
-    let err = prepare("flowers102", src.path(), &src.path().join("o"), &opts(), &|_| {}).unwrap_err().to_string();
+    let err = prepare(
+        "flowers102",
+        src.path(),
+        &src.path().join("o"),
+        &opts(),
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("imagelabels.mat"), "{err}");
-    let err = prepare("food101", src.path(), &src.path().join("o"), &opts(), &|_| {}).unwrap_err().to_string();
+    let err = prepare(
+        "food101",
+        src.path(),
+        &src.path().join("o"),
+        &opts(),
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("classes.txt"), "{err}");
-    let err = prepare("imagenet", src.path(), &src.path().join("o"), &opts(), &|_| {}).unwrap_err().to_string();
+    let err = prepare(
+        "imagenet",
+        src.path(),
+        &src.path().join("o"),
+        &opts(),
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("unknown dataset imagenet"), "{err}");
 }

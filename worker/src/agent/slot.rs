@@ -42,6 +42,9 @@ pub fn report_reserve(grace: Duration) -> Duration {
     (grace / 5).min(Duration::from_secs(5))
 }
 
+/// `free_gpus` of a slot pinned to the CPU: any task fits.
+pub const CPU_SLOT_FREE_GPUS: u32 = u32::MAX;
+
 pub struct Slot {
     pub index: u32,
     /// GPUs this slot owns (indices on this machine); empty on a CPU slot.
@@ -52,7 +55,13 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// What the slot offers on acquire. A slot pinned to the CPU (`--device cpu`) runs any
+    /// task there whatever its GPU count, so it takes them all (dev clusters, fake-executor
+    /// tests); otherwise the slot's own GPUs, and a GPU-less slot only takes `gpus = 0` tasks.
     fn free_gpus(&self) -> u32 {
+        if self.device == crate::config::DeviceSetting::Cpu {
+            return CPU_SLOT_FREE_GPUS;
+        }
         u32::try_from(self.gpus.len()).unwrap_or(u32::MAX)
     }
 
@@ -125,6 +134,15 @@ impl Slot {
             attempt: assignment.attempt,
         };
         let stop_orders = shared.leases.insert(key.clone());
+        let resume = (!assignment.resume_checkpoint_path.is_empty()).then(|| CheckpointRef {
+            path: PathBuf::from(&assignment.resume_checkpoint_path),
+            step: assignment.resume_checkpoint_step,
+        });
+        if let Some(resume) = &resume {
+            // Until this attempt writes its own, the checkpoint to pass on is the one it resumes
+            // from (a release or failure before the first checkpoint must not lose it).
+            shared.leases.set_checkpoint(&key, resume.clone());
+        }
         info!(slot = self.index, sweep = %key.sweep, task_id = %key.task_id, attempt = key.attempt,
               resume_step = assignment.resume_checkpoint_step, "leased");
 
@@ -145,14 +163,6 @@ impl Slot {
                     ),
                 },
                 Ok(spec) => {
-                    let resume = (!assignment.resume_checkpoint_path.is_empty()).then(|| CheckpointRef {
-                        path: PathBuf::from(&assignment.resume_checkpoint_path),
-                        step: assignment.resume_checkpoint_step,
-                    });
-                    if let Some(resume) = &resume {
-                        // A retry that fails before its first checkpoint must keep the old one.
-                        shared.leases.set_checkpoint(&key, resume.clone());
-                    }
                     let input = TaskInput {
                         task_id: key.task_id.clone(),
                         attempt: key.attempt,

@@ -39,7 +39,7 @@ pub fn save(dir: &Path, step: u64, cell: &str, net: &Network, sgd: &Sgd) -> Resu
     for (name, t) in net.state() {
         named.push((format!("model.{name}"), t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?));
     }
-    for (name, t) in sgd.buffers() {
+    for (name, t) in sgd.buffers()? {
         named.push((format!("momentum.{name}"), t.f_to_device(tch::Device::Cpu)?.f_contiguous()?));
     }
     named.push(("meta.step".into(), Tensor::from_slice(&[step as i64])));

@@ -15,27 +15,28 @@ fn resumed_runs_match_an_uninterrupted_run() {
     tch::set_num_threads(2);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    make_imagefolder(&data, 30, 10, 21);
+    make_imagefolder(&data, 12, 4, 21);
     let mut spec = cell(Regime::Scratch, &data, "resnet18", None);
-    spec.train.steps = 30;
-    spec.train.checkpoint_every = 10;
+    spec.train.steps = 16;
+    spec.train.checkpoint_every = 5;
+    spec.train.batch_size = 8;
 
     let (whole, _) = run(&job(spec.clone(), dir.path(), "whole"));
     let whole = whole.unwrap();
-    assert_eq!(whole.steps, 30);
+    assert_eq!(whole.steps, 16);
 
-    // interrupted: keep a copy of the step-10 checkpoint (what a kill -9 after it leaves),
-    // then set the stop flag at step 15
+    // interrupted: keep a copy of the step-5 checkpoint (what a kill -9 after it leaves),
+    // then set the stop flag at step 12
     let interrupted = job(spec.clone(), dir.path(), "interrupted");
     let kill9_copy = dir.path().join("kill9.safetensors");
     let stop = AtomicBool::new(false);
     let r = run_task(
         &interrupted,
         &mut |e| match e {
-            TrainerEvent::Checkpoint { path, step: 10 } => {
+            TrainerEvent::Checkpoint { path, step: 5 } => {
                 std::fs::copy(&path, &kill9_copy).unwrap();
             }
-            TrainerEvent::Progress { step: 15, .. } => stop.store(true, Ordering::Relaxed),
+            TrainerEvent::Progress { step: 12, .. } => stop.store(true, Ordering::Relaxed),
             _ => {}
         },
         &stop,
@@ -44,10 +45,10 @@ fn resumed_runs_match_an_uninterrupted_run() {
         Err(TrainerError::Preempted { step, checkpoint: Some(path) }) => (step, path),
         other => panic!("expected preempted, got {other:?}"),
     };
-    assert_eq!(step, 15);
+    assert_eq!(step, 12);
     assert!(preempted_ckpt.is_file());
 
-    for (name, path, from) in [("after-stop", preempted_ckpt, 15), ("after-kill9", kill9_copy, 10)] {
+    for (name, path, from) in [("after-stop", preempted_ckpt, 12), ("after-kill9", kill9_copy, 5)] {
         let mut resumed = job(spec.clone(), dir.path(), name);
         resumed.resume = Some(ResumeFrom { path, step: from });
         let (r, events) = run(&resumed);
@@ -64,7 +65,7 @@ fn resumed_runs_match_an_uninterrupted_run() {
     let mut other = spec.clone();
     other.seed += 1;
     let mut wrong = job(other, dir.path(), "wrong");
-    wrong.resume = Some(ResumeFrom { path: dir.path().join("ckpt/interrupted").join(tsweep_trainer::checkpoint::file_name(15)), step: 15 });
+    wrong.resume = Some(ResumeFrom { path: dir.path().join("ckpt/interrupted").join(tsweep_trainer::checkpoint::file_name(12)), step: 12 });
     let err = run(&wrong).0.unwrap_err();
     assert!(matches!(err, TrainerError::BadCheckpoint { .. }), "{err}");
 }
