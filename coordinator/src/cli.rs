@@ -412,10 +412,14 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<(), CliError> {
     let source = SweepSource::read(&args.file)?;
     // Refuse bad input here, before the network: same parser as the coordinator's.
     source.expand(args.allow_huge)?;
-    let mut client = connect(cli).await?;
-    let response = client
-        .submit_sweep(source.request(args.allow_huge))
-        .await
+    let client = connect(cli).await?;
+    let request = source.request(args.allow_huge);
+    let response = client::retry_unavailable(|| {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { client.submit_sweep(request).await }
+    })
+    .await
         .map_err(|s| CliError::from_status(&format!("submit {}", source.file_name), s))?
         .into_inner();
     match args.format {

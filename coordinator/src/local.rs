@@ -2,7 +2,8 @@
 //!
 //! 1. parse and expand the file (bad input stops here, nothing started);
 //! 2. without `--redis-url`, start a private `redis-server` in a temporary directory on a
-//!    free loopback port (the shipped `deploy/redis/redis.conf`, AOF on), by PID;
+//!    free loopback port (the shipped `deploy/redis/redis.conf`, AOF on), by PID, and
+//!    restart it with its AOF if it stops answering;
 //! 3. start the coordinator in this process on a free loopback port (no /metrics);
 //! 4. spawn N `tsweep-worker` processes (one slot each), logs in `<out>/logs/`;
 //! 5. submit, watch to the end, print the results table, write the report to `<out>`
@@ -17,9 +18,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::client::{self, SweepClient};
 use crate::cli::output;
@@ -38,6 +42,8 @@ pub const WORKER_BINARY: &str = "tsweep-worker";
 const COORDINATOR_READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long workers get to drain after SIGTERM before they are killed.
 const WORKER_STOP_GRACE: Duration = Duration::from_secs(30);
+/// How often `local` checks that its private redis-server still answers.
+const REDIS_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Refits are scheduled this often in local mode (snappier than the service default).
 const LOCAL_FINALS_INTERVAL_MS: u64 = 500;
 
@@ -88,6 +94,9 @@ async fn run_sweep(
                 .map_err(|e| CliError::Unavailable(format!("cannot start a private redis-server: {e}")))?;
             let url = server.url();
             eprintln!("redis: {url} (private, stopped at the end)");
+            let server = Arc::new(Mutex::new(Some(server)));
+            let stop = CancellationToken::new();
+            stack.redis_watchdog = Some((stop.clone(), tokio::spawn(redis_watchdog(server.clone(), stop))));
             stack.redis = Some(server);
             url
         }
@@ -117,9 +126,13 @@ async fn run_sweep(
     }
     eprintln!("workers: {} × {} ({} executor), logs in {}", args.workers, worker_bin.display(), args.executor.name(), logs.display());
 
-    let response = client
-        .submit_sweep(source.request(args.allow_huge))
-        .await
+    let request = source.request(args.allow_huge);
+    let response = client::retry_unavailable(|| {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { client.submit_sweep(request).await }
+    })
+    .await
         .map_err(|s| CliError::from_status(&format!("submit {}", source.file_name), s))?
         .into_inner();
     eprint!("{}", output::submit_table(&response));
@@ -143,7 +156,8 @@ async fn run_sweep(
 /// What `local` started, stopped in reverse order.
 #[derive(Default)]
 struct LocalStack {
-    redis: Option<RedisServer>,
+    redis: Option<Arc<Mutex<Option<RedisServer>>>>,
+    redis_watchdog: Option<(CancellationToken, JoinHandle<()>)>,
     coordinator: Option<RunningCoordinator>,
     workers: Vec<Child>,
 }
@@ -189,9 +203,53 @@ impl LocalStack {
                 tracing::warn!(%error, "coordinator stopped with an error");
             }
         }
+        if let Some((stop, watchdog)) = self.redis_watchdog.take() {
+            stop.cancel();
+            let _ = watchdog.await;
+        }
         if let Some(redis) = self.redis.take() {
             // Dropping it kills the process and removes its temporary directory.
-            let _ = tokio::task::spawn_blocking(move || drop(redis)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                let server = redis.lock().map(|mut guard| guard.take()).unwrap_or_else(|poisoned| poisoned.into_inner().take());
+                drop(server);
+            })
+            .await;
+        }
+    }
+}
+
+/// Brings the private redis-server back (same port, same AOF) when it stops answering,
+/// e.g. killed from outside: the coordinator and the workers reconnect with backoff and
+/// the sweep goes on.
+async fn redis_watchdog(server: Arc<Mutex<Option<RedisServer>>>, stop: CancellationToken) {
+    let port = match server.lock() {
+        Ok(guard) => guard.as_ref().map(RedisServer::port),
+        Err(_) => None,
+    };
+    let Some(port) = port else { return };
+    let mut misses = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(REDIS_CHECK_EVERY) => {}
+        }
+        let answers = tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).await.is_ok();
+        misses = if answers { 0 } else { misses + 1 };
+        if misses < 2 || stop.is_cancelled() {
+            continue;
+        }
+        tracing::warn!(port, "private redis-server stopped answering; restarting it with its AOF");
+        eprintln!("redis on port {port} went away; restarting it (same data)");
+        let server = server.clone();
+        let restarted = tokio::task::spawn_blocking(move || match server.lock() {
+            Ok(mut guard) => guard.as_mut().map(RedisServer::restart),
+            Err(_) => None,
+        })
+        .await;
+        match restarted {
+            Ok(Some(Err(error))) => tracing::warn!(%error, "cannot restart the private redis-server"),
+            Ok(Some(Ok(()))) => misses = 0,
+            _ => {}
         }
     }
 }

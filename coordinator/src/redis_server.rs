@@ -58,18 +58,26 @@ impl RedisServer {
             RedisServerError::Io { what: "creating a temporary directory", dir: std::env::temp_dir(), source }
         })?;
         let dir = temp.path().to_path_buf();
-        let mut server = RedisServer::new_in(&dir, free_port(&dir)?);
+        let mut server = RedisServer::start_in(&dir, 0)?;
         server._temp = Some(temp);
-        server.start()?;
         Ok(server)
     }
 
-    /// Starts redis-server on `port` (0: a free one) with its data in `dir` (kept).
+    /// Starts redis-server on `port` (0: a free one, tried up to three times in case
+    /// another process takes it first) with its data in `dir` (kept).
     pub fn start_in(dir: &Path, port: u16) -> Result<RedisServer, RedisServerError> {
-        let port = if port == 0 { free_port(dir)? } else { port };
-        let mut server = RedisServer::new_in(dir, port);
-        server.start()?;
-        Ok(server)
+        let tries = if port == 0 { 3 } else { 1 };
+        let mut last = None;
+        for _ in 0..tries {
+            let port = if port == 0 { free_port(dir)? } else { port };
+            let mut server = RedisServer::new_in(dir, port);
+            match server.start() {
+                Ok(()) => return Ok(server),
+                Err(e @ RedisServerError::Exited { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(RedisServerError::NotReady { port, waited_ms: 0, log: dir.join("redis.log") }))
     }
 
     fn new_in(dir: &Path, port: u16) -> RedisServer {

@@ -449,6 +449,8 @@ async fn redis_away_means_unavailable_and_not_ready_then_recovery() {
     let mut harness = Harness::start(None).await;
     let mut sweeps = harness.sweeps(None);
     submit(&mut sweeps).await;
+    // appendfsync everysec: give the AOF its second before the kill.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     harness.redis.kill();
     harness.wait_ready(ServingStatus::NotServing).await;
     assert_eq!(harness.health("").await, ServingStatus::Serving, "liveness must not depend on redis");

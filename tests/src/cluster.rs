@@ -189,12 +189,12 @@ impl Cluster {
 /// A fake-executor sweep file of `models × datasets × lr values` finetune cells.
 pub fn fake_sweep(name: &str, models: usize, datasets: usize, lrs: usize, sleep_ms: u64, steps: u64) -> String {
     let mut text = format!(
-        "name = \"{name}\"\nmax_attempts = 3\n\n[defaults]\nsteps = {steps}\nbatch_size = 8\n\n\
+        "name = \"{name}\"\nmax_attempts = 3\nallow_random_init = true\n\n[defaults]\nsteps = {steps}\nbatch_size = 8\n\n\
          [fake]\nsleep_ms = {sleep_ms}\nsteps = {steps}\n\n"
     );
     for m in 0..models {
         text.push_str(&format!(
-            "[[models]]\nname = \"m{m}\"\nsource = \"builtin\"\narch = \"resnet18\"\nimagenet_top1 = {}\nimage_size = 32\nallow_random_init = true\n\n",
+            "[[models]]\nname = \"m{m}\"\nsource = \"builtin\"\narch = \"resnet18\"\nimagenet_top1 = {}\nimage_size = 32\n\n",
             70.0 + m as f64
         ));
     }

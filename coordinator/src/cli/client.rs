@@ -33,19 +33,48 @@ pub async fn connect(url: &str, token: Option<String>) -> Result<SweepClient, Cl
         .max_encoding_message_size(64 * 1024 * 1024))
 }
 
+/// How long a call is repeated while the coordinator answers UNAVAILABLE (Redis away or
+/// still connecting), the one retryable code.
+pub const UNAVAILABLE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs `call` until it succeeds, fails with another code, or `UNAVAILABLE` has lasted
+/// [`UNAVAILABLE_PATIENCE`]; waits 100 ms doubling to 2 s between tries.
+pub async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let started = std::time::Instant::now();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(status) if status.code() == tonic::Code::Unavailable && started.elapsed() < UNAVAILABLE_PATIENCE => {
+                tracing::debug!(message = status.message(), "coordinator unavailable; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Every task of a sweep, all pages.
 pub async fn all_tasks(client: &mut SweepClient, sweep: &str) -> Result<Vec<TaskInfo>, CliError> {
     let mut tasks = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = client
-            .list_tasks(ListTasksRequest {
-                sweep: sweep.to_string(),
-                state: String::new(),
-                page_size: PAGE_SIZE,
-                page_token: page_token.clone(),
-            })
-            .await
+        let request = ListTasksRequest {
+            sweep: sweep.to_string(),
+            state: String::new(),
+            page_size: PAGE_SIZE,
+            page_token: page_token.clone(),
+        };
+        let page = retry_unavailable(|| {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move { client.list_tasks(request).await }
+        })
+        .await
             .map_err(|s| CliError::from_status(&format!("list tasks of {sweep}"), s))?
             .into_inner();
         tasks.extend(page.tasks);

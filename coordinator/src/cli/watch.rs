@@ -111,10 +111,14 @@ pub async fn watch_until_done(
 }
 
 async fn get_summary(client: &mut SweepClient, sweep: &str) -> Result<SweepSummary, CliError> {
-    client
-        .get_sweep(GetSweepRequest { sweep: sweep.to_string() })
-        .await
-        .map(|r| r.into_inner())
+    let request = GetSweepRequest { sweep: sweep.to_string() };
+    super::client::retry_unavailable(|| {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { client.get_sweep(request).await }
+    })
+    .await
+    .map(|r| r.into_inner())
         .map_err(|s| CliError::from_status(&format!("sweep {sweep}"), s))
 }
 

@@ -24,6 +24,8 @@ use crate::store::{Store, StoreError, StoreOptions};
 /// Longest wait between tries while Redis is away.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest one loop step may take (at least its interval) before it counts as failed.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often readiness is re-checked.
 pub const READINESS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -82,10 +84,10 @@ pub async fn readiness(shared: Shared, health: HealthReporter) {
             },
             Err(_) => false,
         };
+        shared.set_redis_up(up);
         if last != Some(up) {
             let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
             health.set_service_status(READINESS_SERVICE, status).await;
-            shared.telemetry.set_redis_up(up);
             if up {
                 info!("ready: redis answers");
             } else if last.is_some() {
@@ -114,7 +116,20 @@ where
     };
     let mut backoff = Backoff::new(MIN_BACKOFF.max(interval / 4), MAX_BACKOFF.max(interval));
     loop {
-        let delay = match step(store.clone()).await {
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => return,
+            outcome = tokio::time::timeout(STEP_TIMEOUT.max(interval), step(store.clone())) => outcome,
+        };
+        let outcome = outcome.unwrap_or_else(|_| {
+            Err(StoreError::Redis {
+                operation: "loop step",
+                source: redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{name} step did not finish within {} s", STEP_TIMEOUT.max(interval).as_secs()),
+                )),
+            })
+        });
+        let delay = match outcome {
             Ok(()) => {
                 backoff.reset();
                 interval

@@ -2,6 +2,8 @@
 //! the config, telemetry, and a per-sweep "something ended" signal for watchers.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServiceConfig;
 use crate::error::CoordinatorError;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::telemetry::Telemetry;
 
 /// The store once the first Redis connection succeeded. Until then every call answers
@@ -63,6 +65,24 @@ pub struct Shared {
     pub cancel: CancellationToken,
     /// Workers seen (register or heartbeat) by this coordinator, for the workers gauge.
     pub roster: WorkerRoster,
+    /// Set by the readiness loop: false while Redis does not answer PING, so calls fail
+    /// fast with UNAVAILABLE instead of waiting on a dead connection.
+    pub redis_up: Arc<AtomicBool>,
+}
+
+/// Longest a gRPC call waits on Redis before answering UNAVAILABLE (the command may or
+/// may not have run: every store operation is safe to repeat).
+pub const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs one store operation with [`STORE_CALL_TIMEOUT`], mapping errors in the one place.
+pub async fn bounded<T>(operation: impl Future<Output = Result<T, StoreError>>) -> Result<T, CoordinatorError> {
+    match tokio::time::timeout(STORE_CALL_TIMEOUT, operation).await {
+        Ok(result) => result.map_err(CoordinatorError::from),
+        Err(_) => Err(CoordinatorError::Unavailable(format!(
+            "redis did not answer within {} ms",
+            STORE_CALL_TIMEOUT.as_millis()
+        ))),
+    }
 }
 
 /// When each worker was last seen. A worker counts as registered while it was seen within
@@ -105,7 +125,22 @@ impl Shared {
             sweep_events: broadcast::channel(1024).0,
             cancel,
             roster: WorkerRoster::default(),
+            redis_up: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The store for a gRPC call: UNAVAILABLE at once while Redis is known to be away.
+    pub fn store_for_call(&self) -> Result<Store, CoordinatorError> {
+        let store = self.store.get()?;
+        if !self.redis_up.load(Ordering::Relaxed) {
+            return Err(CoordinatorError::Unavailable("redis does not answer".into()));
+        }
+        Ok(store)
+    }
+
+    pub fn set_redis_up(&self, up: bool) {
+        self.redis_up.store(up, Ordering::Relaxed);
+        self.telemetry.set_redis_up(up);
     }
 
     pub fn notify_sweep(&self, sweep: &str) {

@@ -16,7 +16,7 @@ use tsweep_proto::v1::{
     SubmitSweepResponse, SweepSummary, WatchSweepRequest,
 };
 
-use super::state::Shared;
+use super::state::{bounded, Shared};
 use crate::error::CoordinatorError;
 use crate::store::{Store, TaskState};
 use crate::sweepfile;
@@ -47,11 +47,14 @@ fn require_sweep(sweep: &str) -> Result<(), CoordinatorError> {
 
 /// The sweep's summary with its best validation scores filled in.
 async fn summary_with_best(store: &Store, sweep: &str) -> Result<SweepSummary, CoordinatorError> {
-    let mut summary = store.summary(sweep).await?;
-    if summary.best.is_empty() {
-        summary.best = store.best_scores(sweep).await?;
-    }
-    Ok(summary)
+    bounded(async {
+        let mut summary = store.summary(sweep).await?;
+        if summary.best.is_empty() {
+            summary.best = store.best_scores(sweep).await?;
+        }
+        Ok(summary)
+    })
+    .await
 }
 
 fn is_finished(summary: &SweepSummary) -> bool {
@@ -65,7 +68,7 @@ impl SweepService for SweepServiceImpl {
         request: Request<SubmitSweepRequest>,
     ) -> Result<Response<SubmitSweepResponse>, Status> {
         let request = request.into_inner();
-        let store = self.shared.store.get()?;
+        let store = self.shared.store_for_call()?;
         let file_name = if request.file_name.is_empty() { "<sweep file>".to_string() } else { request.file_name };
         let base_dir = PathBuf::from(&request.base_dir);
         let allow_huge = request.allow_huge;
@@ -77,6 +80,8 @@ impl SweepService for SweepServiceImpl {
         .await
         .map_err(|e| CoordinatorError::Internal(format!("sweep expansion task: {e}")))?
         .map_err(CoordinatorError::from)?;
+        // Not bounded by STORE_CALL_TIMEOUT: a big grid takes many batches (each one bounded
+        // by the store's response timeout); a repeated submit adds nothing.
         let outcome = store.submit(&expanded).await.map_err(CoordinatorError::from)?;
         info!(sweep = %outcome.sweep, total = outcome.total, added = outcome.added, existing = outcome.existing, reactivated = outcome.reactivated, "sweep submitted");
         self.shared.notify_sweep(&outcome.sweep);
@@ -96,7 +101,7 @@ impl SweepService for SweepServiceImpl {
     async fn get_sweep(&self, request: Request<GetSweepRequest>) -> Result<Response<SweepSummary>, Status> {
         let request = request.into_inner();
         require_sweep(&request.sweep)?;
-        let store = self.shared.store.get()?;
+        let store = self.shared.store_for_call()?;
         Ok(Response::new(summary_with_best(&store, &request.sweep).await?))
     }
 
@@ -104,8 +109,8 @@ impl SweepService for SweepServiceImpl {
         &self,
         _request: Request<ListSweepsRequest>,
     ) -> Result<Response<ListSweepsResponse>, Status> {
-        let store = self.shared.store.get()?;
-        let sweeps = store.list_sweeps().await.map_err(CoordinatorError::from)?;
+        let store = self.shared.store_for_call()?;
+        let sweeps = bounded(store.list_sweeps()).await?;
         Ok(Response::new(ListSweepsResponse { sweeps }))
     }
 
@@ -124,11 +129,8 @@ impl SweepService for SweepServiceImpl {
             0 => DEFAULT_PAGE_SIZE,
             size => size.min(MAX_PAGE_SIZE),
         };
-        let store = self.shared.store.get()?;
-        let page = store
-            .list_tasks(&request.sweep, state, page_size, &request.page_token)
-            .await
-            .map_err(CoordinatorError::from)?;
+        let store = self.shared.store_for_call()?;
+        let page = bounded(store.list_tasks(&request.sweep, state, page_size, &request.page_token)).await?;
         Ok(Response::new(ListTasksResponse { tasks: page.tasks, next_page_token: page.next_page_token }))
     }
 
@@ -138,8 +140,8 @@ impl SweepService for SweepServiceImpl {
     ) -> Result<Response<CancelSweepResponse>, Status> {
         let request = request.into_inner();
         require_sweep(&request.sweep)?;
-        let store = self.shared.store.get()?;
-        let cancelled = store.cancel_sweep(&request.sweep).await.map_err(CoordinatorError::from)?;
+        let store = self.shared.store_for_call()?;
+        let cancelled = bounded(store.cancel_sweep(&request.sweep)).await?;
         info!(sweep = %request.sweep, cancelled, "sweep cancelled");
         self.shared.notify_sweep(&request.sweep);
         Ok(Response::new(CancelSweepResponse { cancelled }))
@@ -153,11 +155,8 @@ impl SweepService for SweepServiceImpl {
             (false, false) => (true, true),
             flags => flags,
         };
-        let store = self.shared.store.get()?;
-        let requeued = store
-            .retry_sweep(&request.sweep, failed, cancelled)
-            .await
-            .map_err(CoordinatorError::from)?;
+        let store = self.shared.store_for_call()?;
+        let requeued = bounded(store.retry_sweep(&request.sweep, failed, cancelled)).await?;
         info!(sweep = %request.sweep, requeued, failed, cancelled, "sweep retried");
         self.shared.notify_sweep(&request.sweep);
         Ok(Response::new(RetrySweepResponse { requeued }))
@@ -174,7 +173,7 @@ impl SweepService for SweepServiceImpl {
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
         let request = request.into_inner();
         require_sweep(&request.sweep)?;
-        let store = self.shared.store.get()?;
+        let store = self.shared.store_for_call()?;
         let interval_ms = match request.interval_ms {
             0 => DEFAULT_WATCH_INTERVAL_MS,
             ms => ms.max(MIN_WATCH_INTERVAL_MS),

@@ -12,7 +12,7 @@ use tsweep_proto::v1::{
     HeartbeatResponse, LeaseRef, RegisterWorkerRequest, RegisterWorkerResponse, ReportOutcome, ReportResponse,
 };
 
-use super::state::Shared;
+use super::state::{bounded, Shared};
 use crate::error::{check_protocol, CoordinatorError};
 use crate::store::{Checkpoint, WorkerInfo};
 use crate::telemetry::StaleKind;
@@ -63,7 +63,7 @@ impl WorkerService for WorkerServiceImpl {
         let request = request.into_inner();
         check_protocol(request.protocol_version)?;
         require_worker_id(&request.worker_id)?;
-        let store = self.shared.store.get()?;
+        let store = self.shared.store_for_call()?;
         let worker = WorkerInfo {
             worker_id: request.worker_id.clone(),
             hostname: request.hostname,
@@ -71,7 +71,7 @@ impl WorkerService for WorkerServiceImpl {
             gpus: request.gpus,
             version: request.version,
         };
-        store.register_worker(&worker).await.map_err(CoordinatorError::from)?;
+        bounded(store.register_worker(&worker)).await?;
         self.shared.roster.seen(&worker.worker_id);
         info!(worker_id = %worker.worker_id, hostname = %worker.hostname, slots = worker.slots, gpus = worker.gpus, version = %worker.version, "worker registered");
         let config = &self.shared.config;
@@ -90,11 +90,8 @@ impl WorkerService for WorkerServiceImpl {
         let request = request.into_inner();
         check_protocol(request.protocol_version)?;
         require_worker_id(&request.worker_id)?;
-        let store = self.shared.store.get()?;
-        let task = store
-            .acquire(&request.worker_id, request.free_gpus)
-            .await
-            .map_err(CoordinatorError::from)?;
+        let store = self.shared.store_for_call()?;
+        let task = bounded(store.acquire(&request.worker_id, request.free_gpus)).await?;
         self.shared.telemetry.observe_acquire(started.elapsed());
         let retry_after_ms = match &task {
             Some(task) => {
@@ -110,12 +107,9 @@ impl WorkerService for WorkerServiceImpl {
         let request = request.into_inner();
         check_protocol(request.protocol_version)?;
         require_worker_id(&request.worker_id)?;
-        let store = self.shared.store.get()?;
+        let store = self.shared.store_for_call()?;
         self.shared.roster.seen(&request.worker_id);
-        let stop = store
-            .renew(&request.worker_id, &request.leases)
-            .await
-            .map_err(CoordinatorError::from)?;
+        let stop = bounded(store.renew(&request.worker_id, &request.leases)).await?;
         if !stop.is_empty() {
             debug!(worker_id = %request.worker_id, stop_orders = stop.len(), "heartbeat answered with stop orders");
         }
@@ -128,11 +122,8 @@ impl WorkerService for WorkerServiceImpl {
         require_worker_id(&request.worker_id)?;
         let lease = require_lease(request.lease.as_ref())?;
         let result = request.result.unwrap_or_default();
-        let store = self.shared.store.get()?;
-        let outcome = store
-            .complete(&request.worker_id, lease, &result)
-            .await
-            .map_err(CoordinatorError::from)?;
+        let store = self.shared.store_for_call()?;
+        let outcome = bounded(store.complete(&request.worker_id, lease, &result)).await?;
         match outcome {
             ReportOutcome::Accepted => {
                 info!(worker_id = %request.worker_id, sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, "completed");
@@ -156,11 +147,8 @@ impl WorkerService for WorkerServiceImpl {
             .map_err(|_| CoordinatorError::InvalidArgument(format!("unknown failure class {}", request.class)))?;
         let checkpoint = (!request.checkpoint_path.is_empty())
             .then(|| Checkpoint { path: request.checkpoint_path.clone(), step: request.checkpoint_step });
-        let store = self.shared.store.get()?;
-        let outcome = store
-            .fail(&request.worker_id, lease, class, &request.message, checkpoint.as_ref())
-            .await
-            .map_err(CoordinatorError::from)?;
+        let store = self.shared.store_for_call()?;
+        let outcome = bounded(store.fail(&request.worker_id, lease, class, &request.message, checkpoint.as_ref())).await?;
         let task_state = outcome.state.map(|s| s.name().to_string()).unwrap_or_default();
         match outcome.outcome {
             ReportOutcome::Accepted => {

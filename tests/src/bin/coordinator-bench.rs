@@ -78,7 +78,7 @@ async fn main() -> Result<()> {
 async fn submit_bench_sweep(url: &str, sweep: &str, cells: usize) -> Result<u64> {
     let datasets = 100;
     let models = cells.div_ceil(datasets);
-    let mut text = format!("name = \"{sweep}\"\n\n[fake]\nsleep_ms = 0\n\n");
+    let mut text = format!("name = \"{sweep}\"\nallow_random_init = true\n\n[fake]\nsleep_ms = 0\n\n");
     for m in 0..models {
         text.push_str(&format!(
             "[[models]]\nname = \"m{m}\"\nsource = \"builtin\"\narch = \"resnet18\"\nimage_size = 32\n\n"

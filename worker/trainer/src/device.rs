@@ -12,15 +12,11 @@ use crate::error::TrainerError;
 pub fn load_cuda_library() -> bool {
     static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *LOADED.get_or_init(|| {
-        for name in [c"libtorch_cuda.so"] {
-            // SAFETY: dlopen with a valid NUL-terminated name; the handle is kept for the
-            // life of the process on purpose (the library must stay loaded).
-            let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-            if !handle.is_null() {
-                return true;
-            }
-        }
-        false
+        let name = c"libtorch_cuda.so";
+        // SAFETY: dlopen with a valid NUL-terminated name; the handle is kept for the life
+        // of the process on purpose (the library must stay loaded).
+        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        !handle.is_null()
     })
 }
 

@@ -102,7 +102,3 @@ pub fn chance(spec: &CellSpec, ds: &Dataset) -> f64 {
     let k = ds.num_classes();
     metrics::chance_level(spec.dataset.metric, k, &EvalTargets::Labels(Vec::new()))
 }
-
-pub fn cpu() -> Device {
-    Device::Cpu
-}

@@ -50,7 +50,7 @@ impl<'a> Problem<'a> {
         Ok(Tensor::f_zeros([self.d * self.k + self.k], (Kind::Float, self.x.device()))?)
     }
 
-    pub fn split<'t>(&self, theta: &'t Tensor) -> Result<(Tensor, Tensor), TrainerError> {
+    pub fn split(&self, theta: &Tensor) -> Result<(Tensor, Tensor), TrainerError> {
         let w = theta.f_narrow(0, 0, self.d * self.k)?.f_view([self.d, self.k])?;
         let b = theta.f_narrow(0, self.d * self.k, self.k)?;
         Ok((w, b))

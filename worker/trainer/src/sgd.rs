@@ -136,7 +136,7 @@ impl Sgd {
                 if self.nesterov {
                     let _ = g.f_addcmul_(&buf, &m)?;
                 } else {
-                    let _ = g.f_copy_(&buf)?;
+                    g.f_copy_(&buf)?;
                 }
             }
             let _ = p.f_addcmul_(&g, &neg_lr)?;

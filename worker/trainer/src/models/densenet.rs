@@ -15,6 +15,7 @@ struct DenseLayer {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a handful per network, built once
 enum Stage {
     Block(Vec<DenseLayer>),
     Transition { norm: nn::BatchNorm, conv: nn::Conv2D },

@@ -9,6 +9,7 @@ use tch::Tensor;
 use super::{bn, conv, NetConfig};
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a handful per network, built once
 enum Block {
     Basic {
         conv1: nn::Conv2D,

@@ -104,3 +104,42 @@ pub fn run(job: &TrainJob) -> (Result<TaskResult, TrainerError>, Vec<TrainerEven
     let r = run_task(job, &mut |e| events.push(e), &stop);
     (r, events)
 }
+
+/// Multi-label list format: each 32x32 PNG holds one or two squares of different class
+/// colours; its labels are the colours present. Official val split (`val.txt`).
+pub fn make_multilabel(root: &Path, per_split: [usize; 3], seed: u64) {
+    let colours: [[u8; 3]; CLASSES] = [[220, 40, 40], [40, 200, 40], [40, 60, 220], [220, 210, 40]];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    std::fs::create_dir_all(root.join("img")).unwrap();
+    let names: Vec<String> = (0..CLASSES).map(|c| format!("class{c}")).collect();
+    std::fs::write(root.join("classes.txt"), names.join("\n")).unwrap();
+    for (split, n) in ["train", "val", "test"].iter().zip(per_split) {
+        let mut lines = Vec::new();
+        for i in 0..n {
+            let mut img = image::RgbImage::new(32, 32);
+            for p in img.pixels_mut() {
+                let g: u8 = rng.random_range(60..160);
+                *p = image::Rgb([g, g, g]);
+            }
+            let first = rng.random_range(0..CLASSES);
+            let mut present = vec![first];
+            if rng.random_bool(0.5) {
+                present.push((first + rng.random_range(1..CLASSES)) % CLASSES);
+            }
+            for (j, &c) in present.iter().enumerate() {
+                let (x0, y0) = (rng.random_range(0..8) + 16 * j as u32, rng.random_range(0..20));
+                for y in y0..y0 + 12 {
+                    for x in x0..(x0 + 12).min(32) {
+                        img.put_pixel(x, y, image::Rgb(colours[c]));
+                    }
+                }
+            }
+            let rel = format!("img/{split}{i:03}.png");
+            img.save(root.join(&rel)).unwrap();
+            present.sort_unstable();
+            let labels: Vec<&str> = present.iter().map(|&c| names[c].as_str()).collect();
+            lines.push(format!("{rel} {}", labels.join(",")));
+        }
+        std::fs::write(root.join(format!("{split}.txt")), lines.join("\n")).unwrap();
+    }
+}
