@@ -29,8 +29,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 use tsweep_proto::auth::RequireBearer;
@@ -228,8 +228,7 @@ pub async fn start(config: ServiceConfig) -> Result<RunningCoordinator, ServeErr
     let worker_service = WorkerServiceServer::with_interceptor(WorkerServiceImpl::new(shared.clone()), auth);
 
     let mut builder = Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     let tls_enabled = tls.is_some();
     if let Some(tls) = tls {
@@ -241,7 +240,10 @@ pub async fn start(config: ServiceConfig) -> Result<RunningCoordinator, ServeErr
         .add_service(sweep_service)
         .add_service(worker_service);
     let stop = cancel.clone();
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+    // The builder's tcp_nodelay does not reach sockets from our own listener: without it
+    // small replies wait out delayed ACKs (40 ms per acquire at low concurrency).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         stop.cancelled().await
     }));
 

@@ -538,12 +538,8 @@ impl Store {
     pub async fn summary(&self, sweep: &str) -> Result<SweepSummary, StoreError> {
         validate_sweep_name(sweep)?;
         let mut conn = self.conn.clone();
-        let (meta, counts, closed, best): (
-            HashMap<String, String>,
-            HashMap<String, String>,
-            u64,
-            HashMap<String, String>,
-        ) = redis::pipe()
+        type Fields = HashMap<String, String>;
+        let (meta, counts, closed, best): (Fields, Fields, u64, Fields) = redis::pipe()
             .hgetall(self.keys.meta(sweep))
             .hgetall(self.keys.counts(sweep))
             .scard(self.keys.closed(sweep))

@@ -3,6 +3,7 @@
 //!
 //! Prints task lifecycles per second and acquire latency (p50/p99) per worker count.
 //! `cargo run --release -p tsweep-tests --bin coordinator-bench -- --workers 10,100,1000 --seconds 10`
+//! (`--think-ms 50`: each worker pauses after a completion, for latency at an offered load).
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,10 @@ struct Args {
     /// gRPC connections the simulated workers share (HTTP/2 multiplexes the rest).
     #[arg(long, default_value_t = 8)]
     channels: usize,
+    /// Each simulated worker "trains" this long after a completion (0: closed loop, the
+    /// coordinator's saturation throughput; >0: latency at an offered load).
+    #[arg(long, default_value_t = 0)]
+    think_ms: u64,
 }
 
 #[tokio::main]
@@ -48,9 +53,12 @@ async fn main() -> Result<()> {
         .env("RUST_LOG", "warn");
     let _coordinator = Proc::spawn("coordinator", cmd, &dir.path().join("coordinator.log"))?;
     let url = format!("http://127.0.0.1:{port}");
-    wait_for("the coordinator", Duration::from_secs(30), || {
+    wait_for("the coordinator and its store", Duration::from_secs(30), || {
         let url = url.clone();
-        async move { Channel::from_shared(url).ok()?.connect().await.ok() }
+        async move {
+            let mut client = SweepServiceClient::connect(url).await.ok()?;
+            client.list_sweeps(tsweep_proto::v1::ListSweepsRequest {}).await.ok()
+        }
     })
     .await?;
 
@@ -59,7 +67,9 @@ async fn main() -> Result<()> {
     for (round, &workers) in args.workers.iter().enumerate() {
         let sweep = format!("bench{round}");
         let cells = submit_bench_sweep(&url, &sweep, 60_000).await?;
-        let figures = run_round(&url, workers, args.channels.min(workers), Duration::from_secs(args.seconds)).await?;
+        let think = Duration::from_millis(args.think_ms);
+        let figures =
+            run_round(&url, workers, args.channels.min(workers), Duration::from_secs(args.seconds), think).await?;
         println!(
             "| {workers} | {:.0} | {:.2} | {:.2} | {:.2} |",
             figures.lifecycles as f64 / figures.elapsed.as_secs_f64(),
@@ -113,7 +123,7 @@ struct Figures {
     complete_ms: Vec<f64>,
 }
 
-async fn run_round(url: &str, workers: usize, channels: usize, duration: Duration) -> Result<Figures> {
+async fn run_round(url: &str, workers: usize, channels: usize, duration: Duration, think: Duration) -> Result<Figures> {
     let mut pool = Vec::with_capacity(channels);
     for _ in 0..channels {
         pool.push(Channel::from_shared(url.to_string())?.connect().await?);
@@ -123,7 +133,7 @@ async fn run_round(url: &str, workers: usize, channels: usize, duration: Duratio
     let mut handles = Vec::with_capacity(workers);
     for w in 0..workers {
         let client = WorkerServiceClient::new(pool[w % channels].clone());
-        handles.push(tokio::spawn(simulated_worker(client, format!("bench-{w}-{}", started.elapsed().as_nanos()), stop.clone())));
+        handles.push(tokio::spawn(simulated_worker(client, format!("bench-{w}-{}", started.elapsed().as_nanos()), stop.clone(), think)));
     }
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
@@ -142,6 +152,7 @@ async fn simulated_worker(
     mut client: WorkerServiceClient<Channel>,
     worker_id: String,
     stop: Arc<AtomicBool>,
+    think: Duration,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     client
         .register_worker(RegisterWorkerRequest {
@@ -184,6 +195,9 @@ async fn simulated_worker(
             bail!("completion refused: {outcome:?}");
         }
         complete_ms.push(t1.elapsed().as_secs_f64() * 1e3);
+        if !think.is_zero() {
+            tokio::time::sleep(think).await;
+        }
     }
     Ok((acquire_ms, complete_ms))
 }
