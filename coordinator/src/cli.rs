@@ -32,7 +32,7 @@ pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:50051";
 #[derive(Debug, Parser)]
 #[command(
     name = "tsweep",
-    version = tsweep_proto::VERSION,
+    version = tsweep_proto::VERSION_WITH_PROTOCOL,
     about = "Transfer-learning sweeps (Kornblith et al. 2019) on a cluster: submit, watch, resume, report",
     long_about = None,
 )]

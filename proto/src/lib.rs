@@ -19,6 +19,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The crate version, printed by both binaries with the protocol version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// `x.y.z (protocol N)`, for `--version` flags (a literal, so clap can take it).
+pub const VERSION_WITH_PROTOCOL: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 1)");
+const _: () = assert!(PROTOCOL_VERSION == 1, "update VERSION_WITH_PROTOCOL with PROTOCOL_VERSION");
+
 /// `tsweep x.y.z (protocol N)`
 pub fn version_line(binary: &str) -> String {
     format!("{binary} {VERSION} (protocol {PROTOCOL_VERSION})")
