@@ -294,6 +294,23 @@ impl SweepSource {
             allow_huge,
         }
     }
+
+    /// Submits the file, waiting out a coordinator that is still connecting to Redis.
+    pub async fn submit(
+        &self,
+        client: &client::SweepClient,
+        allow_huge: bool,
+    ) -> Result<tsweep_proto::v1::SubmitSweepResponse, CliError> {
+        let request = self.request(allow_huge);
+        let response = client::retry_unavailable(|| {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move { client.submit_sweep(request).await }
+        })
+        .await
+        .map_err(|s| CliError::from_status(&format!("submit {}", self.file_name), s))?;
+        Ok(response.into_inner())
+    }
 }
 
 fn print_json(value: &serde_json::Value) -> Result<(), CliError> {
@@ -413,15 +430,7 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<(), CliError> {
     // Refuse bad input here, before the network: same parser as the coordinator's.
     source.expand(args.allow_huge)?;
     let client = connect(cli).await?;
-    let request = source.request(args.allow_huge);
-    let response = client::retry_unavailable(|| {
-        let mut client = client.clone();
-        let request = request.clone();
-        async move { client.submit_sweep(request).await }
-    })
-    .await
-        .map_err(|s| CliError::from_status(&format!("submit {}", source.file_name), s))?
-        .into_inner();
+    let response = source.submit(&client, args.allow_huge).await?;
     match args.format {
         Format::Table => print!("{}", output::submit_table(&response)),
         Format::Json => print_json(&output::submit_json(&response))?,

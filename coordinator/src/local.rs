@@ -126,15 +126,7 @@ async fn run_sweep(
     }
     eprintln!("workers: {} × {} ({} executor), logs in {}", args.workers, worker_bin.display(), args.executor.name(), logs.display());
 
-    let request = source.request(args.allow_huge);
-    let response = client::retry_unavailable(|| {
-        let mut client = client.clone();
-        let request = request.clone();
-        async move { client.submit_sweep(request).await }
-    })
-    .await
-        .map_err(|s| CliError::from_status(&format!("submit {}", source.file_name), s))?
-        .into_inner();
+    let response = source.submit(&client, args.allow_huge).await?;
     eprint!("{}", output::submit_table(&response));
 
     let summary = tokio::select! {
