@@ -481,7 +481,7 @@ async fn watch(cli: &Cli, sweep: &str) -> Result<(), CliError> {
 
 /// `Err(CellsFailed)` when an ended sweep has failed cells.
 pub fn failed_cells_error(summary: &tsweep_proto::v1::SweepSummary) -> Result<(), CliError> {
-    let counts = summary.counts.clone().unwrap_or_default();
+    let counts = summary.counts.unwrap_or_default();
     if counts.failed > 0 {
         return Err(CliError::CellsFailed { sweep: summary.sweep.clone(), failed: counts.failed, cancelled: counts.cancelled });
     }

@@ -138,7 +138,7 @@ async fn run_sweep(
     let mut tasks = client::all_tasks(&mut client, sweep).await?;
     output::sort_tasks(&mut tasks);
     print!("{}", output::results_table(&tasks));
-    println!("{}", output::counts_line(&summary.counts.clone().unwrap_or_default()));
+    println!("{}", output::counts_line(&summary.counts.unwrap_or_default()));
     let written = write_report(&tasks, out)?;
     print!("{}", written.terminal_tables);
     println!("report: {}", written.index_html.display());

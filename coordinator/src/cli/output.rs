@@ -133,7 +133,7 @@ pub fn sweeps_table(sweeps: &[SweepSummary]) -> String {
     }
     let mut t = table(&["sweep", "status", "total", "pending", "leased", "running", "succeeded", "failed", "cancelled"]);
     for s in sweeps {
-        let c = s.counts.clone().unwrap_or_default();
+        let c = s.counts.unwrap_or_default();
         t.add_row(vec![
             s.sweep.clone(),
             s.status.clone(),
@@ -151,7 +151,7 @@ pub fn sweeps_table(sweeps: &[SweepSummary]) -> String {
 }
 
 pub fn summary_text(s: &SweepSummary) -> String {
-    let c = s.counts.clone().unwrap_or_default();
+    let c = s.counts.unwrap_or_default();
     let mut text = format!("sweep {} ({}): {} cells\n{}\n", s.sweep, s.status, c.total, counts_line(&c));
     if s.stale_reports > 0 || s.lease_expiries > 0 {
         text.push_str(&format!("stale reports refused: {} · leases expired: {}\n", s.stale_reports, s.lease_expiries));

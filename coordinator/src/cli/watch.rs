@@ -48,7 +48,7 @@ impl Display {
     }
 
     fn update(&mut self, summary: &SweepSummary) {
-        let c = summary.counts.clone().unwrap_or_default();
+        let c = summary.counts.unwrap_or_default();
         let ended = c.succeeded + c.failed + c.cancelled;
         self.bar.set_length(c.total);
         self.bar.set_position(ended);
