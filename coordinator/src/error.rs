@@ -73,7 +73,8 @@ impl From<CoordinatorError> for tonic::Status {
         let code = error.code();
         match code {
             tonic::Code::Internal => tracing::error!(%error, "internal error answered"),
-            tonic::Code::Unavailable => tracing::warn!(%error, "store unavailable"),
+            // The readiness loop reports the outage once; each refused call is detail.
+            tonic::Code::Unavailable => tracing::debug!(%error, "store unavailable"),
             _ => tracing::debug!(%error, ?code, "call refused"),
         }
         tonic::Status::new(code, error.to_string())

@@ -315,6 +315,9 @@ fn spawn_worker(
         .arg(redis_url)
         .arg("--slots")
         .arg("1")
+        // The workers share this machine's cores: each task gets its share, no oversubscription.
+        .arg("--cpu-threads")
+        .arg(cpu_threads_per_worker(args.workers).to_string())
         .arg("--executor")
         .arg(args.executor.name())
         .arg("--checkpoint-root")
@@ -337,4 +340,10 @@ fn spawn_worker(
     }
     command.stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(true);
     command.spawn().map_err(|e| CliError::Unavailable(format!("cannot start {}: {e}", worker_bin.display())))
+}
+
+/// Cores / workers (at least 1): libtorch threads for each local worker's tasks.
+fn cpu_threads_per_worker(workers: u32) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    (cores / workers.max(1)).max(1)
 }

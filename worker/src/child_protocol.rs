@@ -35,6 +35,9 @@ pub struct TaskInput {
     pub checkpoint_dir: PathBuf,
     /// Feature and prepared-shard cache shared by every task on this machine.
     pub cache_dir: PathBuf,
+    /// libtorch threads on the CPU (None: libtorch's default, every core).
+    #[serde(default)]
+    pub cpu_threads: Option<u32>,
     /// "auto" | "cpu" | "cuda:N"
     pub device: String,
     pub executor: ExecutorKind,

@@ -53,6 +53,9 @@ pub struct WorkerConfig {
     /// Give up delivering a task's report after this long (the lease then expires and the
     /// task runs again).
     pub report_timeout_s: f64,
+    /// libtorch threads per task on the CPU; unset: the machine's cores / slots (at least 1),
+    /// so that concurrent tasks do not oversubscribe the cores.
+    pub cpu_threads: Option<u32>,
 }
 
 impl Default for WorkerConfig {
@@ -72,6 +75,7 @@ impl Default for WorkerConfig {
             log_format: LogFormat::Text,
             grace_period_s: 25.0,
             report_timeout_s: 600.0,
+            cpu_threads: None,
         }
     }
 }
@@ -118,6 +122,9 @@ pub struct AgentArgs {
     /// Seconds after SIGTERM for children to checkpoint and leases to be released [default: 25].
     #[arg(long = "grace-period", value_name = "SECONDS")]
     pub grace_period_s: Option<f64>,
+    /// libtorch threads per task on the CPU [default: cores / slots].
+    #[arg(long, value_name = "N")]
+    pub cpu_threads: Option<u32>,
 }
 
 impl WorkerConfig {
@@ -165,7 +172,8 @@ impl WorkerConfig {
             .set_override_option("worker_id", args.worker_id.clone())?
             .set_override_option("token", args.token.clone())?
             .set_override_option("log_format", args.log_format.map(|f| f.name()))?
-            .set_override_option("grace_period_s", args.grace_period_s)?;
+            .set_override_option("grace_period_s", args.grace_period_s)?
+            .set_override_option("cpu_threads", args.cpu_threads.map(u64::from))?;
         builder.build()?.try_deserialize()
     }
 
@@ -181,6 +189,9 @@ impl WorkerConfig {
         }
         if self.slots == Some(0) {
             return Err(invalid("slots", "must be at least 1"));
+        }
+        if self.cpu_threads == Some(0) {
+            return Err(invalid("cpu_threads", "must be at least 1"));
         }
         self.gpu_setting()?;
         parse_device(&self.device)?;

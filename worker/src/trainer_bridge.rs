@@ -14,6 +14,9 @@ pub fn run(
     emit: &mut dyn FnMut(ChildEvent),
     stop: &AtomicBool,
 ) -> Result<TaskResult, ExecutorFailure> {
+    if let Some(threads) = input.cpu_threads {
+        tsweep_trainer::set_cpu_threads(threads);
+    }
     let job = TrainJob {
         spec: input.spec.clone(),
         resume: input.resume.as_ref().map(|r| ResumeFrom { path: r.path.clone(), step: r.step }),

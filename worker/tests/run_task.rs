@@ -63,6 +63,7 @@ fn input(dir: &Path, attempt: u32, fake: FakeSettings, resume: Option<Checkpoint
         resume,
         checkpoint_dir: dir.join(format!("attempt-{attempt}")),
         cache_dir: dir.join("cache"),
+        cpu_threads: Some(1),
         device: "cpu".into(),
         executor: ExecutorKind::Fake,
     }

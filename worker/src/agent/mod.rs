@@ -145,6 +145,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         shutdown: shutdown.clone(),
         checkpoint_root: config.checkpoint_root.clone(),
         cache_dir: config.cache_dir.clone(),
+        cpu_threads: config.cpu_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            (cores / slots).max(1)
+        }),
         grace: config.grace_period(),
         report_timeout: config.report_timeout(),
     });

@@ -26,6 +26,8 @@ pub struct SlotShared {
     pub shutdown: CancellationToken,
     pub checkpoint_root: PathBuf,
     pub cache_dir: PathBuf,
+    /// libtorch threads each child uses on the CPU.
+    pub cpu_threads: u32,
     pub grace: Duration,
     pub report_timeout: Duration,
 }
@@ -170,6 +172,7 @@ impl Slot {
                         resume,
                         checkpoint_dir: checkpoint_dir(&shared.checkpoint_root, &key),
                         cache_dir: shared.cache_dir.clone(),
+                        cpu_threads: Some(shared.cpu_threads),
                         device: self.child_device(),
                         executor: shared.launcher.executor,
                     };

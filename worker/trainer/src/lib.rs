@@ -57,6 +57,12 @@ pub enum TrainerEvent {
     Checkpoint { path: PathBuf, step: u64 },
 }
 
+/// Sets libtorch's intra-op threads for CPU work in this process (one task per process:
+/// the agent gives each concurrent task its share of the cores).
+pub fn set_cpu_threads(threads: u32) {
+    tch::set_num_threads(threads.max(1) as i32);
+}
+
 /// Runs one cell. `stop` set (SIGTERM): a fine-tune/scratch run writes a checkpoint and
 /// returns [`TrainerError::Preempted`]; the linear regime returns it between path points
 /// (its features stay cached). A NaN/inf loss is a result with `diverged = true` and a
