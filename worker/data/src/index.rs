@@ -116,6 +116,11 @@ pub struct DatasetIndex {
 }
 
 impl DatasetIndex {
+    /// A single-label index as the adapters build it (the name is set by the caller).
+    pub fn single_label(class_names: Vec<String>, records: Vec<Record>) -> Self {
+        DatasetIndex { name: String::new(), class_names, multi_label: false, records }
+    }
+
     pub fn num_classes(&self) -> usize {
         self.class_names.len()
     }

@@ -367,14 +367,7 @@ fn finalize(
         let part: ShardPart = read_json(&shard_dir.join(format!("{}.json", shard_name(s))))?;
         content.update(part.sha256.as_bytes());
         for r in &part.records {
-            content.update(format!(
-                "{}\t{}\t{:?}\t{}x{}\n",
-                r.key,
-                r.origin.name(),
-                r.label.classes(),
-                r.width,
-                r.height
-            ));
+            hash_record(&mut content, r);
             origins.push(r.origin);
             strata.push(r.label.stratum());
         }
@@ -464,14 +457,7 @@ pub fn recompute_content_hash(dir: &Path, manifest: &Manifest) -> Result<(String
         }
         content.update(actual.as_bytes());
         for r in &part.records {
-            content.update(format!(
-                "{}\t{}\t{:?}\t{}x{}\n",
-                r.key,
-                r.origin.name(),
-                r.label.classes(),
-                r.width,
-                r.height
-            ));
+            hash_record(&mut content, r);
         }
     }
     Ok((hex::encode(content.finalize()), problems))
@@ -612,4 +598,9 @@ fn tmp_suffix() -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// What a record contributes to the content hash; the build and `verify` must agree on it.
+fn hash_record(content: &mut Sha256, r: &ShardRecord) {
+    content.update(format!("{}\t{}\t{:?}\t{}x{}\n", r.key, r.origin.name(), r.label.classes(), r.width, r.height));
 }

@@ -136,12 +136,7 @@ fn food101(source: &Path) -> Result<DatasetIndex> {
             ));
         }
     }
-    Ok(DatasetIndex {
-        name: String::new(),
-        class_names,
-        multi_label: false,
-        records,
-    })
+    Ok(DatasetIndex::single_label(class_names, records))
 }
 
 fn cifar_kind(source: &Path, want: cifar::CifarKind) -> Result<DatasetIndex> {
@@ -238,12 +233,7 @@ fn birdsnap(source: &Path) -> Result<DatasetIndex> {
         // are listed as skipped in the manifest.
         records.push(file_record(&images_root, path, Label::Single(c), origin));
     }
-    Ok(DatasetIndex {
-        name: String::new(),
-        class_names,
-        multi_label: false,
-        records,
-    })
+    Ok(DatasetIndex::single_label(class_names, records))
 }
 
 fn sun397(source: &Path) -> Result<DatasetIndex> {
@@ -291,12 +281,7 @@ fn sun397(source: &Path) -> Result<DatasetIndex> {
             ));
         }
     }
-    Ok(DatasetIndex {
-        name: String::new(),
-        class_names,
-        multi_label: false,
-        records,
-    })
+    Ok(DatasetIndex::single_label(class_names, records))
 }
 
 fn mat_var<'a>(
@@ -367,12 +352,7 @@ fn stanford_cars(source: &Path) -> Result<DatasetIndex> {
             let origin = if test { Origin::Test } else { Origin::Train };
             records.push(file_record(&root, &rel, Label::Single(class - 1), origin));
         }
-        return Ok(DatasetIndex {
-            name: String::new(),
-            class_names,
-            multi_label: false,
-            records,
-        });
+        return Ok(DatasetIndex::single_label(class_names, records));
     }
     // The devkit layout.
     let meta = locate(
@@ -420,12 +400,7 @@ fn stanford_cars(source: &Path) -> Result<DatasetIndex> {
             ));
         }
     }
-    Ok(DatasetIndex {
-        name: String::new(),
-        class_names,
-        multi_label: false,
-        records,
-    })
+    Ok(DatasetIndex::single_label(class_names, records))
 }
 
 fn fgvc_aircraft(source: &Path) -> Result<DatasetIndex> {
@@ -465,12 +440,7 @@ fn fgvc_aircraft(source: &Path) -> Result<DatasetIndex> {
             ));
         }
     }
-    Ok(DatasetIndex {
-        name: String::new(),
-        class_names,
-        multi_label: false,
-        records,
-    })
+    Ok(DatasetIndex::single_label(class_names, records))
 }
 
 /// The twenty VOC classes in the devkit's order.
@@ -606,12 +576,7 @@ fn dtd(source: &Path) -> Result<DatasetIndex> {
             records.push(file_record(&images, line, Label::Single(c), origin));
         }
     }
-    Ok(DatasetIndex {
-        name: String::new(),
-        class_names,
-        multi_label: false,
-        records,
-    })
+    Ok(DatasetIndex::single_label(class_names, records))
 }
 
 fn oxford_pets(source: &Path) -> Result<DatasetIndex> {
@@ -667,12 +632,7 @@ fn oxford_pets(source: &Path) -> Result<DatasetIndex> {
             file_record(&images, &format!("{image}.jpg"), Label::Single(c), origin)
         })
         .collect();
-    Ok(DatasetIndex {
-        name: String::new(),
-        class_names,
-        multi_label: false,
-        records,
-    })
+    Ok(DatasetIndex::single_label(class_names, records))
 }
 
 /// Caltech-101's training images per class.
@@ -720,12 +680,7 @@ fn caltech101(source: &Path, seed: u64) -> Result<DatasetIndex> {
             }
         }
     }
-    Ok(DatasetIndex {
-        name: String::new(),
-        class_names,
-        multi_label: false,
-        records,
-    })
+    Ok(DatasetIndex::single_label(class_names, records))
 }
 
 fn flowers102(source: &Path) -> Result<DatasetIndex> {
@@ -784,10 +739,5 @@ fn flowers102(source: &Path) -> Result<DatasetIndex> {
             ));
         }
     }
-    Ok(DatasetIndex {
-        name: String::new(),
-        class_names,
-        multi_label: false,
-        records,
-    })
+    Ok(DatasetIndex::single_label(class_names, records))
 }
