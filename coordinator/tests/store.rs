@@ -255,6 +255,106 @@ async fn fatal_fails_at_once() {
     assert!(store.acquire("w", 1).await.unwrap().is_none());
 }
 
+const OOM: &str = "cuda out of memory on cuda:0 at batch size 256: CUDA out of memory. Tried to allocate 2.00 GiB";
+const OOM_PREFIX: &str = "out of accelerator memory on 2 attempts; lower batch_size or use a larger GPU; last: ";
+
+#[tokio::test]
+async fn out_of_memory_is_retried_once_from_the_checkpoint_then_fails_with_a_clear_message() {
+    let (_server, store) = start(options()).await;
+    let c = cell(spec("m", Regime::Finetune, 0.1, 1, 5));
+    store.submit(&sweep(vec![c.clone()])).await.unwrap();
+
+    let a = store.acquire("w", 1).await.unwrap().unwrap();
+    let ckpt = Checkpoint { path: "/ckpt/1".into(), step: 100 };
+    let f = store.fail("w", &lease(&a), FailureClass::OutOfMemory, OOM, Some(&ckpt)).await.unwrap();
+    assert_eq!((f.outcome, f.state), (ReportOutcome::Accepted, Some(TaskState::Pending)));
+    // The worker retries the RPC: same answer, nothing counted twice.
+    let again = store.fail("w", &lease(&a), FailureClass::OutOfMemory, OOM, Some(&ckpt)).await.unwrap();
+    assert_eq!(again.outcome, ReportOutcome::Duplicate);
+    let info = store.task(SWEEP, &c.id).await.unwrap().unwrap();
+    assert_eq!(info.retries_used, 1, "an OOM is a retry");
+    assert_eq!(info.error_class, FailureClass::OutOfMemory as i32);
+    assert_eq!(info.error, OOM, "the first OOM keeps its own message");
+
+    let b = store.acquire("w", 1).await.unwrap().expect("the first OOM is re-queued");
+    assert_eq!(b.attempt, 2);
+    assert_eq!((b.resume_checkpoint_path.as_str(), b.resume_checkpoint_step), ("/ckpt/1", 100));
+    let f = store.fail("w", &lease(&b), FailureClass::OutOfMemory, OOM, None).await.unwrap();
+    assert_eq!((f.outcome, f.state), (ReportOutcome::Accepted, Some(TaskState::Failed)), "budget left, but a second OOM");
+    let info = store.task(SWEEP, &c.id).await.unwrap().unwrap();
+    assert_eq!(info.state, "failed");
+    assert_eq!(info.retries_used, 2);
+    assert_eq!(info.error_class, FailureClass::OutOfMemory as i32);
+    assert_eq!(info.error, format!("{OOM_PREFIX}{OOM}"));
+    assert!(store.acquire("w", 1).await.unwrap().is_none());
+
+    // A user retry gives a fresh budget, OOM count included.
+    assert_eq!(store.retry_sweep(SWEEP, true, false).await.unwrap(), 1);
+    let r = store.acquire("w", 1).await.unwrap().unwrap();
+    let f = store.fail("w", &lease(&r), FailureClass::OutOfMemory, OOM, None).await.unwrap();
+    assert_eq!(f.state, Some(TaskState::Pending), "the retried task gets its one OOM retry again");
+    assert_eq!(store.task(SWEEP, &c.id).await.unwrap().unwrap().retries_used, 1);
+}
+
+#[tokio::test]
+async fn out_of_memory_shares_the_retry_budget_and_counts_every_oom_of_the_task() {
+    let (_server, store) = start(options()).await;
+    let c = cell(spec("m", Regime::Finetune, 0.1, 1, 5));
+    store.submit(&sweep(vec![c.clone()])).await.unwrap();
+    for (class, expected) in [
+        (FailureClass::OutOfMemory, TaskState::Pending),
+        (FailureClass::Retryable, TaskState::Pending),
+        (FailureClass::Preempted, TaskState::Pending),
+        (FailureClass::OutOfMemory, TaskState::Failed),
+    ] {
+        let a = store.acquire("w", 1).await.unwrap().expect("re-queued");
+        let f = store.fail("w", &lease(&a), class, OOM, None).await.unwrap();
+        assert_eq!(f.state, Some(expected), "{class:?} at attempt {}", a.attempt);
+    }
+    let info = store.task(SWEEP, &c.id).await.unwrap().unwrap();
+    assert_eq!(info.retries_used, 3, "two OOMs and one retryable; the preemption is free");
+    assert!(info.error.starts_with(OOM_PREFIX), "not consecutive, still the task's second OOM: {}", info.error);
+
+    // With max_attempts = 1 the first OOM already spends the budget.
+    let one = cell(spec("one", Regime::Finetune, 0.1, 1, 1));
+    store.submit(&sweep(vec![one.clone()])).await.unwrap();
+    let a = store.acquire("w", 1).await.unwrap().unwrap();
+    assert_eq!(a.task_id, one.id);
+    let f = store.fail("w", &lease(&a), FailureClass::OutOfMemory, OOM, None).await.unwrap();
+    assert_eq!(f.state, Some(TaskState::Failed));
+    let info = store.task(SWEEP, &one.id).await.unwrap().unwrap();
+    assert_eq!(info.error, format!("failed 1 of 1 attempts; last: {OOM}"));
+    assert_eq!(info.error_class, FailureClass::OutOfMemory as i32);
+}
+
+#[tokio::test]
+async fn a_stale_out_of_memory_report_is_fenced_and_not_counted() {
+    let (_server, store) = start(options()).await;
+    let c = cell(spec("m", Regime::Finetune, 0.1, 1, 5));
+    store.submit(&sweep(vec![c.clone()])).await.unwrap();
+    let old = store.acquire("w1", 1).await.unwrap().unwrap();
+    let f = store.fail("w1", &lease(&old), FailureClass::Retryable, "io", None).await.unwrap();
+    assert_eq!(f.state, Some(TaskState::Pending));
+    let new = store.acquire("w2", 1).await.unwrap().unwrap();
+    assert_eq!(new.attempt, 2);
+
+    let late = store.fail("w1", &lease(&old), FailureClass::OutOfMemory, OOM, None).await.unwrap();
+    assert_eq!(late.outcome, ReportOutcome::Stale);
+    let wrong_worker = store.fail("w1", &lease(&new), FailureClass::OutOfMemory, OOM, None).await.unwrap();
+    assert_eq!(wrong_worker.outcome, ReportOutcome::Stale);
+    let info = store.task(SWEEP, &c.id).await.unwrap().unwrap();
+    assert_eq!((info.state.as_str(), info.retries_used), ("leased", 1), "stale reports change nothing");
+    assert_eq!(store.summary(SWEEP).await.unwrap().stale_reports, 2);
+
+    // The current attempt's OOM is the task's first: re-queued, not failed.
+    let f = store.fail("w2", &lease(&new), FailureClass::OutOfMemory, OOM, None).await.unwrap();
+    assert_eq!((f.outcome, f.state), (ReportOutcome::Accepted, Some(TaskState::Pending)));
+    let third = store.acquire("w2", 1).await.unwrap().unwrap();
+    let f = store.fail("w2", &lease(&third), FailureClass::OutOfMemory, OOM, None).await.unwrap();
+    assert_eq!(f.state, Some(TaskState::Failed));
+    assert_eq!(store.task(SWEEP, &c.id).await.unwrap().unwrap().retries_used, 3);
+}
+
 #[tokio::test]
 async fn preemption_is_not_counted_and_the_next_attempt_resumes_from_the_checkpoint() {
     let (_server, store) = start(options()).await;

@@ -163,7 +163,7 @@ pub struct FakeSettings {
     pub sleep_ms: u64,
     /// Steps it reports (and checkpoints) over that time.
     pub steps: u64,
-    /// Fail with this class ("retryable" | "fatal") or "crash" (abort the child).
+    /// Fail with this class ("retryable" | "fatal" | "out_of_memory") or "crash" (abort the child).
     pub fail: Option<String>,
     /// Only the first N attempts fail (0: all of them).
     pub fail_attempts: u32,

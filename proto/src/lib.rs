@@ -31,7 +31,7 @@ pub fn version_line(binary: &str) -> String {
 impl v1::FailureClass {
     /// Whether a failure of this class counts against the task's `max_attempts`.
     pub fn counts_against_budget(self) -> bool {
-        matches!(self, Self::Retryable | Self::Unspecified)
+        matches!(self, Self::Retryable | Self::OutOfMemory | Self::Unspecified)
     }
     /// Whether the task may run again after a failure of this class.
     pub fn is_retryable(self) -> bool {
@@ -45,6 +45,7 @@ impl v1::FailureClass {
             Self::Fatal => "fatal",
             Self::LostWorker => "lost_worker",
             Self::Preempted => "preempted",
+            Self::OutOfMemory => "out_of_memory",
         }
     }
     pub fn from_name(name: &str) -> Option<Self> {
@@ -54,7 +55,31 @@ impl v1::FailureClass {
             "fatal" => Self::Fatal,
             "lost_worker" => Self::LostWorker,
             "preempted" => Self::Preempted,
+            "out_of_memory" => Self::OutOfMemory,
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::FailureClass;
+
+    #[test]
+    fn failure_class_names_round_trip_and_out_of_memory_is_a_counted_retry() {
+        for class in [
+            FailureClass::Unspecified,
+            FailureClass::Retryable,
+            FailureClass::Fatal,
+            FailureClass::LostWorker,
+            FailureClass::Preempted,
+            FailureClass::OutOfMemory,
+        ] {
+            assert_eq!(FailureClass::from_name(class.name()), Some(class));
+        }
+        assert_eq!(FailureClass::OutOfMemory.name(), "out_of_memory");
+        assert!(FailureClass::OutOfMemory.is_retryable());
+        assert!(FailureClass::OutOfMemory.counts_against_budget());
+        assert!(!FailureClass::Preempted.counts_against_budget());
     }
 }

@@ -56,6 +56,8 @@ pub enum ChildFailure {
     Retryable,
     Fatal,
     Preempted,
+    /// The accelerator ran out of memory (retried once in a fresh process, then failed).
+    OutOfMemory,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,4 +98,5 @@ pub mod exit_code {
     pub const RETRYABLE: i32 = 3;
     pub const FATAL: i32 = 4;
     pub const PREEMPTED: i32 = 5;
+    pub const OUT_OF_MEMORY: i32 = 6;
 }

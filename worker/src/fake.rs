@@ -9,7 +9,7 @@
 //!   `started { resumed_from_step }` and logs `resumed_from_step`);
 //! - when the stop flag is raised (SIGTERM) it checkpoints the steps it finished and fails
 //!   as `preempted`;
-//! - `fail = "retryable" | "fatal"` fails with that class half-way through, `"crash"` aborts
+//! - `fail = "retryable" | "fatal" | "out_of_memory"` fails with that class half-way through, `"crash"` aborts
 //!   the process there (no result, killed by SIGABRT); with `fail_attempts = N > 0` only
 //!   attempts 1..=N fail;
 //! - the score is `score`, or a deterministic function of the model and the hyperparameters
@@ -151,10 +151,11 @@ fn injected_fault(settings: &FakeSettings, attempt: u32) -> Result<Option<Inject
     let fault = match fail {
         "retryable" => InjectedFault::Fail(ChildFailure::Retryable),
         "fatal" => InjectedFault::Fail(ChildFailure::Fatal),
+        "out_of_memory" => InjectedFault::Fail(ChildFailure::OutOfMemory),
         "crash" => InjectedFault::Crash,
         other => {
             return Err(ExecutorFailure::fatal(format!(
-                "fake.fail: `{other}` is not one of retryable, fatal, crash"
+                "fake.fail: `{other}` is not one of retryable, fatal, out_of_memory, crash"
             )))
         }
     };

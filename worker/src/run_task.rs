@@ -42,6 +42,7 @@ pub fn failure_exit_code(class: ChildFailure) -> i32 {
         ChildFailure::Retryable => exit_code::RETRYABLE,
         ChildFailure::Fatal => exit_code::FATAL,
         ChildFailure::Preempted => exit_code::PREEMPTED,
+        ChildFailure::OutOfMemory => exit_code::OUT_OF_MEMORY,
     }
 }
 

@@ -41,11 +41,13 @@ fn child_event(event: TrainerEvent) -> ChildEvent {
     }
 }
 
-/// The trainer classifies its errors by type; the child protocol has three classes.
+/// The trainer classifies its errors by type; the child protocol has four classes (a lost
+/// worker is the agent's and the coordinator's to decide, never the child's).
 pub fn child_failure(class: FailureClass) -> ChildFailure {
     match class {
         FailureClass::Fatal => ChildFailure::Fatal,
         FailureClass::Preempted => ChildFailure::Preempted,
+        FailureClass::OutOfMemory => ChildFailure::OutOfMemory,
         FailureClass::Retryable | FailureClass::LostWorker | FailureClass::Unspecified => ChildFailure::Retryable,
     }
 }

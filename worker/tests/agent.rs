@@ -346,11 +346,12 @@ async fn runs_tasks_reports_them_heartbeats_and_forwards_metrics() {
         s.queue.push_back(assignment("b", 2, fake(100, 4), Some((&old, 2))));
         s.queue.push_back(assignment("c", 1, FakeSettings { fail: Some("crash".into()), ..fake(40, 4) }, None));
         s.queue.push_back(assignment("d", 1, FakeSettings { fail: Some("fatal".into()), ..fake(0, 2) }, None));
+        s.queue.push_back(assignment("e", 1, FakeSettings { fail: Some("out_of_memory".into()), ..fake(0, 2) }, None));
     });
     let coordinator = start_coordinator(script.clone()).await;
     let mut agent = Agent::start(coordinator, &redis.url(), dir.path(), 1);
 
-    wait_until(Duration::from_secs(60), &agent, || script.with(|s| s.completes.len() == 2 && s.fails.len() == 2)).await;
+    wait_until(Duration::from_secs(60), &agent, || script.with(|s| s.completes.len() == 2 && s.fails.len() == 3)).await;
     let (registers, completes, fails, heartbeats, auth) =
         script.with(|s| (s.registers.clone(), s.completes.clone(), s.fails.clone(), s.heartbeats.clone(), s.authorization.clone()));
 
@@ -372,6 +373,8 @@ async fn runs_tasks_reports_them_heartbeats_and_forwards_metrics() {
     assert_eq!(c.checkpoint_step, 2, "the crashed attempt's last checkpoint is reported");
     let d = fails.iter().find(|f| f.lease == Some(lease("d", 1))).expect("task d failed");
     assert_eq!(d.class, FailureClass::Fatal as i32);
+    let e = fails.iter().find(|f| f.lease == Some(lease("e", 1))).expect("task e failed");
+    assert_eq!(e.class, FailureClass::OutOfMemory as i32, "an accelerator OOM keeps its own class: {e:?}");
 
     // Heartbeats renewed task a while it ran, with its running flag and checkpoints.
     let a_beats: Vec<_> = heartbeats

@@ -247,6 +247,7 @@ fn injected_failures_carry_their_class_and_exit_code() {
     for (fail, class, code) in [
         ("retryable", ChildFailure::Retryable, exit_code::RETRYABLE),
         ("fatal", ChildFailure::Fatal, exit_code::FATAL),
+        ("out_of_memory", ChildFailure::OutOfMemory, exit_code::OUT_OF_MEMORY),
     ] {
         let done = run(&input(dir.path(), 1, FakeSettings { fail: Some(fail.into()), ..fake(0, 2) }, None));
         assert_eq!(done.code, Some(code));
@@ -335,4 +336,32 @@ fn trainer_errors_keep_their_class() {
     let Some(ChildEvent::Failed { class, message }) = done.events.last() else { panic!("{:?}", done.events) };
     assert_eq!(*class, ChildFailure::Fatal);
     assert!(message.contains("no_such_net"), "{message}");
+}
+
+#[test]
+fn every_class_survives_the_trip_from_trainer_to_fail_task() {
+    use std::os::unix::process::ExitStatusExt;
+    use tsweep_proto::v1::FailureClass;
+    use tsweep_worker::agent::child::classify_exit;
+    use tsweep_worker::agent::slot::failure_class;
+    use tsweep_worker::trainer_bridge::child_failure;
+
+    for class in [FailureClass::Retryable, FailureClass::Fatal, FailureClass::Preempted, FailureClass::OutOfMemory] {
+        let child = child_failure(class);
+        let line = ChildEvent::Failed { class: child, message: "m".into() }.to_line();
+        let Ok(ChildEvent::Failed { class: parsed, .. }) = ChildEvent::parse_line(&line) else { panic!("{line}") };
+        assert_eq!(failure_class(parsed), class, "{line}");
+    }
+    assert!(ChildEvent::Failed { class: ChildFailure::OutOfMemory, message: String::new() }
+        .to_line()
+        .contains(r#""class":"out_of_memory""#));
+    assert_eq!(child_failure(FailureClass::LostWorker), ChildFailure::Retryable, "the child never decides a lost worker");
+
+    // Without a final event: the exit code decides, and a crash stays retryable.
+    let exited = |code: i32| classify_exit(Some(std::process::ExitStatus::from_raw(code << 8))).0;
+    assert_eq!(exited(exit_code::OUT_OF_MEMORY), ChildFailure::OutOfMemory);
+    assert_eq!(exited(exit_code::FATAL), ChildFailure::Fatal);
+    assert_eq!(exited(101), ChildFailure::Retryable, "a panic is a crash");
+    let killed = classify_exit(Some(std::process::ExitStatus::from_raw(9))).0;
+    assert_eq!(killed, ChildFailure::Retryable, "killed by a signal (the kernel's OOM killer too) is a crash");
 }

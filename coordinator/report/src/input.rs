@@ -94,7 +94,7 @@ pub struct CellRow {
     pub worker: String,
     /// Last failure message ("" if none).
     pub error: String,
-    /// Class of the last failure (retryable, fatal, lost_worker, preempted; "" if none).
+    /// Class of the last failure (retryable, fatal, out_of_memory, lost_worker, preempted; "" if none).
     pub error_class: String,
     /// For finals: whether it is the final of its group's current selection.
     pub is_current_final: bool,

@@ -354,7 +354,8 @@ impl Store {
 
     /// Records a classified failure of the current attempt (fenced like `complete`) and
     /// the attempt's last checkpoint. Lost worker / preempted: back to pending, not
-    /// counted; retryable: counted, pending while budget remains; fatal: failed now.
+    /// counted; retryable: counted, pending while budget remains; out of memory: counted
+    /// like retryable, and the task's second OOM fails it; fatal: failed now.
     pub async fn fail(
         &self,
         worker_id: &str,

@@ -75,6 +75,9 @@ pub fn classify_exit(status: Option<ExitStatus>) -> (ChildFailure, String) {
     match (status.code(), status.signal()) {
         (Some(exit_code::FATAL), _) => (ChildFailure::Fatal, "child exited with the fatal code and no message".to_string()),
         (Some(exit_code::PREEMPTED), _) => (ChildFailure::Preempted, "child exited as preempted without a message".to_string()),
+        (Some(exit_code::OUT_OF_MEMORY), _) => {
+            (ChildFailure::OutOfMemory, "child exited as out of accelerator memory without a message".to_string())
+        }
         (Some(code), _) => (ChildFailure::Retryable, format!("child crashed: exit code {code} without a result")),
         (None, Some(signal)) => (ChildFailure::Retryable, format!("child crashed: killed by signal {signal}")),
         (None, None) => (ChildFailure::Retryable, "child crashed".to_string()),

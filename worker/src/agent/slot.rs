@@ -242,6 +242,7 @@ pub fn failure_class(class: ChildFailure) -> FailureClass {
         ChildFailure::Retryable => FailureClass::Retryable,
         ChildFailure::Fatal => FailureClass::Fatal,
         ChildFailure::Preempted => FailureClass::Preempted,
+        ChildFailure::OutOfMemory => FailureClass::OutOfMemory,
     }
 }
 

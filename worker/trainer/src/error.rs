@@ -1,5 +1,6 @@
-//! The trainer's one error type. Every variant has a class (fatal / retryable / preempted)
-//! decided here by its type, so nothing downstream matches on message strings.
+//! The trainer's one error type. Every variant has a class (fatal / retryable / out of
+//! memory / preempted) decided here by its type, so nothing downstream matches on message
+//! strings.
 
 use std::path::PathBuf;
 
@@ -34,10 +35,10 @@ pub enum TrainerError {
         #[source]
         source: std::io::Error,
     },
-    /// The CUDA caching allocator ran out of memory. Retryable: the next attempt runs in a
-    /// fresh child process (GPU memory fully returns only when a process exits) and resumes
-    /// from the last checkpoint.
-    #[error("cuda out of memory on {device} at batch size {batch_size} (a fresh process retries from the last checkpoint; if it fails again, lower batch_size or use a larger GPU): {detail}")]
+    /// The CUDA caching allocator ran out of memory. Class `OutOfMemory`: retried once, in
+    /// a fresh child process (GPU memory fully returns only when a process exits) that
+    /// resumes from the last checkpoint; a second OOM of the same task fails it.
+    #[error("cuda out of memory on {device} at batch size {batch_size} (a fresh process retries once from the last checkpoint; if it fails again, lower batch_size or use a larger GPU): {detail}")]
     CudaOutOfMemory { device: String, batch_size: usize, detail: String },
     /// Any other libtorch error (retryable: the next attempt starts from the last checkpoint).
     #[error("libtorch error during {during}: {detail}")]
@@ -66,9 +67,8 @@ impl TrainerError {
                     FailureClass::Fatal
                 }
             }
-            TrainerError::Io { .. } | TrainerError::CudaOutOfMemory { .. } | TrainerError::Torch { .. } => {
-                FailureClass::Retryable
-            }
+            TrainerError::Io { .. } | TrainerError::Torch { .. } => FailureClass::Retryable,
+            TrainerError::CudaOutOfMemory { .. } => FailureClass::OutOfMemory,
             TrainerError::Preempted { .. } => FailureClass::Preempted,
         }
     }
@@ -122,5 +122,31 @@ pub fn guard_torch<T>(
 impl From<tch::TchError> for TrainerError {
     fn from(e: tch::TchError) -> Self {
         TrainerError::from_torch("a tensor operation", "", 0, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_oom_is_its_own_class_with_the_device_and_batch_size() {
+        let detail = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total capacity)\nException raised from malloc".to_string();
+        let err = TrainerError::from_torch("a training step", "cuda:0", 256, detail);
+        assert!(matches!(err, TrainerError::CudaOutOfMemory { .. }), "{err:?}");
+        assert_eq!(err.class(), FailureClass::OutOfMemory);
+        let message = err.to_string();
+        assert!(message.contains("cuda:0") && message.contains("256"), "{message}");
+        assert!(message.contains("lower batch_size"), "{message}");
+        assert!(!message.contains("Exception raised"), "only the first line of libtorch's text: {message}");
+    }
+
+    #[test]
+    fn other_libtorch_errors_stay_retryable() {
+        let err = TrainerError::from_torch("a training step", "cpu", 8, "shape mismatch".to_string());
+        assert!(matches!(err, TrainerError::Torch { .. }), "{err:?}");
+        assert_eq!(err.class(), FailureClass::Retryable);
+        let cpu = TrainerError::from_torch("a training step", "cpu", 8, "DefaultCPUAllocator: not enough memory".into());
+        assert_eq!(cpu.class(), FailureClass::Retryable, "host memory is not the accelerator's");
     }
 }

@@ -3,12 +3,16 @@
 --     (failed after max_lost consecutive lost attempts without checkpoint progress);
 --   retryable (and unspecified): retries_used += 1; pending while retries_used <
 --     max_attempts, else failed;
+--   out_of_memory: a retry like retryable (retries_used += 1, same max_attempts rule), and
+--     oom_failures += 1: the second OOM of the task fails it with a message that says so;
 --   fatal: failed now.
 -- In a cancelled sweep the task ends cancelled whatever the class.
 -- The attempt's last checkpoint is recorded first, so the next attempt resumes from it.
 -- ARGV: worker_id, task_id, attempt, class, message, checkpoint_path, checkpoint_step, max_lost
 -- Returns {outcome, state}: outcome 'accepted' | 'duplicate' | 'stale'.
 local bad = validate_base(); if bad then return bad end
+-- The OOM that fails a task: the first is retried in a fresh process, the second is final.
+local MAX_OOM_FAILURES = 2
 local worker, id, attempt, class, message = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5] or ''
 local ckpt_path, ckpt_step, max_lost = ARGV[6] or '', tonumber(ARGV[7]), tonumber(ARGV[8])
 if worker == nil or worker == '' then return redis.error_reply('fail: empty worker id') end
@@ -16,7 +20,7 @@ if id == nil or id == '' then return redis.error_reply('fail: empty task id') en
 if attempt == nil then return redis.error_reply('fail: attempt must be a number') end
 if ckpt_step == nil or max_lost == nil then return redis.error_reply('fail: checkpoint_step and max_lost must be numbers') end
 if class ~= 'lost_worker' and class ~= 'preempted' and class ~= 'retryable' and class ~= 'unspecified'
-  and class ~= 'fatal' then
+  and class ~= 'fatal' and class ~= 'out_of_memory' then
   return redis.error_reply('fail: unknown failure class ' .. tostring(class))
 end
 
@@ -35,8 +39,18 @@ if t ~= nil and holds_lease(t, worker, attempt) then
     else
       local used = t.retries_used + 1
       redis.call('HSET', task_key(id), 'retries_used', used)
-      if used < t.max_attempts then to = 'pending' else to = 'failed' end
-      if to == 'failed' then
+      local ooms = 0
+      if class == 'out_of_memory' then
+        ooms = redis.call('HINCRBY', task_key(id), 'oom_failures', 1)
+      end
+      if ooms >= MAX_OOM_FAILURES then
+        to = 'failed'
+        message = 'out of accelerator memory on ' .. ooms .. ' attempts; lower batch_size or use a larger GPU; last: '
+          .. message
+      elseif used < t.max_attempts then
+        to = 'pending'
+      else
+        to = 'failed'
         message = 'failed ' .. used .. ' of ' .. t.max_attempts .. ' attempts; last: ' .. message
       end
     end

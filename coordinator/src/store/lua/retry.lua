@@ -1,5 +1,6 @@
 -- retry: moves up to `batch` tasks of state `from` (failed or cancelled) back to pending
--- with a fresh budget (retries_used = 0, lost_streak = 0) and marks the sweep active.
+-- with a fresh budget (retries_used = 0, lost_streak = 0, oom_failures = 0) and marks the
+-- sweep active.
 -- Results of succeeded tasks are never touched. Called until `remaining` is 0.
 -- ARGV: from, batch
 -- Returns {moved, remaining}
@@ -16,7 +17,7 @@ for _, id in ipairs(ids) do
   local t = load_task(id)
   if t ~= nil and t.state == from then
     move_state(id, from, 'pending', num(t.seq, 0))
-    redis.call('HSET', task_key(id), 'retries_used', 0, 'lost_streak', 0)
+    redis.call('HSET', task_key(id), 'retries_used', 0, 'lost_streak', 0, 'oom_failures', 0)
     redis.call('HDEL', task_key(id), 'finished_ms')
     enqueue(id, t.gpus, num(t.prio, num(t.seq, 0)))
     group_point_opened(t.group)
