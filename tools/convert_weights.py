@@ -51,8 +51,12 @@ def build(arch, source, random_init):
     if source == "torchvision":
         import torchvision
         kwargs = {"weights": None if random_init else "DEFAULT"}
-        if arch == "inception_v3" and random_init:
-            kwargs["init_weights"] = True
+        if arch == "inception_v3":
+            # as with its pretrained weights (tsweep's Rust Inception scales inputs to [-1, 1]
+            # whenever it loads weights), also for --random-init test files
+            kwargs["transform_input"] = True
+            if random_init:
+                kwargs["init_weights"] = True
         return getattr(torchvision.models, arch)(**kwargs)
     if source == "timm":
         import timm

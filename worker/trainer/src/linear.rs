@@ -58,10 +58,15 @@ fn weights_identity(spec: &CellSpec) -> Result<String, TrainerError> {
     })
 }
 
+/// Bumped whenever a backbone's computation changes (v2: tsweep's own inception_v3 with
+/// torchvision's input rescale and efficientnet_b0 with torchvision's padding), so features
+/// cached by an older worker are not reused.
+const FEATURES_VERSION: u32 = 2;
+
 fn cache_path(job: &TrainJob, ds: &Dataset, split: Split, weights_id: &str) -> PathBuf {
     let spec = &job.spec;
     let key = serde_json::json!({
-        "v": 1, "weights": weights_id, "source": spec.model.source, "arch": spec.model.arch,
+        "v": FEATURES_VERSION, "weights": weights_id, "source": spec.model.source, "arch": spec.model.arch,
         "data": ds.manifest().content_hash, "val": spec.dataset.val, "split": split.name(),
         "size": spec.model.image_size, "resize": eval::resize_short(spec),
     });

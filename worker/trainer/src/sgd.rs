@@ -13,6 +13,7 @@
 use tch::{Kind, Tensor};
 
 use crate::error::TrainerError;
+use crate::models::is_channels_last;
 
 /// Segments of the flat buffers start on multiples of this many elements (256 bytes for
 /// f32), so every parameter view stays as aligned as a separately allocated tensor.
@@ -22,10 +23,13 @@ const ALIGN: i64 = 64;
 /// parameter and its gradient is re-pointed (`set_data`) at a view of them, so an update
 /// is five whole-buffer kernels instead of five per parameter (PyTorch's `foreach` SGD
 /// gets the same effect with multi-tensor kernels; tch has no binding for those).
+/// Each view keeps its parameter's layout (contiguous, or channels-last for the 4-d
+/// weights of CPU backbones), and gradients get views of the same layout.
 pub struct Sgd {
     names: Vec<String>,
     params: Vec<Tensor>,
     shapes: Vec<Vec<i64>>,
+    channels_last: Vec<bool>,
     segments: Vec<(i64, i64)>,
     flat_params: Tensor,
     flat_grads: Tensor,
@@ -52,19 +56,23 @@ impl Sgd {
         let mut names = Vec::with_capacity(named.len());
         let mut params = Vec::with_capacity(named.len());
         let mut shapes = Vec::with_capacity(named.len());
+        let mut channels_last = Vec::with_capacity(named.len());
         for ((name, mut p), &(off, n)) in named.into_iter().zip(&segments) {
             let shape = p.size();
-            let view = flat_params.f_narrow(0, off, n)?.f_view(shape.as_slice())?;
+            let nhwc = is_channels_last(&p);
+            let view = segment_view(&flat_params, off, n, &shape, nhwc)?;
             tch::no_grad(|| view.shallow_clone().f_copy_(&p))?;
             p.f_set_data(&view)?;
             names.push(name);
             params.push(p);
             shapes.push(shape);
+            channels_last.push(nhwc);
         }
         Ok(Sgd {
             names,
             params,
             shapes,
+            channels_last,
             segments,
             flat_params,
             flat_grads,
@@ -78,7 +86,7 @@ impl Sgd {
 
     fn view(&self, flat: &Tensor, i: usize) -> Result<Tensor, TrainerError> {
         let (off, n) = self.segments[i];
-        Ok(flat.f_narrow(0, off, n)?.f_view(self.shapes[i].as_slice())?)
+        segment_view(flat, off, n, &self.shapes[i], self.channels_last[i])
     }
 
     pub fn zero_grad(&mut self) {
@@ -162,6 +170,17 @@ impl Sgd {
     }
 }
 
+/// Elements `[off, off + n)` of a flat buffer as a tensor of `shape`, laid out
+/// channels-last (`[o, h, w, i]` in memory) when `nhwc`.
+fn segment_view(flat: &Tensor, off: i64, n: i64, shape: &[i64], nhwc: bool) -> Result<Tensor, TrainerError> {
+    let segment = flat.f_narrow(0, off, n)?;
+    if nhwc {
+        Ok(segment.f_view([shape[0], shape[2], shape[3], shape[1]])?.f_permute([0, 3, 1, 2])?)
+    } else {
+        Ok(segment.f_view(shape)?)
+    }
+}
+
 /// The learning rate at `step` of `total`: "cosine" decays to zero with no warmup,
 /// "constant" keeps it.
 pub fn learning_rate(schedule: &str, base: f64, step: u64, total: u64) -> f64 {
@@ -181,6 +200,29 @@ mod tests {
         assert!((learning_rate("cosine", 0.1, 50, 100) - 0.05).abs() < 1e-12);
         assert!(learning_rate("cosine", 0.1, 100, 100).abs() < 1e-12);
         assert_eq!(learning_rate("constant", 0.1, 70, 100), 0.1);
+    }
+
+    #[test]
+    fn channels_last_parameters_keep_their_layout_and_get_the_same_update() {
+        tch::manual_seed(0);
+        let init = Tensor::randn([4, 3, 2, 2], (Kind::Float, tch::Device::Cpu));
+        let x = Tensor::randn([2, 3, 5, 5], (Kind::Float, tch::Device::Cpu));
+        let mut results = Vec::new();
+        for nhwc in [false, true] {
+            let p = if nhwc { crate::models::to_channels_last(&init).unwrap() } else { init.copy() };
+            let p = p.set_requires_grad(true);
+            let mut sgd = Sgd::new(vec![("w".into(), p.shallow_clone())], 0.9, true, 0.1).unwrap();
+            for _ in 0..3 {
+                sgd.zero_grad();
+                x.conv2d(&p, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1).square().sum(Kind::Float).backward();
+                sgd.step(0.01).unwrap();
+            }
+            assert_eq!(crate::models::is_channels_last(&p), nhwc);
+            assert_eq!(crate::models::is_channels_last(&p.grad()), nhwc);
+            results.push(p.detach().contiguous());
+        }
+        let diff = f64::try_from((&results[0] - &results[1]).abs().max()).unwrap();
+        assert!(diff < 1e-5, "{diff}");
     }
 
     #[test]

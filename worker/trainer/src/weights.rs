@@ -29,7 +29,7 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>, TrainerError> {
 }
 
 /// Copies the file's tensors into every variable of `vs` whose name does not start with
-/// one of `skip` (the new head, frozen identity layers). Every such variable must be in
+/// one of `skip` (the new head). Every such variable must be in
 /// the file with the same shape; extra file entries (the old classifier,
 /// `num_batches_tracked`, Inception's `AuxLogits`) are ignored.
 pub fn load_into(vs: &nn::VarStore, path: &Path, arch: &str, skip: &[String]) -> Result<usize, TrainerError> {

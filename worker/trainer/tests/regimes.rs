@@ -28,7 +28,7 @@ fn saved_weights(dir: &std::path::Path) -> std::path::PathBuf {
     let named: Vec<(String, tch::Tensor)> = net
         .state()
         .into_iter()
-        .map(|(n, t)| (n.replace("tsweep_head", "fc"), t))
+        .map(|(n, t)| (n.replace("tsweep_head", "fc"), t.contiguous()))
         .collect();
     let path = dir.join("resnet18.safetensors");
     tch::Tensor::write_safetensors(&named, &path).unwrap();
