@@ -92,8 +92,13 @@ impl TrainerError {
     }
 }
 
+/// The first line of libtorch's message (at most 500 characters). tch's panicking
+/// methods wrap it as ``called `Result::unwrap()` on an `Err` value: Torch("...")``
+/// with newlines escaped, so that wrapping is taken off first.
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").chars().take(500).collect()
+    let inner = s.split_once("Torch(\"").map_or(s, |(_, rest)| rest);
+    let line = inner.split("\\n").next().unwrap_or(inner);
+    line.lines().next().unwrap_or("").trim_end_matches("\")").chars().take(500).collect()
 }
 
 /// Runs a closure that calls panicking tch methods and turns a libtorch panic into a
@@ -139,6 +144,14 @@ mod tests {
         assert!(message.contains("cuda:0") && message.contains("256"), "{message}");
         assert!(message.contains("lower batch_size"), "{message}");
         assert!(!message.contains("Exception raised"), "only the first line of libtorch's text: {message}");
+    }
+
+    #[test]
+    fn a_tch_panic_message_is_unwrapped_to_libtorchs_first_line() {
+        let panic = r#"called `Result::unwrap()` on an `Err` value: Torch("CUDA out of memory. Tried to allocate 3.00 GiB.\nException raised from malloc at CUDACachingAllocator.cpp:1574\nframe #0: c10::Error")"#;
+        let err = TrainerError::from_torch("a training step", "cuda:0", 128, panic.to_string());
+        let TrainerError::CudaOutOfMemory { detail, .. } = &err else { panic!("{err:?}") };
+        assert_eq!(detail, "CUDA out of memory. Tried to allocate 3.00 GiB.");
     }
 
     #[test]
