@@ -1,4 +1,5 @@
-//! Loader batches (u8 HWC) to network inputs (float NCHW, ImageNet mean/std) on the device.
+//! Loader batches (u8 HWC) to network inputs (float `[B, 3, H, W]`, ImageNet mean/std) on
+//! the device.
 
 use tch::{Device, Kind, Tensor};
 use tsweep_data::{Batch, Targets};
@@ -27,10 +28,12 @@ impl Normalizer {
         })
     }
 
+    /// The batch's images, `[B, 3, H, W]` laid out channels-last as the loader made them
+    /// (the cast keeps the strides); `Network::features` puts them in its backbone's layout.
     pub fn images(&self, batch: &Batch) -> Result<Tensor, TrainerError> {
         let (b, h, w) = (batch.batch_size as i64, batch.height as i64, batch.width as i64);
         let raw = Tensor::from_slice(&batch.images).f_view([b, h, w, 3])?.f_to_device(self.device)?;
-        let mut x = raw.f_permute([0, 3, 1, 2])?.f_to_kind(Kind::Float)?.f_contiguous()?;
+        let mut x = raw.f_permute([0, 3, 1, 2])?.f_to_kind(Kind::Float)?;
         let _ = x.f_mul_(&self.scale)?;
         let _ = x.f_add_(&self.shift)?;
         Ok(x)

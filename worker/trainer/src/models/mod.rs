@@ -183,11 +183,15 @@ impl Network {
 
     /// Pooled penultimate features `[batch, feature_dim]`.
     pub fn features(&self, xs: &Tensor, train: bool) -> Result<Tensor, TrainerError> {
+        // the input in the layout the backbone runs in (inputs come channels-last from the
+        // loader, contiguous from elsewhere; either conversion is a no-op when it fits)
+        let xs = match self.channels_last && xs.dim() == 4 {
+            true if is_channels_last(xs) => xs.shallow_clone(),
+            true => to_channels_last(xs)?,
+            false => xs.f_contiguous()?,
+        };
         match &self.backbone {
-            Backbone::Native(m) if self.channels_last && xs.dim() == 4 && !is_channels_last(xs) => {
-                Ok(m.forward_t(&to_channels_last(xs)?, train))
-            }
-            Backbone::Native(m) => Ok(m.forward_t(xs, train)),
+            Backbone::Native(m) => Ok(m.forward_t(&xs, train)),
             Backbone::Script(m) => Ok(m.forward_ts(&[xs])?.flatten(1, -1)),
         }
     }
