@@ -69,21 +69,24 @@ impl<'a> Problem<'a> {
         let n = self.n as f64;
         let (data_loss, mut g) = if self.multi_label {
             // sum_k softplus(z) - y z, averaged over rows
-            let loss = (z.f_softplus()?.f_sub(&z.f_mul(&self.y)?)?).f_sum(Kind::Float)?.f_double_value(&[])? / n;
+            let loss = (z.f_softplus()?.f_sub(&z.f_mul(&self.y)?)?).f_sum(Kind::Double)?.f_double_value(&[])? / n;
             let mut g = z.f_sigmoid()?;
             let _ = g.f_sub_(&self.y)?;
             (loss, g)
         } else {
             let lse = z.f_logsumexp([1], true)?;
-            let picked = (z.f_mul(&self.y)?).f_sum(Kind::Float)?.f_double_value(&[])?;
-            let loss = (lse.f_sum(Kind::Float)?.f_double_value(&[])? - picked) / n;
+            // per-row loss in f32 (lse - the target's score, no cancellation across rows),
+            // summed in f64: an f32 sum of n terms near log K is too coarse for the line
+            // search's sufficient-decrease test on ill-conditioned features
+            let picked = z.f_mul(&self.y)?.f_sum_dim_intlist([1i64].as_slice(), true, Kind::Float)?;
+            let loss = lse.f_sub(&picked)?.f_sum(Kind::Double)?.f_double_value(&[])? / n;
             let mut g = z.f_sub(&lse)?;
             let _ = g.f_exp_()?;
             let _ = g.f_sub_(&self.y)?;
             (loss, g)
         };
         let _ = g.f_mul_scalar_(1.0 / n)?;
-        let w2 = w.f_square()?.f_sum(Kind::Float)?.f_double_value(&[])?;
+        let w2 = w.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;
         let value = data_loss + 0.5 * l2 * w2;
         let mut gw = self.x.f_tr()?.f_mm(&g)?;
         if l2 != 0.0 {
@@ -117,8 +120,9 @@ pub struct FitReport {
     pub converged: bool,
 }
 
+/// `a · b` accumulated in f64 (curvature pairs `s · y` can be tiny).
 fn dot(a: &Tensor, b: &Tensor) -> Result<f64, TrainerError> {
-    Ok(a.f_dot(b)?.f_double_value(&[])?)
+    Ok(a.f_mul(b)?.f_sum(Kind::Double)?.f_double_value(&[])?)
 }
 
 fn max_abs(a: &Tensor) -> Result<f64, TrainerError> {
@@ -166,7 +170,7 @@ fn fit_inner(problem: &Problem, theta: &mut Tensor, l2: f64, opts: LbfgsOptions)
             slope = dot(&g, &direction)?;
         }
         let mut t = if s_hist.is_empty() {
-            (1.0 / g.f_abs()?.f_sum(Kind::Float)?.f_double_value(&[])?).min(1.0)
+            (1.0 / g.f_abs()?.f_sum(Kind::Double)?.f_double_value(&[])?).min(1.0)
         } else {
             1.0
         };
@@ -201,8 +205,8 @@ fn fit_inner(problem: &Problem, theta: &mut Tensor, l2: f64, opts: LbfgsOptions)
             y_hist.push(y);
             rho.push(1.0 / sy);
         }
-        // f32 arithmetic: a relative change below ~1e-7 is rounding noise
-        if improvement <= 1e-7 * f.abs().max(1e-12) && gmax > opts.gtol {
+        // scores are f32 (J is summed in f64): a relative change below ~1e-9 is rounding noise
+        if improvement <= 1e-9 * f.abs().max(1e-12) && gmax > opts.gtol {
             break;
         }
     }
