@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tsweep_proto::v1::{
-    CancelSweepRequest, GetSweepRequest, ListSweepsRequest, RetrySweepRequest, SubmitSweepRequest,
+    CancelSweepRequest, DeleteSweepRequest, GetSweepRequest, ListSweepsRequest, RetrySweepRequest, SubmitSweepRequest,
 };
 
 use crate::config::{ConfigOverrides, ServiceConfig};
@@ -75,6 +75,15 @@ pub enum Command {
     Cancel(SweepArg),
     /// Put failed and/or cancelled cells back to pending with a fresh retry budget.
     Retry(RetryArgs),
+    /// Delete a sweep's state from Redis (cells, results, queues, metrics); files are kept.
+    ///
+    /// Removes Redis state only: checkpoints and feature caches on the workers' disks and
+    /// reports written by `tsweep report --out DIR` are not touched (the checkpoint
+    /// directory is printed when the tasks recorded one). A sweep with pending, leased or
+    /// running cells must be cancelled first (`tsweep cancel SWEEP`), or deleted with
+    /// `--force`, which cancels and then deletes. Export results first with `tsweep report`
+    /// or `tsweep results`: they cannot be read back afterwards.
+    Delete(DeleteArgs),
     /// Write the analysis (tables, Pearson r, plots, index.html, CSV/JSON) of a sweep.
     Report(ReportArgs),
     /// Run a sweep on this machine: private Redis, in-process coordinator, N workers.
@@ -192,6 +201,15 @@ pub struct RetryArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub sweep: String,
+    /// Cancel the sweep first (pending cells cancelled, running ones told to stop), then
+    /// delete it.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ReportArgs {
     pub sweep: String,
     /// Output directory (default ./tsweep-out/<sweep>).
@@ -261,6 +279,7 @@ async fn run_async(cli: Cli) -> Result<(), CliError> {
         Command::Results(args) => results(&cli, args).await,
         Command::Cancel(args) => cancel(&cli, &args.sweep).await,
         Command::Retry(args) => retry(&cli, args).await,
+        Command::Delete(args) => delete(&cli, args).await,
         Command::Report(args) => report(&cli, args).await,
         Command::Local(args) => crate::local::run(&cli, args).await,
     }
@@ -520,6 +539,32 @@ async fn retry(cli: &Cli, args: &RetryArgs) -> Result<(), CliError> {
         .map_err(|s| CliError::from_status(&format!("retry {}", args.sweep), s))?
         .into_inner();
     println!("sweep {}: {} cell(s) back to pending", args.sweep, response.requeued);
+    Ok(())
+}
+
+async fn delete(cli: &Cli, args: &DeleteArgs) -> Result<(), CliError> {
+    let mut client = connect(cli).await?;
+    let response = client
+        .delete_sweep(DeleteSweepRequest { sweep: args.sweep.clone(), force: args.force })
+        .await
+        .map_err(|s| CliError::from_status(&format!("delete {}", args.sweep), s))?
+        .into_inner();
+    if response.leftovers_only {
+        println!("sweep {}: already deleted; {} leftover key(s) removed", args.sweep, response.keys_deleted);
+        return Ok(());
+    }
+    if response.cancelled > 0 {
+        println!("sweep {}: {} pending cell(s) cancelled", args.sweep, response.cancelled);
+    }
+    println!(
+        "sweep {}: deleted from Redis ({} cell(s), {} key(s))",
+        args.sweep, response.tasks_deleted, response.keys_deleted
+    );
+    if response.checkpoint_dir.is_empty() {
+        println!("files on disk (checkpoints, feature caches, reports) are not removed");
+    } else {
+        println!("files on disk are not removed: checkpoints under {}", response.checkpoint_dir);
+    }
     Ok(())
 }
 

@@ -109,6 +109,9 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
     #[error("service config: cannot read auth_token_file {path}: {source}")]
     TokenFile { path: PathBuf, source: std::io::Error },
+    /// An `auth_token_file` holding nothing but whitespace (a Secret created empty).
+    #[error("service config: auth_token_file {path} is empty")]
+    EmptyTokenFile { path: PathBuf },
     /// No token and a non-loopback listen address without `insecure`.
     #[error(
         "refusing to listen on {listen} without an auth token: set auth_token \
@@ -183,7 +186,8 @@ impl ServiceConfig {
         Ok(loaded)
     }
 
-    /// Reads `auth_token_file` into `auth_token` (trimmed). Both set is an error.
+    /// Reads `auth_token_file` into `auth_token` (trimmed). Both set is an error, and so is
+    /// an empty file (it would silently mean "no token").
     fn resolve_token_file(&mut self) -> Result<(), ConfigError> {
         let Some(path) = self.auth_token_file.clone() else {
             return Ok(());
@@ -196,6 +200,9 @@ impl ServiceConfig {
         }
         let text = std::fs::read_to_string(&path)
             .map_err(|source| ConfigError::TokenFile { path: path.clone(), source })?;
+        if text.trim().is_empty() {
+            return Err(ConfigError::EmptyTokenFile { path });
+        }
         self.auth_token = Some(text.trim().to_string());
         Ok(())
     }
@@ -358,6 +365,16 @@ mod tests {
         assert_eq!(config.token(), Some("from-file"));
         let both = ConfigOverrides { auth_token: Some("x".into()), ..flags };
         assert!(ServiceConfig::load_with_env(None, both, env(&[])).is_err());
+
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let flags = ConfigOverrides { auth_token_file: Some(empty.clone()), ..Default::default() };
+        let err = ServiceConfig::load_with_env(None, flags, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("empty") && err.contains(&empty.display().to_string()), "{err}");
+        let missing = dir.path().join("absent");
+        let flags = ConfigOverrides { auth_token_file: Some(missing.clone()), ..Default::default() };
+        let err = ServiceConfig::load_with_env(None, flags, env(&[])).unwrap_err().to_string();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
     }
 
     #[test]

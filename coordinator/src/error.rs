@@ -5,6 +5,7 @@
 //! | `InvalidArgument`, `SweepFile`  | INVALID_ARGUMENT    |
 //! | `SweepNotFound`                 | NOT_FOUND           |
 //! | `ProtocolMismatch`              | FAILED_PRECONDITION |
+//! | `SweepUnfinished` (delete)      | FAILED_PRECONDITION |
 //! | `Unavailable` (Redis away)      | UNAVAILABLE         |
 //! | `Unauthenticated`               | UNAUTHENTICATED     |
 //! | `Internal` (corrupt record ...) | INTERNAL            |
@@ -28,6 +29,9 @@ pub enum CoordinatorError {
          (upgrade the older side)"
     )]
     ProtocolMismatch { worker: u32, coordinator: u32 },
+    /// The sweep still has work: delete it after `tsweep cancel` (or with `--force`).
+    #[error("{0}")]
+    SweepUnfinished(String),
     /// Redis is unreachable (restarting, network); retry after a short wait.
     #[error("state store unavailable, retry later: {0}")]
     Unavailable(String),
@@ -42,7 +46,9 @@ impl CoordinatorError {
         match self {
             CoordinatorError::InvalidArgument(_) | CoordinatorError::SweepFile(_) => tonic::Code::InvalidArgument,
             CoordinatorError::SweepNotFound { .. } => tonic::Code::NotFound,
-            CoordinatorError::ProtocolMismatch { .. } => tonic::Code::FailedPrecondition,
+            CoordinatorError::ProtocolMismatch { .. } | CoordinatorError::SweepUnfinished(_) => {
+                tonic::Code::FailedPrecondition
+            }
             CoordinatorError::Unavailable(_) => tonic::Code::Unavailable,
             CoordinatorError::Unauthenticated(_) => tonic::Code::Unauthenticated,
             CoordinatorError::Internal(_) => tonic::Code::Internal,
@@ -63,6 +69,7 @@ impl From<StoreError> for CoordinatorError {
         match error {
             StoreError::SweepNotFound { sweep } => CoordinatorError::SweepNotFound { sweep },
             StoreError::InvalidArgument(message) => CoordinatorError::InvalidArgument(message),
+            unfinished @ StoreError::SweepUnfinished { .. } => CoordinatorError::SweepUnfinished(unfinished.to_string()),
             other => CoordinatorError::Internal(other.to_string()),
         }
     }
@@ -103,6 +110,7 @@ mod tests {
             (CoordinatorError::ProtocolMismatch { worker: 9, coordinator: 1 }, tonic::Code::FailedPrecondition),
             (CoordinatorError::Unavailable("down".into()), tonic::Code::Unavailable),
             (CoordinatorError::Unauthenticated("no".into()), tonic::Code::Unauthenticated),
+            (CoordinatorError::SweepUnfinished("busy".into()), tonic::Code::FailedPrecondition),
         ];
         for (error, code) in cases {
             assert_eq!(tonic::Status::from(error).code(), code);

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::child_protocol::ExecutorKind;
 use crate::logging::LogFormat;
+use crate::token::{read_token_file, TokenSource};
 
 /// Prefix of the environment variables read as settings (`TSWEEP_WORKER__REDIS_URL`, ...).
 pub const ENV_PREFIX: &str = "TSWEEP_WORKER";
@@ -47,6 +48,9 @@ pub struct WorkerConfig {
     pub worker_id: Option<String>,
     /// Bearer token sent on every gRPC call.
     pub token: Option<String>,
+    /// File holding the bearer token (a mounted Kubernetes Secret); exclusive with `token`.
+    /// Read at startup and again every few seconds, so a rotated Secret needs no restart.
+    pub token_file: Option<PathBuf>,
     pub log_format: LogFormat,
     /// After SIGTERM: how long children get to checkpoint and the leases to be released.
     pub grace_period_s: f64,
@@ -72,6 +76,7 @@ impl Default for WorkerConfig {
             cache_dir: scratch.join("cache"),
             worker_id: None,
             token: None,
+            token_file: None,
             log_format: LogFormat::Text,
             grace_period_s: 25.0,
             report_timeout_s: 600.0,
@@ -116,6 +121,9 @@ pub struct AgentArgs {
     /// Bearer token for the coordinator.
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// File holding the bearer token (re-read while running; exclusive with --token).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -171,6 +179,7 @@ impl WorkerConfig {
             .set_override_option("cache_dir", args.cache_dir.as_deref().map(path_str))?
             .set_override_option("worker_id", args.worker_id.clone())?
             .set_override_option("token", args.token.clone())?
+            .set_override_option("token_file", args.token_file.as_deref().map(path_str))?
             .set_override_option("log_format", args.log_format.map(|f| f.name()))?
             .set_override_option("grace_period_s", args.grace_period_s)?
             .set_override_option("cpu_threads", args.cpu_threads.map(u64::from))?;
@@ -201,12 +210,31 @@ impl WorkerConfig {
         if !(self.report_timeout_s.is_finite() && self.report_timeout_s > 0.0) {
             return Err(invalid("report_timeout_s", format!("{} is not a positive duration in seconds", self.report_timeout_s)));
         }
+        self.token_source()?;
         if let Some(id) = &self.worker_id {
             if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c == '/') {
                 return Err(invalid("worker_id", format!("`{id}` must be non-empty, without spaces or `/`")));
             }
         }
         Ok(())
+    }
+
+    /// Where the bearer token comes from; a token file is read now (missing, unreadable
+    /// or empty: an error naming the path). `token` and `token_file` together are refused.
+    pub fn token_source(&self) -> Result<TokenSource, ConfigError> {
+        let inline = self.token.as_deref().map(str::trim).filter(|t| !t.is_empty());
+        match (inline, &self.token_file) {
+            (Some(_), Some(_)) => Err(invalid("token_file", "set together with token: give one of them")),
+            (None, Some(path)) => {
+                read_token_file(path).map_err(|e| invalid("token_file", e.to_string()))?;
+                Ok(TokenSource::File(path.clone()))
+            }
+            (Some(token), None) if token.chars().any(|c| !c.is_ascii_graphic()) => {
+                Err(invalid("token", "must be printable ascii without spaces"))
+            }
+            (Some(token), None) => Ok(TokenSource::Inline(token.to_string())),
+            (None, None) => Ok(TokenSource::None),
+        }
     }
 
     pub fn gpu_setting(&self) -> Result<GpuSetting, ConfigError> {
@@ -375,6 +403,72 @@ mod tests {
         assert!(err.contains("device"), "{err}");
         let args = AgentArgs { slots: Some(0), ..Default::default() };
         assert!(WorkerConfig::load_with_env(&args, env(&[])).is_err());
+    }
+
+    #[test]
+    fn a_token_file_comes_from_file_env_or_flag_and_is_read_at_startup() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let token_str = token.to_str().unwrap();
+
+        let settings = dir.path().join("worker.toml");
+        std::fs::write(&settings, format!("token_file = {:?}\n", token_str)).unwrap();
+        let args = AgentArgs { config: Some(settings), ..Default::default() };
+        let config = WorkerConfig::load_with_env(&args, env(&[])).unwrap();
+        assert_eq!(config.token_file.as_deref(), Some(token.as_path()));
+        assert_eq!(config.token_source().unwrap(), TokenSource::File(token.clone()));
+
+        let config =
+            WorkerConfig::load_with_env(&AgentArgs::default(), env(&[("TSWEEP_WORKER__TOKEN_FILE", token_str)])).unwrap();
+        assert_eq!(config.token_source().unwrap(), TokenSource::File(token.clone()));
+        assert_eq!(read_token_file(&token).unwrap(), "s3cret", "trailing newline trimmed");
+
+        let other = dir.path().join("other");
+        std::fs::write(&other, "flag-token").unwrap();
+        let args = AgentArgs { token_file: Some(other.clone()), ..Default::default() };
+        let config = WorkerConfig::load_with_env(&args, env(&[("TSWEEP_WORKER__TOKEN_FILE", token_str)])).unwrap();
+        assert_eq!(config.token_source().unwrap(), TokenSource::File(other), "the flag wins over the environment");
+
+        let config =
+            WorkerConfig::load_with_env(&AgentArgs::default(), env(&[("TSWEEP_WORKER__TOKEN", "inline")])).unwrap();
+        assert_eq!(config.token_source().unwrap(), TokenSource::Inline("inline".into()));
+        assert_eq!(WorkerConfig::default().token_source().unwrap(), TokenSource::None);
+    }
+
+    #[test]
+    fn a_bad_token_file_is_an_error_naming_the_path_and_token_with_token_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("absent-token");
+        let args = AgentArgs { token_file: Some(missing.clone()), ..Default::default() };
+        let err = WorkerConfig::load_with_env(&args, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("token_file") && err.contains(&missing.display().to_string()), "{err}");
+
+        let empty = dir.path().join("empty-token");
+        std::fs::write(&empty, "\n").unwrap();
+        let args = AgentArgs { token_file: Some(empty.clone()), ..Default::default() };
+        let err = WorkerConfig::load_with_env(&args, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("empty") && err.contains(&empty.display().to_string()), "{err}");
+
+        let unreadable = dir.path().join("a-directory");
+        std::fs::create_dir(&unreadable).unwrap();
+        let args = AgentArgs { token_file: Some(unreadable.clone()), ..Default::default() };
+        let err = WorkerConfig::load_with_env(&args, env(&[])).unwrap_err().to_string();
+        assert!(err.contains(&unreadable.display().to_string()), "{err}");
+
+        let good = dir.path().join("token");
+        std::fs::write(&good, "s3cret\n").unwrap();
+        let args = AgentArgs { token_file: Some(good.clone()), ..Default::default() };
+        let err =
+            WorkerConfig::load_with_env(&args, env(&[("TSWEEP_WORKER__TOKEN", "inline")])).unwrap_err().to_string();
+        assert!(err.contains("token_file") && err.contains("together with token"), "{err}");
+        let args = AgentArgs { token_file: Some(good), token: Some("inline".into()), ..Default::default() };
+        assert!(WorkerConfig::load_with_env(&args, env(&[])).is_err());
+
+        let err = WorkerConfig::load_with_env(&AgentArgs::default(), env(&[("TSWEEP_WORKER__TOKEN_FILES", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("token_files"), "unknown keys still refused: {err}");
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod data_cli;
 pub mod fake;
 pub mod logging;
 pub mod run_task;
+pub mod token;
 pub mod trainer_bridge;

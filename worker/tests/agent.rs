@@ -40,6 +40,8 @@ struct State {
     /// Answer this many CompleteTask calls with UNAVAILABLE first.
     refuse_completes: usize,
     complete_calls: usize,
+    /// When set, acquire and complete answer UNAUTHENTICATED unless this token comes.
+    require_token: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -57,6 +59,15 @@ impl Scripted {
             .unwrap_or("")
             .to_string();
         self.with(|s| s.authorization.push(value));
+    }
+    fn check_token<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(expected) = self.with(|s| s.require_token.clone()) else { return Ok(()) };
+        let presented = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        if presented == format!("Bearer {expected}") {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("bad token"))
+        }
     }
 }
 
@@ -81,6 +92,7 @@ impl WorkerService for Scripted {
 
     async fn acquire_task(&self, request: Request<AcquireTaskRequest>) -> Result<Response<AcquireTaskResponse>, Status> {
         self.note_auth(&request);
+        self.check_token(&request)?;
         let task = self.with(|s| {
             s.acquires += 1;
             s.queue.pop_front()
@@ -97,6 +109,8 @@ impl WorkerService for Scripted {
     }
 
     async fn complete_task(&self, request: Request<CompleteTaskRequest>) -> Result<Response<ReportResponse>, Status> {
+        self.note_auth(&request);
+        self.check_token(&request)?;
         let refuse = self.with(|s| {
             s.complete_calls += 1;
             if s.refuse_completes > 0 {
@@ -185,13 +199,17 @@ struct Agent {
 
 impl Agent {
     fn start(coordinator: SocketAddr, redis_url: &str, dir: &Path, slots: u32) -> Agent {
+        Agent::start_with_token(coordinator, redis_url, dir, slots, &["--token", "t0ken"])
+    }
+    fn start_with_token(coordinator: SocketAddr, redis_url: &str, dir: &Path, slots: u32, token: &[&str]) -> Agent {
         let log = dir.join("agent.log");
         let child = Command::new(env!("CARGO_BIN_EXE_tsweep-worker"))
             .arg("agent")
             .args(["--coordinator", &format!("http://{coordinator}")])
             .args(["--redis-url", redis_url])
             .args(["--slots", &slots.to_string(), "--gpus", "0", "--device", "cpu", "--executor", "fake"])
-            .args(["--worker-id", "w-test", "--token", "t0ken", "--grace-period", "10"])
+            .args(["--worker-id", "w-test", "--grace-period", "10"])
+            .args(token)
             .arg("--checkpoint-root")
             .arg(dir.join("checkpoints"))
             .arg("--cache-dir")
@@ -524,4 +542,50 @@ async fn waits_for_a_late_coordinator_and_retries_reports_it_could_not_deliver()
     assert_eq!(calls, 4, "three refused deliveries, then the accepted one");
     assert_eq!(completes[0].lease, Some(lease("late", 1)));
     assert_eq!(agent.terminate(Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test]
+async fn a_token_file_is_read_again_when_the_coordinator_refuses_it_so_a_rotated_secret_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "old-token\n").unwrap();
+    let script = Scripted::default();
+    script.with(|s| s.require_token = Some("old-token".into()));
+    let coordinator = start_coordinator(script.clone()).await;
+    let token_arg = token_file.to_str().unwrap().to_string();
+    let mut agent = Agent::start_with_token(coordinator, &redis.url(), dir.path(), 1, &["--token-file", &token_arg]);
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| s.acquires > 0)).await;
+
+    // The Secret is rotated: the coordinator takes only the new token, the file changes.
+    std::fs::write(&token_file, "new-token\n").unwrap();
+    script.with(|s| {
+        s.require_token = Some("new-token".into());
+        s.queue.push_back(assignment("rotated", 1, fake(50, 2), None));
+    });
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| s.completes.len() == 1)).await;
+    let auth = script.with(|s| s.authorization.clone());
+    assert_eq!(auth.first().map(String::as_str), Some("Bearer old-token"));
+    assert_eq!(auth.last().map(String::as_str), Some("Bearer new-token"), "{auth:?}");
+    assert_eq!(agent.terminate(Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test]
+async fn a_missing_token_file_stops_the_agent_at_startup_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-token");
+    let missing_arg = missing.to_str().unwrap().to_string();
+    let mut agent =
+        Agent::start_with_token("127.0.0.1:9".parse().unwrap(), "redis://127.0.0.1:9/", dir.path(), 1, &["--token-file", &missing_arg]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "agent kept running:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(code, Some(0));
+    let log = agent.log();
+    assert!(log.contains("token_file") && log.contains(&missing_arg), "{log}");
 }

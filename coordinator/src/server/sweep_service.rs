@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 use tsweep_proto::v1::sweep_service_server::SweepService;
 use tsweep_proto::v1::{
-    CancelSweepRequest, CancelSweepResponse, GetSweepRequest, ListSweepsRequest, ListSweepsResponse,
+    CancelSweepRequest, CancelSweepResponse, DeleteSweepRequest, DeleteSweepResponse, GetSweepRequest, ListSweepsRequest, ListSweepsResponse,
     ListTasksRequest, ListTasksResponse, RetrySweepRequest, RetrySweepResponse, StageCount, SubmitSweepRequest,
     SubmitSweepResponse, SweepSummary, WatchSweepRequest,
 };
@@ -145,6 +145,27 @@ impl SweepService for SweepServiceImpl {
         info!(sweep = %request.sweep, cancelled, "sweep cancelled");
         self.shared.notify_sweep(&request.sweep);
         Ok(Response::new(CancelSweepResponse { cancelled }))
+    }
+
+    async fn delete_sweep(
+        &self,
+        request: Request<DeleteSweepRequest>,
+    ) -> Result<Response<DeleteSweepResponse>, Status> {
+        let request = request.into_inner();
+        require_sweep(&request.sweep)?;
+        let store = self.shared.store_for_call()?;
+        // Not bounded by STORE_CALL_TIMEOUT: one script over every task of the sweep (each
+        // call bounded by the store's response timeout); a repeated delete is NOT_FOUND.
+        let outcome = store.delete_sweep(&request.sweep, request.force).await.map_err(CoordinatorError::from)?;
+        info!(sweep = %request.sweep, keys = outcome.keys_deleted, tasks = outcome.tasks_deleted, force = request.force, "sweep deleted");
+        self.shared.notify_sweep(&request.sweep);
+        Ok(Response::new(DeleteSweepResponse {
+            keys_deleted: outcome.keys_deleted,
+            tasks_deleted: outcome.tasks_deleted,
+            cancelled: outcome.cancelled,
+            checkpoint_dir: outcome.checkpoint_dir.unwrap_or_default(),
+            leftovers_only: outcome.leftovers_only,
+        }))
     }
 
     /// Neither `failed` nor `cancelled` set means both.

@@ -16,6 +16,13 @@ pub enum StoreError {
     /// The sweep is not known.
     #[error("sweep {sweep} not found")]
     SweepNotFound { sweep: String },
+    /// The sweep still has work and was not cancelled: deleting it is refused.
+    #[error(
+        "sweep {sweep} has unfinished work ({pending} pending, {leased} leased, {running} running, \
+         {selections} selection(s) waiting): run `tsweep cancel {sweep}` first, or delete with --force \
+         (cancels, then deletes)"
+    )]
+    SweepUnfinished { sweep: String, pending: u64, leased: u64, running: u64, selections: u64 },
     /// A caller passed something the store refuses (bad sweep name, empty task id, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -53,7 +53,7 @@ use scripts::SCRIPTS;
 
 pub use error::StoreError;
 pub use types::{
-    Checkpoint, FailOutcome, GroupInfo, StageSubmitCount, StoreOptions, SubmitOutcome, TaskPage, TaskState,
+    Checkpoint, DeleteOutcome, FailOutcome, GroupInfo, StageSubmitCount, StoreOptions, SubmitOutcome, TaskPage, TaskState,
     WorkerInfo,
 };
 
@@ -691,6 +691,91 @@ impl Store {
         Ok(moved)
     }
 
+    /// Deletes every Redis key of the sweep (one script, see `lua/delete_sweep.lua`) and
+    /// removes its name from the global sets (`sweeps`, `active`). Refused with
+    /// [`StoreError::SweepUnfinished`] while the sweep has pending, leased or running
+    /// tasks or a selection waiting, unless it was cancelled first; `force` cancels it
+    /// first. Leases still held by workers of a cancelled sweep become stale: renew
+    /// answers `LEASE_LOST`, reports `STALE`, and nothing of the sweep is written again.
+    /// Files (checkpoints, feature caches, exported reports) are not touched.
+    pub async fn delete_sweep(&self, sweep: &str, force: bool) -> Result<DeleteOutcome, StoreError> {
+        validate_sweep_name(sweep)?;
+        let mut conn = self.conn.clone();
+        let cancelled = if force {
+            match self.cancel_sweep(sweep).await {
+                Ok(moved) => moved,
+                Err(StoreError::SweepNotFound { .. }) => 0,
+                Err(e) => return Err(e),
+            }
+        } else {
+            0
+        };
+        // Out of `active` first, so that no timer (reaper, finals, metrics consumer) picks
+        // the sweep up again while its keys go; put back if the delete is refused.
+        let was_active: bool =
+            conn.srem(self.keys.active(), sweep).await.map_err(StoreError::redis("srem active"))?;
+        let reply: Result<Vec<String>, StoreError> = SCRIPTS
+            .delete_sweep
+            .key(self.keys.sweep_base(sweep))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("delete_sweep script"));
+        let reply = match reply {
+            Ok(reply) if reply.first().map(String::as_str) == Some("unfinished") || reply.is_empty() => {
+                if was_active {
+                    self.mark_active(sweep).await?;
+                }
+                reply
+            }
+            Ok(reply) => reply,
+            Err(e) => {
+                if was_active {
+                    self.mark_active(sweep).await?;
+                }
+                return Err(e);
+            }
+        };
+        let key = self.keys.meta(sweep);
+        let field = |i: usize, name: &str| parse_num::<u64>(reply.get(i).map(String::as_str).unwrap_or(""), &key, name);
+        match reply.first().map(String::as_str) {
+            Some("deleted") => {
+                let _: () = conn.srem(self.keys.sweeps(), sweep).await.map_err(StoreError::redis("srem sweeps"))?;
+                let checkpoint_dir = reply.get(3).and_then(|path| checkpoint_dir_of(path, sweep));
+                let outcome = DeleteOutcome {
+                    keys_deleted: field(1, "keys_deleted")?,
+                    tasks_deleted: field(2, "tasks_deleted")?,
+                    cancelled,
+                    checkpoint_dir,
+                    leftovers_only: false,
+                };
+                info!(sweep = %sweep, keys = outcome.keys_deleted, tasks = outcome.tasks_deleted, "sweep deleted");
+                Ok(outcome)
+            }
+            Some("leftovers") => {
+                let _: () = conn.srem(self.keys.sweeps(), sweep).await.map_err(StoreError::redis("srem sweeps"))?;
+                let keys_deleted = field(1, "keys_deleted")?;
+                info!(sweep = %sweep, keys = keys_deleted, "leftovers of a deleted sweep removed");
+                Ok(DeleteOutcome { keys_deleted, leftovers_only: true, ..DeleteOutcome::default() })
+            }
+            Some("not_found") => {
+                let _: () = conn.srem(self.keys.sweeps(), sweep).await.map_err(StoreError::redis("srem sweeps"))?;
+                Err(StoreError::SweepNotFound { sweep: sweep.to_string() })
+            }
+            Some("unfinished") => Err(StoreError::SweepUnfinished {
+                sweep: sweep.to_string(),
+                pending: field(1, "pending")?,
+                leased: field(2, "leased")?,
+                running: field(3, "running")?,
+                selections: field(4, "selections")?,
+            }),
+            other => Err(StoreError::Corrupt {
+                key,
+                field: "delete_sweep reply".into(),
+                detail: format!("unexpected {other:?}"),
+            }),
+        }
+    }
+
     /// Puts failed and/or cancelled tasks back to pending with a fresh budget and
     /// re-activates the sweep. Returns how many were re-queued.
     pub async fn retry_sweep(&self, sweep: &str, failed: bool, cancelled: bool) -> Result<u64, StoreError> {
@@ -956,6 +1041,14 @@ impl Store {
 pub fn selection_group(spec: &CellSpec) -> Option<String> {
     (spec.stage == Stage::Grid && sweepfile::regime_has_final(spec.regime))
         .then(|| format!("{}/{}", spec.group_key(), spec.seed))
+}
+
+/// `<root>/<sweep>` from a checkpoint path the worker recorded
+/// (`<root>/<sweep>/<task>/attempt-<n>/...`); None when the path does not have that shape.
+fn checkpoint_dir_of(path: &str, sweep: &str) -> Option<String> {
+    let marker = format!("/{sweep}/");
+    let at = path.find(&marker)?;
+    Some(path[..at + marker.len() - 1].to_string())
 }
 
 /// Sweep names become part of keys (`{<sweep>}` is the hash tag): refuse what would

@@ -25,6 +25,7 @@ pub(crate) struct Scripts {
     pub create_final: Script,
     pub stale_metric: Script,
     pub touch_worker: Script,
+    pub delete_sweep: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -40,4 +41,5 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     create_final: lua!("create_final.lua"),
     stale_metric: lua!("stale_metric.lua"),
     touch_worker: lua!("touch_worker.lua"),
+    delete_sweep: lua!("delete_sweep.lua"),
 });

@@ -171,3 +171,20 @@ pub struct GroupInfo {
     /// Every final task ever created for this group, oldest first.
     pub finals: Vec<String>,
 }
+
+/// What [`super::Store::delete_sweep`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    /// Redis keys deleted (task hashes, indexes, queues, groups, metrics stream, meta ...).
+    pub keys_deleted: u64,
+    /// Task hashes among them.
+    pub tasks_deleted: u64,
+    /// Pending tasks cancelled first (`force`).
+    pub cancelled: u64,
+    /// The sweep's checkpoint directory as the tasks recorded it
+    /// (`<checkpoint_root>/<sweep>`), when any task checkpointed; files are not removed.
+    pub checkpoint_dir: Option<String>,
+    /// Only leftovers of an already deleted sweep were found (its metrics stream or
+    /// progress hash, recreated by a worker that was still stopping).
+    pub leftovers_only: bool,
+}

@@ -8,7 +8,6 @@ use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-use tsweep_proto::auth::{bearer_interceptor, BearerInterceptor};
 use tracing::{info, warn};
 use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use tsweep_proto::v1::{
@@ -19,14 +18,17 @@ use tsweep_proto::v1::{
 use tsweep_proto::PROTOCOL_VERSION;
 
 use super::backoff::Backoff;
+use crate::token::{TokenInterceptor, TokenSource};
 use super::AgentError;
 
-type Inner = WorkerServiceClient<InterceptedService<Channel, BearerInterceptor>>;
+type Inner = WorkerServiceClient<InterceptedService<Channel, TokenInterceptor>>;
 
 /// Cheap to clone; every clone shares one HTTP/2 connection.
 #[derive(Clone)]
 pub struct CoordinatorClient {
     inner: Inner,
+    /// Shared with `inner`: re-reads a token file after an UNAUTHENTICATED answer.
+    token: TokenInterceptor,
     worker_id: String,
     call_timeout: Duration,
 }
@@ -46,8 +48,9 @@ pub fn is_transient(status: &Status) -> bool {
 }
 
 impl CoordinatorClient {
-    /// Connects lazily: a coordinator that is down now is retried on each call.
-    pub fn new(url: &str, token: Option<&str>, worker_id: String) -> Result<Self, AgentError> {
+    /// Connects lazily: a coordinator that is down now is retried on each call. A token
+    /// file is read now and re-read while the agent runs ([`TokenInterceptor`]).
+    pub fn new(url: &str, token: &TokenSource, worker_id: String) -> Result<Self, AgentError> {
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| AgentError::Coordinator(format!("coordinator url `{url}`: {e}")))?
             .connect_timeout(Duration::from_secs(3))
@@ -55,10 +58,10 @@ impl CoordinatorClient {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10));
         let channel = endpoint.connect_lazy();
-        let token = bearer_interceptor(token.map(str::to_string))
-            .map_err(|e| AgentError::Coordinator(format!("token: {e}")))?;
+        let token = TokenInterceptor::new(token).map_err(|e| AgentError::Coordinator(e.to_string()))?;
         Ok(Self {
-            inner: WorkerServiceClient::with_interceptor(channel, token),
+            inner: WorkerServiceClient::with_interceptor(channel, token.clone()),
+            token,
             worker_id,
             call_timeout: Duration::from_secs(10),
         })
@@ -73,6 +76,11 @@ impl CoordinatorClient {
         call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T, Status> {
         match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(Err(status)) if status.code() == Code::Unauthenticated => {
+                // A rotated token file: read it again on the next call.
+                self.token.expire();
+                Err(status)
+            }
             Ok(result) => result.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "coordinator did not answer within {:?}",
@@ -173,7 +181,11 @@ impl CoordinatorClient {
                           "report delivered");
                     return Delivery::Answered(outcome);
                 }
-                Err(status) if is_transient(&status) => {
+                // With a token file, UNAUTHENTICATED may be a Secret rotated on the
+                // coordinator first: the file is read again and the report retried.
+                Err(status)
+                    if is_transient(&status) || (status.code() == Code::Unauthenticated && self.token.from_file()) =>
+                {
                     let wait = backoff.next_delay();
                     if Instant::now() + wait >= deadline {
                         warn!(task_id = %task_id, attempt, error = %status.message(),

@@ -81,7 +81,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let slots = config.slots.unwrap_or(gpus.max(1));
     let device = parse_device(&config.device)?;
     let exe: PathBuf = std::env::current_exe().map_err(AgentError::CurrentExe)?;
-    let client = CoordinatorClient::new(&config.coordinator, config.token.as_deref(), worker_id.clone())?;
+    let client = CoordinatorClient::new(&config.coordinator, &config.token_source()?, worker_id.clone())?;
     let registration = Registration { hostname: crate::config::local_hostname(), slots, gpus };
 
     info!(worker_id = %worker_id, coordinator = %config.coordinator, slots, gpus, executor = ?config.executor,

@@ -1,6 +1,7 @@
 -- acquire: leases the first pending task of this sweep whose GPU count fits the worker's
 -- free GPUs (queues scored finals first, then insertion order): attempt += 1, worker,
--- deadline = Redis TIME + ttl, state leased, member of the lease zset.
+-- deadline = Redis TIME + ttl, state leased, member of the lease zset. A queued final
+-- that is no longer its group's current final is cancelled instead (see create_final).
 -- ARGV: worker_id, free_gpus, ttl_ms
 -- Returns {'ok', id, attempt, spec, gpus, ckpt_path, ckpt_step}
 --      or {'none'}     pending tasks exist but none fits
@@ -42,9 +43,15 @@ for _ = 1, 64 do
   end
   if best_id == nil then return {'none'} end
   local t = load_task(best_id)
+  local current = nil
+  if t ~= nil and t.state == 'pending' and t.stage == 'final' then current = superseded_by(best_id) end
   if t == nil or t.state ~= 'pending' then
     -- A queue entry without a pending task behind it: drop it and look again.
     dequeue(best_id, best_gpus)
+  elseif current ~= nil then
+    -- A final that a newer selection of its group replaced (re-queued by a lost
+    -- attempt or a retry after it was superseded): never run it, cancel it.
+    cancel_superseded_final(best_id, current)
   else
     local now = now_ms()
     local attempt = t.attempt + 1

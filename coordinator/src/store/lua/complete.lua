@@ -34,6 +34,7 @@ end
 if t ~= nil and t.state == 'succeeded' and t.done_attempt == attempt and t.worker == worker then
   return {'duplicate', t.state}
 end
-redis.call('HINCRBY', k('meta'), 'stale_reports', 1)
+-- Counted only while the sweep exists: a report for a deleted sweep writes nothing.
+if sweep_status() then redis.call('HINCRBY', k('meta'), 'stale_reports', 1) end
 if t == nil then return {'stale', ''} end
 return {'stale', t.state}

@@ -6,6 +6,23 @@
 -- resubmission), nothing new is created.
 -- A group with cancelled points has not ended (mode 'incomplete'): no selection is
 -- made and the current final stays; retrying the cancelled points re-opens the group.
+--
+-- Superseded finals (one rule, applied here atomically with the new selection):
+-- while a group is open again (grid extended, points retried) its current final, if
+-- still pending, is held out of the queue (lib.lua group_point_opened): its selection
+-- may change, and finals are queued ahead of grid points, so it would otherwise start
+-- before the new points end. When the group closes again:
+--   * same winner: the same final id, which stays current and is queued again as it
+--     was (nothing created, no group is ever left without its final);
+--   * other winner (or no eligible point): the new final becomes current and every
+--     other final of the group that is still pending is cancelled, with
+--     error = 'superseded by final <id>' and superseded_by = <id> on it (counts, state
+--     index and queue as in cancel). A leased or running one is never touched: it
+--     finishes under its lease (fencing unchanged) and is reported as not current;
+--     should it come back to pending (lost attempt), it is cancelled then.
+--   * a winner whose final was cancelled as superseded earlier (A -> B -> A): that
+--     final is current again and goes back to pending (unless the sweep is cancelled);
+--   * incomplete: nothing selected, the held current final is queued again.
 -- ARGV: group, version, winner_id ('' when no point is eligible), final_id, spec_json,
 --       gpus, regime, max_attempts, mode ('select' | 'incomplete')
 -- Returns {'created' | 'exists' | 'none' | 'incomplete' | 'reopened' | 'changed', final_id}
@@ -29,13 +46,41 @@ if num(g[1], 0) > 0 then
 end
 if num(g[2], 0) ~= version then return {'changed', ''} end
 redis.call('SREM', k('closed'), group)
-if ARGV[9] == 'incomplete' then return {'incomplete', ''} end
+
+-- The current final back in the queue (held while the group was open), or back to
+-- pending when it had been cancelled only because another final superseded it.
+local function requeue_current(id)
+  if id == nil or id == false or id == '' then return end
+  local f = redis.call('HMGET', task_key(id), 'state', 'gpus', 'seq', 'prio', 'superseded_by')
+  if f[1] == 'pending' then
+    enqueue(id, f[2] or '1', num(f[4], num(f[3], 0)))
+  elseif f[1] == 'cancelled' and f[5] and sweep_status() ~= 'cancelled' then
+    move_state(id, 'cancelled', 'pending', num(f[3], 0))
+    redis.call('HDEL', task_key(id), 'superseded_by', 'error', 'finished_ms')
+    enqueue(id, f[2] or '1', num(f[4], num(f[3], 0)))
+  end
+end
+
+-- Every other final of the group that no worker holds yet is cancelled.
+local function cancel_others(current)
+  for _, id in ipairs(redis.call('LRANGE', k('finals:' .. group), 0, -1)) do
+    if id ~= current then cancel_superseded_final(id, current) end
+  end
+end
+
+if ARGV[9] == 'incomplete' then
+  requeue_current(redis.call('HGET', gkey, 'current_final'))
+  return {'incomplete', ''}
+end
 if winner == '' then
   redis.call('HSET', gkey, 'current_final', '', 'winner', '')
+  cancel_others('')
   return {'none', ''}
 end
 redis.call('HSET', gkey, 'current_final', final_id, 'winner', winner)
+cancel_others(final_id)
 if redis.call('EXISTS', task_key(final_id)) == 1 then
+  requeue_current(final_id)
   return {'exists', final_id}
 end
 local seq = redis.call('HINCRBY', k('meta'), 'seq', 1)

@@ -55,13 +55,14 @@ if t ~= nil and holds_lease(t, worker, attempt) then
       end
     end
     redis.call('HSET', task_key(id), 'error', message, 'error_class', class)
-    end_lease(id, t, to)
+    to = end_lease(id, t, to)
   end
   return {'accepted', to}
 end
 if t ~= nil and t.attempt == attempt and t.failed_attempt == attempt and t.worker == worker then
   return {'duplicate', t.state}
 end
-redis.call('HINCRBY', k('meta'), 'stale_reports', 1)
+-- Counted only while the sweep exists: a report for a deleted sweep writes nothing.
+if sweep_status() then redis.call('HINCRBY', k('meta'), 'stale_reports', 1) end
 if t == nil then return {'stale', ''} end
 return {'stale', t.state}

@@ -62,23 +62,78 @@ local function group_point_ended(group)
 end
 
 -- A grid point left a terminal state (retry) or was added: the group is open again.
+-- Its current final, if still pending, is held (out of the queue, still `pending`)
+-- until the group closes: create_final then re-queues it (same winner) or cancels it
+-- (superseded), so a final whose selection may change never starts in the meantime.
 local function group_point_opened(group)
   if group == nil or group == false or group == '' then return end
-  redis.call('HINCRBY', k('group:' .. group), 'open', 1)
+  local gkey = k('group:' .. group)
+  redis.call('HINCRBY', gkey, 'open', 1)
+  local current = redis.call('HGET', gkey, 'current_final')
+  if current and current ~= '' then
+    local f = redis.call('HMGET', task_key(current), 'state', 'gpus')
+    if f[1] == 'pending' then dequeue(current, f[2] or '1') end
+  end
 end
 
--- Leaves leased/running for state `to` (pending or a terminal state).
+-- For a final task of a selection group that is no longer the group's current final:
+-- the current final's id ('' when the group has none now). nil for any other task.
+local function superseded_by(id)
+  local group = redis.call('HGET', task_key(id), 'final_of')
+  if not group or group == '' then return nil end
+  local current = redis.call('HGET', k('group:' .. group), 'current_final') or ''
+  if current == id then return nil end
+  return current
+end
+
+-- Cancels a superseded final that no worker holds (state pending) and says why on it;
+-- counts, state index and queue move exactly as in cancel. A leased or running final
+-- is left alone (its lease and fencing are untouched). Returns true when cancelled.
+local function cancel_superseded_final(id, current)
+  local f = redis.call('HMGET', task_key(id), 'state', 'gpus', 'seq')
+  if f[1] ~= 'pending' then return false end
+  dequeue(id, f[2] or '1')
+  move_state(id, 'pending', 'cancelled', num(f[3], 0))
+  local why = 'superseded by final ' .. current
+  if current == '' then why = 'superseded: its group has no eligible point now' end
+  redis.call('HSET', task_key(id), 'finished_ms', now_ms(), 'error', why, 'superseded_by', current)
+  return true
+end
+
+-- True for the final of a group that is open again: it stays out of the queue (held)
+-- until the group closes and create_final decides on it.
+local function final_waits(id)
+  local group = redis.call('HGET', task_key(id), 'final_of')
+  return group and group ~= '' and num(redis.call('HGET', k('group:' .. group), 'open'), 0) > 0
+end
+
+-- A task that went back to pending after a lease: queued again, except a final that a
+-- newer selection superseded (cancelled) and the current final of a group that is open
+-- again (held until the group closes, like group_point_opened does).
+-- Returns the task's state now ('pending' or 'cancelled').
+local function requeue(id, gpus, prio)
+  local current = superseded_by(id)
+  if current ~= nil then
+    cancel_superseded_final(id, current)
+    return 'cancelled'
+  end
+  if not final_waits(id) then enqueue(id, gpus, prio) end
+  return 'pending'
+end
+
+-- Leaves leased/running for state `to` (pending or a terminal state). Returns the state
+-- the task is in now (`to`, or cancelled for a superseded final sent back to pending).
 local function end_lease(id, t, to)
   redis.call('ZREM', k('leases'), id)
   redis.call('HDEL', task_key(id), 'deadline')
   local seq = num(t.seq, 0)
   move_state(id, t.state, to, seq)
   if to == 'pending' then
-    enqueue(id, t.gpus, num(t.prio, seq))
-  else
-    redis.call('HSET', task_key(id), 'finished_ms', now_ms())
-    group_point_ended(t.group)
+    return requeue(id, t.gpus, num(t.prio, seq))
   end
+  redis.call('HSET', task_key(id), 'finished_ms', now_ms())
+  group_point_ended(t.group)
+  return to
 end
 
 -- Reads the fields of a task into a table (nil when the task does not exist).
@@ -123,8 +178,7 @@ local function lose_attempt(id, t, max_lost, class, message)
     err = 'lost too many times: ' .. streak .. ' consecutive lost attempts without progress; last: ' .. message
   end
   redis.call('HSET', task_key(id), 'lost_streak', streak, 'error', err, 'error_class', class)
-  end_lease(id, t, to)
-  return to
+  return end_lease(id, t, to)
 end
 
 local function validate_base()

@@ -19,7 +19,10 @@ for _, id in ipairs(ids) do
     move_state(id, from, 'pending', num(t.seq, 0))
     redis.call('HSET', task_key(id), 'retries_used', 0, 'lost_streak', 0, 'oom_failures', 0)
     redis.call('HDEL', task_key(id), 'finished_ms')
-    enqueue(id, t.gpus, num(t.prio, num(t.seq, 0)))
+    -- A final of a group that is open again waits (held) for the group to close. A
+    -- superseded final is queued like any task and acquire cancels it again (left in
+    -- `cancelled` here, it would stay first in the batch and this loop would not end).
+    if not final_waits(id) then enqueue(id, t.gpus, num(t.prio, num(t.seq, 0))) end
     group_point_opened(t.group)
   else
     redis.call('ZREM', k('state:' .. from), id)
