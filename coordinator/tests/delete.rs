@@ -4,7 +4,6 @@
 //! `force`); late worker calls for a deleted sweep are stale and write nothing back.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use tsweep_coordinator::server;
 use tsweep_coordinator::store::{Checkpoint, Store, StoreError, StoreOptions};
 use tsweep_coordinator::sweepfile::{task_id, Cell, ExpandedSweep, SweepSettings};
 use tsweep_proto::cell::{
-    CellSpec, DatasetFormat, DatasetSpec, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings, ValPolicy,
+    CellSpec, Regime,
 };
 use tsweep_proto::v1::sweep_service_client::SweepServiceClient;
 use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
@@ -26,52 +25,12 @@ use tsweep_proto::v1::{
 };
 use tsweep_proto::PROTOCOL_VERSION;
 
+mod support;
+
 const TSWEEP: &str = env!("CARGO_BIN_EXE_tsweep");
 
 fn spec(sweep: &str, lr: f64) -> CellSpec {
-    let mut hparams = BTreeMap::new();
-    hparams.insert("lr".to_string(), lr);
-    hparams.insert("weight_decay".to_string(), 0.0);
-    CellSpec {
-        sweep: sweep.to_string(),
-        stage: Stage::Grid,
-        regime: Regime::Finetune,
-        model: ModelSpec {
-            name: "m".to_string(),
-            source: ModelSource::Builtin,
-            arch: "resnet18".to_string(),
-            weights: None,
-            imagenet_top1: Some(70.0),
-            image_size: 32,
-        },
-        dataset: DatasetSpec {
-            name: "shapes".to_string(),
-            format: DatasetFormat::Imagefolder,
-            path: PathBuf::from("/data/shapes"),
-            metric: Metric::Top1,
-            val: ValPolicy::Official,
-            num_classes: None,
-        },
-        hparams,
-        train: TrainSettings {
-            steps: 10,
-            batch_size: 8,
-            momentum: 0.9,
-            nesterov: true,
-            schedule: "cosine".to_string(),
-            bn_momentum: None,
-            eval_every: 0,
-            checkpoint_every: 0,
-            eval_resize: None,
-            loader_threads: 1,
-            l2_path: vec![],
-            lbfgs_max_iter: 10,
-        },
-        seed: 0,
-        gpus: 1,
-        max_attempts: 3,
-        fake: None,
-    }
+    support::spec(sweep, "m", Regime::Finetune, lr, 1, 3)
 }
 
 /// `n` finetune grid points (one selection group) of sweep `name`.

@@ -2,69 +2,24 @@
 //! port, killed at the end). Leases that must expire use millisecond TTLs.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tsweep_coordinator::redis_server::RedisServer;
 use tsweep_coordinator::store::{Checkpoint, Store, StoreOptions, TaskState};
 use tsweep_coordinator::sweepfile::{task_id, Cell, ExpandedSweep, SweepSettings};
 use tsweep_proto::cell::{
-    CellSpec, DatasetFormat, DatasetSpec, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings, ValPolicy,
+    CellSpec, Regime, Stage,
 };
 use tsweep_proto::v1::{FailureClass, HeldLease, LeaseRef, ReportOutcome, StopReason, TaskAssignment, TaskResult};
+
+mod support;
+
+use support::cell;
 
 const SWEEP: &str = "s1";
 
 fn spec(model: &str, regime: Regime, lr: f64, gpus: u32, max_attempts: u32) -> CellSpec {
-    let mut hparams = BTreeMap::new();
-    if regime != Regime::Linear {
-        hparams.insert("lr".to_string(), lr);
-        hparams.insert("weight_decay".to_string(), 0.0);
-    }
-    CellSpec {
-        sweep: SWEEP.to_string(),
-        stage: Stage::Grid,
-        regime,
-        model: ModelSpec {
-            name: model.to_string(),
-            source: ModelSource::Builtin,
-            arch: "resnet18".to_string(),
-            weights: None,
-            imagenet_top1: Some(70.0),
-            image_size: 32,
-        },
-        dataset: DatasetSpec {
-            name: "shapes".to_string(),
-            format: DatasetFormat::Imagefolder,
-            path: PathBuf::from("/data/shapes"),
-            metric: Metric::Top1,
-            val: ValPolicy::Official,
-            num_classes: None,
-        },
-        hparams,
-        train: TrainSettings {
-            steps: 10,
-            batch_size: 8,
-            momentum: 0.9,
-            nesterov: true,
-            schedule: "cosine".to_string(),
-            bn_momentum: None,
-            eval_every: 0,
-            checkpoint_every: 0,
-            eval_resize: None,
-            loader_threads: 1,
-            l2_path: if regime == Regime::Linear { vec![0.1, 1.0] } else { vec![] },
-            lbfgs_max_iter: 10,
-        },
-        seed: 0,
-        gpus,
-        max_attempts,
-        fake: None,
-    }
-}
-
-fn cell(spec: CellSpec) -> Cell {
-    Cell { id: task_id(&spec), spec }
+    support::spec(SWEEP, model, regime, lr, gpus, max_attempts)
 }
 
 fn sweep(cells: Vec<Cell>) -> ExpandedSweep {

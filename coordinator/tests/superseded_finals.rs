@@ -3,66 +3,26 @@
 //! if no worker holds it yet, a held one finishes under its lease, and a group whose
 //! winner did not change keeps its final.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::AsyncCommands;
 use tsweep_coordinator::redis_server::RedisServer;
 use tsweep_coordinator::store::{Store, StoreOptions, TaskState};
-use tsweep_coordinator::sweepfile::{task_id, Cell, ExpandedSweep, SweepSettings};
+use tsweep_coordinator::sweepfile::{Cell, ExpandedSweep, SweepSettings};
 use tsweep_proto::cell::{
-    CellSpec, DatasetFormat, DatasetSpec, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings, ValPolicy,
+    CellSpec, Regime,
 };
 use tsweep_proto::v1::{FailureClass, HeldLease, LeaseRef, ReportOutcome, TaskAssignment, TaskResult};
+
+mod support;
 
 const SWEEP: &str = "s1";
 const BASE: &str = "tsweep:{s1}:";
 
 /// A finetune grid point of model `m` with learning rate `lr`.
 fn point(lr: f64) -> Cell {
-    let hparams = BTreeMap::from([("lr".to_string(), lr), ("weight_decay".to_string(), 0.0)]);
-    let spec = CellSpec {
-        sweep: SWEEP.to_string(),
-        stage: Stage::Grid,
-        regime: Regime::Finetune,
-        model: ModelSpec {
-            name: "m".to_string(),
-            source: ModelSource::Builtin,
-            arch: "resnet18".to_string(),
-            weights: None,
-            imagenet_top1: Some(70.0),
-            image_size: 32,
-        },
-        dataset: DatasetSpec {
-            name: "shapes".to_string(),
-            format: DatasetFormat::Imagefolder,
-            path: PathBuf::from("/data/shapes"),
-            metric: Metric::Top1,
-            val: ValPolicy::Official,
-            num_classes: None,
-        },
-        hparams,
-        train: TrainSettings {
-            steps: 10,
-            batch_size: 8,
-            momentum: 0.9,
-            nesterov: true,
-            schedule: "cosine".to_string(),
-            bn_momentum: None,
-            eval_every: 0,
-            checkpoint_every: 0,
-            eval_resize: None,
-            loader_threads: 1,
-            l2_path: vec![],
-            lbfgs_max_iter: 10,
-        },
-        seed: 0,
-        gpus: 1,
-        max_attempts: 3,
-        fake: None,
-    };
-    Cell { id: task_id(&spec), spec }
+    support::cell(support::spec(SWEEP, "m", Regime::Finetune, lr, 1, 3))
 }
 
 /// The grid lr = 0.001 .. 0.001 * n.

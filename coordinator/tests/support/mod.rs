@@ -1,0 +1,83 @@
+//! What the coordinator's integration tests share: the cell a test sweep is made of.
+//! (Each test file that needs it declares `mod support;`.)
+
+#![allow(dead_code)] // each test file uses a part
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use tsweep_coordinator::sweepfile::{task_id, Cell};
+use tsweep_proto::cell::{
+    CellSpec, DatasetFormat, DatasetSpec, Metric, ModelSource, ModelSpec, Regime, Stage,
+    TrainSettings, ValPolicy,
+};
+
+/// A grid cell of `sweep`: model `model` (a resnet18 with ImageNet top-1 70) on the
+/// `shapes` dataset, `regime` with learning rate `lr` (linear: an L2 path of two values),
+/// 10 steps of batch 8.
+pub fn spec(
+    sweep: &str,
+    model: &str,
+    regime: Regime,
+    lr: f64,
+    gpus: u32,
+    max_attempts: u32,
+) -> CellSpec {
+    let mut hparams = BTreeMap::new();
+    if regime != Regime::Linear {
+        hparams.insert("lr".to_string(), lr);
+        hparams.insert("weight_decay".to_string(), 0.0);
+    }
+    CellSpec {
+        sweep: sweep.to_string(),
+        stage: Stage::Grid,
+        regime,
+        model: ModelSpec {
+            name: model.to_string(),
+            source: ModelSource::Builtin,
+            arch: "resnet18".to_string(),
+            weights: None,
+            imagenet_top1: Some(70.0),
+            image_size: 32,
+        },
+        dataset: DatasetSpec {
+            name: "shapes".to_string(),
+            format: DatasetFormat::Imagefolder,
+            path: PathBuf::from("/data/shapes"),
+            metric: Metric::Top1,
+            val: ValPolicy::Official,
+            num_classes: None,
+        },
+        hparams,
+        train: TrainSettings {
+            steps: 10,
+            batch_size: 8,
+            momentum: 0.9,
+            nesterov: true,
+            schedule: "cosine".to_string(),
+            bn_momentum: None,
+            eval_every: 0,
+            checkpoint_every: 0,
+            eval_resize: None,
+            loader_threads: 1,
+            l2_path: if regime == Regime::Linear {
+                vec![0.1, 1.0]
+            } else {
+                vec![]
+            },
+            lbfgs_max_iter: 10,
+        },
+        seed: 0,
+        gpus,
+        max_attempts,
+        fake: None,
+    }
+}
+
+/// The cell of a spec, with its deterministic id.
+pub fn cell(spec: CellSpec) -> Cell {
+    Cell {
+        id: task_id(&spec),
+        spec,
+    }
+}
