@@ -37,6 +37,10 @@ struct Args {
     /// coordinator's saturation throughput; >0: latency at an offered load).
     #[arg(long, default_value_t = 0)]
     think_ms: u64,
+    /// Redis's AOF fsync policy for the run (`everysec` is what tsweep ships; `always`
+    /// fsyncs before every reply).
+    #[arg(long, default_value = "everysec", value_parser = ["everysec", "always", "no"])]
+    appendfsync: String,
 }
 
 #[tokio::main]
@@ -44,6 +48,9 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
     let redis = RedisServer::start_in(dir.path(), 0)?;
+    let mut admin = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg(&args.appendfsync).query_async(&mut admin).await?;
+    println!("redis appendfsync {}", args.appendfsync);
     let port = free_port()?;
     let mut cmd = Command::new(bin_path("tsweep")?);
     cmd.arg("serve")
