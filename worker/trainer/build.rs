@@ -1,5 +1,6 @@
-//! Link settings for this crate's own binaries, tests and benches (a library's build script
-//! cannot change how downstream binaries link: tsweep-worker's build.rs does the same).
+//! Link settings for this crate's own binaries, tests and benches. A library's build script
+//! cannot change how downstream binaries link, so the same arguments are also published as
+//! `link_args` metadata (`links = "tsweep_torch"`): tsweep-worker's build.rs applies them.
 //!
 //! - `--no-as-needed` around libtorch_cuda: nothing in Rust calls into it directly, so the
 //!   default `--as-needed` drops it and CUDA silently goes missing (tch-rs issue #751 and
@@ -38,13 +39,15 @@ fn main() {
     if target_os != "linux" {
         return;
     }
-    if let Some(dir) = libtorch_lib_dir() {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
-        if dir.join("libtorch_cuda.so").exists() {
-            println!("cargo:rustc-link-arg=-L{}", dir.display());
-            println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-            println!("cargo:rustc-link-arg=-ltorch_cuda");
-            println!("cargo:rustc-link-arg=-Wl,--as-needed");
-        }
+    let Some(dir) = libtorch_lib_dir() else { return };
+    let mut args = vec![format!("-Wl,-rpath,{}", dir.display())];
+    if dir.join("libtorch_cuda.so").exists() {
+        args.push(format!("-L{}", dir.display()));
+        args.extend(["-Wl,--no-as-needed", "-ltorch_cuda", "-Wl,--as-needed"].map(String::from));
     }
+    for arg in &args {
+        println!("cargo:rustc-link-arg={arg}");
+    }
+    // '\x1f' (unit separator) cannot occur in a path
+    println!("cargo:link_args={}", args.join("\x1f"));
 }
