@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use tch::Device;
+use tch::{Device, Kind, Tensor};
 use tsweep_data::{steps_per_epoch, Loader, LoaderConfig, Mode};
 use tsweep_proto::cell::{CellSpec, Regime};
 use tsweep_proto::v1::TaskResult;
@@ -127,9 +127,28 @@ pub fn run(
     let mut window_images = 0usize;
     let mut train_images = 0usize;
     let train_started = Instant::now();
+    // A diverged run (a loss that is not finite) is a result at chance level, not an error.
+    let diverged = |step: u64, train_images: usize, loss: f64| {
+        tracing::warn!(step, loss, "loss is not finite: the run diverged");
+        let chance = eval::chance(spec, &ds);
+        let mut result = base_result(spec, step, started, train_images, train_started);
+        result.diverged = true;
+        result.train_loss = Some(loss);
+        result.val_score = val_split.map(|_| chance);
+        result.test_score = Some(chance);
+        result.resumed_from_step = start_step;
+        result
+    };
+    // Losses stay on the device until read: every `report_every` steps and before an eval,
+    // a checkpoint, a stop and the end. Reading one waits for the device, so reading every
+    // step would idle a GPU while the next step is launched.
+    let mut unread = Vec::new();
     let mut step = start_step;
     while step < total {
         if stop.load(Ordering::Relaxed) {
+            if let Some(loss) = read_losses(&mut unread, &mut recent)? {
+                return Ok(diverged(step, train_images, loss));
+            }
             let path = checkpoint::save(&job.checkpoint_dir, step, &fingerprint, &net, &sgd)?;
             events(TrainerEvent::Checkpoint { path: path.clone(), step });
             return Err(TrainerError::Preempted { step, checkpoint: Some(path) });
@@ -146,50 +165,39 @@ pub fn run(
             let loss = loss_of(&net.forward(&x, true)?, &y)?;
             sgd.zero_grad();
             loss.f_backward()?;
-            let value = loss.f_double_value(&[])?;
-            if value.is_finite() {
-                sgd.step(rate)?;
-            }
-            Ok(value)
+            sgd.step(rate)?;
+            Ok(loss.f_detach()?)
         })?;
+        unread.push(loss);
         step += 1;
         train_images += batch.batch_size;
         window_images += batch.batch_size;
-        if !loss.is_finite() {
-            tracing::warn!(step, loss, "loss is not finite: the run diverged");
-            let chance = eval::chance(spec, &ds);
-            let mut result = base_result(spec, step, started, train_images, train_started);
-            result.diverged = true;
-            result.train_loss = Some(loss);
-            result.val_score = val_split.map(|_| chance);
-            result.test_score = Some(chance);
-            result.resumed_from_step = start_step;
-            return Ok(result);
-        }
-        last_loss = loss;
-        recent.push(loss);
-        if recent.len() > 100 {
-            recent.remove(0);
-        }
         let eval_now = spec.train.eval_every > 0 && step % spec.train.eval_every == 0 && step < total;
-        if step % report_every == 0 || step == total || eval_now {
-            let val_score = match (eval_now, val_split) {
-                (true, Some(v)) => Some(eval::score_split(&mut net, &ds, v, spec, device)?.0),
-                _ => None,
-            };
-            let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-            events(TrainerEvent::Progress {
-                step,
-                total_steps: total,
-                loss,
-                lr: rate,
-                images_per_s: window_images as f64 / secs,
-                val_score,
-            });
-            window_start = Instant::now();
-            window_images = 0;
+        let checkpoint_now = spec.train.checkpoint_every > 0 && step % spec.train.checkpoint_every == 0 && step < total;
+        if step % report_every != 0 && step != total && !eval_now && !checkpoint_now {
+            continue;
         }
-        if spec.train.checkpoint_every > 0 && step % spec.train.checkpoint_every == 0 && step < total {
+        let read = guard_torch("reading the losses", &dev_name, batch_size, || read_losses(&mut unread, &mut recent))?;
+        if let Some(loss) = read {
+            return Ok(diverged(step, train_images, loss));
+        }
+        last_loss = recent.last().copied().unwrap_or(f64::NAN);
+        let val_score = match (eval_now, val_split) {
+            (true, Some(v)) => Some(eval::score_split(&mut net, &ds, v, spec, device)?.0),
+            _ => None,
+        };
+        let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+        events(TrainerEvent::Progress {
+            step,
+            total_steps: total,
+            loss: last_loss,
+            lr: rate,
+            images_per_s: window_images as f64 / secs,
+            val_score,
+        });
+        window_start = Instant::now();
+        window_images = 0;
+        if checkpoint_now {
             let path = checkpoint::save(&job.checkpoint_dir, step, &fingerprint, &net, &sgd)?;
             events(TrainerEvent::Checkpoint { path, step });
         }
@@ -212,6 +220,25 @@ pub fn run(
     extra.insert("train_seconds".to_string(), train_secs);
     result.extra = extra;
     Ok(result)
+}
+
+/// Moves the losses still on the device into `recent` (the last 100 kept), in one copy.
+/// Returns the first one that is not finite, if any (the run diverged there).
+fn read_losses(unread: &mut Vec<Tensor>, recent: &mut Vec<f64>) -> Result<Option<f64>, TrainerError> {
+    if unread.is_empty() {
+        return Ok(None);
+    }
+    let values = Tensor::f_stack(unread.as_slice(), 0)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?;
+    unread.clear();
+    for value in Vec::<f64>::try_from(&values)? {
+        if !value.is_finite() {
+            return Ok(Some(value));
+        }
+        recent.push(value);
+    }
+    let excess = recent.len().saturating_sub(100);
+    recent.drain(..excess);
+    Ok(None)
 }
 
 fn base_result(spec: &CellSpec, steps: u64, started: Instant, images: usize, train_started: Instant) -> TaskResult {

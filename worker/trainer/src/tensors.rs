@@ -32,7 +32,7 @@ impl Normalizer {
     /// (the cast keeps the strides); `Network::features` puts them in its backbone's layout.
     pub fn images(&self, batch: &Batch) -> Result<Tensor, TrainerError> {
         let (b, h, w) = (batch.batch_size as i64, batch.height as i64, batch.width as i64);
-        let raw = Tensor::from_slice(&batch.images).f_view([b, h, w, 3])?.f_to_device(self.device)?;
+        let raw = self.upload(Tensor::from_slice(&batch.images).f_view([b, h, w, 3])?)?;
         let mut x = raw.f_permute([0, 3, 1, 2])?.f_to_kind(Kind::Float)?;
         let _ = x.f_mul_(&self.scale)?;
         let _ = x.f_add_(&self.shift)?;
@@ -41,10 +41,20 @@ impl Normalizer {
 
     /// Class indices `[B]` (i64) or multi-hot `[B, K]` (f32).
     pub fn targets(&self, batch: &Batch) -> Result<Tensor, TrainerError> {
-        Ok(match &batch.targets {
-            Targets::Labels(y) => Tensor::from_slice(y).f_to_device(self.device)?,
-            Targets::MultiHot(t, k) => Tensor::from_slice(t).f_view([batch.batch_size as i64, *k as i64])?.f_to_device(self.device)?,
+        self.upload(match &batch.targets {
+            Targets::Labels(y) => Tensor::from_slice(y),
+            Targets::MultiHot(t, k) => Tensor::from_slice(t).f_view([batch.batch_size as i64, *k as i64])?,
         })
+    }
+
+    /// A host tensor on the device. To a GPU through pinned memory and an asynchronous copy:
+    /// a copy from pageable memory would block this thread until the GPU has finished all
+    /// the work queued before it, leaving the GPU idle while the next step is launched.
+    fn upload(&self, host: Tensor) -> Result<Tensor, TrainerError> {
+        match self.device {
+            Device::Cpu => Ok(host),
+            device => Ok(host.f_pin_memory(device)?.f_to_device_(device, host.kind(), true, false)?),
+        }
     }
 }
 

@@ -157,7 +157,7 @@ fn train(
         loader = Some(Loader::new(ds.split(Split::Train)?, cfg, Mode::Train { start_step: 0 })?);
         None
     };
-    let mut one = |loader: &mut Option<Loader>| -> Result<f64> {
+    let mut one = |loader: &mut Option<Loader>| -> Result<Tensor> {
         let (x, y) = match (&fixed, loader.as_mut()) {
             (Some((x, y)), _) => (x.shallow_clone(), y.shallow_clone()),
             (None, Some(l)) => {
@@ -170,19 +170,27 @@ fn train(
         sgd.zero_grad();
         l.backward();
         sgd.step(0.01)?;
-        Ok(l.double_value(&[]))
+        Ok(l)
     };
+    // Synthetic runs read the loss every step, as the PyTorch reference does; loader runs
+    // read it at the end, as the finetune loop reads it every few dozen steps.
+    let read_each_step = fixed.is_some();
     for _ in 0..warmup {
-        one(&mut loader)?;
+        one(&mut loader)?.double_value(&[]);
     }
     let mut step_s = Vec::new();
     let t_all = Instant::now();
-    let mut last = 0.0;
+    let mut last = None;
     for _ in 0..steps {
         let t = Instant::now();
-        last = one(&mut loader)?;
+        let l = one(&mut loader)?;
+        if read_each_step {
+            l.double_value(&[]);
+        }
+        last = Some(l);
         step_s.push(t.elapsed().as_secs_f64());
     }
+    let last = last.map_or(f64::NAN, |l| l.double_value(&[]));
     let total = t_all.elapsed().as_secs_f64();
     step_s.sort_by(f64::total_cmp);
     let med = step_s[step_s.len() / 2];
