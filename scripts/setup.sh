@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build, run and test tsweep. Safe to run twice.
-#   - redis-server and protoc from Debian's packages
+#   - redis-server, protoc and openssl (test certificates for TLS to Redis) from Debian's packages
 #   - a Python venv with torch==2.11.0 (libtorch for tch) and the manifest validator
 # Prints the environment to source afterwards (scripts/env.sh does it for you).
 set -euo pipefail
@@ -12,6 +12,7 @@ TORCH_VERSION="2.11.0"
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian's packages"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -34,6 +34,11 @@ pub struct ServiceConfig {
     pub metrics_listen: String,
     /// `redis://[:password@]host:port[/db]` or `rediss://...` for TLS.
     pub redis_url: String,
+    /// PEM CA bundle trusted for a `rediss://` server; unset: the platform trust store.
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key for mutual TLS with Redis (both or neither).
+    pub redis_client_cert_file: Option<PathBuf>,
+    pub redis_client_key_file: Option<PathBuf>,
     /// How long a lease lives without a heartbeat.
     pub lease_ttl_ms: u64,
     /// How often workers are told to heartbeat; default `lease_ttl_ms / 3`.
@@ -63,6 +68,9 @@ impl Default for ServiceConfig {
             listen: DEFAULT_LISTEN.into(),
             metrics_listen: DEFAULT_METRICS_LISTEN.into(),
             redis_url: DEFAULT_REDIS_URL.into(),
+            redis_ca_file: None,
+            redis_client_cert_file: None,
+            redis_client_key_file: None,
             lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
             heartbeat_interval_ms: None,
             reaper_interval_ms: DEFAULT_REAPER_INTERVAL_MS,
@@ -107,6 +115,10 @@ pub enum ConfigError {
     File { path: PathBuf, reason: String },
     #[error("service config: `{field}` {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// The Redis URL and TLS files do not fit together, or a TLS file is missing or not
+    /// PEM (the message names the setting and the path).
+    #[error("service config: {0}")]
+    Redis(#[from] tsweep_redis::RedisClientError),
     #[error("service config: cannot read auth_token_file {path}: {source}")]
     TokenFile { path: PathBuf, source: std::io::Error },
     /// An `auth_token_file` holding nothing but whitespace (a Secret created empty).
@@ -218,6 +230,7 @@ impl ServiceConfig {
         }
         redis::parse_redis_url(&self.redis_url)
             .ok_or_else(|| invalid("redis_url", "is not a redis:// or rediss:// url"))?;
+        tsweep_redis::build_client(&self.redis_url, &self.redis_tls())?;
         if self.lease_ttl_ms < 100 {
             return Err(invalid("lease_ttl_ms", "must be at least 100"));
         }
@@ -282,6 +295,15 @@ impl ServiceConfig {
 
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms.unwrap_or(self.lease_ttl_ms / 3).max(1))
+    }
+
+    /// The TLS files for the Redis connection (all unset for plain `redis://`).
+    pub fn redis_tls(&self) -> tsweep_redis::RedisTlsFiles {
+        tsweep_redis::RedisTlsFiles {
+            ca_file: self.redis_ca_file.clone(),
+            client_cert_file: self.redis_client_cert_file.clone(),
+            client_key_file: self.redis_client_key_file.clone(),
+        }
     }
 
     pub fn tls_enabled(&self) -> bool {
@@ -375,6 +397,48 @@ mod tests {
         let flags = ConfigOverrides { auth_token_file: Some(missing.clone()), ..Default::default() };
         let err = ServiceConfig::load_with_env(None, flags, env(&[])).unwrap_err().to_string();
         assert!(err.contains(&missing.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn redis_tls_files_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = tsweep_redis::test_support::TestPki::generate(dir.path()).unwrap();
+        let ca = pki.ca_cert.to_str().unwrap();
+        let config = ServiceConfig::load_with_env(
+            None,
+            ConfigOverrides { redis_url: Some("rediss://127.0.0.1:6380/".into()), ..Default::default() },
+            env(&[
+                ("TSWEEP__REDIS_CA_FILE", ca),
+                ("TSWEEP__REDIS_CLIENT_CERT_FILE", pki.client_cert.to_str().unwrap()),
+                ("TSWEEP__REDIS_CLIENT_KEY_FILE", pki.client_key.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.redis_tls(), pki.mutual());
+
+        let err = ServiceConfig::load_with_env(None, ConfigOverrides::default(), env(&[("TSWEEP__REDIS_CA_FILE", ca)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redis_ca_file") && err.contains("rediss://"), "plain url with a ca: {err}");
+
+        let missing = dir.path().join("absent-ca.pem");
+        let rediss = ConfigOverrides { redis_url: Some("rediss://127.0.0.1:6380/".into()), ..Default::default() };
+        let err = ServiceConfig::load_with_env(None, rediss.clone(), env(&[("TSWEEP__REDIS_CA_FILE", missing.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redis_ca_file") && err.contains(&missing.display().to_string()), "{err}");
+
+        let err = ServiceConfig::load_with_env(
+            None,
+            rediss.clone(),
+            env(&[("TSWEEP__REDIS_CLIENT_CERT_FILE", pki.client_cert.to_str().unwrap())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("redis_client_key_file"), "{err}");
+
+        let no_ca = ServiceConfig::load_with_env(None, rediss, env(&[])).unwrap();
+        assert!(no_ca.redis_tls().is_empty(), "rediss:// without a CA file trusts the platform roots");
     }
 
     #[test]

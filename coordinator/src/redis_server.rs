@@ -39,6 +39,19 @@ pub enum RedisServerError {
     Exited { port: u16, status: String, log: PathBuf },
 }
 
+/// TLS for a test redis-server: it then listens on TLS only (`--port 0 --tls-port <port>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisServerTls {
+    /// PEM server certificate (for `127.0.0.1`) and its key.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA that client certificates must chain to (redis-server wants one even without
+    /// `auth_clients`).
+    pub ca_cert_file: PathBuf,
+    /// `--tls-auth-clients yes`: a client certificate is required (mutual TLS).
+    pub auth_clients: bool,
+}
+
 /// A running (or killed, restartable) private redis-server.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -48,6 +61,8 @@ pub struct RedisServer {
     /// Holds the temporary directory when the server made its own.
     _temp: Option<tempfile::TempDir>,
     child: Option<Child>,
+    /// Set: TLS-only on `port`.
+    tls: Option<RedisServerTls>,
 }
 
 impl RedisServer {
@@ -63,14 +78,30 @@ impl RedisServer {
         Ok(server)
     }
 
+    /// As [`RedisServer::start_temp`], listening on TLS only (`rediss://`, see [`RedisServer::url`]).
+    pub fn start_tls_temp(tls: RedisServerTls) -> Result<RedisServer, RedisServerError> {
+        let temp = tempfile::Builder::new().prefix("tsweep-redis-tls-").tempdir().map_err(|source| {
+            RedisServerError::Io { what: "creating a temporary directory", dir: std::env::temp_dir(), source }
+        })?;
+        let dir = temp.path().to_path_buf();
+        let mut server = RedisServer::start_with(&dir, 0, Some(tls))?;
+        server._temp = Some(temp);
+        Ok(server)
+    }
+
     /// Starts redis-server on `port` (0: a free one, tried up to three times in case
     /// another process takes it first) with its data in `dir` (kept).
     pub fn start_in(dir: &Path, port: u16) -> Result<RedisServer, RedisServerError> {
+        RedisServer::start_with(dir, port, None)
+    }
+
+    fn start_with(dir: &Path, port: u16, tls: Option<RedisServerTls>) -> Result<RedisServer, RedisServerError> {
         let tries = if port == 0 { 3 } else { 1 };
         let mut last = None;
         for _ in 0..tries {
             let port = if port == 0 { free_port(dir)? } else { port };
             let mut server = RedisServer::new_in(dir, port);
+            server.tls = tls.clone();
             match server.start() {
                 Ok(()) => return Ok(server),
                 Err(e @ RedisServerError::Exited { .. }) => last = Some(e),
@@ -84,7 +115,7 @@ impl RedisServer {
         let binary = std::env::var_os("TSWEEP_REDIS_SERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_REDIS_SERVER));
-        RedisServer { binary, port, dir: dir.to_path_buf(), _temp: None, child: None }
+        RedisServer { binary, port, dir: dir.to_path_buf(), _temp: None, child: None, tls: None }
     }
 
     pub fn port(&self) -> u16 {
@@ -95,9 +126,10 @@ impl RedisServer {
         &self.dir
     }
 
-    /// `redis://127.0.0.1:<port>/`
+    /// `redis://127.0.0.1:<port>/`, or `rediss://127.0.0.1:<port>/` with TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// The server's PID while it runs.
@@ -126,9 +158,26 @@ impl RedisServer {
             .open(self.log_path())
             .map_err(io("opening redis.log", &self.dir))?;
         let log_err = log.try_clone().map_err(io("opening redis.log", &self.dir))?;
-        let child = Command::new(&self.binary)
-            .arg(&conf)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "yes"])
+        let mut command = Command::new(&self.binary);
+        command.arg(&conf);
+        match &self.tls {
+            None => {
+                command.args(["--port", &self.port.to_string()]);
+            }
+            Some(tls) => {
+                command
+                    .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert_file)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key_file)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca_cert_file)
+                    .args(["--tls-auth-clients", if tls.auth_clients { "yes" } else { "no" }]);
+            }
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(&self.dir)
             .args(["--daemonize", "no", "--save", ""])
@@ -154,7 +203,10 @@ impl RedisServer {
                     });
                 }
             }
-            if ping(self.port) {
+            // A TLS port cannot take the plain PING: there, accepting a connection is ready
+            // (a fresh server has no AOF to load).
+            let ready = if self.tls.is_some() { accepts(self.port) } else { ping(self.port) };
+            if ready {
                 return Ok(());
             }
             if started.elapsed() > timeout {
@@ -201,6 +253,11 @@ fn free_port(dir: &Path) -> Result<u16, RedisServerError> {
         dir: dir.to_path_buf(),
         source,
     })
+}
+
+/// True when something listens on the loopback port.
+fn accepts(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
 /// True when something on the port answers `PING` with `+PONG` (not `-LOADING`).

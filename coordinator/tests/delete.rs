@@ -237,7 +237,8 @@ async fn unknown_sweeps_are_not_found_and_a_recreated_metrics_stream_is_cleaned_
     assert!(matches!(store.delete_sweep("never", true).await, Err(StoreError::SweepNotFound { .. })));
     assert!(matches!(store.delete_sweep("bad{name}", false).await, Err(StoreError::InvalidArgument(_))));
 
-    // A worker that was still stopping appends progress after the delete.
+    // A worker of an older version (plain XADD, which creates the stream) that was still
+    // stopping appends progress after the delete: a second delete removes the leftover.
     store.submit(&sweep("late", 1)).await.unwrap();
     store.delete_sweep("late", true).await.unwrap();
     let mut conn = store.connection();
@@ -254,6 +255,38 @@ async fn unknown_sweeps_are_not_found_and_a_recreated_metrics_stream_is_cleaned_
     assert_eq!(outcome.keys_deleted, 1);
     assert!(scan(&store, "tsweep:{late}:*").await.is_empty());
     assert!(matches!(store.delete_sweep("late", false).await, Err(StoreError::SweepNotFound { .. })));
+}
+
+#[tokio::test]
+async fn a_late_progress_append_after_the_delete_recreates_no_key() {
+    let (_server, store) = start().await;
+    store.submit(&sweep("late", 1)).await.unwrap();
+    let stream = store.metrics_stream_key("late");
+    // The stream exists from the submit on, before any worker writes, with the consumer group.
+    let mut conn = store.connection();
+    let groups: Vec<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut conn).await.unwrap();
+    assert_eq!(groups.len(), 1, "the coordinator's consumer group is created at submit");
+    // The worker's append (worker/src/agent/metrics.rs) while the sweep exists.
+    let xadd = |key: &str| {
+        let mut command = redis::cmd("XADD");
+        command.arg(key).arg("NOMKSTREAM").arg("MAXLEN").arg("~").arg(100_000).arg("*").arg("task_id").arg("t");
+        command
+    };
+    let id: Option<String> = xadd(&stream).query_async(&mut conn).await.unwrap();
+    assert!(id.is_some());
+
+    store.delete_sweep("late", true).await.unwrap();
+    assert!(scan(&store, "tsweep:{late}:*").await.is_empty());
+    // A worker that was still stopping appends progress after the delete: nothing comes back.
+    let id: Option<String> = xadd(&stream).query_async(&mut conn).await.unwrap();
+    assert_eq!(id, None, "no stream, no entry");
+    assert!(scan(&store, "tsweep:{late}:*").await.is_empty(), "the deleted sweep's stream is not recreated");
+    assert!(matches!(store.delete_sweep("late", false).await, Err(StoreError::SweepNotFound { .. })));
+
+    // Submitted again, the sweep gets its stream again.
+    store.submit(&sweep("late", 1)).await.unwrap();
+    let id: Option<String> = xadd(&stream).query_async(&mut conn).await.unwrap();
+    assert!(id.is_some());
 }
 
 // ---------------------------------------------------------------- gRPC and the CLI

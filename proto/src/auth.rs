@@ -1,9 +1,16 @@
 //! Bearer-token authentication shared by the coordinator (server side) and its clients
-//! (the CLI and the worker agent): one header name, one format, one comparison.
+//! (the CLI and the worker agent): one header name, one format, one comparison, and one
+//! reader of token files ([`TokenFile`], e.g. a mounted Kubernetes Secret) that both the
+//! agent and the coordinator re-read so that a rotated Secret needs no restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
+use tracing::{info, warn};
 
 /// The gRPC metadata key the token travels in.
 pub const AUTHORIZATION: &str = "authorization";
@@ -48,16 +55,23 @@ impl Interceptor for BearerInterceptor {
 }
 
 /// Server side: checks `authorization: Bearer <token>` on every call when a token is set.
-/// Wrong or missing token: `UNAUTHENTICATED`.
+/// Wrong or missing token: `UNAUTHENTICATED`. Clones share the accepted tokens, so a
+/// [`rotate`](Self::rotate) reaches every service the interceptor was handed to.
 #[derive(Clone)]
 pub struct RequireBearer {
-    expected: Option<std::sync::Arc<str>>,
+    accepted: Option<Arc<RwLock<Accepted>>>,
+}
+
+/// The token checked now and, during a rotation's grace window, the one it replaced.
+struct Accepted {
+    current: Arc<str>,
+    previous: Option<(Arc<str>, Instant)>,
 }
 
 impl std::fmt::Debug for RequireBearer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequireBearer")
-            .field("enabled", &self.expected.is_some())
+            .field("enabled", &self.accepted.is_some())
             .finish()
     }
 }
@@ -65,13 +79,41 @@ impl std::fmt::Debug for RequireBearer {
 impl RequireBearer {
     /// `None` or an empty token lets every call through.
     pub fn new(token: Option<&str>) -> Self {
-        let expected = token.map(str::trim).filter(|t| !t.is_empty()).map(std::sync::Arc::from);
-        Self { expected }
+        let accepted = token.map(str::trim).filter(|t| !t.is_empty()).map(|current| {
+            Arc::new(RwLock::new(Accepted { current: Arc::from(current), previous: None }))
+        });
+        Self { accepted }
     }
 
-    /// Whether the metadata carries the expected token (always true when none is configured).
+    /// Whether a token is required at all.
+    pub fn enabled(&self) -> bool {
+        self.accepted.is_some()
+    }
+
+    /// Accepts `token` from now on and the token it replaces for `grace` more (clients
+    /// whose copy of a rotated Secret updates later are not refused mid-rotation). The
+    /// same token again, an empty token or an interceptor built without a token change
+    /// nothing; returns whether the token changed.
+    pub fn rotate(&self, token: &str, grace: Duration) -> bool {
+        let token = token.trim();
+        let Some(accepted) = &self.accepted else {
+            return false;
+        };
+        if token.is_empty() {
+            return false;
+        }
+        let mut accepted = accepted.write().unwrap_or_else(PoisonError::into_inner);
+        if &*accepted.current == token {
+            return false;
+        }
+        let replaced = std::mem::replace(&mut accepted.current, Arc::from(token));
+        accepted.previous = Instant::now().checked_add(grace).map(|until| (replaced, until));
+        true
+    }
+
+    /// Whether the metadata carries an accepted token (always true when none is configured).
     pub fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        let Some(expected) = &self.expected else {
+        let Some(accepted) = &self.accepted else {
             return Ok(());
         };
         let presented = metadata
@@ -83,7 +125,15 @@ impl RequireBearer {
             .strip_prefix("Bearer ")
             .or_else(|| presented.strip_prefix("bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization header is not `Bearer <token>`"))?;
-        if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) {
+        let token = token.trim().as_bytes();
+        let accepted = accepted.read().unwrap_or_else(PoisonError::into_inner);
+        // Both comparisons always run (no early exit that would tell which one matched).
+        let current = constant_time_eq(token, accepted.current.as_bytes());
+        let previous = match &accepted.previous {
+            Some((previous, until)) => constant_time_eq(token, previous.as_bytes()) & (Instant::now() < *until),
+            None => false,
+        };
+        if current | previous {
             Ok(())
         } else {
             Err(Status::unauthenticated("invalid bearer token"))
@@ -95,6 +145,107 @@ impl Interceptor for RequireBearer {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         self.check(request.metadata())?;
         Ok(request)
+    }
+}
+
+/// How often token files are read again by default (the agent and the coordinator).
+/// Kubernetes updates a mounted Secret within about a minute of the change.
+pub const TOKEN_REREAD_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read token file {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("token file {path} is empty")]
+    Empty { path: PathBuf },
+    #[error("token file {path}: the token must be printable ascii without spaces")]
+    NotAscii { path: PathBuf },
+}
+
+/// Reads a token file: surrounding whitespace (the trailing newline) is trimmed; an empty
+/// result or a token that cannot travel in a header is an error naming the path.
+pub fn read_token_file(path: &Path) -> Result<String, TokenFileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| TokenFileError::Unreadable { path: path.to_path_buf(), source })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(TokenFileError::Empty { path: path.to_path_buf() });
+    }
+    if token.chars().any(|c| !c.is_ascii_graphic()) {
+        return Err(TokenFileError::NotAscii { path: path.to_path_buf() });
+    }
+    Ok(token.to_string())
+}
+
+/// A token kept from a file that may change while the process runs (a rotated Secret).
+/// [`reread`](Self::reread) reads the file again: a new token replaces the kept one; a
+/// failed read (file away, empty, not ascii) keeps the last good token and is logged once
+/// per streak of failures. Callers decide when to re-read (the agent lazily, at most every
+/// period and after UNAUTHENTICATED; the coordinator on a background task).
+pub struct TokenFile {
+    path: PathBuf,
+    token: String,
+    failing: bool,
+}
+
+impl std::fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenFile")
+            .field("path", &self.path)
+            .field("failing", &self.failing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenFile {
+    /// Reads the file now (a missing, unreadable or empty file is an error naming the path).
+    pub fn open(path: &Path) -> Result<Self, TokenFileError> {
+        let token = read_token_file(path)?;
+        Ok(Self { path: path.to_path_buf(), token, failing: false })
+    }
+
+    /// A file whose token was already read (e.g. at config load); the next
+    /// [`reread`](Self::reread) reads it again.
+    pub fn with_token(path: &Path, token: &str) -> Self {
+        Self { path: path.to_path_buf(), token: token.trim().to_string(), failing: false }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last good token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Reads the file again; returns whether the token changed.
+    pub fn reread(&mut self) -> bool {
+        match read_token_file(&self.path) {
+            Ok(token) => {
+                if self.failing {
+                    info!(path = %self.path.display(), "token file readable again");
+                }
+                self.failing = false;
+                if token == self.token {
+                    return false;
+                }
+                info!(path = %self.path.display(), "token file changed: using the new token");
+                self.token = token;
+                true
+            }
+            Err(error) => {
+                if !self.failing {
+                    warn!(%error, "token file re-read failed: keeping the last token");
+                }
+                self.failing = true;
+                false
+            }
+        }
     }
 }
 
@@ -130,5 +281,71 @@ mod tests {
         let mut server = RequireBearer::new(None);
         assert!(server.call(request_with(None)).is_ok());
         assert!(server.call(request_with(Some("anything"))).is_ok());
+    }
+
+    fn request_with_bearer(token: &str) -> Request<()> {
+        request_with(Some(token))
+    }
+
+    #[test]
+    fn a_rotated_token_is_accepted_and_the_previous_one_only_during_the_grace_window() {
+        let mut server = RequireBearer::new(Some("old"));
+        assert!(server.rotate("new", Duration::from_secs(3600)));
+        assert!(!server.rotate("new", Duration::from_secs(3600)), "the same token is no rotation");
+        assert!(server.call(request_with_bearer("new")).is_ok());
+        assert!(server.call(request_with_bearer("old")).is_ok(), "old token inside the grace window");
+        assert_eq!(server.call(request_with_bearer("other")).unwrap_err().code(), tonic::Code::Unauthenticated);
+
+        // A clone (another service) sees the rotation; with no grace the old token is refused.
+        let mut clone = server.clone();
+        assert!(server.rotate("newer", Duration::ZERO));
+        assert!(clone.call(request_with_bearer("newer")).is_ok());
+        assert_eq!(clone.call(request_with_bearer("new")).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(clone.call(request_with_bearer("old")).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(clone.call(request_with(None)).unwrap_err().code(), tonic::Code::Unauthenticated);
+
+        let open = RequireBearer::new(None);
+        assert!(!open.rotate("x", Duration::ZERO), "rotation does not turn auth on");
+        assert!(!open.enabled());
+    }
+
+    #[test]
+    fn a_token_file_is_trimmed_and_bad_files_name_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert_eq!(read_token_file(&file).unwrap(), "s3cret");
+        let missing = dir.path().join("absent");
+        let err = TokenFile::open(&missing).unwrap_err().to_string();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n  \n").unwrap();
+        assert!(matches!(read_token_file(&empty), Err(TokenFileError::Empty { .. })));
+        let spaced = dir.path().join("spaced");
+        std::fs::write(&spaced, "two words\n").unwrap();
+        assert!(matches!(read_token_file(&spaced), Err(TokenFileError::NotAscii { .. })));
+    }
+
+    #[test]
+    fn a_token_file_reread_picks_up_changes_and_keeps_the_last_token_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").unwrap();
+        let mut file = TokenFile::open(&path).unwrap();
+        assert_eq!(file.token(), "first");
+        assert!(!file.reread(), "unchanged");
+        std::fs::write(&path, "second\n").unwrap();
+        assert!(file.reread());
+        assert_eq!(file.token(), "second");
+        std::fs::remove_file(&path).unwrap();
+        assert!(!file.reread());
+        assert_eq!(file.token(), "second", "kept while the file is away");
+        std::fs::write(&path, "").unwrap();
+        assert!(!file.reread());
+        assert_eq!(file.token(), "second", "kept while the file is empty");
+        std::fs::write(&path, "third").unwrap();
+        assert!(file.reread());
+        assert_eq!(file.token(), "third");
+        assert!(!format!("{file:?}").contains("third"), "debug output hides the token");
     }
 }

@@ -21,6 +21,10 @@ pub enum ConfigError {
     Load { layers: String, message: String },
     #[error("worker settings: field `{field}`: {message}")]
     Invalid { field: &'static str, message: String },
+    /// The Redis URL and TLS files do not fit together, or a TLS file is missing or not PEM
+    /// (the message names the setting and the path).
+    #[error("worker settings: {0}")]
+    Redis(#[from] tsweep_redis::RedisClientError),
 }
 
 /// The agent's settings, as read (file keys and env suffixes are these field names).
@@ -31,6 +35,11 @@ pub struct WorkerConfig {
     pub coordinator: String,
     /// Redis that receives the metrics streams, e.g. `redis://127.0.0.1:6379/`.
     pub redis_url: String,
+    /// PEM CA bundle trusted for a `rediss://` Redis; unset: the platform trust store.
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key for mutual TLS with Redis (both or neither).
+    pub redis_client_cert_file: Option<PathBuf>,
+    pub redis_client_key_file: Option<PathBuf>,
     /// Concurrent tasks; unset: one per GPU (or 1 without GPUs).
     pub slots: Option<u32>,
     /// GPUs this worker may use: `auto` (count `/dev/nvidiaN`) or a number.
@@ -68,6 +77,9 @@ impl Default for WorkerConfig {
         Self {
             coordinator: "http://127.0.0.1:50051".to_string(),
             redis_url: "redis://127.0.0.1:6379/".to_string(),
+            redis_ca_file: None,
+            redis_client_cert_file: None,
+            redis_client_key_file: None,
             slots: None,
             gpus: "auto".to_string(),
             executor: ExecutorKind::Trainer,
@@ -196,6 +208,7 @@ impl WorkerConfig {
         if self.redis_url.trim().is_empty() {
             return Err(invalid("redis_url", "must not be empty"));
         }
+        tsweep_redis::build_client(&self.redis_url, &self.redis_tls())?;
         if self.slots == Some(0) {
             return Err(invalid("slots", "must be at least 1"));
         }
@@ -234,6 +247,15 @@ impl WorkerConfig {
             }
             (Some(token), None) => Ok(TokenSource::Inline(token.to_string())),
             (None, None) => Ok(TokenSource::None),
+        }
+    }
+
+    /// The TLS files for the metrics Redis (all unset for plain `redis://`).
+    pub fn redis_tls(&self) -> tsweep_redis::RedisTlsFiles {
+        tsweep_redis::RedisTlsFiles {
+            ca_file: self.redis_ca_file.clone(),
+            client_cert_file: self.redis_client_cert_file.clone(),
+            client_key_file: self.redis_client_key_file.clone(),
         }
     }
 
@@ -469,6 +491,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("token_files"), "unknown keys still refused: {err}");
+    }
+
+    #[test]
+    fn redis_tls_settings_are_read_and_checked_at_startup() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = tsweep_redis::test_support::TestPki::generate(dir.path()).unwrap();
+        let settings = dir.path().join("worker.toml");
+        std::fs::write(
+            &settings,
+            format!(
+                "redis_url = \"rediss://redis.example:6380/\"\nredis_ca_file = {:?}\nredis_client_cert_file = {:?}\n",
+                pki.ca_cert.to_str().unwrap(),
+                pki.client_cert.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let args = AgentArgs { config: Some(settings), ..Default::default() };
+        let config = WorkerConfig::load_with_env(
+            &args,
+            env(&[("TSWEEP_WORKER__REDIS_CLIENT_KEY_FILE", pki.client_key.to_str().unwrap())]),
+        )
+        .unwrap();
+        assert_eq!(config.redis_tls(), pki.mutual());
+        tsweep_redis::build_client(&config.redis_url, &config.redis_tls()).expect("the worker builds a tls client");
+
+        let err = WorkerConfig::load_with_env(&args, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("redis_client_key_file"), "a certificate without its key: {err}");
+
+        let ca = pki.ca_cert.to_str().unwrap();
+        let err = WorkerConfig::load_with_env(&AgentArgs::default(), env(&[("TSWEEP_WORKER__REDIS_CA_FILE", ca)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redis_ca_file") && err.contains("rediss://"), "tls files with redis://: {err}");
+
+        let missing = dir.path().join("absent.pem");
+        let rediss = AgentArgs { redis_url: Some("rediss://redis.example:6380/".into()), ..Default::default() };
+        let err = WorkerConfig::load_with_env(&rediss, env(&[("TSWEEP_WORKER__REDIS_CA_FILE", missing.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redis_ca_file") && err.contains(&missing.display().to_string()), "{err}");
+        let config = WorkerConfig::load_with_env(&rediss, env(&[])).unwrap();
+        assert!(config.redis_tls().is_empty(), "rediss:// without a CA file trusts the platform roots");
     }
 
     #[test]

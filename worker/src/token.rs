@@ -4,49 +4,22 @@
 //! [`REREAD_EVERY`], while the agent runs, so a rotated Secret is picked up without a
 //! restart. A failed re-read keeps the last good token (logged once per failure streak).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
-use tracing::{info, warn};
-use tsweep_proto::auth::AUTHORIZATION;
+use tsweep_proto::auth::{TokenFile, AUTHORIZATION, TOKEN_REREAD_EVERY};
+
+/// The file reader is shared with the coordinator (it lives in `tsweep_proto::auth`).
+pub use tsweep_proto::auth::{read_token_file, TokenFileError};
 
 /// How long a token read from a file is used before the file is read again. Kubernetes
-/// updates a mounted Secret within about a minute of the change; the coordinator accepts
-/// one token at a time, so the agent follows within this much of the update.
-pub const REREAD_EVERY: Duration = Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum TokenFileError {
-    #[error("cannot read token file {path}: {source}")]
-    Unreadable {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("token file {path} is empty")]
-    Empty { path: PathBuf },
-    #[error("token file {path}: the token must be printable ascii without spaces")]
-    NotAscii { path: PathBuf },
-}
-
-/// Reads a token file: surrounding whitespace (the trailing newline) is trimmed; an empty
-/// result or a token that cannot travel in a header is an error naming the path.
-pub fn read_token_file(path: &Path) -> Result<String, TokenFileError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| TokenFileError::Unreadable { path: path.to_path_buf(), source })?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(TokenFileError::Empty { path: path.to_path_buf() });
-    }
-    if token.chars().any(|c| !c.is_ascii_graphic()) {
-        return Err(TokenFileError::NotAscii { path: path.to_path_buf() });
-    }
-    Ok(token.to_string())
-}
+/// updates a mounted Secret within about a minute of the change; the coordinator re-reads
+/// its own copy as often and accepts the previous token for a grace window after a change.
+pub const REREAD_EVERY: Duration = TOKEN_REREAD_EVERY;
 
 /// Where the token comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,11 +38,10 @@ pub struct TokenInterceptor {
 
 #[derive(Debug)]
 struct Cached {
-    file: Option<PathBuf>,
+    file: Option<TokenFile>,
     header: Option<MetadataValue<Ascii>>,
     read_at: Instant,
     reread_every: Duration,
-    failing: bool,
 }
 
 fn header_of(token: &str) -> Option<MetadataValue<Ascii>> {
@@ -91,9 +63,13 @@ impl TokenInterceptor {
         let (file, header) = match source {
             TokenSource::None => (None, None),
             TokenSource::Inline(token) => (None, header_of(token)),
-            TokenSource::File(path) => (Some(path.clone()), header_of(&read_token_file(path)?)),
+            TokenSource::File(path) => {
+                let file = TokenFile::open(path)?;
+                let header = header_of(file.token());
+                (Some(file), header)
+            }
         };
-        let cached = Cached { file, header, read_at: Instant::now(), reread_every, failing: false };
+        let cached = Cached { file, header, read_at: Instant::now(), reread_every };
         Ok(Self { inner: Arc::new(Mutex::new(cached)) })
     }
 
@@ -123,24 +99,12 @@ impl TokenInterceptor {
     /// The header value to send now, re-reading the token file when it is due.
     pub fn current(&self) -> Option<MetadataValue<Ascii>> {
         let mut cached = self.lock();
-        if let Some(path) = cached.file.clone() {
-            if cached.read_at.elapsed() >= cached.reread_every {
-                cached.read_at = Instant::now();
-                match read_token_file(&path) {
-                    Ok(token) => {
-                        let header = header_of(&token);
-                        if header != cached.header {
-                            info!(path = %path.display(), "token file changed: using the new token");
-                        }
-                        cached.header = header;
-                        cached.failing = false;
-                    }
-                    Err(error) => {
-                        if !cached.failing {
-                            warn!(%error, "token file re-read failed: keeping the last token");
-                        }
-                        cached.failing = true;
-                    }
+        let Cached { file, header, read_at, reread_every } = &mut *cached;
+        if let Some(file) = file {
+            if read_at.elapsed() >= *reread_every {
+                *read_at = Instant::now();
+                if file.reread() {
+                    *header = header_of(file.token());
                 }
             }
         }
@@ -165,26 +129,7 @@ mod tests {
         interceptor.current().map(|v| v.to_str().unwrap().to_string())
     }
 
-    #[test]
-    fn a_token_file_is_trimmed_and_bad_files_name_their_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("token");
-        std::fs::write(&file, "s3cret\n").unwrap();
-        assert_eq!(read_token_file(&file).unwrap(), "s3cret");
-
-        let missing = dir.path().join("absent");
-        let err = read_token_file(&missing).unwrap_err().to_string();
-        assert!(err.contains(&missing.display().to_string()), "{err}");
-
-        let empty = dir.path().join("empty");
-        std::fs::write(&empty, "\n  \n").unwrap();
-        let err = read_token_file(&empty).unwrap_err().to_string();
-        assert!(err.contains("empty") && err.contains(&empty.display().to_string()), "{err}");
-
-        let spaced = dir.path().join("spaced");
-        std::fs::write(&spaced, "two words\n").unwrap();
-        assert!(matches!(read_token_file(&spaced), Err(TokenFileError::NotAscii { .. })));
-    }
+    // Reading and checking the file is tsweep_proto::auth's (tested there).
 
     #[test]
     fn a_rotated_token_file_is_picked_up_and_a_broken_one_keeps_the_last_token() {

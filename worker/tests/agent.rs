@@ -355,6 +355,16 @@ fn lease(task_id: &str, attempt: u32) -> LeaseRef {
 async fn runs_tasks_reports_them_heartbeats_and_forwards_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start();
+    // The coordinator creates a sweep's stream at submit; the agent only appends to an
+    // existing one (XADD NOMKSTREAM).
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("tsweep:{s1}:metrics")
+        .arg("tsweep-coordinator")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut redis.connection().unwrap())
+        .unwrap();
     let script = Scripted::default();
     // A checkpoint an earlier attempt of task "b" left behind (at step 2 of 4).
     let old = dir.path().join("old-ckpt.json");

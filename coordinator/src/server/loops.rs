@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::state::{sleep_or_cancel, Backoff, Shared};
 use super::READINESS_SERVICE;
@@ -33,10 +33,11 @@ pub const READINESS_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn connect(shared: Shared, options: StoreOptions) {
     let cancel = shared.cancel.clone();
     let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+    let redis_tls = shared.config.redis_tls();
     loop {
         let attempt = tokio::select! {
             _ = cancel.cancelled() => return,
-            result = Store::connect(&shared.config.redis_url, options.clone()) => result,
+            result = Store::connect_with_tls(&shared.config.redis_url, &redis_tls, options.clone()) => result,
         };
         match attempt {
             Ok(store) => {
@@ -46,7 +47,14 @@ pub async fn connect(shared: Shared, options: StoreOptions) {
             }
             Err(error) => {
                 let delay = backoff.next_delay();
-                warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis not reachable yet");
+                if error.is_retryable() {
+                    warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis not reachable yet");
+                } else {
+                    // A refused TLS handshake or bad settings: retrying only helps if the
+                    // server side changes, so say so loudly (readiness stays NOT_SERVING).
+                    error!(%error, retry_in_ms = delay.as_millis() as u64,
+                           "redis refused the connection settings (check redis_url, redis_ca_file, redis_client_cert_file)");
+                }
                 if !sleep_or_cancel(delay, &cancel).await {
                     return;
                 }

@@ -30,7 +30,7 @@ use super::state::{sleep_or_cancel, Backoff, Shared};
 use crate::store::{Store, StoreError};
 use crate::telemetry::StaleKind;
 
-pub const GROUP: &str = "tsweep-coordinator";
+pub const GROUP: &str = crate::store::METRICS_GROUP;
 /// How long one XREADGROUP waits for new entries.
 pub const BLOCK: Duration = Duration::from_millis(1000);
 /// Entries per read.
@@ -219,7 +219,8 @@ struct Consumer {
 
 impl Consumer {
     async fn dedicated_connection(&self) -> Result<MultiplexedConnection, ConsumeError> {
-        let client = redis::Client::open(self.shared.config.redis_url.as_str()).map_err(redis_err("open client"))?;
+        let client = tsweep_redis::build_client(&self.shared.config.redis_url, &self.shared.config.redis_tls())
+            .map_err(StoreError::from)?;
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(None)
             .set_connection_timeout(Some(Duration::from_secs(5)));

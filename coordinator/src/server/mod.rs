@@ -16,7 +16,10 @@
 //! and never depends on Redis; [`READINESS_SERVICE`] is SERVING only while Redis answers.
 //! Auth: with a token configured, both tsweep services require
 //! `authorization: Bearer <token>` ([`tsweep_proto::auth`]); health and reflection stay open.
+//! A token from `auth_token_file` is re-read while the server runs ([`auth`]): a rotated
+//! Secret is picked up without a restart, the previous token accepted for a grace window.
 
+pub mod auth;
 pub mod loops;
 pub mod metrics_consumer;
 pub mod state;
@@ -33,13 +36,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
-use tsweep_proto::auth::RequireBearer;
+use tsweep_proto::auth::{RequireBearer, TokenFile};
 use tsweep_proto::v1::sweep_service_server::SweepServiceServer;
 use tsweep_proto::v1::worker_service_server::WorkerServiceServer;
 
 use crate::config::{ConfigError, ServiceConfig};
 use crate::store::StoreOptions;
 use crate::telemetry::{self, Telemetry};
+use auth::TokenReload;
 use state::Shared;
 use sweep_service::SweepServiceImpl;
 use worker_service::WorkerServiceImpl;
@@ -180,6 +184,15 @@ pub async fn serve(config: ServiceConfig, shutdown: impl Future<Output = ()>) ->
 /// loops, and returns at once. Redis need not be up: calls answer UNAVAILABLE and
 /// readiness NOT_SERVING until it is.
 pub async fn start(config: ServiceConfig) -> Result<RunningCoordinator, ServeError> {
+    start_with_token_reload(config, TokenReload::default()).await
+}
+
+/// As [`start`], with another period and grace window for following `auth_token_file`
+/// (tests use short ones).
+pub async fn start_with_token_reload(
+    config: ServiceConfig,
+    token_reload: TokenReload,
+) -> Result<RunningCoordinator, ServeError> {
     config.validate()?;
     let listen = config.listen_addr()?;
     let metrics_listen = config.metrics_addr()?;
@@ -190,6 +203,10 @@ pub async fn start(config: ServiceConfig) -> Result<RunningCoordinator, ServeErr
     let store_options = StoreOptions { lease_ttl: config.lease_ttl(), ..StoreOptions::default() };
     let auth = RequireBearer::new(config.token());
     let token_set = config.token().is_some();
+    let token_file = match (&config.auth_token_file, config.token()) {
+        (Some(path), Some(token)) => Some(TokenFile::with_token(path, token)),
+        _ => None,
+    };
     let shared = Shared::new(config, telemetry.clone(), cancel.clone());
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -225,7 +242,7 @@ pub async fn start(config: ServiceConfig) -> Result<RunningCoordinator, ServeErr
         .map_err(|e| ServeError::Task(format!("reflection service: {e}")))?;
 
     let sweep_service = SweepServiceServer::with_interceptor(SweepServiceImpl::new(shared.clone()), auth.clone());
-    let worker_service = WorkerServiceServer::with_interceptor(WorkerServiceImpl::new(shared.clone()), auth);
+    let worker_service = WorkerServiceServer::with_interceptor(WorkerServiceImpl::new(shared.clone()), auth.clone());
 
     let mut builder = Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -247,7 +264,7 @@ pub async fn start(config: ServiceConfig) -> Result<RunningCoordinator, ServeErr
         stop.cancelled().await
     }));
 
-    let background = vec![
+    let mut background = vec![
         tokio::spawn(loops::connect(shared.clone(), store_options)),
         tokio::spawn(loops::readiness(shared.clone(), health_reporter)),
         tokio::spawn(loops::reaper(shared.clone())),
@@ -255,6 +272,9 @@ pub async fn start(config: ServiceConfig) -> Result<RunningCoordinator, ServeErr
         tokio::spawn(loops::gauges(shared.clone())),
         tokio::spawn(metrics_consumer::run(shared.clone())),
     ];
+    if let Some(file) = token_file {
+        background.push(tokio::spawn(auth::follow_token_file(file, auth, token_reload, cancel.clone())));
+    }
 
     info!(
         grpc = %grpc_addr,

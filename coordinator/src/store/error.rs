@@ -13,6 +13,9 @@ pub enum StoreError {
         #[source]
         source: redis::RedisError,
     },
+    /// The Redis URL and TLS files do not make a client (the message names the setting).
+    #[error("redis settings: {0}")]
+    Settings(#[from] tsweep_redis::RedisClientError),
     /// The sweep is not known.
     #[error("sweep {sweep} not found")]
     SweepNotFound { sweep: String },
@@ -56,6 +59,10 @@ impl StoreError {
 }
 
 fn redis_error_is_retryable(err: &redis::RedisError) -> bool {
+    // An untrusted or refused certificate arrives as an I/O error but never heals.
+    if tsweep_redis::is_tls_failure(err) {
+        return false;
+    }
     if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() {
         return true;
     }

@@ -40,6 +40,7 @@ use std::sync::Arc;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
+use tsweep_redis::RedisTlsFiles;
 use tracing::{debug, info, warn};
 use tsweep_proto::cell::{CellSpec, Stage};
 use tsweep_proto::v1::{
@@ -58,6 +59,11 @@ pub use types::{
 };
 
 use keys::Keys;
+
+/// The coordinator's consumer group on every sweep's metrics stream. The stream and the
+/// group are created at submit (workers append with `XADD ... NOMKSTREAM`, which never
+/// creates a stream, so a late append after a delete cannot bring the key back).
+pub const METRICS_GROUP: &str = "tsweep-coordinator";
 
 /// The handle on the task state in Redis. Cheap to clone; see the module docs.
 #[derive(Clone)]
@@ -79,7 +85,27 @@ impl Store {
     /// Connects to Redis (`redis://host:port/db`). Fails if the first connection fails;
     /// afterwards the manager reconnects with backoff whenever Redis goes away.
     pub async fn connect(redis_url: &str, options: StoreOptions) -> Result<Store, StoreError> {
-        let client = redis::Client::open(redis_url).map_err(StoreError::redis("open client"))?;
+        Self::connect_with_tls(redis_url, &RedisTlsFiles::default(), options).await
+    }
+
+    /// As [`Store::connect`], with TLS files for a `rediss://` URL (CA bundle, optional
+    /// client certificate). A refused handshake is not retryable
+    /// ([`StoreError::is_retryable`]).
+    pub async fn connect_with_tls(redis_url: &str, tls: &RedisTlsFiles, options: StoreOptions) -> Result<Store, StoreError> {
+        let client = tsweep_redis::build_client(redis_url, tls)?;
+        if matches!(client.get_connection_info().addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            // The manager below retries its first connection without end, a refused
+            // handshake included: one plain try first, so that a certificate problem is
+            // an error now (not retryable, see `is_retryable`) instead of a silent wait.
+            let probe = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(options.connection_timeout))
+                .set_response_timeout(Some(options.response_timeout));
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&probe)
+                .await
+                .map_err(StoreError::redis("connect over tls"))?;
+            let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(StoreError::redis("connect over tls"))?;
+        }
         let config = ConnectionManagerConfig::new()
             .set_min_delay(options.reconnect_min_delay)
             .set_max_delay(options.reconnect_max_delay)
@@ -138,6 +164,7 @@ impl Store {
             .key(&base)
             .arg(&sweep.name)
             .arg(settings)
+            .arg(METRICS_GROUP)
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::redis("submit_meta script"))?;

@@ -3,9 +3,14 @@
 //! Slots hand points to a [`MetricsSink`] (never blocks: when the queue is full the point is
 //! dropped and counted). One forwarder task owns the Redis connection (a
 //! `ConnectionManager`, which reconnects by itself) and appends each batch with one
-//! pipeline of `XADD <stream> MAXLEN ~ 100000 * field value ...`. Redis being down never
-//! stops a task: points stay in a bounded buffer (oldest dropped first) and the forwarder
-//! backs off and tries again.
+//! pipeline of `XADD <stream> NOMKSTREAM MAXLEN ~ 100000 * field value ...`. Redis being
+//! down never stops a task: points stay in a bounded buffer (oldest dropped first) and the
+//! forwarder backs off and tries again.
+//!
+//! `NOMKSTREAM`: the coordinator creates a sweep's stream when the sweep is submitted; the
+//! agent never creates one. A point for a sweep whose stream is gone (deleted with
+//! `tsweep delete` while this agent was still stopping its task) is dropped, and the
+//! deleted sweep's key does not come back.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,9 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tsweep_redis::RedisTlsFiles;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 
@@ -93,11 +99,14 @@ pub struct MetricsForwarder {
     receiver: mpsc::Receiver<MetricPoint>,
     dropped: Arc<AtomicU64>,
     redis_url: String,
+    redis_tls: RedisTlsFiles,
     pattern: String,
     buffer: VecDeque<MetricPoint>,
 }
 
-pub fn channel(redis_url: &str, pattern: &str) -> (MetricsSink, MetricsForwarder) {
+/// The sink for the slots and the forwarder that appends to Redis at `redis_url` (with
+/// `redis_tls` for `rediss://`) under the stream `pattern`.
+pub fn channel(redis_url: &str, redis_tls: &RedisTlsFiles, pattern: &str) -> (MetricsSink, MetricsForwarder) {
     let (sender, receiver) = mpsc::channel(BUFFER_CAPACITY);
     let dropped = Arc::new(AtomicU64::new(0));
     (
@@ -106,6 +115,7 @@ pub fn channel(redis_url: &str, pattern: &str) -> (MetricsSink, MetricsForwarder
             receiver,
             dropped,
             redis_url: redis_url.to_string(),
+            redis_tls: redis_tls.clone(),
             pattern: pattern.to_string(),
             buffer: VecDeque::new(),
         },
@@ -116,7 +126,7 @@ impl MetricsForwarder {
     /// Runs until every sink is dropped, then makes one last attempt (bounded by
     /// `final_flush`) to append what is left.
     pub async fn run(mut self, final_flush: Duration) {
-        let mut connection = match redis::Client::open(self.redis_url.as_str()) {
+        let mut connection = match tsweep_redis::build_client(&self.redis_url, &self.redis_tls) {
             Ok(client) => {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -132,7 +142,7 @@ impl MetricsForwarder {
                 }
             }
             Err(e) => {
-                warn!(redis_url = %self.redis_url, error = %e, "metrics disabled: bad redis url");
+                warn!(redis_url = %self.redis_url, error = %e, "metrics disabled: bad redis settings");
                 None
             }
         };
@@ -216,6 +226,7 @@ impl MetricsForwarder {
             let command = pipe
                 .cmd("XADD")
                 .arg(stream_key(&self.pattern, &point.sweep))
+                .arg("NOMKSTREAM")
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(STREAM_MAXLEN)
@@ -223,9 +234,15 @@ impl MetricsForwarder {
             for (field, value) in point.fields() {
                 command.arg(field).arg(value);
             }
-            command.ignore();
         }
-        pipe.query_async::<()>(manager).await?;
+        // One reply per XADD: the new entry's id, or nil when the stream does not exist.
+        let ids: Vec<Option<String>> = pipe.query_async(manager).await?;
+        for (point, id) in self.buffer.iter().take(count).zip(&ids) {
+            if id.is_none() {
+                debug!(sweep = %point.sweep, task_id = %point.task_id, attempt = point.attempt, step = point.step,
+                    "metric point dropped: the sweep's stream does not exist (sweep deleted?)");
+            }
+        }
         self.buffer.drain(..count);
         Ok(count)
     }
