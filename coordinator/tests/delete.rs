@@ -291,30 +291,9 @@ async fn a_late_progress_append_after_the_delete_recreates_no_key() {
 
 // ---------------------------------------------------------------- gRPC and the CLI
 
-const SWEEP_FILE: &str = r#"
-name = "cli"
-allow_random_init = true
-
-[defaults]
-steps = 10
-batch_size = 8
-gpus = 0
-
-[[models]]
-name = "resnet18"
-source = "builtin"
-image_size = 32
-
-[[datasets]]
-name = "shapes"
-format = "imagefolder"
-path = "data/shapes"
-val = { kind = "official" }
-
-[regimes.scratch]
-lr = [0.01, 0.1]
-weight_decay = [0.0001]
-"#;
+fn sweep_file() -> String {
+    support::sweep_file("cli", &[0.01, 0.1])
+}
 
 async fn tsweep(url: &str, args: &[&str]) -> Output {
     let mut command = std::process::Command::new(TSWEEP);
@@ -357,7 +336,7 @@ async fn delete_over_grpc_and_the_cli_codes_and_messages() {
 
     sweeps
         .submit_sweep(SubmitSweepRequest {
-            file_text: SWEEP_FILE.into(),
+            file_text: sweep_file(),
             file_name: "cli.toml".into(),
             base_dir: "/data".into(),
             allow_huge: false,
@@ -423,7 +402,7 @@ async fn delete_over_grpc_and_the_cli_codes_and_messages() {
     // --force on a sweep with pending cells.
     sweeps
         .submit_sweep(SubmitSweepRequest {
-            file_text: SWEEP_FILE.into(),
+            file_text: sweep_file(),
             file_name: "cli.toml".into(),
             base_dir: "/data".into(),
             allow_huge: false,

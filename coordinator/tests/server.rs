@@ -20,32 +20,13 @@ use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use tsweep_proto::v1::*;
 use tsweep_proto::PROTOCOL_VERSION;
 
+mod support;
+
 type Interceptor = tonic::service::interceptor::InterceptedService<Channel, BearerInterceptor>;
 
-const SWEEP: &str = r#"
-name = "svc"
-allow_random_init = true
-
-[defaults]
-steps = 10
-batch_size = 8
-gpus = 0
-
-[[models]]
-name = "resnet18"
-source = "builtin"
-image_size = 32
-
-[[datasets]]
-name = "shapes"
-format = "imagefolder"
-path = "data/shapes"
-val = { kind = "official" }
-
-[regimes.scratch]
-lr = [0.01, 0.1, 0.2]
-weight_decay = [0.0001]
-"#;
+fn sweep_file() -> String {
+    support::sweep_file("svc", &[0.01, 0.1, 0.2])
+}
 
 struct Harness {
     redis: RedisServer,
@@ -115,7 +96,7 @@ impl Harness {
 async fn submit(sweeps: &mut SweepServiceClient<Interceptor>) -> SubmitSweepResponse {
     sweeps
         .submit_sweep(SubmitSweepRequest {
-            file_text: SWEEP.into(),
+            file_text: sweep_file(),
             file_name: "svc.toml".into(),
             base_dir: "/data".into(),
             allow_huge: false,
@@ -320,7 +301,7 @@ async fn a_worker_cannot_complete_or_renew_a_lease_it_does_not_hold() {
 async fn bad_sweep_file_is_invalid_argument_with_its_message_and_writes_nothing() {
     let harness = Harness::start(None).await;
     let mut sweeps = harness.sweeps(None);
-    let bad = SWEEP.replace("[regimes.scratch]", "[regimes.scratch]\nlearning_rate = 3");
+    let bad = sweep_file().replace("[regimes.scratch]", "[regimes.scratch]\nlearning_rate = 3");
     let expected = tsweep_coordinator::sweepfile::parse_and_expand(&bad, "bad.toml", Path::new("/data"), false)
         .unwrap_err()
         .to_string();

@@ -1,4 +1,5 @@
-//! What the coordinator's integration tests share: the cell a test sweep is made of.
+//! What the coordinator's integration tests share: the cell a test sweep is made of, and
+//! a small sweep file.
 //! (Each test file that needs it declares `mod support;`.)
 
 #![allow(dead_code)] // each test file uses a part
@@ -80,4 +81,37 @@ pub fn cell(spec: CellSpec) -> Cell {
         id: task_id(&spec),
         spec,
     }
+}
+
+/// A sweep file `name`: resnet18 from random init at 32², scratch on `shapes` (official
+/// val), 10 steps of batch 8 on no GPU, one grid point per learning rate in `lrs`.
+pub fn sweep_file(name: &str, lrs: &[f64]) -> String {
+    let lrs: Vec<String> = lrs.iter().map(|lr| lr.to_string()).collect();
+    format!(
+        r#"
+name = "{name}"
+allow_random_init = true
+
+[defaults]
+steps = 10
+batch_size = 8
+gpus = 0
+
+[[models]]
+name = "resnet18"
+source = "builtin"
+image_size = 32
+
+[[datasets]]
+name = "shapes"
+format = "imagefolder"
+path = "data/shapes"
+val = {{ kind = "official" }}
+
+[regimes.scratch]
+lr = [{}]
+weight_decay = [0.0001]
+"#,
+        lrs.join(", ")
+    )
 }
