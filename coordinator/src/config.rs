@@ -119,11 +119,10 @@ pub enum ConfigError {
     /// PEM (the message names the setting and the path).
     #[error("service config: {0}")]
     Redis(#[from] tsweep_redis::RedisClientError),
-    #[error("service config: cannot read auth_token_file {path}: {source}")]
-    TokenFile { path: PathBuf, source: std::io::Error },
-    /// An `auth_token_file` holding nothing but whitespace (a Secret created empty).
-    #[error("service config: auth_token_file {path} is empty")]
-    EmptyTokenFile { path: PathBuf },
+    /// `auth_token_file` cannot be read, is empty (a Secret created empty) or is not a
+    /// token (the message names the path).
+    #[error("service config: auth_token_file: {0}")]
+    TokenFile(#[from] tsweep_proto::auth::TokenFileError),
     /// No token and a non-loopback listen address without `insecure`.
     #[error(
         "refusing to listen on {listen} without an auth token: set auth_token \
@@ -210,12 +209,7 @@ impl ServiceConfig {
                 reason: "set together with auth_token: give one of them".into(),
             });
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| ConfigError::TokenFile { path: path.clone(), source })?;
-        if text.trim().is_empty() {
-            return Err(ConfigError::EmptyTokenFile { path });
-        }
-        self.auth_token = Some(text.trim().to_string());
+        self.auth_token = Some(tsweep_proto::auth::read_token_file(&path)?);
         Ok(())
     }
 

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tsweep_proto::auth::read_token_file;
 
 use crate::child_protocol::ExecutorKind;
 use crate::logging::LogFormat;
-use crate::token::{read_token_file, TokenSource};
+use crate::token::TokenSource;
 
 /// Prefix of the environment variables read as settings (`TSWEEP_WORKER__REDIS_URL`, ...).
 pub const ENV_PREFIX: &str = "TSWEEP_WORKER";

@@ -1,8 +1,9 @@
 //! The agent's bearer token: inline (`token`) or read from a file (`token_file`, e.g. a
 //! Kubernetes Secret mounted as a volume). A token file is read at startup (a missing,
 //! unreadable or empty file is an error naming the path) and read again, at most every
-//! [`REREAD_EVERY`], while the agent runs, so a rotated Secret is picked up without a
-//! restart. A failed re-read keeps the last good token (logged once per failure streak).
+//! `TOKEN_REREAD_EVERY` (10 s, `tsweep_proto::auth`), while the agent runs, so a rotated
+//! Secret is picked up without a restart. A failed re-read keeps the last good token
+//! (logged once per failure streak).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -11,15 +12,7 @@ use std::time::{Duration, Instant};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
-use tsweep_proto::auth::{TokenFile, AUTHORIZATION, TOKEN_REREAD_EVERY};
-
-/// The file reader is shared with the coordinator (it lives in `tsweep_proto::auth`).
-pub use tsweep_proto::auth::{read_token_file, TokenFileError};
-
-/// How long a token read from a file is used before the file is read again. Kubernetes
-/// updates a mounted Secret within about a minute of the change; the coordinator re-reads
-/// its own copy as often and accepts the previous token for a grace window after a change.
-pub const REREAD_EVERY: Duration = TOKEN_REREAD_EVERY;
+use tsweep_proto::auth::{TokenFile, TokenFileError, AUTHORIZATION, TOKEN_REREAD_EVERY};
 
 /// Where the token comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +23,7 @@ pub enum TokenSource {
 }
 
 /// Client-side interceptor: adds `authorization: Bearer <token>` to every call; a token
-/// file is re-read at most every [`REREAD_EVERY`]. Clones share the cached token.
+/// file is re-read at most every `TOKEN_REREAD_EVERY`. Clones share the cached token.
 #[derive(Clone, Debug)]
 pub struct TokenInterceptor {
     inner: Arc<Mutex<Cached>>,
@@ -55,7 +48,7 @@ fn header_of(token: &str) -> Option<MetadataValue<Ascii>> {
 impl TokenInterceptor {
     /// Builds the interceptor; a token file is read now (errors name the path).
     pub fn new(source: &TokenSource) -> Result<Self, TokenFileError> {
-        Self::with_reread_every(source, REREAD_EVERY)
+        Self::with_reread_every(source, TOKEN_REREAD_EVERY)
     }
 
     /// As [`Self::new`] with another re-read period (tests).
