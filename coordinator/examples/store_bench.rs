@@ -88,11 +88,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = RedisServer::start_temp()?;
     let store = Store::connect(&server.url(), StoreOptions::default()).await?;
 
-    let big = ExpandedSweep { name: "submit-bench".into(), settings: SweepSettings { max_attempts: 3 }, cells: cells("submit-bench", n) };
+    let big = ExpandedSweep {
+        name: "submit-bench".into(),
+        settings: SweepSettings { max_attempts: 3 },
+        cells: cells("submit-bench", n),
+    };
     let started = Instant::now();
     let outcome = store.submit(&big).await?;
     let took = started.elapsed();
-    println!("submit: {} cells in {:.2} s ({:.0} cells/s)", outcome.added, took.as_secs_f64(), outcome.added as f64 / took.as_secs_f64());
+    println!(
+        "submit: {} cells in {:.2} s ({:.0} cells/s)",
+        outcome.added,
+        took.as_secs_f64(),
+        outcome.added as f64 / took.as_secs_f64()
+    );
     let started = Instant::now();
     let again = store.submit(&big).await?;
     println!("resubmit: {} new of {} in {:.2} s", again.added, again.total, started.elapsed().as_secs_f64());
@@ -100,7 +109,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     for workers in worker_counts {
         let name = format!("bench-{workers}");
-        let sweep = ExpandedSweep { name: name.clone(), settings: SweepSettings { max_attempts: 3 }, cells: cells(&name, n) };
+        let sweep =
+            ExpandedSweep { name: name.clone(), settings: SweepSettings { max_attempts: 3 }, cells: cells(&name, n) };
         store.submit(&sweep).await?;
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();

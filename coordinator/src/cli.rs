@@ -401,7 +401,8 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         tls_key: args.tls_key.clone(),
         insecure: args.insecure.then_some(true),
     };
-    let config = ServiceConfig::load(cli.config.as_deref(), overrides).map_err(|e| CliError::BadInput(e.to_string()))?;
+    let config =
+        ServiceConfig::load(cli.config.as_deref(), overrides).map_err(|e| CliError::BadInput(e.to_string()))?;
     let shutdown = async {
         wait_for_shutdown_signal().await;
         tracing::info!("shutdown signal received; stopping");
@@ -480,7 +481,9 @@ async fn status(cli: &Cli, args: &StatusArgs) -> Result<(), CliError> {
                 .sweeps;
             match args.format {
                 Format::Table => print!("{}", output::sweeps_table(&sweeps)),
-                Format::Json => print_json(&serde_json::Value::Array(sweeps.iter().map(output::summary_json).collect()))?,
+                Format::Json => {
+                    print_json(&serde_json::Value::Array(sweeps.iter().map(output::summary_json).collect()))?
+                }
             }
         }
     }
@@ -502,7 +505,11 @@ async fn watch(cli: &Cli, sweep: &str) -> Result<(), CliError> {
 pub fn failed_cells_error(summary: &tsweep_proto::v1::SweepSummary) -> Result<(), CliError> {
     let counts = summary.counts.unwrap_or_default();
     if counts.failed > 0 {
-        return Err(CliError::CellsFailed { sweep: summary.sweep.clone(), failed: counts.failed, cancelled: counts.cancelled });
+        return Err(CliError::CellsFailed {
+            sweep: summary.sweep.clone(),
+            failed: counts.failed,
+            cancelled: counts.cancelled,
+        });
     }
     Ok(())
 }
@@ -531,7 +538,8 @@ async fn cancel(cli: &Cli, sweep: &str) -> Result<(), CliError> {
 }
 
 async fn retry(cli: &Cli, args: &RetryArgs) -> Result<(), CliError> {
-    let (failed, cancelled) = if !args.failed && !args.cancelled { (true, true) } else { (args.failed, args.cancelled) };
+    let (failed, cancelled) =
+        if !args.failed && !args.cancelled { (true, true) } else { (args.failed, args.cancelled) };
     let mut client = connect(cli).await?;
     let response = client
         .retry_sweep(RetrySweepRequest { sweep: args.sweep.clone(), failed, cancelled })
@@ -594,7 +602,8 @@ pub struct WrittenReport {
 
 /// Builds the analysis from the cells and writes it under `out` (tsweep-report).
 pub fn write_report(tasks: &[tsweep_proto::v1::TaskInfo], out: &Path) -> Result<WrittenReport, CliError> {
-    let input = tsweep_report::ReportInput::from_task_infos(tasks).map_err(|e| CliError::Other(format!("report: {e}")))?;
+    let input =
+        tsweep_report::ReportInput::from_task_infos(tasks).map_err(|e| CliError::Other(format!("report: {e}")))?;
     let terminal_tables = tsweep_report::render_terminal_tables(&input);
     let paths = tsweep_report::write_report(&input, out).map_err(|e| CliError::Other(format!("report: {e}")))?;
     Ok(WrittenReport { index_html: paths.index_html, terminal_tables })
@@ -615,7 +624,8 @@ mod tests {
     fn the_command_line_parses() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-        let cli = Cli::try_parse_from(["tsweep", "-vv", "local", "x.toml", "--workers", "3", "--executor", "fake"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["tsweep", "-vv", "local", "x.toml", "--workers", "3", "--executor", "fake"]).unwrap();
         assert_eq!(cli.verbose, 2);
         assert!(matches!(cli.command, Command::Local(LocalArgs { workers: 3, executor: Executor::Fake, .. })));
     }

@@ -158,16 +158,9 @@ impl ServiceConfig {
             .set_default("insecure", defaults.insecure)?;
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError::File {
-                    path: path.to_path_buf(),
-                    reason: "no such file".into(),
-                });
+                return Err(ConfigError::File { path: path.to_path_buf(), reason: "no such file".into() });
             }
-            builder = builder.add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
         }
         let environment = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
@@ -327,7 +320,8 @@ mod tests {
     fn layers_apply_in_order_file_env_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("coordinator.toml");
-        std::fs::write(&file, "lease_ttl_ms = 9000\nreaper_interval_ms = 700\nredis_url = \"redis://10.0.0.1:6379\"\n").unwrap();
+        std::fs::write(&file, "lease_ttl_ms = 9000\nreaper_interval_ms = 700\nredis_url = \"redis://10.0.0.1:6379\"\n")
+            .unwrap();
         let config = ServiceConfig::load_with_env(
             Some(&file),
             ConfigOverrides { redis_url: Some("redis://127.0.0.1:7000".into()), ..Default::default() },
@@ -345,9 +339,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("coordinator.toml");
         std::fs::write(&file, "lease_tll_ms = 9000\n").unwrap();
-        let err = ServiceConfig::load_with_env(Some(&file), ConfigOverrides::default(), env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err =
+            ServiceConfig::load_with_env(Some(&file), ConfigOverrides::default(), env(&[])).unwrap_err().to_string();
         assert!(err.contains("lease_tll_ms"), "{err}");
     }
 
@@ -417,9 +410,13 @@ mod tests {
 
         let missing = dir.path().join("absent-ca.pem");
         let rediss = ConfigOverrides { redis_url: Some("rediss://127.0.0.1:6380/".into()), ..Default::default() };
-        let err = ServiceConfig::load_with_env(None, rediss.clone(), env(&[("TSWEEP__REDIS_CA_FILE", missing.to_str().unwrap())]))
-            .unwrap_err()
-            .to_string();
+        let err = ServiceConfig::load_with_env(
+            None,
+            rediss.clone(),
+            env(&[("TSWEEP__REDIS_CA_FILE", missing.to_str().unwrap())]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("redis_ca_file") && err.contains(&missing.display().to_string()), "{err}");
 
         let err = ServiceConfig::load_with_env(

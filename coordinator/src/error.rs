@@ -69,7 +69,9 @@ impl From<StoreError> for CoordinatorError {
         match error {
             StoreError::SweepNotFound { sweep } => CoordinatorError::SweepNotFound { sweep },
             StoreError::InvalidArgument(message) => CoordinatorError::InvalidArgument(message),
-            unfinished @ StoreError::SweepUnfinished { .. } => CoordinatorError::SweepUnfinished(unfinished.to_string()),
+            unfinished @ StoreError::SweepUnfinished { .. } => {
+                CoordinatorError::SweepUnfinished(unfinished.to_string())
+            }
             other => CoordinatorError::Internal(other.to_string()),
         }
     }

@@ -56,8 +56,7 @@ pub async fn run(cli: &Cli, args: &LocalArgs) -> Result<(), CliError> {
     let worker_bin = find_worker_binary(args.worker_bin.as_deref())?;
     let out = default_out_dir(&sweep.name, args.out.as_deref());
     let logs = out.join("logs");
-    std::fs::create_dir_all(&logs)
-        .map_err(|e| CliError::Other(format!("cannot create {}: {e}", logs.display())))?;
+    std::fs::create_dir_all(&logs).map_err(|e| CliError::Other(format!("cannot create {}: {e}", logs.display())))?;
 
     let mut stack = LocalStack::default();
     let outcome = tokio::select! {
@@ -110,7 +109,8 @@ async fn run_sweep(
         auth_token: cli.token.clone(),
         ..ConfigOverrides::default()
     };
-    let config = ServiceConfig::load(cli.config.as_deref(), overrides).map_err(|e| CliError::BadInput(e.to_string()))?;
+    let config =
+        ServiceConfig::load(cli.config.as_deref(), overrides).map_err(|e| CliError::BadInput(e.to_string()))?;
     let token = config.token().map(str::to_string);
     let coordinator = crate::server::start(config).await.map_err(serve_error)?;
     let url = coordinator.url();
@@ -121,10 +121,17 @@ async fn run_sweep(
     let checkpoint_root = args.checkpoint_root.clone().unwrap_or_else(|| out.join("checkpoints"));
     let checkpoint_root = std::path::absolute(&checkpoint_root).unwrap_or(checkpoint_root);
     for index in 0..args.workers {
-        let child = spawn_worker(cli, args, worker_bin, &url, &redis_url, token.as_deref(), &checkpoint_root, logs, index)?;
+        let child =
+            spawn_worker(cli, args, worker_bin, &url, &redis_url, token.as_deref(), &checkpoint_root, logs, index)?;
         stack.workers.push(child);
     }
-    eprintln!("workers: {} × {} ({} executor), logs in {}", args.workers, worker_bin.display(), args.executor.name(), logs.display());
+    eprintln!(
+        "workers: {} × {} ({} executor), logs in {}",
+        args.workers,
+        worker_bin.display(),
+        args.executor.name(),
+        logs.display()
+    );
 
     let response = source.submit(&client, args.allow_huge).await?;
     eprint!("{}", output::submit_table(&response));
@@ -178,7 +185,8 @@ impl LocalStack {
         // Workers first: on SIGTERM they checkpoint, release their leases and exit.
         for worker in &self.workers {
             if let Some(pid) = worker.id() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
             }
         }
         let deadline = Instant::now() + WORKER_STOP_GRACE;
@@ -202,7 +210,8 @@ impl LocalStack {
         if let Some(redis) = self.redis.take() {
             // Dropping it kills the process and removes its temporary directory.
             let _ = tokio::task::spawn_blocking(move || {
-                let server = redis.lock().map(|mut guard| guard.take()).unwrap_or_else(|poisoned| poisoned.into_inner().take());
+                let server =
+                    redis.lock().map(|mut guard| guard.take()).unwrap_or_else(|poisoned| poisoned.into_inner().take());
                 drop(server);
             })
             .await;

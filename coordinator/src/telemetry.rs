@@ -108,11 +108,7 @@ impl Telemetry {
             stale_reports.clone(),
         );
         let acquire_latency = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
-        registry.register(
-            "acquire_latency_seconds",
-            "AcquireTask handling time in seconds",
-            acquire_latency.clone(),
-        );
+        registry.register("acquire_latency_seconds", "AcquireTask handling time in seconds", acquire_latency.clone());
         let metrics_entries = Counter::default();
         registry.register(
             "metrics_entries",
@@ -168,10 +164,7 @@ impl Telemetry {
     }
 
     pub fn add_stale_reports(&self, kind: StaleKind, count: u64) {
-        self.inner
-            .stale_reports
-            .get_or_create(&KindLabels { kind: kind.name() })
-            .inc_by(count);
+        self.inner.stale_reports.get_or_create(&KindLabels { kind: kind.name() }).inc_by(count);
     }
 
     pub fn observe_acquire(&self, elapsed: Duration) {
@@ -213,10 +206,7 @@ pub async fn serve_metrics(
             let telemetry = telemetry.clone();
             async move {
                 (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
+                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
                     telemetry.encode(),
                 )
             }

@@ -142,12 +142,20 @@ fn bad_input_exits_2_with_one_line_and_writes_nothing() {
         ),
         ("slash in name", GOOD.replace("name = \"tiny\"", "name = \"a/b\""), "sweep name \"a/b\" contains '/'"),
         ("space in name", GOOD.replace("name = \"tiny\"", "name = \"a b\""), "sweep name \"a b\" contains ' '"),
-        ("unknown regime", GOOD.replace("[regimes.scratch]", "[regimes.scrach]"), "unknown field `scrach`, expected one of `linear`, `finetune`, `scratch`"),
+        (
+            "unknown regime",
+            GOOD.replace("[regimes.scratch]", "[regimes.scrach]"),
+            "unknown field `scrach`, expected one of `linear`, `finetune`, `scratch`",
+        ),
     ];
     for (what, text, needle) in cases {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bad.toml"), &text).unwrap();
-        for args in [&["submit", "--dry-run", "bad.toml"][..], &["submit", "bad.toml"], &["local", "bad.toml", "--workers", "1"]] {
+        for args in [
+            &["submit", "--dry-run", "bad.toml"][..],
+            &["submit", "bad.toml"],
+            &["local", "bad.toml", "--workers", "1"],
+        ] {
             let out = tsweep(dir.path(), args);
             assert_one_line_error(&out, 2, needle);
             assert!(stderr(&out).contains("bad.toml"), "{what}: the file is named: {}", stderr(&out));

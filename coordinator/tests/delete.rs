@@ -14,9 +14,7 @@ use tsweep_coordinator::redis_server::RedisServer;
 use tsweep_coordinator::server;
 use tsweep_coordinator::store::{Checkpoint, Store, StoreError, StoreOptions};
 use tsweep_coordinator::sweepfile::{task_id, Cell, ExpandedSweep, SweepSettings};
-use tsweep_proto::cell::{
-    CellSpec, Regime,
-};
+use tsweep_proto::cell::{CellSpec, Regime};
 use tsweep_proto::v1::sweep_service_client::SweepServiceClient;
 use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use tsweep_proto::v1::{
@@ -121,7 +119,8 @@ async fn finish(store: &Store, name: &str) {
     }
     let mut conn = store.connection();
     let stream = store.metrics_stream_key(name);
-    let _: String = redis::cmd("XADD").arg(&stream).arg("*").arg("task_id").arg("t").query_async(&mut conn).await.unwrap();
+    let _: String =
+        redis::cmd("XADD").arg(&stream).arg("*").arg("task_id").arg("t").query_async(&mut conn).await.unwrap();
     let _: i64 =
         redis::cmd("HSET").arg(format!("{stream}:progress")).arg("t").arg("{}").query_async(&mut conn).await.unwrap();
     assert_eq!(store.summary(name).await.unwrap().status, "done");
@@ -199,7 +198,13 @@ async fn a_leased_task_refuses_the_delete_until_the_sweep_is_cancelled_and_late_
     assert_eq!(stops[0].reason, StopReason::LeaseLost as i32);
     assert_eq!(store.complete("w1", &lease(&first), &result(0.5)).await.unwrap(), ReportOutcome::Stale);
     let failed = store
-        .fail("w2", &lease(&second), FailureClass::Preempted, "stopped", Some(&Checkpoint { path: "/c".into(), step: 3 }))
+        .fail(
+            "w2",
+            &lease(&second),
+            FailureClass::Preempted,
+            "stopped",
+            Some(&Checkpoint { path: "/c".into(), step: 3 }),
+        )
         .await
         .unwrap();
     assert_eq!(failed.outcome, ReportOutcome::Stale);
@@ -264,7 +269,8 @@ async fn a_late_progress_append_after_the_delete_recreates_no_key() {
     let stream = store.metrics_stream_key("late");
     // The stream exists from the submit on, before any worker writes, with the consumer group.
     let mut conn = store.connection();
-    let groups: Vec<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut conn).await.unwrap();
+    let groups: Vec<redis::Value> =
+        redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut conn).await.unwrap();
     assert_eq!(groups.len(), 1, "the coordinator's consumer group is created at submit");
     // The worker's append (worker/src/agent/metrics.rs) while the sweep exists.
     let xadd = |key: &str| {
@@ -344,7 +350,12 @@ async fn delete_over_grpc_and_the_cli_codes_and_messages() {
         .await
         .unwrap();
     let task = workers
-        .acquire_task(AcquireTaskRequest { protocol_version: PROTOCOL_VERSION, worker_id: "w".into(), free_gpus: 0, slot: 0 })
+        .acquire_task(AcquireTaskRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: "w".into(),
+            free_gpus: 0,
+            slot: 0,
+        })
         .await
         .unwrap()
         .into_inner()

@@ -35,7 +35,8 @@ async fn connect(server: &RedisServer, tls: &RedisTlsFiles) -> Result<Store, Sto
 
 async fn submit_acquire_complete(store: &Store) {
     let cell = support::cell(support::spec(SWEEP, "m", Regime::Finetune, 0.1, 1, 3));
-    let sweep = ExpandedSweep { name: SWEEP.into(), settings: SweepSettings { max_attempts: 3 }, cells: vec![cell.clone()] };
+    let sweep =
+        ExpandedSweep { name: SWEEP.into(), settings: SweepSettings { max_attempts: 3 }, cells: vec![cell.clone()] };
     store.submit(&sweep).await.unwrap();
     let assignment = store.acquire("w1", 1).await.unwrap().expect("the task is leased over tls");
     assert_eq!(assignment.task_id, cell.id);

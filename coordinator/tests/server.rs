@@ -68,7 +68,10 @@ impl Harness {
     }
 
     fn workers(&self, token: Option<&str>) -> WorkerServiceClient<Interceptor> {
-        WorkerServiceClient::with_interceptor(self.channel.clone(), bearer_interceptor(token.map(String::from)).unwrap())
+        WorkerServiceClient::with_interceptor(
+            self.channel.clone(),
+            bearer_interceptor(token.map(String::from)).unwrap(),
+        )
     }
 
     async fn health(&self, service: &str) -> ServingStatus {
@@ -139,11 +142,7 @@ fn lease_of(task: &TaskAssignment) -> LeaseRef {
     LeaseRef { sweep: task.sweep.clone(), task_id: task.task_id.clone(), attempt: task.attempt }
 }
 
-async fn complete(
-    workers: &mut WorkerServiceClient<Interceptor>,
-    worker_id: &str,
-    lease: LeaseRef,
-) -> ReportOutcome {
+async fn complete(workers: &mut WorkerServiceClient<Interceptor>, worker_id: &str, lease: LeaseRef) -> ReportOutcome {
     let reply = workers
         .complete_task(CompleteTaskRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -281,7 +280,12 @@ async fn a_worker_cannot_complete_or_renew_a_lease_it_does_not_hold() {
     assert!(summary.stale_reports >= 3, "{summary:?}");
     assert!(summary.lease_expiries >= 1, "{summary:?}");
     let tasks = sweeps
-        .list_tasks(ListTasksRequest { sweep: "svc".into(), state: "succeeded".into(), page_size: 2, page_token: String::new() })
+        .list_tasks(ListTasksRequest {
+            sweep: "svc".into(),
+            state: "succeeded".into(),
+            page_size: 2,
+            page_token: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -334,11 +338,8 @@ async fn watch_streams_until_done_and_metrics_entries_are_fenced() {
     submit(&mut sweeps).await;
     let mut workers = harness.workers(None);
     register(&mut workers, "a").await;
-    let mut stream = sweeps
-        .watch_sweep(WatchSweepRequest { sweep: "svc".into(), interval_ms: 200 })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream =
+        sweeps.watch_sweep(WatchSweepRequest { sweep: "svc".into(), interval_ms: 200 }).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.status, "active");
 
@@ -387,12 +388,8 @@ async fn watch_streams_until_done_and_metrics_entries_are_fenced() {
         assert!(Instant::now() < deadline, "metrics entries were not consumed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let pending: (u64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
-        .arg(&stream_key)
-        .arg("tsweep-coordinator")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let pending: (u64, Option<String>, Option<String>, redis::Value) =
+        redis::cmd("XPENDING").arg(&stream_key).arg("tsweep-coordinator").query_async(&mut conn).await.unwrap();
     assert_eq!(pending.0, 0, "every consumed entry is acked");
 
     complete(&mut workers, "a", lease_of(&task)).await;
@@ -440,7 +437,11 @@ async fn redis_away_means_unavailable_and_not_ready_then_recovery() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let status = harness
         .workers(None)
-        .acquire_task(AcquireTaskRequest { protocol_version: PROTOCOL_VERSION, worker_id: "w".into(), ..Default::default() })
+        .acquire_task(AcquireTaskRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: "w".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -492,7 +493,8 @@ async fn a_coordinator_started_before_redis_serves_health_and_then_becomes_ready
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_loopback_listen_without_token_is_refused() {
-    let config = ServiceConfig { listen: "0.0.0.0:0".into(), metrics_listen: String::new(), ..ServiceConfig::default() };
+    let config =
+        ServiceConfig { listen: "0.0.0.0:0".into(), metrics_listen: String::new(), ..ServiceConfig::default() };
     let error = server::start(config.clone()).await.unwrap_err();
     assert!(matches!(error, ServeError::Config(ConfigError::InsecureListen { .. })), "{error}");
     assert!(error.to_string().contains("--insecure"), "{error}");

@@ -7,9 +7,7 @@ use std::time::Duration;
 use tsweep_coordinator::redis_server::RedisServer;
 use tsweep_coordinator::store::{Checkpoint, Store, StoreOptions, TaskState};
 use tsweep_coordinator::sweepfile::{task_id, Cell, ExpandedSweep, SweepSettings};
-use tsweep_proto::cell::{
-    CellSpec, Regime, Stage,
-};
+use tsweep_proto::cell::{CellSpec, Regime, Stage};
 use tsweep_proto::v1::{FailureClass, HeldLease, LeaseRef, ReportOutcome, StopReason, TaskAssignment, TaskResult};
 
 mod support;
@@ -55,7 +53,13 @@ fn held(a: &TaskAssignment, running: bool, checkpoint: Option<(&str, u64)>) -> H
 }
 
 fn result(val: f64) -> TaskResult {
-    TaskResult { metric: "top1".into(), val_score: Some(val), test_score: Some(val - 1.0), steps: 10, ..Default::default() }
+    TaskResult {
+        metric: "top1".into(),
+        val_score: Some(val),
+        test_score: Some(val - 1.0),
+        steps: 10,
+        ..Default::default()
+    }
 }
 
 async fn state_of(store: &Store, id: &str) -> String {
@@ -235,7 +239,11 @@ async fn out_of_memory_is_retried_once_from_the_checkpoint_then_fails_with_a_cle
     assert_eq!(b.attempt, 2);
     assert_eq!((b.resume_checkpoint_path.as_str(), b.resume_checkpoint_step), ("/ckpt/1", 100));
     let f = store.fail("w", &lease(&b), FailureClass::OutOfMemory, OOM, None).await.unwrap();
-    assert_eq!((f.outcome, f.state), (ReportOutcome::Accepted, Some(TaskState::Failed)), "budget left, but a second OOM");
+    assert_eq!(
+        (f.outcome, f.state),
+        (ReportOutcome::Accepted, Some(TaskState::Failed)),
+        "budget left, but a second OOM"
+    );
     let info = store.task(SWEEP, &c.id).await.unwrap().unwrap();
     assert_eq!(info.state, "failed");
     assert_eq!(info.retries_used, 2);

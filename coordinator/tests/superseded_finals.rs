@@ -10,9 +10,7 @@ use redis::AsyncCommands;
 use tsweep_coordinator::redis_server::RedisServer;
 use tsweep_coordinator::store::{Store, StoreOptions, TaskState};
 use tsweep_coordinator::sweepfile::{Cell, ExpandedSweep, SweepSettings};
-use tsweep_proto::cell::{
-    CellSpec, Regime,
-};
+use tsweep_proto::cell::{CellSpec, Regime};
 use tsweep_proto::v1::{FailureClass, HeldLease, LeaseRef, ReportOutcome, TaskAssignment, TaskResult};
 
 mod support;
@@ -45,7 +43,13 @@ fn score(a: &TaskAssignment, fourth: f64) -> f64 {
 }
 
 fn result(val: f64) -> TaskResult {
-    TaskResult { metric: "top1".into(), val_score: Some(val), test_score: Some(val - 1.0), steps: 10, ..Default::default() }
+    TaskResult {
+        metric: "top1".into(),
+        val_score: Some(val),
+        test_score: Some(val - 1.0),
+        steps: 10,
+        ..Default::default()
+    }
 }
 
 fn lease(a: &TaskAssignment) -> LeaseRef {
@@ -136,10 +140,7 @@ async fn a_superseded_pending_final_is_cancelled_and_never_runs() {
     assert_eq!(old.attempt, 0, "never leased");
     assert!(old.finished_unix_ms > 0);
     let counts = store.summary(SWEEP).await.unwrap().counts.unwrap();
-    assert_eq!(
-        (counts.total, counts.pending, counts.leased, counts.succeeded, counts.cancelled),
-        (6, 1, 0, 4, 1)
-    );
+    assert_eq!((counts.total, counts.pending, counts.leased, counts.succeeded, counts.cancelled), (6, 1, 0, 4, 1));
     assert_consistent(&server, &[]).await;
 
     let f = store.acquire("w", 1).await.unwrap().expect("the new final runs");

@@ -101,7 +101,10 @@ async fn a_rotated_token_file_is_accepted_without_restart_and_the_old_token_only
     loop {
         let code = list_with(&channel, "first").await;
         if code == Code::Unauthenticated {
-            assert!(Instant::now() >= rotated_at + GRACE, "the previous token was refused before the grace window ended");
+            assert!(
+                Instant::now() >= rotated_at + GRACE,
+                "the previous token was refused before the grace window ended"
+            );
             break;
         }
         assert_eq!(code, Code::Ok);

@@ -36,11 +36,7 @@ pub enum TokenError {
 pub fn bearer_interceptor(token: Option<String>) -> Result<BearerInterceptor, TokenError> {
     let header = match token.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(token) => Some(
-            format!("Bearer {token}")
-                .parse::<MetadataValue<_>>()
-                .map_err(|_| TokenError::NotAscii)?,
-        ),
+        Some(token) => Some(format!("Bearer {token}").parse::<MetadataValue<_>>().map_err(|_| TokenError::NotAscii)?),
     };
     Ok(BearerInterceptor { header })
 }
@@ -70,18 +66,17 @@ struct Accepted {
 
 impl std::fmt::Debug for RequireBearer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequireBearer")
-            .field("enabled", &self.accepted.is_some())
-            .finish()
+        f.debug_struct("RequireBearer").field("enabled", &self.accepted.is_some()).finish()
     }
 }
 
 impl RequireBearer {
     /// `None` or an empty token lets every call through.
     pub fn new(token: Option<&str>) -> Self {
-        let accepted = token.map(str::trim).filter(|t| !t.is_empty()).map(|current| {
-            Arc::new(RwLock::new(Accepted { current: Arc::from(current), previous: None }))
-        });
+        let accepted = token
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|current| Arc::new(RwLock::new(Accepted { current: Arc::from(current), previous: None })));
         Self { accepted }
     }
 
@@ -194,10 +189,7 @@ pub struct TokenFile {
 
 impl std::fmt::Debug for TokenFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenFile")
-            .field("path", &self.path)
-            .field("failing", &self.failing)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenFile").field("path", &self.path).field("failing", &self.failing).finish_non_exhaustive()
     }
 }
 

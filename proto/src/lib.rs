@@ -1,8 +1,8 @@
 //! The tsweep wire: generated `tsweep.v1` gRPC code, the protocol version, the cell spec
 //! a worker runs ([`cell::CellSpec`]), and typed failure classes.
 
-pub mod cell;
 pub mod auth;
+pub mod cell;
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

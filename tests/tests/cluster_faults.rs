@@ -19,7 +19,11 @@ fn assert_every_cell_succeeded_once(tasks: &[TaskInfo], cluster: &Cluster) {
         cluster.logs().keys().collect::<Vec<_>>()
     );
     for task in tasks {
-        assert_eq!(task.accepted_completions, 1, "cell {} accepted {} completions", task.task_id, task.accepted_completions);
+        assert_eq!(
+            task.accepted_completions, 1,
+            "cell {} accepted {} completions",
+            task.task_id, task.accepted_completions
+        );
     }
 }
 

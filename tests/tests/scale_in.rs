@@ -36,11 +36,8 @@ async fn scale_in_with_sigterm_resumes_from_checkpoints_and_node_loss_costs_noth
     let tasks = cluster.tasks("scale").await?;
     assert!(tasks.iter().all(|t| t.state == "succeeded" && t.accepted_completions == 1));
     assert!(tasks.iter().all(|t| t.retries_used == 0), "preempted and lost attempts do not count");
-    let resumed: Vec<_> = tasks
-        .iter()
-        .filter_map(|t| t.result.as_ref().map(|r| r.resumed_from_step))
-        .filter(|step| *step > 0)
-        .collect();
+    let resumed: Vec<_> =
+        tasks.iter().filter_map(|t| t.result.as_ref().map(|r| r.resumed_from_step)).filter(|step| *step > 0).collect();
     assert!(!resumed.is_empty(), "the SIGTERM'd runs resumed from their checkpoints");
     let log = cluster.workers.iter().skip(2).map(|w| w.log_text()).collect::<String>();
     assert!(log.contains("resum"), "the resumed step is logged");

@@ -64,7 +64,9 @@ pub enum ChildFailure {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ChildEvent {
     /// Training has started (the agent marks the lease running).
-    Started { resumed_from_step: u64 },
+    Started {
+        resumed_from_step: u64,
+    },
     Progress {
         step: u64,
         total_steps: u64,
@@ -74,9 +76,17 @@ pub enum ChildEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         val_score: Option<f64>,
     },
-    Checkpoint { path: PathBuf, step: u64 },
-    Result { result: TaskResult },
-    Failed { class: ChildFailure, message: String },
+    Checkpoint {
+        path: PathBuf,
+        step: u64,
+    },
+    Result {
+        result: TaskResult,
+    },
+    Failed {
+        class: ChildFailure,
+        message: String,
+    },
 }
 
 impl ChildEvent {

@@ -222,7 +222,10 @@ impl WorkerConfig {
             return Err(invalid("grace_period_s", format!("{} is not a duration in seconds", self.grace_period_s)));
         }
         if !(self.report_timeout_s.is_finite() && self.report_timeout_s > 0.0) {
-            return Err(invalid("report_timeout_s", format!("{} is not a positive duration in seconds", self.report_timeout_s)));
+            return Err(invalid(
+                "report_timeout_s",
+                format!("{} is not a positive duration in seconds", self.report_timeout_s),
+            ));
         }
         self.token_source()?;
         if let Some(id) = &self.worker_id {
@@ -334,8 +337,7 @@ pub fn count_nvidia_devices(dev: &Path) -> u32 {
         .filter(|entry| {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            name.strip_prefix("nvidia")
-                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+            name.strip_prefix("nvidia").is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
         })
         .count();
     u32::try_from(count).unwrap_or(u32::MAX)
@@ -390,7 +392,11 @@ mod tests {
         let args = AgentArgs { config: Some(file), slots: Some(7), ..Default::default() };
         let config = WorkerConfig::load_with_env(
             &args,
-            env(&[("TSWEEP_WORKER__REDIS_URL", "redis://env/"), ("TSWEEP_WORKER__SLOTS", "3"), ("TSWEEP_WORKER__GRACE_PERIOD_S", "4.5")]),
+            env(&[
+                ("TSWEEP_WORKER__REDIS_URL", "redis://env/"),
+                ("TSWEEP_WORKER__SLOTS", "3"),
+                ("TSWEEP_WORKER__GRACE_PERIOD_S", "4.5"),
+            ]),
         )
         .unwrap();
         assert_eq!(config.coordinator, "http://file:1");
@@ -443,7 +449,8 @@ mod tests {
         assert_eq!(config.token_source().unwrap(), TokenSource::File(token.clone()));
 
         let config =
-            WorkerConfig::load_with_env(&AgentArgs::default(), env(&[("TSWEEP_WORKER__TOKEN_FILE", token_str)])).unwrap();
+            WorkerConfig::load_with_env(&AgentArgs::default(), env(&[("TSWEEP_WORKER__TOKEN_FILE", token_str)]))
+                .unwrap();
         assert_eq!(config.token_source().unwrap(), TokenSource::File(token.clone()));
         assert_eq!(read_token_file(&token).unwrap(), "s3cret", "trailing newline trimmed");
 
@@ -528,9 +535,10 @@ mod tests {
 
         let missing = dir.path().join("absent.pem");
         let rediss = AgentArgs { redis_url: Some("rediss://redis.example:6380/".into()), ..Default::default() };
-        let err = WorkerConfig::load_with_env(&rediss, env(&[("TSWEEP_WORKER__REDIS_CA_FILE", missing.to_str().unwrap())]))
-            .unwrap_err()
-            .to_string();
+        let err =
+            WorkerConfig::load_with_env(&rediss, env(&[("TSWEEP_WORKER__REDIS_CA_FILE", missing.to_str().unwrap())]))
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("redis_ca_file") && err.contains(&missing.display().to_string()), "{err}");
         let config = WorkerConfig::load_with_env(&rediss, env(&[])).unwrap();
         assert!(config.redis_tls().is_empty(), "rediss:// without a CA file trusts the platform roots");

@@ -96,7 +96,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !report.ok() {
                 anyhow::bail!("{}: {} differences from the manifest", dir.display(), report.differences.len());
             }
-            println!("{}: ok ({} shards, content hash {})", dir.display(), report.manifest.shards.len(), report.manifest.content_hash);
+            println!(
+                "{}: ok ({} shards, content hash {})",
+                dir.display(),
+                report.manifest.shards.len(),
+                report.manifest.content_hash
+            );
             Ok(())
         }
         None => run_agent(&cli.agent),

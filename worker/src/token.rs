@@ -139,8 +139,8 @@ mod tests {
         std::fs::write(&file, "third").unwrap();
         assert_eq!(bearer(&interceptor).as_deref(), Some("Bearer third"));
 
-        let slow = TokenInterceptor::with_reread_every(&TokenSource::File(file.clone()), Duration::from_secs(3600))
-            .unwrap();
+        let slow =
+            TokenInterceptor::with_reread_every(&TokenSource::File(file.clone()), Duration::from_secs(3600)).unwrap();
         std::fs::write(&file, "fourth").unwrap();
         assert_eq!(bearer(&slow).as_deref(), Some("Bearer third"), "not re-read before the period");
         slow.expire();

@@ -25,10 +25,8 @@ pub fn run(
         device: input.device.clone(),
     };
     let mut forward = |event: TrainerEvent| emit(child_event(event));
-    tsweep_trainer::run_task(&job, &mut forward, stop).map_err(|error| ExecutorFailure {
-        class: child_failure(error.class()),
-        message: error.to_string(),
-    })
+    tsweep_trainer::run_task(&job, &mut forward, stop)
+        .map_err(|error| ExecutorFailure { class: child_failure(error.class()), message: error.to_string() })
 }
 
 fn child_event(event: TrainerEvent) -> ChildEvent {

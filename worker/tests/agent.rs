@@ -52,12 +52,7 @@ impl Scripted {
         f(&mut self.0.lock().unwrap())
     }
     fn note_auth<T>(&self, request: &Request<T>) {
-        let value = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let value = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         self.with(|s| s.authorization.push(value));
     }
     fn check_token<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -90,7 +85,10 @@ impl WorkerService for Scripted {
         }))
     }
 
-    async fn acquire_task(&self, request: Request<AcquireTaskRequest>) -> Result<Response<AcquireTaskResponse>, Status> {
+    async fn acquire_task(
+        &self,
+        request: Request<AcquireTaskRequest>,
+    ) -> Result<Response<AcquireTaskResponse>, Status> {
         self.note_auth(&request);
         self.check_token(&request)?;
         let task = self.with(|s| {
@@ -380,8 +378,9 @@ async fn runs_tasks_reports_them_heartbeats_and_forwards_metrics() {
     let mut agent = Agent::start(coordinator, &redis.url(), dir.path(), 1);
 
     wait_until(Duration::from_secs(60), &agent, || script.with(|s| s.completes.len() == 2 && s.fails.len() == 3)).await;
-    let (registers, completes, fails, heartbeats, auth) =
-        script.with(|s| (s.registers.clone(), s.completes.clone(), s.fails.clone(), s.heartbeats.clone(), s.authorization.clone()));
+    let (registers, completes, fails, heartbeats, auth) = script.with(|s| {
+        (s.registers.clone(), s.completes.clone(), s.fails.clone(), s.heartbeats.clone(), s.authorization.clone())
+    });
 
     assert_eq!(registers[0].worker_id, "w-test");
     assert_eq!(registers[0].protocol_version, tsweep_proto::PROTOCOL_VERSION);
@@ -405,11 +404,8 @@ async fn runs_tasks_reports_them_heartbeats_and_forwards_metrics() {
     assert_eq!(e.class, FailureClass::OutOfMemory as i32, "an accelerator OOM keeps its own class: {e:?}");
 
     // Heartbeats renewed task a while it ran, with its running flag and checkpoints.
-    let a_beats: Vec<_> = heartbeats
-        .iter()
-        .flat_map(|h| h.leases.iter())
-        .filter(|l| l.lease == Some(lease("a", 1)))
-        .collect();
+    let a_beats: Vec<_> =
+        heartbeats.iter().flat_map(|h| h.leases.iter()).filter(|l| l.lease == Some(lease("a", 1))).collect();
     assert!(a_beats.len() >= 2, "{a_beats:?}");
     assert!(a_beats.iter().any(|l| l.running && l.checkpoint_step > 0 && !l.checkpoint_path.is_empty()));
     // After the reports, the agent holds nothing.
@@ -455,9 +451,10 @@ async fn sigterm_releases_running_tasks_as_preempted_with_their_checkpoint_even_
     let mut agent = Agent::start(coordinator, &dead_redis, dir.path(), 2);
 
     let progressed = |s: &State, task: &str| {
-        s.heartbeats.iter().flat_map(|h| h.leases.iter()).any(|l| {
-            l.lease.as_ref().is_some_and(|r| r.task_id == task) && l.running && l.checkpoint_step >= 2
-        })
+        s.heartbeats
+            .iter()
+            .flat_map(|h| h.leases.iter())
+            .any(|l| l.lease.as_ref().is_some_and(|r| r.task_id == task) && l.running && l.checkpoint_step >= 2)
     };
     wait_until(Duration::from_secs(30), &agent, || script.with(|s| progressed(s, "long1") && progressed(s, "long2")))
         .await;
@@ -518,7 +515,10 @@ async fn stop_orders_end_children_silently_and_sigkill_of_the_agent_takes_childr
     // The slot is free again: it takes the next task.
     wait_until(Duration::from_secs(30), &agent, || script.with(|s| running(s, "orphan"))).await;
     assert!(!alive(first_child[0]), "the lost lease's child was killed");
-    assert!(script.with(|s| s.fails.is_empty() && s.completes.is_empty()), "nothing reported for a cancelled or lost lease");
+    assert!(
+        script.with(|s| s.fails.is_empty() && s.completes.is_empty()),
+        "nothing reported for a cancelled or lost lease"
+    );
     assert!(script.with(|s| !s.heartbeats.last().unwrap().leases.iter().any(|l| l.lease == Some(lease("lost", 1)))));
 
     let orphan = children_of(agent.pid());
@@ -585,8 +585,13 @@ async fn a_missing_token_file_stops_the_agent_at_startup_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-token");
     let missing_arg = missing.to_str().unwrap().to_string();
-    let mut agent =
-        Agent::start_with_token("127.0.0.1:9".parse().unwrap(), "redis://127.0.0.1:9/", dir.path(), 1, &["--token-file", &missing_arg]);
+    let mut agent = Agent::start_with_token(
+        "127.0.0.1:9".parse().unwrap(),
+        "redis://127.0.0.1:9/",
+        dir.path(),
+        1,
+        &["--token-file", &missing_arg],
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let code = loop {
         if let Some(status) = agent.child.try_wait().unwrap() {

@@ -17,7 +17,18 @@ impl TlsRedis {
     fn start(dir: &std::path::Path, pki: &TestPki) -> TlsRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new("/usr/bin/redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--tls-cert-file")
             .arg(&pki.server_cert)
             .arg("--tls-key-file")

@@ -355,7 +355,11 @@ fn every_class_survives_the_trip_from_trainer_to_fail_task() {
     assert!(ChildEvent::Failed { class: ChildFailure::OutOfMemory, message: String::new() }
         .to_line()
         .contains(r#""class":"out_of_memory""#));
-    assert_eq!(child_failure(FailureClass::LostWorker), ChildFailure::Retryable, "the child never decides a lost worker");
+    assert_eq!(
+        child_failure(FailureClass::LostWorker),
+        ChildFailure::Retryable,
+        "the child never decides a lost worker"
+    );
 
     // Without a final event: the exit code decides, and a crash stays retryable.
     let exited = |code: i32| classify_exit(Some(std::process::ExitStatus::from_raw(code << 8))).0;

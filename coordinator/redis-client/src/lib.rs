@@ -101,10 +101,16 @@ pub fn build_client(url: &str, tls: &RedisTlsFiles) -> Result<redis::Client, Red
     let client_tls = match (&tls.client_cert_file, &tls.client_key_file) {
         (None, None) => None,
         (Some(_), None) => {
-            return Err(RedisClientError::IncompletePair { missing: CLIENT_KEY_FILE_SETTING, given: CLIENT_CERT_FILE_SETTING })
+            return Err(RedisClientError::IncompletePair {
+                missing: CLIENT_KEY_FILE_SETTING,
+                given: CLIENT_CERT_FILE_SETTING,
+            })
         }
         (None, Some(_)) => {
-            return Err(RedisClientError::IncompletePair { missing: CLIENT_CERT_FILE_SETTING, given: CLIENT_KEY_FILE_SETTING })
+            return Err(RedisClientError::IncompletePair {
+                missing: CLIENT_CERT_FILE_SETTING,
+                given: CLIENT_KEY_FILE_SETTING,
+            })
         }
         (Some(cert), Some(key)) => Some(ClientTlsConfig {
             client_cert: read_pem(CLIENT_CERT_FILE_SETTING, cert, PemKind::Certificates)?,
@@ -115,7 +121,8 @@ pub fn build_client(url: &str, tls: &RedisTlsFiles) -> Result<redis::Client, Red
         Some(path) => Some(read_pem(CA_FILE_SETTING, path, PemKind::Certificates)?),
         None => None,
     };
-    redis::Client::build_with_tls(url, TlsCertificates { client_tls, root_cert }).map_err(|source| RedisClientError::Url { source })
+    redis::Client::build_with_tls(url, TlsCertificates { client_tls, root_cert })
+        .map_err(|source| RedisClientError::Url { source })
 }
 
 /// True when `err` (or an error it wraps) is a TLS failure: the server's certificate not
@@ -160,7 +167,8 @@ enum PemKind {
 
 /// Reads `path` and parses it: at least one certificate, or exactly one private key.
 fn read_pem(setting: &'static str, path: &Path, kind: PemKind) -> Result<Vec<u8>, RedisClientError> {
-    let bytes = std::fs::read(path).map_err(|source| RedisClientError::Read { setting, path: path.to_path_buf(), source })?;
+    let bytes =
+        std::fs::read(path).map_err(|source| RedisClientError::Read { setting, path: path.to_path_buf(), source })?;
     let invalid = |reason: String| RedisClientError::InvalidPem { setting, path: path.to_path_buf(), reason };
     match kind {
         PemKind::Certificates => {

@@ -57,7 +57,10 @@ impl TestPki {
         signed_leaf(dir, "127.0.0.1", &server_ext, (&ca_cert, &ca_key), (&server_cert, &server_key), "1001")?;
 
         let client_ext = file("client.ext");
-        write(&client_ext, "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n")?;
+        write(
+            &client_ext,
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+        )?;
         let (client_cert, client_key) = (file("client.pem"), file("client.key"));
         signed_leaf(dir, "tsweep test client", &client_ext, (&ca_cert, &ca_key), (&client_cert, &client_key), "1002")?;
 
@@ -126,10 +129,11 @@ fn signed_leaf(
 }
 
 fn run(dir: &Path, step: &'static str, mut command: Command) -> Result<(), TestPkiError> {
-    let output = command
-        .current_dir(dir)
-        .output()
-        .map_err(|source| TestPkiError::Spawn { step, dir: dir.to_path_buf(), source })?;
+    let output = command.current_dir(dir).output().map_err(|source| TestPkiError::Spawn {
+        step,
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     if output.status.success() {
         return Ok(());
     }

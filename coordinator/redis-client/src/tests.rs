@@ -54,12 +54,20 @@ fn missing_unreadable_and_non_pem_files_name_the_setting_and_path() {
     std::fs::write(&garbage_pem, "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n").unwrap();
     let cases = [
         (RedisTlsFiles { ca_file: Some(missing.clone()), ..Default::default() }, CA_FILE_SETTING, &missing),
-        (RedisTlsFiles { ca_file: Some(dir.path().to_path_buf()), ..Default::default() }, CA_FILE_SETTING, &dir.path().to_path_buf()),
+        (
+            RedisTlsFiles { ca_file: Some(dir.path().to_path_buf()), ..Default::default() },
+            CA_FILE_SETTING,
+            &dir.path().to_path_buf(),
+        ),
         (RedisTlsFiles { ca_file: Some(not_pem.clone()), ..Default::default() }, CA_FILE_SETTING, &not_pem),
         (RedisTlsFiles { ca_file: Some(garbage_pem.clone()), ..Default::default() }, CA_FILE_SETTING, &garbage_pem),
         (RedisTlsFiles { client_cert_file: Some(not_pem.clone()), ..pki.mutual() }, CLIENT_CERT_FILE_SETTING, &not_pem),
         // A certificate where the key belongs.
-        (RedisTlsFiles { client_key_file: Some(pki.client_cert.clone()), ..pki.mutual() }, CLIENT_KEY_FILE_SETTING, &pki.client_cert),
+        (
+            RedisTlsFiles { client_key_file: Some(pki.client_cert.clone()), ..pki.mutual() },
+            CLIENT_KEY_FILE_SETTING,
+            &pki.client_cert,
+        ),
     ];
     for (files, setting, path) in cases {
         let err = build_client("rediss://127.0.0.1:6380/", &files).unwrap_err();

@@ -97,10 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let mut cell = row(model, dataset, metric, regime, Stage::Grid, BTreeMap::new());
                     cell.val_score = Some(sigmoid(truth + 0.05 * normal(&mut rng)));
                     cell.test_score = Some(sigmoid(truth));
-                    cell.selected.insert(
-                        "l2".to_string(),
-                        10f64.powf(-6.0 + 0.25 * rng.random_range(0..45) as f64),
-                    );
+                    cell.selected.insert("l2".to_string(), 10f64.powf(-6.0 + 0.25 * rng.random_range(0..45) as f64));
                     cells.push(cell);
                     continue;
                 }
@@ -161,17 +158,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cells,
         models: MODELS
             .iter()
-            .map(|(name, top1)| ModelInfo {
-                name: name.to_string(),
-                imagenet_top1: Some(*top1),
-            })
+            .map(|(name, top1)| ModelInfo { name: name.to_string(), imagenet_top1: Some(*top1) })
             .collect(),
         datasets: DATASETS
             .iter()
-            .map(|(name, metric, ..)| DatasetInfo {
-                name: name.to_string(),
-                metric: metric.to_string(),
-            })
+            .map(|(name, metric, ..)| DatasetInfo { name: name.to_string(), metric: metric.to_string() })
             .collect(),
         settings: Default::default(),
     };

@@ -361,12 +361,7 @@ pub fn reported_score(cells: &[&CellRow], scale: ScoreScale, epsilon: f64) -> Op
         model: first.model.clone(),
         dataset: first.dataset.clone(),
         regime: first.regime,
-        metric: cells
-            .iter()
-            .map(|c| c.metric.as_str())
-            .find(|m| !m.is_empty())
-            .unwrap_or_default()
-            .to_string(),
+        metric: cells.iter().map(|c| c.metric.as_str()).find(|m| !m.is_empty()).unwrap_or_default().to_string(),
         accuracy: None,
         log_odds: None,
         source: ScoreSource::Missing,
@@ -402,21 +397,14 @@ pub fn reported_score(cells: &[&CellRow], scale: ScoreScale, epsilon: f64) -> Op
                 .then(a.task_id.cmp(&b.task_id))
         });
         if let Some(cell) = done.first() {
-            let selected = if cell.selected.is_empty() {
-                &cell.hparams
-            } else {
-                &cell.selected
-            };
+            let selected = if cell.selected.is_empty() { &cell.hparams } else { &cell.selected };
             take(&mut score, cell, ScoreSource::Linear, selected);
             score.val_score = finite(cell.val_score);
         }
     } else {
         let points: Vec<_> = grid_cells.iter().map(|c| c.grid_point()).collect();
         let best = select_best(&points).map(|i| grid_cells[i]);
-        let current_final = cells
-            .iter()
-            .copied()
-            .find(|c| c.stage == Stage::Final && c.is_current_final);
+        let current_final = cells.iter().copied().find(|c| c.stage == Stage::Final && c.is_current_final);
         if let Some(best) = best {
             score.val_score = finite(best.val_score);
             score.selected = best.hparams.clone();
@@ -424,11 +412,7 @@ pub fn reported_score(cells: &[&CellRow], scale: ScoreScale, epsilon: f64) -> Op
         match (current_final, best) {
             (Some(fin), _) if has_test(fin) => {
                 let selected = score.selected.clone();
-                let selected = if selected.is_empty() {
-                    fin.hparams.clone()
-                } else {
-                    selected
-                };
+                let selected = if selected.is_empty() { fin.hparams.clone() } else { selected };
                 take(&mut score, fin, ScoreSource::Final, &selected);
             }
             (fin, Some(best)) if has_test(best) => {
@@ -475,29 +459,18 @@ pub fn analyze(input: &ReportInput) -> Analysis {
     let mut datasets = input.datasets.clone();
     for cell in &input.cells {
         if !datasets.iter().any(|d| d.name == cell.dataset) {
-            datasets.push(DatasetInfo {
-                name: cell.dataset.clone(),
-                metric: cell.metric.clone(),
-            });
+            datasets.push(DatasetInfo { name: cell.dataset.clone(), metric: cell.metric.clone() });
         }
     }
     let top1: BTreeMap<&str, f64> = input
         .models
         .iter()
-        .filter_map(|m| {
-            Some((
-                m.name.as_str(),
-                imagenet_scale.to_fraction(m.imagenet_top1.filter(|v| v.is_finite())?),
-            ))
-        })
+        .filter_map(|m| Some((m.name.as_str(), imagenet_scale.to_fraction(m.imagenet_top1.filter(|v| v.is_finite())?))))
         .collect();
 
     let mut groups: BTreeMap<(Regime, &str, &str), Vec<&CellRow>> = BTreeMap::new();
     for cell in &input.cells {
-        groups
-            .entry((cell.regime, cell.model.as_str(), cell.dataset.as_str()))
-            .or_default()
-            .push(cell);
+        groups.entry((cell.regime, cell.model.as_str(), cell.dataset.as_str())).or_default().push(cell);
     }
 
     let mut regimes = Vec::new();
@@ -514,12 +487,8 @@ pub fn analyze(input: &ReportInput) -> Analysis {
     }
 
     let scratch_vs_finetune = compare_scratch_finetune(&regimes, &datasets, &top1, eps);
-    let without_top1: Vec<&str> = input
-        .models
-        .iter()
-        .filter(|m| !top1.contains_key(m.name.as_str()))
-        .map(|m| m.name.as_str())
-        .collect();
+    let without_top1: Vec<&str> =
+        input.models.iter().filter(|m| !top1.contains_key(m.name.as_str())).map(|m| m.name.as_str()).collect();
     if !without_top1.is_empty() {
         notes.push(format!(
             "no ImageNet top-1 in the sweep file for {}: reported, left out of the correlations",
@@ -568,17 +537,10 @@ fn analyze_regime(
     settings: &AnalysisSettings,
 ) -> RegimeAnalysis {
     let present: BTreeSet<&str> = scores.iter().map(|s| s.dataset.as_str()).collect();
-    let datasets: Vec<String> = all_datasets
-        .iter()
-        .filter(|d| present.contains(d.name.as_str()))
-        .map(|d| d.name.clone())
-        .collect();
-    let mut model_names: Vec<String> = scores
-        .iter()
-        .map(|s| s.model.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let datasets: Vec<String> =
+        all_datasets.iter().filter(|d| present.contains(d.name.as_str())).map(|d| d.name.clone()).collect();
+    let mut model_names: Vec<String> =
+        scores.iter().map(|s| s.model.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     model_names.sort_by(|a, b| {
         let (ta, tb) = (top1.get(a.as_str()), top1.get(b.as_str()));
         match (ta, tb) {
@@ -592,11 +554,7 @@ fn analyze_regime(
     let models: Vec<ModelSummary> = model_names
         .iter()
         .map(|model| {
-            let lo: Vec<f64> = scores
-                .iter()
-                .filter(|s| &s.model == model)
-                .filter_map(|s| s.log_odds)
-                .collect();
+            let lo: Vec<f64> = scores.iter().filter(|s| &s.model == model).filter_map(|s| s.log_odds).collect();
             let mean = (!lo.is_empty()).then(|| lo.iter().sum::<f64>() / lo.len() as f64);
             let top = top1.get(model.as_str()).copied();
             let excluded_because = if top.is_none() {
@@ -622,18 +580,12 @@ fn analyze_regime(
             notes.push(format!("{} left out of the correlation: {why}", m.model));
         }
     }
-    let (xs, ys): (Vec<f64>, Vec<f64>) = models
-        .iter()
-        .filter(|m| m.in_correlation)
-        .filter_map(|m| Some((m.imagenet_top1?, m.mean_log_odds?)))
-        .unzip();
+    let (xs, ys): (Vec<f64>, Vec<f64>) =
+        models.iter().filter(|m| m.in_correlation).filter_map(|m| Some((m.imagenet_top1?, m.mean_log_odds?))).unzip();
     let regime_offset = Regime::ALL.iter().position(|r| *r == regime).unwrap_or(0) as u64 * 1000;
     let corr = correlation(&xs, &ys, settings, regime_offset);
     if let Some(c) = corr.as_ref().filter(|c| c.n < SMALL_SAMPLE) {
-        notes.push(format!(
-            "only {} models in r: its bootstrap interval is rough below {SMALL_SAMPLE}",
-            c.n
-        ));
+        notes.push(format!("only {} models in r: its bootstrap interval is rough below {SMALL_SAMPLE}", c.n));
     }
     if corr.is_none() {
         notes.push(format!(
@@ -657,15 +609,7 @@ fn analyze_regime(
             }
         })
         .collect();
-    RegimeAnalysis {
-        regime,
-        datasets,
-        models,
-        scores,
-        correlation: corr,
-        per_dataset,
-        notes,
-    }
+    RegimeAnalysis { regime, datasets, models, scores, correlation: corr, per_dataset, notes }
 }
 
 fn compare_scratch_finetune(
@@ -696,10 +640,8 @@ fn compare_scratch_finetune(
                 })
                 .collect();
             let diffs: Vec<f64> = pairs.iter().map(|p| p.finetune - p.scratch).collect();
-            let lo_diffs: Vec<f64> = pairs
-                .iter()
-                .map(|p| log_odds(p.finetune, eps) - log_odds(p.scratch, eps))
-                .collect();
+            let lo_diffs: Vec<f64> =
+                pairs.iter().map(|p| log_odds(p.finetune, eps) - log_odds(p.scratch, eps)).collect();
             ScratchVsFinetune {
                 dataset: d.name.clone(),
                 mean_finetune: mean(&pairs.iter().map(|p| p.finetune).collect::<Vec<_>>()),

@@ -25,14 +25,8 @@ fn opt(v: Option<f64>) -> String {
 /// One row per cell. Hyperparameters get a column each (`hparam_<name>`, and
 /// `selected_<name>` for what a task chose itself); absent values are empty.
 pub fn results_csv(cells: &[CellRow]) -> String {
-    let hparam_keys: BTreeSet<&str> = cells
-        .iter()
-        .flat_map(|c| c.hparams.keys().map(String::as_str))
-        .collect();
-    let selected_keys: BTreeSet<&str> = cells
-        .iter()
-        .flat_map(|c| c.selected.keys().map(String::as_str))
-        .collect();
+    let hparam_keys: BTreeSet<&str> = cells.iter().flat_map(|c| c.hparams.keys().map(String::as_str)).collect();
+    let selected_keys: BTreeSet<&str> = cells.iter().flat_map(|c| c.selected.keys().map(String::as_str)).collect();
     let mut header: Vec<String> = [
         "task_id",
         "sweep",
@@ -96,19 +90,10 @@ struct ResultsFile<'a> {
 /// `{"sweep": ..., "cells": [...]}`, compact (a paper-size sweep has ~22k cells); non-finite
 /// numbers become null.
 pub fn results_json(input: &ReportInput) -> Result<String, ReportError> {
-    serde_json::to_string(&ResultsFile {
-        sweep: &input.sweep,
-        cells: &input.cells,
-    })
-    .map_err(|source| ReportError::Json {
-        what: "results",
-        source,
-    })
+    serde_json::to_string(&ResultsFile { sweep: &input.sweep, cells: &input.cells })
+        .map_err(|source| ReportError::Json { what: "results", source })
 }
 
 pub fn analysis_json(analysis: &Analysis) -> Result<String, ReportError> {
-    serde_json::to_string_pretty(analysis).map_err(|source| ReportError::Json {
-        what: "analysis",
-        source,
-    })
+    serde_json::to_string_pretty(analysis).map_err(|source| ReportError::Json { what: "analysis", source })
 }

@@ -45,15 +45,9 @@ code{background:#f4f4f4;padding:0 .2em}
 fn status_counts(cells: &[CellRow]) -> String {
     let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
     for c in cells {
-        *counts
-            .entry((c.stage.name().to_string(), c.status.name().to_string()))
-            .or_default() += 1;
+        *counts.entry((c.stage.name().to_string(), c.status.name().to_string())).or_default() += 1;
     }
-    counts
-        .iter()
-        .map(|((stage, status), n)| format!("{stage} {status}: {n}"))
-        .collect::<Vec<_>>()
-        .join(" · ")
+    counts.iter().map(|((stage, status), n)| format!("{stage} {status}: {n}")).collect::<Vec<_>>().join(" · ")
 }
 
 fn regime_section(out: &mut String, regime: &RegimeAnalysis, level: f64) {
@@ -95,10 +89,7 @@ fn regime_section(out: &mut String, regime: &RegimeAnalysis, level: f64) {
                             Some("pending") => "num pending",
                             _ => "num failed",
                         }
-                    } else if matches!(
-                        s.source,
-                        ScoreSource::BestGridNoFinal | ScoreSource::BestGridFinalFailed
-                    ) {
+                    } else if matches!(s.source, ScoreSource::BestGridNoFinal | ScoreSource::BestGridFinalFailed) {
                         "num fallback"
                     } else {
                         "num"
@@ -142,19 +133,13 @@ fn regime_section(out: &mut String, regime: &RegimeAnalysis, level: f64) {
     let _ = writeln!(
         out,
         "<td class=\"num\"><b>{}</b></td></tr>\n</table></div>",
-        regime
-            .correlation
-            .as_ref()
-            .map_or("—".to_string(), |c| format!("{:.2}", c.r))
+        regime.correlation.as_ref().map_or("—".to_string(), |c| format!("{:.2}", c.r))
     );
     for note in &regime.notes {
         let _ = writeln!(out, "<p class=\"note\">note: {}</p>", escape(note));
     }
 
-    let _ = writeln!(
-        out,
-        "<details><summary>selection details ({name})</summary>\n<div class=\"scroll\"><table>"
-    );
+    let _ = writeln!(out, "<details><summary>selection details ({name})</summary>\n<div class=\"scroll\"><table>");
     out.push_str("<tr><th>model</th><th>dataset</th><th>selected</th><th>val</th><th>test</th><th>source</th><th>grid ok/diverged/failed/cancelled/unfinished of total</th><th>finals</th><th>task</th></tr>\n");
     for s in &regime.scores {
         let source = match s.source {
@@ -189,15 +174,9 @@ fn regime_section(out: &mut String, regime: &RegimeAnalysis, level: f64) {
 }
 
 fn attention_section(out: &mut String, cells: &[CellRow]) {
-    let attention: Vec<&CellRow> = cells
-        .iter()
-        .filter(|c| matches!(c.status, CellStatus::Failed | CellStatus::Cancelled) || c.diverged)
-        .collect();
-    let _ = writeln!(
-        out,
-        "<h2 id=\"attention\">Failed, cancelled and diverged cells ({})</h2>",
-        attention.len()
-    );
+    let attention: Vec<&CellRow> =
+        cells.iter().filter(|c| matches!(c.status, CellStatus::Failed | CellStatus::Cancelled) || c.diverged).collect();
+    let _ = writeln!(out, "<h2 id=\"attention\">Failed, cancelled and diverged cells ({})</h2>", attention.len());
     if attention.is_empty() {
         out.push_str("<p>None.</p>\n");
         return;
@@ -210,11 +189,7 @@ fn attention_section(out: &mut String, cells: &[CellRow]) {
             c.status.name().to_string()
         };
         let class = if c.diverged { "diverged" } else { "failed" };
-        let error = if c.error_class.is_empty() {
-            c.error.clone()
-        } else {
-            format!("{}: {}", c.error_class, c.error)
-        };
+        let error = if c.error_class.is_empty() { c.error.clone() } else { format!("{}: {}", c.error_class, c.error) };
         let _ = writeln!(
             out,
             "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
@@ -234,11 +209,7 @@ fn attention_section(out: &mut String, cells: &[CellRow]) {
     }
     out.push_str("</table></div>\n");
     if attention.len() > MAX_ATTENTION_ROWS {
-        let _ = writeln!(
-            out,
-            "<p class=\"note\">{} more in results.csv.</p>",
-            attention.len() - MAX_ATTENTION_ROWS
-        );
+        let _ = writeln!(out, "<p class=\"note\">{} more in results.csv.</p>", attention.len() - MAX_ATTENTION_ROWS);
     }
 }
 
@@ -261,9 +232,7 @@ pub fn render_page(analysis: &Analysis, cells: &[CellRow], figure1_svg: &str, co
     for regime in &analysis.regimes {
         match &regime.correlation {
             Some(c) => {
-                let interval = c
-                    .interval
-                    .map_or("—".to_string(), |i| format!("[{:.3}, {:.3}]", i.low, i.high));
+                let interval = c.interval.map_or("—".to_string(), |i| format!("[{:.3}, {:.3}]", i.low, i.high));
                 let _ = writeln!(
                     out,
                     "<tr><td><a href=\"#{0}\">{0}</a></td><td class=\"num\">{1}</td><td class=\"num\"><b>{2:.3}</b></td><td class=\"num\">{3}</td><td class=\"num\">{4:.4}</td></tr>",
@@ -275,11 +244,7 @@ pub fn render_page(analysis: &Analysis, cells: &[CellRow], figure1_svg: &str, co
                 );
             }
             None => {
-                let _ = writeln!(
-                    out,
-                    "<tr><td>{}</td><td colspan=\"4\">not available</td></tr>",
-                    regime.regime.name()
-                );
+                let _ = writeln!(out, "<tr><td>{}</td><td colspan=\"4\">not available</td></tr>", regime.regime.name());
             }
         }
     }

@@ -110,11 +110,7 @@ impl CellRow {
         GridPoint {
             task_id: self.task_id.clone(),
             hparams: self.hparams.clone(),
-            val_score: if self.status == CellStatus::Succeeded {
-                self.val_score
-            } else {
-                None
-            },
+            val_score: if self.status == CellStatus::Succeeded { self.val_score } else { None },
             diverged: self.diverged,
         }
     }
@@ -149,12 +145,7 @@ pub struct AnalysisSettings {
 
 impl Default for AnalysisSettings {
     fn default() -> Self {
-        Self {
-            log_odds_epsilon: 1e-4,
-            bootstrap_resamples: 10_000,
-            bootstrap_seed: 2019,
-            confidence_level: 0.95,
-        }
+        Self { log_odds_epsilon: 1e-4, bootstrap_resamples: 10_000, bootstrap_seed: 2019, confidence_level: 0.95 }
     }
 }
 
@@ -186,10 +177,8 @@ impl ReportInput {
                 None
             } else {
                 Some(
-                    CellSpec::from_json(&task.spec_json).map_err(|source| ReportError::Spec {
-                        task_id: task.task_id.clone(),
-                        source,
-                    })?,
+                    CellSpec::from_json(&task.spec_json)
+                        .map_err(|source| ReportError::Spec { task_id: task.task_id.clone(), source })?,
                 )
             };
             let regime = match &spec {
@@ -200,12 +189,8 @@ impl ReportInput {
                 Some(spec) => spec.stage,
                 None => parse_stage(&task.task_id, &task.stage)?,
             };
-            let model = spec
-                .as_ref()
-                .map_or_else(|| task.model.clone(), |s| s.model.name.clone());
-            let dataset = spec
-                .as_ref()
-                .map_or_else(|| task.dataset.clone(), |s| s.dataset.name.clone());
+            let model = spec.as_ref().map_or_else(|| task.model.clone(), |s| s.model.name.clone());
+            let dataset = spec.as_ref().map_or_else(|| task.dataset.clone(), |s| s.dataset.name.clone());
             let top1 = spec.as_ref().and_then(|s| s.model.imagenet_top1);
             let entry = models.entry(model.clone()).or_insert(None);
             if entry.is_none() {
@@ -223,11 +208,7 @@ impl ReportInput {
             }
             let wall_s = (task.started_unix_ms > 0 && task.finished_unix_ms >= task.started_unix_ms)
                 .then(|| (task.finished_unix_ms - task.started_unix_ms) as f64 / 1000.0);
-            let error_class = if task.error.is_empty() {
-                String::new()
-            } else {
-                task.error_class().name().to_string()
-            };
+            let error_class = if task.error.is_empty() { String::new() } else { task.error_class().name().to_string() };
             cells.push(CellRow {
                 task_id: task.task_id.clone(),
                 sweep: task.sweep.clone(),
@@ -235,19 +216,16 @@ impl ReportInput {
                 dataset,
                 regime,
                 stage,
-                hparams: spec.as_ref().map_or_else(
-                    || task.hparams.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                    |s| s.hparams.clone(),
-                ),
+                hparams: spec
+                    .as_ref()
+                    .map_or_else(|| task.hparams.iter().map(|(k, v)| (k.clone(), *v)).collect(), |s| s.hparams.clone()),
                 status: CellStatus::from_name(&task.state),
                 attempts: task.attempt,
                 val_score: result.and_then(|r| r.val_score),
                 test_score: result.and_then(|r| r.test_score),
                 metric,
                 diverged: result.is_some_and(|r| r.diverged),
-                selected: result
-                    .map(|r| r.selected.iter().map(|(k, v)| (k.clone(), *v)).collect())
-                    .unwrap_or_default(),
+                selected: result.map(|r| r.selected.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default(),
                 duration_s: result.map(|r| r.duration_s).filter(|d| *d > 0.0).or(wall_s),
                 worker: task.worker.clone(),
                 error: task.error.clone(),
@@ -259,39 +237,27 @@ impl ReportInput {
         Ok(Self {
             sweep: tasks.first().map(|t| t.sweep.clone()).unwrap_or_default(),
             cells,
-            models: models
-                .into_iter()
-                .map(|(name, imagenet_top1)| ModelInfo { name, imagenet_top1 })
-                .collect(),
-            datasets: datasets
-                .into_iter()
-                .map(|(name, metric)| DatasetInfo { name, metric })
-                .collect(),
+            models: models.into_iter().map(|(name, imagenet_top1)| ModelInfo { name, imagenet_top1 }).collect(),
+            datasets: datasets.into_iter().map(|(name, metric)| DatasetInfo { name, metric }).collect(),
             settings: AnalysisSettings::default(),
         })
     }
 }
 
 fn parse_regime(task_id: &str, name: &str) -> Result<Regime, ReportError> {
-    Regime::ALL
-        .into_iter()
-        .find(|r| r.name() == name)
-        .ok_or_else(|| ReportError::UnknownValue {
-            task_id: task_id.to_string(),
-            field: "regime",
-            value: name.to_string(),
-        })
+    Regime::ALL.into_iter().find(|r| r.name() == name).ok_or_else(|| ReportError::UnknownValue {
+        task_id: task_id.to_string(),
+        field: "regime",
+        value: name.to_string(),
+    })
 }
 
 fn parse_stage(task_id: &str, name: &str) -> Result<Stage, ReportError> {
-    [Stage::Grid, Stage::Final]
-        .into_iter()
-        .find(|s| s.name() == name)
-        .ok_or_else(|| ReportError::UnknownValue {
-            task_id: task_id.to_string(),
-            field: "stage",
-            value: name.to_string(),
-        })
+    [Stage::Grid, Stage::Final].into_iter().find(|s| s.name() == name).ok_or_else(|| ReportError::UnknownValue {
+        task_id: task_id.to_string(),
+        field: "stage",
+        value: name.to_string(),
+    })
 }
 
 /// Marks, per (model, dataset, regime), the final whose hyperparameters are those of the

@@ -42,11 +42,7 @@ pub enum ReportError {
         source: serde_json::Error,
     },
     #[error("task {task_id}: unknown {field} {value:?}")]
-    UnknownValue {
-        task_id: String,
-        field: &'static str,
-        value: String,
-    },
+    UnknownValue { task_id: String, field: &'static str, value: String },
     #[error("cannot encode {what} as json: {source}")]
     Json {
         what: &'static str,
@@ -101,16 +97,10 @@ impl ReportPaths {
 /// Analyses `input` and writes every report file into `out_dir` (created if missing).
 pub fn write_report(input: &ReportInput, out_dir: &Path) -> Result<ReportPaths, ReportError> {
     let analysis = analyze(input);
-    std::fs::create_dir_all(out_dir).map_err(|source| ReportError::Io {
-        path: out_dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(out_dir).map_err(|source| ReportError::Io { path: out_dir.to_path_buf(), source })?;
     let write = |name: &str, bytes: &[u8]| -> Result<PathBuf, ReportError> {
         let path = out_dir.join(name);
-        std::fs::write(&path, bytes).map_err(|source| ReportError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::write(&path, bytes).map_err(|source| ReportError::Io { path: path.clone(), source })?;
         Ok(path)
     };
 

@@ -48,10 +48,7 @@ struct Point {
 }
 
 fn plot_error(figure: &str, e: impl std::fmt::Display) -> ReportError {
-    ReportError::Plot {
-        figure: figure.to_string(),
-        message: e.to_string(),
-    }
+    ReportError::Plot { figure: figure.to_string(), message: e.to_string() }
 }
 
 fn padded_range(values: impl Iterator<Item = f64>, pad_low: f64, pad_high: f64, default: (f64, f64)) -> (f64, f64) {
@@ -63,11 +60,7 @@ fn padded_range(values: impl Iterator<Item = f64>, pad_low: f64, pad_high: f64, 
     if lo > hi {
         return default;
     }
-    let span = if hi - lo > 1e-9 {
-        hi - lo
-    } else {
-        1.0_f64.max(hi.abs() * 0.1)
-    };
+    let span = if hi - lo > 1e-9 { hi - lo } else { 1.0_f64.max(hi.abs() * 0.1) };
     (lo - span * pad_low, hi + span * pad_high)
 }
 
@@ -131,8 +124,7 @@ fn draw_labels<DB: DrawingBackend>(
             }
         }
         if let Some((_, rect)) = best {
-            area.draw_text(label, &style, (rect.0 - base.0, rect.1 - base.1))
-                .map_err(|e| e.to_string())?;
+            area.draw_text(label, &style, (rect.0 - base.0, rect.1 - base.1)).map_err(|e| e.to_string())?;
             placed.push(rect);
         }
     }
@@ -182,12 +174,8 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Scatter
         let (xr, yr) = chart.plotting_area().get_pixel_range();
         let base = area.get_base_pixel();
         let style = TextStyle::from((FONT, 16.0).into_font()).color(&EXCLUDED_COLOR);
-        area.draw_text(
-            message,
-            &style,
-            (xr.start + 20 - base.0, (yr.start + yr.end) / 2 - base.1),
-        )
-        .map_err(|e| e.to_string())?;
+        area.draw_text(message, &style, (xr.start + 20 - base.0, (yr.start + yr.end) / 2 - base.1))
+            .map_err(|e| e.to_string())?;
         return Ok(());
     }
     for (a, b) in &panel.links {
@@ -216,20 +204,13 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Scatter
     }
     for (name, color, points) in &panel.series {
         let color = *color;
-        let excluded = points
-            .iter()
-            .filter(|p| !p.included)
-            .map(|p| Circle::new((p.x, p.y), 5, EXCLUDED_COLOR.stroke_width(2)));
+        let excluded =
+            points.iter().filter(|p| !p.included).map(|p| Circle::new((p.x, p.y), 5, EXCLUDED_COLOR.stroke_width(2)));
         chart.draw_series(excluded).map_err(|e| e.to_string())?;
-        let included = points
-            .iter()
-            .filter(|p| p.included)
-            .map(move |p| Circle::new((p.x, p.y), 5, color.filled()));
+        let included = points.iter().filter(|p| p.included).map(move |p| Circle::new((p.x, p.y), 5, color.filled()));
         let drawn = chart.draw_series(included).map_err(|e| e.to_string())?;
         if panel.legend {
-            drawn
-                .label(name.as_str())
-                .legend(move |(x, y)| Circle::new((x + 9, y), 5, color.filled()));
+            drawn.label(name.as_str()).legend(move |(x, y)| Circle::new((x + 9, y), 5, color.filled()));
         }
     }
     if panel.legend || panel.fit.is_some() {
@@ -245,9 +226,8 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Scatter
     if panel.labels {
         let (xr, yr) = chart.plotting_area().get_pixel_range();
         let plot_box = (xr.start, yr.start, xr.end - xr.start, yr.end - yr.start);
-        let anchors: Vec<(String, (i32, i32))> = all()
-            .map(|p| (p.label.clone(), chart.backend_coord(&(p.x, p.y))))
-            .collect();
+        let anchors: Vec<(String, (i32, i32))> =
+            all().map(|p| (p.label.clone(), chart.backend_coord(&(p.x, p.y)))).collect();
         draw_labels(area, &anchors, plot_box)?;
     }
     Ok(())
@@ -274,9 +254,7 @@ fn regime_panel(regime: &RegimeAnalysis) -> ScatterPanel {
         title,
         x_desc: "ImageNet top-1 accuracy (%)",
         y_desc: "transfer accuracy (mean log-odds)",
-        empty_message: points
-            .is_empty()
-            .then(|| "no model with a top-1 and a score yet".to_string()),
+        empty_message: points.is_empty().then(|| "no model with a top-1 and a score yet".to_string()),
         series: vec![("models".to_string(), FINETUNE_COLOR, points)],
         fit: regime.correlation.as_ref().map(|c| (c.intercept, c.slope)),
         links: Vec::new(),
@@ -335,20 +313,11 @@ fn comparison_panels(analysis: &Analysis) -> Vec<ScatterPanel> {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let with_top1: Vec<_> = c
-                .pairs
-                .iter()
-                .filter_map(|p| Some((p, p.imagenet_top1? * 100.0)))
-                .collect();
+            let with_top1: Vec<_> = c.pairs.iter().filter_map(|p| Some((p, p.imagenet_top1? * 100.0))).collect();
             let series = |f: fn(&crate::analysis::PairedScores) -> f64| -> Vec<Point> {
                 with_top1
                     .iter()
-                    .map(|(p, x)| Point {
-                        label: p.model.clone(),
-                        x: *x,
-                        y: f(p) * 100.0,
-                        included: true,
-                    })
+                    .map(|(p, x)| Point { label: p.model.clone(), x: *x, y: f(p) * 100.0, included: true })
                     .collect()
             };
             let title = match c.mean_difference {
@@ -359,18 +328,13 @@ fn comparison_panels(analysis: &Analysis) -> Vec<ScatterPanel> {
                 title,
                 x_desc: "ImageNet top-1 (%)",
                 y_desc: "test accuracy (%)",
-                empty_message: with_top1
-                    .is_empty()
-                    .then(|| "no model with both scores and a top-1".to_string()),
+                empty_message: with_top1.is_empty().then(|| "no model with both scores and a top-1".to_string()),
                 series: vec![
                     ("fine-tune".to_string(), FINETUNE_COLOR, series(|p| p.finetune)),
                     ("scratch".to_string(), SCRATCH_COLOR, series(|p| p.scratch)),
                 ],
                 fit: None,
-                links: with_top1
-                    .iter()
-                    .map(|(p, x)| ((*x, p.finetune * 100.0), (*x, p.scratch * 100.0)))
-                    .collect(),
+                links: with_top1.iter().map(|(p, x)| ((*x, p.finetune * 100.0), (*x, p.scratch * 100.0))).collect(),
                 labels: false,
                 legend: i == 0,
             }

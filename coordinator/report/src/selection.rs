@@ -31,10 +31,7 @@ pub fn select_best(points: &[GridPoint]) -> Option<usize> {
         .enumerate()
         .filter(|(_, p)| p.is_eligible())
         .max_by(|(_, a), (_, b)| {
-            let (sa, sb) = (
-                a.val_score.unwrap_or(f64::NEG_INFINITY),
-                b.val_score.unwrap_or(f64::NEG_INFINITY),
-            );
+            let (sa, sb) = (a.val_score.unwrap_or(f64::NEG_INFINITY), b.val_score.unwrap_or(f64::NEG_INFINITY));
             sa.total_cmp(&sb).then_with(|| b.task_id.cmp(&a.task_id))
         })
         .map(|(i, _)| i)
@@ -55,21 +52,13 @@ mod tests {
 
     #[test]
     fn highest_validation_score_wins() {
-        let points = [
-            point("a", Some(0.7), false),
-            point("b", Some(0.9), false),
-            point("c", Some(0.8), false),
-        ];
+        let points = [point("a", Some(0.7), false), point("b", Some(0.9), false), point("c", Some(0.8), false)];
         assert_eq!(select_best(&points), Some(1));
     }
 
     #[test]
     fn ties_go_to_the_smallest_task_id_whatever_the_order() {
-        let points = [
-            point("c", Some(0.9), false),
-            point("a", Some(0.9), false),
-            point("b", Some(0.9), false),
-        ];
+        let points = [point("c", Some(0.9), false), point("a", Some(0.9), false), point("b", Some(0.9), false)];
         assert_eq!(select_best(&points), Some(1));
         let mut reversed = points.to_vec();
         reversed.reverse();
@@ -96,10 +85,7 @@ mod tests {
     #[test]
     fn nothing_eligible_gives_none() {
         assert_eq!(select_best(&[]), None);
-        assert_eq!(
-            select_best(&[point("a", None, false), point("b", Some(0.9), true)]),
-            None
-        );
+        assert_eq!(select_best(&[point("a", None, false), point("b", Some(0.9), true)]), None);
     }
 
     #[test]

@@ -23,10 +23,7 @@ pub fn hparam_value(v: f64) -> String {
 
 /// `lr=1e-2 weight_decay=3.2e-5`.
 pub fn hparams_long(h: &BTreeMap<String, f64>) -> String {
-    h.iter()
-        .map(|(k, v)| format!("{k}={}", hparam_value(*v)))
-        .collect::<Vec<_>>()
-        .join(" ")
+    h.iter().map(|(k, v)| format!("{k}={}", hparam_value(*v))).collect::<Vec<_>>().join(" ")
 }
 
 /// `1e-2/3.2e-5` (values in key order).
@@ -105,22 +102,13 @@ fn regime_table(regime: &RegimeAnalysis) -> Table {
     let mut r_row = vec![Cell::new("r vs ImageNet"), Cell::new("")];
     for dc in &regime.per_dataset {
         r_row.push(
-            Cell::new(
-                dc.correlation
-                    .as_ref()
-                    .map_or("-".to_string(), |c| format!("{:.2}", c.r)),
-            )
-            .set_alignment(CellAlignment::Right),
+            Cell::new(dc.correlation.as_ref().map_or("-".to_string(), |c| format!("{:.2}", c.r)))
+                .set_alignment(CellAlignment::Right),
         );
     }
     r_row.push(
-        Cell::new(
-            regime
-                .correlation
-                .as_ref()
-                .map_or("-".to_string(), |c| format!("{:.2}", c.r)),
-        )
-        .set_alignment(CellAlignment::Right),
+        Cell::new(regime.correlation.as_ref().map_or("-".to_string(), |c| format!("{:.2}", c.r)))
+            .set_alignment(CellAlignment::Right),
     );
     table.add_row(r_row);
     table

@@ -23,10 +23,7 @@ fn log_odds_transform_values() {
     assert!(close(log_odds(0.75, 1e-4), 3f64.ln(), 1e-12));
     assert!(close(log_odds(0.9, 1e-4), 9f64.ln(), 1e-12));
     for p in [0.01, 0.2, 0.6, 0.97] {
-        assert!(
-            close(log_odds(1.0 - p, 1e-4), -log_odds(p, 1e-4), 1e-12),
-            "symmetry at {p}"
-        );
+        assert!(close(log_odds(1.0 - p, 1e-4), -log_odds(p, 1e-4), 1e-12), "symmetry at {p}");
     }
     // Clamped at epsilon: perfect and zero accuracy stay finite.
     assert!(close(log_odds(1.0, 1e-4), 9999f64.ln(), 1e-9));
@@ -38,21 +35,9 @@ fn log_odds_transform_values() {
 #[test]
 fn pearson_known_values() {
     let x = [1.0, 2.0, 3.0, 4.0, 5.0];
-    assert!(close(
-        pearson(&x, &[2.0, 4.0, 5.0, 4.0, 5.0]).unwrap_or(f64::NAN),
-        0.6f64.sqrt(),
-        1e-12
-    ));
-    assert!(close(
-        pearson(&x, &[3.0, 5.0, 7.0, 9.0, 11.0]).unwrap_or(f64::NAN),
-        1.0,
-        1e-12
-    ));
-    assert!(close(
-        pearson(&x, &[5.0, 4.0, 3.0, 2.0, 1.0]).unwrap_or(f64::NAN),
-        -1.0,
-        1e-12
-    ));
+    assert!(close(pearson(&x, &[2.0, 4.0, 5.0, 4.0, 5.0]).unwrap_or(f64::NAN), 0.6f64.sqrt(), 1e-12));
+    assert!(close(pearson(&x, &[3.0, 5.0, 7.0, 9.0, 11.0]).unwrap_or(f64::NAN), 1.0, 1e-12));
+    assert!(close(pearson(&x, &[5.0, 4.0, 3.0, 2.0, 1.0]).unwrap_or(f64::NAN), -1.0, 1e-12));
     assert_eq!(pearson(&x, &[1.0; 5]), None, "no variance in y");
     assert_eq!(pearson(&[1.0], &[1.0]), None);
     assert_eq!(pearson(&x, &[1.0, 2.0]), None, "lengths differ");
@@ -105,11 +90,7 @@ fn transfer_accuracy_linear_in_imagenet_log_odds_gives_r_one() {
     let i = c.interval.expect("bootstrap interval");
     assert!(close(i.low, 1.0, 1e-9) && close(i.high, 1.0, 1e-9));
     for dc in &regime.per_dataset {
-        assert!(
-            close(dc.correlation.as_ref().map_or(0.0, |c| c.r), 1.0, 1e-9),
-            "{}",
-            dc.dataset
-        );
+        assert!(close(dc.correlation.as_ref().map_or(0.0, |c| c.r), 1.0, 1e-9), "{}", dc.dataset);
     }
     // A model that does worse on ImageNet ranks below on transfer: r = -1 when reversed.
     let reversed = linear_input(&models, &datasets, |m, _| sigmoid(-(TOP1[m] - 76.0) * 0.1));
@@ -221,10 +202,7 @@ fn final_score_is_reported_and_grid_best_is_the_fallback() {
     pending[3].test_score = None;
     let refs: Vec<_> = pending.iter().collect();
     let s = reported_score(&refs, ScoreScale::Fraction, 1e-4).expect("score");
-    assert_eq!(
-        (s.source, s.accuracy, s.mark().as_str()),
-        (ScoreSource::BestGridNoFinal, Some(0.78), "*")
-    );
+    assert_eq!((s.source, s.accuracy, s.mark().as_str()), (ScoreSource::BestGridNoFinal, Some(0.78), "*"));
 
     // The final failed for good: the same fallback, marked differently.
     let mut failed = with_final.clone();
@@ -238,10 +216,7 @@ fn final_score_is_reported_and_grid_best_is_the_fallback() {
     let mut stale = with_final.clone();
     stale[3].is_current_final = false;
     let refs: Vec<_> = stale.iter().collect();
-    assert_eq!(
-        reported_score(&refs, ScoreScale::Fraction, 1e-4).map(|s| s.source),
-        Some(ScoreSource::BestGridNoFinal)
-    );
+    assert_eq!(reported_score(&refs, ScoreScale::Fraction, 1e-4).map(|s| s.source), Some(ScoreSource::BestGridNoFinal));
 
     // A diverged final is still a result: reported, marked D.
     let mut diverged = with_final;
@@ -249,10 +224,7 @@ fn final_score_is_reported_and_grid_best_is_the_fallback() {
     diverged[3].test_score = Some(0.01);
     let refs: Vec<_> = diverged.iter().collect();
     let s = reported_score(&refs, ScoreScale::Fraction, 1e-4).expect("score");
-    assert_eq!(
-        (s.source, s.diverged, s.mark().as_str()),
-        (ScoreSource::Final, true, " D")
-    );
+    assert_eq!((s.source, s.diverged, s.mark().as_str()), (ScoreSource::Final, true, " D"));
 }
 
 #[test]
@@ -262,10 +234,8 @@ fn groups_without_a_score_say_why() {
         let refs: Vec<_> = cells.iter().collect();
         reported_score(&refs, ScoreScale::Fraction, 1e-4).and_then(|s| s.missing)
     };
-    let mut all_diverged = vec![
-        grid("a", m, d, r, hp(1.0, 0.0), 0.01, 0.01),
-        grid("b", m, d, r, hp(0.1, 0.0), 0.01, 0.01),
-    ];
+    let mut all_diverged =
+        vec![grid("a", m, d, r, hp(1.0, 0.0), 0.01, 0.01), grid("b", m, d, r, hp(0.1, 0.0), 0.01, 0.01)];
     all_diverged.iter_mut().for_each(|c| c.diverged = true);
     assert_eq!(reason(&all_diverged), Some(MissingReason::Diverged));
 
@@ -292,25 +262,14 @@ fn percentages_are_read_as_percentages_for_the_whole_input() {
     let fractions = linear_input(&models, &["a", "b"], acc);
     let mut percents = linear_input(&models, &["a", "b"], |m, d| 100.0 * acc(m, d));
     // ImageNet top-1 as fractions this time: also normalised.
-    percents.models = models
-        .iter()
-        .map(|(n, t)| ModelInfo {
-            name: n.to_string(),
-            imagenet_top1: t.map(|t| t / 100.0),
-        })
-        .collect();
+    percents.models =
+        models.iter().map(|(n, t)| ModelInfo { name: n.to_string(), imagenet_top1: t.map(|t| t / 100.0) }).collect();
     let (a, b) = (analyze(&fractions), analyze(&percents));
-    assert_eq!(
-        (a.score_scale, b.score_scale),
-        (ScoreScale::Fraction, ScoreScale::Percent)
-    );
+    assert_eq!((a.score_scale, b.score_scale), (ScoreScale::Fraction, ScoreScale::Percent));
     let (ra, rb) = (&a.regimes[0], &b.regimes[0]);
     let (ca, cb) = (ra.correlation.as_ref().expect("r"), rb.correlation.as_ref().expect("r"));
     assert!(close(ca.r, cb.r, 1e-12));
-    assert!(
-        close(ca.slope, cb.slope, 1e-9),
-        "fit is per top-1 percentage point either way"
-    );
+    assert!(close(ca.slope, cb.slope, 1e-9), "fit is per top-1 percentage point either way");
     for (sa, sb) in ra.scores.iter().zip(&rb.scores) {
         assert!(close(sa.accuracy.unwrap_or(-1.0), sb.accuracy.unwrap_or(-2.0), 1e-12));
     }
@@ -322,15 +281,9 @@ fn models_without_top1_or_with_missing_datasets_are_reported_but_left_out() {
     let names = model_names();
     let mut models: Vec<(&str, Option<f64>)> = names.iter().zip(TOP1).map(|(n, t)| (n.as_str(), Some(t))).collect();
     models[3].1 = None;
-    let mut input = linear_input(&models, &["a", "b"], |m, d| {
-        sigmoid(0.1 * d as f64 + 0.07 * (TOP1[m] - 76.0))
-    });
+    let mut input = linear_input(&models, &["a", "b"], |m, d| sigmoid(0.1 * d as f64 + 0.07 * (TOP1[m] - 76.0)));
     // net05 has no score on "b" (its task failed).
-    let lost = input
-        .cells
-        .iter_mut()
-        .find(|c| c.model == "net05" && c.dataset == "b")
-        .expect("cell");
+    let lost = input.cells.iter_mut().find(|c| c.model == "net05" && c.dataset == "b").expect("cell");
     lost.status = CellStatus::Failed;
     lost.test_score = None;
     let analysis = analyze(&input);
@@ -340,20 +293,10 @@ fn models_without_top1_or_with_missing_datasets_are_reported_but_left_out() {
     assert!(close(c.r, 1.0, 1e-9));
     let net03 = regime.models.iter().find(|m| m.model == "net03").expect("reported");
     assert!(!net03.in_correlation && net03.mean_log_odds.is_some());
-    assert_eq!(
-        regime.models.last().map(|m| m.model.as_str()),
-        Some("net03"),
-        "unknown top-1 sorts last"
-    );
+    assert_eq!(regime.models.last().map(|m| m.model.as_str()), Some("net03"), "unknown top-1 sorts last");
     let net05 = regime.models.iter().find(|m| m.model == "net05").expect("reported");
-    assert_eq!(
-        (net05.in_correlation, net05.datasets_scored, net05.datasets_total),
-        (false, 1, 2)
-    );
-    assert!(regime
-        .notes
-        .iter()
-        .any(|n| n.contains("net03") && n.contains("no ImageNet top-1")));
+    assert_eq!((net05.in_correlation, net05.datasets_scored, net05.datasets_total), (false, 1, 2));
+    assert!(regime.notes.iter().any(|n| n.contains("net03") && n.contains("no ImageNet top-1")));
     assert!(regime.notes.iter().any(|n| n.contains("net05") && n.contains("1 of 2")));
     assert!(analysis.notes.iter().any(|n| n.contains("net03")));
     // Per-dataset r uses every model scored there with a top-1.
@@ -367,20 +310,9 @@ fn models_without_top1_or_with_missing_datasets_are_reported_but_left_out() {
 #[test]
 fn scratch_vs_finetune_per_dataset() {
     let mut cells = Vec::new();
-    for (i, (m, ft, sc)) in [("a", 0.90, 0.80), ("b", 0.85, 0.86), ("c", 0.95, 0.75)]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, (m, ft, sc)) in [("a", 0.90, 0.80), ("b", 0.85, 0.86), ("c", 0.95, 0.75)].into_iter().enumerate() {
         for (regime, acc) in [(Regime::Finetune, ft), (Regime::Scratch, sc)] {
-            let g = grid(
-                &format!("g{i}{}", regime.name()),
-                m,
-                "cars",
-                regime,
-                hp(0.1, 0.0),
-                acc,
-                acc,
-            );
+            let g = grid(&format!("g{i}{}", regime.name()), m, "cars", regime, hp(0.1, 0.0), acc, acc);
             let mut f = cell(&format!("f{i}{}", regime.name()), m, "cars", regime, Stage::Final);
             f.hparams = hp(0.1, 0.0);
             f.test_score = Some(acc);
@@ -389,26 +321,14 @@ fn scratch_vs_finetune_per_dataset() {
         }
     }
     tsweep_report::input::mark_current_finals(&mut cells);
-    assert!(cells
-        .iter()
-        .filter(|c| c.stage == Stage::Final)
-        .all(|c| c.is_current_final));
+    assert!(cells.iter().filter(|c| c.stage == Stage::Final).all(|c| c.is_current_final));
     let input = ReportInput {
         sweep: "s".to_string(),
         cells,
         models: vec![
-            ModelInfo {
-                name: "a".into(),
-                imagenet_top1: Some(76.0),
-            },
-            ModelInfo {
-                name: "b".into(),
-                imagenet_top1: Some(72.0),
-            },
-            ModelInfo {
-                name: "c".into(),
-                imagenet_top1: Some(80.0),
-            },
+            ModelInfo { name: "a".into(), imagenet_top1: Some(76.0) },
+            ModelInfo { name: "b".into(), imagenet_top1: Some(72.0) },
+            ModelInfo { name: "c".into(), imagenet_top1: Some(80.0) },
         ],
         datasets: vec![],
         settings: Default::default(),
@@ -419,11 +339,7 @@ fn scratch_vs_finetune_per_dataset() {
     assert_eq!((c.dataset.as_str(), c.pairs.len(), c.finetune_better), ("cars", 3, 2));
     assert!(close(c.mean_finetune.unwrap_or(0.0), 0.9, 1e-12));
     assert!(close(c.mean_scratch.unwrap_or(0.0), 0.80333333333333, 1e-9));
-    assert!(close(
-        c.mean_difference.unwrap_or(0.0),
-        (0.10 - 0.01 + 0.20) / 3.0,
-        1e-12
-    ));
+    assert!(close(c.mean_difference.unwrap_or(0.0), (0.10 - 0.01 + 0.20) / 3.0, 1e-12));
     let lo = (log_odds(0.9, 1e-4) - log_odds(0.8, 1e-4) + log_odds(0.85, 1e-4) - log_odds(0.86, 1e-4)
         + log_odds(0.95, 1e-4)
         - log_odds(0.75, 1e-4))

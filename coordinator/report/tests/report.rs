@@ -83,25 +83,9 @@ fn troubled_sweep() -> ReportInput {
     ReportInput {
         sweep: "troubled".to_string(),
         cells,
-        models: models
-            .iter()
-            .zip(top1)
-            .map(|(m, t)| ModelInfo {
-                name: m.to_string(),
-                imagenet_top1: t,
-            })
-            .collect(),
-        datasets: datasets
-            .iter()
-            .map(|d| DatasetInfo {
-                name: d.to_string(),
-                metric: "top1".to_string(),
-            })
-            .collect(),
-        settings: AnalysisSettings {
-            bootstrap_resamples: 500,
-            ..AnalysisSettings::default()
-        },
+        models: models.iter().zip(top1).map(|(m, t)| ModelInfo { name: m.to_string(), imagenet_top1: t }).collect(),
+        datasets: datasets.iter().map(|d| DatasetInfo { name: d.to_string(), metric: "top1".to_string() }).collect(),
+        settings: AnalysisSettings { bootstrap_resamples: 500, ..AnalysisSettings::default() },
     }
 }
 
@@ -124,12 +108,8 @@ fn report_with_failed_and_diverged_cells_renders_and_marks_them() {
         let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
         assert!(len > 0, "{} is empty or missing", file.display());
     }
-    let names: Vec<String> = paths
-        .files()
-        .iter()
-        .filter_map(|p| p.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .collect();
+    let names: Vec<String> =
+        paths.files().iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
     for expected in [
         "index.html",
         "results.csv",
@@ -148,11 +128,7 @@ fn report_with_failed_and_diverged_cells_renders_and_marks_them() {
     let fig1 = std::fs::read(&paths.figure1_png).expect("figure1.png");
     let (w, h) = png_size(&fig1).expect("figure1 is a png");
     assert!(w >= 1200 && h >= 400, "{w}x{h}");
-    assert!(
-        fig1.len() > 20_000,
-        "figure1.png has drawn content: {} bytes",
-        fig1.len()
-    );
+    assert!(fig1.len() > 20_000, "figure1.png has drawn content: {} bytes", fig1.len());
     let cmp = std::fs::read(paths.scratch_vs_finetune_png.as_ref().expect("comparison written")).expect("png");
     assert!(png_size(&cmp).is_some_and(|(w, h)| w >= 600 && h >= 300));
 
@@ -167,10 +143,7 @@ fn report_with_failed_and_diverged_cells_renders_and_marks_them() {
     );
     // Failed and diverged cells are there, marked, with their errors (escaped).
     assert!(html.contains("Failed, cancelled and diverged cells"));
-    assert!(
-        html.contains("worker lost &lt;gpu-7&gt; &amp; never came back"),
-        "error text escaped"
-    );
+    assert!(html.contains("worker lost &lt;gpu-7&gt; &amp; never came back"), "error text escaped");
     assert!(html.contains("fatal: dataset missing"));
     assert!(html.contains("class=\"diverged\""));
     assert!(html.contains(">diverged<"), "a diverged cell is labelled");
@@ -246,9 +219,8 @@ fn empty_and_linear_only_sweeps_still_render() {
 
     let names = model_names();
     let models: Vec<(&str, Option<f64>)> = names.iter().zip(TOP1).map(|(n, t)| (n.as_str(), Some(t))).collect();
-    let mut linear_only = linear_input(&models, &["a", "b", "c"], |m, d| {
-        sigmoid(0.2 * d as f64 + 0.08 * (TOP1[m] - 76.0))
-    });
+    let mut linear_only =
+        linear_input(&models, &["a", "b", "c"], |m, d| sigmoid(0.2 * d as f64 + 0.08 * (TOP1[m] - 76.0)));
     linear_only.settings.bootstrap_resamples = 200;
     let paths = write_report(&linear_only, &dir.path().join("linear")).expect("linear report");
     let html = std::fs::read_to_string(&paths.index_html).expect("html");
@@ -337,13 +309,8 @@ fn from_task_infos_reads_list_tasks_output() {
     let fin_old = spec("r50", Some(76.1), "pets", Regime::Finetune, Stage::Final, hp(0.1, 0.0));
     let fin_new = spec("r50", Some(76.1), "pets", Regime::Finetune, Stage::Final, hp(0.01, 0.0));
     let lin = spec("r50", Some(76.1), "pets", Regime::Linear, Stage::Grid, BTreeMap::new());
-    let mut failed = task(
-        "t6",
-        "failed",
-        &spec("vgg", None, "pets", Regime::Scratch, Stage::Grid, hp(1.0, 0.0)),
-        None,
-        None,
-    );
+    let mut failed =
+        task("t6", "failed", &spec("vgg", None, "pets", Regime::Scratch, Stage::Grid, hp(1.0, 0.0)), None, None);
     failed.error = "cuda oom".to_string();
     failed.error_class = FailureClass::Retryable as i32;
     failed.attempt = 3;
@@ -367,42 +334,20 @@ fn from_task_infos_reads_list_tasks_output() {
     assert_eq!(
         input.models,
         vec![
-            ModelInfo {
-                name: "r50".into(),
-                imagenet_top1: Some(76.1)
-            },
-            ModelInfo {
-                name: "vgg".into(),
-                imagenet_top1: None
-            }
+            ModelInfo { name: "r50".into(), imagenet_top1: Some(76.1) },
+            ModelInfo { name: "vgg".into(), imagenet_top1: None }
         ]
     );
-    assert_eq!(
-        input.datasets,
-        vec![DatasetInfo {
-            name: "pets".into(),
-            metric: "mean_per_class".into()
-        }]
-    );
+    assert_eq!(input.datasets, vec![DatasetInfo { name: "pets".into(), metric: "mean_per_class".into() }]);
     let by_id = |id: &str| input.cells.iter().find(|c| c.task_id == id).expect("cell");
-    assert!(
-        !by_id("t3").is_current_final,
-        "the grid found a better point: the old final is stale"
-    );
+    assert!(!by_id("t3").is_current_final, "the grid found a better point: the old final is stale");
     assert!(by_id("t4").is_current_final);
     assert_eq!(by_id("t1").duration_s, Some(60.0), "wall time when the result has none");
     assert_eq!(by_id("t5").duration_s, Some(12.5));
     assert_eq!(by_id("t5").selected.get("l2"), Some(&0.01));
     assert_eq!(by_id("t6").status, CellStatus::Failed);
-    assert_eq!(
-        (by_id("t6").error_class.as_str(), by_id("t6").attempts),
-        ("retryable", 3)
-    );
-    assert_eq!(
-        by_id("t2").metric,
-        "mean_per_class",
-        "metric from the spec when the result has none"
-    );
+    assert_eq!((by_id("t6").error_class.as_str(), by_id("t6").attempts), ("retryable", 3));
+    assert_eq!(by_id("t2").metric, "mean_per_class", "metric from the spec when the result has none");
 
     let analysis = tsweep_report::analyze(&input);
     let finetune = analysis.regime(Regime::Finetune).expect("finetune");
@@ -417,8 +362,5 @@ fn from_task_infos_reads_list_tasks_output() {
     no_spec[0].spec_json.clear();
     no_spec[0].regime = "sideways".to_string();
     let err = ReportInput::from_task_infos(&no_spec).expect_err("bad regime");
-    assert!(
-        err.to_string().contains("regime") && err.to_string().contains("sideways"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("regime") && err.to_string().contains("sideways"), "{err}");
 }

@@ -75,8 +75,8 @@ pub async fn all_tasks(client: &mut SweepClient, sweep: &str) -> Result<Vec<Task
             async move { client.list_tasks(request).await }
         })
         .await
-            .map_err(|s| CliError::from_status(&format!("list tasks of {sweep}"), s))?
-            .into_inner();
+        .map_err(|s| CliError::from_status(&format!("list tasks of {sweep}"), s))?
+        .into_inner();
         tasks.extend(page.tasks);
         if page.next_page_token.is_empty() || page.next_page_token == page_token {
             break;

@@ -56,9 +56,11 @@ impl CliError {
         use tonic::Code;
         let message = format!("{what}: {}", one_line(status.message()));
         match status.code() {
-            Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::AlreadyExists | Code::OutOfRange => {
-                CliError::BadInput(message)
-            }
+            Code::InvalidArgument
+            | Code::NotFound
+            | Code::FailedPrecondition
+            | Code::AlreadyExists
+            | Code::OutOfRange => CliError::BadInput(message),
             Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted => {
                 CliError::Unavailable(message)
             }

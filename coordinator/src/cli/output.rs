@@ -131,7 +131,8 @@ pub fn sweeps_table(sweeps: &[SweepSummary]) -> String {
     if sweeps.is_empty() {
         return "no sweeps\n".to_string();
     }
-    let mut t = table(&["sweep", "status", "total", "pending", "leased", "running", "succeeded", "failed", "cancelled"]);
+    let mut t =
+        table(&["sweep", "status", "total", "pending", "leased", "running", "succeeded", "failed", "cancelled"]);
     for s in sweeps {
         let c = s.counts.unwrap_or_default();
         t.add_row(vec![
@@ -195,7 +196,8 @@ fn format_number(v: f64) -> String {
 
 /// `lr=0.001 weight_decay=0`, plus what the task selected itself (`l2=...` for linear).
 pub fn hparams_text(task: &TaskInfo) -> String {
-    let mut parts: Vec<String> = sorted(&task.hparams).into_iter().map(|(k, v)| format!("{k}={}", format_number(v))).collect();
+    let mut parts: Vec<String> =
+        sorted(&task.hparams).into_iter().map(|(k, v)| format!("{k}={}", format_number(v))).collect();
     if task.hparams.is_empty() && task.result.as_ref().is_none_or(|r| r.selected.is_empty()) {
         // Linear: one task fits the whole L2 path; say which, until it reports its choice.
         if let Ok(spec) = tsweep_proto::cell::CellSpec::from_json(&task.spec_json) {
@@ -234,7 +236,15 @@ pub fn sort_tasks(tasks: &mut [TaskInfo]) {
     tasks.sort_by_cached_key(|t| {
         // Hyperparameters are >= 0, where the bit pattern orders like the value.
         let hparams: Vec<(String, u64)> = sorted(&t.hparams).into_iter().map(|(k, v)| (k, v.abs().to_bits())).collect();
-        (regime_order(&t.regime), t.regime.clone(), t.model.clone(), t.dataset.clone(), t.stage != "grid", hparams, t.task_id.clone())
+        (
+            regime_order(&t.regime),
+            t.regime.clone(),
+            t.model.clone(),
+            t.dataset.clone(),
+            t.stage != "grid",
+            hparams,
+            t.task_id.clone(),
+        )
     });
 }
 
@@ -272,8 +282,25 @@ pub fn results_table(tasks: &[TaskInfo]) -> String {
 }
 
 const CSV_COLUMNS: [&str; 20] = [
-    "task_id", "sweep", "regime", "stage", "model", "dataset", "state", "lr", "weight_decay", "selected",
-    "metric", "val_score", "test_score", "diverged", "steps", "duration_s", "attempt", "retries_used", "worker",
+    "task_id",
+    "sweep",
+    "regime",
+    "stage",
+    "model",
+    "dataset",
+    "state",
+    "lr",
+    "weight_decay",
+    "selected",
+    "metric",
+    "val_score",
+    "test_score",
+    "diverged",
+    "steps",
+    "duration_s",
+    "attempt",
+    "retries_used",
+    "worker",
     "error",
 ];
 

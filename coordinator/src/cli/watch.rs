@@ -39,11 +39,16 @@ impl Display {
         } else {
             ProgressDrawTarget::stderr()
         });
-        let style = ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta} left)\n{msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let style =
+            ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta} left)\n{msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
         let bar = multi.add(ProgressBar::new(0).with_style(style).with_prefix(sweep.to_string()));
-        let best = multi.add(ProgressBar::new(0).with_style(ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar())));
+        let best =
+            multi
+                .add(ProgressBar::new(0).with_style(
+                    ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ));
         Display { bar, best, plain: plain && !quiet, last_plain: None, last_line: String::new() }
     }
 
@@ -119,7 +124,7 @@ async fn get_summary(client: &mut SweepClient, sweep: &str) -> Result<SweepSumma
     })
     .await
     .map(|r| r.into_inner())
-        .map_err(|s| CliError::from_status(&format!("sweep {sweep}"), s))
+    .map_err(|s| CliError::from_status(&format!("sweep {sweep}"), s))
 }
 
 /// Reads the stream until it ends or reports an ended sweep; the last summary seen.

@@ -205,10 +205,7 @@ pub async fn gauges(shared: Shared) {
         let roster = roster.clone();
         async move {
             let sweeps = store.list_sweeps().await?;
-            let counts: Vec<_> = sweeps
-                .iter()
-                .map(|s| (s.sweep.as_str(), s.counts.unwrap_or_default()))
-                .collect();
+            let counts: Vec<_> = sweeps.iter().map(|s| (s.sweep.as_str(), s.counts.unwrap_or_default())).collect();
             telemetry.set_sweep_counts(counts.iter().map(|(name, counts)| (*name, counts)));
             telemetry.set_workers_registered(roster.live(window));
             Ok(())

@@ -80,11 +80,11 @@ fn field_text(entry: &StreamId, field: &str) -> Option<String> {
 fn parse_field<T: std::str::FromStr>(entry: &StreamId, field: &'static str) -> Result<Option<T>, EntryError> {
     match field_text(entry, field) {
         None => Ok(None),
-        Some(text) => text
-            .trim()
-            .parse::<T>()
-            .map(Some)
-            .map_err(|_| EntryError::NotANumber { id: entry.id.clone(), field, value: text }),
+        Some(text) => text.trim().parse::<T>().map(Some).map_err(|_| EntryError::NotANumber {
+            id: entry.id.clone(),
+            field,
+            value: text,
+        }),
     }
 }
 
@@ -147,10 +147,7 @@ pub async fn read_progress(store: &Store, sweep: &str) -> Result<HashMap<String,
         .query_async(&mut conn)
         .await
         .map_err(|source| StoreError::Redis { operation: "read task progress", source })?;
-    Ok(raw
-        .into_iter()
-        .filter_map(|(task, json)| serde_json::from_str(&json).ok().map(|p| (task, p)))
-        .collect())
+    Ok(raw.into_iter().filter_map(|(task, json)| serde_json::from_str(&json).ok().map(|p| (task, p))).collect())
 }
 
 /// A blocking read that outlives BLOCK by this much counts as a lost connection.
@@ -290,22 +287,13 @@ impl Consumer {
     /// of the stream, so entries written before the group existed are read too).
     async fn refresh_streams(&mut self, conn: &mut MultiplexedConnection) -> Result<(), ConsumeError> {
         let sweeps = self.store.active_sweeps().await?;
-        self.streams = sweeps
-            .into_iter()
-            .map(|sweep| (self.store.metrics_stream_key(&sweep), sweep))
-            .collect();
+        self.streams = sweeps.into_iter().map(|sweep| (self.store.metrics_stream_key(&sweep), sweep)).collect();
         for key in self.streams.keys() {
             if self.groups_ready.contains(key) {
                 continue;
             }
-            let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(key)
-                .arg(GROUP)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(conn)
-                .await;
+            let created: Result<(), redis::RedisError> =
+                redis::cmd("XGROUP").arg("CREATE").arg(key).arg(GROUP).arg("0").arg("MKSTREAM").query_async(conn).await;
             match created {
                 Ok(()) => info!(stream = %key, group = GROUP, "metrics consumer group created"),
                 Err(error) if error.code() == Some("BUSYGROUP") => {}
@@ -432,13 +420,8 @@ impl Consumer {
 
     async fn ack(&self, conn: &mut MultiplexedConnection, key: &str, entries: &[StreamId]) -> Result<(), ConsumeError> {
         let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
-        let _: u64 = redis::cmd("XACK")
-            .arg(key)
-            .arg(GROUP)
-            .arg(&ids)
-            .query_async(conn)
-            .await
-            .map_err(redis_err("XACK"))?;
+        let _: u64 =
+            redis::cmd("XACK").arg(key).arg(GROUP).arg(&ids).query_async(conn).await.map_err(redis_err("XACK"))?;
         Ok(())
     }
 }
@@ -450,10 +433,7 @@ mod tests {
     fn entry(fields: &[(&str, &str)]) -> StreamId {
         StreamId {
             id: "1-0".into(),
-            map: fields
-                .iter()
-                .map(|(k, v)| (k.to_string(), redis::Value::BulkString(v.as_bytes().to_vec())))
-                .collect(),
+            map: fields.iter().map(|(k, v)| (k.to_string(), redis::Value::BulkString(v.as_bytes().to_vec()))).collect(),
             ..Default::default()
         }
     }

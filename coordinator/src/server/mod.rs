@@ -209,32 +209,33 @@ pub async fn start_with_token_reload(
     };
     let shared = Shared::new(config, telemetry.clone(), cancel.clone());
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| ServeError::Bind { what: "grpc", addr: listen, source })?;
-    let grpc_addr = listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind { what: "grpc", addr: listen, source })?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ServeError::Bind {
+        what: "grpc",
+        addr: listen,
+        source,
+    })?;
+    let grpc_addr = listener.local_addr().map_err(|source| ServeError::Bind { what: "grpc", addr: listen, source })?;
 
-    let (metrics_addr, metrics) = match metrics_listen {
-        None => (None, None),
-        Some(addr) => {
-            let listener = telemetry::bind_metrics(addr)
-                .await
-                .map_err(|source| ServeError::Bind { what: "metrics", addr, source })?;
-            let bound = listener.local_addr().map_err(ServeError::Metrics)?;
-            let stop = cancel.clone();
-            let handle = tokio::spawn(telemetry::serve_metrics(listener, telemetry.clone(), async move {
-                stop.cancelled().await
-            }));
-            (Some(bound), Some(handle))
-        }
-    };
+    let (metrics_addr, metrics) =
+        match metrics_listen {
+            None => (None, None),
+            Some(addr) => {
+                let listener = telemetry::bind_metrics(addr).await.map_err(|source| ServeError::Bind {
+                    what: "metrics",
+                    addr,
+                    source,
+                })?;
+                let bound = listener.local_addr().map_err(ServeError::Metrics)?;
+                let stop = cancel.clone();
+                let handle = tokio::spawn(telemetry::serve_metrics(listener, telemetry.clone(), async move {
+                    stop.cancelled().await
+                }));
+                (Some(bound), Some(handle))
+            }
+        };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status(READINESS_SERVICE, tonic_health::ServingStatus::NotServing)
-        .await;
+    health_reporter.set_service_status(READINESS_SERVICE, tonic_health::ServingStatus::NotServing).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tsweep_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -245,7 +246,7 @@ pub async fn start_with_token_reload(
     let worker_service = WorkerServiceServer::with_interceptor(WorkerServiceImpl::new(shared.clone()), auth.clone());
 
     let mut builder = Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     let tls_enabled = tls.is_some();
     if let Some(tls) = tls {
@@ -260,9 +261,7 @@ pub async fn start_with_token_reload(
     // The builder's tcp_nodelay does not reach sockets from our own listener: without it
     // small replies wait out delayed ACKs (40 ms per acquire at low concurrency).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-        stop.cancelled().await
-    }));
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }));
 
     let mut background = vec![
         tokio::spawn(loops::connect(shared.clone(), store_options)),
@@ -286,15 +285,7 @@ pub async fn start_with_token_reload(
         version = %tsweep_proto::version_line("tsweep"),
         "coordinator listening"
     );
-    Ok(RunningCoordinator {
-        grpc_addr,
-        metrics_addr,
-        tls: tls_enabled,
-        cancel,
-        server,
-        background,
-        metrics,
-    })
+    Ok(RunningCoordinator { grpc_addr, metrics_addr, tls: tls_enabled, cancel, server, background, metrics })
 }
 
 async fn load_tls(config: &ServiceConfig) -> Result<Option<ServerTlsConfig>, ServeError> {

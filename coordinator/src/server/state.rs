@@ -36,10 +36,7 @@ impl StoreSlot {
 
     /// The connected store, or UNAVAILABLE while the first connection is still pending.
     pub fn get(&self) -> Result<Store, CoordinatorError> {
-        self.sender
-            .borrow()
-            .clone()
-            .ok_or_else(|| CoordinatorError::Unavailable("not connected to redis yet".into()))
+        self.sender.borrow().clone().ok_or_else(|| CoordinatorError::Unavailable("not connected to redis yet".into()))
     }
 
     /// Waits until connected; `None` when `cancel` fires first.

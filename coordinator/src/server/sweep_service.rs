@@ -11,9 +11,9 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 use tsweep_proto::v1::sweep_service_server::SweepService;
 use tsweep_proto::v1::{
-    CancelSweepRequest, CancelSweepResponse, DeleteSweepRequest, DeleteSweepResponse, GetSweepRequest, ListSweepsRequest, ListSweepsResponse,
-    ListTasksRequest, ListTasksResponse, RetrySweepRequest, RetrySweepResponse, StageCount, SubmitSweepRequest,
-    SubmitSweepResponse, SweepSummary, WatchSweepRequest,
+    CancelSweepRequest, CancelSweepResponse, DeleteSweepRequest, DeleteSweepResponse, GetSweepRequest,
+    ListSweepsRequest, ListSweepsResponse, ListTasksRequest, ListTasksResponse, RetrySweepRequest, RetrySweepResponse,
+    StageCount, SubmitSweepRequest, SubmitSweepResponse, SweepSummary, WatchSweepRequest,
 };
 
 use super::state::{bounded, Shared};
@@ -74,12 +74,11 @@ impl SweepService for SweepServiceImpl {
         let allow_huge = request.allow_huge;
         let text = request.file_text;
         // Expansion of a big grid is CPU work: keep it off the async workers.
-        let expanded = tokio::task::spawn_blocking(move || {
-            sweepfile::parse_and_expand(&text, &file_name, &base_dir, allow_huge)
-        })
-        .await
-        .map_err(|e| CoordinatorError::Internal(format!("sweep expansion task: {e}")))?
-        .map_err(CoordinatorError::from)?;
+        let expanded =
+            tokio::task::spawn_blocking(move || sweepfile::parse_and_expand(&text, &file_name, &base_dir, allow_huge))
+                .await
+                .map_err(|e| CoordinatorError::Internal(format!("sweep expansion task: {e}")))?
+                .map_err(CoordinatorError::from)?;
         // Not bounded by STORE_CALL_TIMEOUT: a big grid takes many batches (each one bounded
         // by the store's response timeout); a repeated submit adds nothing.
         let outcome = store.submit(&expanded).await.map_err(CoordinatorError::from)?;
@@ -105,10 +104,7 @@ impl SweepService for SweepServiceImpl {
         Ok(Response::new(summary_with_best(&store, &request.sweep).await?))
     }
 
-    async fn list_sweeps(
-        &self,
-        _request: Request<ListSweepsRequest>,
-    ) -> Result<Response<ListSweepsResponse>, Status> {
+    async fn list_sweeps(&self, _request: Request<ListSweepsRequest>) -> Result<Response<ListSweepsResponse>, Status> {
         let store = self.shared.store_for_call()?;
         let sweeps = bounded(store.list_sweeps()).await?;
         Ok(Response::new(ListSweepsResponse { sweeps }))

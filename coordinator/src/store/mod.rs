@@ -40,13 +40,13 @@ use std::sync::Arc;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
-use tsweep_redis::RedisTlsFiles;
 use tracing::{debug, info, warn};
 use tsweep_proto::cell::{CellSpec, Stage};
 use tsweep_proto::v1::{
-    BestScore, FailureClass, HeldLease, LeaseRef, ReportOutcome, StopOrder, StopReason, SweepSummary,
-    TaskAssignment, TaskCounts, TaskInfo, TaskResult,
+    BestScore, FailureClass, HeldLease, LeaseRef, ReportOutcome, StopOrder, StopReason, SweepSummary, TaskAssignment,
+    TaskCounts, TaskInfo, TaskResult,
 };
+use tsweep_redis::RedisTlsFiles;
 use tsweep_report::selection::{select_best, GridPoint};
 
 use crate::sweepfile::{self, ExpandedSweep};
@@ -54,8 +54,8 @@ use scripts::SCRIPTS;
 
 pub use error::StoreError;
 pub use types::{
-    Checkpoint, DeleteOutcome, FailOutcome, GroupInfo, StageSubmitCount, StoreOptions, SubmitOutcome, TaskPage, TaskState,
-    WorkerInfo,
+    Checkpoint, DeleteOutcome, FailOutcome, GroupInfo, StageSubmitCount, StoreOptions, SubmitOutcome, TaskPage,
+    TaskState, WorkerInfo,
 };
 
 use keys::Keys;
@@ -91,7 +91,11 @@ impl Store {
     /// As [`Store::connect`], with TLS files for a `rediss://` URL (CA bundle, optional
     /// client certificate). A refused handshake is not retryable
     /// ([`StoreError::is_retryable`]).
-    pub async fn connect_with_tls(redis_url: &str, tls: &RedisTlsFiles, options: StoreOptions) -> Result<Store, StoreError> {
+    pub async fn connect_with_tls(
+        redis_url: &str,
+        tls: &RedisTlsFiles,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
         let client = tsweep_redis::build_client(redis_url, tls)?;
         if matches!(client.get_connection_info().addr(), redis::ConnectionAddr::TcpTls { .. }) {
             // The manager below retries its first connection without end, a refused
@@ -104,7 +108,8 @@ impl Store {
                 .get_multiplexed_async_connection_with_config(&probe)
                 .await
                 .map_err(StoreError::redis("connect over tls"))?;
-            let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(StoreError::redis("connect over tls"))?;
+            let _: String =
+                redis::cmd("PING").query_async(&mut conn).await.map_err(StoreError::redis("connect over tls"))?;
         }
         let config = ConnectionManagerConfig::new()
             .set_min_delay(options.reconnect_min_delay)
@@ -112,9 +117,7 @@ impl Store {
             .set_number_of_retries(usize::MAX)
             .set_response_timeout(Some(options.response_timeout))
             .set_connection_timeout(Some(options.connection_timeout));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(StoreError::redis("connect"))?;
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(StoreError::redis("connect"))?;
         Ok(Store {
             conn,
             keys: Keys::new(&options.key_prefix),
@@ -222,8 +225,7 @@ impl Store {
                 }
             }
         }
-        let reactivated =
-            if previous == "cancelled" { self.move_back(&sweep.name, "cancelled").await? } else { 0 };
+        let reactivated = if previous == "cancelled" { self.move_back(&sweep.name, "cancelled").await? } else { 0 };
         self.mark_active(&sweep.name).await?;
         let total = sweep.cells.len() as u64;
         info!(sweep = %sweep.name, total, added, reactivated, "sweep submitted");
@@ -354,7 +356,8 @@ impl Store {
     ) -> Result<ReportOutcome, StoreError> {
         validate_report(worker_id, lease)?;
         let result = finite_result(result);
-        let result_json = serde_json::to_string(&result).map_err(|source| StoreError::Json { what: "task result", source })?;
+        let result_json =
+            serde_json::to_string(&result).map_err(|source| StoreError::Json { what: "task result", source })?;
         let val = result.val_score.filter(|v| v.is_finite()).map(|v| v.to_string()).unwrap_or_default();
         let mut conn = self.conn.clone();
         let reply: Vec<String> = SCRIPTS
@@ -374,7 +377,9 @@ impl Store {
             ReportOutcome::Stale => {
                 warn!(sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, worker = %worker_id, "stale completion refused")
             }
-            _ => debug!(sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, outcome = ?outcome, "completion"),
+            _ => {
+                debug!(sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, outcome = ?outcome, "completion")
+            }
         }
         Ok(outcome)
     }
@@ -739,8 +744,7 @@ impl Store {
         };
         // Out of `active` first, so that no timer (reaper, finals, metrics consumer) picks
         // the sweep up again while its keys go; put back if the delete is refused.
-        let was_active: bool =
-            conn.srem(self.keys.active(), sweep).await.map_err(StoreError::redis("srem active"))?;
+        let was_active: bool = conn.srem(self.keys.active(), sweep).await.map_err(StoreError::redis("srem active"))?;
         let reply: Result<Vec<String>, StoreError> = SCRIPTS
             .delete_sweep
             .key(self.keys.sweep_base(sweep))
@@ -1081,7 +1085,10 @@ fn checkpoint_dir_of(path: &str, sweep: &str) -> Option<String> {
 /// Sweep names become part of keys (`{<sweep>}` is the hash tag): refuse what would
 /// break them.
 fn validate_sweep_name(sweep: &str) -> Result<(), StoreError> {
-    if sweep.is_empty() || sweep.len() > 200 || sweep.chars().any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control()) {
+    if sweep.is_empty()
+        || sweep.len() > 200
+        || sweep.chars().any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control())
+    {
         return Err(StoreError::InvalidArgument(format!(
             "sweep name {sweep:?} must be 1 to 200 characters without braces or whitespace"
         )));

@@ -30,7 +30,9 @@ impl<'de> Deserialize<'de> for Axis {
         impl<'de> Visitor<'de> for AxisVisitor {
             type Value = Axis;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of numbers or a table with `values`, `logspace = [a, b, n]` and/or `linspace = [a, b, n]`")
+                f.write_str(
+                    "a list of numbers or a table with `values`, `logspace = [a, b, n]` and/or `linspace = [a, b, n]`",
+                )
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Axis, A::Error> {
                 let mut values = Vec::new();

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 use tsweep_proto::cell::{
-    CellSpec, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings,
-    ValPolicy,
+    CellSpec, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings, ValPolicy,
 };
 
 use super::axis::{Axis, AxisError};
@@ -311,7 +310,10 @@ impl<'a> Expander<'a> {
             }
         }
         if let Some(resize) = &settings.eval_resize {
-            if let Some(model) = models.iter().find(|m| m.image_size.as_ref().map_or(DEFAULT_IMAGE_SIZE, |s| *s.get_ref()) > *resize.get_ref()) {
+            if let Some(model) = models
+                .iter()
+                .find(|m| m.image_size.as_ref().map_or(DEFAULT_IMAGE_SIZE, |s| *s.get_ref()) > *resize.get_ref())
+            {
                 return Err(self.invalid(
                     &resize.span(),
                     &format!("{prefix}.eval_resize"),
@@ -348,7 +350,11 @@ impl<'a> Expander<'a> {
             match all.iter().find(|(n, _)| *n == name.get_ref().as_str()) {
                 Some((_, t)) if seen.insert(name.get_ref().as_str()) => selected.push(*t),
                 Some(_) => {
-                    return Err(self.invalid(&name.span(), field, format!("{what} {:?} is listed twice", name.get_ref())));
+                    return Err(self.invalid(
+                        &name.span(),
+                        field,
+                        format!("{what} {:?} is listed twice", name.get_ref()),
+                    ));
                 }
                 None => {
                     let known: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
@@ -373,7 +379,9 @@ impl<'a> Expander<'a> {
         requirement: &str,
     ) -> Result<Vec<f64>, SweepFileError> {
         let points = axis.get_ref().points().map_err(|e| match e {
-            AxisError::Empty => self.empty(format!("{field} (line {}) has no values", self.src.locate_span(&axis.span()).line)),
+            AxisError::Empty => {
+                self.empty(format!("{field} (line {}) has no values", self.src.locate_span(&axis.span()).line))
+            }
             other => self.invalid(&axis.span(), field, other.to_string()),
         })?;
         if let Some(bad) = points.iter().find(|v| !check(**v)) {
@@ -394,19 +402,36 @@ impl<'a> Expander<'a> {
                 refuse(&body.lr, "lr", why)?;
                 refuse(&body.weight_decay, "weight_decay", why)?;
                 let Some(l2) = &body.l2 else {
-                    return Err(self.invalid(&section.span(), prefix, "needs `l2`, e.g. l2 = { logspace = [-6, 5, 45] }"));
+                    return Err(self.invalid(
+                        &section.span(),
+                        prefix,
+                        "needs `l2`, e.g. l2 = { logspace = [-6, 5, 45] }",
+                    ));
                 };
                 let path = self.axis_points(l2, &format!("{prefix}.l2"), |v| v > 0.0, "L2 strengths must be > 0")?;
                 Ok(Points { lrs: Vec::new(), weight_decays: Vec::new(), l2_path: path })
             }
             Regime::Finetune | Regime::Scratch => {
-                refuse(&body.l2, "l2", "`l2` is the linear regime's axis; this regime's axes are `lr` and `weight_decay`")?;
+                refuse(
+                    &body.l2,
+                    "l2",
+                    "`l2` is the linear regime's axis; this regime's axes are `lr` and `weight_decay`",
+                )?;
                 let Some(lr) = &body.lr else {
-                    return Err(self.invalid(&section.span(), prefix, "needs `lr`, e.g. lr = { logspace = [-4, -1, 7] }"));
+                    return Err(self.invalid(
+                        &section.span(),
+                        prefix,
+                        "needs `lr`, e.g. lr = { logspace = [-4, -1, 7] }",
+                    ));
                 };
                 let lrs = self.axis_points(lr, &format!("{prefix}.lr"), |v| v > 0.0, "learning rates must be > 0")?;
                 let wds = match &body.weight_decay {
-                    Some(wd) => self.axis_points(wd, &format!("{prefix}.weight_decay"), |v| v >= 0.0, "weight decay must be >= 0")?,
+                    Some(wd) => self.axis_points(
+                        wd,
+                        &format!("{prefix}.weight_decay"),
+                        |v| v >= 0.0,
+                        "weight decay must be >= 0",
+                    )?,
                     None => vec![0.0],
                 };
                 Ok(Points { lrs, weight_decays: wds, l2_path: Vec::new() })
@@ -442,7 +467,11 @@ impl<'a> Expander<'a> {
         }
         let bn_momentum = match &settings.bn_momentum {
             Some(b) if !(*b.get_ref() > 0.0 && *b.get_ref() <= 1.0) => {
-                return Err(self.invalid(&b.span(), &format!("{prefix}.bn_momentum"), format!("{} is not in (0, 1]", b.get_ref())));
+                return Err(self.invalid(
+                    &b.span(),
+                    &format!("{prefix}.bn_momentum"),
+                    format!("{} is not in (0, 1]", b.get_ref()),
+                ));
             }
             Some(b) => Some(*b.get_ref()),
             None => None,

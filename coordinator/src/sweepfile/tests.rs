@@ -138,7 +138,9 @@ fn ids_are_unique_deterministic_and_32_hex_digits() {
     assert_eq!(ids_a, ids_b);
     let unique: BTreeSet<&str> = ids_a.iter().copied().collect();
     assert_eq!(unique.len(), ids_a.len());
-    assert!(ids_a.iter().all(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())));
+    assert!(ids_a
+        .iter()
+        .all(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())));
     for cell in &a.cells {
         assert_eq!(cell.id, task_id(&cell.spec));
     }
@@ -147,12 +149,10 @@ fn ids_are_unique_deterministic_and_32_hex_digits() {
 #[test]
 fn extending_the_file_adds_exactly_the_new_cells() {
     let before: BTreeSet<String> = expand(SMALL).unwrap().cells.into_iter().map(|c| c.id).collect();
-    let extended = SMALL
-        .replace("lr = [0.01, 0.1]", "lr = [0.01, 0.1, 1.0]")
-        .replace(
-            "[[datasets]]\nname = \"shapes\"",
-            "[[models]]\nname = \"resnet34\"\nsource = \"builtin\"\n\n[[datasets]]\nname = \"shapes\"",
-        );
+    let extended = SMALL.replace("lr = [0.01, 0.1]", "lr = [0.01, 0.1, 1.0]").replace(
+        "[[datasets]]\nname = \"shapes\"",
+        "[[models]]\nname = \"resnet34\"\nsource = \"builtin\"\n\n[[datasets]]\nname = \"shapes\"",
+    );
     let after: BTreeSet<String> = expand(&extended).unwrap().cells.into_iter().map(|c| c.id).collect();
     assert!(before.is_subset(&after));
     // resnet34: linear 2 + finetune 2*56; scratch (resnet18 only): one more lr on 2 datasets.
@@ -168,8 +168,12 @@ fn paths_settings_and_budget_do_not_change_ids() {
         .replace("batch_size = 8", "batch_size = 16");
     let after: Vec<String> = expand(&moved).unwrap().cells.into_iter().map(|c| c.id).collect();
     assert_eq!(before, after);
-    let other_base: Vec<String> =
-        parse_and_expand(SMALL, "x.toml", Path::new("/other"), false).unwrap().cells.into_iter().map(|c| c.id).collect();
+    let other_base: Vec<String> = parse_and_expand(SMALL, "x.toml", Path::new("/other"), false)
+        .unwrap()
+        .cells
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(before, other_base);
 }
 
@@ -185,13 +189,15 @@ fn the_linear_l2_path_is_part_of_the_linear_cells_identity() {
 
 #[test]
 fn root_moves_relative_paths_only() {
-    let sweep = expand(&SMALL.replace("allow_random_init = true", "allow_random_init = true\nroot = \"store\"")).unwrap();
+    let sweep =
+        expand(&SMALL.replace("allow_random_init = true", "allow_random_init = true\nroot = \"store\"")).unwrap();
     let linear = &sweep.cells[0].spec;
     assert_eq!(linear.dataset.path, PathBuf::from("/base/store/data/shapes"));
     assert_eq!(linear.model.weights, Some(PathBuf::from("/base/store/weights/resnet18.safetensors")));
     let cifar = sweep.cells.iter().find(|c| c.spec.dataset.name == "cifar").unwrap();
     assert_eq!(cifar.spec.dataset.path, PathBuf::from("/abs/cifar"));
-    let sweep = expand(&SMALL.replace("allow_random_init = true", "allow_random_init = true\nroot = \"/mnt/x\"")).unwrap();
+    let sweep =
+        expand(&SMALL.replace("allow_random_init = true", "allow_random_init = true\nroot = \"/mnt/x\"")).unwrap();
     assert_eq!(sweep.cells[0].spec.dataset.path, PathBuf::from("/mnt/x/data/shapes"));
 }
 
@@ -223,7 +229,10 @@ fn unknown_keys_are_refused_with_their_line_and_field() {
     assert!(msg.starts_with(&format!("sweep.toml:{line}:1: regimes.finetune.stepz:")), "{msg}");
     let msg = error(&SMALL.replace("num_classes = 10", "num_classes = 10\nclases = 3"));
     let line = line_of(SMALL, "num_classes = 10") + 1;
-    assert!(msg.contains("unknown field `clases`") && msg.contains(&format!("sweep.toml:{line}:1: datasets.clases")), "{msg}");
+    assert!(
+        msg.contains("unknown field `clases`") && msg.contains(&format!("sweep.toml:{line}:1: datasets.clases")),
+        "{msg}"
+    );
     let msg = error(&format!("colour = 1\n{SMALL}"));
     assert!(msg.contains("unknown field `colour`") && msg.starts_with("sweep.toml:1:1"), "{msg}");
 }
@@ -257,7 +266,10 @@ fn bad_sweep_names_are_refused() {
 fn empty_grids_are_refused() {
     let msg = error(&SMALL.replace("lr = [0.01, 0.1]", "lr = []"));
     let line = line_of(SMALL, "lr = [0.01, 0.1]");
-    assert!(msg.starts_with(&format!("sweep.toml: the grid is empty: regimes.scratch.lr (line {line}) has no values")), "{msg}");
+    assert!(
+        msg.starts_with(&format!("sweep.toml: the grid is empty: regimes.scratch.lr (line {line}) has no values")),
+        "{msg}"
+    );
     let no_regimes = SMALL.split("[regimes.linear]").next().unwrap().to_string();
     assert!(error(&no_regimes).contains("the grid is empty: the file has no [regimes.linear]"));
     let no_models = "name = \"x\"\n[regimes.scratch]\nlr = [0.1]\n";
@@ -269,7 +281,10 @@ fn over_a_million_cells_needs_allow_huge() {
     // 50,000 lr x 8 wd x 2 models x 2 datasets = 1.6M finetune cells.
     let huge = SMALL.replace("lr = { logspace = [-4, -1, 7] }", "lr = { logspace = [-4, -1, 50000] }");
     let msg = error(&huge);
-    assert!(msg.starts_with("sweep.toml: the grid has 1600008 cells, more than the limit of 1000000; pass --allow-huge"), "{msg}");
+    assert!(
+        msg.starts_with("sweep.toml: the grid has 1600008 cells, more than the limit of 1000000; pass --allow-huge"),
+        "{msg}"
+    );
     // With allow_huge only the hard limit applies (not expanded here: too big for a unit test).
     // 1,000,000 lr x 8 wd x 2 models x 2 datasets x 2 seeds = 64M finetune cells.
     let beyond = SMALL
@@ -288,7 +303,10 @@ fn semantic_errors_point_at_their_line() {
     let line = line_of(SMALL, "lr = [0.01, 0.1]");
     assert!(msg.starts_with(&format!("sweep.toml:{line}:6: regimes.scratch.lr: value -0.1 is out of range")), "{msg}");
     let msg = error(&SMALL.replace("models = [\"resnet18\"]", "models = [\"resnet19\"]"));
-    assert!(msg.contains("regimes.scratch.models: unknown model \"resnet19\"; defined: resnet18, mobilenet_v2"), "{msg}");
+    assert!(
+        msg.contains("regimes.scratch.models: unknown model \"resnet19\"; defined: resnet18, mobilenet_v2"),
+        "{msg}"
+    );
     let msg = error(&SMALL.replace("l2 = { logspace", "lr = { logspace"));
     assert!(msg.contains("regimes.linear.lr: the linear regime has one axis"), "{msg}");
     let msg = error(&SMALL.replace("{ logspace = [-4, -1, 7] }", "{ logspace = [-4, -1, 7.5] }"));
@@ -297,6 +315,8 @@ fn semantic_errors_point_at_their_line() {
     assert!(msg.contains("model \"mobilenet_v2\" has no `weights`, which the linear regime needs"), "{msg}");
     let msg = error(&SMALL.replace("name = \"shapes\"", "name = \"cifar\""));
     assert!(msg.contains("dataset \"cifar\" is defined twice"), "{msg}");
-    let msg = error(&SMALL.replace("val = { kind = \"official\" }", "val = { kind = \"held_out\", fraction = 1.5, seed = 0 }"));
+    let msg = error(
+        &SMALL.replace("val = { kind = \"official\" }", "val = { kind = \"held_out\", fraction = 1.5, seed = 0 }"),
+    );
     assert!(msg.contains("datasets.val.fraction: 1.5 is not a fraction"), "{msg}");
 }

@@ -9,21 +9,13 @@ use std::path::PathBuf;
 
 use tsweep_coordinator::sweepfile::{task_id, Cell};
 use tsweep_proto::cell::{
-    CellSpec, DatasetFormat, DatasetSpec, Metric, ModelSource, ModelSpec, Regime, Stage,
-    TrainSettings, ValPolicy,
+    CellSpec, DatasetFormat, DatasetSpec, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings, ValPolicy,
 };
 
 /// A grid cell of `sweep`: model `model` (a resnet18 with ImageNet top-1 70) on the
 /// `shapes` dataset, `regime` with learning rate `lr` (linear: an L2 path of two values),
 /// 10 steps of batch 8.
-pub fn spec(
-    sweep: &str,
-    model: &str,
-    regime: Regime,
-    lr: f64,
-    gpus: u32,
-    max_attempts: u32,
-) -> CellSpec {
+pub fn spec(sweep: &str, model: &str, regime: Regime, lr: f64, gpus: u32, max_attempts: u32) -> CellSpec {
     let mut hparams = BTreeMap::new();
     if regime != Regime::Linear {
         hparams.insert("lr".to_string(), lr);
@@ -61,11 +53,7 @@ pub fn spec(
             checkpoint_every: 0,
             eval_resize: None,
             loader_threads: 1,
-            l2_path: if regime == Regime::Linear {
-                vec![0.1, 1.0]
-            } else {
-                vec![]
-            },
+            l2_path: if regime == Regime::Linear { vec![0.1, 1.0] } else { vec![] },
             lbfgs_max_iter: 10,
         },
         seed: 0,
@@ -77,10 +65,7 @@ pub fn spec(
 
 /// The cell of a spec, with its deterministic id.
 pub fn cell(spec: CellSpec) -> Cell {
-    Cell {
-        id: task_id(&spec),
-        spec,
-    }
+    Cell { id: task_id(&spec), spec }
 }
 
 /// A sweep file `name`: resnet18 from random init at 32², scratch on `shapes` (official

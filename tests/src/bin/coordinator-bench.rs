@@ -49,7 +49,8 @@ async fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let redis = RedisServer::start_in(dir.path(), 0)?;
     let mut admin = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg(&args.appendfsync).query_async(&mut admin).await?;
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg(&args.appendfsync).query_async(&mut admin).await?;
     println!("redis appendfsync {}", args.appendfsync);
     let port = free_port()?;
     let mut cmd = Command::new(bin_path("tsweep")?);
@@ -140,11 +141,17 @@ async fn run_round(url: &str, workers: usize, channels: usize, duration: Duratio
     let mut handles = Vec::with_capacity(workers);
     for w in 0..workers {
         let client = WorkerServiceClient::new(pool[w % channels].clone());
-        handles.push(tokio::spawn(simulated_worker(client, format!("bench-{w}-{}", started.elapsed().as_nanos()), stop.clone(), think)));
+        handles.push(tokio::spawn(simulated_worker(
+            client,
+            format!("bench-{w}-{}", started.elapsed().as_nanos()),
+            stop.clone(),
+            think,
+        )));
     }
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
-    let mut figures = Figures { lifecycles: 0, elapsed: started.elapsed(), acquire_ms: Vec::new(), complete_ms: Vec::new() };
+    let mut figures =
+        Figures { lifecycles: 0, elapsed: started.elapsed(), acquire_ms: Vec::new(), complete_ms: Vec::new() };
     for handle in handles {
         let (acquire, complete) = handle.await??;
         figures.lifecycles += complete.len();

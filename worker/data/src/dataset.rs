@@ -63,17 +63,8 @@ pub fn cache_dir_for(index: &DatasetIndex, cache_root: &Path, short_side: u32) -
         h.update(format!("{}\t{len}\t{mtime}\n", path.display()).as_bytes());
     }
     let hash = hex::encode(h.finalize());
-    let safe: String = index
-        .name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let safe: String =
+        index.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     cache_root.join(format!("{safe}-r{short_side}-{}", &hash[..16]))
 }
 
@@ -92,12 +83,7 @@ impl Dataset {
     /// as it is, whatever its stored short side (the loader resamples from it).
     /// `spec.num_classes`, when set, must match, and a multi-label dataset must be scored
     /// by 11-point mAP (and only it): else a `Mismatch` (fatal for the cell).
-    pub fn open(
-        spec: &DatasetSpec,
-        cache_root: &Path,
-        short_side: u32,
-        progress: ProgressFn,
-    ) -> Result<Dataset> {
+    pub fn open(spec: &DatasetSpec, cache_root: &Path, short_side: u32, progress: ProgressFn) -> Result<Dataset> {
         let dir = match spec.format {
             DatasetFormat::Prepared => spec.path.clone(),
             _ => {
@@ -114,11 +100,7 @@ impl Dataset {
             }
         };
         let set = ShardSet::open(&dir)?;
-        let ds = Dataset {
-            shards: Arc::new(set),
-            policy: spec.val.clone(),
-            name: spec.name.clone(),
-        };
+        let ds = Dataset { shards: Arc::new(set), policy: spec.val.clone(), name: spec.name.clone() };
         if let Some(expected) = spec.num_classes {
             if expected as usize != ds.num_classes() {
                 return Err(DataError::Mismatch {
@@ -145,11 +127,7 @@ impl Dataset {
     pub fn from_dir(dir: &Path, policy: ValPolicy) -> Result<Dataset> {
         let set = ShardSet::open(dir)?;
         let name = set.manifest().name.clone();
-        Ok(Dataset {
-            shards: Arc::new(set),
-            policy,
-            name,
-        })
+        Ok(Dataset { shards: Arc::new(set), policy, name })
     }
 
     pub fn name(&self) -> &str {
@@ -176,17 +154,8 @@ impl Dataset {
 
     /// The images of `split` under the dataset's validation policy.
     pub fn split(&self, split: Split) -> Result<SplitView> {
-        let indices = select(
-            &self.shards.origins(),
-            &self.shards.strata(),
-            &self.policy,
-            split,
-        )?;
-        Ok(SplitView {
-            shards: Arc::clone(&self.shards),
-            indices: Arc::new(indices),
-            split,
-        })
+        let indices = select(&self.shards.origins(), &self.shards.strata(), &self.policy, split)?;
+        Ok(SplitView { shards: Arc::clone(&self.shards), indices: Arc::new(indices), split })
     }
 
     pub fn len(&self, split: Split) -> Result<usize> {

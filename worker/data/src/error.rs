@@ -37,31 +37,20 @@ pub enum DataError {
 
 impl DataError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io {
-            path: path.into(),
-            source,
-        }
+        DataError::Io { path: path.into(), source }
     }
     pub fn format(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        DataError::Format {
-            path: path.into(),
-            detail: detail.into(),
-        }
+        DataError::Format { path: path.into(), detail: detail.into() }
     }
     pub fn missing(what: impl Into<String>, path: impl Into<PathBuf>) -> Self {
-        DataError::Missing {
-            what: what.into(),
-            path: path.into(),
-        }
+        DataError::Missing { what: what.into(), path: path.into() }
     }
     /// True for errors worth retrying on the same or another worker (transient I/O).
     pub fn is_retryable(&self) -> bool {
         match self {
             DataError::Io { source, .. } => !matches!(
                 source.kind(),
-                std::io::ErrorKind::NotFound
-                    | std::io::ErrorKind::PermissionDenied
-                    | std::io::ErrorKind::InvalidData
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidData
             ),
             DataError::LoaderStopped(_) => true,
             _ => false,

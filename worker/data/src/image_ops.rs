@@ -29,11 +29,9 @@ pub fn decode(source: &ImageSource) -> Result<RgbPixels> {
         ImageSource::File { path } => decode_file(path),
         ImageSource::CifarRecord { path, offset } => {
             let mut file = File::open(path).map_err(|e| DataError::io(path, e))?;
-            file.seek(SeekFrom::Start(*offset))
-                .map_err(|e| DataError::io(path, e))?;
+            file.seek(SeekFrom::Start(*offset)).map_err(|e| DataError::io(path, e))?;
             let mut planes = vec![0u8; CIFAR_PIXELS];
-            file.read_exact(&mut planes)
-                .map_err(|e| DataError::io(path, e))?;
+            file.read_exact(&mut planes).map_err(|e| DataError::io(path, e))?;
             Ok(cifar_planes_to_rgb(&planes))
         }
     }
@@ -41,23 +39,14 @@ pub fn decode(source: &ImageSource) -> Result<RgbPixels> {
 
 pub fn decode_file(path: &Path) -> Result<RgbPixels> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| DataError::Decode {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| DataError::Decode { path: path.to_path_buf(), detail: e.to_string() })?;
     let rgb = img.to_rgb8();
     let (width, height) = rgb.dimensions();
     if width == 0 || height == 0 {
-        return Err(DataError::Decode {
-            path: path.to_path_buf(),
-            detail: "empty image".into(),
-        });
+        return Err(DataError::Decode { path: path.to_path_buf(), detail: "empty image".into() });
     }
-    Ok(RgbPixels {
-        width,
-        height,
-        data: rgb.into_raw(),
-    })
+    Ok(RgbPixels { width, height, data: rgb.into_raw() })
 }
 
 /// CIFAR stores R, G and B planes one after the other; the rest of the crate is HWC.
@@ -69,11 +58,7 @@ pub fn cifar_planes_to_rgb(planes: &[u8]) -> RgbPixels {
         data[3 * i + 1] = planes[n + i];
         data[3 * i + 2] = planes[2 * n + i];
     }
-    RgbPixels {
-        width: 32,
-        height: 32,
-        data,
-    }
+    RgbPixels { width: 32, height: 32, data }
 }
 
 /// Shrinks the image so that its short side is `short_side` (never enlarges), with an
@@ -85,29 +70,15 @@ pub fn shrink_to_short_side(img: RgbPixels, short_side: u32) -> RgbPixels {
     }
     let scale = short_side as f64 / short as f64;
     let (nw, nh) = if img.width <= img.height {
-        (
-            short_side,
-            ((img.height as f64 * scale).round() as u32).max(1),
-        )
+        (short_side, ((img.height as f64 * scale).round() as u32).max(1))
     } else {
-        (
-            ((img.width as f64 * scale).round() as u32).max(1),
-            short_side,
-        )
+        (((img.width as f64 * scale).round() as u32).max(1), short_side)
     };
     let Some(buf) = RgbImage::from_raw(img.width, img.height, img.data) else {
-        return RgbPixels {
-            width: 0,
-            height: 0,
-            data: Vec::new(),
-        };
+        return RgbPixels { width: 0, height: 0, data: Vec::new() };
     };
     let out = image::imageops::resize(&buf, nw, nh, FilterType::Triangle);
-    RgbPixels {
-        width: nw,
-        height: nh,
-        data: out.into_raw(),
-    }
+    RgbPixels { width: nw, height: nh, data: out.into_raw() }
 }
 
 /// A crop rectangle in source pixel coordinates.
@@ -133,12 +104,7 @@ pub fn random_resized_crop<R: Rng>(width: u32, height: u32, rng: &mut R) -> Rect
         if cw > 0.0 && ch > 0.0 && cw <= w && ch <= h {
             let x = rng.random_range(0..=(width - cw as u32)) as f32;
             let y = rng.random_range(0..=(height - ch as u32)) as f32;
-            return Rect {
-                x,
-                y,
-                width: cw as f32,
-                height: ch as f32,
-            };
+            return Rect { x, y, width: cw as f32, height: ch as f32 };
         }
     }
     let in_ratio = w / h;
@@ -149,27 +115,15 @@ pub fn random_resized_crop<R: Rng>(width: u32, height: u32, rng: &mut R) -> Rect
     } else {
         (w, h)
     };
-    Rect {
-        x: ((w - cw) / 2.0) as f32,
-        y: ((h - ch) / 2.0) as f32,
-        width: cw as f32,
-        height: ch as f32,
-    }
+    Rect { x: ((w - cw) / 2.0) as f32, y: ((h - ch) / 2.0) as f32, width: cw as f32, height: ch as f32 }
 }
 
 /// "Resize the short side to `resize_short`, then take the central `crop`x`crop`",
 /// expressed as a rectangle of the stored image (whatever its stored size).
 pub fn center_crop(width: u32, height: u32, resize_short: u32, crop: u32) -> Rect {
     let short = width.min(height) as f32;
-    let side = (crop as f32 * short / resize_short.max(1) as f32)
-        .min(width as f32)
-        .min(height as f32);
-    Rect {
-        x: (width as f32 - side) / 2.0,
-        y: (height as f32 - side) / 2.0,
-        width: side,
-        height: side,
-    }
+    let side = (crop as f32 * short / resize_short.max(1) as f32).min(width as f32).min(height as f32);
+    Rect { x: (width as f32 - side) / 2.0, y: (height as f32 - side) / 2.0, width: side, height: side }
 }
 
 struct Tap {
@@ -186,11 +140,7 @@ fn taps(start: f32, extent: f32, out: u32, limit: u32) -> Vec<Tap> {
             let s = (start + (o as f32 + 0.5) * step - 0.5).clamp(0.0, max);
             let i0 = s.floor() as usize;
             let i1 = (i0 + 1).min(limit as usize - 1);
-            Tap {
-                i0,
-                i1,
-                w1: s - i0 as f32,
-            }
+            Tap { i0, i1, w1: s - i0 as f32 }
         })
         .collect()
 }
@@ -198,14 +148,7 @@ fn taps(start: f32, extent: f32, out: u32, limit: u32) -> Vec<Tap> {
 /// Bilinear resampling of `rect` of `src` (HWC RGB, `size` = (width, height)) into `out`
 /// (`out_size`, HWC RGB),
 /// optionally mirrored horizontally.
-pub fn resample_into(
-    src: &[u8],
-    size: (u32, u32),
-    rect: Rect,
-    out_size: (u32, u32),
-    flip: bool,
-    out: &mut [u8],
-) {
+pub fn resample_into(src: &[u8], size: (u32, u32), rect: Rect, out_size: (u32, u32), flip: bool, out: &mut [u8]) {
     let ((width, height), (out_w, out_h)) = (size, out_size);
     let xs = taps(rect.x, rect.width, out_w, width);
     let ys = taps(rect.y, rect.height, out_h, height);
@@ -251,12 +194,7 @@ mod tests {
     fn identity_resample_and_flip() {
         let src: Vec<u8> = (0..4 * 2 * 3).map(|v| v as u8 * 10).collect();
         let mut out = vec![0u8; src.len()];
-        let full = Rect {
-            x: 0.0,
-            y: 0.0,
-            width: 4.0,
-            height: 2.0,
-        };
+        let full = Rect { x: 0.0, y: 0.0, width: 4.0, height: 2.0 };
         resample_into(&src, (4, 2), full, (4, 2), false, &mut out);
         assert_eq!(out, src);
         resample_into(&src, (4, 2), full, (4, 2), true, &mut out);
@@ -273,11 +211,7 @@ mod tests {
 
     #[test]
     fn shrink_keeps_aspect() {
-        let img = RgbPixels {
-            width: 400,
-            height: 300,
-            data: vec![7; 400 * 300 * 3],
-        };
+        let img = RgbPixels { width: 400, height: 300, data: vec![7; 400 * 300 * 3] };
         let s = shrink_to_short_side(img, 150);
         assert_eq!((s.width, s.height), (200, 150));
         assert!(s.data.iter().all(|&v| v == 7));

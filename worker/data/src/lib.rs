@@ -34,9 +34,7 @@ pub mod verify;
 pub use dataset::{cache_dir_for, read_index, Dataset, SplitView};
 pub use error::{DataError, Result};
 pub use index::{DatasetIndex, ImageSource, Label, Origin, Record, Split};
-pub use loader::{
-    default_resize_short, steps_per_epoch, Batch, Loader, LoaderConfig, Mode, Targets,
-};
+pub use loader::{default_resize_short, steps_per_epoch, Batch, Loader, LoaderConfig, Mode, Targets};
 pub use prepare::{prepare, DatasetInfo, PrepareOptions, DATASETS};
 pub use shards::{Manifest, Progress, ProgressFn, ShardSet};
 pub use synth::{make_dataset, SynthKind, SynthOptions, SynthSummary};

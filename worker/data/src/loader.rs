@@ -111,20 +111,13 @@ pub struct Loader {
 impl Loader {
     pub fn new(view: SplitView, cfg: LoaderConfig, mode: Mode) -> Result<Loader> {
         if cfg.batch_size == 0 || cfg.image_size == 0 {
-            return Err(DataError::Invalid(
-                "batch size and image size must be positive".into(),
-            ));
+            return Err(DataError::Invalid("batch size and image size must be positive".into()));
         }
         if view.is_empty() {
-            return Err(DataError::Invalid(format!(
-                "split {} is empty",
-                view.split().name()
-            )));
+            return Err(DataError::Invalid(format!("split {} is empty", view.split().name())));
         }
         let threads = if cfg.threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         } else {
             cfg.threads
         };
@@ -137,12 +130,7 @@ impl Loader {
             None => threads,
         };
         let per_thread = cfg.prefetch.max(threads).div_ceil(threads).max(1);
-        let shared = Arc::new(Shared {
-            view,
-            cfg,
-            mode,
-            stop: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared { view, cfg, mode, stop: AtomicBool::new(false) });
         let mut receivers = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
         for t in 0..threads {
@@ -164,18 +152,10 @@ impl Loader {
                         b += threads as u64;
                     }
                 })
-                .map_err(|e| {
-                    DataError::LoaderStopped(format!("cannot spawn loader thread: {e}"))
-                })?;
+                .map_err(|e| DataError::LoaderStopped(format!("cannot spawn loader thread: {e}")))?;
             handles.push(handle);
         }
-        Ok(Loader {
-            receivers,
-            handles,
-            shared,
-            next: start,
-            end,
-        })
+        Ok(Loader { receivers, handles, shared, next: start, end })
     }
 
     /// Number of batches of an eval pass (None for training).
@@ -193,12 +173,9 @@ impl Loader {
             return Ok(None);
         }
         let t = ((self.next - self.start_of_cycle()) % self.receivers.len() as u64) as usize;
-        let batch = self.receivers[t].recv().map_err(|_| {
-            DataError::LoaderStopped(format!(
-                "loader thread {t} exited before batch {}",
-                self.next
-            ))
-        })??;
+        let batch = self.receivers[t]
+            .recv()
+            .map_err(|_| DataError::LoaderStopped(format!("loader thread {t} exited before batch {}", self.next)))??;
         self.next += 1;
         Ok(Some(batch))
     }
@@ -237,12 +214,7 @@ struct Worker<'a> {
 
 impl<'a> Worker<'a> {
     fn new(shared: &'a Shared) -> Self {
-        Worker {
-            shared,
-            epoch: None,
-            perm: Vec::new(),
-            pixels: Vec::new(),
-        }
+        Worker { shared, epoch: None, perm: Vec::new(), pixels: Vec::new() }
     }
 
     fn permutation(&mut self, epoch: u64) -> &[u32] {
@@ -250,8 +222,7 @@ impl<'a> Worker<'a> {
             let n = self.shared.view.len() as u32;
             self.perm.clear();
             self.perm.extend(0..n);
-            let mut rng =
-                ChaCha8Rng::seed_from_u64(mix(self.shared.cfg.seed, epoch, 0x005E_ED0F_E90C));
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(self.shared.cfg.seed, epoch, 0x005E_ED0F_E90C));
             self.perm.shuffle(&mut rng);
             self.epoch = Some(epoch);
         }
@@ -285,11 +256,7 @@ impl<'a> Worker<'a> {
         let multi = view.is_multi_label();
         let k = view.num_classes();
         let mut labels = Vec::with_capacity(if multi { 0 } else { bs });
-        let mut multi_hot = if multi {
-            vec![0f32; bs * k]
-        } else {
-            Vec::new()
-        };
+        let mut multi_hot = if multi { vec![0f32; bs * k] } else { Vec::new() };
         let mut indices = Vec::with_capacity(bs);
         for (j, &(idx, p)) in positions.iter().enumerate() {
             let (w, h) = view.read_into(idx, &mut self.pixels)?;
@@ -317,20 +284,8 @@ impl<'a> Worker<'a> {
             }
             indices.push(idx);
         }
-        let targets = if multi {
-            Targets::MultiHot(multi_hot, k)
-        } else {
-            Targets::Labels(labels)
-        };
-        Ok(Batch {
-            images,
-            targets,
-            batch_size: bs,
-            height: s as usize,
-            width: s as usize,
-            indices,
-            step: b,
-        })
+        let targets = if multi { Targets::MultiHot(multi_hot, k) } else { Targets::Labels(labels) };
+        Ok(Batch { images, targets, batch_size: bs, height: s as usize, width: s as usize, indices, step: b })
     }
 }
 

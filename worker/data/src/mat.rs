@@ -69,9 +69,7 @@ impl MatValue {
     /// The text of a one-row char array.
     pub fn text(&self) -> Option<String> {
         match self {
-            MatValue::Char { rows, .. } if rows.len() <= 1 => {
-                Some(rows.first().cloned().unwrap_or_default())
-            }
+            MatValue::Char { rows, .. } if rows.len() <= 1 => Some(rows.first().cloned().unwrap_or_default()),
             _ => None,
         }
     }
@@ -99,22 +97,13 @@ impl MatValue {
         }
     }
     pub fn string(s: &str) -> MatValue {
-        MatValue::Char {
-            dims: vec![1, s.chars().count()],
-            rows: vec![s.to_string()],
-        }
+        MatValue::Char { dims: vec![1, s.chars().count()], rows: vec![s.to_string()] }
     }
     pub fn row(values: &[f64]) -> MatValue {
-        MatValue::Numeric {
-            dims: vec![1, values.len()],
-            data: values.to_vec(),
-        }
+        MatValue::Numeric { dims: vec![1, values.len()], data: values.to_vec() }
     }
     pub fn scalar(v: f64) -> MatValue {
-        MatValue::Numeric {
-            dims: vec![1, 1],
-            data: vec![v],
-        }
+        MatValue::Numeric { dims: vec![1, 1], data: vec![v] }
     }
 }
 
@@ -144,11 +133,7 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<BTreeMap<String, MatValue>, St
         _ => return Err("not a mat v5 file (no endian indicator)".into()),
     };
     let mut vars = BTreeMap::new();
-    let mut r = Cursor {
-        b: bytes,
-        pos: 128,
-        big,
-    };
+    let mut r = Cursor { b: bytes, pos: 128, big };
     while r.pos + 8 <= bytes.len() {
         let (ty, data) = r.element()?;
         let (name, value) = match ty {
@@ -157,11 +142,7 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<BTreeMap<String, MatValue>, St
                 flate2::read::ZlibDecoder::new(data)
                     .read_to_end(&mut out)
                     .map_err(|e| format!("bad compressed element: {e}"))?;
-                let mut inner = Cursor {
-                    b: &out,
-                    pos: 0,
-                    big,
-                };
+                let mut inner = Cursor { b: &out, pos: 0, big };
                 let (ty, data) = inner.element()?;
                 if ty != MI_MATRIX {
                     continue;
@@ -186,11 +167,7 @@ impl<'a> Cursor<'a> {
     fn u32_at(&self, at: usize) -> std::result::Result<u32, String> {
         let s = self.b.get(at..at + 4).ok_or("truncated element tag")?;
         let a = [s[0], s[1], s[2], s[3]];
-        Ok(if self.big {
-            u32::from_be_bytes(a)
-        } else {
-            u32::from_le_bytes(a)
-        })
+        Ok(if self.big { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) })
     }
 
     /// Next element: (type, data). Handles the small-element form and padding.
@@ -202,26 +179,17 @@ impl<'a> Cursor<'a> {
             if n > 4 {
                 return Err(format!("small element of {n} bytes at offset {}", self.pos));
             }
-            let data = self
-                .b
-                .get(self.pos + 4..self.pos + 4 + n)
-                .ok_or("truncated small element")?;
+            let data = self.b.get(self.pos + 4..self.pos + 4 + n).ok_or("truncated small element")?;
             self.pos += 8;
             return Ok((ty, data));
         }
         let n = self.u32_at(self.pos + 4)? as usize;
         let start = self.pos + 8;
-        let data = self.b.get(start..start + n).ok_or_else(|| {
-            format!(
-                "element of {n} bytes at offset {} runs past the end",
-                self.pos
-            )
-        })?;
-        self.pos = if first == MI_COMPRESSED {
-            start + n
-        } else {
-            start + n.div_ceil(8) * 8
-        };
+        let data = self
+            .b
+            .get(start..start + n)
+            .ok_or_else(|| format!("element of {n} bytes at offset {} runs past the end", self.pos))?;
+        self.pos = if first == MI_COMPRESSED { start + n } else { start + n.div_ceil(8) * 8 };
         Ok((first, data))
     }
 }
@@ -233,11 +201,7 @@ fn numbers(ty: u32, d: &[u8], big: bool) -> std::result::Result<Vec<f64>, String
                 .map(|c| {
                     let mut a = [0u8; $n];
                     a.copy_from_slice(c);
-                    (if big {
-                        <$t>::from_be_bytes(a)
-                    } else {
-                        <$t>::from_le_bytes(a)
-                    }) as f64
+                    (if big { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) }) as f64
                 })
                 .collect()
         };
@@ -259,27 +223,14 @@ fn numbers(ty: u32, d: &[u8], big: bool) -> std::result::Result<Vec<f64>, String
 
 fn parse_matrix(data: &[u8], big: bool) -> std::result::Result<(String, MatValue), String> {
     if data.is_empty() {
-        return Ok((
-            String::new(),
-            MatValue::Numeric {
-                dims: vec![0, 0],
-                data: Vec::new(),
-            },
-        ));
+        return Ok((String::new(), MatValue::Numeric { dims: vec![0, 0], data: Vec::new() }));
     }
-    let mut r = Cursor {
-        b: data,
-        pos: 0,
-        big,
-    };
+    let mut r = Cursor { b: data, pos: 0, big };
     let (_, flags) = r.element()?;
     let flags = numbers(MI_UINT32, flags, big)?;
     let class = flags.first().copied().unwrap_or(0.0) as u32 as u8;
     let (dty, dims) = r.element()?;
-    let dims: Vec<usize> = numbers(dty, dims, big)?
-        .into_iter()
-        .map(|v| v as usize)
-        .collect();
+    let dims: Vec<usize> = numbers(dty, dims, big)?.into_iter().map(|v| v as usize).collect();
     let count: usize = dims.iter().product();
     let (_, name) = r.element()?;
     let name = String::from_utf8_lossy(name).into_owned();
@@ -299,14 +250,7 @@ fn parse_matrix(data: &[u8], big: bool) -> std::result::Result<(String, MatValue
             let fields: Vec<String> = if field_len == 0 {
                 Vec::new()
             } else {
-                names
-                    .chunks(field_len)
-                    .map(|c| {
-                        String::from_utf8_lossy(c)
-                            .trim_end_matches('\0')
-                            .to_string()
-                    })
-                    .collect()
+                names.chunks(field_len).map(|c| String::from_utf8_lossy(c).trim_end_matches('\0').to_string()).collect()
             };
             let mut items = Vec::with_capacity(count);
             for _ in 0..count {
@@ -317,37 +261,25 @@ fn parse_matrix(data: &[u8], big: bool) -> std::result::Result<(String, MatValue
                 }
                 items.push(element);
             }
-            MatValue::Struct {
-                dims,
-                fields,
-                items,
-            }
+            MatValue::Struct { dims, fields, items }
         }
         MX_CHAR => {
             let (ty, d) = r.element()?;
             let chars: Vec<char> = if ty == MI_UTF8 {
                 String::from_utf8_lossy(d).chars().collect()
             } else {
-                numbers(ty, d, big)?
-                    .into_iter()
-                    .map(|v| char::from_u32(v as u32).unwrap_or('?'))
-                    .collect()
+                numbers(ty, d, big)?.into_iter().map(|v| char::from_u32(v as u32).unwrap_or('?')).collect()
             };
             let nrows = dims.first().copied().unwrap_or(0);
             let ncols = chars.len().checked_div(nrows).unwrap_or(0);
-            let rows = (0..nrows)
-                .map(|i| (0..ncols).map(|j| chars[j * nrows + i]).collect())
-                .collect();
+            let rows = (0..nrows).map(|i| (0..ncols).map(|j| chars[j * nrows + i]).collect()).collect();
             MatValue::Char { dims, rows }
         }
         6..=15 => {
             let (ty, d) = r.element()?;
             let data = numbers(ty, d, big)?;
             if data.len() != count {
-                return Err(format!(
-                    "numeric array {name} has {} values for dims {dims:?}",
-                    data.len()
-                ));
+                return Err(format!("numeric array {name} has {} values for dims {dims:?}", data.len()));
             }
             MatValue::Numeric { dims, data }
         }
@@ -381,19 +313,13 @@ fn matrix_bytes(name: &str, value: &MatValue) -> Vec<u8> {
     flags.extend_from_slice(&u32::from(class).to_le_bytes());
     flags.extend_from_slice(&0u32.to_le_bytes());
     put_element(&mut body, MI_UINT32, &flags);
-    let dim_bytes: Vec<u8> = dims
-        .iter()
-        .flat_map(|&d| (d as i32).to_le_bytes())
-        .collect();
+    let dim_bytes: Vec<u8> = dims.iter().flat_map(|&d| (d as i32).to_le_bytes()).collect();
     put_element(&mut body, MI_INT32, &dim_bytes);
     put_element(&mut body, MI_INT8, name.as_bytes());
     match value {
         MatValue::Numeric { data, .. } => {
             // Stored as the smallest exact type MATLAB would also pick for integers.
-            if data
-                .iter()
-                .all(|v| v.fract() == 0.0 && (0.0..=255.0).contains(v))
-            {
+            if data.iter().all(|v| v.fract() == 0.0 && (0.0..=255.0).contains(v)) {
                 let bytes: Vec<u8> = data.iter().map(|&v| v as u8).collect();
                 put_element(&mut body, MI_UINT8, &bytes);
             } else {
@@ -408,9 +334,7 @@ fn matrix_bytes(name: &str, value: &MatValue) -> Vec<u8> {
             let mut bytes = Vec::new();
             for j in 0..ncols {
                 for row in grid.iter().take(nrows) {
-                    bytes.extend_from_slice(
-                        &(row.get(j).copied().unwrap_or(' ') as u16).to_le_bytes(),
-                    );
+                    bytes.extend_from_slice(&(row.get(j).copied().unwrap_or(' ') as u16).to_le_bytes());
                 }
             }
             put_element(&mut body, MI_UINT16, &bytes);
@@ -456,10 +380,8 @@ pub fn write_file(path: &Path, vars: &[(&str, MatValue)], compress: bool) -> Res
         let mut element = Vec::new();
         put_element(&mut element, MI_MATRIX, &matrix_bytes(name, value));
         if compress {
-            let mut enc =
-                flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-            enc.write_all(&element)
-                .map_err(|e| DataError::io(path, e))?;
+            let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(&element).map_err(|e| DataError::io(path, e))?;
             let z = enc.finish().map_err(|e| DataError::io(path, e))?;
             out.extend_from_slice(&MI_COMPRESSED.to_le_bytes());
             out.extend_from_slice(&(z.len() as u32).to_le_bytes());
@@ -480,16 +402,8 @@ mod tests {
             dims: vec![1, 2],
             fields: vec!["relative_im_path".into(), "class".into(), "test".into()],
             items: vec![
-                vec![
-                    MatValue::string("car_ims/000001.jpg"),
-                    MatValue::scalar(1.0),
-                    MatValue::scalar(0.0),
-                ],
-                vec![
-                    MatValue::string("car_ims/000002.jpg"),
-                    MatValue::scalar(196.0),
-                    MatValue::scalar(1.0),
-                ],
+                vec![MatValue::string("car_ims/000001.jpg"), MatValue::scalar(1.0), MatValue::scalar(0.0)],
+                vec![MatValue::string("car_ims/000002.jpg"), MatValue::scalar(196.0), MatValue::scalar(1.0)],
             ],
         };
         let names = MatValue::Cell {
@@ -499,11 +413,7 @@ mod tests {
                 MatValue::string("smart fortwo Convertible 2012"),
             ],
         };
-        vec![
-            ("annotations", annotations),
-            ("class_names", names),
-            ("labels", MatValue::row(&[77.0, 0.5, 1e6])),
-        ]
+        vec![("annotations", annotations), ("class_names", names), ("labels", MatValue::row(&[77.0, 0.5, 1e6]))]
     }
 
     #[test]
@@ -515,15 +425,9 @@ mod tests {
             let vars = read_file(&path).unwrap();
             let a = &vars["annotations"];
             assert_eq!(a.struct_len(), Some(2));
-            assert_eq!(
-                a.field(1, "relative_im_path").unwrap().text().unwrap(),
-                "car_ims/000002.jpg"
-            );
+            assert_eq!(a.field(1, "relative_im_path").unwrap().text().unwrap(), "car_ims/000002.jpg");
             assert_eq!(a.field(1, "class").unwrap().numbers().unwrap(), &[196.0]);
-            assert_eq!(
-                vars["class_names"].cells().unwrap()[1].text().unwrap(),
-                "smart fortwo Convertible 2012"
-            );
+            assert_eq!(vars["class_names"].cells().unwrap()[1].text().unwrap(), "smart fortwo Convertible 2012");
             assert_eq!(vars["labels"].numbers().unwrap(), &[77.0, 0.5, 1e6]);
         }
     }
@@ -532,10 +436,7 @@ mod tests {
     fn reads_small_elements_and_multirow_char() {
         // A 2x3 char array stored column-major in the small-element form is not possible
         // (12 bytes), so check the column-major decoding through the writer.
-        let v = MatValue::Char {
-            dims: vec![2, 3],
-            rows: vec!["abc".into(), "def".into()],
-        };
+        let v = MatValue::Char { dims: vec![2, 3], rows: vec!["abc".into(), "def".into()] };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.mat");
         write_file(&path, &[("c", v.clone())], false).unwrap();
@@ -571,13 +472,7 @@ mod tests {
             b.extend(m);
         }
         let vars = parse(&b).unwrap();
-        assert_eq!(
-            vars["x"],
-            MatValue::Numeric {
-                dims: vec![1, 1],
-                data: vec![42.0]
-            }
-        );
+        assert_eq!(vars["x"], MatValue::Numeric { dims: vec![1, 1], data: vec![42.0] });
         assert_eq!(vars["y"], MatValue::Unsupported { class: 5 });
     }
 

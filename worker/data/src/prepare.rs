@@ -33,99 +33,34 @@ const fn info(
     test: usize,
     official_val: bool,
 ) -> DatasetInfo {
-    DatasetInfo {
-        name,
-        aliases,
-        classes,
-        trainval,
-        test,
-        official_val,
-        multi_label: false,
-        counts_may_differ: false,
-    }
+    DatasetInfo { name, aliases, classes, trainval, test, official_val, multi_label: false, counts_may_differ: false }
 }
 
 pub const DATASETS: &[DatasetInfo] = &[
     info("food101", &["food-101", "food"], 101, 75_750, 25_250, false),
     info("cifar10", &["cifar-10"], 10, 50_000, 10_000, false),
     info("cifar100", &["cifar-100"], 100, 50_000, 10_000, false),
-    DatasetInfo {
-        counts_may_differ: true,
-        ..info("birdsnap", &[], 500, 47_386, 2_443, false)
-    },
+    DatasetInfo { counts_may_differ: true, ..info("birdsnap", &[], 500, 47_386, 2_443, false) },
     info("sun397", &["sun-397", "sun"], 397, 19_850, 19_850, false),
-    info(
-        "stanford_cars",
-        &["cars", "stanford-cars"],
-        196,
-        8_144,
-        8_041,
-        false,
-    ),
-    info(
-        "fgvc_aircraft",
-        &["aircraft", "fgvc-aircraft"],
-        100,
-        6_667,
-        3_333,
-        true,
-    ),
+    info("stanford_cars", &["cars", "stanford-cars"], 196, 8_144, 8_041, false),
+    info("fgvc_aircraft", &["aircraft", "fgvc-aircraft"], 100, 6_667, 3_333, true),
     DatasetInfo {
         multi_label: true,
-        ..info(
-            "voc2007",
-            &["voc", "voc-2007", "pascal_voc2007"],
-            20,
-            5_011,
-            4_952,
-            true,
-        )
+        ..info("voc2007", &["voc", "voc-2007", "pascal_voc2007"], 20, 5_011, 4_952, true)
     },
     info("dtd", &[], 47, 3_760, 1_880, true),
-    info(
-        "oxford_pets",
-        &["pets", "oxford-iiit-pets", "oxford-pets"],
-        37,
-        3_680,
-        3_669,
-        false,
-    ),
-    info(
-        "caltech101",
-        &["caltech-101", "caltech"],
-        102,
-        3_060,
-        6_084,
-        false,
-    ),
-    info(
-        "flowers102",
-        &[
-            "flowers",
-            "oxford-flowers",
-            "oxford_flowers102",
-            "flowers-102",
-        ],
-        102,
-        2_040,
-        6_149,
-        true,
-    ),
+    info("oxford_pets", &["pets", "oxford-iiit-pets", "oxford-pets"], 37, 3_680, 3_669, false),
+    info("caltech101", &["caltech-101", "caltech"], 102, 3_060, 6_084, false),
+    info("flowers102", &["flowers", "oxford-flowers", "oxford_flowers102", "flowers-102"], 102, 2_040, 6_149, true),
 ];
 
 /// The dataset called `name` (canonical name or alias, case-insensitive).
 pub fn lookup(name: &str) -> Result<&'static DatasetInfo> {
     let want = name.to_ascii_lowercase();
-    DATASETS
-        .iter()
-        .find(|d| d.name == want || d.aliases.contains(&want.as_str()))
-        .ok_or_else(|| {
-            let names: Vec<&str> = DATASETS.iter().map(|d| d.name).collect();
-            DataError::Invalid(format!(
-                "unknown dataset {name} (known: {})",
-                names.join(", ")
-            ))
-        })
+    DATASETS.iter().find(|d| d.name == want || d.aliases.contains(&want.as_str())).ok_or_else(|| {
+        let names: Vec<&str> = DATASETS.iter().map(|d| d.name).collect();
+        DataError::Invalid(format!("unknown dataset {name} (known: {})", names.join(", ")))
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -162,10 +97,7 @@ impl PrepareOptions {
         self.val_policy.clone().unwrap_or(if info.official_val {
             ValPolicy::Official
         } else {
-            ValPolicy::HeldOut {
-                fraction: self.held_out_fraction,
-                seed: self.seed,
-            }
+            ValPolicy::HeldOut { fraction: self.held_out_fraction, seed: self.seed }
         })
     }
 }
@@ -183,12 +115,7 @@ pub fn prepare(
 ) -> Result<Manifest> {
     let info = lookup(dataset)?;
     let index = adapters::index(info.name, source, opts.seed)?;
-    tracing::info!(
-        dataset = info.name,
-        images = index.records.len(),
-        classes = index.num_classes(),
-        "indexed"
-    );
+    tracing::info!(dataset = info.name, images = index.records.len(), classes = index.num_classes(), "indexed");
     let build = BuildOptions {
         short_side: opts.short_side,
         val_policy: opts.policy_for(info),

@@ -165,21 +165,13 @@ pub fn images_per_shard(n: usize) -> usize {
 /// Hash of what a build would produce: classes, keys, labels, origins, short side.
 pub fn plan_hash(index: &DatasetIndex, short_side: u32) -> String {
     let mut h = Sha256::new();
-    h.update(format!(
-        "tsweep-shards v{FORMAT_VERSION} short_side={short_side} multi={}\n",
-        index.multi_label
-    ));
+    h.update(format!("tsweep-shards v{FORMAT_VERSION} short_side={short_side} multi={}\n", index.multi_label));
     for c in &index.class_names {
         h.update(c.as_bytes());
         h.update(b"\n");
     }
     for r in &index.records {
-        h.update(format!(
-            "{}\t{}\t{:?}\n",
-            r.key,
-            r.origin.name(),
-            r.label.classes()
-        ));
+        h.update(format!("{}\t{}\t{:?}\n", r.key, r.origin.name(), r.label.classes()));
     }
     hex::encode(h.finalize())
 }
@@ -190,12 +182,7 @@ fn shard_name(i: usize) -> String {
 
 /// Builds (or finishes building, or finds already built) the shard directory `dir` for
 /// `index`. Returns its manifest.
-pub fn build(
-    index: &DatasetIndex,
-    dir: &Path,
-    opts: &BuildOptions,
-    progress: ProgressFn,
-) -> Result<Manifest> {
+pub fn build(index: &DatasetIndex, dir: &Path, opts: &BuildOptions, progress: ProgressFn) -> Result<Manifest> {
     index.validate()?;
     let hash = plan_hash(index, opts.short_side);
     let manifest_path = dir.join(MANIFEST_FILE);
@@ -214,26 +201,24 @@ pub fn build(
         }
         return Err(DataError::Mismatch {
             path: manifest_path,
-            detail: format!("directory holds a different dataset build (plan {} vs {hash}); remove it or choose another", m.plan_hash),
+            detail: format!(
+                "directory holds a different dataset build (plan {} vs {hash}); remove it or choose another",
+                m.plan_hash
+            ),
         });
     }
     let shard_dir = dir.join(SHARD_DIR);
     std::fs::create_dir_all(&shard_dir).map_err(|e| DataError::io(&shard_dir, e))?;
     let n = index.records.len();
     let per = images_per_shard(n);
-    let plan = Plan {
-        plan_hash: hash.clone(),
-        images: n,
-        images_per_shard: per,
-    };
+    let plan = Plan { plan_hash: hash.clone(), images: n, images_per_shard: per };
     let plan_path = dir.join(PLAN_FILE);
     if plan_path.exists() {
         let old: Plan = read_json(&plan_path)?;
         if old != plan {
             return Err(DataError::Mismatch {
                 path: plan_path,
-                detail: "an interrupted build of a different dataset is here; remove the directory"
-                    .into(),
+                detail: "an interrupted build of a different dataset is here; remove the directory".into(),
             });
         }
     } else {
@@ -260,27 +245,15 @@ pub fn build(
                 } else {
                     if let Some(limit) = opts.stop_after_shards {
                         if built.fetch_add(1, Ordering::SeqCst) >= limit {
-                            return Err(DataError::Invalid(
-                                "build stopped early on request".into(),
-                            ));
+                            return Err(DataError::Invalid("build stopped early on request".into()));
                         }
                     }
-                    let part = build_shard(
-                        &shard_dir,
-                        s,
-                        records,
-                        opts.short_side,
-                        opts.skip_undecodable,
-                    )?;
+                    let part = build_shard(&shard_dir, s, records, opts.short_side, opts.skip_undecodable)?;
                     skipped.fetch_add(part.skipped.len(), Ordering::Relaxed);
                     write_json_atomic(&part_path, &part)?;
                 }
                 let d = done.fetch_add(records.len(), Ordering::Relaxed) + records.len();
-                progress(Progress {
-                    done: d,
-                    total: n,
-                    skipped: skipped.load(Ordering::Relaxed),
-                });
+                progress(Progress { done: d, total: n, skipped: skipped.load(Ordering::Relaxed) });
                 Ok(())
             })
             .collect()
@@ -305,28 +278,19 @@ fn build_shard(
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let mut hasher = Sha256::new();
     let mut offset = 0u64;
-    let mut part = ShardPart {
-        file: file.clone(),
-        bytes: 0,
-        sha256: String::new(),
-        records: Vec::new(),
-        skipped: Vec::new(),
-    };
+    let mut part =
+        ShardPart { file: file.clone(), bytes: 0, sha256: String::new(), records: Vec::new(), skipped: Vec::new() };
     for r in records {
         let img = match decode(&r.source) {
             Ok(img) => shrink_to_short_side(img, short_side),
             Err(e @ (DataError::Decode { .. } | DataError::Io { .. })) if skip => {
                 tracing::warn!(image = %r.key, error = %e, "skipping undecodable image");
-                part.skipped.push(Skipped {
-                    key: r.key.clone(),
-                    error: e.to_string(),
-                });
+                part.skipped.push(Skipped { key: r.key.clone(), error: e.to_string() });
                 continue;
             }
             Err(e) => return Err(e),
         };
-        w.write_all(&img.data)
-            .map_err(|e| DataError::io(&tmp_path, e))?;
+        w.write_all(&img.data).map_err(|e| DataError::io(&tmp_path, e))?;
         hasher.update(&img.data);
         part.records.push(ShardRecord {
             offset,
@@ -338,9 +302,7 @@ fn build_shard(
         });
         offset += img.data.len() as u64;
     }
-    let f = w
-        .into_inner()
-        .map_err(|e| DataError::io(&tmp_path, e.into_error()))?;
+    let f = w.into_inner().map_err(|e| DataError::io(&tmp_path, e.into_error()))?;
     f.sync_all().map_err(|e| DataError::io(&tmp_path, e))?;
     drop(f);
     std::fs::rename(&tmp_path, &final_path).map_err(|e| DataError::io(&final_path, e))?;
@@ -381,16 +343,11 @@ fn finalize(
     }
     let mut origin_counts = BTreeMap::new();
     for o in [Origin::Train, Origin::Val, Origin::Test] {
-        origin_counts.insert(
-            o.name().to_string(),
-            origins.iter().filter(|&&x| x == o).count(),
-        );
+        origin_counts.insert(o.name().to_string(), origins.iter().filter(|&&x| x == o).count());
     }
     let mut split_counts = BTreeMap::new();
     for sp in [Split::Train, Split::Val, Split::TrainVal, Split::Test] {
-        let count = select(&origins, &strata, &opts.val_policy, sp)
-            .map(|v| v.len())
-            .unwrap_or(0);
+        let count = select(&origins, &strata, &opts.val_policy, sp).map(|v| v.len()).unwrap_or(0);
         split_counts.insert(sp.name().to_string(), count);
     }
     let manifest = Manifest {
@@ -441,19 +398,11 @@ pub fn recompute_content_hash(dir: &Path, manifest: &Manifest) -> Result<(String
     for (i, (info, actual)) in manifest.shards.iter().zip(hashes).enumerate() {
         let actual = actual?;
         if actual != info.sha256 {
-            problems.push(format!(
-                "{}: sha256 {} but manifest says {}",
-                info.file, actual, info.sha256
-            ));
+            problems.push(format!("{}: sha256 {} but manifest says {}", info.file, actual, info.sha256));
         }
         let part: ShardPart = read_json(&shard_dir.join(format!("{}.json", shard_name(i))))?;
         if part.records.len() != info.records {
-            problems.push(format!(
-                "{}: {} records but manifest says {}",
-                info.file,
-                part.records.len(),
-                info.records
-            ));
+            problems.push(format!("{}: {} records but manifest says {}", info.file, part.records.len(), info.records));
         }
         content.update(actual.as_bytes());
         for r in &part.records {
@@ -480,10 +429,7 @@ impl ShardSet {
         if manifest.format_version != FORMAT_VERSION {
             return Err(DataError::format(
                 dir.join(MANIFEST_FILE),
-                format!(
-                    "format_version {} (this build reads {FORMAT_VERSION})",
-                    manifest.format_version
-                ),
+                format!("format_version {} (this build reads {FORMAT_VERSION})", manifest.format_version),
             ));
         }
         let shard_dir = dir.join(SHARD_DIR);
@@ -494,21 +440,13 @@ impl ShardSet {
             let f = File::open(&path).map_err(|e| DataError::io(&path, e))?;
             let len = f.metadata().map_err(|e| DataError::io(&path, e))?.len();
             if len != info.bytes {
-                return Err(DataError::Mismatch {
-                    path,
-                    detail: format!("{len} bytes, manifest says {}", info.bytes),
-                });
+                return Err(DataError::Mismatch { path, detail: format!("{len} bytes, manifest says {}", info.bytes) });
             }
             files.push(f);
             let part: ShardPart = read_json(&shard_dir.join(format!("{}.json", shard_name(i))))?;
             records.extend(part.records.into_iter().map(|r| (i as u32, r)));
         }
-        Ok(ShardSet {
-            dir: dir.to_path_buf(),
-            manifest,
-            files,
-            records,
-        })
+        Ok(ShardSet { dir: dir.to_path_buf(), manifest, files, records })
     }
 
     pub fn dir(&self) -> &Path {
@@ -530,10 +468,7 @@ impl ShardSet {
         self.records.iter().map(|(_, r)| r.origin).collect()
     }
     pub fn strata(&self) -> Vec<u32> {
-        self.records
-            .iter()
-            .map(|(_, r)| r.label.stratum())
-            .collect()
+        self.records.iter().map(|(_, r)| r.label.stratum()).collect()
     }
 
     /// Reads image `i` into `buf` (resized to fit); returns (width, height).
@@ -541,27 +476,16 @@ impl ShardSet {
         let (shard, r) = &self.records[i];
         let len = r.width as usize * r.height as usize * 3;
         buf.resize(len, 0);
-        self.files[*shard as usize]
-            .read_exact_at(buf, r.offset)
-            .map_err(|e| {
-                DataError::io(
-                    self.dir
-                        .join(SHARD_DIR)
-                        .join(&self.manifest.shards[*shard as usize].file),
-                    e,
-                )
-            })?;
+        self.files[*shard as usize].read_exact_at(buf, r.offset).map_err(|e| {
+            DataError::io(self.dir.join(SHARD_DIR).join(&self.manifest.shards[*shard as usize].file), e)
+        })?;
         Ok((r.width, r.height))
     }
 
     pub fn read(&self, i: usize) -> Result<RgbPixels> {
         let mut data = Vec::new();
         let (width, height) = self.read_into(i, &mut data)?;
-        Ok(RgbPixels {
-            width,
-            height,
-            data,
-        })
+        Ok(RgbPixels { width, height, data })
     }
 }
 
@@ -573,18 +497,12 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
             DataError::io(path, e)
         }
     })?;
-    serde_json::from_slice(&text).map_err(|e| DataError::Json {
-        path: path.to_path_buf(),
-        source: e,
-    })
+    serde_json::from_slice(&text).map_err(|e| DataError::Json { path: path.to_path_buf(), source: e })
 }
 
 pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let tmp = path.with_extension(tmp_suffix());
-    let text = serde_json::to_vec_pretty(value).map_err(|e| DataError::Json {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let text = serde_json::to_vec_pretty(value).map_err(|e| DataError::Json { path: path.to_path_buf(), source: e })?;
     std::fs::write(&tmp, text).map_err(|e| DataError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
@@ -593,11 +511,7 @@ pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<
 /// build the same directory at once).
 fn tmp_suffix() -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// What a record contributes to the content hash; the build and `verify` must agree on it.

@@ -16,19 +16,11 @@ use crate::index::{Origin, Split};
 /// `HeldOut { fraction, seed }` pools the distribution's train and val, and holds out
 /// `round(fraction * n_c)` images of every class `c` (at least one when the class has two
 /// or more), chosen by a seeded shuffle: the same seed always gives the same split.
-pub fn select(
-    origins: &[Origin],
-    strata: &[u32],
-    policy: &ValPolicy,
-    split: Split,
-) -> Result<Vec<usize>> {
+pub fn select(origins: &[Origin], strata: &[u32], policy: &ValPolicy, split: Split) -> Result<Vec<usize>> {
     if origins.len() != strata.len() {
-        return Err(DataError::Invalid(
-            "origins and strata differ in length".into(),
-        ));
+        return Err(DataError::Invalid("origins and strata differ in length".into()));
     }
-    let by_origin =
-        |o: Origin| -> Vec<usize> { (0..origins.len()).filter(|&i| origins[i] == o).collect() };
+    let by_origin = |o: Origin| -> Vec<usize> { (0..origins.len()).filter(|&i| origins[i] == o).collect() };
     match policy {
         ValPolicy::Official => {
             let train = by_origin(Origin::Train);
@@ -53,16 +45,12 @@ pub fn select(
         }
         ValPolicy::HeldOut { fraction, seed } => {
             if !(0.0..1.0).contains(fraction) {
-                return Err(DataError::Invalid(format!(
-                    "held-out fraction {fraction} is not in [0, 1)"
-                )));
+                return Err(DataError::Invalid(format!("held-out fraction {fraction} is not in [0, 1)")));
             }
             if matches!(split, Split::Test) {
                 return Ok(by_origin(Origin::Test));
             }
-            let pool: Vec<usize> = (0..origins.len())
-                .filter(|&i| origins[i] != Origin::Test)
-                .collect();
+            let pool: Vec<usize> = (0..origins.len()).filter(|&i| origins[i] != Origin::Test).collect();
             if matches!(split, Split::TrainVal) {
                 return Ok(pool);
             }
@@ -72,10 +60,7 @@ pub fn select(
                 is_val[i] = true;
             }
             let want_val = matches!(split, Split::Val);
-            Ok(pool
-                .into_iter()
-                .filter(|&i| is_val[i] == want_val)
-                .collect())
+            Ok(pool.into_iter().filter(|&i| is_val[i] == want_val).collect())
         }
     }
 }
@@ -93,9 +78,7 @@ fn held_out(pool: &[usize], strata: &[u32], fraction: f64, seed: u64) -> Vec<usi
             k = 1;
         }
         k = k.min(n.saturating_sub(1));
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            seed ^ (u64::from(class).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-        );
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(class).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
         members.shuffle(&mut rng);
         held.extend_from_slice(&members[..k]);
     }
@@ -108,14 +91,9 @@ mod tests {
 
     #[test]
     fn held_out_is_stratified_deterministic_and_disjoint() {
-        let origins: Vec<Origin> = (0..110)
-            .map(|i| if i < 100 { Origin::Train } else { Origin::Test })
-            .collect();
+        let origins: Vec<Origin> = (0..110).map(|i| if i < 100 { Origin::Train } else { Origin::Test }).collect();
         let strata: Vec<u32> = (0..110).map(|i| (i % 5) as u32).collect();
-        let policy = ValPolicy::HeldOut {
-            fraction: 0.2,
-            seed: 7,
-        };
+        let policy = ValPolicy::HeldOut { fraction: 0.2, seed: 7 };
         let train = select(&origins, &strata, &policy, Split::Train).unwrap();
         let val = select(&origins, &strata, &policy, Split::Val).unwrap();
         assert_eq!(val.len(), 20);
@@ -125,29 +103,10 @@ mod tests {
         }
         assert!(val.iter().all(|i| !train.contains(i)));
         assert_eq!(val, select(&origins, &strata, &policy, Split::Val).unwrap());
-        let other = select(
-            &origins,
-            &strata,
-            &ValPolicy::HeldOut {
-                fraction: 0.2,
-                seed: 8,
-            },
-            Split::Val,
-        )
-        .unwrap();
+        let other = select(&origins, &strata, &ValPolicy::HeldOut { fraction: 0.2, seed: 8 }, Split::Val).unwrap();
         assert_ne!(val, other);
-        assert_eq!(
-            select(&origins, &strata, &policy, Split::Test)
-                .unwrap()
-                .len(),
-            10
-        );
-        assert_eq!(
-            select(&origins, &strata, &policy, Split::TrainVal)
-                .unwrap()
-                .len(),
-            100
-        );
+        assert_eq!(select(&origins, &strata, &policy, Split::Test).unwrap().len(), 10);
+        assert_eq!(select(&origins, &strata, &policy, Split::TrainVal).unwrap().len(), 100);
     }
 
     #[test]

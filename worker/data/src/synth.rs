@@ -64,14 +64,7 @@ pub struct SynthOptions {
 
 impl Default for SynthOptions {
     fn default() -> Self {
-        SynthOptions {
-            classes: 4,
-            train_per_class: 40,
-            val_per_class: 10,
-            test_per_class: 10,
-            image_size: 64,
-            seed: 0,
-        }
+        SynthOptions { classes: 4, train_per_class: 40, val_per_class: 10, test_per_class: 10, image_size: 64, seed: 0 }
     }
 }
 
@@ -93,23 +86,14 @@ pub fn make_dataset(kind: SynthKind, out_dir: &Path, opts: &SynthOptions) -> Res
         _ => opts.classes,
     };
     if classes == 0 || opts.train_per_class == 0 {
-        return Err(DataError::Invalid(
-            "synthetic dataset needs classes and train images".into(),
-        ));
+        return Err(DataError::Invalid("synthetic dataset needs classes and train images".into()));
     }
     if opts.image_size < 8 {
-        return Err(DataError::Invalid(format!(
-            "image size {} is below 8",
-            opts.image_size
-        )));
+        return Err(DataError::Invalid(format!("image size {} is below 8", opts.image_size)));
     }
     std::fs::create_dir_all(out_dir).map_err(|e| DataError::io(out_dir, e))?;
     let class_names: Vec<String> = (0..classes).map(|c| format!("class_{c:02}")).collect();
-    let splits = [
-        ("train", opts.train_per_class),
-        ("val", opts.val_per_class),
-        ("test", opts.test_per_class),
-    ];
+    let splits = [("train", opts.train_per_class), ("val", opts.val_per_class), ("test", opts.test_per_class)];
     let mut summary = SynthSummary {
         format: kind.format(),
         class_names: class_names.clone(),
@@ -147,15 +131,9 @@ pub fn make_dataset(kind: SynthKind, out_dir: &Path, opts: &SynthOptions) -> Res
                 write_file(&out_dir.join("test.bin"), &test.concat())?;
                 let mut fine: Vec<String> = class_names.clone();
                 fine.extend((classes..100).map(|c| format!("unused_{c:02}")));
-                write_file(
-                    &out_dir.join("fine_label_names.txt"),
-                    (fine.join("\n") + "\n").as_bytes(),
-                )?;
+                write_file(&out_dir.join("fine_label_names.txt"), (fine.join("\n") + "\n").as_bytes())?;
                 let coarse: Vec<String> = (0..20).map(|c| format!("coarse_{c:02}")).collect();
-                write_file(
-                    &out_dir.join("coarse_label_names.txt"),
-                    (coarse.join("\n") + "\n").as_bytes(),
-                )?;
+                write_file(&out_dir.join("coarse_label_names.txt"), (coarse.join("\n") + "\n").as_bytes())?;
                 let mut names = class_names.clone();
                 names.extend((classes..100).map(|c| format!("unused_{c:02}")));
                 summary.class_names = names;
@@ -164,25 +142,16 @@ pub fn make_dataset(kind: SynthKind, out_dir: &Path, opts: &SynthOptions) -> Res
                 for b in 0..5 {
                     let lo = (b * per_file).min(train.len());
                     let hi = ((b + 1) * per_file).min(train.len());
-                    write_file(
-                        &out_dir.join(format!("data_batch_{}.bin", b + 1)),
-                        &train[lo..hi].concat(),
-                    )?;
+                    write_file(&out_dir.join(format!("data_batch_{}.bin", b + 1)), &train[lo..hi].concat())?;
                 }
                 write_file(&out_dir.join("test_batch.bin"), &test.concat())?;
-                write_file(
-                    &out_dir.join("batches.meta.txt"),
-                    (class_names.join("\n") + "\n\n").as_bytes(),
-                )?;
+                write_file(&out_dir.join("batches.meta.txt"), (class_names.join("\n") + "\n\n").as_bytes())?;
             }
         }
         SynthKind::Multilabel => {
             let images = out_dir.join("images");
             std::fs::create_dir_all(&images).map_err(|e| DataError::io(&images, e))?;
-            write_file(
-                &out_dir.join("classes.txt"),
-                (class_names.join("\n") + "\n").as_bytes(),
-            )?;
+            write_file(&out_dir.join("classes.txt"), (class_names.join("\n") + "\n").as_bytes())?;
             for (split_no, (split, per_class)) in splits.iter().enumerate() {
                 if *per_class == 0 {
                     continue;
@@ -203,10 +172,7 @@ pub fn make_dataset(kind: SynthKind, out_dir: &Path, opts: &SynthOptions) -> Res
                     let rel = format!("images/{split}_{i:05}.png");
                     save_png(&img, &out_dir.join(&rel))?;
                     present.sort_unstable();
-                    entries.push((
-                        rel,
-                        present.iter().map(|&c| class_names[c].clone()).collect(),
-                    ));
+                    entries.push((rel, present.iter().map(|&c| class_names[c].clone()).collect()));
                 }
                 write_list(&out_dir.join(format!("{split}.txt")), &entries)?;
             }
@@ -221,13 +187,7 @@ fn rng_for(seed: u64, split: usize, class: usize, i: usize) -> ChaCha8Rng {
     rng
 }
 
-fn cifar_records(
-    seed: u64,
-    split: usize,
-    classes: usize,
-    per_class: usize,
-    cifar100: bool,
-) -> Vec<Vec<u8>> {
+fn cifar_records(seed: u64, split: usize, classes: usize, per_class: usize, cifar100: bool) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(classes * per_class);
     // Interleave classes, as the real batches do.
     for i in 0..per_class {
@@ -297,17 +257,10 @@ fn draw(size: u32, present: &[usize], classes: usize, rng: &mut ChaCha8Rng) -> R
                     0 => dx * dx + dy * dy <= 1.0,
                     1 => dx.abs() <= 0.8 && dy.abs() <= 0.8,
                     2 => (-0.9..=0.9).contains(&dy) && dx.abs() <= (dy + 0.9) / 1.8,
-                    _ => {
-                        (dx.abs() <= 0.25 && dy.abs() <= 0.95)
-                            || (dy.abs() <= 0.25 && dx.abs() <= 0.95)
-                    }
+                    _ => (dx.abs() <= 0.25 && dy.abs() <= 0.95) || (dy.abs() <= 0.25 && dx.abs() <= 0.95),
                 };
                 if inside {
-                    let px = [
-                        (colour[0] * jitter) as u8,
-                        (colour[1] * jitter) as u8,
-                        (colour[2] * jitter) as u8,
-                    ];
+                    let px = [(colour[0] * jitter) as u8, (colour[1] * jitter) as u8, (colour[2] * jitter) as u8];
                     img.put_pixel(x, y, image::Rgb(px));
                 }
             }
@@ -317,8 +270,7 @@ fn draw(size: u32, present: &[usize], classes: usize, rng: &mut ChaCha8Rng) -> R
 }
 
 fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
-    img.save_with_format(path, ImageFormat::Png)
-        .map_err(|e| DataError::format(path, format!("cannot write png: {e}")))
+    img.save_with_format(path, ImageFormat::Png).map_err(|e| DataError::format(path, format!("cannot write png: {e}")))
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -26,18 +26,8 @@ impl VerifyReport {
     pub fn render(&self) -> String {
         let m = &self.manifest;
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "dataset {} ({} classes, short side {})",
-            m.name,
-            m.class_names.len(),
-            m.short_side
-        );
-        let _ = writeln!(
-            s,
-            "stored: {:?}; splits under {:?}: {:?}",
-            m.origin_counts, m.val_policy, m.split_counts
-        );
+        let _ = writeln!(s, "dataset {} ({} classes, short side {})", m.name, m.class_names.len(), m.short_side);
+        let _ = writeln!(s, "stored: {:?}; splits under {:?}: {:?}", m.origin_counts, m.val_policy, m.split_counts);
         let _ = writeln!(s, "content hash {}", m.content_hash);
         for n in &self.notes {
             let _ = writeln!(s, "note: {n}");
@@ -57,23 +47,14 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     let (content, problems) = recompute_content_hash(dir, &manifest)?;
     differences.extend(problems);
     if content != manifest.content_hash {
-        differences.push(format!(
-            "content hash {content} but manifest says {}",
-            manifest.content_hash
-        ));
+        differences.push(format!("content hash {content} but manifest says {}", manifest.content_hash));
     }
     let stored: usize = manifest.shards.iter().map(|s| s.records).sum();
     if stored != manifest.num_images() {
-        differences.push(format!(
-            "{stored} images in shards but manifest counts {}",
-            manifest.num_images()
-        ));
+        differences.push(format!("{stored} images in shards but manifest counts {}", manifest.num_images()));
     }
     if !manifest.skipped.is_empty() {
-        notes.push(format!(
-            "{} images skipped at prepare time (listed in manifest.json)",
-            manifest.skipped.len()
-        ));
+        notes.push(format!("{} images skipped at prepare time (listed in manifest.json)", manifest.skipped.len()));
     }
     match lookup(&manifest.name) {
         Ok(info) => {
@@ -82,39 +63,23 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             let test = count("test");
             let mut expect = Vec::new();
             if manifest.class_names.len() != info.classes {
-                expect.push(format!(
-                    "{} classes, the paper has {}",
-                    manifest.class_names.len(),
-                    info.classes
-                ));
+                expect.push(format!("{} classes, the paper has {}", manifest.class_names.len(), info.classes));
             }
             if trainval != info.trainval {
-                expect.push(format!(
-                    "{trainval} train+val images, the paper has {}",
-                    info.trainval
-                ));
+                expect.push(format!("{trainval} train+val images, the paper has {}", info.trainval));
             }
             if test != info.test {
                 expect.push(format!("{test} test images, the paper has {}", info.test));
             }
             if info.counts_may_differ {
                 notes.extend(
-                    expect
-                        .into_iter()
-                        .map(|e| format!("{e} (expected: {} is distributed as URLs)", info.name)),
+                    expect.into_iter().map(|e| format!("{e} (expected: {} is distributed as URLs)", info.name)),
                 );
             } else {
                 differences.extend(expect);
             }
         }
-        Err(_) => notes.push(format!(
-            "{} is not one of the paper's datasets: sizes not checked",
-            manifest.name
-        )),
+        Err(_) => notes.push(format!("{} is not one of the paper's datasets: sizes not checked", manifest.name)),
     }
-    Ok(VerifyReport {
-        manifest,
-        differences,
-        notes,
-    })
+    Ok(VerifyReport { manifest, differences, notes })
 }

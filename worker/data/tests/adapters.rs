@@ -10,11 +10,7 @@ use tsweep_proto::cell::ValPolicy;
 
 fn jpg(path: &Path, shade: u8) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    image::RgbImage::from_fn(14, 10, |x, y| {
-        image::Rgb([shade, (x * 9) as u8, (y * 11) as u8])
-    })
-    .save(path)
-    .unwrap();
+    image::RgbImage::from_fn(14, 10, |x, y| image::Rgb([shade, (x * 9) as u8, (y * 11) as u8])).save(path).unwrap();
 }
 
 fn write(path: &Path, text: &str) {
@@ -23,11 +19,7 @@ fn write(path: &Path, text: &str) {
 }
 
 fn opts() -> PrepareOptions {
-    PrepareOptions {
-        short_side: 8,
-        threads: 2,
-        ..PrepareOptions::default()
-    }
+    PrepareOptions { short_side: 8, threads: 2, ..PrepareOptions::default() }
 }
 
 fn run(name: &str, src: &Path) -> (tempfile::TempDir, Manifest, Dataset) {
@@ -58,16 +50,10 @@ fn label_of(ds: &Dataset, key: &str) -> Label {
 fn food101() {
     let src = tempfile::tempdir().unwrap();
     let root = src.path().join("food-101");
-    write(
-        &root.join("meta/classes.txt"),
-        "apple_pie\nbaby_back_ribs\nbaklava\n",
-    );
+    write(&root.join("meta/classes.txt"), "apple_pie\nbaby_back_ribs\nbaklava\n");
     let mut train = String::new();
     let mut test = String::new();
-    for (c, class) in ["apple_pie", "baby_back_ribs", "baklava"]
-        .iter()
-        .enumerate()
-    {
+    for (c, class) in ["apple_pie", "baby_back_ribs", "baklava"].iter().enumerate() {
         for i in 0..4 {
             let id = 1000 * (c + 1) + i;
             jpg(&root.join(format!("images/{class}/{id}.jpg")), 50 * c as u8);
@@ -82,10 +68,7 @@ fn food101() {
     write(&root.join("meta/test.txt"), &test);
     let (_out, m, ds) = run("food-101", src.path());
     assert_eq!(m.name, "food101");
-    assert_eq!(
-        m.class_names,
-        vec!["apple_pie", "baby_back_ribs", "baklava"]
-    );
+    assert_eq!(m.class_names, vec!["apple_pie", "baby_back_ribs", "baklava"]);
     assert_eq!((count(&m, "train"), count(&m, "test")), (9, 3));
     assert_eq!(label_of(&ds, "baklava/3002.jpg"), Label::Single(2));
     assert!(matches!(m.val_policy, ValPolicy::HeldOut { .. }));
@@ -95,45 +78,22 @@ fn food101() {
 #[test]
 fn cifar10_and_cifar100() {
     let src = tempfile::tempdir().unwrap();
-    let o = SynthOptions {
-        classes: 10,
-        train_per_class: 2,
-        val_per_class: 0,
-        test_per_class: 1,
-        image_size: 32,
-        seed: 1,
-    };
-    make_dataset(
-        SynthKind::Cifar10,
-        &src.path().join("cifar-10-batches-bin"),
-        &o,
-    )
-    .unwrap();
+    let o =
+        SynthOptions { classes: 10, train_per_class: 2, val_per_class: 0, test_per_class: 1, image_size: 32, seed: 1 };
+    make_dataset(SynthKind::Cifar10, &src.path().join("cifar-10-batches-bin"), &o).unwrap();
     let (_out, m, ds) = run("cifar10", src.path());
     assert_eq!(m.class_names.len(), 10);
     assert_eq!((count(&m, "train"), count(&m, "test")), (20, 10));
     assert_eq!(label_of(&ds, "test_batch.bin#4"), Label::Single(4));
 
     let src100 = tempfile::tempdir().unwrap();
-    make_dataset(
-        SynthKind::Cifar100,
-        &src100.path().join("cifar-100-binary"),
-        &SynthOptions { classes: 4, ..o },
-    )
-    .unwrap();
+    make_dataset(SynthKind::Cifar100, &src100.path().join("cifar-100-binary"), &SynthOptions { classes: 4, ..o })
+        .unwrap();
     let (_out, m, ds) = run("cifar100", src100.path());
     assert_eq!(m.class_names.len(), 100);
     assert_eq!((count(&m, "train"), count(&m, "test")), (8, 4));
     assert_eq!(label_of(&ds, "test.bin#3"), Label::Single(3));
-    let err = prepare(
-        "cifar100",
-        src.path(),
-        &src.path().join("x"),
-        &opts(),
-        &|_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let err = prepare("cifar100", src.path(), &src.path().join("x"), &opts(), &|_| {}).unwrap_err().to_string();
     assert!(err.contains("Cifar10"), "{err}");
 }
 
@@ -153,29 +113,16 @@ fn birdsnap_lists_missing_downloads() {
         }
     }
     write(&root.join("images.txt"), &images);
-    write(
-        &root.join("test_images.txt"),
-        "path\nAcadian_Flycatcher/0000.jpg\nAcorn_Woodpecker/0000.jpg\n",
-    );
+    write(&root.join("test_images.txt"), "path\nAcadian_Flycatcher/0000.jpg\nAcorn_Woodpecker/0000.jpg\n");
     let (out, m, ds) = run("birdsnap", src.path());
-    assert_eq!(
-        m.class_names,
-        vec!["Acadian Flycatcher", "Acorn Woodpecker"]
-    );
+    assert_eq!(m.class_names, vec!["Acadian Flycatcher", "Acorn Woodpecker"]);
     assert_eq!((count(&m, "train"), count(&m, "test")), (3, 2));
     assert_eq!(m.skipped.len(), 1);
     assert_eq!(m.skipped[0].key, "Acorn_Woodpecker/0002.jpg");
     assert_eq!(label_of(&ds, "Acorn_Woodpecker/0001.jpg"), Label::Single(1));
     let report = verify(out.path()).unwrap();
     assert!(report.ok(), "{}", report.render());
-    assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.contains("distributed as URLs")),
-        "{:?}",
-        report.notes
-    );
+    assert!(report.notes.iter().any(|n| n.contains("distributed as URLs")), "{:?}", report.notes);
 }
 
 #[test]
@@ -223,32 +170,13 @@ fn stanford_cars_annos_mat_and_devkit() {
             MatValue::scalar(if i >= 4 { 1.0 } else { 0.0 }),
         ]);
     }
-    let fields = [
-        "relative_im_path",
-        "bbox_x1",
-        "bbox_y1",
-        "bbox_x2",
-        "bbox_y2",
-        "class",
-        "test",
-    ]
-    .map(String::from)
-    .to_vec();
-    let annotations = MatValue::Struct {
-        dims: vec![1, 6],
-        fields,
-        items,
-    };
-    let class_names = MatValue::Cell {
-        dims: vec![1, 2],
-        items: names.iter().map(|n| MatValue::string(n)).collect(),
-    };
+    let fields =
+        ["relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test"].map(String::from).to_vec();
+    let annotations = MatValue::Struct { dims: vec![1, 6], fields, items };
+    let class_names = MatValue::Cell { dims: vec![1, 2], items: names.iter().map(|n| MatValue::string(n)).collect() };
     mat::write_file(
         &src.path().join("cars_annos.mat"),
-        &[
-            ("annotations", annotations),
-            ("class_names", class_names.clone()),
-        ],
+        &[("annotations", annotations), ("class_names", class_names.clone())],
         true,
     )
     .unwrap();
@@ -259,16 +187,10 @@ fn stanford_cars_annos_mat_and_devkit() {
     assert_eq!(label_of(&ds, "car_ims/000005.jpg"), Label::Single(0));
 
     let dev = tempfile::tempdir().unwrap();
-    mat::write_file(
-        &dev.path().join("devkit/cars_meta.mat").tap_dir(),
-        &[("class_names", class_names)],
-        true,
-    )
-    .unwrap();
-    for (file, dir, n) in [
-        ("devkit/cars_train_annos.mat", "cars_train", 3),
-        ("cars_test_annos_withlabels.mat", "cars_test", 2),
-    ] {
+    mat::write_file(&dev.path().join("devkit/cars_meta.mat").tap_dir(), &[("class_names", class_names)], true).unwrap();
+    for (file, dir, n) in
+        [("devkit/cars_train_annos.mat", "cars_train", 3), ("cars_test_annos_withlabels.mat", "cars_test", 2)]
+    {
         let items = (0..n)
             .map(|i| {
                 jpg(&dev.path().join(format!("{dir}/{:05}.jpg", i + 1)), 10);
@@ -318,10 +240,7 @@ fn fgvc_aircraft_variant_official_val() {
     }
     let (_out, m, ds) = run("fgvc_aircraft", src.path());
     assert_eq!(m.class_names, variants);
-    assert_eq!(
-        (count(&m, "train"), count(&m, "val"), count(&m, "test")),
-        (3, 3, 3)
-    );
+    assert_eq!((count(&m, "train"), count(&m, "val"), count(&m, "test")), (3, 3, 3));
     assert_eq!(m.val_policy, ValPolicy::Official);
     assert_eq!(label_of(&ds, "0000202.jpg"), Label::Single(2));
     assert_eq!(ds.len(Split::Val).unwrap(), 3);
@@ -348,25 +267,14 @@ fn voc2007_multi_label_from_annotations() {
     let root = src.path().join("VOCdevkit/VOC2007");
     type Objects<'a> = &'a [(&'a str, bool)];
     let images: [(&str, &str, Objects); 5] = [
-        (
-            "000005",
-            "train",
-            &[("chair", false), ("chair", false), ("person", false)],
-        ),
+        ("000005", "train", &[("chair", false), ("chair", false), ("person", false)]),
         ("000007", "train", &[("car", false)]),
-        (
-            "000009",
-            "val",
-            &[("horse", false), ("person", false), ("dog", true)],
-        ),
+        ("000009", "val", &[("horse", false), ("person", false), ("dog", true)]),
         ("000001", "test", &[("dog", false), ("tvmonitor", false)]),
         ("000002", "test", &[("train", false)]),
     ];
     for (id, split, objects) in images {
-        write(
-            &root.join(format!("Annotations/{id}.xml")),
-            &voc_xml(objects),
-        );
+        write(&root.join(format!("Annotations/{id}.xml")), &voc_xml(objects));
         jpg(&root.join(format!("JPEGImages/{id}.jpg")), 90);
         let list = root.join(format!("ImageSets/Main/{split}.txt"));
         let mut text = std::fs::read_to_string(&list).unwrap_or_default();
@@ -376,54 +284,24 @@ fn voc2007_multi_label_from_annotations() {
     let (_out, m, ds) = run("voc2007", src.path());
     assert!(m.multi_label);
     assert_eq!(m.class_names.len(), 20);
-    assert_eq!(
-        (count(&m, "train"), count(&m, "val"), count(&m, "test")),
-        (2, 1, 2)
-    );
+    assert_eq!((count(&m, "train"), count(&m, "val"), count(&m, "test")), (2, 1, 2));
     // chair=8, person=14; difficult dog left out; parts' <name>head</name> ignored.
+    assert_eq!(label_of(&ds, "JPEGImages/000005.jpg"), Label::Multi(vec![8, 14]));
+    assert_eq!(label_of(&ds, "JPEGImages/000009.jpg"), Label::Multi(vec![12, 14]));
+    assert_eq!(label_of(&ds, "JPEGImages/000001.jpg"), Label::Multi(vec![11, 19]));
+    let b = Loader::new(ds.split(Split::Test).unwrap(), LoaderConfig::for_image_size(2, 8, 0), Mode::Eval)
+        .unwrap()
+        .next_batch()
+        .unwrap()
+        .unwrap();
+    let Targets::MultiHot(t, 20) = b.targets else { panic!("multi-hot") };
     assert_eq!(
-        label_of(&ds, "JPEGImages/000005.jpg"),
-        Label::Multi(vec![8, 14])
-    );
-    assert_eq!(
-        label_of(&ds, "JPEGImages/000009.jpg"),
-        Label::Multi(vec![12, 14])
-    );
-    assert_eq!(
-        label_of(&ds, "JPEGImages/000001.jpg"),
-        Label::Multi(vec![11, 19])
-    );
-    let b = Loader::new(
-        ds.split(Split::Test).unwrap(),
-        LoaderConfig::for_image_size(2, 8, 0),
-        Mode::Eval,
-    )
-    .unwrap()
-    .next_batch()
-    .unwrap()
-    .unwrap();
-    let Targets::MultiHot(t, 20) = b.targets else {
-        panic!("multi-hot")
-    };
-    assert_eq!(
-        t.iter()
-            .enumerate()
-            .filter(|(_, &v)| v == 1.0)
-            .map(|(i, _)| i)
-            .collect::<Vec<_>>(),
+        t.iter().enumerate().filter(|(_, &v)| v == 1.0).map(|(i, _)| i).collect::<Vec<_>>(),
         vec![11, 19, 20 + 18]
     );
 
     std::fs::remove_file(root.join("Annotations/000007.xml")).unwrap();
-    let err = prepare(
-        "voc2007",
-        src.path(),
-        &src.path().join("o2"),
-        &opts(),
-        &|_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let err = prepare("voc2007", src.path(), &src.path().join("o2"), &opts(), &|_| {}).unwrap_err().to_string();
     assert!(err.contains("000007.xml"), "{err}");
 }
 
@@ -445,19 +323,11 @@ fn dtd_split_1() {
     }
     let (_out, m, ds) = run("dtd", src.path());
     assert_eq!(m.class_names, classes);
-    assert_eq!(
-        (count(&m, "train"), count(&m, "val"), count(&m, "test")),
-        (6, 3, 6)
-    );
-    assert_eq!(
-        label_of(&ds, "zigzagged/zigzagged_0004.jpg"),
-        Label::Single(2)
-    );
+    assert_eq!((count(&m, "train"), count(&m, "val"), count(&m, "test")), (6, 3, 6));
+    assert_eq!(label_of(&ds, "zigzagged/zigzagged_0004.jpg"), Label::Single(2));
 
     std::fs::remove_file(root.join("labels/val1.txt")).unwrap();
-    let err = prepare("dtd", src.path(), &src.path().join("o2"), &opts(), &|_| {})
-        .unwrap_err()
-        .to_string();
+    let err = prepare("dtd", src.path(), &src.path().join("o2"), &opts(), &|_| {}).unwrap_err().to_string();
     assert!(err.contains("val1.txt"), "{err}");
 }
 
@@ -472,15 +342,9 @@ fn oxford_pets() {
         ("yorkshire_terrier_3", 3, 2),
         ("yorkshire_terrier_4", 3, 2),
     ];
-    let (mut trainval, mut test) = (
-        "#Image CLASS-ID SPECIES BREED ID\n".to_string(),
-        String::new(),
-    );
+    let (mut trainval, mut test) = ("#Image CLASS-ID SPECIES BREED ID\n".to_string(), String::new());
     for (i, (name, id, species)) in rows.iter().enumerate() {
-        jpg(
-            &src.path().join(format!("images/{name}.jpg")),
-            30 * *id as u8,
-        );
+        jpg(&src.path().join(format!("images/{name}.jpg")), 30 * *id as u8);
         let line = format!("{name} {id} {species} {id}\n");
         if i % 2 == 0 {
             trainval += &line
@@ -491,27 +355,15 @@ fn oxford_pets() {
     write(&src.path().join("annotations/trainval.txt"), &trainval);
     write(&src.path().join("annotations/test.txt"), &test);
     let (_out, m, ds) = run("pets", src.path());
-    assert_eq!(
-        m.class_names,
-        vec!["Abyssinian", "american_bulldog", "yorkshire_terrier"]
-    );
+    assert_eq!(m.class_names, vec!["Abyssinian", "american_bulldog", "yorkshire_terrier"]);
     assert_eq!((count(&m, "train"), count(&m, "test")), (3, 3));
     assert_eq!(label_of(&ds, "american_bulldog_11.jpg"), Label::Single(1));
 }
 
 fn caltech(src: &Path) {
-    for (c, class) in ["BACKGROUND_Google", "Faces", "accordion"]
-        .iter()
-        .enumerate()
-    {
+    for (c, class) in ["BACKGROUND_Google", "Faces", "accordion"].iter().enumerate() {
         for i in 0..33 + c {
-            jpg(
-                &src.join(format!(
-                    "101_ObjectCategories/{class}/image_{:04}.jpg",
-                    i + 1
-                )),
-                80 * c as u8,
-            );
+            jpg(&src.join(format!("101_ObjectCategories/{class}/image_{:04}.jpg", i + 1)), 80 * c as u8);
         }
     }
 }
@@ -521,27 +373,14 @@ fn caltech101_thirty_per_class_seeded() {
     let src = tempfile::tempdir().unwrap();
     caltech(src.path());
     let (_out, m, ds) = run("caltech101", src.path());
-    assert_eq!(
-        m.class_names,
-        vec!["BACKGROUND_Google", "Faces", "accordion"]
-    );
+    assert_eq!(m.class_names, vec!["BACKGROUND_Google", "Faces", "accordion"]);
     assert_eq!((count(&m, "train"), count(&m, "test")), (90, 3 + 4 + 5));
     assert_eq!(label_of(&ds, "accordion/image_0035.jpg"), Label::Single(2));
     let (_out2, m2, _) = run("caltech101", src.path());
     assert_eq!(m.content_hash, m2.content_hash);
     let out3 = tempfile::tempdir().unwrap();
-    let m3 = prepare(
-        "caltech101",
-        src.path(),
-        out3.path(),
-        &PrepareOptions { seed: 1, ..opts() },
-        &|_| {},
-    )
-    .unwrap();
-    assert_ne!(
-        m.content_hash, m3.content_hash,
-        "another seed draws other training images"
-    );
+    let m3 = prepare("caltech101", src.path(), out3.path(), &PrepareOptions { seed: 1, ..opts() }, &|_| {}).unwrap();
+    assert_ne!(m.content_hash, m3.content_hash, "another seed draws other training images");
 }
 
 #[test]
@@ -549,17 +388,9 @@ fn flowers102_official_splits_from_mat() {
     let src = tempfile::tempdir().unwrap();
     let labels: Vec<f64> = (0..9).map(|i| (i % 3 + 1) as f64).collect();
     for i in 1..=9 {
-        jpg(
-            &src.path().join(format!("jpg/image_{i:05}.jpg")),
-            25 * i as u8,
-        );
+        jpg(&src.path().join(format!("jpg/image_{i:05}.jpg")), 25 * i as u8);
     }
-    mat::write_file(
-        &src.path().join("imagelabels.mat"),
-        &[("labels", MatValue::row(&labels))],
-        true,
-    )
-    .unwrap();
+    mat::write_file(&src.path().join("imagelabels.mat"), &[("labels", MatValue::row(&labels))], true).unwrap();
     mat::write_file(
         &src.path().join("setid.mat"),
         &[
@@ -572,10 +403,7 @@ fn flowers102_official_splits_from_mat() {
     .unwrap();
     let (_out, m, ds) = run("flowers102", src.path());
     assert_eq!(m.class_names.len(), 3);
-    assert_eq!(
-        (count(&m, "train"), count(&m, "val"), count(&m, "test")),
-        (3, 3, 3)
-    );
+    assert_eq!((count(&m, "train"), count(&m, "val"), count(&m, "test")), (3, 3, 3));
     assert_eq!(label_of(&ds, "jpg/image_00008.jpg"), Label::Single(1));
     assert_eq!(m.val_policy, ValPolicy::Official);
 }
@@ -584,11 +412,7 @@ fn flowers102_official_splits_from_mat() {
 fn corrupt_images_are_listed_and_skipped() {
     let src = tempfile::tempdir().unwrap();
     caltech(src.path());
-    std::fs::write(
-        src.path().join("101_ObjectCategories/Faces/image_0007.jpg"),
-        b"\xff\xd8\xffnot really",
-    )
-    .unwrap();
+    std::fs::write(src.path().join("101_ObjectCategories/Faces/image_0007.jpg"), b"\xff\xd8\xffnot really").unwrap();
     let out = tempfile::tempdir().unwrap();
     let m = prepare("caltech101", src.path(), out.path(), &opts(), &|_| {}).unwrap();
     assert_eq!(m.skipped.len(), 1);
@@ -605,18 +429,11 @@ fn interrupted_prepare_resumes_to_the_same_hash() {
     assert!(reference.shards.len() > 3);
 
     let out = tempfile::tempdir().unwrap();
-    let interrupted = PrepareOptions {
-        stop_after_shards: Some(2),
-        threads: 1,
-        ..opts()
-    };
+    let interrupted = PrepareOptions { stop_after_shards: Some(2), threads: 1, ..opts() };
     assert!(prepare("caltech101", src.path(), out.path(), &interrupted, &|_| {}).is_err());
     assert!(!out.path().join("manifest.json").exists());
     let seen = std::sync::Mutex::new(Vec::new());
-    let resumed = prepare("caltech101", src.path(), out.path(), &opts(), &|p| {
-        seen.lock().unwrap().push(p)
-    })
-    .unwrap();
+    let resumed = prepare("caltech101", src.path(), out.path(), &opts(), &|p| seen.lock().unwrap().push(p)).unwrap();
     assert_eq!(resumed.content_hash, reference.content_hash);
     let last = *seen.lock().unwrap().iter().max_by_key(|p| p.done).unwrap();
     assert_eq!(last.done, last.total);
@@ -633,22 +450,8 @@ fn verify_checks_hashes_and_paper_sizes() {
     prepare("caltech101", src.path(), out.path(), &opts(), &|_| {}).unwrap();
     let report = verify(out.path()).unwrap();
     // A miniature differs from the paper's sizes, and says so.
-    assert!(
-        report
-            .differences
-            .iter()
-            .any(|d| d.contains("the paper has 102")),
-        "{}",
-        report.render()
-    );
-    assert!(
-        report
-            .differences
-            .iter()
-            .all(|d| d.contains("the paper has")),
-        "{}",
-        report.render()
-    );
+    assert!(report.differences.iter().any(|d| d.contains("the paper has 102")), "{}", report.render());
+    assert!(report.differences.iter().all(|d| d.contains("the paper has")), "{}", report.render());
     // Flip one byte of a shard: the hash check catches it.
     let shard = out.path().join("shards/shard-00001.bin");
     let mut bytes = std::fs::read(&shard).unwrap();
@@ -656,10 +459,7 @@ fn verify_checks_hashes_and_paper_sizes() {
     std::fs::write(&shard, bytes).unwrap();
     let report = verify(out.path()).unwrap();
     assert!(
-        report
-            .differences
-            .iter()
-            .any(|d| d.contains("shard-00001.bin") && d.contains("sha256")),
+        report.differences.iter().any(|d| d.contains("shard-00001.bin") && d.contains("sha256")),
         "{}",
         report.render()
     );
@@ -668,34 +468,10 @@ fn verify_checks_hashes_and_paper_sizes() {
 #[test]
 fn missing_source_names_what_is_missing() {
     let src = tempfile::tempdir().unwrap();
-    let err = prepare(
-        "flowers102",
-        src.path(),
-        &src.path().join("o"),
-        &opts(),
-        &|_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let err = prepare("flowers102", src.path(), &src.path().join("o"), &opts(), &|_| {}).unwrap_err().to_string();
     assert!(err.contains("imagelabels.mat"), "{err}");
-    let err = prepare(
-        "food101",
-        src.path(),
-        &src.path().join("o"),
-        &opts(),
-        &|_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let err = prepare("food101", src.path(), &src.path().join("o"), &opts(), &|_| {}).unwrap_err().to_string();
     assert!(err.contains("classes.txt"), "{err}");
-    let err = prepare(
-        "imagenet",
-        src.path(),
-        &src.path().join("o"),
-        &opts(),
-        &|_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let err = prepare("imagenet", src.path(), &src.path().join("o"), &opts(), &|_| {}).unwrap_err().to_string();
     assert!(err.contains("unknown dataset imagenet"), "{err}");
 }

@@ -7,25 +7,11 @@ use tsweep_data::*;
 use tsweep_proto::cell::{DatasetFormat, DatasetSpec, Metric, ValPolicy};
 
 fn opts(classes: usize) -> SynthOptions {
-    SynthOptions {
-        classes,
-        train_per_class: 6,
-        val_per_class: 2,
-        test_per_class: 3,
-        image_size: 24,
-        seed: 3,
-    }
+    SynthOptions { classes, train_per_class: 6, val_per_class: 2, test_per_class: 3, image_size: 24, seed: 3 }
 }
 
 fn spec(format: DatasetFormat, path: &Path, val: ValPolicy) -> DatasetSpec {
-    DatasetSpec {
-        name: "t".into(),
-        format,
-        path: path.to_path_buf(),
-        metric: Metric::Top1,
-        val,
-        num_classes: None,
-    }
+    DatasetSpec { name: "t".into(), format, path: path.to_path_buf(), metric: Metric::Top1, val, num_classes: None }
 }
 
 #[test]
@@ -37,11 +23,7 @@ fn imagefolder_reads_classes_and_splits() {
     assert_eq!(index.count(Origin::Train), 18);
     assert_eq!(index.count(Origin::Val), 6);
     assert_eq!(index.count(Origin::Test), 9);
-    let r = index
-        .records
-        .iter()
-        .find(|r| r.key == "test/class_02/img_00001.png")
-        .unwrap();
+    let r = index.records.iter().find(|r| r.key == "test/class_02/img_00001.png").unwrap();
     assert_eq!(r.label, Label::Single(2));
 }
 
@@ -70,14 +52,10 @@ fn imagefolder_corrupt_image_is_an_error_naming_the_file() {
     let bad = dir.path().join("train/class_01/img_00003.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nthis is not a png").unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let err = Dataset::open(
-        &spec(DatasetFormat::Imagefolder, dir.path(), ValPolicy::Official),
-        cache.path(),
-        64,
-        &|_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let err =
+        Dataset::open(&spec(DatasetFormat::Imagefolder, dir.path(), ValPolicy::Official), cache.path(), 64, &|_| {})
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("img_00003.png"), "{err}");
 }
 
@@ -92,14 +70,7 @@ fn jpeg_images_decode() {
     }
     let cache = tempfile::tempdir().unwrap();
     let ds = Dataset::open(
-        &spec(
-            DatasetFormat::Imagefolder,
-            dir.path(),
-            ValPolicy::HeldOut {
-                fraction: 0.0,
-                seed: 0,
-            },
-        ),
+        &spec(DatasetFormat::Imagefolder, dir.path(), ValPolicy::HeldOut { fraction: 0.0, seed: 0 }),
         cache.path(),
         20,
         &|_| {},
@@ -119,11 +90,7 @@ fn cifar10_and_cifar100_read_with_labels() {
     assert_eq!(index.count(Origin::Train), s.train);
     assert_eq!(index.count(Origin::Test), 30);
     // Records interleave classes: record i of the test batch has label i % 10.
-    let r = index
-        .records
-        .iter()
-        .find(|r| r.key == "test_batch.bin#13")
-        .unwrap();
+    let r = index.records.iter().find(|r| r.key == "test_batch.bin#13").unwrap();
     assert_eq!(r.label, Label::Single(3));
 
     let dir100 = tempfile::tempdir().unwrap();
@@ -131,11 +98,7 @@ fn cifar10_and_cifar100_read_with_labels() {
     let index = cifar::read(dir100.path()).unwrap();
     assert_eq!(index.num_classes(), 100);
     assert_eq!(index.count(Origin::Test), 21);
-    let r = index
-        .records
-        .iter()
-        .find(|r| r.key == "test.bin#9")
-        .unwrap();
+    let r = index.records.iter().find(|r| r.key == "test.bin#9").unwrap();
     assert_eq!(r.label, Label::Single(2));
 }
 
@@ -164,10 +127,7 @@ fn cifar_wrong_record_size_names_the_file() {
     bytes.pop();
     std::fs::write(&path, bytes).unwrap();
     let err = cifar::read(dir.path()).unwrap_err().to_string();
-    assert!(
-        err.contains("data_batch_3.bin") && err.contains("3073"),
-        "{err}"
-    );
+    assert!(err.contains("data_batch_3.bin") && err.contains("3073"), "{err}");
 
     let dir100 = tempfile::tempdir().unwrap();
     make_dataset(SynthKind::Cifar100, dir100.path(), &opts(5)).unwrap();
@@ -197,17 +157,10 @@ fn multilabel_reads_label_sets() {
     assert_eq!(index.count(Origin::Train), 24);
     assert_eq!(index.count(Origin::Val), 8);
     assert_eq!(index.count(Origin::Test), 12);
-    std::fs::write(
-        dir.path().join("test.txt"),
-        "images/train_00000.png class_03,class_01\nimages/train_00001.png -\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("test.txt"), "images/train_00000.png class_03,class_01\nimages/train_00001.png -\n")
+        .unwrap();
     let index = multilabel::read(dir.path()).unwrap();
-    let tests: Vec<_> = index
-        .records
-        .iter()
-        .filter(|r| r.origin == Origin::Test)
-        .collect();
+    let tests: Vec<_> = index.records.iter().filter(|r| r.origin == Origin::Test).collect();
     assert_eq!(tests[0].label, Label::Multi(vec![1, 3]));
     assert_eq!(tests[1].label, Label::Multi(vec![]));
 }
@@ -216,11 +169,7 @@ fn multilabel_reads_label_sets() {
 fn multilabel_rejects_unknown_class_and_missing_list() {
     let dir = tempfile::tempdir().unwrap();
     make_dataset(SynthKind::Multilabel, dir.path(), &opts(3)).unwrap();
-    std::fs::write(
-        dir.path().join("val.txt"),
-        "images/val_00000.png class_00,dragon\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("val.txt"), "images/val_00000.png class_00,dragon\n").unwrap();
     let err = multilabel::read(dir.path()).unwrap_err().to_string();
     assert!(err.contains("val.txt") && err.contains("dragon"), "{err}");
     std::fs::remove_file(dir.path().join("val.txt")).unwrap();
@@ -248,11 +197,6 @@ fn num_classes_mismatch_is_refused() {
     let cache = tempfile::tempdir().unwrap();
     let mut s = spec(DatasetFormat::Imagefolder, dir.path(), ValPolicy::Official);
     s.num_classes = Some(5);
-    let err = Dataset::open(&s, cache.path(), 32, &|_| {})
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("2 classes") && err.contains("expects 5"),
-        "{err}"
-    );
+    let err = Dataset::open(&s, cache.path(), 32, &|_| {}).unwrap_err().to_string();
+    assert!(err.contains("2 classes") && err.contains("expects 5"), "{err}");
 }

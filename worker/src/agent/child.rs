@@ -20,7 +20,7 @@ use tsweep_proto::v1::TaskResult;
 
 use super::leases::{LeaseKey, LeaseTable, StopCommand};
 use super::metrics::{MetricPoint, MetricsSink};
-use crate::child_protocol::{exit_code, ChildEvent, ChildFailure, CheckpointRef, ExecutorKind, TaskInput};
+use crate::child_protocol::{exit_code, CheckpointRef, ChildEvent, ChildFailure, ExecutorKind, TaskInput};
 use crate::logging::LogFormat;
 
 /// How to start children.
@@ -39,7 +39,10 @@ pub struct GpuAssignment(pub Option<String>);
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {
     Completed(Box<TaskResult>),
-    Failed { class: ChildFailure, message: String },
+    Failed {
+        class: ChildFailure,
+        message: String,
+    },
     /// Stopped by a LEASE_LOST order: report nothing.
     LeaseLost,
     /// Stopped by a CANCELLED order: report nothing.
@@ -73,8 +76,12 @@ pub fn classify_exit(status: Option<ExitStatus>) -> (ChildFailure, String) {
         return (ChildFailure::Retryable, "child process: cannot wait for it".to_string());
     };
     match (status.code(), status.signal()) {
-        (Some(exit_code::FATAL), _) => (ChildFailure::Fatal, "child exited with the fatal code and no message".to_string()),
-        (Some(exit_code::PREEMPTED), _) => (ChildFailure::Preempted, "child exited as preempted without a message".to_string()),
+        (Some(exit_code::FATAL), _) => {
+            (ChildFailure::Fatal, "child exited with the fatal code and no message".to_string())
+        }
+        (Some(exit_code::PREEMPTED), _) => {
+            (ChildFailure::Preempted, "child exited as preempted without a message".to_string())
+        }
         (Some(exit_code::OUT_OF_MEMORY), _) => {
             (ChildFailure::OutOfMemory, "child exited as out of accelerator memory without a message".to_string())
         }
@@ -164,7 +171,10 @@ impl ChildLauncher {
         let Some(stdout) = child.stdout.take() else {
             signal_group(pid, Signal::SIGKILL);
             let _ = child.wait().await;
-            return AttemptOutcome::Failed { class: ChildFailure::Retryable, message: "child has no stdout".to_string() };
+            return AttemptOutcome::Failed {
+                class: ChildFailure::Retryable,
+                message: "child has no stdout".to_string(),
+            };
         };
         let mut lines = BufReader::new(stdout).lines();
 

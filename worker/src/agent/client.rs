@@ -11,15 +11,14 @@ use tonic::{Code, Status};
 use tracing::{info, warn};
 use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use tsweep_proto::v1::{
-    AcquireTaskRequest, AcquireTaskResponse, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest,
-    HeartbeatResponse, HeldLease, LeaseRef, RegisterWorkerRequest, RegisterWorkerResponse, ReportOutcome,
-    ReportResponse,
+    AcquireTaskRequest, AcquireTaskResponse, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, HeartbeatResponse,
+    HeldLease, LeaseRef, RegisterWorkerRequest, RegisterWorkerResponse, ReportOutcome, ReportResponse,
 };
 use tsweep_proto::PROTOCOL_VERSION;
 
 use super::backoff::Backoff;
-use crate::token::{TokenInterceptor, TokenSource};
 use super::AgentError;
+use crate::token::{TokenInterceptor, TokenSource};
 
 type Inner = WorkerServiceClient<InterceptedService<Channel, TokenInterceptor>>;
 
@@ -82,10 +81,9 @@ impl CoordinatorClient {
                 Err(status)
             }
             Ok(result) => result.map(tonic::Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "coordinator did not answer within {:?}",
-                self.call_timeout
-            ))),
+            Err(_) => {
+                Err(Status::deadline_exceeded(format!("coordinator did not answer within {:?}", self.call_timeout)))
+            }
         }
     }
 
@@ -114,12 +112,17 @@ impl CoordinatorClient {
     }
 
     pub async fn heartbeat(&self, leases: Vec<HeldLease>) -> Result<HeartbeatResponse, Status> {
-        let request = HeartbeatRequest { protocol_version: PROTOCOL_VERSION, worker_id: self.worker_id.clone(), leases };
+        let request =
+            HeartbeatRequest { protocol_version: PROTOCOL_VERSION, worker_id: self.worker_id.clone(), leases };
         let mut client = self.inner.clone();
         self.with_timeout(client.heartbeat(request)).await
     }
 
-    pub async fn complete(&self, lease: LeaseRef, result: tsweep_proto::v1::TaskResult) -> Result<ReportResponse, Status> {
+    pub async fn complete(
+        &self,
+        lease: LeaseRef,
+        result: tsweep_proto::v1::TaskResult,
+    ) -> Result<ReportResponse, Status> {
         let request = CompleteTaskRequest {
             protocol_version: PROTOCOL_VERSION,
             worker_id: self.worker_id.clone(),
@@ -163,11 +166,7 @@ impl CoordinatorClient {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let (task_id, attempt) = match report {
             Report::Complete { lease, .. } => (lease.task_id.clone(), lease.attempt),
-            Report::Fail(request) => request
-                .lease
-                .as_ref()
-                .map(|l| (l.task_id.clone(), l.attempt))
-                .unwrap_or_default(),
+            Report::Fail(request) => request.lease.as_ref().map(|l| (l.task_id.clone(), l.attempt)).unwrap_or_default(),
         };
         loop {
             let answer = match report {

@@ -48,9 +48,8 @@ pub async fn run(
             }
             Err(status) if status.code() == Code::NotFound => {
                 warn!(error = %status.message(), "coordinator does not know this worker; registering again");
-                if let Err(status) = client
-                    .register(registration.hostname.clone(), registration.slots, registration.gpus)
-                    .await
+                if let Err(status) =
+                    client.register(registration.hostname.clone(), registration.slots, registration.gpus).await
                 {
                     warn!(code = ?status.code(), error = %status.message(), "re-registration failed");
                 }

@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tsweep_redis::RedisTlsFiles;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+use tsweep_redis::RedisTlsFiles;
 
 use super::backoff::Backoff;
 

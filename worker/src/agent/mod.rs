@@ -125,7 +125,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
           metrics_stream = %metrics::stream_key(&registered.metrics_stream_pattern, "<sweep>"), "registered");
 
     let leases = LeaseTable::default();
-    let (metrics_sink, forwarder) = metrics::channel(&config.redis_url, &config.redis_tls(), &registered.metrics_stream_pattern);
+    let (metrics_sink, forwarder) =
+        metrics::channel(&config.redis_url, &config.redis_tls(), &registered.metrics_stream_pattern);
     let forwarder = tokio::spawn(forwarder.run(Duration::from_secs(2)));
 
     let heartbeat_stop = CancellationToken::new();

@@ -72,9 +72,9 @@ impl Slot {
         match (&self.device, self.gpus.is_empty()) {
             (DeviceSetting::Cpu, _) => GpuAssignment(Some(String::new())),
             (DeviceSetting::Cuda(_), _) => GpuAssignment(None),
-            (DeviceSetting::Auto, false) => GpuAssignment(Some(
-                self.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
-            )),
+            (DeviceSetting::Auto, false) => {
+                GpuAssignment(Some(self.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")))
+            }
             (DeviceSetting::Auto, true) => GpuAssignment(Some(String::new())),
         }
     }
@@ -157,12 +157,7 @@ impl Slot {
             match CellSpec::from_json(&assignment.spec_json) {
                 Err(e) => AttemptOutcome::Failed {
                     class: ChildFailure::Fatal,
-                    message: format!(
-                        "task {}: spec_json line {} column {}: {e}",
-                        key.task_id,
-                        e.line(),
-                        e.column()
-                    ),
+                    message: format!("task {}: spec_json line {} column {}: {e}", key.task_id, e.line(), e.column()),
                 },
                 Ok(spec) => {
                     let input = TaskInput {

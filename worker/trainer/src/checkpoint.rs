@@ -75,7 +75,8 @@ fn remove_older(dir: &Path, step: u64) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        let Some(s) = name.strip_prefix(PREFIX).and_then(|r| r.strip_suffix(SUFFIX).or_else(|| r.strip_suffix(".pt"))) else {
+        let Some(s) = name.strip_prefix(PREFIX).and_then(|r| r.strip_suffix(SUFFIX).or_else(|| r.strip_suffix(".pt")))
+        else {
             continue;
         };
         if s.parse::<u64>().is_ok_and(|s| s < step) {

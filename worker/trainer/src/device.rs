@@ -31,9 +31,7 @@ pub fn resolve(device: &str) -> Result<Device, TrainerError> {
         }
         other => {
             let Some(index) = other.strip_prefix("cuda") else {
-                return Err(TrainerError::InvalidCell(format!(
-                    "device {other:?}: expected auto, cpu or cuda:N"
-                )));
+                return Err(TrainerError::InvalidCell(format!("device {other:?}: expected auto, cpu or cuda:N")));
             };
             let index: usize = match index.strip_prefix(':') {
                 None if index.is_empty() => 0,
@@ -41,9 +39,7 @@ pub fn resolve(device: &str) -> Result<Device, TrainerError> {
                     TrainerError::InvalidCell(format!("device {other:?}: expected auto, cpu or cuda:N"))
                 })?,
                 None => {
-                    return Err(TrainerError::InvalidCell(format!(
-                        "device {other:?}: expected auto, cpu or cuda:N"
-                    )))
+                    return Err(TrainerError::InvalidCell(format!("device {other:?}: expected auto, cpu or cuda:N")))
                 }
             };
             load_cuda_library();

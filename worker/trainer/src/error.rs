@@ -159,7 +159,8 @@ mod tests {
         let err = TrainerError::from_torch("a training step", "cpu", 8, "shape mismatch".to_string());
         assert!(matches!(err, TrainerError::Torch { .. }), "{err:?}");
         assert_eq!(err.class(), FailureClass::Retryable);
-        let cpu = TrainerError::from_torch("a training step", "cpu", 8, "DefaultCPUAllocator: not enough memory".into());
+        let cpu =
+            TrainerError::from_torch("a training step", "cpu", 8, "DefaultCPUAllocator: not enough memory".into());
         assert_eq!(cpu.class(), FailureClass::Retryable, "host memory is not the accelerator's");
     }
 }

@@ -16,7 +16,7 @@ use crate::eval;
 use crate::models::{Init, NetConfig, Network};
 use crate::sgd::{learning_rate, Sgd};
 use crate::tensors::{loss as loss_of, Normalizer};
-use crate::{checkpoint, cell_fingerprint, device, TrainJob, TrainerEvent};
+use crate::{cell_fingerprint, checkpoint, device, TrainJob, TrainerEvent};
 
 /// The BatchNorm momentum of a cell: the setting, else min(10 / steps_per_epoch, 0.1).
 pub fn bn_momentum(spec: &CellSpec, train_images: usize) -> f64 {
@@ -27,9 +27,11 @@ pub fn bn_momentum(spec: &CellSpec, train_images: usize) -> f64 {
 }
 
 fn hparam(spec: &CellSpec, key: &str) -> Result<f64, TrainerError> {
-    let v = spec.hparams.get(key).copied().ok_or_else(|| {
-        TrainerError::InvalidCell(format!("{} regime needs hparams.{key}", spec.regime.name()))
-    })?;
+    let v = spec
+        .hparams
+        .get(key)
+        .copied()
+        .ok_or_else(|| TrainerError::InvalidCell(format!("{} regime needs hparams.{key}", spec.regime.name())))?;
     if !v.is_finite() || v < 0.0 {
         return Err(TrainerError::InvalidCell(format!("hparams.{key} = {v} must be finite and >= 0")));
     }
@@ -153,10 +155,9 @@ pub fn run(
             events(TrainerEvent::Checkpoint { path: path.clone(), step });
             return Err(TrainerError::Preempted { step, checkpoint: Some(path) });
         }
-        let batch = loader
-            .next_batch()
-            .map_err(|e| TrainerError::data(ds.name(), e))?
-            .ok_or_else(|| TrainerError::data(ds.name(), tsweep_data::DataError::LoaderStopped("training loader ended".into())))?;
+        let batch = loader.next_batch().map_err(|e| TrainerError::data(ds.name(), e))?.ok_or_else(|| {
+            TrainerError::data(ds.name(), tsweep_data::DataError::LoaderStopped("training loader ended".into()))
+        })?;
         let rate = learning_rate(&spec.train.schedule, lr, step, total);
         let loss = guard_torch("a training step", &dev_name, batch_size, || {
             tch::manual_seed(step_seed(spec.seed, step));

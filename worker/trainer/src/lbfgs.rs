@@ -37,11 +37,8 @@ impl<'a> Problem<'a> {
         let size = x.size();
         let (n, d) = (size[0], size[1]);
         let multi_label = targets.kind() != Kind::Int64;
-        let y = if multi_label {
-            targets.f_to_kind(Kind::Float)?
-        } else {
-            targets.f_one_hot(k)?.f_to_kind(Kind::Float)?
-        };
+        let y =
+            if multi_label { targets.f_to_kind(Kind::Float)? } else { targets.f_one_hot(k)?.f_to_kind(Kind::Float)? };
         Ok(Problem { x, y, multi_label, n, d, k })
     }
 
@@ -169,11 +166,8 @@ fn fit_inner(problem: &Problem, theta: &mut Tensor, l2: f64, opts: LbfgsOptions)
             direction = g.f_neg()?;
             slope = dot(&g, &direction)?;
         }
-        let mut t = if s_hist.is_empty() {
-            (1.0 / g.f_abs()?.f_sum(Kind::Double)?.f_double_value(&[])?).min(1.0)
-        } else {
-            1.0
-        };
+        let mut t =
+            if s_hist.is_empty() { (1.0 / g.f_abs()?.f_sum(Kind::Double)?.f_double_value(&[])?).min(1.0) } else { 1.0 };
         let mut accepted = None;
         for _ in 0..30 {
             let candidate = theta.f_add(&direction.f_mul_scalar(t)?)?;

@@ -49,7 +49,8 @@ fn weights_identity(spec: &CellSpec) -> Result<String, TrainerError> {
     Ok(match &spec.model.weights {
         Some(path) => {
             if !path.is_file() {
-                let what = if spec.model.source == ModelSource::Torchscript { "torchscript module" } else { "weights file" };
+                let what =
+                    if spec.model.source == ModelSource::Torchscript { "torchscript module" } else { "weights file" };
                 return Err(TrainerError::MissingFile { what: what.into(), path: path.clone() });
             }
             weights::file_sha256(path)?
@@ -199,7 +200,8 @@ pub fn run(
             total_steps: total,
             loss: report.value,
             lr: l2,
-            images_per_s: train.x.size()[0] as f64 * f64::from(report.evaluations) / t0.elapsed().as_secs_f64().max(1e-9),
+            images_per_s: train.x.size()[0] as f64 * f64::from(report.evaluations)
+                / t0.elapsed().as_secs_f64().max(1e-9),
             val_score: Some(score),
         });
         // ties go to the stronger penalty (seen first)

@@ -6,11 +6,7 @@ pub fn top1(scores: &[f32], k: usize, labels: &[i64]) -> f64 {
     if labels.is_empty() || k == 0 {
         return 0.0;
     }
-    let hits = labels
-        .iter()
-        .enumerate()
-        .filter(|(i, &y)| argmax(&scores[i * k..(i + 1) * k]) as i64 == y)
-        .count();
+    let hits = labels.iter().enumerate().filter(|(i, &y)| argmax(&scores[i * k..(i + 1) * k]) as i64 == y).count();
     hits as f64 / labels.len() as f64
 }
 

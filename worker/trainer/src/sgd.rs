@@ -49,7 +49,8 @@ impl Sgd {
             segments.push((offset, n));
             offset += (n + ALIGN - 1) / ALIGN * ALIGN;
         }
-        let (kind, device) = named.first().map(|(_, p)| (p.kind(), p.device())).unwrap_or((Kind::Float, tch::Device::Cpu));
+        let (kind, device) =
+            named.first().map(|(_, p)| (p.kind(), p.device())).unwrap_or((Kind::Float, tch::Device::Cpu));
         let flat_params = Tensor::f_zeros([offset.max(1)], (kind, device))?;
         let flat_grads = Tensor::f_zeros([offset.max(1)], (kind, device))?;
         let flat_momentum = Tensor::f_zeros([offset.max(1)], (kind, device))?;

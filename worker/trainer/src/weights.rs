@@ -34,7 +34,8 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>, TrainerError> {
 /// `num_batches_tracked`, Inception's `AuxLogits`) are ignored.
 pub fn load_into(vs: &nn::VarStore, path: &Path, arch: &str, skip: &[String]) -> Result<usize, TrainerError> {
     let file = read(path)?;
-    let mismatch = |detail: String| TrainerError::WeightsMismatch { path: path.to_path_buf(), arch: arch.to_string(), detail };
+    let mismatch =
+        |detail: String| TrainerError::WeightsMismatch { path: path.to_path_buf(), arch: arch.to_string(), detail };
     let mut missing = Vec::new();
     let mut loaded = 0;
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();

@@ -25,11 +25,8 @@ fn saved_weights(dir: &std::path::Path) -> std::path::PathBuf {
         tsweep_trainer::models::NetConfig { bn_momentum: 0.1 },
     )
     .unwrap();
-    let named: Vec<(String, tch::Tensor)> = net
-        .state()
-        .into_iter()
-        .map(|(n, t)| (n.replace("tsweep_head", "fc"), t.contiguous()))
-        .collect();
+    let named: Vec<(String, tch::Tensor)> =
+        net.state().into_iter().map(|(n, t)| (n.replace("tsweep_head", "fc"), t.contiguous())).collect();
     let path = dir.join("resnet18.safetensors");
     tch::Tensor::write_safetensors(&named, &path).unwrap();
     path

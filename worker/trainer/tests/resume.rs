@@ -53,7 +53,9 @@ fn resumed_runs_match_an_uninterrupted_run() {
         resumed.resume = Some(ResumeFrom { path, step: from });
         let (r, events) = run(&resumed);
         let r = r.unwrap();
-        assert!(matches!(events.first(), Some(TrainerEvent::Started { resumed_from_step }) if *resumed_from_step == from));
+        assert!(
+            matches!(events.first(), Some(TrainerEvent::Started { resumed_from_step }) if *resumed_from_step == from)
+        );
         assert_eq!(r.resumed_from_step, from);
         assert_eq!(r.steps, whole.steps, "{name}");
         let (a, b) = (r.train_loss.unwrap(), whole.train_loss.unwrap());
@@ -65,7 +67,10 @@ fn resumed_runs_match_an_uninterrupted_run() {
     let mut other = spec.clone();
     other.seed += 1;
     let mut wrong = job(other, dir.path(), "wrong");
-    wrong.resume = Some(ResumeFrom { path: dir.path().join("ckpt/interrupted").join(tsweep_trainer::checkpoint::file_name(12)), step: 12 });
+    wrong.resume = Some(ResumeFrom {
+        path: dir.path().join("ckpt/interrupted").join(tsweep_trainer::checkpoint::file_name(12)),
+        step: 12,
+    });
     let err = run(&wrong).0.unwrap_err();
     assert!(matches!(err, TrainerError::BadCheckpoint { .. }), "{err}");
 }

@@ -56,7 +56,10 @@ fn variable_names_and_shapes_are_torchvision_state_dict_keys() {
         let theirs = &expected[arch];
         let only_ours: Vec<&String> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
         let only_theirs: Vec<&String> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
-        assert!(only_ours.is_empty() && only_theirs.is_empty(), "{arch}: only ours {only_ours:?}, only torchvision's {only_theirs:?}");
+        assert!(
+            only_ours.is_empty() && only_theirs.is_empty(),
+            "{arch}: only ours {only_ours:?}, only torchvision's {only_theirs:?}"
+        );
         for (name, shape) in theirs {
             assert_eq!(&ours[name], shape, "{arch}: {name}");
         }

@@ -18,10 +18,8 @@ fn tool() -> PathBuf {
 }
 
 fn python_has_torchvision() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import torch, torchvision"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok =
+        Command::new("python3").args(["-c", "import torch, torchvision"]).output().is_ok_and(|o| o.status.success());
     if !ok {
         eprintln!("SKIPPED: python3 with torch and torchvision is not on PATH (source scripts/env.sh)");
     }
@@ -75,8 +73,9 @@ fn converted_torchvision_weights_give_torchvision_features() {
         let (weights, reference_file) = convert(dir.path(), arch, size, &[]);
         let mut spec = cell(Regime::Finetune, dir.path(), arch, Some(weights.clone()));
         spec.model.image_size = size;
-        let net = Network::build(&spec.model, &Init::Pretrained(weights), 10, Device::Cpu, NetConfig { bn_momentum: 0.1 })
-            .unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let net =
+            Network::build(&spec.model, &Init::Pretrained(weights), 10, Device::Cpu, NetConfig { bn_momentum: 0.1 })
+                .unwrap_or_else(|e| panic!("{arch}: {e}"));
         let (x, expected) = reference(&reference_file);
         let got = tch::no_grad(|| net.features(&x, false)).unwrap();
         assert_eq!(got.size(), expected.size(), "{arch}");
@@ -114,8 +113,9 @@ fn torchscript_backbone_extracts_and_trains() {
 
     let mut spec = cell(Regime::Finetune, &data, "resnet18", Some(module.clone()));
     spec.model.source = ModelSource::Torchscript;
-    let net = Network::build(&spec.model, &Init::Pretrained(module.clone()), 4, Device::Cpu, NetConfig { bn_momentum: 0.1 })
-        .unwrap();
+    let net =
+        Network::build(&spec.model, &Init::Pretrained(module.clone()), 4, Device::Cpu, NetConfig { bn_momentum: 0.1 })
+            .unwrap();
     assert_eq!(net.feature_dim, 512);
     let (x, expected) = reference(&reference_file);
     let got = tch::no_grad(|| net.features(&x, false)).unwrap();
@@ -128,7 +128,10 @@ fn torchscript_backbone_extracts_and_trains() {
     let r = r.unwrap();
     assert!(r.test_score.unwrap() > 0.4, "{r:?}");
     assert!(events.iter().any(|e| matches!(e, tsweep_trainer::TrainerEvent::Checkpoint { step: 20, .. })));
-    assert!(dir.path().join("ckpt/ts-finetune/ckpt-0000000020.pt").is_file(), "the module is saved beside the checkpoint");
+    assert!(
+        dir.path().join("ckpt/ts-finetune/ckpt-0000000020.pt").is_file(),
+        "the module is saved beside the checkpoint"
+    );
 
     spec.regime = Regime::Linear;
     spec.hparams.clear();

@@ -57,13 +57,7 @@ pub fn grid(
 
 /// A linear-regime task with its chosen l2.
 pub fn linear(model: &str, dataset: &str, test: f64) -> CellRow {
-    let mut c = cell(
-        &format!("lin-{model}-{dataset}"),
-        model,
-        dataset,
-        Regime::Linear,
-        Stage::Grid,
-    );
+    let mut c = cell(&format!("lin-{model}-{dataset}"), model, dataset, Regime::Linear, Stage::Grid);
     c.val_score = Some(test);
     c.test_score = Some(test);
     c.selected.insert("l2".to_string(), 1e-3);
@@ -85,31 +79,15 @@ pub fn linear_input(
     ReportInput {
         sweep: "s".to_string(),
         cells,
-        models: models
-            .iter()
-            .map(|(m, t)| ModelInfo {
-                name: m.to_string(),
-                imagenet_top1: *t,
-            })
-            .collect(),
-        datasets: datasets
-            .iter()
-            .map(|d| DatasetInfo {
-                name: d.to_string(),
-                metric: "top1".to_string(),
-            })
-            .collect(),
-        settings: AnalysisSettings {
-            bootstrap_resamples: 2000,
-            ..AnalysisSettings::default()
-        },
+        models: models.iter().map(|(m, t)| ModelInfo { name: m.to_string(), imagenet_top1: *t }).collect(),
+        datasets: datasets.iter().map(|d| DatasetInfo { name: d.to_string(), metric: "top1".to_string() }).collect(),
+        settings: AnalysisSettings { bootstrap_resamples: 2000, ..AnalysisSettings::default() },
     }
 }
 
 /// Sixteen ImageNet top-1 values (percent), spread like the paper's networks.
-pub const TOP1: [f64; 16] = [
-    70.6, 71.8, 73.2, 74.0, 74.4, 74.7, 74.8, 75.6, 76.1, 76.9, 77.4, 78.0, 78.3, 80.2, 80.4, 82.7,
-];
+pub const TOP1: [f64; 16] =
+    [70.6, 71.8, 73.2, 74.0, 74.4, 74.7, 74.8, 75.6, 76.1, 76.9, 77.4, 78.0, 78.3, 80.2, 80.4, 82.7];
 
 pub fn model_names() -> Vec<String> {
     (0..16).map(|i| format!("net{i:02}")).collect()

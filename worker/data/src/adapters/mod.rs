@@ -46,11 +46,7 @@ pub fn index(name: &str, source: &Path, seed: u64) -> Result<DatasetIndex> {
         "oxford_pets" => oxford_pets(source)?,
         "caltech101" => caltech101(source, seed)?,
         "flowers102" => flowers102(source)?,
-        other => {
-            return Err(DataError::Invalid(format!(
-                "no adapter for dataset {other}"
-            )))
-        }
+        other => return Err(DataError::Invalid(format!("no adapter for dataset {other}"))),
     };
     index.name = name.to_string();
     index.validate()?;
@@ -60,19 +56,12 @@ pub fn index(name: &str, source: &Path, seed: u64) -> Result<DatasetIndex> {
 /// The first of `source/candidate` that exists, else a "missing" error naming the first.
 fn locate(source: &Path, candidates: &[&str], what: &str) -> Result<PathBuf> {
     for c in candidates {
-        let p = if c.is_empty() {
-            source.to_path_buf()
-        } else {
-            source.join(c)
-        };
+        let p = if c.is_empty() { source.to_path_buf() } else { source.join(c) };
         if p.exists() {
             return Ok(p);
         }
     }
-    Err(DataError::missing(
-        what,
-        source.join(candidates.first().copied().unwrap_or("")),
-    ))
+    Err(DataError::missing(what, source.join(candidates.first().copied().unwrap_or(""))))
 }
 
 /// Non-empty trimmed lines of a text file (comment lines starting with `#` dropped).
@@ -86,37 +75,19 @@ fn lines(path: &Path, what: &str) -> Result<Vec<String>> {
 }
 
 fn file_record(root: &Path, rel: &str, label: Label, origin: Origin) -> Record {
-    Record {
-        source: ImageSource::File {
-            path: root.join(rel),
-        },
-        label,
-        origin,
-        key: rel.to_string(),
-    }
+    Record { source: ImageSource::File { path: root.join(rel) }, label, origin, key: rel.to_string() }
 }
 
 fn class_of(classes: &BTreeMap<String, u32>, name: &str, file: &Path, line: usize) -> Result<u32> {
-    classes
-        .get(name)
-        .copied()
-        .ok_or_else(|| DataError::format(file, format!("line {line}: unknown class {name}")))
+    classes.get(name).copied().ok_or_else(|| DataError::format(file, format!("line {line}: unknown class {name}")))
 }
 
 fn class_map(names: &[String]) -> BTreeMap<String, u32> {
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.clone(), i as u32))
-        .collect()
+    names.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect()
 }
 
 fn food101(source: &Path) -> Result<DatasetIndex> {
-    let meta = locate(
-        source,
-        &["meta/classes.txt", "food-101/meta/classes.txt"],
-        "food-101 meta/classes.txt",
-    )?;
+    let meta = locate(source, &["meta/classes.txt", "food-101/meta/classes.txt"], "food-101 meta/classes.txt")?;
     let meta_dir = meta.parent().unwrap_or(source).to_path_buf();
     let root = meta_dir.parent().unwrap_or(source).to_path_buf();
     let class_names = lines(&meta, "food-101 class list")?;
@@ -128,12 +99,7 @@ fn food101(source: &Path) -> Result<DatasetIndex> {
         for (i, line) in lines(&path, "food-101 split list")?.iter().enumerate() {
             let class = line.split('/').next().unwrap_or("");
             let c = class_of(&classes, class, &path, i + 1)?;
-            records.push(file_record(
-                &images,
-                &format!("{line}.jpg"),
-                Label::Single(c),
-                origin,
-            ));
+            records.push(file_record(&images, &format!("{line}.jpg"), Label::Single(c), origin));
         }
     }
     Ok(DatasetIndex::single_label(class_names, records))
@@ -142,10 +108,7 @@ fn food101(source: &Path) -> Result<DatasetIndex> {
 fn cifar_kind(source: &Path, want: cifar::CifarKind) -> Result<DatasetIndex> {
     let (dir, kind) = cifar::locate(source)?;
     if kind != want {
-        return Err(DataError::format(
-            &dir,
-            format!("holds {kind:?} batches, expected {want:?}"),
-        ));
+        return Err(DataError::format(&dir, format!("holds {kind:?} batches, expected {want:?}")));
     }
     let index = cifar::read_kind(&dir, kind)?;
     Ok(index)
@@ -161,74 +124,39 @@ fn tsv(path: &Path, what: &str) -> Result<Vec<BTreeMap<String, String>>> {
         .split('\t')
         .map(|h| h.trim().to_string())
         .collect();
-    Ok(rows
-        .map(|l| {
-            header
-                .iter()
-                .cloned()
-                .zip(l.split('\t').map(|v| v.trim().to_string()))
-                .collect()
-        })
-        .collect())
+    Ok(rows.map(|l| header.iter().cloned().zip(l.split('\t').map(|v| v.trim().to_string())).collect()).collect())
 }
 
 fn birdsnap(source: &Path) -> Result<DatasetIndex> {
-    let species_path = locate(
-        source,
-        &["species.txt", "birdsnap/species.txt"],
-        "birdsnap species.txt",
-    )?;
+    let species_path = locate(source, &["species.txt", "birdsnap/species.txt"], "birdsnap species.txt")?;
     let root = species_path.parent().unwrap_or(source).to_path_buf();
     let species = tsv(&species_path, "birdsnap species list")?;
     let mut class_names = Vec::new();
     let mut by_id = BTreeMap::new();
     let mut by_dir = BTreeMap::new();
     for (i, row) in species.iter().enumerate() {
-        let (Some(id), Some(common), Some(dir)) =
-            (row.get("id"), row.get("common"), row.get("dir"))
-        else {
-            return Err(DataError::format(
-                &species_path,
-                format!("row {}: needs id, common, dir columns", i + 2),
-            ));
+        let (Some(id), Some(common), Some(dir)) = (row.get("id"), row.get("common"), row.get("dir")) else {
+            return Err(DataError::format(&species_path, format!("row {}: needs id, common, dir columns", i + 2)));
         };
         by_id.insert(id.clone(), class_names.len() as u32);
         by_dir.insert(dir.clone(), class_names.len() as u32);
         class_names.push(common.clone());
     }
-    let images_root = locate(
-        &root,
-        &["download/images", "images"],
-        "birdsnap downloaded images (download/images)",
-    )?;
+    let images_root = locate(&root, &["download/images", "images"], "birdsnap downloaded images (download/images)")?;
     let test_path = root.join("test_images.txt");
-    let test: std::collections::BTreeSet<String> = tsv(&test_path, "birdsnap test_images.txt")?
-        .into_iter()
-        .filter_map(|r| r.get("path").cloned())
-        .collect();
+    let test: std::collections::BTreeSet<String> =
+        tsv(&test_path, "birdsnap test_images.txt")?.into_iter().filter_map(|r| r.get("path").cloned()).collect();
     let images_path = root.join("images.txt");
     let mut records = Vec::new();
     for (i, row) in tsv(&images_path, "birdsnap images.txt")?.iter().enumerate() {
         let Some(path) = row.get("path") else {
-            return Err(DataError::format(
-                &images_path,
-                format!("row {}: no path column", i + 2),
-            ));
+            return Err(DataError::format(&images_path, format!("row {}: no path column", i + 2)));
         };
         let c = match row.get("species_id").and_then(|id| by_id.get(id)) {
             Some(c) => *c,
-            None => class_of(
-                &by_dir,
-                path.split('/').next().unwrap_or(""),
-                &images_path,
-                i + 2,
-            )?,
+            None => class_of(&by_dir, path.split('/').next().unwrap_or(""), &images_path, i + 2)?,
         };
-        let origin = if test.contains(path) {
-            Origin::Test
-        } else {
-            Origin::Train
-        };
+        let origin = if test.contains(path) { Origin::Test } else { Origin::Train };
         // Birdsnap is distributed as URLs: images that failed to download are absent and
         // are listed as skipped in the manifest.
         records.push(file_record(&images_root, path, Label::Single(c), origin));
@@ -239,115 +167,70 @@ fn birdsnap(source: &Path) -> Result<DatasetIndex> {
 fn sun397(source: &Path) -> Result<DatasetIndex> {
     let parts = locate(
         source,
-        &[
-            "Partitions/ClassName.txt",
-            "ClassName.txt",
-            "SUN397/Partitions/ClassName.txt",
-        ],
+        &["Partitions/ClassName.txt", "ClassName.txt", "SUN397/Partitions/ClassName.txt"],
         "sun397 Partitions/ClassName.txt",
     )?;
     let parts_dir = parts.parent().unwrap_or(source).to_path_buf();
-    let images = if source.join("SUN397").is_dir() {
-        source.join("SUN397")
-    } else {
-        source.to_path_buf()
-    };
+    let images = if source.join("SUN397").is_dir() { source.join("SUN397") } else { source.to_path_buf() };
     let raw_classes = lines(&parts, "sun397 class list")?;
     let classes = class_map(&raw_classes);
     let class_names: Vec<String> = raw_classes
         .iter()
-        .map(|c| {
-            c.trim_start_matches('/')
-                .split_once('/')
-                .map(|x| x.1)
-                .unwrap_or(c)
-                .to_string()
-        })
+        .map(|c| c.trim_start_matches('/').split_once('/').map(|x| x.1).unwrap_or(c).to_string())
         .collect();
     let mut records = Vec::new();
-    for (file, origin) in [
-        ("Training_01.txt", Origin::Train),
-        ("Testing_01.txt", Origin::Test),
-    ] {
+    for (file, origin) in [("Training_01.txt", Origin::Train), ("Testing_01.txt", Origin::Test)] {
         let path = parts_dir.join(file);
         for (i, line) in lines(&path, "sun397 split list")?.iter().enumerate() {
             let class = line.rsplit_once('/').map(|(c, _)| c).unwrap_or("");
             let c = class_of(&classes, class, &path, i + 1)?;
-            records.push(file_record(
-                &images,
-                line.trim_start_matches('/'),
-                Label::Single(c),
-                origin,
-            ));
+            records.push(file_record(&images, line.trim_start_matches('/'), Label::Single(c), origin));
         }
     }
     Ok(DatasetIndex::single_label(class_names, records))
 }
 
-fn mat_var<'a>(
-    vars: &'a BTreeMap<String, mat::MatValue>,
-    name: &str,
-    path: &Path,
-) -> Result<&'a mat::MatValue> {
-    vars.get(name)
-        .ok_or_else(|| DataError::format(path, format!("no variable {name}")))
+fn mat_var<'a>(vars: &'a BTreeMap<String, mat::MatValue>, name: &str, path: &Path) -> Result<&'a mat::MatValue> {
+    vars.get(name).ok_or_else(|| DataError::format(path, format!("no variable {name}")))
 }
 
 fn mat_field_text(v: &mat::MatValue, i: usize, field: &str, path: &Path) -> Result<String> {
-    v.field(i, field).and_then(|f| f.text()).ok_or_else(|| {
-        DataError::format(
-            path,
-            format!("element {}: field {field} is not text", i + 1),
-        )
-    })
+    v.field(i, field)
+        .and_then(|f| f.text())
+        .ok_or_else(|| DataError::format(path, format!("element {}: field {field} is not text", i + 1)))
 }
 
 fn mat_field_number(v: &mat::MatValue, i: usize, field: &str, path: &Path) -> Result<f64> {
     v.field(i, field)
         .and_then(|f| f.numbers())
         .and_then(|n| n.first().copied())
-        .ok_or_else(|| {
-            DataError::format(
-                path,
-                format!("element {}: field {field} is not a number", i + 1),
-            )
-        })
+        .ok_or_else(|| DataError::format(path, format!("element {}: field {field} is not a number", i + 1)))
 }
 
 fn mat_names(v: &mat::MatValue, path: &Path) -> Result<Vec<String>> {
     v.cells()
         .ok_or_else(|| DataError::format(path, "class_names is not a cell array"))?
         .iter()
-        .map(|c| {
-            c.text()
-                .ok_or_else(|| DataError::format(path, "class name is not text"))
-        })
+        .map(|c| c.text().ok_or_else(|| DataError::format(path, "class name is not text")))
         .collect()
 }
 
 fn stanford_cars(source: &Path) -> Result<DatasetIndex> {
-    let all_in_one = ["cars_annos.mat", "stanford_cars/cars_annos.mat"]
-        .iter()
-        .map(|c| source.join(c))
-        .find(|p| p.is_file());
+    let all_in_one =
+        ["cars_annos.mat", "stanford_cars/cars_annos.mat"].iter().map(|c| source.join(c)).find(|p| p.is_file());
     if let Some(path) = all_in_one {
         let root = path.parent().unwrap_or(source).to_path_buf();
         let vars = mat::read_file(&path)?;
         let class_names = mat_names(mat_var(&vars, "class_names", &path)?, &path)?;
         let ann = mat_var(&vars, "annotations", &path)?;
-        let n = ann
-            .struct_len()
-            .ok_or_else(|| DataError::format(&path, "annotations is not a struct array"))?;
+        let n = ann.struct_len().ok_or_else(|| DataError::format(&path, "annotations is not a struct array"))?;
         let mut records = Vec::with_capacity(n);
         for i in 0..n {
             let rel = mat_field_text(ann, i, "relative_im_path", &path)?;
             let class = mat_field_number(ann, i, "class", &path)? as u32;
             let test = mat_field_number(ann, i, "test", &path)? != 0.0;
             if class == 0 {
-                return Err(DataError::format(
-                    &path,
-                    format!("element {}: class 0 (classes are 1-based)", i + 1),
-                ));
+                return Err(DataError::format(&path, format!("element {}: class 0 (classes are 1-based)", i + 1)));
             }
             let origin = if test { Origin::Test } else { Origin::Train };
             records.push(file_record(&root, &rel, Label::Single(class - 1), origin));
@@ -367,37 +250,21 @@ fn stanford_cars(source: &Path) -> Result<DatasetIndex> {
     let train_annos = devkit.join("cars_train_annos.mat");
     let test_annos = locate(
         &root,
-        &[
-            "cars_test_annos_withlabels.mat",
-            "devkit/cars_test_annos_withlabels.mat",
-        ],
+        &["cars_test_annos_withlabels.mat", "devkit/cars_test_annos_withlabels.mat"],
         "stanford cars cars_test_annos_withlabels.mat",
     )?;
     let mut records = Vec::new();
-    for (path, dir, origin) in [
-        (train_annos, "cars_train", Origin::Train),
-        (test_annos, "cars_test", Origin::Test),
-    ] {
+    for (path, dir, origin) in [(train_annos, "cars_train", Origin::Train), (test_annos, "cars_test", Origin::Test)] {
         let vars = mat::read_file(&path)?;
         let ann = mat_var(&vars, "annotations", &path)?;
-        let n = ann
-            .struct_len()
-            .ok_or_else(|| DataError::format(&path, "annotations is not a struct array"))?;
+        let n = ann.struct_len().ok_or_else(|| DataError::format(&path, "annotations is not a struct array"))?;
         for i in 0..n {
             let fname = mat_field_text(ann, i, "fname", &path)?;
             let class = mat_field_number(ann, i, "class", &path)? as u32;
             if class == 0 {
-                return Err(DataError::format(
-                    &path,
-                    format!("element {}: class 0 (classes are 1-based)", i + 1),
-                ));
+                return Err(DataError::format(&path, format!("element {}: class 0 (classes are 1-based)", i + 1)));
             }
-            records.push(file_record(
-                &root,
-                &format!("{dir}/{fname}"),
-                Label::Single(class - 1),
-                origin,
-            ));
+            records.push(file_record(&root, &format!("{dir}/{fname}"), Label::Single(class - 1), origin));
         }
     }
     Ok(DatasetIndex::single_label(class_names, records))
@@ -406,11 +273,7 @@ fn stanford_cars(source: &Path) -> Result<DatasetIndex> {
 fn fgvc_aircraft(source: &Path) -> Result<DatasetIndex> {
     let variants = locate(
         source,
-        &[
-            "fgvc-aircraft-2013b/data/variants.txt",
-            "data/variants.txt",
-            "variants.txt",
-        ],
+        &["fgvc-aircraft-2013b/data/variants.txt", "data/variants.txt", "variants.txt"],
         "fgvc aircraft data/variants.txt",
     )?;
     let data = variants.parent().unwrap_or(source).to_path_buf();
@@ -426,18 +289,10 @@ fn fgvc_aircraft(source: &Path) -> Result<DatasetIndex> {
         let path = data.join(file);
         for (i, line) in lines(&path, "fgvc aircraft split list")?.iter().enumerate() {
             let Some((id, variant)) = line.split_once(' ') else {
-                return Err(DataError::format(
-                    &path,
-                    format!("line {}: expected `id variant`", i + 1),
-                ));
+                return Err(DataError::format(&path, format!("line {}: expected `id variant`", i + 1)));
             };
             let c = class_of(&classes, variant.trim(), &path, i + 1)?;
-            records.push(file_record(
-                &images,
-                &format!("{id}.jpg"),
-                Label::Single(c),
-                origin,
-            ));
+            records.push(file_record(&images, &format!("{id}.jpg"), Label::Single(c), origin));
         }
     }
     Ok(DatasetIndex::single_label(class_names, records))
@@ -474,9 +329,7 @@ pub fn voc_labels(xml: &str, path: &Path) -> Result<Vec<u32>> {
     let mut rest = xml;
     while let Some(start) = rest.find("<object>") {
         let after = &rest[start + 8..];
-        let end = after
-            .find("</object>")
-            .ok_or_else(|| DataError::format(path, "unclosed <object>"))?;
+        let end = after.find("</object>").ok_or_else(|| DataError::format(path, "unclosed <object>"))?;
         let mut object = after[..end].to_string();
         // Person layout parts carry their own <name>: drop them.
         while let (Some(a), Some(b)) = (object.find("<part>"), object.find("</part>")) {
@@ -485,11 +338,8 @@ pub fn voc_labels(xml: &str, path: &Path) -> Result<Vec<u32>> {
             }
             object.replace_range(a..b + 7, "");
         }
-        let name =
-            tag(&object, "name").ok_or_else(|| DataError::format(path, "object without <name>"))?;
-        let difficult = tag(&object, "difficult")
-            .map(|d| d.trim() == "1")
-            .unwrap_or(false);
+        let name = tag(&object, "name").ok_or_else(|| DataError::format(path, "object without <name>"))?;
+        let difficult = tag(&object, "difficult").map(|d| d.trim() == "1").unwrap_or(false);
         let c = VOC_CLASSES
             .iter()
             .position(|&v| v == name.trim())
@@ -515,44 +365,22 @@ fn tag<'a>(text: &'a str, name: &str) -> Option<&'a str> {
 fn voc2007(source: &Path) -> Result<DatasetIndex> {
     let main = locate(
         source,
-        &[
-            "VOCdevkit/VOC2007/ImageSets/Main",
-            "VOC2007/ImageSets/Main",
-            "ImageSets/Main",
-        ],
+        &["VOCdevkit/VOC2007/ImageSets/Main", "VOC2007/ImageSets/Main", "ImageSets/Main"],
         "voc2007 ImageSets/Main",
     )?;
-    let root = main
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(source)
-        .to_path_buf();
+    let root = main.parent().and_then(Path::parent).unwrap_or(source).to_path_buf();
     let class_names: Vec<String> = VOC_CLASSES.iter().map(|s| s.to_string()).collect();
     let mut records = Vec::new();
-    for (file, origin) in [
-        ("train.txt", Origin::Train),
-        ("val.txt", Origin::Val),
-        ("test.txt", Origin::Test),
-    ] {
+    for (file, origin) in [("train.txt", Origin::Train), ("val.txt", Origin::Val), ("test.txt", Origin::Test)] {
         let list = main.join(file);
         for id in lines(&list, "voc2007 split list")? {
             let xml_path = root.join("Annotations").join(format!("{id}.xml"));
             let xml = read_text(&xml_path, "voc2007 annotation")?;
             let labels = voc_labels(&xml, &xml_path)?;
-            records.push(file_record(
-                &root,
-                &format!("JPEGImages/{id}.jpg"),
-                Label::Multi(labels),
-                origin,
-            ));
+            records.push(file_record(&root, &format!("JPEGImages/{id}.jpg"), Label::Multi(labels), origin));
         }
     }
-    Ok(DatasetIndex {
-        name: String::new(),
-        class_names,
-        multi_label: true,
-        records,
-    })
+    Ok(DatasetIndex { name: String::new(), class_names, multi_label: true, records })
 }
 
 fn dtd(source: &Path) -> Result<DatasetIndex> {
@@ -565,11 +393,7 @@ fn dtd(source: &Path) -> Result<DatasetIndex> {
         .collect();
     let classes = class_map(&class_names);
     let mut records = Vec::new();
-    for (file, origin) in [
-        ("train1.txt", Origin::Train),
-        ("val1.txt", Origin::Val),
-        ("test1.txt", Origin::Test),
-    ] {
+    for (file, origin) in [("train1.txt", Origin::Train), ("val1.txt", Origin::Val), ("test1.txt", Origin::Test)] {
         let path = labels.join(file);
         for (i, line) in lines(&path, "dtd split list")?.iter().enumerate() {
             let c = class_of(&classes, line.split('/').next().unwrap_or(""), &path, i + 1)?;
@@ -582,10 +406,7 @@ fn dtd(source: &Path) -> Result<DatasetIndex> {
 fn oxford_pets(source: &Path) -> Result<DatasetIndex> {
     let ann = locate(
         source,
-        &[
-            "annotations/trainval.txt",
-            "oxford-iiit-pet/annotations/trainval.txt",
-        ],
+        &["annotations/trainval.txt", "oxford-iiit-pet/annotations/trainval.txt"],
         "oxford pets annotations/trainval.txt",
     )?;
     let ann_dir = ann.parent().unwrap_or(source).to_path_buf();
@@ -597,20 +418,14 @@ fn oxford_pets(source: &Path) -> Result<DatasetIndex> {
         let path = ann_dir.join(file);
         for (i, line) in lines(&path, "oxford pets split list")?.iter().enumerate() {
             let mut fields = line.split_whitespace();
-            let (Some(image), Some(id)) = (
-                fields.next(),
-                fields.next().and_then(|v| v.parse::<u32>().ok()),
-            ) else {
+            let (Some(image), Some(id)) = (fields.next(), fields.next().and_then(|v| v.parse::<u32>().ok())) else {
                 return Err(DataError::format(
                     &path,
                     format!("line {}: expected `image class_id species breed_id`", i + 1),
                 ));
             };
             if id == 0 {
-                return Err(DataError::format(
-                    &path,
-                    format!("line {}: class id 0 (ids are 1-based)", i + 1),
-                ));
+                return Err(DataError::format(&path, format!("line {}: class id 0 (ids are 1-based)", i + 1)));
             }
             let breed = image.rsplit_once('_').map(|(b, _)| b).unwrap_or(image);
             names.entry(id - 1).or_insert_with(|| breed.to_string());
@@ -618,19 +433,11 @@ fn oxford_pets(source: &Path) -> Result<DatasetIndex> {
         }
     }
     let count = names.keys().max().map(|m| m + 1).unwrap_or(0);
-    let class_names: Vec<String> = (0..count)
-        .map(|c| {
-            names
-                .get(&c)
-                .cloned()
-                .unwrap_or_else(|| format!("class_{c}"))
-        })
-        .collect();
+    let class_names: Vec<String> =
+        (0..count).map(|c| names.get(&c).cloned().unwrap_or_else(|| format!("class_{c}"))).collect();
     let records = rows
         .into_iter()
-        .map(|(image, c, origin)| {
-            file_record(&images, &format!("{image}.jpg"), Label::Single(c), origin)
-        })
+        .map(|(image, c, origin)| file_record(&images, &format!("{image}.jpg"), Label::Single(c), origin))
         .collect();
     Ok(DatasetIndex::single_label(class_names, records))
 }
@@ -641,18 +448,12 @@ pub const CALTECH_TRAIN_PER_CLASS: usize = 30;
 fn caltech101(source: &Path, seed: u64) -> Result<DatasetIndex> {
     let root = locate(
         source,
-        &[
-            "101_ObjectCategories",
-            "caltech101/101_ObjectCategories",
-            "caltech-101/101_ObjectCategories",
-        ],
+        &["101_ObjectCategories", "caltech101/101_ObjectCategories", "caltech-101/101_ObjectCategories"],
         "caltech-101 101_ObjectCategories",
     )?;
     let class_dirs = sorted_entries(&root, true)?;
-    let class_names: Vec<String> = class_dirs
-        .iter()
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
+    let class_names: Vec<String> =
+        class_dirs.iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
     let mut records = Vec::new();
     for (c, (dir, name)) in class_dirs.iter().zip(&class_names).enumerate() {
         let mut files: Vec<String> = sorted_entries(dir, false)?
@@ -660,8 +461,7 @@ fn caltech101(source: &Path, seed: u64) -> Result<DatasetIndex> {
             .filter(|p| is_image_file(p))
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect();
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         files.shuffle(&mut rng);
         let k = CALTECH_TRAIN_PER_CLASS.min(files.len());
         let (train, test) = files.split_at(k);
@@ -671,12 +471,7 @@ fn caltech101(source: &Path, seed: u64) -> Result<DatasetIndex> {
         test.sort();
         for (set, origin) in [(train, Origin::Train), (test, Origin::Test)] {
             for f in set {
-                records.push(file_record(
-                    &root,
-                    &format!("{name}/{f}"),
-                    Label::Single(c as u32),
-                    origin,
-                ));
+                records.push(file_record(&root, &format!("{name}/{f}"), Label::Single(c as u32), origin));
             }
         }
     }
@@ -686,11 +481,7 @@ fn caltech101(source: &Path, seed: u64) -> Result<DatasetIndex> {
 fn flowers102(source: &Path) -> Result<DatasetIndex> {
     let labels_path = locate(
         source,
-        &[
-            "imagelabels.mat",
-            "flowers102/imagelabels.mat",
-            "102flowers/imagelabels.mat",
-        ],
+        &["imagelabels.mat", "flowers102/imagelabels.mat", "102flowers/imagelabels.mat"],
         "flowers imagelabels.mat",
     )?;
     let root = labels_path.parent().unwrap_or(source).to_path_buf();
@@ -702,15 +493,9 @@ fn flowers102(source: &Path) -> Result<DatasetIndex> {
         .to_vec();
     let setid = mat::read_file(&setid_path)?;
     let num_classes = labels.iter().fold(0.0f64, |a, &b| a.max(b)) as usize;
-    let class_names: Vec<String> = (1..=num_classes)
-        .map(|c| format!("flower_{c:03}"))
-        .collect();
+    let class_names: Vec<String> = (1..=num_classes).map(|c| format!("flower_{c:03}")).collect();
     let mut records = Vec::new();
-    for (var, origin) in [
-        ("trnid", Origin::Train),
-        ("valid", Origin::Val),
-        ("tstid", Origin::Test),
-    ] {
+    for (var, origin) in [("trnid", Origin::Train), ("valid", Origin::Val), ("tstid", Origin::Test)] {
         let ids = mat_var(&setid, var, &setid_path)?
             .numbers()
             .ok_or_else(|| DataError::format(&setid_path, format!("{var} is not numeric")))?;
@@ -719,17 +504,11 @@ fn flowers102(source: &Path) -> Result<DatasetIndex> {
             let label = labels.get(id.wrapping_sub(1)).copied().ok_or_else(|| {
                 DataError::format(
                     &setid_path,
-                    format!(
-                        "{var}: image id {id} has no label in {}",
-                        labels_path.display()
-                    ),
+                    format!("{var}: image id {id} has no label in {}", labels_path.display()),
                 )
             })?;
             if label < 1.0 {
-                return Err(DataError::format(
-                    &labels_path,
-                    format!("image {id}: label {label} (labels are 1-based)"),
-                ));
+                return Err(DataError::format(&labels_path, format!("image {id}: label {label} (labels are 1-based)")));
             }
             records.push(file_record(
                 &root,

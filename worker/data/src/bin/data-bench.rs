@@ -24,16 +24,8 @@ struct Args {
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        images: 512,
-        width: 500,
-        height: 375,
-        short_side: 256,
-        batch: 256,
-        size: 224,
-        batches: 20,
-        threads: 0,
-    };
+    let mut a =
+        Args { images: 512, width: 500, height: 375, short_side: 256, batch: 256, size: 224, batches: 20, threads: 0 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -71,8 +63,7 @@ fn write_jpegs(root: &Path, a: &Args) -> Result<u64, String> {
             ])
         });
         let path = dir.join(format!("{i:06}.jpg"));
-        let mut file =
-            std::io::BufWriter::new(std::fs::File::create(&path).map_err(|e| e.to_string())?);
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).map_err(|e| e.to_string())?);
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut file, 90)
             .encode_image(&img)
             .map_err(|e| e.to_string())?;
@@ -84,9 +75,7 @@ fn write_jpegs(root: &Path, a: &Args) -> Result<u64, String> {
 
 fn main() -> Result<(), String> {
     let a = parse()?;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let threads = if a.threads == 0 { cores } else { a.threads };
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let raw = tmp.path().join("raw");
@@ -105,10 +94,7 @@ fn main() -> Result<(), String> {
         let out = tmp.path().join(format!("prepared-{t}"));
         let mut opts = BuildOptions::new(a.short_side);
         opts.threads = t;
-        opts.val_policy = ValPolicy::HeldOut {
-            fraction: 0.0,
-            seed: 0,
-        };
+        opts.val_policy = ValPolicy::HeldOut { fraction: 0.0, seed: 0 };
         let start = Instant::now();
         shards::build(&index, &out, &opts, &|_| {}).map_err(|e| e.to_string())?;
         let secs = start.elapsed().as_secs_f64();
@@ -123,27 +109,13 @@ fn main() -> Result<(), String> {
         }
     }
     let prepared = tmp.path().join(format!("prepared-{threads}"));
-    let ds = Dataset::from_dir(
-        &prepared,
-        ValPolicy::HeldOut {
-            fraction: 0.0,
-            seed: 0,
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    let ds = Dataset::from_dir(&prepared, ValPolicy::HeldOut { fraction: 0.0, seed: 0 }).map_err(|e| e.to_string())?;
     for (label, mode) in [
-        (
-            "train (random resized crop + flip)",
-            Mode::Train { start_step: 0 },
-        ),
+        ("train (random resized crop + flip)", Mode::Train { start_step: 0 }),
         ("eval (resize + center crop)", Mode::Eval),
     ] {
         for t in [1, threads] {
-            let split = if matches!(mode, Mode::Eval) {
-                Split::TrainVal
-            } else {
-                Split::Train
-            };
+            let split = if matches!(mode, Mode::Eval) { Split::TrainVal } else { Split::Train };
             let view = ds.split(split).map_err(|e| e.to_string())?;
             let mut cfg = LoaderConfig::for_image_size(a.batch, a.size, 0);
             cfg.threads = t;

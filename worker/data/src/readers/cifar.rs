@@ -55,11 +55,7 @@ impl CifarKind {
 
 /// Finds the batch directory under `root` (itself or the distribution's folder) and its kind.
 pub fn locate(root: &Path) -> Result<(PathBuf, CifarKind)> {
-    for dir in [
-        root.to_path_buf(),
-        root.join("cifar-10-batches-bin"),
-        root.join("cifar-100-binary"),
-    ] {
+    for dir in [root.to_path_buf(), root.join("cifar-10-batches-bin"), root.join("cifar-100-binary")] {
         if dir.join("data_batch_1.bin").is_file() || dir.join("test_batch.bin").is_file() {
             return Ok((dir, CifarKind::Cifar10));
         }
@@ -67,10 +63,7 @@ pub fn locate(root: &Path) -> Result<(PathBuf, CifarKind)> {
             return Ok((dir, CifarKind::Cifar100));
         }
     }
-    Err(DataError::missing(
-        "cifar batch files (data_batch_1.bin or train.bin)",
-        root,
-    ))
+    Err(DataError::missing("cifar batch files (data_batch_1.bin or train.bin)", root))
 }
 
 pub fn read(root: &Path) -> Result<DatasetIndex> {
@@ -83,43 +76,23 @@ pub fn read_kind(dir: &Path, kind: CifarKind) -> Result<DatasetIndex> {
     for name in kind.train_files() {
         read_batch(&dir.join(&name), kind, Origin::Train, &mut records)?;
     }
-    read_batch(
-        &dir.join(kind.test_file()),
-        kind,
-        Origin::Test,
-        &mut records,
-    )?;
+    read_batch(&dir.join(kind.test_file()), kind, Origin::Test, &mut records)?;
     let names_path = dir.join(kind.names_file());
     let class_names = match std::fs::read_to_string(&names_path) {
         Ok(text) => {
-            let names: Vec<String> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect();
+            let names: Vec<String> =
+                text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
             if names.len() != kind.num_classes() {
                 return Err(DataError::format(
                     &names_path,
-                    format!(
-                        "{} class names, expected {}",
-                        names.len(),
-                        kind.num_classes()
-                    ),
+                    format!("{} class names, expected {}", names.len(), kind.num_classes()),
                 ));
             }
             names
         }
-        Err(_) => (0..kind.num_classes())
-            .map(|c| format!("class_{c}"))
-            .collect(),
+        Err(_) => (0..kind.num_classes()).map(|c| format!("class_{c}")).collect(),
     };
-    Ok(DatasetIndex {
-        name: String::new(),
-        class_names,
-        multi_label: false,
-        records,
-    })
+    Ok(DatasetIndex { name: String::new(), class_names, multi_label: false, records })
 }
 
 fn read_batch(path: &Path, kind: CifarKind, origin: Origin, out: &mut Vec<Record>) -> Result<()> {
@@ -140,30 +113,19 @@ fn read_batch(path: &Path, kind: CifarKind, origin: Origin, out: &mut Vec<Record
     }
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut rec = vec![0u8; rs as usize];
-    let batch = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let batch = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     for i in 0..len / rs {
-        reader
-            .read_exact(&mut rec)
-            .map_err(|e| DataError::io(path, e))?;
+        reader.read_exact(&mut rec).map_err(|e| DataError::io(path, e))?;
         let label = match kind {
             CifarKind::Cifar10 => rec[0],
             CifarKind::Cifar100 => rec[1],
         };
         if label as usize >= kind.num_classes() {
-            return Err(DataError::format(
-                path,
-                format!("record {i}: label {label} out of range"),
-            ));
+            return Err(DataError::format(path, format!("record {i}: label {label} out of range")));
         }
         let label_bytes = rs - CIFAR_PIXELS as u64;
         out.push(Record {
-            source: ImageSource::CifarRecord {
-                path: path.to_path_buf(),
-                offset: i * rs + label_bytes,
-            },
+            source: ImageSource::CifarRecord { path: path.to_path_buf(), offset: i * rs + label_bytes },
             label: Label::Single(u32::from(label)),
             origin,
             key: format!("{batch}#{i}"),

@@ -21,11 +21,7 @@ pub fn read(root: &Path) -> Result<DatasetIndex> {
         return Err(DataError::format(&train_dir, "no class folders"));
     }
     let mut records = Vec::new();
-    for (split, origin) in [
-        ("train", Origin::Train),
-        ("val", Origin::Val),
-        ("test", Origin::Test),
-    ] {
+    for (split, origin) in [("train", Origin::Train), ("val", Origin::Val), ("test", Origin::Test)] {
         let split_dir = root.join(split);
         if !split_dir.is_dir() {
             continue;
@@ -45,25 +41,15 @@ pub fn read(root: &Path) -> Result<DatasetIndex> {
         for (c, name) in class_names.iter().enumerate() {
             let class_dir = split_dir.join(name);
             if !class_dir.is_dir() {
-                return Err(DataError::missing(
-                    format!("class folder of {name} in split {split}"),
-                    class_dir,
-                ));
+                return Err(DataError::missing(format!("class folder of {name} in split {split}"), class_dir));
             }
-            let files: Vec<_> = sorted_entries(&class_dir, false)?
-                .into_iter()
-                .filter(|p| is_image_file(p))
-                .collect();
+            let files: Vec<_> = sorted_entries(&class_dir, false)?.into_iter().filter(|p| is_image_file(p)).collect();
             if files.is_empty() && origin == Origin::Train {
                 return Err(DataError::format(&class_dir, "no images in class folder"));
             }
             for path in files {
-                let key = format!(
-                    "{split}/{name}/{}",
-                    path.file_name()
-                        .map(|f| f.to_string_lossy())
-                        .unwrap_or_default()
-                );
+                let key =
+                    format!("{split}/{name}/{}", path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default());
                 records.push(Record {
                     source: ImageSource::File { path },
                     label: Label::Single(c as u32),
@@ -73,10 +59,5 @@ pub fn read(root: &Path) -> Result<DatasetIndex> {
             }
         }
     }
-    Ok(DatasetIndex {
-        name: String::new(),
-        class_names,
-        multi_label: false,
-        records,
-    })
+    Ok(DatasetIndex { name: String::new(), class_names, multi_label: false, records })
 }

@@ -29,17 +29,11 @@ pub fn read(root: &Path) -> Result<DatasetIndex> {
         return Err(DataError::format(&classes_path, "no classes"));
     }
     let mut records = Vec::new();
-    let train_file = if root.join("train.txt").is_file() {
-        "train.txt"
-    } else {
-        "trainval.txt"
-    };
+    let train_file = if root.join("train.txt").is_file() { "train.txt" } else { "trainval.txt" };
     let mut found_train = false;
-    for (file, origin, required) in [
-        (train_file, Origin::Train, true),
-        ("val.txt", Origin::Val, false),
-        ("test.txt", Origin::Test, true),
-    ] {
+    for (file, origin, required) in
+        [(train_file, Origin::Train, true), ("val.txt", Origin::Val, false), ("test.txt", Origin::Test, true)]
+    {
         let path = root.join(file);
         if !path.is_file() {
             if required {
@@ -55,10 +49,7 @@ pub fn read(root: &Path) -> Result<DatasetIndex> {
                 continue;
             }
             let Some(cut) = line.rfind(char::is_whitespace) else {
-                return Err(DataError::format(
-                    &path,
-                    format!("line {}: expected `path labels`", lineno + 1),
-                ));
+                return Err(DataError::format(&path, format!("line {}: expected `path labels`", lineno + 1)));
             };
             let rel = line[..cut].trim();
             let labels_field = line[cut..].trim();
@@ -66,10 +57,7 @@ pub fn read(root: &Path) -> Result<DatasetIndex> {
             if labels_field != "-" {
                 for name in labels_field.split(',').filter(|s| !s.is_empty()) {
                     let Some(c) = class_names.iter().position(|n| n == name) else {
-                        return Err(DataError::format(
-                            &path,
-                            format!("line {}: unknown class {name}", lineno + 1),
-                        ));
+                        return Err(DataError::format(&path, format!("line {}: unknown class {name}", lineno + 1)));
                     };
                     labels.push(c as u32);
                 }
@@ -77,9 +65,7 @@ pub fn read(root: &Path) -> Result<DatasetIndex> {
             labels.sort_unstable();
             labels.dedup();
             records.push(Record {
-                source: ImageSource::File {
-                    path: root.join(rel),
-                },
+                source: ImageSource::File { path: root.join(rel) },
                 label: Label::Multi(labels),
                 origin,
                 key: rel.to_string(),
@@ -87,17 +73,9 @@ pub fn read(root: &Path) -> Result<DatasetIndex> {
         }
     }
     if !found_train {
-        return Err(DataError::missing(
-            "multilabel split list",
-            root.join("train.txt"),
-        ));
+        return Err(DataError::missing("multilabel split list", root.join("train.txt")));
     }
-    Ok(DatasetIndex {
-        name: String::new(),
-        class_names,
-        multi_label: true,
-        records,
-    })
+    Ok(DatasetIndex { name: String::new(), class_names, multi_label: true, records })
 }
 
 /// Writes an index of file records in this format (used by the VOC adapter's tests and
@@ -105,11 +83,7 @@ pub fn read(root: &Path) -> Result<DatasetIndex> {
 pub fn write_list(path: &Path, entries: &[(String, Vec<String>)]) -> Result<()> {
     let mut text = String::new();
     for (rel, labels) in entries {
-        let field = if labels.is_empty() {
-            "-".to_string()
-        } else {
-            labels.join(",")
-        };
+        let field = if labels.is_empty() { "-".to_string() } else { labels.join(",") };
         text.push_str(&format!("{rel} {field}\n"));
     }
     std::fs::write(path, text).map_err(|e| DataError::io(path, e))

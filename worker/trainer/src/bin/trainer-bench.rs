@@ -74,7 +74,19 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Train { model, batch, size, threads, warmup, steps, classes, data, synthetic, device, loader_threads } => {
+        Command::Train {
+            model,
+            batch,
+            size,
+            threads,
+            warmup,
+            steps,
+            classes,
+            data,
+            synthetic,
+            device,
+            loader_threads,
+        } => {
             tch::set_num_threads(threads);
             let device = tsweep_trainer::device::resolve(&device)?;
             train(&model, batch, size, warmup, steps, classes, data.as_deref(), synthetic, device, loader_threads)
@@ -209,7 +221,12 @@ fn train(
 fn linear(features: &Path, l2s: &[f64], max_iter: u32, device: Device) -> Result<()> {
     let named = Tensor::read_safetensors(features).with_context(|| features.display().to_string())?;
     let get = |n: &str| -> Result<Tensor> {
-        Ok(named.iter().find(|(k, _)| k == n).with_context(|| format!("{n} in {}", features.display()))?.1.to_device(device))
+        Ok(named
+            .iter()
+            .find(|(k, _)| k == n)
+            .with_context(|| format!("{n} in {}", features.display()))?
+            .1
+            .to_device(device))
     };
     let (x, y) = (get("x")?.to_kind(Kind::Float), get("y")?.to_kind(Kind::Int64));
     let k = i64::try_from(y.max())? + 1;
@@ -229,7 +246,10 @@ fn linear(features: &Path, l2s: &[f64], max_iter: u32, device: Device) -> Result
             "iters": r.iterations, "evals": r.evaluations, "grad_max": r.grad_max, "converged": r.converged, "train_acc": acc}));
     }
     let total = t_all.elapsed().as_secs_f64();
-    println!("{}", serde_json::json!({"impl": "tsweep-lbfgs-path", "seconds": total, "points": points,
-        "threads": tch::get_num_threads(), "device": tsweep_trainer::device::name(device)}));
+    println!(
+        "{}",
+        serde_json::json!({"impl": "tsweep-lbfgs-path", "seconds": total, "points": points,
+        "threads": tch::get_num_threads(), "device": tsweep_trainer::device::name(device)})
+    );
     Ok(())
 }

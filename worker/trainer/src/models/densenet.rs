@@ -64,7 +64,10 @@ impl DenseNet {
             c += n as i64 * growth;
             if i != 3 {
                 let tp = &f / format!("transition{}", i + 1);
-                stages.push(Stage::Transition { norm: bn(&tp / "norm", c, cfg), conv: conv(&tp / "conv", c, c / 2, 1, 1, 0, 1) });
+                stages.push(Stage::Transition {
+                    norm: bn(&tp / "norm", c, cfg),
+                    conv: conv(&tp / "conv", c, c / 2, 1, 1, 0, 1),
+                });
                 c /= 2;
             }
         }
@@ -75,11 +78,8 @@ impl DenseNet {
 
 impl ModuleT for DenseNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut h = xs
-            .apply(&self.conv0)
-            .apply_t(&self.norm0, train)
-            .relu_()
-            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut h =
+            xs.apply(&self.conv0).apply_t(&self.norm0, train).relu_().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for stage in &self.stages {
             h = match stage {
                 Stage::Block(layers) => {
@@ -97,9 +97,14 @@ impl ModuleT for DenseNet {
                     }
                     Tensor::cat(&feats, 1)
                 }
-                Stage::Transition { norm, conv } => {
-                    h.apply_t(norm, train).relu_().apply(conv).avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
-                }
+                Stage::Transition { norm, conv } => h.apply_t(norm, train).relu_().apply(conv).avg_pool2d(
+                    [2, 2],
+                    [2, 2],
+                    [0, 0],
+                    false,
+                    true,
+                    None::<i64>,
+                ),
             };
         }
         h.apply_t(&self.norm5, train).relu_().adaptive_avg_pool2d([1, 1]).flatten(1, -1)

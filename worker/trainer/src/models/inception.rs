@@ -144,7 +144,10 @@ impl Mixed {
             b1x1: one("branch1x1", c_in, 320),
             b3x3_1: one("branch3x3_1", c_in, 384),
             b3x3_2: [k1x3("branch3x3_2a"), k3x1("branch3x3_2b")],
-            b3x3dbl: vec![one("branch3x3dbl_1", c_in, 448), BasicConv2d::square(&p / "branch3x3dbl_2", 448, 384, 3, 1, 1, cfg)],
+            b3x3dbl: vec![
+                one("branch3x3dbl_1", c_in, 448),
+                BasicConv2d::square(&p / "branch3x3dbl_2", 448, 384, 3, 1, 1, cfg),
+            ],
             b3x3dbl_3: [k1x3("branch3x3dbl_3a"), k3x1("branch3x3dbl_3b")],
             pool: one("branch_pool", c_in, 192),
         }
@@ -227,7 +230,8 @@ impl InceptionV3 {
         let transform_input = transform_input.then(|| {
             // x * std / 0.5 + (mean - 0.5) / 0.5, per channel (torchvision's _transform_input)
             let device = p.device();
-            let per_channel = |v: [f64; 3]| Tensor::from_slice(&v).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
+            let per_channel =
+                |v: [f64; 3]| Tensor::from_slice(&v).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
             let scale = per_channel([0.229 / 0.5, 0.224 / 0.5, 0.225 / 0.5]);
             let shift = per_channel([(0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5]);
             (scale, shift)

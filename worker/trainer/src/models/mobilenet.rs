@@ -71,7 +71,8 @@ impl MobileNetV2 {
                 let stride = if i == 0 { s } else { 1 };
                 let hidden = in_c * t;
                 let cp = &f / index / "conv";
-                let (expand, dw_idx) = if t != 1 { (Some(ConvBnRelu6::new(&cp / 0, in_c, hidden, 1, 1, 1, cfg)), 1) } else { (None, 0) };
+                let (expand, dw_idx) =
+                    if t != 1 { (Some(ConvBnRelu6::new(&cp / 0, in_c, hidden, 1, 1, 1, cfg)), 1) } else { (None, 0) };
                 blocks.push(InvertedResidual {
                     expand,
                     depthwise: ConvBnRelu6::new(&cp / dw_idx, hidden, hidden, 3, stride, hidden, cfg),

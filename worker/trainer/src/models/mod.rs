@@ -119,43 +119,45 @@ impl Network {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let arch = spec.arch.to_lowercase();
-        let (backbone, feature_dim, script_path): (Backbone, i64, Option<PathBuf>) =
-            match spec.source {
-                ModelSource::Torchscript => {
-                    let path = spec.weights.clone().ok_or_else(|| {
-                        TrainerError::InvalidCell(format!("model {}: a torchscript model needs `weights` (the module file)", spec.name))
-                    })?;
-                    let module = load_script(&path, &root / "backbone")?;
-                    let dim = probe_feature_dim(&module, spec.image_size, device, &path)?;
-                    (Backbone::Script(module), dim, Some(path))
+        let (backbone, feature_dim, script_path): (Backbone, i64, Option<PathBuf>) = match spec.source {
+            ModelSource::Torchscript => {
+                let path = spec.weights.clone().ok_or_else(|| {
+                    TrainerError::InvalidCell(format!(
+                        "model {}: a torchscript model needs `weights` (the module file)",
+                        spec.name
+                    ))
+                })?;
+                let module = load_script(&path, &root / "backbone")?;
+                let dim = probe_feature_dim(&module, spec.image_size, device, &path)?;
+                (Backbone::Script(module), dim, Some(path))
+            }
+            ModelSource::Builtin => {
+                if let Some((bottleneck, stages)) = resnet::layout(&arch) {
+                    let m = resnet::ResNet::new(&root, bottleneck, stages, &cfg);
+                    let d = m.feature_dim;
+                    (Backbone::Native(Box::new(m)), d, None)
+                } else if let Some(blocks) = densenet::layout(&arch) {
+                    let m = densenet::DenseNet::new(&root, blocks, &cfg);
+                    let d = m.feature_dim;
+                    (Backbone::Native(Box::new(m)), d, None)
+                } else if let Some(w) = mobilenet::width(&arch) {
+                    let m = mobilenet::MobileNetV2::new(&root, w, &cfg);
+                    let d = m.feature_dim;
+                    (Backbone::Native(Box::new(m)), d, None)
+                } else if arch == "inception_v3" {
+                    // torchvision's pretrained Inception expects inputs scaled to [-1, 1]
+                    let m = inception::InceptionV3::new(&root, matches!(init, Init::Pretrained(_)), &cfg);
+                    let d = m.feature_dim;
+                    (Backbone::Native(Box::new(m)), d, None)
+                } else if arch == "efficientnet_b0" {
+                    let m = efficientnet::EfficientNet::b0(&root, &cfg);
+                    let d = m.feature_dim;
+                    (Backbone::Native(Box::new(m)), d, None)
+                } else {
+                    return Err(TrainerError::UnknownArch(spec.arch.clone()));
                 }
-                ModelSource::Builtin => {
-                    if let Some((bottleneck, stages)) = resnet::layout(&arch) {
-                        let m = resnet::ResNet::new(&root, bottleneck, stages, &cfg);
-                        let d = m.feature_dim;
-                        (Backbone::Native(Box::new(m)), d, None)
-                    } else if let Some(blocks) = densenet::layout(&arch) {
-                        let m = densenet::DenseNet::new(&root, blocks, &cfg);
-                        let d = m.feature_dim;
-                        (Backbone::Native(Box::new(m)), d, None)
-                    } else if let Some(w) = mobilenet::width(&arch) {
-                        let m = mobilenet::MobileNetV2::new(&root, w, &cfg);
-                        let d = m.feature_dim;
-                        (Backbone::Native(Box::new(m)), d, None)
-                    } else if arch == "inception_v3" {
-                        // torchvision's pretrained Inception expects inputs scaled to [-1, 1]
-                        let m = inception::InceptionV3::new(&root, matches!(init, Init::Pretrained(_)), &cfg);
-                        let d = m.feature_dim;
-                        (Backbone::Native(Box::new(m)), d, None)
-                    } else if arch == "efficientnet_b0" {
-                        let m = efficientnet::EfficientNet::b0(&root, &cfg);
-                        let d = m.feature_dim;
-                        (Backbone::Native(Box::new(m)), d, None)
-                    } else {
-                        return Err(TrainerError::UnknownArch(spec.arch.clone()));
-                    }
-                }
-            };
+            }
+        };
         let head = nn::linear(&root / HEAD, feature_dim, num_classes, Default::default());
         let net = Network {
             vs,

@@ -121,11 +121,8 @@ impl ResNet {
 impl ModuleT for ResNet {
     /// Pooled penultimate features, `[batch, feature_dim]`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut h = xs
-            .apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu_()
-            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut h =
+            xs.apply(&self.conv1).apply_t(&self.bn1, train).relu_().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for block in &self.blocks {
             h = block.forward_t(&h, train);
         }
