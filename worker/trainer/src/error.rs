@@ -14,7 +14,7 @@ pub enum TrainerError {
     /// A weights file exists but does not fit the architecture.
     #[error("weights {path} do not fit {arch}: {detail}")]
     WeightsMismatch { path: PathBuf, arch: String, detail: String },
-    #[error("unknown architecture {0:?} (known: {known})", known = crate::models::KNOWN_ARCHS.join(", "))]
+    #[error("unknown architecture {0:?} (known: {known})", known = tsweep_proto::arch::known_names())]
     UnknownArch(String),
     /// The cell is inconsistent (bad hyperparameters, a regime the model cannot run, ...).
     #[error("invalid cell: {0}")]

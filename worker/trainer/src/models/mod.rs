@@ -23,21 +23,6 @@ use tsweep_proto::cell::{ModelSource, ModelSpec};
 use crate::error::TrainerError;
 use crate::weights;
 
-pub const KNOWN_ARCHS: &[&str] = &[
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "densenet121",
-    "densenet169",
-    "densenet201",
-    "mobilenet_v2",
-    "mobilenet_v2_140",
-    "inception_v3",
-    "efficientnet_b0",
-];
-
 /// Variable-store path of the new linear head.
 pub const HEAD: &str = "tsweep_head";
 
