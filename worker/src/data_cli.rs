@@ -129,6 +129,12 @@ pub struct PrepareArgs {
     /// Decoding threads (0: every core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Keep at most this many train (+ val) images per class (seeded; for quick sweeps).
+    #[arg(long, value_name = "N")]
+    pub max_train_per_class: Option<usize>,
+    /// Keep at most this many test images per class (seeded).
+    #[arg(long, value_name = "N")]
+    pub max_test_per_class: Option<usize>,
 }
 
 /// Runs `data prepare`, printing progress to stderr; returns a summary line.
@@ -138,6 +144,12 @@ pub fn prepare(args: &PrepareArgs) -> Result<String, DataError> {
         held_out_fraction: args.held_out_fraction,
         seed: args.seed,
         threads: args.threads,
+        subsample: (args.max_train_per_class.is_some() || args.max_test_per_class.is_some()).then_some(
+            tsweep_data::Subsample {
+                trainval_per_class: args.max_train_per_class,
+                test_per_class: args.max_test_per_class,
+            },
+        ),
         ..PrepareOptions::default()
     };
     let last_percent = AtomicUsize::new(usize::MAX);

@@ -34,6 +34,19 @@ pub fn decode(source: &ImageSource) -> Result<RgbPixels> {
             file.read_exact(&mut planes).map_err(|e| DataError::io(path, e))?;
             Ok(cifar_planes_to_rgb(&planes))
         }
+        ImageSource::Raw { path, offset, width, height, channels } => {
+            let pixels = (*width as usize) * (*height as usize);
+            let mut data = vec![0u8; pixels * usize::from(*channels)];
+            let mut file = File::open(path).map_err(|e| DataError::io(path, e))?;
+            file.seek(SeekFrom::Start(*offset)).map_err(|e| DataError::io(path, e))?;
+            file.read_exact(&mut data).map_err(|e| DataError::io(path, e))?;
+            let data = match channels {
+                3 => data,
+                1 => data.iter().flat_map(|&v| [v, v, v]).collect(),
+                c => return Err(DataError::format(path, format!("{c} channels: only 1 (gray) or 3 (RGB) are read"))),
+            };
+            Ok(RgbPixels { width: *width, height: *height, data })
+        }
     }
 }
 

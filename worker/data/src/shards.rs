@@ -27,7 +27,7 @@ use tsweep_proto::cell::ValPolicy;
 use crate::error::{DataError, Result};
 use crate::image_ops::{decode, shrink_to_short_side, RgbPixels};
 use crate::index::{DatasetIndex, Label, Origin, Split};
-use crate::split::select;
+use crate::split::{select, Subsample};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const PLAN_FILE: &str = "plan.json";
@@ -96,6 +96,9 @@ pub struct Manifest {
     pub images_per_shard: usize,
     pub shards: Vec<ShardInfo>,
     pub skipped: Vec<Skipped>,
+    /// The per-class caps a subsampled prepare applied (None: every image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsample: Option<Subsample>,
 }
 
 impl Manifest {
@@ -126,6 +129,8 @@ pub struct BuildOptions {
     /// Undecodable images are listed in the manifest and skipped (adapters); when false
     /// (a sweep's raw dataset) the first one is an error naming the file.
     pub skip_undecodable: bool,
+    /// Recorded in the manifest: the per-class caps the index was subsampled with.
+    pub subsample: Option<Subsample>,
     /// Stop (with an error) after this many shards were built in this call; tests use it
     /// to simulate an interrupted build.
     pub stop_after_shards: Option<usize>,
@@ -140,6 +145,7 @@ impl BuildOptions {
             source: String::new(),
             threads: 0,
             skip_undecodable: false,
+            subsample: None,
             stop_after_shards: None,
         }
     }
@@ -366,6 +372,7 @@ fn finalize(
         images_per_shard: per,
         shards,
         skipped,
+        subsample: opts.subsample,
     };
     write_json_atomic(&dir.join(MANIFEST_FILE), &manifest)?;
     Ok(manifest)
