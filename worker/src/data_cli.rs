@@ -9,13 +9,13 @@ use tsweep_data::{DataError, PrepareOptions, SynthKind, SynthOptions, SynthSumma
 /// Ready-made sets of synthetic datasets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
-    /// What `examples/quickstart.toml` reads: `<out>/shapes` (ImageFolder, 4 classes, 32 px)
+    /// What `examples/synthetic.toml` reads: `<out>/shapes` (ImageFolder, 4 classes, 32 px)
     /// and `<out>/cifar-synth` (CIFAR-10 binary).
-    Quickstart,
+    Synthetic,
 }
 
 /// `make-dataset`: writes small learnable synthetic datasets (class-dependent shapes and
-/// colours) in the real on-disk formats, for tests and the quickstart.
+/// colours) in the real on-disk formats, for tests and `examples/synthetic.toml`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MakeDatasetArgs {
     /// Output directory (the dataset itself, or the parent of a preset's datasets).
@@ -46,7 +46,7 @@ pub struct MakeDatasetArgs {
 /// Runs `make-dataset`; returns one summary line per dataset written.
 pub fn make_dataset(args: &MakeDatasetArgs) -> Result<Vec<String>, DataError> {
     let plan: Vec<(SynthKind, PathBuf, SynthOptions)> = match (args.preset, &args.kind) {
-        (Some(Preset::Quickstart), _) => vec![
+        (Some(Preset::Synthetic), _) => vec![
             (
                 SynthKind::Imagefolder,
                 args.out.join("shapes"),

@@ -19,7 +19,7 @@ pub(crate) struct SweepFile {
     /// relative to the sweep file's directory. Default: the sweep file's directory.
     pub root: Option<PathBuf>,
     /// Lets linear and finetune cells run on models without pretrained weights
-    /// (the quickstart on synthetic data; never for a real sweep).
+    /// (`examples/synthetic.toml`; never for a real sweep).
     #[serde(default)]
     pub allow_random_init: bool,
     #[serde(default)]
