@@ -14,12 +14,15 @@ TSWEEP_CACHE="${TSWEEP_CACHE:-$HOME/.cache/tsweep}"
 SUITE="${TSWEEP_BASE_SUITE:-bookworm}"
 MIRROR="${TSWEEP_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 IMAGE="${TSWEEP_BASE_IMAGE:-local/debian:$SUITE}"
-TARBALL="$TSWEEP_CACHE/images/debian-$SUITE-minbase.tar.gz"
+# The layout version: bump it when what goes into the tarball changes (the cache is keyed by it).
+LAYOUT=2
+TARBALL="$TSWEEP_CACHE/images/debian-$SUITE-minbase-v$LAYOUT.tar.gz"
 LOCAL="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=deploy/local/podman-env.sh
 source "$LOCAL/podman-env.sh"
 
-if [ "${TSWEEP_BASE_REFRESH:-0}" != 1 ] && podman image exists "$IMAGE"; then
+if [ "${TSWEEP_BASE_REFRESH:-0}" != 1 ] && podman image exists "$IMAGE" \
+    && [ "$(podman image inspect "$IMAGE" --format '{{index .Labels "io.tsweep.base-layout"}}')" = "$LAYOUT" ]; then
   echo "base: $IMAGE exists"
   exit 0
 fi
@@ -42,8 +45,25 @@ deb $MIRROR $SUITE main
 deb $MIRROR $SUITE-updates main
 deb http://deb.debian.org/debian-security $SUITE-security main
 SOURCES
-  rm -rf "$work"/rootfs/var/cache/apt/archives/*.deb "$work"/rootfs/var/lib/apt/lists/* \
-         "$work/rootfs/etc/resolv.conf" "$work/rootfs/etc/hostname"
+  # As Debian's own container images (debian:bookworm-slim): apt keeps no caches in image
+  # layers, and dpkg installs no documentation, man pages or translations.
+  cat >"$work/rootfs/etc/apt/apt.conf.d/docker-clean" <<'APT'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+APT
+  cat >"$work/rootfs/etc/dpkg/dpkg.cfg.d/docker-slim" <<'DPKG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+DPKG
+  find "$work/rootfs/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+  rm -rf "$work"/rootfs/usr/share/man/* "$work"/rootfs/usr/share/info/* "$work"/rootfs/usr/share/locale/* \
+         "$work"/rootfs/var/cache/apt/*.bin "$work"/rootfs/var/cache/apt/archives/*.deb \
+         "$work"/rootfs/var/lib/apt/lists/* "$work/rootfs/etc/resolv.conf" "$work/rootfs/etc/hostname"
   mkdir -p "$(dirname "$TARBALL")"
   tar --numeric-owner -C "$work/rootfs" -czf "$TARBALL.tmp" .
   mv "$TARBALL.tmp" "$TARBALL"
@@ -55,5 +75,6 @@ fi
 podman import --quiet \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'CMD ["bash"]' \
+  --change "LABEL io.tsweep.base-layout=$LAYOUT" \
   "$TARBALL" "$IMAGE" >/dev/null
 echo "base: imported $IMAGE from $TARBALL"

@@ -357,13 +357,45 @@ def main_run(checks: Checks, cli: str, state: Path, network: str, subnet: str) -
                  json.dumps([p for p in probes if not p["ok"]]))
 
 
+def bench(cli: str, state: Path, network: str, subnet: str, rounds: int) -> None:
+    """`--bench N`: N times from nothing to the first task leased, with medians (BENCHMARKS.md)."""
+    samples: dict[str, list[float]] = {"control plane ready": [], "first task leased": [], "workers -> lease": []}
+    for _ in range(rounds):
+        cluster = kube.Cluster(state, network, subnet)
+        cluster.render()
+        cluster.set_env([f"{WORKER}:TSWEEP_WORKER__EXECUTOR=fake"])
+        host = Host(cli, f"http://{cluster.plan.service_url('tsweep-coordinator', 'grpc')}",
+                    cluster.plan.secret_value("tsweep-auth", "token"))
+        started = time.monotonic()
+        cluster.up({WORKER: 0})
+        samples["control plane ready"].append(time.monotonic() - started)
+        with tempfile.TemporaryDirectory() as tmp:
+            host.run("submit", str(sweep_file(Path(tmp))))
+        workers = time.monotonic()
+        cluster.scale(WORKER, 2)
+        wait_for("the first task leased", 120, lambda: sum(
+            host.summary()["counts"][k] for k in ("leased", "running", "succeeded")) > 0, every_s=0.05)
+        samples["first task leased"].append(time.monotonic() - started)
+        samples["workers -> lease"].append(time.monotonic() - workers)
+        cluster_cli(state, network, subnet, "down")
+    for name, values in samples.items():
+        values.sort()
+        print(f"figure: bench {name}: median {values[len(values) // 2]:.1f} s over {rounds} "
+              f"(min {values[0]:.1f}, max {values[-1]:.1f})", flush=True)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--cli", required=True, help="the host's tsweep binary")
     parser.add_argument("--state", type=Path, default=kube.TSWEEP_CACHE / "local-cluster-e2e")
     parser.add_argument("--network", default="tsweep-local-e2e")
     parser.add_argument("--subnet", default="10.89.43.0/24")
+    parser.add_argument("--bench", type=int, metavar="N", help="only measure kube play -> first lease, N times")
     args = parser.parse_args(argv)
+    if args.bench:
+        cluster_cli(args.state, args.network, args.subnet, "down")
+        bench(args.cli, args.state, args.network, args.subnet, args.bench)
+        return 0
     checks = Checks()
     started = time.monotonic()
     cluster = kube.Cluster(args.state, args.network, args.subnet)
