@@ -38,7 +38,7 @@ each bridge in one place (docs/operations.md, "Run the manifests on one machine"
 
 A container that exits is restarted by podman (restartPolicy Always). A container that
 exits while its pod starts is reported with its exit code and the end of its log, and
-its pod is stopped instead of looping. Exit status: 0 ok, 2 bad input (a missing image,
+its pod is removed instead of looping (the log is kept in the state directory). Exit status: 0 ok, 2 bad input (a missing image,
 Secret or ConfigMap, a configuration the container refused), 1 anything else.
 """
 
@@ -150,8 +150,22 @@ def container_state(name: str) -> dict[str, Any] | None:
 
 
 def container_log(name: str, lines: int = 20) -> str:
-    done = podman("logs", "--tail", str(lines), name, check=False)
-    return (done.stdout + done.stderr).strip()
+    """The last lines of a container's log (podman 4.3's `logs --tail` splits long lines)."""
+    done = podman("logs", name, check=False)
+    return "\n".join((done.stdout + done.stderr).strip().splitlines()[-lines:])
+
+
+def collapse_repeats(lines: list[str]) -> list[str]:
+    """Consecutive identical lines once, with their count: a restart loop logs the same error."""
+    out: list[str] = []
+    counts: list[int] = []
+    for line in lines:
+        if out and out[-1] == line:
+            counts[-1] += 1
+        else:
+            out.append(line)
+            counts.append(1)
+    return [line + (f"  (x{n})" if n > 1 else "") for line, n in zip(out, counts)]
 
 
 # --- the rendered objects and the bridges ---------------------------------------------
@@ -637,16 +651,20 @@ class Cluster:
                 continue
             if state["status"] in ("created", "initialized", "configured") and state["restarts"] == 0:
                 continue
-            podman("stop", "-t", "0", name, check=False)
             died = podman("events", "--stream=false", "--since", str(int(since)), "--filter", f"container={name}",
                           "--filter", "event=died", "--format", "{{.ContainerExitCode}}", check=False)
             codes = [int(c) for c in died.stdout.split() if c.lstrip("-").isdigit()]
             code = codes[0] if codes else state["exit_code"]
             restarts = (container_state(name) or state)["restarts"]
-            tail = container_log(name)
-            lines = "\n".join("    " + line for line in tail.splitlines()[-8:])
-            message = (f"pod {pod.name}: container {container} exited with code {code} "
-                       f"(restarted {restarts} times; stopped to end the loop); its log ends:\n{lines}")
+            # The pod goes, its logs stay: a stop cannot be timed to keep podman from
+            # restarting a container that exits within milliseconds of each start.
+            saved = self.save_logs(pod)
+            tail = container_log(name, 40)
+            self.remove_pod(pod.name)
+            lines = "\n".join("    " + line for line in collapse_repeats(tail.splitlines())[-8:])
+            message = (f"pod {pod.name}: container {container} exited with code {code} (restarted {restarts} "
+                       f"times; the pod is removed to end the loop, its log is in {saved[container]}); "
+                       f"its log ends:\n{lines}")
             if code == BAD_INPUT_EXIT:
                 raise BadInput(message)
             raise ClusterError(message)
@@ -710,13 +728,17 @@ class Cluster:
         log(f"pod {name} stopped in {seconds:.1f} s (grace {pod.grace_s} s), exit codes {codes}")
         return {"pod": name, "seconds": seconds, "grace_s": pod.grace_s, "exit_codes": codes}
 
-    def save_logs(self, pod: PodPlan) -> None:
+    def save_logs(self, pod: PodPlan) -> dict[str, Path]:
+        """Appends each container's log to <state>/logs/<pod>-<container>.log."""
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        saved = {}
         for container in pod.containers:
             done = podman("logs", pod.container_name(container), check=False)
-            with open(logs / f"{pod.container_name(container)}.log", "a") as out:
+            saved[container] = logs / f"{pod.container_name(container)}.log"
+            with open(saved[container], "a") as out:
                 out.write(done.stdout + done.stderr)
+        return saved
 
     def kill(self, name: str, container: str | None = None, timeout_s: float = 120.0) -> float:
         """SIGKILLs a container's process (a crash, an OOM kill); podman restarts it. Returns
