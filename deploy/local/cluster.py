@@ -235,7 +235,6 @@ class Plan:
     """The rendered objects, read once: what runs, and how each pod is bridged."""
 
     def __init__(self, objects: list[dict[str, Any]], subnet: str, cluster: str):
-        self.objects = objects
         self.cluster = cluster
         self.namespace = "default"
         self.configmaps: dict[str, dict[str, Any]] = {}
@@ -305,10 +304,13 @@ class Plan:
                 names = ", ".join(s["metadata"]["name"] for s in services)
                 raise BadInput(f"{w.kind} {w.name}: Service {names} in front of {w.replicas} replicas "
                                "(deploy/local gives a Service one pod's address)")
+            named = {p["name"]: p["containerPort"] for c in w.template["spec"]["containers"]
+                     for p in c.get("ports", []) if "name" in p}
             for s in services:
                 for port in s["spec"].get("ports", []):
                     target = port.get("targetPort", port["port"])
-                    if isinstance(target, int) and target != port["port"]:
+                    target = named.get(target, target) if isinstance(target, str) else target
+                    if target != port["port"]:
                         raise BadInput(f"Service {s['metadata']['name']}: port {port['port']} -> {target} "
                                        "(deploy/local needs a Service port equal to its container port)")
             w.ip = f"{base}.{host}"
@@ -354,6 +356,10 @@ class Plan:
         annotations = dict(w.template.get("metadata", {}).get("annotations", {}))
         security = spec.get("securityContext", {})
         volumes = spec.setdefault("volumes", [])
+        for volume in volumes:
+            claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+            if claim is not None and claim not in self.claims:
+                raise BadInput(f"pod {name}: persistentvolumeclaim {claim!r} not found (volume {volume['name']!r})")
         # volumeClaimTemplates: one claim per StatefulSet pod, <template>-<pod>.
         for template in w.obj["spec"].get("volumeClaimTemplates", []):
             claim = f"{template['metadata']['name']}-{name}"

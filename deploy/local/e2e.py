@@ -232,11 +232,7 @@ def main_run(checks: Checks, cli: str, state: Path, network: str, subnet: str) -
     checks.check(f"every probe answers ({len(probes)}: {', '.join(kinds)})", bool(probes) and not failing,
                  json.dumps(failing))
 
-    def running_with_checkpoints(pod_prefix: str | None = None, min_step: int = 3) -> list[dict[str, Any]]:
-        return [t for t in host.tasks() if t["state"] == "running" and t["checkpoint_step"] >= min_step
-                and (pod_prefix is None or (t["worker"] or "").startswith(pod_prefix + "-"))]
-
-    wait_for("both workers running tasks with checkpoints", 120, lambda: len(running_with_checkpoints()) >= 2)
+    wait_for("both workers running tasks", 120, lambda: host.summary()["counts"]["running"] >= 2)
 
     # Scale up: a third worker pod leases work.
     play_started = time.monotonic()
