@@ -42,8 +42,10 @@ fi
 
 bash "$LOCAL/base-image.sh"
 
-CTX="$TSWEEP_CACHE/local-images"
-rm -rf "$CTX"
+# The build contexts, beside the venv and the target dir (same file system: hard links).
+mkdir -p "$TSWEEP_CACHE"
+CTX="$(mktemp -d "$TSWEEP_CACHE/local-images.XXXXXX")"
+trap 'rm -rf "$CTX"' EXIT
 mkdir -p "$CTX/coordinator" "$CTX/worker/libtorch"
 # Hard links where the file system allows (the venv and the target dir are large).
 stage() { cp -L --link "$1" "$2" 2>/dev/null || cp -L "$1" "$2"; }
