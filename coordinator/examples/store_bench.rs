@@ -61,6 +61,7 @@ fn cells(sweep: &str, n: usize) -> Vec<Cell> {
                     lbfgs_max_iter: 0,
                 },
                 seed: (i / (57 * 16 * 12)) as u64,
+                precision: Default::default(),
                 gpus: 1,
                 max_attempts: 3,
                 fake: None,

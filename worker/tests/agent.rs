@@ -323,6 +323,7 @@ fn assignment(task_id: &str, attempt: u32, fake: FakeSettings, resume: Option<(&
             lbfgs_max_iter: 10,
         },
         seed: 1,
+        precision: Default::default(),
         gpus: 0,
         max_attempts: 3,
         fake: Some(fake),

@@ -49,6 +49,7 @@ fn spec(fake: FakeSettings) -> CellSpec {
             lbfgs_max_iter: 10,
         },
         seed: 1,
+        precision: Default::default(),
         gpus: 0,
         max_attempts: 3,
         fake: Some(fake),

@@ -271,6 +271,7 @@ fn spec(
             lbfgs_max_iter: 10,
         },
         seed: 0,
+        precision: Default::default(),
         gpus: 1,
         max_attempts: 3,
         fake: None,

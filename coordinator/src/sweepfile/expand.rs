@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 use tsweep_proto::cell::{
-    CellSpec, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings, ValPolicy,
+    CellSpec, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Precision, Regime, Stage, TrainSettings,
+    ValPolicy,
 };
 
 use super::axis::{Axis, AxisError};
@@ -57,6 +58,8 @@ struct RegimePlan<'f> {
     /// The grid points (one, without hparams, for linear).
     points: Points,
     train: TrainSettings,
+    /// `[defaults]` overridden by the regime's `precision`; a model's own wins over it.
+    precision: Precision,
     gpus: u32,
     fake: Option<FakeSettings>,
 }
@@ -183,6 +186,7 @@ impl<'a> Expander<'a> {
                                 hparams,
                                 train: plan.train.clone(),
                                 seed,
+                                precision: model.precision.unwrap_or(plan.precision),
                                 gpus: plan.gpus,
                                 max_attempts,
                                 fake: plan.fake.clone(),
@@ -327,6 +331,7 @@ impl<'a> Expander<'a> {
             datasets,
             points,
             train,
+            precision: settings.precision.unwrap_or_default(),
             gpus: settings.gpus.unwrap_or(1),
             fake: body.fake.clone().or_else(|| file.fake.clone()),
         })

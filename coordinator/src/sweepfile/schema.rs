@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
-use tsweep_proto::cell::{DatasetFormat, FakeSettings, Metric, ModelSource, ValPolicy};
+use tsweep_proto::cell::{DatasetFormat, FakeSettings, Metric, ModelSource, Precision, ValPolicy};
 
 use super::axis::Axis;
 
@@ -43,6 +43,8 @@ pub(crate) struct ModelEntry {
     pub weights: Option<PathBuf>,
     pub imagenet_top1: Option<Spanned<f64>>,
     pub image_size: Option<Spanned<u32>>,
+    /// This model's precision in every regime (wins over `[defaults]` and the regime's).
+    pub precision: Option<Precision>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +103,7 @@ macro_rules! settings_struct {
             pub loader_threads: Option<u32>,
             pub lbfgs_max_iter: Option<Spanned<u32>>,
             pub gpus: Option<u32>,
+            pub precision: Option<Precision>,
             $($(#[$fattr])* pub $field: $ty,)*
         }
         impl $name {
@@ -119,6 +122,7 @@ macro_rules! settings_struct {
                     loader_threads: self.loader_threads,
                     lbfgs_max_iter: self.lbfgs_max_iter.clone(),
                     gpus: self.gpus,
+                    precision: self.precision,
                 }
             }
         }
@@ -165,6 +169,7 @@ impl Settings {
             loader_threads: over.loader_threads.or(self.loader_threads),
             lbfgs_max_iter: over.lbfgs_max_iter.clone().or_else(|| self.lbfgs_max_iter.clone()),
             gpus: over.gpus.or(self.gpus),
+            precision: over.precision.or(self.precision),
         }
     }
 }

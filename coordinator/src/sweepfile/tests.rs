@@ -78,7 +78,7 @@ fn expands_every_regime_with_counts_and_filled_specs() {
     let count = |r: Regime| sweep.cells.iter().filter(|c| c.spec.regime == r).count();
     assert_eq!(count(Regime::Linear), 2 * 2);
     assert_eq!(count(Regime::Finetune), 2 * 2 * 7 * 8);
-    assert_eq!(count(Regime::Scratch), 1 * 2 * 2);
+    assert_eq!(count(Regime::Scratch), 2 * 2, "one model, two datasets, two lrs");
     assert_eq!(
         sweep.stage_counts(),
         vec![
@@ -319,4 +319,69 @@ fn semantic_errors_point_at_their_line() {
         &SMALL.replace("val = { kind = \"official\" }", "val = { kind = \"held_out\", fraction = 1.5, seed = 0 }"),
     );
     assert!(msg.contains("datasets.val.fraction: 1.5 is not a fraction"), "{msg}");
+}
+
+#[test]
+fn precision_defaults_to_fp32_and_is_set_by_defaults_regime_and_model() {
+    use tsweep_proto::cell::Precision;
+    let precisions = |s: &ExpandedSweep, regime: Regime, model: &str| -> BTreeSet<Precision> {
+        s.cells
+            .iter()
+            .filter(|c| c.spec.regime == regime && c.spec.model.name == model)
+            .map(|c| c.spec.precision)
+            .collect()
+    };
+    let plain = expand(SMALL).unwrap();
+    assert!(plain.cells.iter().all(|c| c.spec.precision == Precision::Fp32));
+    // fp32 specs serialise as before precision existed (no key), so stored JSON is unchanged
+    assert!(!plain.cells[0].spec.to_json().unwrap().contains("precision"));
+
+    let layered = SMALL
+        .replace("gpus = 0", "gpus = 0\nprecision = \"bf16\"")
+        .replace("lr = [0.01, 0.1]", "lr = [0.01, 0.1]\nprecision = \"fp16\"")
+        .replace("name = \"mobilenet_v2\"", "name = \"mobilenet_v2\"\nprecision = \"fp32\"");
+    let sweep = expand(&layered).unwrap();
+    assert_eq!(precisions(&sweep, Regime::Linear, "resnet18"), BTreeSet::from([Precision::Bf16]), "[defaults]");
+    assert_eq!(precisions(&sweep, Regime::Finetune, "resnet18"), BTreeSet::from([Precision::Bf16]));
+    assert_eq!(precisions(&sweep, Regime::Scratch, "resnet18"), BTreeSet::from([Precision::Fp16]), "the regime's");
+    for regime in [Regime::Linear, Regime::Finetune] {
+        assert_eq!(precisions(&sweep, regime, "mobilenet_v2"), BTreeSet::from([Precision::Fp32]), "the model's wins");
+    }
+    for cell in &sweep.cells {
+        let back = tsweep_proto::cell::CellSpec::from_json(&cell.spec.to_json().unwrap()).unwrap();
+        assert_eq!(back, cell.spec);
+    }
+    let finals = final_cell(&sweep.cells.iter().find(|c| c.spec.regime == Regime::Scratch).unwrap().spec);
+    assert_eq!(finals.spec.precision, Precision::Fp16, "a final refits in its winner's precision");
+}
+
+#[test]
+fn precision_is_part_of_the_identity_and_fp32_ids_are_unchanged() {
+    let fp32: Vec<String> = expand(SMALL).unwrap().cells.into_iter().map(|c| c.id).collect();
+    let explicit: Vec<String> = expand(&SMALL.replace("gpus = 0", "gpus = 0\nprecision = \"fp32\""))
+        .unwrap()
+        .cells
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(fp32, explicit, "saying fp32 is the default");
+    // the id of an fp32 cell is the hash of the identity it had before precision existed
+    let cell = &expand(SMALL).unwrap().cells[0];
+    assert!(!identity_json(&cell.spec).contains("precision"), "{}", identity_json(&cell.spec));
+    let bf16 = expand(&SMALL.replace("gpus = 0", "gpus = 0\nprecision = \"bf16\"")).unwrap();
+    assert!(identity_json(&bf16.cells[0].spec).ends_with(r#","precision":"bf16"}"#));
+    let bf16: BTreeSet<String> = bf16.cells.into_iter().map(|c| c.id).collect();
+    assert!(bf16.is_disjoint(&fp32.iter().cloned().collect()), "a bf16 cell is another cell");
+}
+
+#[test]
+fn an_unknown_precision_names_its_line_and_field() {
+    let msg = error(&SMALL.replace("gpus = 0", "gpus = 0\nprecision = \"fp8\""));
+    let line = line_of(SMALL, "gpus = 0") + 1;
+    assert!(msg.starts_with(&format!("sweep.toml:{line}:13: defaults.precision:")), "{msg}");
+    assert!(msg.contains("fp8") && msg.contains("`fp32`, `bf16`, `fp16`"), "{msg}");
+    let msg = error(&SMALL.replace("steps = 100", "steps = 100\nprecision = \"BF16\""));
+    assert!(msg.contains("regimes.finetune.precision:"), "{msg}");
+    let msg = error(&SMALL.replace("image_size = 32\n\n[[models]]", "image_size = 32\nprecision = 16\n\n[[models]]"));
+    assert!(msg.contains("models.precision:"), "{msg}");
 }

@@ -57,6 +57,7 @@ pub fn spec(sweep: &str, model: &str, regime: Regime, lr: f64, gpus: u32, max_at
             lbfgs_max_iter: 10,
         },
         seed: 0,
+        precision: Default::default(),
         gpus,
         max_attempts,
         fake: None,

@@ -144,7 +144,7 @@ impl Network {
             }
         };
         let head = nn::linear(&root / HEAD, feature_dim, num_classes, Default::default());
-        let net = Network {
+        let mut net = Network {
             vs,
             backbone,
             head,
@@ -152,20 +152,39 @@ impl Network {
             num_classes,
             arch: arch.clone(),
             script_path,
-            channels_last: device == Device::Cpu && matches!(spec.source, ModelSource::Builtin),
+            channels_last: false,
         };
         if let (ModelSource::Builtin, Init::Pretrained(path)) = (spec.source, init) {
             weights::load_into(&net.vs, path, &arch, &[HEAD.to_string()])?;
         }
-        if net.channels_last {
-            for (_, mut var) in net.vs.variables() {
-                if var.dim() == 4 {
-                    let nhwc = tch::no_grad(|| to_channels_last(&var))?;
-                    var.f_set_data(&nhwc)?;
-                }
-            }
+        if device == Device::Cpu && matches!(spec.source, ModelSource::Builtin) {
+            net.set_channels_last(true)?;
         }
         Ok(net)
+    }
+
+    /// Lays a builtin backbone's 4-d weights (and so its activations) out channels-last or
+    /// contiguous. `build` picks channels-last on the CPU and contiguous on CUDA;
+    /// `trainer-bench --layout` measures the other on a GPU. Call it before creating the
+    /// optimizer (its flat buffers take the layout the weights have then). TorchScript
+    /// backbones keep their module's layout.
+    pub fn set_channels_last(&mut self, on: bool) -> Result<(), TrainerError> {
+        if matches!(self.backbone, Backbone::Script(_)) || on == self.channels_last {
+            return Ok(());
+        }
+        for (_, mut var) in self.vs.variables() {
+            if var.dim() == 4 {
+                let laid_out = tch::no_grad(|| if on { to_channels_last(&var) } else { Ok(var.f_contiguous()?) })?;
+                var.f_set_data(&laid_out)?;
+            }
+        }
+        self.channels_last = on;
+        Ok(())
+    }
+
+    /// Whether the backbone runs channels-last (see [`Network::set_channels_last`]).
+    pub fn is_channels_last(&self) -> bool {
+        self.channels_last
     }
 
     /// Pooled penultimate features `[batch, feature_dim]`.

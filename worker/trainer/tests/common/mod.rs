@@ -81,6 +81,7 @@ pub fn cell(regime: Regime, data: &Path, arch: &str, weights: Option<PathBuf>) -
             lbfgs_max_iter: 200,
         },
         seed: 7,
+        precision: Default::default(),
         gpus: 0,
         max_attempts: 3,
         fake: None,
