@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build, run and test tsweep. Safe to run twice.
-#   - redis-server, protoc and openssl (test certificates for TLS to Redis) from Debian's packages
+#   - redis-server, protoc, openssl (test certificates for TLS to Redis and to the
+#     coordinator) and promtool (package prometheus: the metrics exposition is checked
+#     with `promtool check metrics`) from Debian's packages
 #   - a Python venv with torch==2.11.0 (libtorch for tch), the references the tests compare
 #     against (torchvision, scikit-learn, scikit-image) and the manifest validator
 #   - real data that ships inside registry packages (nothing is downloaded at run time):
@@ -17,6 +19,7 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ "${#need_apt[@]}" -gt 0 ]; then
