@@ -27,8 +27,8 @@ use tsweep_proto::auth::{bearer_interceptor, BearerInterceptor, WorkerRefusal};
 use tsweep_proto::v1::sweep_service_client::SweepServiceClient;
 use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use tsweep_proto::v1::{
-    AcquireTaskRequest, CompleteTaskRequest, GetSweepRequest, LeaseRef, ListTasksRequest, RegisterWorkerRequest,
-    ReportOutcome, SweepSummary, TaskInfo, TaskResult,
+    AcquireTaskRequest, CompleteTaskRequest, GetSweepRequest, LeaseRef, RegisterWorkerRequest, ReportOutcome,
+    SweepSummary, TaskInfo, TaskResult,
 };
 use tsweep_proto::PROTOCOL_VERSION;
 use tsweep_redis::test_support::TestPki;
@@ -154,20 +154,9 @@ async fn wait_done(client: &SweepServiceClient<Authed>, sweep: &str, timeout: Du
     .await
 }
 
+/// Every task of the sweep, all pages (the CLI's own pager).
 async fn all_tasks(client: &mut SweepServiceClient<Authed>, sweep: &str) -> Result<Vec<TaskInfo>> {
-    let mut tasks = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_tasks(ListTasksRequest { sweep: sweep.into(), state: String::new(), page_size: 1000, page_token })
-            .await?
-            .into_inner();
-        tasks.extend(page.tasks);
-        if page.next_page_token.is_empty() {
-            return Ok(tasks);
-        }
-        page_token = page.next_page_token;
-    }
+    Ok(tsweep_coordinator::cli::client::all_tasks(client, sweep).await?)
 }
 
 fn text(bytes: &[u8]) -> String {
