@@ -37,6 +37,7 @@ fn troubled_sweep() -> ReportInput {
                     grid(&next(), m, d, regime, hp(0.01, 1e-5), base + 0.03, base + 0.02),
                 ];
                 let mut fin = cell(&next(), m, d, regime, Stage::Final);
+                fin.is_current_final = true;
                 fin.hparams = hp(0.01, 1e-5);
                 fin.test_score = Some(base + 0.03);
                 match (mi, di, regime) {
@@ -79,7 +80,6 @@ fn troubled_sweep() -> ReportInput {
             }
         }
     }
-    tsweep_report::input::mark_current_finals(&mut cells);
     ReportInput {
         sweep: "troubled".to_string(),
         cells,
@@ -321,11 +321,19 @@ fn from_task_infos_reads_list_tasks_output() {
         r.metric = "mean_per_class".to_string();
         r.duration_s = 12.5;
     }
+    // What the store answers: each grid point's selection group, and which final of it
+    // is current (the grid was extended with a better point: t4 replaced t3).
+    let group = "r50/pets/finetune/0";
+    let in_group = |mut t: TaskInfo, current: bool| {
+        t.selection_group = group.to_string();
+        t.current_final = current;
+        t
+    };
     let tasks = vec![
-        task("t1", "succeeded", &a, Some(0.70), Some(0.71)),
-        task("t2", "succeeded", &b, Some(0.80), Some(0.79)),
-        task("t3", "succeeded", &fin_old, None, Some(0.72)),
-        task("t4", "running", &fin_new, None, None),
+        in_group(task("t1", "succeeded", &a, Some(0.70), Some(0.71)), false),
+        in_group(task("t2", "succeeded", &b, Some(0.80), Some(0.79)), false),
+        in_group(task("t3", "succeeded", &fin_old, None, Some(0.72)), false),
+        in_group(task("t4", "running", &fin_new, None, None), true),
         lin_task,
         failed,
     ];
@@ -341,8 +349,10 @@ fn from_task_infos_reads_list_tasks_output() {
     );
     assert_eq!(input.datasets, vec![DatasetInfo { name: "pets".into(), metric: "mean_per_class".into() }]);
     let by_id = |id: &str| input.cells.iter().find(|c| c.task_id == id).expect("cell");
-    assert!(!by_id("t3").is_current_final, "the grid found a better point: the old final is stale");
+    assert!(!by_id("t3").is_current_final, "the store says the old final is not current");
     assert!(by_id("t4").is_current_final);
+    assert_eq!(by_id("t1").selection_group, group);
+    assert_eq!(by_id("t5").selection_group, "", "linear cells have no selection group");
     assert_eq!(by_id("t1").duration_s, Some(60.0), "wall time when the result has none");
     assert_eq!(by_id("t5").duration_s, Some(12.5));
     assert_eq!(by_id("t5").selected.get("l2"), Some(&0.01));
