@@ -18,12 +18,36 @@ impl Normalize {
     /// torchvision's ImageNet statistics (every torchvision classifier).
     pub const IMAGENET: Normalize = Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
     /// TensorFlow's EfficientNet-Lite recipe, `(x - 127) / 128` on 0..255 pixels.
-    pub const TF_LITE: Normalize =
-        Normalize { mean: [127.0 / 255.0, 127.0 / 255.0, 127.0 / 255.0], std: [128.0 / 255.0, 128.0 / 255.0, 128.0 / 255.0] };
+    pub const TF_LITE: Normalize = Normalize {
+        mean: [127.0 / 255.0, 127.0 / 255.0, 127.0 / 255.0],
+        std: [128.0 / 255.0, 128.0 / 255.0, 128.0 / 255.0],
+    };
 
     /// Every mean finite and every std finite and positive.
     pub fn is_valid(&self) -> bool {
         self.mean.iter().all(|m| m.is_finite()) && self.std.iter().all(|s| s.is_finite() && *s > 0.0)
+    }
+
+    /// Whether this is [`Normalize::IMAGENET`].
+    pub fn is_imagenet(&self) -> bool {
+        *self == Normalize::IMAGENET
+    }
+
+    /// The input normalisation a model uses when its sweep file gives none: the builtin
+    /// architecture's (ImageNet's for torchvision's networks, TensorFlow's for Lite), and
+    /// ImageNet's for TorchScript modules and names the registry does not know.
+    pub fn default_for(arch: &str, builtin: bool) -> Normalize {
+        match (builtin, lookup(arch)) {
+            (true, Some(a)) => a.normalize,
+            _ => Normalize::IMAGENET,
+        }
+    }
+}
+
+/// ImageNet's statistics: what every model used before the normalisation was configurable.
+impl Default for Normalize {
+    fn default() -> Self {
+        Normalize::IMAGENET
     }
 }
 
@@ -60,9 +84,27 @@ pub const ARCHS: &[Arch] = &[
     tv("mobilenet_v2_140", 1792),
     Arch { name: "inception_v3", feature_dim: 2048, native_size: 299, normalize: Normalize::IMAGENET, aux_head: true },
     tv("efficientnet_b0", 1280),
-    Arch { name: "efficientnet_lite0", feature_dim: 1280, native_size: 224, normalize: Normalize::TF_LITE, aux_head: false },
-    Arch { name: "efficientnet_lite1", feature_dim: 1280, native_size: 240, normalize: Normalize::TF_LITE, aux_head: false },
-    Arch { name: "efficientnet_lite2", feature_dim: 1280, native_size: 260, normalize: Normalize::TF_LITE, aux_head: false },
+    Arch {
+        name: "efficientnet_lite0",
+        feature_dim: 1280,
+        native_size: 224,
+        normalize: Normalize::TF_LITE,
+        aux_head: false,
+    },
+    Arch {
+        name: "efficientnet_lite1",
+        feature_dim: 1280,
+        native_size: 240,
+        normalize: Normalize::TF_LITE,
+        aux_head: false,
+    },
+    Arch {
+        name: "efficientnet_lite2",
+        feature_dim: 1280,
+        native_size: 260,
+        normalize: Normalize::TF_LITE,
+        aux_head: false,
+    },
 ];
 
 /// The builtin architecture called `name`.
@@ -90,6 +132,16 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), ARCHS.len());
         assert!(lookup("resnet5000").is_none());
+    }
+
+    #[test]
+    fn defaults_follow_the_registry_for_builtin_models_only() {
+        assert_eq!(Normalize::default_for("efficientnet_lite1", true), Normalize::TF_LITE);
+        assert_eq!(Normalize::default_for("resnet50", true), Normalize::IMAGENET);
+        assert_eq!(Normalize::default_for("efficientnet_lite1", false), Normalize::IMAGENET);
+        assert_eq!(Normalize::default_for("nasnet_large", false), Normalize::IMAGENET);
+        assert!(Normalize::default().is_imagenet());
+        assert!(!Normalize::TF_LITE.is_imagenet());
     }
 
     #[test]

@@ -43,6 +43,16 @@ pub(crate) struct ModelEntry {
     pub weights: Option<PathBuf>,
     pub imagenet_top1: Option<Spanned<f64>>,
     pub image_size: Option<Spanned<u32>>,
+    /// Input normalisation; default: the builtin architecture's (ImageNet for TorchScript).
+    pub normalize: Option<Spanned<NormalizeEntry>>,
+}
+
+/// `normalize = { mean = [r, g, b], std = [r, g, b] }` on pixels scaled to [0, 1].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NormalizeEntry {
+    pub mean: Spanned<Vec<f64>>,
+    pub std: Spanned<Vec<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
