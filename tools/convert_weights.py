@@ -181,6 +181,8 @@ def run(a):
     if a.source == "package":
         if a.random_init:
             raise ConversionError("--source package converts a real checkpoint; --random-init does not apply")
+        if a.torchscript:
+            raise ConversionError(f"{a.arch} is a builtin network: convert it with --out, not --torchscript")
         model, sd, metadata = package_model(a.arch, a.checkpoint)
     else:
         if a.checkpoint:
