@@ -38,6 +38,7 @@ fn cells(sweep: &str, n: usize) -> Vec<Cell> {
                     weights: Some(PathBuf::from("/weights/resnet50.safetensors")),
                     imagenet_top1: Some(76.1),
                     image_size: 224,
+                    normalize: Default::default(),
                 },
                 dataset: DatasetSpec {
                     name: format!("dataset{}", (i / 16) % 12),

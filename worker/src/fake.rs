@@ -143,6 +143,7 @@ pub fn run(
         selected: Default::default(),
         extra: [("fake".to_string(), 1.0)].into_iter().collect(),
         resumed_from_step,
+        backbone_top1: None,
     })
 }
 

@@ -24,6 +24,7 @@ fn spec(fake: FakeSettings) -> CellSpec {
             weights: None,
             imagenet_top1: Some(0.7),
             image_size: 32,
+            normalize: Default::default(),
         },
         dataset: DatasetSpec {
             name: "toy".into(),

@@ -182,12 +182,17 @@ impl ReportInput {
     /// Builds the input from the coordinator's `ListTasks` pages (every state).
     ///
     /// Scores come from `result`, the ImageNet top-1, the metric and the seed from
-    /// `spec_json` (a [`CellSpec`]); a task with no spec keeps what `TaskInfo` itself says.
-    /// Datasets are listed by name. The selection group and which final is current come
-    /// from `TaskInfo` (`selection_group`, `current_final`): the store owns them.
+    /// `spec_json` (a [`CellSpec`]); a model whose sweep file gives no top-1 takes the one
+    /// its weights file carries (`result.backbone_top1`, reported by the trainer). A task
+    /// with no spec keeps what `TaskInfo` itself says. Datasets are listed by name. The
+    /// selection group and which final is current come from `TaskInfo`
+    /// (`selection_group`, `current_final`): the store owns them.
     pub fn from_task_infos(tasks: &[TaskInfo]) -> Result<Self, ReportError> {
         let mut cells = Vec::with_capacity(tasks.len());
         let mut models: BTreeMap<String, Option<f64>> = BTreeMap::new();
+        // the top-1 the workers found in the weights files' metadata, for models whose
+        // sweep file gives none
+        let mut weights_top1: BTreeMap<String, f64> = BTreeMap::new();
         let mut datasets: BTreeMap<String, String> = BTreeMap::new();
         for task in tasks {
             let spec = if task.spec_json.trim().is_empty() {
@@ -214,6 +219,9 @@ impl ReportInput {
                 *entry = top1;
             }
             let result = task.result.as_ref();
+            if let Some(top1) = result.and_then(|r| r.backbone_top1) {
+                weights_top1.entry(model.clone()).or_insert(top1);
+            }
             let metric = match (result.map(|r| r.metric.as_str()), &spec) {
                 (Some(m), _) if !m.is_empty() => m.to_string(),
                 (_, Some(spec)) => spec.dataset.metric.name().to_string(),
@@ -255,7 +263,13 @@ impl ReportInput {
         Ok(Self {
             sweep: tasks.first().map(|t| t.sweep.clone()).unwrap_or_default(),
             cells,
-            models: models.into_iter().map(|(name, imagenet_top1)| ModelInfo { name, imagenet_top1 }).collect(),
+            models: models
+                .into_iter()
+                .map(|(name, top1)| {
+                    let imagenet_top1 = top1.or_else(|| weights_top1.get(&name).copied());
+                    ModelInfo { name, imagenet_top1 }
+                })
+                .collect(),
             datasets: datasets.into_iter().map(|(name, metric)| DatasetInfo { name, metric }).collect(),
             settings: AnalysisSettings::default(),
         })

@@ -246,6 +246,7 @@ fn spec(
             weights: None,
             imagenet_top1: top1,
             image_size: 224,
+            normalize: Default::default(),
         },
         dataset: DatasetSpec {
             name: dataset.to_string(),
@@ -374,4 +375,35 @@ fn from_task_infos_reads_list_tasks_output() {
     no_spec[0].regime = "sideways".to_string();
     let err = ReportInput::from_task_infos(&no_spec).expect_err("bad regime");
     assert!(err.to_string().contains("regime") && err.to_string().contains("sideways"), "{err}");
+}
+
+#[test]
+fn the_weights_files_top1_stands_in_when_the_sweep_file_gives_none() {
+    let with_top1 = |task: &mut TaskInfo, top1: f64| {
+        if let Some(r) = task.result.as_mut() {
+            r.backbone_top1 = Some(top1);
+        }
+    };
+    let lite = spec("lite0", None, "pets", Regime::Linear, Stage::Grid, BTreeMap::new());
+    let lite_ft = spec("lite0", None, "pets", Regime::Finetune, Stage::Grid, hp(0.1, 0.0));
+    let lite_scratch = spec("lite0", None, "pets", Regime::Scratch, Stage::Grid, hp(0.1, 0.0));
+    let given = spec("mnv2", Some(72.0), "pets", Regime::Linear, Stage::Grid, BTreeMap::new());
+    let mut tasks = vec![
+        task("s1", "succeeded", &lite_scratch, Some(0.5), Some(0.5)),
+        task("l1", "succeeded", &lite, Some(0.8), Some(0.8)),
+        task("f1", "succeeded", &lite_ft, Some(0.9), Some(0.9)),
+        task("m1", "succeeded", &given, Some(0.7), Some(0.7)),
+    ];
+    with_top1(&mut tasks[1], 75.1);
+    with_top1(&mut tasks[2], 75.1);
+    with_top1(&mut tasks[3], 71.878);
+    let input = ReportInput::from_task_infos(&tasks).expect("input");
+    assert_eq!(
+        input.models,
+        vec![
+            ModelInfo { name: "lite0".into(), imagenet_top1: Some(75.1) },
+            // the sweep file's value wins over the file's
+            ModelInfo { name: "mnv2".into(), imagenet_top1: Some(72.0) },
+        ]
+    );
 }

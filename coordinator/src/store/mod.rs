@@ -1255,6 +1255,7 @@ fn finite_result(result: &TaskResult) -> TaskResult {
     clean.val_score = finite_opt(result.val_score);
     clean.test_score = finite_opt(result.test_score);
     clean.train_loss = finite_opt(result.train_loss);
+    clean.backbone_top1 = finite_opt(result.backbone_top1);
     clean.images_per_s = finite(result.images_per_s);
     clean.duration_s = finite(result.duration_s);
     clean.selected.retain(|_, v| v.is_finite());
