@@ -47,6 +47,8 @@ fn spec(fake: FakeSettings) -> CellSpec {
             loader_threads: 1,
             l2_path: vec![],
             lbfgs_max_iter: 10,
+            stall_timeout_s: tsweep_proto::cell::DEFAULT_STALL_TIMEOUT_S,
+            max_runtime_s: None,
         },
         seed: 1,
         gpus: 0,
