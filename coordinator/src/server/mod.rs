@@ -200,7 +200,8 @@ pub async fn start_with_token_reload(
 
     let cancel = CancellationToken::new();
     let telemetry = Telemetry::new();
-    let store_options = StoreOptions { lease_ttl: config.lease_ttl(), ..StoreOptions::default() };
+    let store_options =
+        StoreOptions { lease_ttl: config.lease_ttl(), dark_after: config.dark_after(), ..StoreOptions::default() };
     let auth = RequireBearer::new(config.token());
     let token_set = config.token().is_some();
     let token_file = match (&config.auth_token_file, config.token()) {
@@ -266,7 +267,9 @@ pub async fn start_with_token_reload(
     let mut background = vec![
         tokio::spawn(loops::connect(shared.clone(), store_options)),
         tokio::spawn(loops::readiness(shared.clone(), health_reporter)),
+        tokio::spawn(loops::plane(shared.clone())),
         tokio::spawn(loops::reaper(shared.clone())),
+        tokio::spawn(loops::repair(shared.clone())),
         tokio::spawn(loops::finals(shared.clone())),
         tokio::spawn(loops::gauges(shared.clone())),
         tokio::spawn(metrics_consumer::run(shared.clone())),

@@ -26,6 +26,7 @@ pub(crate) struct Scripts {
     pub stale_metric: Script,
     pub touch_worker: Script,
     pub delete_sweep: Script,
+    pub plane_beat: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -42,4 +43,5 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     stale_metric: lua!("stale_metric.lua"),
     touch_worker: lua!("touch_worker.lua"),
     delete_sweep: lua!("delete_sweep.lua"),
+    plane_beat: lua!("plane_beat.lua"),
 });

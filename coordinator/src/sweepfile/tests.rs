@@ -78,7 +78,7 @@ fn expands_every_regime_with_counts_and_filled_specs() {
     let count = |r: Regime| sweep.cells.iter().filter(|c| c.spec.regime == r).count();
     assert_eq!(count(Regime::Linear), 2 * 2);
     assert_eq!(count(Regime::Finetune), 2 * 2 * 7 * 8);
-    assert_eq!(count(Regime::Scratch), 1 * 2 * 2);
+    assert_eq!(count(Regime::Scratch), 2 * 2, "1 model x 2 datasets x 2 lr");
     assert_eq!(
         sweep.stage_counts(),
         vec![
