@@ -21,11 +21,23 @@ use crate::process::{bin_path, free_port, wait_for, Proc};
 pub struct ClusterOptions {
     pub lease_ttl_ms: u64,
     pub reaper_interval_ms: u64,
+    /// How often the coordinator re-derives its set of active sweeps.
+    pub repair_interval_ms: u64,
+    /// More `redis-server` arguments (e.g. `--enable-debug-command local` for `DEBUG SLEEP`).
+    pub redis_args: Vec<String>,
+    /// `RUST_LOG` of every process.
+    pub log_filter: String,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { lease_ttl_ms: 2_000, reaper_interval_ms: 200 }
+        Self {
+            lease_ttl_ms: 2_000,
+            reaper_interval_ms: 200,
+            repair_interval_ms: 1_000,
+            redis_args: Vec::new(),
+            log_filter: "info".to_string(),
+        }
     }
 }
 
@@ -45,7 +57,8 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("tsweep-cluster-").tempdir()?;
         let redis_dir = dir.path().join("redis");
         std::fs::create_dir_all(&redis_dir)?;
-        let redis = RedisServer::start_in(&redis_dir, 0)?;
+        let args: Vec<&str> = options.redis_args.iter().map(String::as_str).collect();
+        let redis = RedisServer::start_in_with_args(&redis_dir, 0, &args)?;
         let mut cluster = Cluster {
             dir,
             redis,
@@ -77,9 +90,10 @@ impl Cluster {
             .env("TSWEEP__REDIS_URL", self.redis.url())
             .env("TSWEEP__LEASE_TTL_MS", self.options.lease_ttl_ms.to_string())
             .env("TSWEEP__REAPER_INTERVAL_MS", self.options.reaper_interval_ms.to_string())
+            .env("TSWEEP__REPAIR_INTERVAL_MS", self.options.repair_interval_ms.to_string())
             .env("TSWEEP__FINALS_INTERVAL_MS", "200")
             .env("TSWEEP__ACQUIRE_RETRY_AFTER_MS", "100")
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", &self.options.log_filter);
         let log = self.path().join(format!("coordinator-{}.log", self.coordinator_starts));
         self.coordinator = Some(Proc::spawn("coordinator", cmd, &log)?);
         let url = self.coordinator_url();
@@ -95,20 +109,27 @@ impl Cluster {
 
     /// Starts a worker agent with the fake executor (plus `extra` flags) and returns its index.
     pub fn start_worker(&mut self, slots: u32, extra: &[&str]) -> Result<usize> {
+        let url = self.coordinator_url();
+        self.start_worker_at(&url, slots, extra)
+    }
+
+    /// As [`Cluster::start_worker`], talking to the coordinator through `coordinator_url`
+    /// (a proxy in front of it).
+    pub fn start_worker_at(&mut self, coordinator_url: &str, slots: u32, extra: &[&str]) -> Result<usize> {
         let index = self.workers.len();
         let mut cmd = Command::new(bin_path("tsweep-worker")?);
         cmd.arg("agent")
-            .args(["--coordinator", &self.coordinator_url()])
+            .args(["--coordinator", coordinator_url])
             .args(["--redis-url", &self.redis.url()])
             .args(["--slots", &slots.to_string()])
             .args(["--gpus", "0", "--device", "cpu"])
-            .args(["--worker-id", &format!("worker-{index}")])
+            .args(["--worker-id", &worker_id(index)])
             .arg("--checkpoint-root")
             .arg(self.path().join("checkpoints"))
             .arg("--cache-dir")
             .arg(self.path().join("cache"))
             .args(extra)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", &self.options.log_filter);
         if !extra.contains(&"--executor") {
             cmd.args(["--executor", "fake"]);
         }
@@ -184,6 +205,18 @@ impl Cluster {
     pub fn checkpoint_root(&self) -> PathBuf {
         self.path().join("checkpoints")
     }
+
+    /// Every coordinator log written so far (one file per start), concatenated.
+    pub fn coordinator_logs(&self) -> String {
+        (1..=self.coordinator_starts)
+            .map(|n| std::fs::read_to_string(self.path().join(format!("coordinator-{n}.log"))).unwrap_or_default())
+            .collect()
+    }
+}
+
+/// The id of the cluster's `index`-th worker.
+pub fn worker_id(index: usize) -> String {
+    format!("worker-{index}")
 }
 
 /// A fake-executor sweep file of `models × datasets × lr values` finetune cells.
