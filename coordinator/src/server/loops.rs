@@ -50,8 +50,10 @@ pub async fn connect(shared: Shared, options: StoreOptions) {
                 info!(redis_url = %redact(&shared.config.redis_url), "connected to redis");
                 // Beat before serving: an outage that ends with this coordinator's start is
                 // recorded before any of its calls renews a lease or its reaper runs.
-                if let Err(error) = store.beat(&shared.coordinator_id).await {
-                    warn!(%error, "first liveness beat failed; the beat loop tries again");
+                match store.beat(&shared.coordinator_id).await {
+                    // Redis answers: serve at once (the readiness loop confirms within a second).
+                    Ok(_) => shared.set_redis_up(true),
+                    Err(error) => warn!(%error, "first liveness beat failed; the beat loop tries again"),
                 }
                 shared.store.set(store);
                 return;
@@ -171,17 +173,21 @@ where
 }
 
 /// The control plane's liveness: a beat every `beat_interval`. A gap between two beats of
-/// any coordinator longer than `dark_after` is recorded as an outage (store::plane).
+/// any coordinator longer than `dark_after` is recorded as an outage (store::plane). A
+/// beat that gets through also lets calls through again at once after Redis was away
+/// (the readiness loop, which sets the health status, PINGs only every second).
 pub async fn plane(shared: Shared) {
     let interval = shared.config.beat_interval();
-    let telemetry = shared.telemetry.clone();
     let who = shared.coordinator_id.clone();
+    let lit = shared.clone();
     periodic("plane", shared, interval, move |store| {
-        let telemetry = telemetry.clone();
+        let lit = lit.clone();
         let who = who.clone();
         async move {
-            if store.beat(&who).await?.outage.is_some() {
-                telemetry.add_control_plane_outage();
+            let beat = store.beat(&who).await?;
+            lit.set_redis_up(true);
+            if beat.outage.is_some() {
+                lit.telemetry.add_control_plane_outage();
             }
             Ok(())
         }

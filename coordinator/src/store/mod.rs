@@ -468,11 +468,10 @@ impl Store {
             let reaped = field(0, "reaped")?;
             let extended = field(2, "extended")?;
             if extended > 0 {
-                let dark_ms: u64 = outages.iter().map(Outage::duration_ms).sum();
-                info!(sweep = %sweep, leases = extended, outages_ms = dark_ms,
+                info!(sweep = %sweep, leases = extended, outage_ms = field(3, "dark_ms")?,
                       "leases extended by the control-plane outage before reaping");
             }
-            for lost in reply.get(3..).unwrap_or_default().chunks(4) {
+            for lost in reply.get(4..).unwrap_or_default().chunks(4) {
                 match lost {
                     [task_id, worker, attempt, state] if state == "leased" => {
                         info!(sweep = %sweep, task_id = %task_id, worker = %worker, attempt = %attempt,

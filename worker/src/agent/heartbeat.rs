@@ -14,8 +14,11 @@ use super::backoff::Backoff;
 use super::client::CoordinatorClient;
 use super::leases::{LeaseKey, LeaseTable, StopCommand};
 
-/// First wait before a failed heartbeat is tried again (doubling up to the interval).
+/// Waits before a failed heartbeat is tried again: from 200 ms doubling up to 500 ms (or
+/// the interval, if shorter), so the leases are renewed within half a second of the
+/// control plane's return. A refused connection costs nothing.
 const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// What to send on re-registration (the coordinator forgot this worker).
 #[derive(Debug, Clone)]
@@ -35,8 +38,9 @@ pub async fn run(
     // While beats fail (coordinator or Redis away) the children keep running and the
     // leases are kept: the coordinator extends them by the outage once it is back (see
     // docs/ARCHITECTURE.md, "Control-plane outages"). Failed beats are retried sooner than
-    // the interval, so the leases are renewed again soon after the control plane returns.
-    let mut retry = Backoff::new(RETRY_MIN.min(interval), interval);
+    // the interval (RETRY_*), so the leases are renewed again soon after the control plane
+    // returns.
+    let mut retry = Backoff::new(RETRY_MIN.min(interval), RETRY_MAX.min(interval));
     let mut failing_since: Option<Instant> = None;
     let mut wait = Duration::ZERO;
     loop {

@@ -6,12 +6,14 @@
 -- First, in the same script, the control-plane outages this sweep has not seen yet
 -- (plane_beat; meta field dark_applied_ms = the end of the last one applied) are applied,
 -- oldest first: every lease whose deadline lies in [start, end + ttl) was not renewed
--- after the outage began (nobody could renew it), and is moved later by the outage's
--- length, so it has as long left as when the control plane went dark. A worker that is
--- really gone is then reaped within a TTL of the control plane coming back.
+-- after the outage began (nobody could renew it); it gets the dark time back and at least
+-- a full TTL from the outage's end (deadline = max(deadline + length, end + ttl), as etcd
+-- refreshes every lease on a leader change), so its worker has a whole TTL to renew again
+-- however close together outages come. A worker that is really gone is then reaped
+-- within a TTL of the control plane coming back.
 -- ARGV: max_lost, batch, ttl_ms, then 2 fields per outage: start_ms, end_ms (oldest first)
--- Returns {reaped, more, extended, then task_id, worker, attempt, state of each lease
--- reaped}: more = 1 when further expired leases remain; state 'leased' means its worker
+-- Returns {reaped, more, extended, dark_ms (the outages applied now), then task_id,
+-- worker, attempt, state of each lease reaped}: more = 1 when further expired leases remain; state 'leased' means its worker
 -- never renewed it (it died first, or the acquire's reply never reached it).
 local bad = validate_base(); if bad then return bad end
 local max_lost, batch, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -26,7 +28,7 @@ for i = 4, #ARGV, 2 do
   end
 end
 
-local extended = 0
+local extended, dark_ms = 0, 0
 if sweep_status() then
   local applied = num(redis.call('HGET', k('meta'), 'dark_applied_ms'), 0)
   local latest = applied
@@ -34,9 +36,10 @@ if sweep_status() then
     local start, stop = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
     if stop > latest then
       local gap = stop - start
+      dark_ms = dark_ms + gap
       local dark = redis.call('ZRANGEBYSCORE', k('leases'), start, '(' .. (stop + ttl), 'WITHSCORES')
       for j = 1, #dark, 2 do
-        local deadline = tonumber(dark[j + 1]) + gap
+        local deadline = math.max(tonumber(dark[j + 1]) + gap, stop + ttl)
         redis.call('ZADD', k('leases'), deadline, dark[j])
         redis.call('HSET', task_key(dark[j]), 'deadline', deadline)
         extended = extended + 1
@@ -72,6 +75,6 @@ for _, id in ipairs(expired) do
 end
 local more = 0
 if #expired == batch then more = 1 end
-local reply = {tostring(reaped), tostring(more), tostring(extended)}
+local reply = {tostring(reaped), tostring(more), tostring(extended), tostring(dark_ms)}
 for _, v in ipairs(lost) do reply[#reply + 1] = v end
 return reply
