@@ -147,6 +147,11 @@ fn bad_input_exits_2_with_one_line_and_writes_nothing() {
             GOOD.replace("[regimes.scratch]", "[regimes.scrach]"),
             "unknown field `scrach`, expected one of `linear`, `finetune`, `scratch`",
         ),
+        (
+            "unknown precision",
+            GOOD.replace("steps = 10", "steps = 10\nprecision = \"fp8\""),
+            "bad.toml:6:13: defaults.precision: unknown variant `fp8`, expected one of `fp32`, `bf16`, `fp16`",
+        ),
     ];
     for (what, text, needle) in cases {
         let dir = tempfile::tempdir().unwrap();

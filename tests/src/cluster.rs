@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -14,7 +13,8 @@ use tsweep_proto::v1::{
     GetSweepRequest, ListTasksRequest, SubmitSweepRequest, SubmitSweepResponse, SweepSummary, TaskInfo,
 };
 
-use crate::process::{bin_path, free_port, wait_for, Proc};
+pub use crate::process::worker_id;
+use crate::process::{free_port, serve_command, wait_for, worker_command, Proc};
 
 /// Knobs of a test cluster.
 #[derive(Debug, Clone)]
@@ -83,12 +83,8 @@ impl Cluster {
     /// Starts (or restarts) `tsweep serve` on the cluster's port and waits until it answers.
     pub async fn start_coordinator(&mut self) -> Result<()> {
         self.coordinator_starts += 1;
-        let mut cmd = Command::new(bin_path("tsweep")?);
-        cmd.arg("serve")
-            .env("TSWEEP__LISTEN", format!("127.0.0.1:{}", self.grpc_port))
-            .env("TSWEEP__METRICS_LISTEN", "")
-            .env("TSWEEP__REDIS_URL", self.redis.url())
-            .env("TSWEEP__LEASE_TTL_MS", self.options.lease_ttl_ms.to_string())
+        let mut cmd = serve_command(self.grpc_port, "", &self.redis.url())?;
+        cmd.env("TSWEEP__LEASE_TTL_MS", self.options.lease_ttl_ms.to_string())
             .env("TSWEEP__REAPER_INTERVAL_MS", self.options.reaper_interval_ms.to_string())
             .env("TSWEEP__REPAIR_INTERVAL_MS", self.options.repair_interval_ms.to_string())
             .env("TSWEEP__FINALS_INTERVAL_MS", "200")
@@ -117,19 +113,8 @@ impl Cluster {
     /// (a proxy in front of it).
     pub fn start_worker_at(&mut self, coordinator_url: &str, slots: u32, extra: &[&str]) -> Result<usize> {
         let index = self.workers.len();
-        let mut cmd = Command::new(bin_path("tsweep-worker")?);
-        cmd.arg("agent")
-            .args(["--coordinator", coordinator_url])
-            .args(["--redis-url", &self.redis.url()])
-            .args(["--slots", &slots.to_string()])
-            .args(["--gpus", "0", "--device", "cpu"])
-            .args(["--worker-id", &worker_id(index)])
-            .arg("--checkpoint-root")
-            .arg(self.path().join("checkpoints"))
-            .arg("--cache-dir")
-            .arg(self.path().join("cache"))
-            .args(extra)
-            .env("RUST_LOG", &self.options.log_filter);
+        let mut cmd = worker_command(coordinator_url, &self.redis.url(), self.path(), index, slots)?;
+        cmd.args(extra).env("RUST_LOG", &self.options.log_filter);
         if !extra.contains(&"--executor") {
             cmd.args(["--executor", "fake"]);
         }
@@ -212,11 +197,6 @@ impl Cluster {
             .map(|n| std::fs::read_to_string(self.path().join(format!("coordinator-{n}.log"))).unwrap_or_default())
             .collect()
     }
-}
-
-/// The id of the cluster's `index`-th worker.
-pub fn worker_id(index: usize) -> String {
-    format!("worker-{index}")
 }
 
 /// A fake-executor sweep file of `models × datasets × lr values` finetune cells.

@@ -24,6 +24,7 @@ fn spec(fake: FakeSettings) -> CellSpec {
             weights: None,
             imagenet_top1: Some(0.7),
             image_size: 32,
+            normalize: Default::default(),
         },
         dataset: DatasetSpec {
             name: "toy".into(),
@@ -51,6 +52,7 @@ fn spec(fake: FakeSettings) -> CellSpec {
             max_runtime_s: None,
         },
         seed: 1,
+        precision: Default::default(),
         gpus: 0,
         max_attempts: 3,
         fake: Some(fake),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
-use tsweep_proto::cell::{DatasetFormat, FakeSettings, Metric, ModelSource, ValPolicy};
+use tsweep_proto::cell::{DatasetFormat, FakeSettings, Metric, ModelSource, Precision, ValPolicy};
 
 use super::axis::Axis;
 
@@ -19,7 +19,7 @@ pub(crate) struct SweepFile {
     /// relative to the sweep file's directory. Default: the sweep file's directory.
     pub root: Option<PathBuf>,
     /// Lets linear and finetune cells run on models without pretrained weights
-    /// (the quickstart on synthetic data; never for a real sweep).
+    /// (`examples/synthetic.toml`; never for a real sweep).
     #[serde(default)]
     pub allow_random_init: bool,
     #[serde(default)]
@@ -43,6 +43,18 @@ pub(crate) struct ModelEntry {
     pub weights: Option<PathBuf>,
     pub imagenet_top1: Option<Spanned<f64>>,
     pub image_size: Option<Spanned<u32>>,
+    /// This model's precision in every regime (wins over `[defaults]` and the regime's).
+    pub precision: Option<Precision>,
+    /// Input normalisation; default: the builtin architecture's (ImageNet for TorchScript).
+    pub normalize: Option<Spanned<NormalizeEntry>>,
+}
+
+/// `normalize = { mean = [r, g, b], std = [r, g, b] }` on pixels scaled to [0, 1].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NormalizeEntry {
+    pub mean: Spanned<Vec<f64>>,
+    pub std: Spanned<Vec<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +115,7 @@ macro_rules! settings_struct {
             pub gpus: Option<u32>,
             pub stall_timeout_s: Option<Spanned<u64>>,
             pub max_runtime_s: Option<Spanned<u64>>,
+            pub precision: Option<Precision>,
             $($(#[$fattr])* pub $field: $ty,)*
         }
         impl $name {
@@ -123,6 +136,7 @@ macro_rules! settings_struct {
                     gpus: self.gpus,
                     stall_timeout_s: self.stall_timeout_s.clone(),
                     max_runtime_s: self.max_runtime_s.clone(),
+                    precision: self.precision,
                 }
             }
         }
@@ -171,6 +185,7 @@ impl Settings {
             gpus: over.gpus.or(self.gpus),
             stall_timeout_s: over.stall_timeout_s.clone().or_else(|| self.stall_timeout_s.clone()),
             max_runtime_s: over.max_runtime_s.clone().or_else(|| self.max_runtime_s.clone()),
+            precision: over.precision.or(self.precision),
         }
     }
 }

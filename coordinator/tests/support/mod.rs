@@ -32,6 +32,7 @@ pub fn spec(sweep: &str, model: &str, regime: Regime, lr: f64, gpus: u32, max_at
             weights: None,
             imagenet_top1: Some(70.0),
             image_size: 32,
+            normalize: Default::default(),
         },
         dataset: DatasetSpec {
             name: "shapes".to_string(),
@@ -59,6 +60,7 @@ pub fn spec(sweep: &str, model: &str, regime: Regime, lr: f64, gpus: u32, max_at
             max_runtime_s: None,
         },
         seed: 0,
+        precision: Default::default(),
         gpus,
         max_attempts,
         fake: None,

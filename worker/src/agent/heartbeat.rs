@@ -1,12 +1,13 @@
 //! The heartbeat: its own timer task, independent of work (a three-hour step must not look
 //! like a dead worker). Each beat renews every held lease with its latest checkpoint and
-//! running flag, and passes the coordinator's stop orders to the slots.
+//! running flag, and passes the coordinator's stop orders to the slots. A coordinator
+//! that forgot this worker is answered by the client, which registers again
+//! (`client::CoordinatorClient`).
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
 use tracing::{debug, info, warn};
 use tsweep_proto::v1::{HeartbeatResponse, StopReason};
 
@@ -20,21 +21,7 @@ use super::leases::{LeaseKey, LeaseTable, StopCommand};
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_millis(500);
 
-/// What to send on re-registration (the coordinator forgot this worker).
-#[derive(Debug, Clone)]
-pub struct Registration {
-    pub hostname: String,
-    pub slots: u32,
-    pub gpus: u32,
-}
-
-pub async fn run(
-    client: CoordinatorClient,
-    leases: LeaseTable,
-    interval: Duration,
-    registration: Registration,
-    stop: CancellationToken,
-) {
+pub async fn run(client: CoordinatorClient, leases: LeaseTable, interval: Duration, stop: CancellationToken) {
     // While beats fail (coordinator or Redis away) the children keep running and the
     // leases are kept: the coordinator extends them by the outage once it is back (see
     // docs/ARCHITECTURE.md, "Control-plane outages"). Failed beats are retried sooner than
@@ -62,15 +49,6 @@ pub async fn run(
                 }
                 apply_stop_orders(&leases, &response);
                 true
-            }
-            Err(status) if status.code() == Code::NotFound => {
-                warn!(error = %status.message(), "coordinator does not know this worker; registering again");
-                if let Err(status) =
-                    client.register(registration.hostname.clone(), registration.slots, registration.gpus).await
-                {
-                    warn!(code = ?status.code(), error = %status.message(), "re-registration failed");
-                }
-                false
             }
             Err(status) => {
                 if failing_since.is_none() {
