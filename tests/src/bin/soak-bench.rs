@@ -190,12 +190,16 @@ impl SimWorker {
                 slots: 1,
                 gpus: 1,
                 version: tsweep_proto::VERSION.into(),
+                worker_secret: String::new(),
             })
             .await;
-        if registered.is_err() {
-            self.shared.errors.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+        let worker_secret = match registered {
+            Ok(reply) => reply.into_inner().worker_secret,
+            Err(_) => {
+                self.shared.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
         while !self.stop.load(Ordering::Relaxed) {
             let t0 = Instant::now();
             let reply = self
@@ -205,6 +209,7 @@ impl SimWorker {
                     worker_id: self.id.clone(),
                     free_gpus: 1,
                     slot: 0,
+                    worker_secret: worker_secret.clone(),
                 })
                 .await;
             let elapsed = t0.elapsed().as_secs_f64() * 1e3;
@@ -238,6 +243,7 @@ impl SimWorker {
                         protocol_version: PROTOCOL_VERSION,
                         worker_id: self.id.clone(),
                         leases: vec![HeldLease { lease: Some(lease.clone()), running: true, ..Default::default() }],
+                        worker_secret: worker_secret.clone(),
                     };
                     if self.client.heartbeat(beat).await.is_err() {
                         self.shared.errors.fetch_add(1, Ordering::Relaxed);
@@ -277,6 +283,7 @@ impl SimWorker {
                     worker_id: self.id.clone(),
                     lease: Some(lease),
                     result: Some(TaskResult { metric: "top1".into(), val_score: Some(0.5), ..Default::default() }),
+                    worker_secret: worker_secret.clone(),
                 })
                 .await;
             match done {
