@@ -199,6 +199,26 @@ impl Cluster {
     }
 }
 
+/// A fake-executor sweep file, linear regime only (no finals), of about `cells` cells:
+/// 100 datasets and as many models as it takes (the benchmarks' sweep).
+pub fn linear_sweep_text(sweep: &str, cells: usize) -> String {
+    let datasets = 100;
+    let models = cells.div_ceil(datasets);
+    let mut text = format!("name = \"{sweep}\"\nallow_random_init = true\n\n[fake]\nsleep_ms = 0\n\n");
+    for m in 0..models {
+        text.push_str(&format!(
+            "[[models]]\nname = \"m{m}\"\nsource = \"builtin\"\narch = \"resnet18\"\nimage_size = 32\n\n"
+        ));
+    }
+    for d in 0..datasets {
+        text.push_str(&format!(
+            "[[datasets]]\nname = \"d{d}\"\nformat = \"imagefolder\"\npath = \"/data/d{d}\"\nmetric = \"top1\"\n\n"
+        ));
+    }
+    text.push_str("[regimes.linear]\nl2 = [1.0]\n");
+    text
+}
+
 /// A fake-executor sweep file of `models × datasets × lr values` finetune cells.
 pub fn fake_sweep(name: &str, models: usize, datasets: usize, lrs: usize, sleep_ms: u64, steps: u64) -> String {
     let mut text = format!(
