@@ -28,6 +28,7 @@ pub(crate) struct Scripts {
     pub register_worker: Script,
     pub worker_auth: Script,
     pub delete_sweep: Script,
+    pub plane_beat: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -46,4 +47,5 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     register_worker: lua!("register_worker.lua"),
     worker_auth: lua!("worker_auth.lua"),
     delete_sweep: lua!("delete_sweep.lua"),
+    plane_beat: lua!("plane_beat.lua"),
 });

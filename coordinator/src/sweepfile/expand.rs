@@ -8,7 +8,7 @@ use toml::Spanned;
 use tsweep_proto::arch::Normalize;
 use tsweep_proto::cell::{
     CellSpec, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Precision, Regime, Stage, TrainSettings,
-    ValPolicy,
+    ValPolicy, DEFAULT_STALL_TIMEOUT_S,
 };
 
 use super::axis::{Axis, AxisError};
@@ -22,6 +22,8 @@ const DEFAULT_IMAGE_SIZE: u32 = 224;
 const MAX_NAME_LEN: usize = 100;
 /// Held-out validation when a dataset does not say: 10% of train, stratified, seed 0.
 const DEFAULT_HELD_OUT_FRACTION: f64 = 0.1;
+/// Longest `stall_timeout_s` / `max_runtime_s`: 30 days.
+const MAX_LIMIT_S: u64 = 30 * 24 * 3600;
 
 pub(super) fn parse_and_expand(
     text: &str,
@@ -511,6 +513,26 @@ impl<'a> Expander<'a> {
             let span = settings.lbfgs_max_iter.as_ref().map_or(section.span(), |l| l.span());
             return Err(self.invalid(&span, &format!("{prefix}.lbfgs_max_iter"), "must be at least 1"));
         }
+        let stall_timeout_s = settings.stall_timeout_s.as_ref().map_or(DEFAULT_STALL_TIMEOUT_S, |s| *s.get_ref());
+        if !(1..=MAX_LIMIT_S).contains(&stall_timeout_s) {
+            let span = settings.stall_timeout_s.as_ref().map_or(section.span(), |s| s.span());
+            return Err(self.invalid(
+                &span,
+                &format!("{prefix}.stall_timeout_s"),
+                format!("{stall_timeout_s} is not in [1, {MAX_LIMIT_S}] seconds"),
+            ));
+        }
+        let max_runtime_s = match &settings.max_runtime_s {
+            Some(m) if !(1..=MAX_LIMIT_S).contains(m.get_ref()) => {
+                return Err(self.invalid(
+                    &m.span(),
+                    &format!("{prefix}.max_runtime_s"),
+                    format!("{} is not in [1, {MAX_LIMIT_S}] seconds", m.get_ref()),
+                ));
+            }
+            Some(m) => Some(*m.get_ref()),
+            None => None,
+        };
         Ok(TrainSettings {
             steps,
             batch_size,
@@ -524,6 +546,8 @@ impl<'a> Expander<'a> {
             loader_threads: settings.loader_threads.unwrap_or(4),
             l2_path,
             lbfgs_max_iter,
+            stall_timeout_s,
+            max_runtime_s,
         })
     }
 

@@ -12,6 +12,9 @@
 //! - `fail = "retryable" | "fatal" | "out_of_memory"` fails with that class half-way through, `"crash"` aborts
 //!   the process there (no result, killed by SIGABRT); with `fail_attempts = N > 0` only
 //!   attempts 1..=N fail;
+//! - `hang_after_step = N` hangs after step N (no events, SIGTERM ignored) until killed,
+//!   like a deadlocked trainer (also limited by `fail_attempts`);
+//! - an unreadable resume checkpoint is a `resume_failed` event, then a run from step 0;
 //! - the score is `score`, or a deterministic function of the model and the hyperparameters
 //!   (peaked at lr = 1e-2, weight_decay = 1e-4, higher for a model with a higher
 //!   `imagenet_top1`), so that selection and the report have something to pick.
@@ -62,6 +65,7 @@ pub fn run(
     let total_steps = settings.steps.max(1);
     let step_sleep = Duration::from_millis(settings.sleep_ms) / u32::try_from(total_steps).unwrap_or(u32::MAX);
     let fault = injected_fault(&settings, input.attempt)?;
+    let hang_after = settings.hang_after_step.filter(|_| fault_applies(&settings, input.attempt));
 
     std::fs::create_dir_all(&input.checkpoint_dir).map_err(|e| {
         ExecutorFailure::retryable(format!("cannot create checkpoint dir {}: {e}", input.checkpoint_dir.display()))
@@ -78,6 +82,7 @@ pub fn run(
             Err(e) => {
                 warn!(task_id = %input.task_id, attempt = input.attempt, error = %e,
                       "cannot read the checkpoint to resume from, starting at step 0");
+                emit(ChildEvent::ResumeFailed { path: resume.path.clone(), step: resume.step, reason: e });
                 0
             }
         },
@@ -104,6 +109,9 @@ pub fn run(
                     }
                 }
             }
+        }
+        if hang_after == Some(done) {
+            hang(input, done);
         }
         if done >= total_steps {
             break;
@@ -160,8 +168,21 @@ fn injected_fault(settings: &FakeSettings, attempt: u32) -> Result<Option<Inject
             )))
         }
     };
-    let applies = settings.fail_attempts == 0 || attempt <= settings.fail_attempts;
-    Ok(applies.then_some(fault))
+    Ok(fault_applies(settings, attempt).then_some(fault))
+}
+
+/// `fail_attempts`: only attempts 1..=N misbehave (0: every attempt).
+fn fault_applies(settings: &FakeSettings, attempt: u32) -> bool {
+    settings.fail_attempts == 0 || attempt <= settings.fail_attempts
+}
+
+/// `hang_after_step`: a trainer stuck for good (a deadlocked collective, a dead NFS mount):
+/// no events, the stop flag ignored, until the agent kills the process.
+fn hang(input: &TaskInput, step: u64) -> ! {
+    warn!(task_id = %input.task_id, attempt = input.attempt, step, "fake executor hanging on request (fake.hang_after_step)");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 /// Sleeps `total`, returning false early when `stop` is raised.
