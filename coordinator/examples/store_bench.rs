@@ -36,6 +36,7 @@ fn cells(sweep: &str, n: usize) -> Vec<Cell> {
                     weights: Some(PathBuf::from("/weights/resnet50.safetensors")),
                     imagenet_top1: Some(76.1),
                     image_size: 224,
+                    pretrained: None,
                 },
                 dataset: DatasetSpec {
                     name: format!("dataset{}", (i / 16) % 12),
@@ -66,7 +67,7 @@ fn cells(sweep: &str, n: usize) -> Vec<Cell> {
                 max_attempts: 3,
                 fake: None,
             };
-            Cell { id: task_id(&spec), spec }
+            Cell { id: task_id(&spec), spec, after: None }
         })
         .collect()
 }

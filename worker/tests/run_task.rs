@@ -24,6 +24,7 @@ fn spec(fake: FakeSettings) -> CellSpec {
             weights: None,
             imagenet_top1: Some(0.7),
             image_size: 32,
+            pretrained: None,
         },
         dataset: DatasetSpec {
             name: "toy".into(),

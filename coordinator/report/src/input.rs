@@ -64,7 +64,9 @@ impl Serialize for CellStatus {
     }
 }
 
-/// One cell of the sweep: a grid point or a final (refit on train+val).
+/// One cell of the sweep: a grid point, a final (refit on train+val) or a pretrain cell
+/// (a source model trained from scratch: `dataset` is its source, `hparams` its setting,
+/// `test_score` its source accuracy, `model` the model its backbone becomes).
 ///
 /// Scores are on the scale the trainer reported them (fractions are expected; see
 /// [`crate::analysis::ScoreScale`] for how percentages are recognised).
@@ -253,7 +255,7 @@ fn parse_regime(task_id: &str, name: &str) -> Result<Regime, ReportError> {
 }
 
 fn parse_stage(task_id: &str, name: &str) -> Result<Stage, ReportError> {
-    [Stage::Grid, Stage::Final].into_iter().find(|s| s.name() == name).ok_or_else(|| ReportError::UnknownValue {
+    Stage::from_name(name).ok_or_else(|| ReportError::UnknownValue {
         task_id: task_id.to_string(),
         field: "stage",
         value: name.to_string(),
@@ -273,6 +275,8 @@ pub fn mark_current_finals(cells: &mut [CellRow]) {
         match cell.stage {
             Stage::Grid => grid.push(i),
             Stage::Final => finals.push(i),
+            // A pretrain cell trains a source model; it is in no selection group.
+            Stage::Pretrain => {}
         }
     }
     for (grid, finals) in groups.values() {

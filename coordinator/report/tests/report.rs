@@ -246,6 +246,7 @@ fn spec(
             weights: None,
             imagenet_top1: top1,
             image_size: 224,
+            pretrained: None,
         },
         dataset: DatasetSpec {
             name: dataset.to_string(),

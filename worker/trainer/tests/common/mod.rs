@@ -56,6 +56,7 @@ pub fn cell(regime: Regime, data: &Path, arch: &str, weights: Option<PathBuf>) -
             weights,
             imagenet_top1: None,
             image_size: 32,
+            pretrained: None,
         },
         dataset: DatasetSpec {
             name: "colours".into(),
