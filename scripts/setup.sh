@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build, run and test tsweep. Safe to run twice.
-#   - redis-server, protoc and openssl (test certificates for TLS to Redis) from Debian's packages
+#   - redis-server, protoc, openssl (test certificates for TLS to Redis and to the
+#     coordinator) and promtool (package prometheus: the metrics exposition is checked
+#     with `promtool check metrics`) from Debian's packages
 #   - podman with runc, catatonit (its pods' pause process), debootstrap (the local base
 #     image) and patchelf (the CPU worker image): deploy/local runs the Kubernetes
 #     manifests as real containers
@@ -20,6 +22,7 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v podman >/dev/null 2>&1 || need_apt+=(podman)

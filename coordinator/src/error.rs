@@ -8,6 +8,8 @@
 //! | `SweepUnfinished` (delete)      | FAILED_PRECONDITION |
 //! | `Unavailable` (Redis away)      | UNAVAILABLE         |
 //! | `Unauthenticated`               | UNAUTHENTICATED     |
+//! | `WorkerUnregistered`, `WorkerSecretMismatch` | UNAUTHENTICATED + trailer `tsweep-worker-refusal` |
+//! | `WorkerIdInUse` (register)      | ALREADY_EXISTS      |
 //! | `Internal` (corrupt record ...) | INTERNAL            |
 //!
 //! UNAVAILABLE is the only retryable code: clients (worker agent, CLI) back off and repeat.
@@ -37,6 +39,18 @@ pub enum CoordinatorError {
     Unavailable(String),
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The worker id has no live registration: the worker registers again.
+    #[error("worker {worker_id} is not registered (or its registration lapsed): register again")]
+    WorkerUnregistered { worker_id: String },
+    /// The call carried another secret than the worker id's registration.
+    #[error("worker {worker_id}: the worker secret does not match its registration")]
+    WorkerSecretMismatch { worker_id: String },
+    /// RegisterWorker for an id another live process holds.
+    #[error(
+        "worker id {worker_id} is registered by another live worker; it lapses {expires_in_ms} ms after that \
+         worker's last call (give each worker its own id)"
+    )]
+    WorkerIdInUse { worker_id: String, expires_in_ms: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -50,8 +64,21 @@ impl CoordinatorError {
                 tonic::Code::FailedPrecondition
             }
             CoordinatorError::Unavailable(_) => tonic::Code::Unavailable,
-            CoordinatorError::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            CoordinatorError::Unauthenticated(_)
+            | CoordinatorError::WorkerUnregistered { .. }
+            | CoordinatorError::WorkerSecretMismatch { .. } => tonic::Code::Unauthenticated,
+            CoordinatorError::WorkerIdInUse { .. } => tonic::Code::AlreadyExists,
             CoordinatorError::Internal(_) => tonic::Code::Internal,
+        }
+    }
+
+    /// The typed refusal a worker reads from the status (see `tsweep_proto::auth`).
+    pub fn worker_refusal(&self) -> Option<tsweep_proto::auth::WorkerRefusal> {
+        use tsweep_proto::auth::WorkerRefusal;
+        match self {
+            CoordinatorError::WorkerUnregistered { .. } => Some(WorkerRefusal::Unregistered),
+            CoordinatorError::WorkerSecretMismatch { .. } => Some(WorkerRefusal::WrongSecret),
+            _ => None,
         }
     }
 
@@ -86,7 +113,10 @@ impl From<CoordinatorError> for tonic::Status {
             tonic::Code::Unavailable => tracing::debug!(%error, "store unavailable"),
             _ => tracing::debug!(%error, ?code, "call refused"),
         }
-        tonic::Status::new(code, error.to_string())
+        match error.worker_refusal() {
+            Some(refusal) => refusal.status(error.to_string()),
+            None => tonic::Status::new(code, error.to_string()),
+        }
     }
 }
 
@@ -113,10 +143,17 @@ mod tests {
             (CoordinatorError::Unavailable("down".into()), tonic::Code::Unavailable),
             (CoordinatorError::Unauthenticated("no".into()), tonic::Code::Unauthenticated),
             (CoordinatorError::SweepUnfinished("busy".into()), tonic::Code::FailedPrecondition),
+            (CoordinatorError::WorkerIdInUse { worker_id: "w".into(), expires_in_ms: 9 }, tonic::Code::AlreadyExists),
         ];
         for (error, code) in cases {
             assert_eq!(tonic::Status::from(error).code(), code);
         }
+        use tsweep_proto::auth::WorkerRefusal;
+        let unregistered = tonic::Status::from(CoordinatorError::WorkerUnregistered { worker_id: "w".into() });
+        assert_eq!(WorkerRefusal::of(&unregistered), Some(WorkerRefusal::Unregistered));
+        let wrong = tonic::Status::from(CoordinatorError::WorkerSecretMismatch { worker_id: "w".into() });
+        assert_eq!(WorkerRefusal::of(&wrong), Some(WorkerRefusal::WrongSecret));
+        assert_eq!(WorkerRefusal::of(&tonic::Status::from(CoordinatorError::Unauthenticated("x".into()))), None);
     }
 
     #[test]

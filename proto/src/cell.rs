@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::arch::Normalize;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Regime {
@@ -164,6 +166,12 @@ impl Regularizers {
     pub fn is_neutral(&self) -> bool {
         *self == Regularizers::default()
     }
+    /// Input normalisation of pixels in [0, 1]: the sweep file's `normalize`, else
+    /// [`Normalize::default_for`] the arch. Left out of the JSON when it is ImageNet's, the
+    /// value every spec written before this field existed meant, so that those specs (and
+    /// the checkpoint fingerprints computed from them) read back unchanged.
+    #[serde(default, skip_serializing_if = "Normalize::is_imagenet")]
+    pub normalize: Normalize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

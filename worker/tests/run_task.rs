@@ -25,6 +25,7 @@ fn spec(fake: FakeSettings) -> CellSpec {
             imagenet_top1: Some(0.7),
             image_size: 32,
             pretrained: None,
+            normalize: Default::default(),
         },
         dataset: DatasetSpec {
             name: "toy".into(),

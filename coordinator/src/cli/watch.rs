@@ -71,7 +71,7 @@ impl Display {
         }
         if self.plain {
             let due = self.last_plain.is_none_or(|t| t.elapsed() >= PLAIN_LINE_EVERY);
-            if (due || is_finished(summary)) && line != self.last_line {
+            if line != self.last_line && (due || is_finished(summary)) {
                 let held: u64 = summary.pretrain.iter().map(|p| p.waiting).sum();
                 let pretrained = summary.pretrain.iter().filter(|p| p.state == "succeeded").count();
                 let stage = if summary.pretrain.is_empty() {

@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
+use tsweep_proto::arch::Normalize;
 use tsweep_proto::cell::{
     CellSpec, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Precision, Regime, Stage, TrainSettings,
     ValPolicy,
@@ -12,7 +13,7 @@ use tsweep_proto::cell::{
 
 use super::axis::{Axis, AxisError};
 use super::location::SourceText;
-use super::schema::{DatasetEntry, ModelEntry, RegimeSection, Schedule, Settings, SweepFile};
+use super::schema::{DatasetEntry, ModelEntry, NormalizeEntry, RegimeSection, Schedule, Settings, SweepFile};
 use super::{task_id, Cell, ExpandedSweep, SweepFileError, SweepSettings, HARD_MAX_CELLS, MAX_CELLS};
 
 mod pretrain;
@@ -267,6 +268,30 @@ impl<'a> Expander<'a> {
                 if *size.get_ref() == 0 {
                     return Err(self.invalid(&size.span(), "models.image_size", "must be at least 1"));
                 }
+            }
+            if let Some(normalize) = &model.normalize {
+                self.check_normalize(normalize.get_ref())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Three finite means and three finite, positive standard deviations.
+    fn check_normalize(&self, normalize: &NormalizeEntry) -> Result<(), SweepFileError> {
+        for (values, field, positive) in
+            [(&normalize.mean, "models.normalize.mean", false), (&normalize.std, "models.normalize.std", true)]
+        {
+            let v = values.get_ref();
+            if v.len() != 3 {
+                return Err(self.invalid(
+                    &values.span(),
+                    field,
+                    format!("needs 3 values (red, green, blue), got {}", v.len()),
+                ));
+            }
+            if let Some(bad) = v.iter().find(|x| !x.is_finite() || (positive && **x <= 0.0)) {
+                let what = if positive { "a finite number > 0" } else { "a finite number" };
+                return Err(self.invalid(&values.span(), field, format!("{bad} is not {what}")));
             }
         }
         Ok(())
@@ -539,13 +564,20 @@ impl<'a> Expander<'a> {
             (Regime::Scratch, ModelSource::Builtin) => None,
             _ => model.weights.as_deref().map(|w| self.resolve(w)),
         };
+        let arch = model.arch.clone().unwrap_or_else(|| model.name.get_ref().clone());
+        let normalize = match &model.normalize {
+            // check_normalize has made sure there are three of each
+            Some(n) => Normalize { mean: triple(n.get_ref().mean.get_ref()), std: triple(n.get_ref().std.get_ref()) },
+            None => Normalize::default_for(&arch.to_lowercase(), source == ModelSource::Builtin),
+        };
         ModelSpec {
             name: model.name.get_ref().clone(),
             source,
-            arch: model.arch.clone().unwrap_or_else(|| model.name.get_ref().clone()),
+            arch,
             weights,
             imagenet_top1: model.imagenet_top1.as_ref().map(|t| *t.get_ref()),
             image_size: image_size(model),
+            normalize,
             pretrained: None,
         }
     }
@@ -564,6 +596,12 @@ impl<'a> Expander<'a> {
             num_classes: dataset.num_classes.as_ref().map(|n| *n.get_ref()),
         }
     }
+}
+
+/// The first three values (a checked `normalize` list has exactly three).
+fn triple(values: &[f64]) -> [f64; 3] {
+    let at = |i: usize| values.get(i).copied().unwrap_or(f64::NAN);
+    [at(0), at(1), at(2)]
 }
 
 /// A regime's grid, kept as its axes so that its size is known before anything is built.

@@ -53,6 +53,16 @@ pub(crate) struct ModelEntry {
     pub image_size: Option<Spanned<u32>>,
     /// This model's precision in every regime (wins over `[defaults]` and the regime's).
     pub precision: Option<Precision>,
+    /// Input normalisation; default: the builtin architecture's (ImageNet for TorchScript).
+    pub normalize: Option<Spanned<NormalizeEntry>>,
+}
+
+/// `normalize = { mean = [r, g, b], std = [r, g, b] }` on pixels scaled to [0, 1].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NormalizeEntry {
+    pub mean: Spanned<Vec<f64>>,
+    pub std: Spanned<Vec<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

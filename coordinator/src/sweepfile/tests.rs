@@ -1,6 +1,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use tsweep_proto::arch::Normalize;
 use tsweep_proto::cell::{Metric, Regime, Stage, ValPolicy};
 
 use super::*;
@@ -384,4 +385,74 @@ fn an_unknown_precision_names_its_line_and_field() {
     assert!(msg.contains("regimes.finetune.precision:"), "{msg}");
     let msg = error(&SMALL.replace("image_size = 32\n\n[[models]]", "image_size = 32\nprecision = 16\n\n[[models]]"));
     assert!(msg.contains("models.precision:"), "{msg}");
+}
+
+#[test]
+fn normalisation_defaults_per_architecture_and_can_be_given() {
+    let text = SMALL.replace(
+        "[[datasets]]\nname = \"shapes\"",
+        r#"[[models]]
+name = "lite"
+source = "builtin"
+arch = "efficientnet_lite0"
+image_size = 32
+
+[[models]]
+name = "custom"
+source = "builtin"
+arch = "resnet18"
+image_size = 32
+normalize = { mean = [0.5, 0.5, 0.5], std = [0.25, 0.5, 1.0] }
+
+[[models]]
+name = "script"
+source = "torchscript"
+arch = "efficientnet_lite0"
+weights = "m.pt"
+
+[[datasets]]
+name = "shapes""#,
+    );
+    let sweep = expand(&text).unwrap();
+    let normalize_of =
+        |model: &str| sweep.cells.iter().find(|c| c.spec.model.name == model).map(|c| c.spec.model.normalize).unwrap();
+    assert_eq!(normalize_of("resnet18"), Normalize::IMAGENET);
+    assert_eq!(normalize_of("lite"), Normalize::TF_LITE);
+    assert_eq!(normalize_of("custom"), Normalize { mean: [0.5, 0.5, 0.5], std: [0.25, 0.5, 1.0] });
+    // a torchscript module is not the registry's architecture: ImageNet unless given
+    assert_eq!(normalize_of("script"), Normalize::IMAGENET);
+    // the model's name (not its spec) is its identity: ids of other models do not move
+    let before: BTreeSet<String> = expand(SMALL).unwrap().cells.into_iter().map(|c| c.id).collect();
+    let after: BTreeSet<String> = sweep.cells.iter().map(|c| c.id.clone()).collect();
+    assert!(before.is_subset(&after));
+    // it travels in the cell spec
+    let lite = sweep.cells.iter().find(|c| c.spec.model.name == "lite").unwrap();
+    let json = lite.spec.to_json().unwrap();
+    assert_eq!(tsweep_proto::cell::CellSpec::from_json(&json).unwrap().model.normalize, Normalize::TF_LITE);
+}
+
+#[test]
+fn bad_normalisation_names_its_line_and_field() {
+    let with = |normalize: &str| {
+        SMALL.replace("imagenet_top1 = 69.76", &format!("imagenet_top1 = 69.76\nnormalize = {normalize}"))
+    };
+    let line = line_of(SMALL, "imagenet_top1 = 69.76") + 1;
+    for (normalize, expected) in [
+        (
+            "{ mean = [0.5, 0.5], std = [0.2, 0.2, 0.2] }",
+            "models.normalize.mean: needs 3 values (red, green, blue), got 2",
+        ),
+        ("{ mean = [0.5, 0.5, 0.5], std = [0.2, 0.0, 0.2] }", "models.normalize.std: 0 is not a finite number > 0"),
+        ("{ mean = [0.5, 0.5, 0.5], std = [0.2, -1, 0.2] }", "models.normalize.std: -1 is not a finite number > 0"),
+        ("{ mean = [0.5, nan, 0.5], std = [0.2, 0.2, 0.2] }", "models.normalize.mean: NaN is not a finite number"),
+        ("{ mean = [0.5, 0.5, 0.5], std = [0.2, 0.2, 0.2, 0.2] }", "models.normalize.std: needs 3 values"),
+    ] {
+        let msg = error(&with(normalize));
+        assert!(msg.starts_with(&format!("sweep.toml:{line}:")), "{msg}");
+        assert!(msg.contains(expected), "{normalize}: {msg}");
+    }
+    let msg = error(&with("{ mean = [0.5, 0.5, 0.5] }"));
+    assert!(msg.contains(&format!("sweep.toml:{line}:")) && msg.contains("std"), "{msg}");
+    let msg = error(&with("{ mean = [0.5, 0.5, 0.5], std = [1, 1, 1], scale = 2 }"));
+    assert!(msg.contains("unknown field `scale`"), "{msg}");
 }

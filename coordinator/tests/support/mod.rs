@@ -33,6 +33,7 @@ pub fn spec(sweep: &str, model: &str, regime: Regime, lr: f64, gpus: u32, max_at
             imagenet_top1: Some(70.0),
             image_size: 32,
             pretrained: None,
+            normalize: Default::default(),
         },
         dataset: DatasetSpec {
             name: "shapes".to_string(),

@@ -33,6 +33,11 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const PLAN_FILE: &str = "plan.json";
 pub const SHARD_DIR: &str = "shards";
 pub const FORMAT_VERSION: u32 = 1;
+/// How stored images are resized, part of the plan hash so that caches built with another
+/// rule are rebuilt (2: torchvision's truncated long side, `image_ops::resized_size`, and
+/// Pillow's bilinear resize, `image_ops::resize_like_pil`).
+/// The shard format itself is unchanged: older prepared directories still open.
+const RESIZE_RULE: u32 = 2;
 
 /// One stored image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,7 +176,10 @@ pub fn images_per_shard(n: usize) -> usize {
 /// Hash of what a build would produce: classes, keys, labels, origins, short side.
 pub fn plan_hash(index: &DatasetIndex, short_side: u32) -> String {
     let mut h = Sha256::new();
-    h.update(format!("tsweep-shards v{FORMAT_VERSION} short_side={short_side} multi={}\n", index.multi_label));
+    h.update(format!(
+        "tsweep-shards v{FORMAT_VERSION} resize={RESIZE_RULE} short_side={short_side} multi={}\n",
+        index.multi_label
+    ));
     for c in &index.class_names {
         h.update(c.as_bytes());
         h.update(b"\n");

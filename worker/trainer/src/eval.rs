@@ -75,7 +75,7 @@ pub fn score_split(
 ) -> Result<(f64, EvalTargets), TrainerError> {
     let view = split(ds, which)?;
     let mut loader = eval_loader(view, spec)?;
-    let norm = Normalizer::new(device)?;
+    let norm = Normalizer::new(device, &spec.model.normalize)?;
     net.set_train(false)?;
     let mut scores = Vec::new();
     let mut targets = None;

@@ -19,7 +19,7 @@ use crate::models::{Init, NetConfig, Network};
 use crate::precision::{self, GradScaler};
 use crate::sgd::{learning_rate, Sgd};
 use crate::tensors::{loss as loss_of, Normalizer};
-use crate::{cell_fingerprint, checkpoint, device, TrainJob, TrainerEvent};
+use crate::{cell_fingerprint, checkpoint, device, weights, TrainJob, TrainerEvent};
 
 /// The BatchNorm momentum of a cell: the setting, else min(10 / steps_per_epoch, 0.1).
 pub fn bn_momentum(spec: &CellSpec, train_images: usize) -> f64 {
@@ -73,6 +73,7 @@ pub fn run(
     let num_classes = ds.num_classes() as i64;
     let cfg = NetConfig { bn_momentum: bn_momentum(spec, train_view.len()) };
     let fingerprint = cell_fingerprint(spec);
+    let backbone_top1 = weights::backbone_top1(spec)?;
 
     // Resume: a checkpoint that has gone missing restarts the cell (the cell is still
     // correct, only slower); one of another cell is fatal.
@@ -123,7 +124,7 @@ pub fn run(
         threads: spec.train.loader_threads as usize,
         prefetch: 2 * spec.train.loader_threads.max(1) as usize,
     };
-    let norm = Normalizer::new(device)?;
+    let norm = Normalizer::new(device, &spec.model.normalize)?;
     let mut loader = Loader::new(train_view, loader_cfg, Mode::Train { start_step })
         .map_err(|e| TrainerError::data(ds.name(), e))?;
     let report_every = (total / 100).clamp(1, 50);
@@ -139,6 +140,7 @@ pub fn run(
         let chance = eval::chance(spec, &ds);
         let mut result = base_result(spec, step, started, train_images, train_started);
         result.diverged = true;
+        result.backbone_top1 = backbone_top1;
         result.train_loss = Some(loss);
         result.val_score = val_split.map(|_| chance);
         result.test_score = Some(chance);
@@ -236,6 +238,7 @@ pub fn run(
     result.test_score = Some(test_score);
     result.train_loss = Some(last_loss);
     result.resumed_from_step = start_step;
+    result.backbone_top1 = backbone_top1;
     let mut extra = HashMap::new();
     let recent = &log.recent;
     extra.insert("train_loss_mean_last_100".to_string(), recent.iter().sum::<f64>() / recent.len().max(1) as f64);

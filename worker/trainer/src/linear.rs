@@ -61,17 +61,18 @@ fn weights_identity(spec: &CellSpec) -> Result<String, TrainerError> {
     })
 }
 
-/// Bumped whenever a backbone's computation changes (v2: tsweep's own inception_v3 with
-/// torchvision's input rescale and efficientnet_b0 with torchvision's padding), so features
-/// cached by an older worker are not reused.
-const FEATURES_VERSION: u32 = 2;
+/// Bumped whenever a backbone's computation or the eval preprocessing changes (v2: tsweep's
+/// own inception_v3 with torchvision's input rescale and efficientnet_b0 with torchvision's
+/// padding; v3: torchvision's Resize + CenterCrop exactly, with Pillow's resize and
+/// whole-pixel crop offsets), so features cached by an older worker are not reused.
+const FEATURES_VERSION: u32 = 3;
 
 fn cache_path(job: &TrainJob, ds: &Dataset, split: Split, weights_id: &str) -> PathBuf {
     let spec = &job.spec;
     let mut key = serde_json::json!({
         "v": FEATURES_VERSION, "weights": weights_id, "source": spec.model.source, "arch": spec.model.arch,
         "data": ds.manifest().content_hash, "val": spec.dataset.val, "split": split.name(),
-        "size": spec.model.image_size, "resize": eval::resize_short(spec),
+        "size": spec.model.image_size, "resize": eval::resize_short(spec), "normalize": spec.model.normalize,
     });
     // only when not fp32, so fp32 features cached before precision existed are still found
     if !spec.precision.is_fp32() {
@@ -120,7 +121,7 @@ pub fn features(
     network.set_train(false)?;
     let view = eval::split(ds, split)?;
     let mut loader = eval::eval_loader(view, &job.spec)?;
-    let norm = Normalizer::new(device)?;
+    let norm = Normalizer::new(device, &job.spec.model.normalize)?;
     let mut xs = Vec::new();
     let mut targets = None;
     let dev_name = device::name(device);
@@ -165,6 +166,7 @@ pub fn run(
     let ds = eval::open_dataset(spec, &job.cache_dir)?;
     let k = ds.num_classes() as i64;
     let weights_id = weights_identity(spec)?;
+    let backbone_top1 = weights::backbone_top1(spec)?;
     events(TrainerEvent::Started { resumed_from_step: 0 });
     let model = spec.model.clone();
     let init = match &model.weights {
@@ -263,5 +265,6 @@ pub fn run(
         selected,
         extra,
         resumed_from_step: 0,
+        backbone_top1,
     })
 }

@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use common::*;
 use tsweep_proto::cell::{Precision, Regime};
@@ -21,7 +22,12 @@ fn resumed_bf16_runs_match_an_uninterrupted_bf16_run() {
     resumed_runs_match(Precision::Bf16);
 }
 
+/// libtorch's generator is one per process and every run reseeds it, so two runs that
+/// must be step-for-step identical cannot interleave with another test's draws.
+static TORCH_GENERATOR: Mutex<()> = Mutex::new(());
+
 fn resumed_runs_match(precision: Precision) {
+    let _generator = TORCH_GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     tch::set_num_threads(2);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

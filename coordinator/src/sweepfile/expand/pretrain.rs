@@ -227,6 +227,7 @@ impl Expander<'_> {
         refuse("arch", model.arch.is_some())?;
         refuse("imagenet_top1", model.imagenet_top1.is_some())?;
         refuse("image_size", model.image_size.is_some())?;
+        refuse("normalize", model.normalize.is_some())?;
         refuse("source", model.source.is_some_and(|s| s != ModelSource::Builtin))
     }
 
@@ -331,6 +332,7 @@ impl Expander<'_> {
                                         weights: None,
                                         imagenet_top1: None,
                                         image_size,
+                                        normalize: arch.normalize,
                                         pretrained: None,
                                     };
                                     let spec = CellSpec {

@@ -177,7 +177,7 @@ pub fn mnist_json(dir: &Path, raw: PathBuf, out: &mut Vec<Record>) -> Result<()>
         })?;
         let digits: Digits =
             serde_json::from_slice(&text).map_err(|e| DataError::Json { path: path.clone(), source: e })?;
-        if digits.data.is_empty() || digits.data.len() % (SIDE * SIDE) != 0 {
+        if digits.data.is_empty() || !digits.data.len().is_multiple_of(SIDE * SIDE) {
             return Err(DataError::format(
                 &path,
                 format!("data holds {} values, not a whole number of {SIDE}x{SIDE} images", digits.data.len()),

@@ -170,6 +170,7 @@ fn train(
         imagenet_top1: None,
         image_size: size,
         pretrained: None,
+        normalize: tsweep_proto::arch::Normalize::default_for(arch, true),
     };
     let mut net = Network::build(&spec, &Init::Random, classes, device, NetConfig { bn_momentum: 0.1 })?;
     match run.layout {
@@ -180,7 +181,7 @@ fn train(
     let mut sgd = Sgd::new(net.trainable(), 0.9, true, 0.0)?;
     let mut scaler = GradScaler::for_precision(run.precision, device)?;
     let (prec, train_mode) = (run.precision, !run.features);
-    let norm = Normalizer::new(device)?;
+    let norm = Normalizer::new(device, &spec.normalize)?;
     let mut loader = None;
     let fixed = if synthetic || data.is_none() {
         let x = Tensor::randn([batch as i64, 3, size as i64, size as i64], (Kind::Float, device));
