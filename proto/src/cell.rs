@@ -82,6 +82,12 @@ pub struct ModelSpec {
     pub imagenet_top1: Option<f64>,
     /// Native input resolution (224, 299, 331).
     pub image_size: u32,
+    /// Input normalisation of pixels in [0, 1]: the sweep file's `normalize`, else
+    /// [`Normalize::default_for`] the arch. Left out of the JSON when it is ImageNet's, the
+    /// value every spec written before this field existed meant, so that those specs (and
+    /// the checkpoint fingerprints computed from them) read back unchanged.
+    #[serde(default, skip_serializing_if = "Normalize::is_imagenet")]
+    pub normalize: Normalize,
     /// The backbone comes from a pretrain cell of this sweep (its `weights` are None in the
     /// spec: the worker finds the file from the pretrain cell's task id). Left out of the
     /// JSON when None, so specs written before it existed read back the same.
@@ -166,12 +172,6 @@ impl Regularizers {
     pub fn is_neutral(&self) -> bool {
         *self == Regularizers::default()
     }
-    /// Input normalisation of pixels in [0, 1]: the sweep file's `normalize`, else
-    /// [`Normalize::default_for`] the arch. Left out of the JSON when it is ImageNet's, the
-    /// value every spec written before this field existed meant, so that those specs (and
-    /// the checkpoint fingerprints computed from them) read back unchanged.
-    #[serde(default, skip_serializing_if = "Normalize::is_imagenet")]
-    pub normalize: Normalize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

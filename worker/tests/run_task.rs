@@ -69,6 +69,7 @@ fn input(dir: &Path, attempt: u32, fake: FakeSettings, resume: Option<Checkpoint
         cpu_threads: Some(1),
         device: "cpu".into(),
         executor: ExecutorKind::Fake,
+        pretrained_out: None,
     }
 }
 

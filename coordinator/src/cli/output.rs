@@ -57,8 +57,9 @@ pub fn dry_run_table(sweep: &ExpandedSweep, file: &str) -> String {
         String::new()
     };
     format!(
-        "sweep {} from {file} (dry run: nothing submitted)\n{t}\n{pretrain_line}{grid} grid cells, {finals} final refits after selection\n",
-        sweep.name
+        "sweep {} from {file} (dry run: nothing submitted)\n{t}\n{pretrain_line}{} grid cells now, {finals} final refits after selection\n",
+        sweep.name,
+        grid - waiting
     )
 }
 

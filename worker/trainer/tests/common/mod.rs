@@ -98,6 +98,7 @@ pub fn job(spec: CellSpec, work: &Path, name: &str) -> TrainJob {
         checkpoint_dir: work.join("ckpt").join(name),
         cache_dir: work.join("cache"),
         device: "cpu".into(),
+        pretrained_out: None,
     }
 }
 
