@@ -102,7 +102,10 @@ fn dry_run_prints_counts_per_regime_and_stage_without_the_network() {
     assert_eq!(json["sweep"], "tiny");
     assert_eq!(json["grid_cells"], 15);
     assert_eq!(json["cells_with_finals"], 18);
-    assert_eq!(json["per_stage"][1], serde_json::json!({ "regime": "finetune", "stage": "grid", "cells": 12 }));
+    assert_eq!(
+        json["per_stage"][1],
+        serde_json::json!({ "regime": "finetune", "stage": "grid", "cells": 12, "after_pretrain": 0 })
+    );
 }
 
 #[test]
@@ -223,37 +226,40 @@ fn dry_run_shows_the_pretrain_stage_and_the_cells_that_wait_for_it() {
 #[test]
 fn bad_pretrain_input_exits_2_naming_file_line_and_field_and_writes_nothing() {
     let line = |needle: &str| PRETRAINED.lines().position(|l| l.contains(needle)).unwrap() + 1;
-    let cases: Vec<(&str, String, String)> = vec![
+    // (what, file text, where the error points, what it says)
+    let cases: Vec<(&str, String, String, &str)> = vec![
         (
             "no source dataset",
             PRETRAINED.replace("dataset = \"source\"\n", ""),
-            "pretrain.dataset: pretrain entry \"src\" needs `dataset`".to_string(),
+            "bad.toml:".to_string(),
+            "pretrain.dataset: pretrain entry \"src\" needs `dataset`",
         ),
         (
             "label smoothing out of range",
             PRETRAINED.replace("label_smoothing = [0.0, 0.1]", "label_smoothing = [0.0, 1.0]"),
             format!("bad.toml:{}:", line("label_smoothing")),
+            "pretrain.label_smoothing: value 1 is out of range",
         ),
         (
             "dropout out of range",
             PRETRAINED.replace("dropout = [0.0, 0.5]", "dropout = [-0.5]"),
             format!("bad.toml:{}:", line("dropout = ")),
+            "pretrain.dropout: value -0.5 is out of range",
         ),
         (
             "unknown pretrain entry",
             PRETRAINED.replace("pretrain = \"src\"", "pretrain = \"srx\""),
-            format!(
-                "bad.toml:{}:12: models.pretrain: unknown pretrain entry \"srx\"; defined: src",
-                line("pretrain = ")
-            ),
+            format!("bad.toml:{}:", line("pretrain = ")),
+            "models.pretrain: unknown pretrain entry \"srx\"; defined: src",
         ),
         (
             "aux head on a network without one",
             PRETRAINED.replace("dropout = [0.0, 0.5]", "aux_head = [0.4]"),
-            "pretrain.aux_head: resnet18 has no auxiliary classifier".to_string(),
+            format!("bad.toml:{}:", line("dropout = ")),
+            "pretrain.aux_head: resnet18 has no auxiliary classifier",
         ),
     ];
-    for (what, text, needle) in cases {
+    for (what, text, location, needle) in cases {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bad.toml"), &text).unwrap();
         for args in [
@@ -262,7 +268,8 @@ fn bad_pretrain_input_exits_2_naming_file_line_and_field_and_writes_nothing() {
             &["local", "bad.toml", "--workers", "1"],
         ] {
             let out = tsweep(dir.path(), args);
-            assert_one_line_error(&out, 2, &needle);
+            assert_one_line_error(&out, 2, needle);
+            assert!(stderr(&out).starts_with(&format!("error: {location}")), "{what}: {}", stderr(&out));
             assert!(stdout(&out).is_empty(), "{what}: {}", stdout(&out));
             assert_eq!(dir_entries(dir.path()), vec!["bad.toml"], "{what} {args:?}: nothing written");
         }

@@ -380,6 +380,7 @@ mod tests {
                 imagenet_top1: None,
                 image_size: size,
                 normalize: arch.normalize,
+                pretrained: None,
             };
             tch::manual_seed(0);
             let net = Network::build(&spec, &Init::Random, 3, Device::Cpu, NetConfig { bn_momentum: 0.1 })
@@ -401,6 +402,7 @@ mod tests {
             imagenet_top1: None,
             image_size: 32,
             normalize: Normalize::IMAGENET,
+            pretrained: None,
         };
         let err = Network::build(&spec, &Init::Random, 3, Device::Cpu, NetConfig { bn_momentum: 0.1 }).unwrap_err();
         assert!(matches!(err, TrainerError::UnknownArch(ref a) if a == "efficientnet_lite9"), "{err}");
