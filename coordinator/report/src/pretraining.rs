@@ -108,6 +108,27 @@ pub struct RegularizerStudy {
     pub panels: Vec<StudyPanel>,
 }
 
+/// The regularizers of a setting that are away from their neutral value, in a fixed
+/// order: `ls0.1` (label smoothing), `do0.5` (dropout), `aux0.4` (aux head weight),
+/// `nobnscale`. The one spelling of a setting: the sweep file names a pretrained model's
+/// variants with it, the report labels the settings with it.
+pub fn regularizer_parts(r: &Regularizers) -> Vec<String> {
+    let mut parts = Vec::new();
+    if r.label_smoothing != 0.0 {
+        parts.push(format!("ls{}", r.label_smoothing));
+    }
+    if r.dropout != 0.0 {
+        parts.push(format!("do{}", r.dropout));
+    }
+    if r.aux_weight != 0.0 {
+        parts.push(format!("aux{}", r.aux_weight));
+    }
+    if !r.bn_scale {
+        parts.push("nobnscale".to_string());
+    }
+    parts
+}
+
 /// The settings' short labels: every regularizer away from its neutral value, and lr,
 /// steps or weight decay where the settings differ in them; `baseline` when nothing is.
 fn labels(cells: &[&CellRow]) -> Vec<String> {
@@ -132,18 +153,7 @@ fn labels(cells: &[&CellRow]) -> Vec<String> {
             if vary_wd {
                 parts.push(format!("wd{}", get("weight_decay")));
             }
-            if r.label_smoothing != 0.0 {
-                parts.push(format!("ls{}", r.label_smoothing));
-            }
-            if r.dropout != 0.0 {
-                parts.push(format!("do{}", r.dropout));
-            }
-            if r.aux_weight != 0.0 {
-                parts.push(format!("aux{}", r.aux_weight));
-            }
-            if !r.bn_scale {
-                parts.push("no BN scale".to_string());
-            }
+            parts.extend(regularizer_parts(&r));
             if parts.is_empty() {
                 "baseline".to_string()
             } else {

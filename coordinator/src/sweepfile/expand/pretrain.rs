@@ -106,18 +106,7 @@ fn setting_label(lr: f64, weight_decay: f64, steps: u64, r: &Regularizers) -> St
     if weight_decay != 0.0 {
         parts.push(format!("wd{weight_decay}"));
     }
-    if r.label_smoothing != 0.0 {
-        parts.push(format!("ls{}", r.label_smoothing));
-    }
-    if r.dropout != 0.0 {
-        parts.push(format!("do{}", r.dropout));
-    }
-    if r.aux_weight != 0.0 {
-        parts.push(format!("aux{}", r.aux_weight));
-    }
-    if !r.bn_scale {
-        parts.push("nobnscale".to_string());
-    }
+    parts.extend(tsweep_report::pretraining::regularizer_parts(r));
     parts.join("-")
 }
 
