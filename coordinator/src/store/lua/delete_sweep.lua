@@ -2,8 +2,8 @@
 -- script reaches them on Redis Cluster too). Keys are found from the sweep's own index
 -- structures, never by KEYS/SCAN: meta, counts, the task index `all` and the per-state
 -- indexes (task hashes), the GPU-count set (queues), the lease zset, the group set
--- (group hashes, members, finals lists), closed, best, the metrics stream and its
--- progress hash. The global sets (`<prefix>:sweeps`, `<prefix>:active`) live in other
+-- (group hashes, members, finals lists), closed, best, the pretrain cells' set and each
+-- task's dependents set, the metrics stream and its progress hash. The global sets (`<prefix>:sweeps`, `<prefix>:active`) live in other
 -- slots: the caller removes the name from them.
 -- Refused while the sweep has unfinished work (pending, leased or running tasks, or a
 -- selection waiting) unless it was cancelled first: a cancelled sweep's leases are
@@ -66,12 +66,13 @@ for id, _ in pairs(tasks) do
     local path = redis.call('HGET', task_key(id), 'ckpt_path')
     if path then checkpoint = path end
   end
+  drop(k('dependents:' .. id))
   local gone = redis.call('DEL', task_key(id))
   deleted = deleted + gone
   task_count = task_count + gone
 end
 
-for _, suffix in ipairs({'all', 'leases', 'groups', 'gpus', 'closed', 'best', 'counts',
+for _, suffix in ipairs({'all', 'leases', 'groups', 'gpus', 'closed', 'best', 'counts', 'pretrains',
                          'metrics', 'metrics:progress', 'meta'}) do
   drop(k(suffix))
 end
