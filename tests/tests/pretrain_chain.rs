@@ -51,7 +51,8 @@ lr = [0.01, 0.1]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_pretrain_worker_resumes_and_transfer_cells_start_after_their_pretrain_cell() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(ClusterOptions { lease_ttl_ms: 1_500, reaper_interval_ms: 100 }).await?;
+    let mut cluster =
+        Cluster::start(ClusterOptions { lease_ttl_ms: 1_500, reaper_interval_ms: 100, ..Default::default() }).await?;
     let response = cluster.submit(FILE).await?;
     // 2 pretrain cells; per setting 2 linear + 2 × 2 finetune grid cells
     assert_eq!(response.cells_added, 2 + 2 * (2 + 4));

@@ -539,12 +539,12 @@ impl<'a> Expander<'a> {
         };
         let lbfgs_max_iter = settings.lbfgs_max_iter.as_ref().map_or(100, |l| *l.get_ref());
         if lbfgs_max_iter == 0 {
-            let span = settings.lbfgs_max_iter.as_ref().map_or(section, |l| l.span());
+            let span = settings.lbfgs_max_iter.as_ref().map_or(section.clone(), |l| l.span());
             return Err(self.invalid(&span, &format!("{prefix}.lbfgs_max_iter"), "must be at least 1"));
         }
         let stall_timeout_s = settings.stall_timeout_s.as_ref().map_or(DEFAULT_STALL_TIMEOUT_S, |s| *s.get_ref());
         if !(1..=MAX_LIMIT_S).contains(&stall_timeout_s) {
-            let span = settings.stall_timeout_s.as_ref().map_or(section.span(), |s| s.span());
+            let span = settings.stall_timeout_s.as_ref().map_or(section.clone(), |s| s.span());
             return Err(self.invalid(
                 &span,
                 &format!("{prefix}.stall_timeout_s"),
