@@ -18,8 +18,10 @@ impl Normalize {
     /// torchvision's ImageNet statistics (every torchvision classifier).
     pub const IMAGENET: Normalize = Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
     /// TensorFlow's EfficientNet-Lite recipe, `(x - 127) / 128` on 0..255 pixels.
-    pub const TF_LITE: Normalize =
-        Normalize { mean: [127.0 / 255.0, 127.0 / 255.0, 127.0 / 255.0], std: [128.0 / 255.0, 128.0 / 255.0, 128.0 / 255.0] };
+    pub const TF_LITE: Normalize = Normalize {
+        mean: [127.0 / 255.0, 127.0 / 255.0, 127.0 / 255.0],
+        std: [128.0 / 255.0, 128.0 / 255.0, 128.0 / 255.0],
+    };
 
     /// Every mean finite and every std finite and positive.
     pub fn is_valid(&self) -> bool {
@@ -60,9 +62,27 @@ pub const ARCHS: &[Arch] = &[
     tv("mobilenet_v2_140", 1792),
     Arch { name: "inception_v3", feature_dim: 2048, native_size: 299, normalize: Normalize::IMAGENET, aux_head: true },
     tv("efficientnet_b0", 1280),
-    Arch { name: "efficientnet_lite0", feature_dim: 1280, native_size: 224, normalize: Normalize::TF_LITE, aux_head: false },
-    Arch { name: "efficientnet_lite1", feature_dim: 1280, native_size: 240, normalize: Normalize::TF_LITE, aux_head: false },
-    Arch { name: "efficientnet_lite2", feature_dim: 1280, native_size: 260, normalize: Normalize::TF_LITE, aux_head: false },
+    Arch {
+        name: "efficientnet_lite0",
+        feature_dim: 1280,
+        native_size: 224,
+        normalize: Normalize::TF_LITE,
+        aux_head: false,
+    },
+    Arch {
+        name: "efficientnet_lite1",
+        feature_dim: 1280,
+        native_size: 240,
+        normalize: Normalize::TF_LITE,
+        aux_head: false,
+    },
+    Arch {
+        name: "efficientnet_lite2",
+        feature_dim: 1280,
+        native_size: 260,
+        normalize: Normalize::TF_LITE,
+        aux_head: false,
+    },
 ];
 
 /// The builtin architecture called `name`.
