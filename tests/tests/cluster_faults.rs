@@ -97,9 +97,7 @@ async fn sweep_survives_a_redis_restart() -> anyhow::Result<()> {
     let tasks = cluster.tasks("redis-restart").await?;
     assert_eq!(tasks.len(), 60 + 12);
     assert_every_cell_succeeded_once(&tasks, &cluster);
-    for (name, proc) in [("coordinator", cluster.coordinator.as_mut())] {
-        assert!(proc.is_some_and(|p| p.is_running()), "{name} crashed while Redis was away");
-    }
+    assert!(cluster.coordinator.as_mut().is_some_and(|p| p.is_running()), "coordinator crashed while Redis was away");
     for worker in cluster.workers.iter_mut() {
         assert!(worker.is_running(), "{} crashed while Redis was away", worker.name);
     }

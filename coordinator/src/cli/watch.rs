@@ -64,7 +64,7 @@ impl Display {
         }
         if self.plain {
             let due = self.last_plain.is_none_or(|t| t.elapsed() >= PLAIN_LINE_EVERY);
-            if due && line != self.last_line || is_finished(summary) && line != self.last_line {
+            if line != self.last_line && (due || is_finished(summary)) {
                 eprintln!("{}: {ended}/{} ended · {line}", summary.sweep, c.total);
                 self.last_plain = Some(Instant::now());
                 self.last_line = line;
