@@ -169,6 +169,9 @@ pub struct FakeSettings {
     pub fail_attempts: u32,
     /// The score it reports (val and test); defaults to a deterministic function of the hparams.
     pub score: Option<f64>,
+    /// How long the child stays after its result before it exits (or until SIGTERM): a
+    /// stop order can then arrive between the result and the exit.
+    pub linger_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,6 +12,8 @@
 //! - `fail = "retryable" | "fatal" | "out_of_memory"` fails with that class half-way through, `"crash"` aborts
 //!   the process there (no result, killed by SIGABRT); with `fail_attempts = N > 0` only
 //!   attempts 1..=N fail;
+//! - with `linger_ms` the child stays that long after its result (or until SIGTERM), so a
+//!   stop order can arrive between the result and the exit;
 //! - the score is `score`, or a deterministic function of the model and the hyperparameters
 //!   (peaked at lr = 1e-2, weight_decay = 1e-4, higher for a model with a higher
 //!   `imagenet_top1`), so that selection and the report have something to pick.
@@ -164,6 +166,11 @@ fn injected_fault(settings: &FakeSettings, attempt: u32) -> Result<Option<Inject
 }
 
 /// Sleeps `total`, returning false early when `stop` is raised.
+/// After the result: stays `total` (`fake.linger_ms`) or until the stop flag is raised.
+pub fn linger(total: Duration, stop: &AtomicBool) {
+    sleep_unless_stopped(total, stop);
+}
+
 fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) -> bool {
     let deadline = Instant::now() + total;
     loop {

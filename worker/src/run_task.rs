@@ -7,6 +7,7 @@
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tracing::{error, info, warn};
 use tsweep_proto::v1::TaskResult;
@@ -101,6 +102,10 @@ pub fn run_child(executor: ExecutorKind) -> i32 {
             info!(task_id = %input.task_id, attempt = input.attempt, val_score = ?result.val_score,
                   steps = result.steps, "task finished");
             emit_line(ChildEvent::Result { result });
+            if executor == ExecutorKind::Fake {
+                let linger = Duration::from_millis(input.spec.fake.as_ref().map_or(0, |f| f.linger_ms));
+                crate::fake::linger(linger, &STOP_REQUESTED);
+            }
             exit_code::OK
         }
         Err(failure) => {
