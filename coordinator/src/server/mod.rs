@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
@@ -242,8 +243,20 @@ pub async fn start_with_token_reload(
         .build_v1()
         .map_err(|e| ServeError::Task(format!("reflection service: {e}")))?;
 
-    let sweep_service = SweepServiceServer::with_interceptor(SweepServiceImpl::new(shared.clone()), auth.clone());
-    let worker_service = WorkerServiceServer::with_interceptor(WorkerServiceImpl::new(shared.clone()), auth.clone());
+    // One message limit for both directions and both services, the one the clients use.
+    let limit = tsweep_proto::limits::MAX_MESSAGE_BYTES;
+    let sweep_service = InterceptedService::new(
+        SweepServiceServer::new(SweepServiceImpl::new(shared.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+        auth.clone(),
+    );
+    let worker_service = InterceptedService::new(
+        WorkerServiceServer::new(WorkerServiceImpl::new(shared.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+        auth.clone(),
+    );
 
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

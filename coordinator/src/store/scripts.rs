@@ -15,6 +15,7 @@ macro_rules! lua {
 pub(crate) struct Scripts {
     pub submit_meta: Script,
     pub submit_cells: Script,
+    pub submit_finish: Script,
     pub acquire: Script,
     pub renew: Script,
     pub complete: Script,
@@ -25,12 +26,14 @@ pub(crate) struct Scripts {
     pub create_final: Script,
     pub stale_metric: Script,
     pub touch_worker: Script,
-    pub delete_sweep: Script,
+    pub delete_begin: Script,
+    pub delete_batch: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     submit_meta: lua!("submit_meta.lua"),
     submit_cells: lua!("submit_cells.lua"),
+    submit_finish: lua!("submit_finish.lua"),
     acquire: lua!("acquire.lua"),
     renew: lua!("renew.lua"),
     complete: lua!("complete.lua"),
@@ -41,5 +44,6 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     create_final: lua!("create_final.lua"),
     stale_metric: lua!("stale_metric.lua"),
     touch_worker: lua!("touch_worker.lua"),
-    delete_sweep: lua!("delete_sweep.lua"),
+    delete_begin: lua!("delete_begin.lua"),
+    delete_batch: lua!("delete_batch.lua"),
 });

@@ -39,7 +39,7 @@ pub(crate) struct ModelEntry {
     pub name: Spanned<String>,
     pub source: ModelSource,
     /// Builtin architecture (resnet50, ...); defaults to the model's name.
-    pub arch: Option<String>,
+    pub arch: Option<Spanned<String>>,
     pub weights: Option<PathBuf>,
     pub imagenet_top1: Option<Spanned<f64>>,
     pub image_size: Option<Spanned<u32>>,
@@ -51,7 +51,7 @@ pub(crate) struct DatasetEntry {
     pub name: Spanned<String>,
     pub format: DatasetFormat,
     pub path: PathBuf,
-    pub metric: Option<Metric>,
+    pub metric: Option<Spanned<Metric>>,
     pub val: Option<Spanned<ValPolicy>>,
     pub num_classes: Option<Spanned<u32>>,
 }
@@ -98,9 +98,9 @@ macro_rules! settings_struct {
             pub eval_every: Option<u64>,
             pub checkpoint_every: Option<u64>,
             pub eval_resize: Option<Spanned<u32>>,
-            pub loader_threads: Option<u32>,
+            pub loader_threads: Option<Spanned<u32>>,
             pub lbfgs_max_iter: Option<Spanned<u32>>,
-            pub gpus: Option<u32>,
+            pub gpus: Option<Spanned<u32>>,
             $($(#[$fattr])* pub $field: $ty,)*
         }
         impl $name {
@@ -116,9 +116,9 @@ macro_rules! settings_struct {
                     eval_every: self.eval_every,
                     checkpoint_every: self.checkpoint_every,
                     eval_resize: self.eval_resize.clone(),
-                    loader_threads: self.loader_threads,
+                    loader_threads: self.loader_threads.clone(),
                     lbfgs_max_iter: self.lbfgs_max_iter.clone(),
-                    gpus: self.gpus,
+                    gpus: self.gpus.clone(),
                 }
             }
         }
@@ -162,9 +162,9 @@ impl Settings {
             eval_every: over.eval_every.or(self.eval_every),
             checkpoint_every: over.checkpoint_every.or(self.checkpoint_every),
             eval_resize: over.eval_resize.clone().or_else(|| self.eval_resize.clone()),
-            loader_threads: over.loader_threads.or(self.loader_threads),
+            loader_threads: over.loader_threads.clone().or_else(|| self.loader_threads.clone()),
             lbfgs_max_iter: over.lbfgs_max_iter.clone().or_else(|| self.lbfgs_max_iter.clone()),
-            gpus: over.gpus.or(self.gpus),
+            gpus: over.gpus.clone().or_else(|| self.gpus.clone()),
         }
     }
 }

@@ -24,6 +24,8 @@ if class ~= 'lost_worker' and class ~= 'preempted' and class ~= 'retryable' and 
   return redis.error_reply('fail: unknown failure class ' .. tostring(class))
 end
 
+-- A sweep without meta is gone or being deleted: the report is stale and writes nothing.
+if not sweep_status() then return {'stale', ''} end
 local t = load_task(id)
 if t ~= nil and holds_lease(t, worker, attempt) then
   record_checkpoint(id, t, ckpt_path, ckpt_step)

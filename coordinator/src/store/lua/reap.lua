@@ -10,6 +10,8 @@ local max_lost, batch = tonumber(ARGV[1]), tonumber(ARGV[2])
 if max_lost == nil or batch == nil or batch <= 0 then
   return redis.error_reply('reap: max_lost and batch must be numbers, batch > 0')
 end
+-- A sweep without meta is gone or being deleted: nothing to take back.
+if not sweep_status() then return {'0', '0'} end
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', k('leases'), '-inf', '(' .. now, 'LIMIT', 0, batch)
 local reaped = 0

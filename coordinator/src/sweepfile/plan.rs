@@ -1,0 +1,234 @@
+//! A validated sweep as its axes: every cell can be built from its index in file order
+//! without building the others, so a grid of a million cells is written in bounded batches
+//! and never held in memory at once.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use sha2::{Digest, Sha256};
+use tsweep_proto::cell::{CellSpec, DatasetSpec, FakeSettings, ModelSpec, Regime, Stage, TrainSettings};
+
+use super::{regime_has_final, task_id, Cell, ExpandedSweep, StageCount, SweepSettings};
+
+/// A regime's grid point axes (finetune / scratch: lr × weight decay; linear: one point).
+#[derive(Debug, Clone)]
+pub(super) struct Points {
+    /// Finetune / scratch axes (empty for linear).
+    pub lrs: Vec<f64>,
+    pub weight_decays: Vec<f64>,
+    /// Linear: the L2 path of its single task.
+    pub l2_path: Vec<f64>,
+}
+
+impl Points {
+    pub fn count(&self) -> usize {
+        if self.lrs.is_empty() {
+            1
+        } else {
+            self.lrs.len() * self.weight_decays.len()
+        }
+    }
+
+    /// The hparams of point `index` (lr-major; linear: the one empty map).
+    pub fn get(&self, index: usize) -> BTreeMap<String, f64> {
+        if self.lrs.is_empty() {
+            return BTreeMap::new();
+        }
+        let width = self.weight_decays.len().max(1);
+        let lr = self.lrs[(index / width).min(self.lrs.len() - 1)];
+        let wd = self.weight_decays.get(index % width).copied().unwrap_or(0.0);
+        BTreeMap::from([("lr".to_string(), lr), ("weight_decay".to_string(), wd)])
+    }
+}
+
+/// One regime's cells: models × datasets × seeds × points, in that order.
+#[derive(Debug, Clone)]
+pub(super) struct RegimeGrid {
+    pub regime: Regime,
+    pub models: Vec<ModelSpec>,
+    pub datasets: Vec<DatasetSpec>,
+    pub points: Points,
+    pub train: TrainSettings,
+    pub gpus: u32,
+    pub fake: Option<FakeSettings>,
+}
+
+impl RegimeGrid {
+    fn count(&self, seeds: usize) -> u64 {
+        [self.models.len(), self.datasets.len(), seeds, self.points.count()]
+            .iter()
+            .fold(1u64, |acc, n| acc.saturating_mul(*n as u64))
+    }
+}
+
+/// A parsed and validated sweep file whose cells are built on demand
+/// (`sweepfile::parse_plan`).
+#[derive(Debug, Clone)]
+pub struct SweepPlan {
+    pub name: String,
+    pub settings: SweepSettings,
+    pub(super) seeds: Vec<u64>,
+    pub(super) grids: Vec<RegimeGrid>,
+    /// sha256 of what the cells are made from (file text and base directory).
+    pub(super) fingerprint: String,
+}
+
+impl SweepPlan {
+    /// Grid cells in the file (finals come later, from the coordinator).
+    pub fn total(&self) -> u64 {
+        self.grids.iter().map(|g| g.count(self.seeds.len())).sum()
+    }
+
+    /// The cell at `index` in file order (regime, model, dataset, seed, lr, weight decay).
+    pub fn cell(&self, index: u64) -> Option<Cell> {
+        let mut rest = index;
+        for grid in &self.grids {
+            let count = grid.count(self.seeds.len());
+            if rest >= count {
+                rest -= count;
+                continue;
+            }
+            let points = grid.points.count() as u64;
+            let seeds = self.seeds.len() as u64;
+            let datasets = grid.datasets.len() as u64;
+            let point = (rest % points) as usize;
+            rest /= points;
+            let seed = self.seeds[(rest % seeds) as usize];
+            rest /= seeds;
+            let dataset = &grid.datasets[(rest % datasets) as usize];
+            let model = &grid.models[(rest / datasets) as usize];
+            let spec = self.spec(grid, model, dataset, seed, grid.points.get(point));
+            return Some(Cell { id: task_id(&spec), spec });
+        }
+        None
+    }
+
+    /// The cells of `range` (clamped to the grid), built one at a time.
+    pub fn cells(&self, range: Range<u64>) -> impl Iterator<Item = Cell> + '_ {
+        (range.start..range.end.min(self.total())).filter_map(|index| self.cell(index))
+    }
+
+    pub(super) fn spec(
+        &self,
+        grid: &RegimeGrid,
+        model: &ModelSpec,
+        dataset: &DatasetSpec,
+        seed: u64,
+        hparams: BTreeMap<String, f64>,
+    ) -> CellSpec {
+        CellSpec {
+            sweep: self.name.clone(),
+            stage: Stage::Grid,
+            regime: grid.regime,
+            model: model.clone(),
+            dataset: dataset.clone(),
+            hparams,
+            train: grid.train.clone(),
+            seed,
+            gpus: grid.gpus,
+            max_attempts: self.settings.max_attempts,
+            fake: grid.fake.clone(),
+        }
+    }
+
+    /// Grid cells per regime, then the finals that will follow them (one per (model,
+    /// dataset, seed) of finetune and scratch), computed from the axes.
+    pub fn stage_counts(&self) -> Vec<StageCount> {
+        let mut counts = Vec::new();
+        for regime in Regime::ALL {
+            let grids: Vec<&RegimeGrid> = self.grids.iter().filter(|g| g.regime == regime).collect();
+            let cells: u64 = grids.iter().map(|g| g.count(self.seeds.len())).sum();
+            if cells == 0 {
+                continue;
+            }
+            counts.push(StageCount { regime, stage: Stage::Grid, cells });
+            if regime_has_final(regime) {
+                let finals = grids.iter().map(|g| (g.models.len() * g.datasets.len() * self.seeds.len()) as u64).sum();
+                counts.push(StageCount { regime, stage: Stage::Final, cells: finals });
+            }
+        }
+        counts
+    }
+
+    /// Every cell, in memory (small sweeps, tests, `tsweep local`).
+    pub fn expand(&self) -> ExpandedSweep {
+        ExpandedSweep {
+            name: self.name.clone(),
+            settings: self.settings.clone(),
+            cells: self.cells(0..self.total()).collect(),
+        }
+    }
+}
+
+/// What the store's batched submission reads: a sweep's name, settings and cells by index
+/// range. Implemented by [`SweepPlan`] (cells built on demand) and [`ExpandedSweep`].
+pub trait SweepCells: Sync {
+    fn name(&self) -> &str;
+    fn settings(&self) -> &SweepSettings;
+    /// Grid cells in file order.
+    fn total(&self) -> u64;
+    /// The cells of `range`, in file order.
+    fn batch(&self, range: Range<u64>) -> Vec<Cell>;
+    fn stage_counts(&self) -> Vec<StageCount>;
+    /// Identifies what the cells are made from: an interrupted submission is resumed only
+    /// by a submission with the same fingerprint.
+    fn fingerprint(&self) -> String;
+}
+
+impl SweepCells for SweepPlan {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn settings(&self) -> &SweepSettings {
+        &self.settings
+    }
+    fn total(&self) -> u64 {
+        SweepPlan::total(self)
+    }
+    fn batch(&self, range: Range<u64>) -> Vec<Cell> {
+        self.cells(range).collect()
+    }
+    fn stage_counts(&self) -> Vec<StageCount> {
+        SweepPlan::stage_counts(self)
+    }
+    fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+}
+
+impl SweepCells for ExpandedSweep {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn settings(&self) -> &SweepSettings {
+        &self.settings
+    }
+    fn total(&self) -> u64 {
+        self.cells.len() as u64
+    }
+    fn batch(&self, range: Range<u64>) -> Vec<Cell> {
+        let end = (range.end as usize).min(self.cells.len());
+        let start = (range.start as usize).min(end);
+        self.cells[start..end].to_vec()
+    }
+    fn stage_counts(&self) -> Vec<StageCount> {
+        ExpandedSweep::stage_counts(self)
+    }
+    fn fingerprint(&self) -> String {
+        let mut hash = Sha256::new();
+        for cell in &self.cells {
+            hash.update(cell.id.as_bytes());
+            hash.update(cell.spec.to_json().unwrap_or_default().as_bytes());
+        }
+        hex::encode(hash.finalize())
+    }
+}
+
+/// sha256 of a sweep file's text and the directory its paths resolve against.
+pub(super) fn file_fingerprint(text: &str, base_dir: &std::path::Path) -> String {
+    let mut hash = Sha256::new();
+    hash.update(text.as_bytes());
+    hash.update([0]);
+    hash.update(base_dir.to_string_lossy().as_bytes());
+    hex::encode(hash.finalize())
+}
