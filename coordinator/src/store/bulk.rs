@@ -297,27 +297,9 @@ impl Store {
     /// cancelled in batches of `bulk_batch` until none is left or the budget is spent.
     pub async fn cancel_part(&self, sweep: &str, budget: Budget) -> Result<BulkProgress, StoreError> {
         self.require_sweep(sweep).await?;
-        let mut conn = self.conn.clone();
-        let key = self.keys.meta(sweep);
-        let mut progress = BulkProgress::default();
-        loop {
-            let reply: Vec<String> = SCRIPTS
-                .cancel
-                .key(self.keys.sweep_base(sweep))
-                .arg(self.options.bulk_batch.max(1))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(StoreError::redis("cancel script"))?;
-            progress.moved += parse_num::<u64>(reply.first().map(String::as_str).unwrap_or(""), &key, "moved")?;
-            progress.remaining = parse_num::<u64>(reply.get(1).map(String::as_str).unwrap_or(""), &key, "remaining")?;
-            if progress.remaining == 0 {
-                progress.complete = true;
-                break;
-            }
-            if budget.spent() {
-                break;
-            }
-        }
+        let mut cancel = SCRIPTS.cancel.key(self.keys.sweep_base(sweep));
+        cancel.arg(self.options.bulk_batch.max(1));
+        let progress = self.move_in_batches(sweep, &cancel, "cancel script", budget).await?;
         info!(sweep = %sweep, cancelled = progress.moved, remaining = progress.remaining, "sweep cancelled");
         Ok(progress)
     }
@@ -393,18 +375,25 @@ impl Store {
         from: &str,
         budget: Budget,
     ) -> Result<BulkProgress, StoreError> {
+        let mut retry = SCRIPTS.retry.key(self.keys.sweep_base(sweep));
+        retry.arg(from).arg(self.options.bulk_batch.max(1));
+        self.move_in_batches(sweep, &retry, "retry script", budget).await
+    }
+
+    /// Runs `script` (one batch per call; it answers {moved, remaining}) until nothing is
+    /// left or the budget is spent: the one loop of cancel and retry.
+    async fn move_in_batches(
+        &self,
+        sweep: &str,
+        script: &redis::ScriptInvocation<'_>,
+        what: &'static str,
+        budget: Budget,
+    ) -> Result<BulkProgress, StoreError> {
         let mut conn = self.conn.clone();
         let key = self.keys.meta(sweep);
         let mut progress = BulkProgress::default();
         loop {
-            let reply: Vec<String> = SCRIPTS
-                .retry
-                .key(self.keys.sweep_base(sweep))
-                .arg(from)
-                .arg(self.options.bulk_batch.max(1))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(StoreError::redis("retry script"))?;
+            let reply: Vec<String> = script.invoke_async(&mut conn).await.map_err(StoreError::redis(what))?;
             progress.moved += parse_num::<u64>(reply.first().map(String::as_str).unwrap_or(""), &key, "moved")?;
             progress.remaining = parse_num::<u64>(reply.get(1).map(String::as_str).unwrap_or(""), &key, "remaining")?;
             if progress.remaining == 0 {
