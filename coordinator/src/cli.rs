@@ -37,13 +37,20 @@ pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:50051";
 )]
 pub struct Cli {
     /// Coordinator gRPC address. Default: http://<listen> of the service config
-    /// (--config / TSWEEP__LISTEN), i.e. http://127.0.0.1:50051.
+    /// (--config / TSWEEP__LISTEN), i.e. http://127.0.0.1:50051 (https:// when the config
+    /// sets tls_cert and tls_key).
     #[arg(long, global = true, value_name = "URL")]
     pub coordinator: Option<String>,
-    /// Bearer token for the coordinator. Default: auth_token / auth_token_file of the
-    /// service config (TSWEEP__AUTH_TOKEN).
+    /// The user credential (bearer token). Default: user_token / user_token_file of the
+    /// service config, else auth_token / auth_token_file (TSWEEP__USER_TOKEN,
+    /// TSWEEP__AUTH_TOKEN). `serve` takes it as auth_token, for both roles.
     #[arg(long, global = true, value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA bundle the coordinator's certificate must chain to (https:// only).
+    /// Default: coordinator_ca_file of the service config (TSWEEP__COORDINATOR_CA_FILE),
+    /// else the platform trust store.
+    #[arg(long, global = true, value_name = "PEM")]
+    pub coordinator_ca_file: Option<PathBuf>,
     /// Service config file (TOML): read by `serve`, and by the client commands for the
     /// coordinator address and token. Layers: defaults → file → TSWEEP__* env → flags.
     #[arg(long, global = true, value_name = "FILE")]
@@ -143,9 +150,15 @@ pub struct ServeArgs {
     pub finals_interval_ms: Option<u64>,
     #[arg(long, value_name = "MS")]
     pub acquire_retry_after_ms: Option<u64>,
-    /// File holding the bearer token (exclusive with --token).
+    /// File holding one bearer token for both roles (exclusive with --token).
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// File holding the user credential (SweepService), re-read while serving.
+    #[arg(long, value_name = "FILE")]
+    pub user_token_file: Option<PathBuf>,
+    /// File holding the worker credential (WorkerService), re-read while serving.
+    #[arg(long, value_name = "FILE")]
+    pub worker_token_file: Option<PathBuf>,
     #[arg(long, value_name = "PEM")]
     pub tls_cert: Option<PathBuf>,
     #[arg(long, value_name = "PEM")]
@@ -360,9 +373,14 @@ fn submit_dry_run(args: &SubmitArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The service config as the client sees it (for the default address and token).
+/// The service config as the client sees it (for the default address, token and CA),
+/// unless the flags already say everything.
 fn client_config(cli: &Cli) -> Result<Option<ServiceConfig>, CliError> {
-    if cli.coordinator.is_some() && cli.token.is_some() {
+    let complete = match &cli.coordinator {
+        Some(url) => cli.token.is_some() && (cli.coordinator_ca_file.is_some() || !tsweep_proto::tls::is_https(url)),
+        None => false,
+    };
+    if complete {
         return Ok(None);
     }
     ServiceConfig::load(cli.config.as_deref(), ConfigOverrides::default())
@@ -370,8 +388,10 @@ fn client_config(cli: &Cli) -> Result<Option<ServiceConfig>, CliError> {
         .map_err(|e| CliError::BadInput(e.to_string()))
 }
 
-/// `http://<listen>` with an unspecified listen address (0.0.0.0, ::) replaced by loopback.
-pub fn coordinator_url_for_listen(listen: &str) -> String {
+/// `http://<listen>` (`https://` when `tls`) with an unspecified listen address (0.0.0.0,
+/// ::) replaced by loopback.
+pub fn coordinator_url_for_listen(listen: &str, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
     match listen.parse::<std::net::SocketAddr>() {
         Ok(mut addr) => {
             if addr.ip().is_unspecified() {
@@ -380,7 +400,7 @@ pub fn coordinator_url_for_listen(listen: &str) -> String {
                     IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
                 });
             }
-            format!("http://{addr}")
+            format!("{scheme}://{addr}")
         }
         Err(_) => DEFAULT_COORDINATOR.to_string(),
     }
@@ -391,10 +411,12 @@ async fn connect(cli: &Cli) -> Result<client::SweepClient, CliError> {
     let url = cli
         .coordinator
         .clone()
-        .or_else(|| config.as_ref().map(|c| coordinator_url_for_listen(&c.listen)))
+        .or_else(|| config.as_ref().map(|c| coordinator_url_for_listen(&c.listen, c.tls_enabled())))
         .unwrap_or_else(|| DEFAULT_COORDINATOR.to_string());
-    let token = cli.token.clone().or_else(|| config.as_ref().and_then(|c| c.token().map(str::to_string)));
-    client::connect(&url, token).await
+    let token = cli.token.clone().or_else(|| config.as_ref().and_then(ServiceConfig::user_token));
+    let ca_file =
+        cli.coordinator_ca_file.clone().or_else(|| config.as_ref().and_then(|c| c.coordinator_ca_file.clone()));
+    client::connect(&url, token, ca_file.as_deref()).await
 }
 
 async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
@@ -409,9 +431,12 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         acquire_retry_after_ms: args.acquire_retry_after_ms,
         auth_token: cli.token.clone(),
         auth_token_file: args.auth_token_file.clone(),
+        user_token_file: args.user_token_file.clone(),
+        worker_token_file: args.worker_token_file.clone(),
         tls_cert: args.tls_cert.clone(),
         tls_key: args.tls_key.clone(),
         insecure: args.insecure.then_some(true),
+        coordinator_ca_file: cli.coordinator_ca_file.clone(),
     };
     let config =
         ServiceConfig::load(cli.config.as_deref(), overrides).map_err(|e| CliError::BadInput(e.to_string()))?;
@@ -615,9 +640,10 @@ mod tests {
 
     #[test]
     fn unspecified_listen_addresses_become_loopback() {
-        assert_eq!(coordinator_url_for_listen("0.0.0.0:7000"), "http://127.0.0.1:7000");
-        assert_eq!(coordinator_url_for_listen("127.0.0.1:50051"), DEFAULT_COORDINATOR);
-        assert_eq!(coordinator_url_for_listen("[::]:1"), "http://[::1]:1");
+        assert_eq!(coordinator_url_for_listen("0.0.0.0:7000", false), "http://127.0.0.1:7000");
+        assert_eq!(coordinator_url_for_listen("127.0.0.1:50051", false), DEFAULT_COORDINATOR);
+        assert_eq!(coordinator_url_for_listen("[::]:1", false), "http://[::1]:1");
+        assert_eq!(coordinator_url_for_listen("127.0.0.1:7000", true), "https://127.0.0.1:7000");
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! defaults → optional TOML file (`--config`) → `TSWEEP__*` environment → CLI flags,
 //! then [`ServiceConfig::validate`]. Unknown keys are rejected at every layer
 //! (a typo in `TSWEEP__LEASE_TTL_MS` or in the file is an error naming the key).
+//!
+//! Credentials: `SweepService` (users, the CLI) and `WorkerService` (worker agents) each
+//! take their own bearer token, `user_token[_file]` and `worker_token[_file]`. A role
+//! without its own setting falls back to `auth_token[_file]`, the one token for both roles
+//! of earlier versions (then every worker may also submit, cancel and delete).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,15 +56,26 @@ pub struct ServiceConfig {
     pub acquire_retry_after_ms: u64,
     /// How often the per-sweep Prometheus gauges are refreshed from Redis.
     pub gauges_interval_ms: u64,
-    /// Bearer token every SweepService/WorkerService call must present.
+    /// One bearer token for both roles: the fallback of `user_token` and `worker_token`.
     pub auth_token: Option<String>,
-    /// File holding the bearer token (a Kubernetes Secret mount); exclusive with `auth_token`.
+    /// File holding that token (a Kubernetes Secret mount); exclusive with `auth_token`.
     pub auth_token_file: Option<PathBuf>,
+    /// The user credential: every SweepService call (submit, cancel, retry, delete, reads).
+    pub user_token: Option<String>,
+    /// File holding the user credential, re-read while serving; exclusive with `user_token`.
+    pub user_token_file: Option<PathBuf>,
+    /// The worker credential: every WorkerService call (register, acquire, heartbeat, reports).
+    pub worker_token: Option<String>,
+    /// File holding the worker credential, re-read while serving; exclusive with `worker_token`.
+    pub worker_token_file: Option<PathBuf>,
     /// PEM certificate chain and private key: both set turns TLS on.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// Allows listening on a non-loopback address without a token.
     pub insecure: bool,
+    /// Client side (the CLI): PEM CA bundle the coordinator's certificate must chain to
+    /// for an `https://` coordinator; unset: the platform trust store.
+    pub coordinator_ca_file: Option<PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -79,9 +95,14 @@ impl Default for ServiceConfig {
             gauges_interval_ms: DEFAULT_GAUGES_INTERVAL_MS,
             auth_token: None,
             auth_token_file: None,
+            user_token: None,
+            user_token_file: None,
+            worker_token: None,
+            worker_token_file: None,
             tls_cert: None,
             tls_key: None,
             insecure: false,
+            coordinator_ca_file: None,
         }
     }
 }
@@ -99,10 +120,13 @@ pub struct ConfigOverrides {
     pub acquire_retry_after_ms: Option<u64>,
     pub auth_token: Option<String>,
     pub auth_token_file: Option<PathBuf>,
+    pub user_token_file: Option<PathBuf>,
+    pub worker_token_file: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// `Some(true)` for `--insecure`.
     pub insecure: Option<bool>,
+    pub coordinator_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,16 +143,59 @@ pub enum ConfigError {
     /// PEM (the message names the setting and the path).
     #[error("service config: {0}")]
     Redis(#[from] tsweep_redis::RedisClientError),
-    /// `auth_token_file` cannot be read, is empty (a Secret created empty) or is not a
-    /// token (the message names the path).
-    #[error("service config: auth_token_file: {0}")]
-    TokenFile(#[from] tsweep_proto::auth::TokenFileError),
-    /// No token and a non-loopback listen address without `insecure`.
+    /// A token file cannot be read, is empty (a Secret created empty) or is not a token
+    /// (the message names the setting and the path).
+    #[error("service config: {field}: {source}")]
+    TokenFile {
+        field: &'static str,
+        #[source]
+        source: tsweep_proto::auth::TokenFileError,
+    },
+    /// A role without a token and a non-loopback listen address without `insecure`.
     #[error(
-        "refusing to listen on {listen} without an auth token: set auth_token \
-         (TSWEEP__AUTH_TOKEN or auth_token_file) or pass --insecure"
+        "refusing to listen on {listen} without a {role} token: set {role}_token_file (or {role}_token, \
+         or auth_token_file for both roles) or pass --insecure"
     )]
-    InsecureListen { listen: String },
+    InsecureListen { listen: String, role: &'static str },
+    /// `coordinator_ca_file` does not fit the coordinator address or is not a PEM CA bundle.
+    #[error("service config: {0}")]
+    CoordinatorTls(#[from] tsweep_proto::tls::ClientTlsError),
+}
+
+/// The two callers of the coordinator, each with its own credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `tsweep.v1.SweepService`: people and the CLI.
+    User,
+    /// `tsweep.v1.WorkerService`: worker agents.
+    Worker,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Worker => "worker",
+        }
+    }
+
+    /// The gRPC service this role may call.
+    pub fn service(self) -> &'static str {
+        match self {
+            Role::User => "tsweep.v1.SweepService",
+            Role::Worker => "tsweep.v1.WorkerService",
+        }
+    }
+}
+
+/// Where one role's token comes from, after the token files were read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleToken {
+    pub token: String,
+    /// The file it was read from (re-read while serving), if any.
+    pub file: Option<PathBuf>,
+    /// True when it is `auth_token[_file]`, the one token for both roles.
+    pub shared: bool,
 }
 
 impl ServiceConfig {
@@ -181,28 +248,38 @@ impl ServiceConfig {
             .set_override_option("acquire_retry_after_ms", o.acquire_retry_after_ms)?
             .set_override_option("auth_token", o.auth_token)?
             .set_override_option("auth_token_file", path_str(o.auth_token_file))?
+            .set_override_option("user_token_file", path_str(o.user_token_file))?
+            .set_override_option("worker_token_file", path_str(o.worker_token_file))?
             .set_override_option("tls_cert", path_str(o.tls_cert))?
             .set_override_option("tls_key", path_str(o.tls_key))?
-            .set_override_option("insecure", o.insecure)?;
+            .set_override_option("insecure", o.insecure)?
+            .set_override_option("coordinator_ca_file", path_str(o.coordinator_ca_file))?;
         let mut loaded: ServiceConfig = builder.build()?.try_deserialize()?;
-        loaded.resolve_token_file()?;
+        loaded.resolve_token_files()?;
         loaded.validate()?;
         Ok(loaded)
     }
 
-    /// Reads `auth_token_file` into `auth_token` (trimmed). Both set is an error, and so is
-    /// an empty file (it would silently mean "no token").
-    fn resolve_token_file(&mut self) -> Result<(), ConfigError> {
-        let Some(path) = self.auth_token_file.clone() else {
-            return Ok(());
-        };
-        if self.auth_token.as_deref().is_some_and(|t| !t.is_empty()) {
-            return Err(ConfigError::Invalid {
-                field: "auth_token_file",
-                reason: "set together with auth_token: give one of them".into(),
-            });
+    /// Reads each `*_token_file` into its `*_token` (trimmed). A file and its inline token
+    /// both set is an error, and so is an empty file (it would silently mean "no token").
+    fn resolve_token_files(&mut self) -> Result<(), ConfigError> {
+        for (field, file, token) in [
+            ("auth_token_file", &self.auth_token_file, &mut self.auth_token),
+            ("user_token_file", &self.user_token_file, &mut self.user_token),
+            ("worker_token_file", &self.worker_token_file, &mut self.worker_token),
+        ] {
+            let Some(path) = file else { continue };
+            if token.as_deref().is_some_and(|t| !t.is_empty()) {
+                let inline = field.trim_end_matches("_file");
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("set together with {inline}: give one of them"),
+                });
+            }
+            *token = Some(
+                tsweep_proto::auth::read_token_file(path).map_err(|source| ConfigError::TokenFile { field, source })?,
+            );
         }
-        self.auth_token = Some(tsweep_proto::auth::read_token_file(&path)?);
         Ok(())
     }
 
@@ -241,20 +318,61 @@ impl ServiceConfig {
             (None, Some(_)) => return Err(invalid("tls_cert", "is required when tls_key is set")),
             _ => {}
         }
-        if let Some(token) = &self.auth_token {
-            if token.chars().any(|c| !c.is_ascii_graphic()) {
-                return Err(invalid("auth_token", "must be printable ascii without spaces"));
+        for (field, token) in
+            [("auth_token", &self.auth_token), ("user_token", &self.user_token), ("worker_token", &self.worker_token)]
+        {
+            if token.as_deref().is_some_and(|t| t.trim().chars().any(|c| !c.is_ascii_graphic())) {
+                return Err(invalid(field, "must be printable ascii without spaces"));
             }
         }
-        if self.token().is_none() && !self.insecure && !listen.ip().is_loopback() {
-            return Err(ConfigError::InsecureListen { listen: self.listen.clone() });
+        if let (Some(user), Some(worker)) = (self.role_token(Role::User), self.role_token(Role::Worker)) {
+            if !(user.shared && worker.shared) && user.token == worker.token {
+                return Err(invalid(
+                    "worker_token",
+                    "is the same token as user_token: give each role its own (or use auth_token for both)",
+                ));
+            }
+        }
+        if !self.insecure && !listen.ip().is_loopback() {
+            for role in [Role::User, Role::Worker] {
+                if self.role_token(role).is_none() {
+                    return Err(ConfigError::InsecureListen { listen: self.listen.clone(), role: role.name() });
+                }
+            }
+        }
+        if let Some(ca_file) = &self.coordinator_ca_file {
+            tsweep_proto::tls::read_pem(
+                tsweep_proto::tls::COORDINATOR_CA_FILE_SETTING,
+                ca_file,
+                tsweep_proto::tls::PemKind::CaBundle,
+            )
+            .map_err(tsweep_proto::tls::ClientTlsError::from)?;
         }
         Ok(())
     }
 
-    /// The configured bearer token (after reading `auth_token_file`); empty counts as none.
-    pub fn token(&self) -> Option<&str> {
-        self.auth_token.as_deref().map(str::trim).filter(|t| !t.is_empty())
+    /// The token `role` must present (after reading the token files): its own setting,
+    /// else `auth_token`; None when neither is set (that service is open).
+    pub fn role_token(&self, role: Role) -> Option<RoleToken> {
+        let (own, own_file) = match role {
+            Role::User => (&self.user_token, &self.user_token_file),
+            Role::Worker => (&self.worker_token, &self.worker_token_file),
+        };
+        let trimmed = |t: &Option<String>| t.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_string);
+        if let Some(token) = trimmed(own) {
+            return Some(RoleToken { token, file: own_file.clone(), shared: false });
+        }
+        trimmed(&self.auth_token).map(|token| RoleToken { token, file: self.auth_token_file.clone(), shared: true })
+    }
+
+    /// The user credential, as the CLI sends it.
+    pub fn user_token(&self) -> Option<String> {
+        self.role_token(Role::User).map(|t| t.token)
+    }
+
+    /// The worker credential, as `tsweep local` hands it to its workers.
+    pub fn worker_token(&self) -> Option<String> {
+        self.role_token(Role::Worker).map(|t| t.token)
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -313,7 +431,7 @@ mod tests {
         assert_eq!(config.metrics_listen, DEFAULT_METRICS_LISTEN);
         assert_eq!(config.lease_ttl_ms, 30_000);
         assert_eq!(config.heartbeat_interval(), Duration::from_millis(10_000));
-        assert!(config.token().is_none());
+        assert!(config.role_token(Role::User).is_none() && config.role_token(Role::Worker).is_none());
     }
 
     #[test]
@@ -360,8 +478,50 @@ mod tests {
         assert!(err.to_string().contains("--insecure"), "{err}");
         let insecure = ConfigOverrides { insecure: Some(true), ..flags.clone() };
         assert!(ServiceConfig::load_with_env(None, insecure, env(&[])).is_ok());
-        let with_token = ServiceConfig::load_with_env(None, flags, env(&[("TSWEEP__AUTH_TOKEN", "abc")])).unwrap();
-        assert_eq!(with_token.token(), Some("abc"));
+        let with_token =
+            ServiceConfig::load_with_env(None, flags.clone(), env(&[("TSWEEP__AUTH_TOKEN", "abc")])).unwrap();
+        assert_eq!(with_token.user_token().as_deref(), Some("abc"));
+        assert_eq!(with_token.worker_token().as_deref(), Some("abc"));
+        let err = ServiceConfig::load_with_env(None, flags, env(&[("TSWEEP__USER_TOKEN", "abc")])).unwrap_err();
+        assert!(matches!(err, ConfigError::InsecureListen { role: "worker", .. }), "{err}");
+    }
+
+    #[test]
+    fn each_role_takes_its_own_token_and_falls_back_to_auth_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let user_file = dir.path().join("user");
+        std::fs::write(&user_file, "user-secret\n").unwrap();
+        let flags = ConfigOverrides { user_token_file: Some(user_file.clone()), ..Default::default() };
+        let config = ServiceConfig::load_with_env(
+            None,
+            flags.clone(),
+            env(&[("TSWEEP__AUTH_TOKEN", "shared"), ("TSWEEP__WORKER_TOKEN", "worker-secret")]),
+        )
+        .unwrap();
+        let user = config.role_token(Role::User).unwrap();
+        assert_eq!((user.token.as_str(), user.file.as_deref(), user.shared), ("user-secret", Some(&*user_file), false));
+        assert_eq!(config.worker_token().as_deref(), Some("worker-secret"));
+
+        let fallback = ServiceConfig::load_with_env(None, flags, env(&[("TSWEEP__AUTH_TOKEN", "shared")])).unwrap();
+        let worker = fallback.role_token(Role::Worker).unwrap();
+        assert_eq!((worker.token.as_str(), worker.shared), ("shared", true));
+
+        let same = ServiceConfig::load_with_env(
+            None,
+            ConfigOverrides::default(),
+            env(&[("TSWEEP__USER_TOKEN", "x"), ("TSWEEP__WORKER_TOKEN", "x")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(same.contains("worker_token") && same.contains("user_token"), "{same}");
+        let both = ServiceConfig::load_with_env(
+            None,
+            ConfigOverrides { worker_token_file: Some(user_file), ..Default::default() },
+            env(&[("TSWEEP__WORKER_TOKEN", "inline")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(both.contains("worker_token_file") && both.contains("worker_token"), "{both}");
     }
 
     #[test]
@@ -371,7 +531,8 @@ mod tests {
         std::fs::write(&token_file, "from-file\n").unwrap();
         let flags = ConfigOverrides { auth_token_file: Some(token_file.clone()), ..Default::default() };
         let config = ServiceConfig::load_with_env(None, flags.clone(), env(&[])).unwrap();
-        assert_eq!(config.token(), Some("from-file"));
+        assert_eq!(config.user_token().as_deref(), Some("from-file"));
+        assert_eq!(config.role_token(Role::Worker).and_then(|t| t.file), Some(token_file.clone()));
         let both = ConfigOverrides { auth_token: Some("x".into()), ..flags };
         assert!(ServiceConfig::load_with_env(None, both, env(&[])).is_err());
 

@@ -10,6 +10,8 @@
 //! | `Unavailable` (Redis away)      | UNAVAILABLE         |
 //! | `RedisFull` (`maxmemory`)       | RESOURCE_EXHAUSTED  |
 //! | `Unauthenticated`               | UNAUTHENTICATED     |
+//! | `WorkerUnregistered`, `WorkerSecretMismatch` | UNAUTHENTICATED + trailer `tsweep-worker-refusal` |
+//! | `WorkerIdInUse` (register)      | ALREADY_EXISTS      |
 //! | `Internal` (corrupt record ...) | INTERNAL            |
 //!
 //! UNAVAILABLE is the only retryable code: clients (worker agent, CLI) back off and repeat.
@@ -50,6 +52,18 @@ pub enum CoordinatorError {
     RedisFull(String),
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The worker id has no live registration: the worker registers again.
+    #[error("worker {worker_id} is not registered (or its registration lapsed): register again")]
+    WorkerUnregistered { worker_id: String },
+    /// The call carried another secret than the worker id's registration.
+    #[error("worker {worker_id}: the worker secret does not match its registration")]
+    WorkerSecretMismatch { worker_id: String },
+    /// RegisterWorker for an id another live process holds.
+    #[error(
+        "worker id {worker_id} is registered by another live worker; it lapses {expires_in_ms} ms after that \
+         worker's last call (give each worker its own id)"
+    )]
+    WorkerIdInUse { worker_id: String, expires_in_ms: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -64,7 +78,10 @@ impl CoordinatorError {
             | CoordinatorError::Precondition(_) => tonic::Code::FailedPrecondition,
             CoordinatorError::Unavailable(_) => tonic::Code::Unavailable,
             CoordinatorError::RedisFull(_) => tonic::Code::ResourceExhausted,
-            CoordinatorError::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            CoordinatorError::Unauthenticated(_)
+            | CoordinatorError::WorkerUnregistered { .. }
+            | CoordinatorError::WorkerSecretMismatch { .. } => tonic::Code::Unauthenticated,
+            CoordinatorError::WorkerIdInUse { .. } => tonic::Code::AlreadyExists,
             CoordinatorError::Internal(_) => tonic::Code::Internal,
         }
     }
@@ -82,7 +99,20 @@ impl CoordinatorError {
             CoordinatorError::Internal(m) => CoordinatorError::Internal(add(m)),
             other @ (CoordinatorError::SweepFile(_)
             | CoordinatorError::SweepNotFound { .. }
-            | CoordinatorError::ProtocolMismatch { .. }) => other,
+            | CoordinatorError::ProtocolMismatch { .. }
+            | CoordinatorError::WorkerUnregistered { .. }
+            | CoordinatorError::WorkerSecretMismatch { .. }
+            | CoordinatorError::WorkerIdInUse { .. }) => other,
+        }
+    }
+
+    /// The typed refusal a worker reads from the status (see `tsweep_proto::auth`).
+    pub fn worker_refusal(&self) -> Option<tsweep_proto::auth::WorkerRefusal> {
+        use tsweep_proto::auth::WorkerRefusal;
+        match self {
+            CoordinatorError::WorkerUnregistered { .. } => Some(WorkerRefusal::Unregistered),
+            CoordinatorError::WorkerSecretMismatch { .. } => Some(WorkerRefusal::WrongSecret),
+            _ => None,
         }
     }
 
@@ -130,7 +160,10 @@ impl From<CoordinatorError> for tonic::Status {
             tonic::Code::ResourceExhausted => tracing::warn!(%error, "redis is full"),
             _ => tracing::debug!(%error, ?code, "call refused"),
         }
-        tonic::Status::new(code, error.to_string())
+        match error.worker_refusal() {
+            Some(refusal) => refusal.status(error.to_string()),
+            None => tonic::Status::new(code, error.to_string()),
+        }
     }
 }
 
@@ -159,10 +192,17 @@ mod tests {
             (CoordinatorError::SweepUnfinished("busy".into()), tonic::Code::FailedPrecondition),
             (CoordinatorError::Precondition("deleting".into()), tonic::Code::FailedPrecondition),
             (CoordinatorError::RedisFull("oom".into()), tonic::Code::ResourceExhausted),
+            (CoordinatorError::WorkerIdInUse { worker_id: "w".into(), expires_in_ms: 9 }, tonic::Code::AlreadyExists),
         ];
         for (error, code) in cases {
             assert_eq!(tonic::Status::from(error).code(), code);
         }
+        use tsweep_proto::auth::WorkerRefusal;
+        let unregistered = tonic::Status::from(CoordinatorError::WorkerUnregistered { worker_id: "w".into() });
+        assert_eq!(WorkerRefusal::of(&unregistered), Some(WorkerRefusal::Unregistered));
+        let wrong = tonic::Status::from(CoordinatorError::WorkerSecretMismatch { worker_id: "w".into() });
+        assert_eq!(WorkerRefusal::of(&wrong), Some(WorkerRefusal::WrongSecret));
+        assert_eq!(WorkerRefusal::of(&tonic::Status::from(CoordinatorError::Unauthenticated("x".into()))), None);
     }
 
     #[test]

@@ -111,18 +111,27 @@ async fn run_sweep(
     };
     let config =
         ServiceConfig::load(cli.config.as_deref(), overrides).map_err(|e| CliError::BadInput(e.to_string()))?;
-    let token = config.token().map(str::to_string);
+    let (user_token, worker_token) = (config.user_token(), config.worker_token());
     let coordinator = crate::server::start(config).await.map_err(serve_error)?;
     let url = coordinator.url();
     stack.coordinator = Some(coordinator);
-    let mut client = wait_for_coordinator(&url, token.clone()).await?;
+    let mut client = wait_for_coordinator(&url, user_token).await?;
     eprintln!("coordinator: {url} (in process)");
 
     let checkpoint_root = args.checkpoint_root.clone().unwrap_or_else(|| out.join("checkpoints"));
     let checkpoint_root = std::path::absolute(&checkpoint_root).unwrap_or(checkpoint_root);
     for index in 0..args.workers {
-        let child =
-            spawn_worker(cli, args, worker_bin, &url, &redis_url, token.as_deref(), &checkpoint_root, logs, index)?;
+        let child = spawn_worker(
+            cli,
+            args,
+            worker_bin,
+            &url,
+            &redis_url,
+            worker_token.as_deref(),
+            &checkpoint_root,
+            logs,
+            index,
+        )?;
         stack.workers.push(child);
     }
     eprintln!(
@@ -258,7 +267,7 @@ async fn redis_watchdog(server: Arc<Mutex<Option<RedisServer>>>, stop: Cancellat
 async fn wait_for_coordinator(url: &str, token: Option<String>) -> Result<SweepClient, CliError> {
     let started = Instant::now();
     loop {
-        match client::connect(url, token.clone()).await {
+        match client::connect(url, token.clone(), None).await {
             Ok(client) => return Ok(client),
             Err(e) if started.elapsed() > COORDINATOR_READY_TIMEOUT => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,

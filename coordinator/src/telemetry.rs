@@ -3,6 +3,12 @@
 //! services and the background loops record into it; the gauges loop refreshes the
 //! per-sweep task gauges from Redis.
 //!
+//! Two formats, by the scrape's `Accept` header: OpenMetrics 1.0 when asked for
+//! (`application/openmetrics-text`, what a Prometheus server prefers), otherwise the
+//! Prometheus text format 0.0.4 (curl, `promtool check metrics`, older scrapers), in which
+//! a counter's `# HELP`/`# TYPE` name the sample (`..._total`) and there is no `# EOF`
+//! ([`openmetrics_to_prometheus_text`]).
+//!
 //! Exported (all prefixed `tsweep_`):
 //! - `tsweep_tasks{sweep, state}` gauge: tasks per sweep and state
 //!   (pending | leased | running | succeeded | failed | cancelled)
@@ -179,7 +185,7 @@ impl Telemetry {
         self.inner.redis_up.set(i64::from(up));
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry) {
@@ -187,6 +193,47 @@ impl Telemetry {
         }
         text
     }
+
+    /// The Prometheus text format (0.0.4) exposition of every metric.
+    pub fn encode_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus_text(&self.encode())
+    }
+}
+
+/// Content type of [`Telemetry::encode`].
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of [`Telemetry::encode_prometheus_text`].
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Rewrites an OpenMetrics exposition as the Prometheus text format 0.0.4: a counter
+/// family `x` (samples `x_total`) is announced as `# HELP x_total` / `# TYPE x_total
+/// counter`, `unknown` becomes `untyped`, and `# UNIT` and `# EOF` lines go (the text
+/// format has neither). Sample lines are the same in both formats.
+pub fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            let tail = if *prefix == "# TYPE " && tail == "unknown" { "untyped" } else { tail };
+            let name = if counters.contains(name) { format!("{name}_total") } else { name.to_string() };
+            Some(format!("{prefix}{name} {tail}"))
+        });
+        match rewritten {
+            Some(line) => text.push_str(line.trim_end()),
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
 }
 
 fn clamp_i64(value: u64) -> i64 {
@@ -199,16 +246,23 @@ pub async fn serve_metrics(
     telemetry: Telemetry,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::http::{header, HeaderMap};
     use axum::routing::get;
     let router = axum::Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: HeaderMap| {
             let telemetry = telemetry.clone();
             async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                    telemetry.encode(),
-                )
+                let openmetrics = headers
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .filter_map(|value| value.to_str().ok())
+                    .any(|accept| accept.contains("application/openmetrics-text"));
+                if openmetrics {
+                    ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], telemetry.encode())
+                } else {
+                    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE)], telemetry.encode_prometheus_text())
+                }
             }
         }),
     );
@@ -237,5 +291,12 @@ mod tests {
         assert!(text.contains(r#"tsweep_tasks{sweep="a",state="succeeded"} 7"#), "{text}");
         assert!(text.contains(r#"tsweep_stale_reports_total{kind="complete"} 2"#), "{text}");
         assert!(text.contains("tsweep_acquire_latency_seconds_count 1"), "{text}");
+
+        let plain = telemetry.encode_prometheus_text();
+        assert!(plain.contains("# TYPE tsweep_stale_reports_total counter\n"), "{plain}");
+        assert!(plain.contains("# HELP tsweep_lease_expiries_total "), "{plain}");
+        assert!(plain.contains("# TYPE tsweep_queue_depth gauge\n"), "{plain}");
+        assert!(plain.contains("# TYPE tsweep_acquire_latency_seconds histogram\n"), "{plain}");
+        assert!(!plain.contains("# EOF"), "{plain}");
     }
 }

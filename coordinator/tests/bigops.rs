@@ -249,13 +249,32 @@ async fn summary(sweeps: &mut SweepServiceClient<Channel>, sweep: &str) -> Sweep
     }
 }
 
-async fn acquire(workers: &mut WorkerServiceClient<Channel>, worker_id: &str) -> Option<TaskAssignment> {
+/// Registers worker `w1` and returns its secret (every later call of the worker carries it).
+async fn register(workers: &mut WorkerServiceClient<Channel>) -> String {
+    workers
+        .register_worker(RegisterWorkerRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: "w1".into(),
+            hostname: "test".into(),
+            slots: 1,
+            gpus: 0,
+            version: "test".into(),
+            worker_secret: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_secret
+}
+
+async fn acquire(workers: &mut WorkerServiceClient<Channel>, secret: &str) -> Option<TaskAssignment> {
     workers
         .acquire_task(AcquireTaskRequest {
             protocol_version: PROTOCOL_VERSION,
-            worker_id: worker_id.into(),
+            worker_id: "w1".into(),
             free_gpus: 8,
             slot: 0,
+            worker_secret: secret.into(),
         })
         .await
         .unwrap()
@@ -269,6 +288,7 @@ fn lease(task: &TaskAssignment) -> LeaseRef {
 
 async fn complete(
     workers: &mut WorkerServiceClient<Channel>,
+    secret: &str,
     task: &TaskAssignment,
     val: f64,
     test: f64,
@@ -277,6 +297,7 @@ async fn complete(
         .complete_task(CompleteTaskRequest {
             protocol_version: PROTOCOL_VERSION,
             worker_id: "w1".into(),
+            worker_secret: secret.into(),
             lease: Some(lease(task)),
             result: Some(TaskResult {
                 metric: "top1".into(),
@@ -315,11 +336,12 @@ async fn a_submission_killed_midway_stays_submitting_and_submitting_again_finish
     s.coordinator.wait_readiness(ServingStatus::Serving).await;
     let mut sweeps = s.coordinator.sweeps().await;
     let mut workers = s.coordinator.workers().await;
+    let secret = register(&mut workers).await;
     let half = summary(&mut sweeps, "big").await;
     assert_eq!(half.status, "submitting");
     assert_eq!((half.submit_written, half.submit_total), (written, 60_000));
     assert_eq!(half.submit_file, "big.toml");
-    assert!(acquire(&mut workers, "w1").await.is_none(), "nothing is leased from a sweep whose submit did not land");
+    assert!(acquire(&mut workers, &secret).await.is_none(), "nothing is leased from a sweep whose submit did not land");
     let status = s.coordinator.cli(s.dir.path(), &["status", "big"]);
     assert_success(&status);
     assert!(
@@ -339,13 +361,15 @@ async fn a_submission_killed_midway_stays_submitting_and_submitting_again_finish
     let counts = whole.counts.unwrap();
     assert_eq!((counts.total, counts.pending), (60_000, 60_000), "every cell once");
     assert_eq!(whole.submit_total, 0, "the marker is gone");
-    assert!(acquire(&mut workers, "w1").await.is_some(), "the sweep leases once its submit landed");
+    assert!(acquire(&mut workers, &secret).await.is_some(), "the sweep leases once its submit landed");
     s.redis.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_at_maxmemory_fails_the_submit_clearly_and_readiness_follows() {
     let mut s = setup().await;
+    let mut workers = s.coordinator.workers().await;
+    let secret = register(&mut workers).await;
     std::fs::write(s.dir.path().join("big.toml"), grid_file("big", 6, 100, 100, 10, 3)).unwrap();
     let info: String = redis_cmd(&s.store, &["INFO", "memory"]).await;
     let used: u64 =
@@ -361,12 +385,11 @@ async fn redis_at_maxmemory_fails_the_submit_clearly_and_readiness_follows() {
     );
     s.coordinator.wait_readiness(ServingStatus::NotServing).await;
     let mut sweeps = s.coordinator.sweeps().await;
-    let mut workers = s.coordinator.workers().await;
     let half = summary(&mut sweeps, "big").await;
     assert_eq!(half.status, "submitting", "an incomplete submit never looks complete");
     assert!(half.submit_written < 60_000);
     assert_eq!(half.counts.unwrap().total, half.submit_written, "what landed is exactly what is counted");
-    assert!(acquire(&mut workers, "w1").await.is_none());
+    assert!(acquire(&mut workers, &secret).await.is_none());
 
     let _: () = redis_cmd(&s.store, &["CONFIG", "SET", "maxmemory", "0"]).await;
     s.coordinator.wait_readiness(ServingStatus::Serving).await;
@@ -481,6 +504,7 @@ async fn every_string_and_message_from_clients_is_bounded() {
             slots: 1,
             gpus: 0,
             version: "v".into(),
+            worker_secret: String::new(),
         })
         .await
         .unwrap_err();
@@ -492,12 +516,18 @@ async fn every_string_and_message_from_clients_is_bounded() {
             worker_id: huge_id.clone(),
             free_gpus: 1,
             slot: 0,
+            worker_secret: String::new(),
         })
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
     let refused = workers
-        .heartbeat(HeartbeatRequest { protocol_version: PROTOCOL_VERSION, worker_id: huge_id, leases: vec![] })
+        .heartbeat(HeartbeatRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: huge_id,
+            leases: vec![],
+            worker_secret: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
@@ -559,6 +589,7 @@ async fn out_of_range_scores_are_refused_and_fail_their_attempt() {
     let mut s = setup().await;
     let mut sweeps = s.coordinator.sweeps().await;
     let mut workers = s.coordinator.workers().await;
+    let secret = register(&mut workers).await;
     sweeps
         .submit_sweep(SubmitSweepRequest {
             file_text: grid_file("scores", 1, 3, 1, 10, 3),
@@ -570,8 +601,8 @@ async fn out_of_range_scores_are_refused_and_fail_their_attempt() {
     for (val, test, refused) in
         [(1e308, 0.5, Some("val_score 1e308")), (0.5, -5.0, Some("test_score -5")), (0.5, 0.4, None)]
     {
-        let task = acquire(&mut workers, "w1").await.unwrap();
-        let answer = complete(&mut workers, &task, val, test).await;
+        let task = acquire(&mut workers, &secret).await.unwrap();
+        let answer = complete(&mut workers, &secret, &task, val, test).await;
         let info = s.store.task("scores", &task.task_id).await.unwrap().unwrap();
         match refused {
             Some(what) => {
@@ -601,11 +632,12 @@ async fn out_of_range_scores_are_refused_and_fail_their_attempt() {
 async fn a_resubmission_lists_changed_settings_and_update_applies_them() {
     let mut s = setup().await;
     let mut workers = s.coordinator.workers().await;
+    let secret = register(&mut workers).await;
     let dir = s.dir.path().to_path_buf();
     std::fs::write(dir.join("s.toml"), grid_file("s", 1, 3, 1, 10, 3)).unwrap();
     assert_success(&s.coordinator.cli(&dir, &["submit", "s.toml"]));
-    let done = acquire(&mut workers, "w1").await.unwrap();
-    assert_eq!(complete(&mut workers, &done, 0.5, 0.5).await.unwrap().outcome, ReportOutcome::Accepted as i32);
+    let done = acquire(&mut workers, &secret).await.unwrap();
+    assert_eq!(complete(&mut workers, &secret, &done, 0.5, 0.5).await.unwrap().outcome, ReportOutcome::Accepted as i32);
 
     std::fs::write(dir.join("s.toml"), grid_file("s", 1, 3, 1, 20, 5)).unwrap();
     let out = s.coordinator.cli(&dir, &["submit", "s.toml"]);

@@ -189,6 +189,11 @@ fn bad_input_exits_2_with_one_line_and_writes_nothing() {
             GOOD.replace("l2 = { logspace = [-2, 2, 5] }", "l2 = { logspace = [-2, 2, 1000000] }"),
             "regimes.linear.l2: the L2 path has 1000000 points: each cell would be",
         ),
+        (
+            "unknown precision",
+            GOOD.replace("steps = 10", "steps = 10\nprecision = \"fp8\""),
+            "bad.toml:6:13: defaults.precision: unknown variant `fp8`, expected one of `fp32`, `bf16`, `fp16`",
+        ),
     ];
     for (what, text, needle) in cases {
         let dir = tempfile::tempdir().unwrap();

@@ -19,7 +19,8 @@ use tsweep_proto::v1::sweep_service_client::SweepServiceClient;
 use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use tsweep_proto::v1::{
     AcquireTaskRequest, CancelSweepRequest, CompleteTaskRequest, DeleteSweepRequest, FailureClass, GetSweepRequest,
-    HeartbeatRequest, HeldLease, LeaseRef, ReportOutcome, StopReason, SubmitSweepRequest, TaskAssignment, TaskResult,
+    HeartbeatRequest, HeldLease, LeaseRef, RegisterWorkerRequest, ReportOutcome, StopReason, SubmitSweepRequest,
+    TaskAssignment, TaskResult,
 };
 use tsweep_proto::PROTOCOL_VERSION;
 
@@ -331,12 +332,23 @@ async fn delete_over_grpc_and_the_cli_codes_and_messages() {
         })
         .await
         .unwrap();
+    let worker_secret = workers
+        .register_worker(RegisterWorkerRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: "w".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_secret;
     let task = workers
         .acquire_task(AcquireTaskRequest {
             protocol_version: PROTOCOL_VERSION,
             worker_id: "w".into(),
             free_gpus: 0,
             slot: 0,
+            worker_secret: worker_secret.clone(),
         })
         .await
         .unwrap()
@@ -377,6 +389,7 @@ async fn delete_over_grpc_and_the_cli_codes_and_messages() {
             protocol_version: PROTOCOL_VERSION,
             worker_id: "w".into(),
             leases: vec![HeldLease { lease: Some(lease.clone()), running: true, ..Default::default() }],
+            worker_secret: worker_secret.clone(),
         })
         .await
         .unwrap()
@@ -389,6 +402,7 @@ async fn delete_over_grpc_and_the_cli_codes_and_messages() {
             worker_id: "w".into(),
             lease: Some(lease),
             result: Some(result(0.4)),
+            worker_secret,
         })
         .await
         .unwrap()

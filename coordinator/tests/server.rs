@@ -3,6 +3,7 @@
 //! auth, lease fencing (STALE / LEASE_LOST), sweep file errors, health (liveness vs
 //! readiness), the metrics endpoint and stream consumer, and Redis going away and back.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tsweep_coordinator::config::{ConfigError, ServiceConfig};
 use tsweep_coordinator::redis_server::RedisServer;
 use tsweep_coordinator::server::{self, RunningCoordinator, ServeError, READINESS_SERVICE};
-use tsweep_proto::auth::{bearer_interceptor, BearerInterceptor};
+use tsweep_proto::auth::{bearer_interceptor, BearerInterceptor, WorkerRefusal};
 use tsweep_proto::v1::sweep_service_client::SweepServiceClient;
 use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use tsweep_proto::v1::*;
@@ -23,6 +24,18 @@ use tsweep_proto::PROTOCOL_VERSION;
 mod support;
 
 type Interceptor = tonic::service::interceptor::InterceptedService<Channel, BearerInterceptor>;
+
+/// The worker service with the secret each worker id registered with.
+struct Workers {
+    client: WorkerServiceClient<Interceptor>,
+    secrets: HashMap<String, String>,
+}
+
+impl Workers {
+    fn secret(&self, worker_id: &str) -> String {
+        self.secrets.get(worker_id).cloned().unwrap_or_default()
+    }
+}
 
 fn sweep_file() -> String {
     support::sweep_file("svc", &[0.01, 0.1, 0.2])
@@ -67,11 +80,12 @@ impl Harness {
         SweepServiceClient::with_interceptor(self.channel.clone(), bearer_interceptor(token.map(String::from)).unwrap())
     }
 
-    fn workers(&self, token: Option<&str>) -> WorkerServiceClient<Interceptor> {
-        WorkerServiceClient::with_interceptor(
+    fn workers(&self, token: Option<&str>) -> Workers {
+        let client = WorkerServiceClient::with_interceptor(
             self.channel.clone(),
             bearer_interceptor(token.map(String::from)).unwrap(),
-        )
+        );
+        Workers { client, secrets: HashMap::new() }
     }
 
     async fn health(&self, service: &str) -> ServingStatus {
@@ -110,8 +124,9 @@ async fn submit(sweeps: &mut SweepServiceClient<Interceptor>) -> SubmitSweepResp
         .into_inner()
 }
 
-async fn register(workers: &mut WorkerServiceClient<Interceptor>, worker_id: &str) -> RegisterWorkerResponse {
-    workers
+async fn register(workers: &mut Workers, worker_id: &str) -> RegisterWorkerResponse {
+    let response = workers
+        .client
         .register_worker(RegisterWorkerRequest {
             protocol_version: PROTOCOL_VERSION,
             worker_id: worker_id.into(),
@@ -119,55 +134,82 @@ async fn register(workers: &mut WorkerServiceClient<Interceptor>, worker_id: &st
             slots: 1,
             gpus: 0,
             version: "test".into(),
+            worker_secret: workers.secret(worker_id),
         })
         .await
         .unwrap()
-        .into_inner()
+        .into_inner();
+    workers.secrets.insert(worker_id.to_string(), response.worker_secret.clone());
+    response
 }
 
-async fn acquire(workers: &mut WorkerServiceClient<Interceptor>, worker_id: &str) -> Option<TaskAssignment> {
-    workers
-        .acquire_task(AcquireTaskRequest {
+/// Runs a worker call with the worker's secret; a worker whose registration lapsed (a
+/// test that keeps it silent for longer than three lease TTLs) registers again and
+/// repeats it, as the agent does.
+async fn call<T, F, Fut>(workers: &mut Workers, worker_id: &str, mut send: F) -> T
+where
+    F: FnMut(WorkerServiceClient<Interceptor>, String) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    match send(workers.client.clone(), workers.secret(worker_id)).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) if WorkerRefusal::of(&status) == Some(WorkerRefusal::Unregistered) => {
+            register(workers, worker_id).await;
+            send(workers.client.clone(), workers.secret(worker_id)).await.unwrap().into_inner()
+        }
+        Err(status) => panic!("{worker_id}: {status:?}"),
+    }
+}
+
+async fn acquire(workers: &mut Workers, worker_id: &str) -> Option<TaskAssignment> {
+    let id = worker_id.to_string();
+    call(workers, worker_id, |mut client, worker_secret| {
+        let request = AcquireTaskRequest {
             protocol_version: PROTOCOL_VERSION,
-            worker_id: worker_id.into(),
+            worker_id: id.clone(),
             free_gpus: 0,
             slot: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task
+            worker_secret,
+        };
+        async move { client.acquire_task(request).await }
+    })
+    .await
+    .task
 }
 
 fn lease_of(task: &TaskAssignment) -> LeaseRef {
     LeaseRef { sweep: task.sweep.clone(), task_id: task.task_id.clone(), attempt: task.attempt }
 }
 
-async fn complete(workers: &mut WorkerServiceClient<Interceptor>, worker_id: &str, lease: LeaseRef) -> ReportOutcome {
-    let reply = workers
-        .complete_task(CompleteTaskRequest {
+async fn complete(workers: &mut Workers, worker_id: &str, lease: LeaseRef) -> ReportOutcome {
+    let id = worker_id.to_string();
+    let reply = call(workers, worker_id, |mut client, worker_secret| {
+        let request = CompleteTaskRequest {
             protocol_version: PROTOCOL_VERSION,
-            worker_id: worker_id.into(),
-            lease: Some(lease),
+            worker_id: id.clone(),
+            lease: Some(lease.clone()),
             result: Some(TaskResult { metric: "top1".into(), val_score: Some(0.5), ..Default::default() }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+            worker_secret,
+        };
+        async move { client.complete_task(request).await }
+    })
+    .await;
     ReportOutcome::try_from(reply.outcome).unwrap()
 }
 
-async fn heartbeat(workers: &mut WorkerServiceClient<Interceptor>, worker_id: &str, lease: LeaseRef) -> Vec<StopOrder> {
-    workers
-        .heartbeat(HeartbeatRequest {
+async fn heartbeat(workers: &mut Workers, worker_id: &str, lease: LeaseRef) -> Vec<StopOrder> {
+    let id = worker_id.to_string();
+    call(workers, worker_id, |mut client, worker_secret| {
+        let request = HeartbeatRequest {
             protocol_version: PROTOCOL_VERSION,
-            worker_id: worker_id.into(),
-            leases: vec![HeldLease { lease: Some(lease), running: true, ..Default::default() }],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stop
+            worker_id: id.clone(),
+            leases: vec![HeldLease { lease: Some(lease.clone()), running: true, ..Default::default() }],
+            worker_secret,
+        };
+        async move { client.heartbeat(request).await }
+    })
+    .await
+    .stop
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,6 +218,7 @@ async fn protocol_mismatch_is_refused_naming_both_versions() {
     let mut workers = harness.workers(None);
     let wrong = PROTOCOL_VERSION + 41;
     let status = workers
+        .client
         .register_worker(RegisterWorkerRequest { protocol_version: wrong, worker_id: "w".into(), ..Default::default() })
         .await
         .unwrap_err();
@@ -183,6 +226,7 @@ async fn protocol_mismatch_is_refused_naming_both_versions() {
     assert!(status.message().contains(&wrong.to_string()), "{}", status.message());
     assert!(status.message().contains(&PROTOCOL_VERSION.to_string()), "{}", status.message());
     let status = workers
+        .client
         .acquire_task(AcquireTaskRequest { protocol_version: wrong, worker_id: "w".into(), ..Default::default() })
         .await
         .unwrap_err();
@@ -204,6 +248,7 @@ async fn token_is_required_on_both_services_but_not_on_health() {
         assert_eq!(status.code(), Code::Unauthenticated, "sweeps with {token:?}");
         let status = harness
             .workers(token)
+            .client
             .register_worker(RegisterWorkerRequest {
                 protocol_version: PROTOCOL_VERSION,
                 worker_id: "w".into(),
@@ -260,13 +305,16 @@ async fn a_worker_cannot_complete_or_renew_a_lease_it_does_not_hold() {
     assert_eq!(stop.len(), 1, "{stop:?}");
     assert_eq!(stop[0].reason, StopReason::LeaseLost as i32);
     assert_eq!(complete(&mut workers, "a", lease_of(&first)).await, ReportOutcome::Stale);
+    let worker_secret = workers.secret("a");
     let fail = workers
+        .client
         .fail_task(FailTaskRequest {
             protocol_version: PROTOCOL_VERSION,
             worker_id: "a".into(),
             lease: Some(lease_of(&first)),
             class: FailureClass::Retryable as i32,
             message: "late".into(),
+            worker_secret,
             ..Default::default()
         })
         .await
@@ -439,6 +487,7 @@ async fn redis_away_means_unavailable_and_not_ready_then_recovery() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let status = harness
         .workers(None)
+        .client
         .acquire_task(AcquireTaskRequest {
             protocol_version: PROTOCOL_VERSION,
             worker_id: "w".into(),

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use tsweep_coordinator::redis_server::RedisServer;
-use tsweep_coordinator::store::{Checkpoint, Store, StoreOptions, TaskState};
+use tsweep_coordinator::store::{
+    new_worker_secret, Checkpoint, RegisterOutcome, Store, StoreOptions, TaskState, WorkerAuth, WorkerInfo,
+};
 use tsweep_coordinator::sweepfile::{task_id, Cell, ExpandedSweep, SweepSettings};
 use tsweep_proto::cell::{CellSpec, Regime, Stage};
 use tsweep_proto::v1::{FailureClass, HeldLease, LeaseRef, ReportOutcome, StopReason, TaskAssignment, TaskResult};
@@ -648,15 +650,89 @@ async fn metrics_fencing_helpers_and_worker_registry() {
     assert_eq!(store.summary(SWEEP).await.unwrap().stale_reports, 1);
     assert_eq!(store.metrics_stream_pattern().replace("{sweep}", SWEEP), store.metrics_stream_key(SWEEP));
 
-    let info = tsweep_coordinator::store::WorkerInfo {
-        worker_id: "w-1".into(),
-        hostname: "gpu-node".into(),
-        slots: 2,
-        gpus: 2,
-        version: "0.1.0".into(),
-    };
-    store.register_worker(&info).await.unwrap();
+    let info =
+        WorkerInfo { worker_id: "w-1".into(), hostname: "gpu-node".into(), slots: 2, gpus: 2, version: "0.1.0".into() };
+    store.register_worker(&info, &new_worker_secret(), "").await.unwrap();
     store.renew("w-2", &[]).await.unwrap();
     assert_eq!(store.worker_count().await.unwrap(), 2);
     store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_secret_is_stored_hashed_checked_and_its_record_lapses_after_three_lease_ttls() {
+    let options = StoreOptions { lease_ttl: Duration::from_millis(400), ..StoreOptions::default() };
+    let (server, store) = start(options).await;
+    let info = WorkerInfo { worker_id: "w".into(), hostname: "h".into(), slots: 1, gpus: 0, version: "v".into() };
+    assert_eq!(store.authenticate_worker("w", "").await.unwrap(), WorkerAuth::Unregistered);
+
+    let first = new_worker_secret();
+    assert_eq!(first.len(), 64, "32 random bytes, hex");
+    assert_ne!(first, new_worker_secret());
+    assert_eq!(store.register_worker(&info, &first, "").await.unwrap(), RegisterOutcome::Registered);
+    assert_eq!(store.authenticate_worker("w", &first).await.unwrap(), WorkerAuth::Verified);
+    assert_eq!(store.authenticate_worker("w", "forged").await.unwrap(), WorkerAuth::WrongSecret);
+    assert_eq!(store.authenticate_worker("w", "").await.unwrap(), WorkerAuth::WrongSecret);
+
+    // Redis keeps the SHA-256, never the secret.
+    let mut conn = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let record: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg("tsweep:worker:w").query_async(&mut conn).await.unwrap();
+    assert!(record.values().all(|v| v != &first), "{record:?}");
+    use sha2::Digest;
+    assert_eq!(record["secret_sha256"], hex::encode(sha2::Sha256::digest(first.as_bytes())));
+
+    // Another process cannot take a live id; the holder can register again with its secret.
+    let other = new_worker_secret();
+    match store.register_worker(&info, &other, "").await.unwrap() {
+        RegisterOutcome::InUse { expires_in_ms } => assert!(expires_in_ms <= 1_200, "{expires_in_ms}"),
+        other => panic!("a live id was taken: {other:?}"),
+    }
+    assert!(matches!(
+        store.register_worker(&info, &other, "not-the-secret").await.unwrap(),
+        RegisterOutcome::InUse { .. }
+    ));
+    assert_eq!(store.authenticate_worker("w", &first).await.unwrap(), WorkerAuth::Verified);
+    let second = new_worker_secret();
+    assert_eq!(store.register_worker(&info, &second, &first).await.unwrap(), RegisterOutcome::Registered);
+    assert_eq!(store.authenticate_worker("w", &first).await.unwrap(), WorkerAuth::WrongSecret);
+
+    // Each verified call keeps the record alive; without calls it lapses after three
+    // lease TTLs (1.2 s here) and the id is free again.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(store.authenticate_worker("w", &second).await.unwrap(), WorkerAuth::Verified);
+    }
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    assert_eq!(store.authenticate_worker("w", &second).await.unwrap(), WorkerAuth::Unregistered);
+    assert_eq!(store.register_worker(&info, &other, "").await.unwrap(), RegisterOutcome::Registered);
+}
+
+#[tokio::test]
+async fn a_redis_in_cluster_mode_is_refused_at_connect_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+        .arg("--cluster-config-file")
+        .arg(dir.path().join("nodes.conf"))
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "redis-server in cluster mode never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = Store::connect(&url, options()).await.expect_err("cluster mode is refused");
+    assert!(matches!(err, tsweep_coordinator::store::StoreError::ClusterMode), "{err}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("Redis Cluster"), "{err}");
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -1,8 +1,8 @@
 //! Rotating the coordinator's bearer token without a restart: with `auth_token_file`, the
 //! coordinator reads the file again while it runs, accepts a new token as soon as it has
-//! read it, and the replaced one only for the grace window. Real coordinator and
-//! redis-server (free loopback ports); a short period and window via
-//! `start_with_token_reload`.
+//! read it, and the replaced one only for the grace window; with `user_token_file` and
+//! `worker_token_file` each role follows its own file. Real coordinator and redis-server
+//! (free loopback ports); a short period and window via `start_with_token_reload`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -113,6 +113,62 @@ async fn a_rotated_token_file_is_accepted_without_restart_and_the_old_token_only
     }
     assert_eq!(list_with(&channel, "second").await, Code::Ok);
 
+    coordinator.shutdown().await.unwrap();
+    drop(redis);
+}
+
+/// The code a RegisterWorker call with `token` gets (`Ok` when accepted).
+async fn register_with(channel: &Channel, token: &str) -> Code {
+    let interceptor = bearer_interceptor(Some(token.to_string())).unwrap();
+    let request = RegisterWorkerRequest {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: format!("w-{token}"),
+        ..Default::default()
+    };
+    match WorkerServiceClient::with_interceptor(channel.clone(), interceptor).register_worker(request).await {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_follows_its_own_token_file_and_never_takes_the_other_roles_token() {
+    let redis = tokio::task::spawn_blocking(RedisServer::start_temp).await.unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (user_file, worker_file) = (dir.path().join("user"), dir.path().join("worker"));
+    write_token(&user_file, "user-1");
+    write_token(&worker_file, "worker-1");
+    let overrides = ConfigOverrides {
+        listen: Some("127.0.0.1:0".into()),
+        metrics_listen: Some(String::new()),
+        redis_url: Some(redis.url()),
+        user_token_file: Some(user_file.clone()),
+        worker_token_file: Some(worker_file.clone()),
+        ..ConfigOverrides::default()
+    };
+    let config = ServiceConfig::load_with_env(None, overrides, Some(HashMap::new())).unwrap();
+    let reload = TokenReload { reread_every: Duration::from_millis(50), grace: Duration::ZERO };
+    let coordinator = server::start_with_token_reload(config, reload).await.unwrap();
+    let channel = Endpoint::from_shared(coordinator.url()).unwrap().connect().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while list_with(&channel, "user-1").await != Code::Ok {
+        assert!(Instant::now() < deadline, "the user token is never accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(register_with(&channel, "worker-1").await, Code::Ok);
+    assert_eq!(list_with(&channel, "worker-1").await, Code::PermissionDenied, "worker token on SweepService");
+    assert_eq!(register_with(&channel, "user-1").await, Code::PermissionDenied, "user token on WorkerService");
+
+    // Rotating the worker's Secret changes the worker credential only.
+    write_token(&worker_file, "worker-2");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while register_with(&channel, "worker-2").await != Code::Ok {
+        assert!(Instant::now() < deadline, "the rotated worker token is never accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(register_with(&channel, "worker-1").await, Code::Unauthenticated, "no grace window here");
+    assert_eq!(list_with(&channel, "worker-2").await, Code::PermissionDenied);
+    assert_eq!(list_with(&channel, "user-1").await, Code::Ok, "the user credential did not change");
     coordinator.shutdown().await.unwrap();
     drop(redis);
 }

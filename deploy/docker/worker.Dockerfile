@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # tsweep worker agent + trainer (`tsweep-worker`) on CUDA-enabled libtorch 2.11.
-# Build from the repository root (the builder downloads the torch wheels, ~4.5 GB):
+# Build from the repository root (the build stage downloads the torch wheels, ~4.5 GB):
 #   docker build -f deploy/docker/worker.Dockerfile -t tsweep/worker:0.1.0 .
 # Check:  docker run --rm tsweep/worker:0.1.0 --version   # tsweep-worker X.Y.Z (protocol N)
 #
@@ -9,11 +9,25 @@
 # the CUDA runtime, cuBLAS, cuDNN and NCCL as nvidia-* wheels; the runtime stage copies
 # torch/lib and nvidia/ side by side so libtorch's RPATH ($ORIGIN/../../nvidia/...)
 # still finds them. Hosts need an NVIDIA driver that supports CUDA 13.0 (>= 580).
+#
+# Build arguments (the defaults are the public images users pull):
+#   BUILDER_BASE  the Rust toolchain image of the `build` stage
+#   RUNTIME_BASE  the image the worker runs on (CUDA base; any Debian/Ubuntu for the CPU)
+#   BINARIES      `build` (default): compile in the image; `prebuilt`: copy what was built
+#                 on the host from a build context holding `tsweep-worker` and `libtorch/`
+#                 (the /opt/libtorch tree: `torch/lib/*.so`, plus `nvidia/` for CUDA).
+#                 deploy/local/build-images.sh stages it from the torch venv, with only
+#                 the CPU libraries the binary loads for a CPU image. A host binary must
+#                 come from a glibc no newer than RUNTIME_BASE's.
+#   docker build -f deploy/docker/worker.Dockerfile --build-arg BINARIES=prebuilt \
+#     --build-arg RUNTIME_BASE=debian:bookworm -t tsweep/worker:dev-cpu DIR
 
 ARG RUST_VERSION=1.95
-ARG CUDA_BASE=nvidia/cuda:13.0.0-base-ubuntu24.04
+ARG BUILDER_BASE=rust:${RUST_VERSION}-bookworm
+ARG RUNTIME_BASE=nvidia/cuda:13.0.0-base-ubuntu24.04
+ARG BINARIES=build
 
-FROM rust:${RUST_VERSION}-bookworm AS builder
+FROM ${BUILDER_BASE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG TORCH_VERSION=2.11.0
 RUN apt-get update \
@@ -40,9 +54,16 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && readelf -d target/release/tsweep-worker | grep -q 'libtorch_cuda.so' \
  && install -D -m 0755 target/release/tsweep-worker /out/tsweep-worker
 
-FROM ${CUDA_BASE} AS runtime
+FROM scratch AS prebuilt
+COPY libtorch /opt/libtorch
+COPY tsweep-worker /out/tsweep-worker
+
+# The stage named by BINARIES; builders skip the other one.
+FROM ${BINARIES} AS binaries
+
+FROM ${RUNTIME_BASE} AS runtime
 LABEL org.opencontainers.image.title="tsweep-worker" \
-      org.opencontainers.image.description="tsweep worker agent and libtorch trainer (CUDA)" \
+      org.opencontainers.image.description="tsweep worker agent and libtorch trainer" \
       org.opencontainers.image.licenses="Apache-2.0"
 # tini as PID 1: forwards SIGTERM to the agent (which checkpoints its trainer children)
 # and reaps any orphaned child.
@@ -51,8 +72,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 65532 tsweep \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tsweep
-COPY --from=builder /opt/libtorch /opt/libtorch
-COPY --from=builder /out/tsweep-worker /usr/local/bin/tsweep-worker
+COPY --from=binaries /opt/libtorch /opt/libtorch
+COPY --from=binaries /out/tsweep-worker /usr/local/bin/tsweep-worker
 ENV LD_LIBRARY_PATH=/opt/libtorch/torch/lib \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 65532:65532

@@ -27,6 +27,28 @@ impl Normalize {
     pub fn is_valid(&self) -> bool {
         self.mean.iter().all(|m| m.is_finite()) && self.std.iter().all(|s| s.is_finite() && *s > 0.0)
     }
+
+    /// Whether this is [`Normalize::IMAGENET`].
+    pub fn is_imagenet(&self) -> bool {
+        *self == Normalize::IMAGENET
+    }
+
+    /// The input normalisation a model uses when its sweep file gives none: the builtin
+    /// architecture's (ImageNet's for torchvision's networks, TensorFlow's for Lite), and
+    /// ImageNet's for TorchScript modules and names the registry does not know.
+    pub fn default_for(arch: &str, builtin: bool) -> Normalize {
+        match (builtin, lookup(arch)) {
+            (true, Some(a)) => a.normalize,
+            _ => Normalize::IMAGENET,
+        }
+    }
+}
+
+/// ImageNet's statistics: what every model used before the normalisation was configurable.
+impl Default for Normalize {
+    fn default() -> Self {
+        Normalize::IMAGENET
+    }
 }
 
 /// One builtin architecture.
@@ -110,6 +132,16 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), ARCHS.len());
         assert!(lookup("resnet5000").is_none());
+    }
+
+    #[test]
+    fn defaults_follow_the_registry_for_builtin_models_only() {
+        assert_eq!(Normalize::default_for("efficientnet_lite1", true), Normalize::TF_LITE);
+        assert_eq!(Normalize::default_for("resnet50", true), Normalize::IMAGENET);
+        assert_eq!(Normalize::default_for("efficientnet_lite1", false), Normalize::IMAGENET);
+        assert_eq!(Normalize::default_for("nasnet_large", false), Normalize::IMAGENET);
+        assert!(Normalize::default().is_imagenet());
+        assert!(!Normalize::TF_LITE.is_imagenet());
     }
 
     #[test]

@@ -143,6 +143,57 @@ impl Interceptor for RequireBearer {
     }
 }
 
+/// The trailer (response metadata) that says why a worker's call was refused, read with
+/// [`WorkerRefusal::of`]: a typed answer, so that no client matches on message text.
+pub const WORKER_REFUSAL: &str = "tsweep-worker-refusal";
+
+/// Why the coordinator refused a worker's acquire, heartbeat or report although its
+/// bearer token (the worker credential) was accepted. Sent as `UNAUTHENTICATED` with the
+/// [`WORKER_REFUSAL`] trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerRefusal {
+    /// No live registration for this worker id: never registered, or its record lapsed
+    /// (no call for three lease TTLs) or was lost with Redis' data. The worker registers
+    /// again and repeats the call; its leases are untouched.
+    Unregistered,
+    /// The id is registered with another secret: another process registered under it
+    /// (or the caller forges it). Repeating cannot help.
+    WrongSecret,
+}
+
+impl WorkerRefusal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unregistered => "unregistered",
+            Self::WrongSecret => "wrong-secret",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "unregistered" => Some(Self::Unregistered),
+            "wrong-secret" => Some(Self::WrongSecret),
+            _ => None,
+        }
+    }
+
+    /// The status the coordinator answers: `UNAUTHENTICATED` with the trailer.
+    pub fn status(self, message: impl Into<String>) -> Status {
+        let mut status = Status::unauthenticated(message);
+        status.metadata_mut().insert(WORKER_REFUSAL, MetadataValue::from_static(self.name()));
+        status
+    }
+
+    /// The refusal a status carries; None for any other answer (a refused bearer token
+    /// included).
+    pub fn of(status: &Status) -> Option<Self> {
+        if status.code() != tonic::Code::Unauthenticated {
+            return None;
+        }
+        status.metadata().get(WORKER_REFUSAL).and_then(|value| value.to_str().ok()).and_then(Self::from_name)
+    }
+}
+
 /// How often token files are read again by default (the agent and the coordinator).
 /// Kubernetes updates a mounted Secret within about a minute of the change.
 pub const TOKEN_REREAD_EVERY: Duration = Duration::from_secs(10);
@@ -299,6 +350,19 @@ mod tests {
         let open = RequireBearer::new(None);
         assert!(!open.rotate("x", Duration::ZERO), "rotation does not turn auth on");
         assert!(!open.enabled());
+    }
+
+    #[test]
+    fn a_worker_refusal_travels_as_a_typed_trailer_and_nothing_else_is_one() {
+        for refusal in [WorkerRefusal::Unregistered, WorkerRefusal::WrongSecret] {
+            let status = refusal.status("no");
+            assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            assert_eq!(WorkerRefusal::of(&status), Some(refusal));
+        }
+        assert_eq!(WorkerRefusal::of(&Status::unauthenticated("invalid bearer token")), None);
+        let mut other_code = Status::permission_denied("x");
+        other_code.metadata_mut().insert(WORKER_REFUSAL, MetadataValue::from_static("unregistered"));
+        assert_eq!(WorkerRefusal::of(&other_code), None);
     }
 
     #[test]

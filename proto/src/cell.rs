@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::arch::Normalize;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Regime {
@@ -71,6 +73,12 @@ pub struct ModelSpec {
     pub imagenet_top1: Option<f64>,
     /// Native input resolution (224, 299, 331).
     pub image_size: u32,
+    /// Input normalisation of pixels in [0, 1]: the sweep file's `normalize`, else
+    /// [`Normalize::default_for`] the arch. Left out of the JSON when it is ImageNet's, the
+    /// value every spec written before this field existed meant, so that those specs (and
+    /// the checkpoint fingerprints computed from them) read back unchanged.
+    #[serde(default, skip_serializing_if = "Normalize::is_imagenet")]
+    pub normalize: Normalize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +182,46 @@ pub struct FakeSettings {
     pub linger_ms: u64,
 }
 
+/// The arithmetic a cell trains and extracts features in. `Fp32` is the paper's protocol;
+/// `Bf16` and `Fp16` run the forward pass and the loss under libtorch's autocast (master
+/// weights, optimizer state and BatchNorm statistics stay f32; `Fp16` adds dynamic loss
+/// scaling). Part of the cell's identity: a bf16 run is another cell than the fp32 run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// bfloat16 autocast (CPUs, and GPUs of compute capability 8.0 or newer).
+    Bf16,
+    /// float16 autocast with dynamic loss scaling (CUDA only).
+    Fp16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::Fp32, Precision::Bf16, Precision::Fp16];
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+    pub fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    /// The sweep file's spelling: `fp32`, `bf16` or `fp16`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown precision {s:?}; expected fp32, bf16 or fp16"))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CellSpec {
@@ -187,6 +235,9 @@ pub struct CellSpec {
     pub hparams: BTreeMap<String, f64>,
     pub train: TrainSettings,
     pub seed: u64,
+    /// Left out of the JSON when fp32, so specs written before it existed read back the same.
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
     pub gpus: u32,
     pub max_attempts: u32,
     #[serde(default)]

@@ -6,6 +6,7 @@ pub mod arch;
 pub mod auth;
 pub mod cell;
 pub mod limits;
+pub mod tls;
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
@@ -17,14 +18,15 @@ pub mod v1 {
 
 /// Bumped whenever a worker and a coordinator of different values cannot work together.
 /// Every worker request carries it; a mismatch is refused with FAILED_PRECONDITION.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: per-worker secrets (`worker_secret` on every acquire, heartbeat and report).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The crate version, printed by both binaries with the protocol version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// `x.y.z (protocol N)`, for `--version` flags (a literal, so clap can take it).
-pub const VERSION_WITH_PROTOCOL: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 1)");
-const _: () = assert!(PROTOCOL_VERSION == 1, "update VERSION_WITH_PROTOCOL with PROTOCOL_VERSION");
+pub const VERSION_WITH_PROTOCOL: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 2)");
+const _: () = assert!(PROTOCOL_VERSION == 2, "update VERSION_WITH_PROTOCOL with PROTOCOL_VERSION");
 
 /// `tsweep x.y.z (protocol N)`
 pub fn version_line(binary: &str) -> String {

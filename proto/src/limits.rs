@@ -18,7 +18,7 @@ pub const MAX_SWEEP_FILE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_CELL_SPEC_BYTES: usize = 64 * 1024;
 /// Sweep names (they become part of every Redis key of the sweep).
 pub const MAX_SWEEP_NAME_BYTES: usize = 200;
-/// Worker ids and task ids (worker ids become Redis keys).
+/// Worker ids, task ids (worker ids become Redis keys) and worker secrets.
 pub const MAX_ID_BYTES: usize = 256;
 /// Host names, versions, task states, page tokens and other short labels.
 pub const MAX_LABEL_BYTES: usize = 256;
@@ -119,6 +119,7 @@ impl CheckLimits for ListTasksRequest {
 impl CheckLimits for RegisterWorkerRequest {
     fn check_limits(&self) -> Result<(), LimitError> {
         bytes("worker_id", &self.worker_id, MAX_ID_BYTES)?;
+        bytes("worker_secret", &self.worker_secret, MAX_ID_BYTES)?;
         bytes("hostname", &self.hostname, MAX_LABEL_BYTES)?;
         bytes("version", &self.version, MAX_LABEL_BYTES)
     }
@@ -126,13 +127,15 @@ impl CheckLimits for RegisterWorkerRequest {
 
 impl CheckLimits for AcquireTaskRequest {
     fn check_limits(&self) -> Result<(), LimitError> {
-        bytes("worker_id", &self.worker_id, MAX_ID_BYTES)
+        bytes("worker_id", &self.worker_id, MAX_ID_BYTES)?;
+        bytes("worker_secret", &self.worker_secret, MAX_ID_BYTES)
     }
 }
 
 impl CheckLimits for HeartbeatRequest {
     fn check_limits(&self) -> Result<(), LimitError> {
         bytes("worker_id", &self.worker_id, MAX_ID_BYTES)?;
+        bytes("worker_secret", &self.worker_secret, MAX_ID_BYTES)?;
         count("leases", self.leases.len(), MAX_HELD_LEASES)?;
         for held in &self.leases {
             lease("leases.lease", held.lease.as_ref())?;
@@ -145,6 +148,7 @@ impl CheckLimits for HeartbeatRequest {
 impl CheckLimits for CompleteTaskRequest {
     fn check_limits(&self) -> Result<(), LimitError> {
         bytes("worker_id", &self.worker_id, MAX_ID_BYTES)?;
+        bytes("worker_secret", &self.worker_secret, MAX_ID_BYTES)?;
         lease("lease", self.lease.as_ref())?;
         result(self.result.as_ref())
     }
@@ -153,6 +157,7 @@ impl CheckLimits for CompleteTaskRequest {
 impl CheckLimits for FailTaskRequest {
     fn check_limits(&self) -> Result<(), LimitError> {
         bytes("worker_id", &self.worker_id, MAX_ID_BYTES)?;
+        bytes("worker_secret", &self.worker_secret, MAX_ID_BYTES)?;
         lease("lease", self.lease.as_ref())?;
         bytes("message", &self.message, MAX_ERROR_MESSAGE_BYTES)?;
         bytes("checkpoint_path", &self.checkpoint_path, MAX_PATH_BYTES)

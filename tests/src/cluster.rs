@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -14,7 +13,7 @@ use tsweep_proto::v1::{
     GetSweepRequest, ListTasksRequest, SubmitSweepRequest, SubmitSweepResponse, SweepSummary, TaskInfo,
 };
 
-use crate::process::{bin_path, free_port, wait_for, Proc};
+use crate::process::{free_port, serve_command, wait_for, worker_command, Proc};
 
 /// Knobs of a test cluster.
 #[derive(Debug, Clone)]
@@ -70,16 +69,11 @@ impl Cluster {
     /// Starts (or restarts) `tsweep serve` on the cluster's port and waits until it answers.
     pub async fn start_coordinator(&mut self) -> Result<()> {
         self.coordinator_starts += 1;
-        let mut cmd = Command::new(bin_path("tsweep")?);
-        cmd.arg("serve")
-            .env("TSWEEP__LISTEN", format!("127.0.0.1:{}", self.grpc_port))
-            .env("TSWEEP__METRICS_LISTEN", "")
-            .env("TSWEEP__REDIS_URL", self.redis.url())
-            .env("TSWEEP__LEASE_TTL_MS", self.options.lease_ttl_ms.to_string())
+        let mut cmd = serve_command(self.grpc_port, "", &self.redis.url())?;
+        cmd.env("TSWEEP__LEASE_TTL_MS", self.options.lease_ttl_ms.to_string())
             .env("TSWEEP__REAPER_INTERVAL_MS", self.options.reaper_interval_ms.to_string())
             .env("TSWEEP__FINALS_INTERVAL_MS", "200")
-            .env("TSWEEP__ACQUIRE_RETRY_AFTER_MS", "100")
-            .env("RUST_LOG", "info");
+            .env("TSWEEP__ACQUIRE_RETRY_AFTER_MS", "100");
         let log = self.path().join(format!("coordinator-{}.log", self.coordinator_starts));
         self.coordinator = Some(Proc::spawn("coordinator", cmd, &log)?);
         let url = self.coordinator_url();
@@ -96,19 +90,8 @@ impl Cluster {
     /// Starts a worker agent with the fake executor (plus `extra` flags) and returns its index.
     pub fn start_worker(&mut self, slots: u32, extra: &[&str]) -> Result<usize> {
         let index = self.workers.len();
-        let mut cmd = Command::new(bin_path("tsweep-worker")?);
-        cmd.arg("agent")
-            .args(["--coordinator", &self.coordinator_url()])
-            .args(["--redis-url", &self.redis.url()])
-            .args(["--slots", &slots.to_string()])
-            .args(["--gpus", "0", "--device", "cpu"])
-            .args(["--worker-id", &format!("worker-{index}")])
-            .arg("--checkpoint-root")
-            .arg(self.path().join("checkpoints"))
-            .arg("--cache-dir")
-            .arg(self.path().join("cache"))
-            .args(extra)
-            .env("RUST_LOG", "info");
+        let mut cmd = worker_command(&self.coordinator_url(), &self.redis.url(), self.path(), index, slots)?;
+        cmd.args(extra);
         if !extra.contains(&"--executor") {
             cmd.args(["--executor", "fake"]);
         }

@@ -35,6 +35,37 @@ pub fn bin_path(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// `tsweep serve` on loopback `port` with Redis at `redis_url` and the metrics endpoint on
+/// `metrics_listen` (`""` disables it), settings through `TSWEEP__*` variables; callers add
+/// their own with `.env(..)` (the last one set wins).
+pub fn serve_command(port: u16, metrics_listen: &str, redis_url: &str) -> Result<Command> {
+    let mut cmd = Command::new(bin_path("tsweep")?);
+    cmd.arg("serve")
+        .env("TSWEEP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("TSWEEP__METRICS_LISTEN", metrics_listen)
+        .env("TSWEEP__REDIS_URL", redis_url)
+        .env("RUST_LOG", "info");
+    Ok(cmd)
+}
+
+/// `tsweep-worker agent` `worker-<index>` on the CPU (no GPUs) with `slots` slots,
+/// checkpoints and cache under `dir`; callers add the executor and any other flags.
+pub fn worker_command(coordinator_url: &str, redis_url: &str, dir: &Path, index: usize, slots: u32) -> Result<Command> {
+    let mut cmd = Command::new(bin_path("tsweep-worker")?);
+    cmd.arg("agent")
+        .args(["--coordinator", coordinator_url])
+        .args(["--redis-url", redis_url])
+        .args(["--slots", &slots.to_string()])
+        .args(["--gpus", "0", "--device", "cpu"])
+        .args(["--worker-id", &format!("worker-{index}")])
+        .arg("--checkpoint-root")
+        .arg(dir.join("checkpoints"))
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .env("RUST_LOG", "info");
+    Ok(cmd)
+}
+
 /// A started process, killed (SIGKILL) and reaped on drop.
 pub struct Proc {
     pub name: String,

@@ -32,8 +32,11 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// gRPC address of the coordinator, e.g. `http://127.0.0.1:50051`.
+    /// gRPC address of the coordinator, e.g. `http://127.0.0.1:50051` (`https://` for TLS).
     pub coordinator: String,
+    /// PEM CA bundle the coordinator's certificate must chain to (`https://` only); unset:
+    /// the platform trust store.
+    pub coordinator_ca_file: Option<PathBuf>,
     /// Redis that receives the metrics streams, e.g. `redis://127.0.0.1:6379/`.
     pub redis_url: String,
     /// PEM CA bundle trusted for a `rediss://` Redis; unset: the platform trust store.
@@ -77,6 +80,7 @@ impl Default for WorkerConfig {
         let scratch = std::env::temp_dir().join("tsweep");
         Self {
             coordinator: "http://127.0.0.1:50051".to_string(),
+            coordinator_ca_file: None,
             redis_url: "redis://127.0.0.1:6379/".to_string(),
             redis_ca_file: None,
             redis_client_cert_file: None,
@@ -104,9 +108,12 @@ pub struct AgentArgs {
     /// TOML file with any of the settings below (keys: the flag names with `_`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Coordinator gRPC URL [default: http://127.0.0.1:50051].
+    /// Coordinator gRPC URL [default: http://127.0.0.1:50051]; https:// for TLS.
     #[arg(long, value_name = "URL")]
     pub coordinator: Option<String>,
+    /// PEM CA bundle the coordinator's certificate must chain to [default: the platform trust store].
+    #[arg(long, value_name = "PEM")]
+    pub coordinator_ca_file: Option<PathBuf>,
     /// Redis URL for the metrics streams [default: redis://127.0.0.1:6379/].
     #[arg(long, value_name = "URL")]
     pub redis_url: Option<String>,
@@ -183,6 +190,7 @@ impl WorkerConfig {
         );
         builder = builder
             .set_override_option("coordinator", args.coordinator.clone())?
+            .set_override_option("coordinator_ca_file", args.coordinator_ca_file.as_deref().map(path_str))?
             .set_override_option("redis_url", args.redis_url.clone())?
             .set_override_option("slots", args.slots.map(u64::from))?
             .set_override_option("gpus", args.gpus.clone())?
@@ -206,6 +214,16 @@ impl WorkerConfig {
         if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
             return Err(invalid("coordinator", format!("`{}` must start with http:// or https://", self.coordinator)));
         }
+        tsweep_proto::tls::coordinator_endpoint(&self.coordinator, self.coordinator_ca_file.as_deref()).map_err(
+            |e| {
+                let field = match e {
+                    tsweep_proto::tls::ClientTlsError::Url { .. }
+                    | tsweep_proto::tls::ClientTlsError::Scheme { .. } => "coordinator",
+                    _ => "coordinator_ca_file",
+                };
+                invalid(field, e.to_string())
+            },
+        )?;
         if self.redis_url.trim().is_empty() {
             return Err(invalid("redis_url", "must not be empty"));
         }

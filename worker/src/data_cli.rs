@@ -9,13 +9,13 @@ use tsweep_data::{DataError, PrepareOptions, SynthKind, SynthOptions, SynthSumma
 /// Ready-made sets of synthetic datasets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
-    /// What `examples/quickstart.toml` reads: `<out>/shapes` (ImageFolder, 4 classes, 32 px)
+    /// What `examples/synthetic.toml` reads: `<out>/shapes` (ImageFolder, 4 classes, 32 px)
     /// and `<out>/cifar-synth` (CIFAR-10 binary).
-    Quickstart,
+    Synthetic,
 }
 
 /// `make-dataset`: writes small learnable synthetic datasets (class-dependent shapes and
-/// colours) in the real on-disk formats, for tests and the quickstart.
+/// colours) in the real on-disk formats, for tests and `examples/synthetic.toml`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MakeDatasetArgs {
     /// Output directory (the dataset itself, or the parent of a preset's datasets).
@@ -46,7 +46,7 @@ pub struct MakeDatasetArgs {
 /// Runs `make-dataset`; returns one summary line per dataset written.
 pub fn make_dataset(args: &MakeDatasetArgs) -> Result<Vec<String>, DataError> {
     let plan: Vec<(SynthKind, PathBuf, SynthOptions)> = match (args.preset, &args.kind) {
-        (Some(Preset::Quickstart), _) => vec![
+        (Some(Preset::Synthetic), _) => vec![
             (
                 SynthKind::Imagefolder,
                 args.out.join("shapes"),
@@ -129,6 +129,12 @@ pub struct PrepareArgs {
     /// Decoding threads (0: every core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Keep at most this many train (+ val) images per class (seeded; for quick sweeps).
+    #[arg(long, value_name = "N")]
+    pub max_train_per_class: Option<usize>,
+    /// Keep at most this many test images per class (seeded).
+    #[arg(long, value_name = "N")]
+    pub max_test_per_class: Option<usize>,
 }
 
 /// Runs `data prepare`, printing progress to stderr; returns a summary line.
@@ -138,6 +144,12 @@ pub fn prepare(args: &PrepareArgs) -> Result<String, DataError> {
         held_out_fraction: args.held_out_fraction,
         seed: args.seed,
         threads: args.threads,
+        subsample: (args.max_train_per_class.is_some() || args.max_test_per_class.is_some()).then_some(
+            tsweep_data::Subsample {
+                trainval_per_class: args.max_train_per_class,
+                test_per_class: args.max_test_per_class,
+            },
+        ),
         ..PrepareOptions::default()
     };
     let last_percent = AtomicUsize::new(usize::MAX);

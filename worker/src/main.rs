@@ -33,7 +33,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
-    /// Write small synthetic datasets in the real on-disk formats (tests, the quickstart).
+    /// Write small synthetic datasets in the real on-disk formats (tests, examples/synthetic.toml).
     MakeDataset(MakeDatasetArgs),
     /// Prepared-shard datasets: build them once from a download, check them.
     Data {

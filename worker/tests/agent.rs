@@ -14,6 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
+use tsweep_proto::auth::WorkerRefusal;
 use tsweep_proto::cell::{
     CellSpec, DatasetFormat, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings,
     ValPolicy,
@@ -42,6 +43,13 @@ struct State {
     complete_calls: usize,
     /// When set, acquire and complete answer UNAUTHENTICATED unless this token comes.
     require_token: Option<String>,
+    /// Secrets handed out by RegisterWorker so far.
+    secrets_issued: u64,
+    /// The secret the worker's calls must carry (None: not registered, as after Redis
+    /// lost the record); acquire, heartbeat and reports are refused as the coordinator does.
+    current_secret: Option<String>,
+    /// Calls refused with a worker refusal.
+    refusals: Vec<WorkerRefusal>,
 }
 
 #[derive(Clone, Default)]
@@ -54,6 +62,18 @@ impl Scripted {
     fn note_auth<T>(&self, request: &Request<T>) {
         let value = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         self.with(|s| s.authorization.push(value));
+    }
+    /// Refuses a call whose secret is not the registered one, as the coordinator does.
+    fn check_secret(&self, presented: &str) -> Result<(), Status> {
+        self.with(|s| {
+            let refusal = match &s.current_secret {
+                None => WorkerRefusal::Unregistered,
+                Some(secret) if secret == presented => return Ok(()),
+                Some(_) => WorkerRefusal::WrongSecret,
+            };
+            s.refusals.push(refusal);
+            Err(refusal.status("refused by the scripted coordinator"))
+        })
     }
     fn check_token<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let Some(expected) = self.with(|s| s.require_token.clone()) else { return Ok(()) };
@@ -77,11 +97,18 @@ impl WorkerService for Scripted {
         request: Request<RegisterWorkerRequest>,
     ) -> Result<Response<RegisterWorkerResponse>, Status> {
         self.note_auth(&request);
-        self.with(|s| s.registers.push(request.into_inner()));
+        let worker_secret = self.with(|s| {
+            s.registers.push(request.into_inner());
+            s.secrets_issued += 1;
+            let secret = format!("secret-{}", s.secrets_issued);
+            s.current_secret = Some(secret.clone());
+            secret
+        });
         Ok(Response::new(RegisterWorkerResponse {
             lease_ttl_ms: 3_000,
             heartbeat_interval_ms: 100,
             metrics_stream_pattern: "tsweep:{{sweep}}:metrics".into(),
+            worker_secret,
         }))
     }
 
@@ -91,6 +118,7 @@ impl WorkerService for Scripted {
     ) -> Result<Response<AcquireTaskResponse>, Status> {
         self.note_auth(&request);
         self.check_token(&request)?;
+        self.check_secret(&request.get_ref().worker_secret)?;
         let task = self.with(|s| {
             s.acquires += 1;
             s.queue.pop_front()
@@ -99,6 +127,7 @@ impl WorkerService for Scripted {
     }
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        self.check_secret(&request.get_ref().worker_secret)?;
         let stop = self.with(|s| {
             s.heartbeats.push(request.into_inner());
             std::mem::take(&mut s.stop_next_heartbeat)
@@ -109,6 +138,7 @@ impl WorkerService for Scripted {
     async fn complete_task(&self, request: Request<CompleteTaskRequest>) -> Result<Response<ReportResponse>, Status> {
         self.note_auth(&request);
         self.check_token(&request)?;
+        self.check_secret(&request.get_ref().worker_secret)?;
         let refuse = self.with(|s| {
             s.complete_calls += 1;
             if s.refuse_completes > 0 {
@@ -125,6 +155,7 @@ impl WorkerService for Scripted {
     }
 
     async fn fail_task(&self, request: Request<FailTaskRequest>) -> Result<Response<ReportResponse>, Status> {
+        self.check_secret(&request.get_ref().worker_secret)?;
         self.with(|s| s.fails.push(request.into_inner()));
         Ok(accepted())
     }
@@ -246,6 +277,18 @@ impl Drop for Agent {
     }
 }
 
+/// Waits for the agent to exit by itself; its exit code (None: killed by a signal).
+async fn exited(agent: &mut Agent, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "agent kept running:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
@@ -298,6 +341,7 @@ fn assignment(task_id: &str, attempt: u32, fake: FakeSettings, resume: Option<(&
             weights: None,
             imagenet_top1: Some(0.7),
             image_size: 32,
+            normalize: Default::default(),
         },
         dataset: DatasetSpec {
             name: "toy".into(),
@@ -323,6 +367,7 @@ fn assignment(task_id: &str, attempt: u32, fake: FakeSettings, resume: Option<(&
             lbfgs_max_iter: 10,
         },
         seed: 1,
+        precision: Default::default(),
         gpus: 0,
         max_attempts: 3,
         fake: Some(fake),
@@ -384,7 +429,14 @@ async fn runs_tasks_reports_them_heartbeats_and_forwards_metrics() {
 
     assert_eq!(registers[0].worker_id, "w-test");
     assert_eq!(registers[0].protocol_version, tsweep_proto::PROTOCOL_VERSION);
+    assert_eq!(registers[0].worker_secret, "", "a first registration presents no secret");
     assert!(auth.iter().all(|a| a == "Bearer t0ken"), "{auth:?}");
+    // Every call carried the secret RegisterWorker handed out (the script refuses others).
+    assert_eq!(registers.len(), 1);
+    assert!(script.with(|s| s.refusals.is_empty()));
+    assert!(
+        completes.iter().all(|c| c.worker_secret == "secret-1") && fails.iter().all(|f| f.worker_secret == "secret-1")
+    );
 
     let a = completes.iter().find(|c| c.lease == Some(lease("a", 1))).expect("task a completed");
     let a_result = a.result.clone().unwrap();
@@ -617,15 +669,53 @@ async fn a_missing_token_file_stops_the_agent_at_startup_naming_the_path() {
         1,
         &["--token-file", &missing_arg],
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(status) = agent.child.try_wait().unwrap() {
-            break status.code();
-        }
-        assert!(Instant::now() < deadline, "agent kept running:\n{}", agent.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let code = exited(&mut agent, Duration::from_secs(20)).await;
     assert_ne!(code, Some(0));
     let log = agent.log();
     assert!(log.contains("token_file") && log.contains(&missing_arg), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_the_coordinator_forgot_registers_again_and_its_running_task_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let script = Scripted::default();
+    script.with(|s| s.queue.push_back(assignment("long", 1, fake(300, 10), None)));
+    let coordinator = start_coordinator(script.clone()).await;
+    let mut agent = Agent::start(coordinator, &redis.url(), dir.path(), 1);
+    let running = |s: &State| s.heartbeats.iter().flat_map(|h| &h.leases).any(|l| l.running);
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| running(s))).await;
+
+    // Redis lost the worker's record: every call is answered "unregistered" until the
+    // worker registers again.
+    script.with(|s| s.current_secret = None);
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| s.completes.len() == 1)).await;
+    let (registers, completes, refusals) =
+        script.with(|s| (s.registers.clone(), s.completes.clone(), s.refusals.clone()));
+    assert_eq!(registers.len(), 2, "one registration again, however many calls were refused: {registers:?}");
+    assert_eq!(registers[1].worker_secret, "secret-1", "the second registration presents the first secret");
+    assert!(refusals.iter().all(|r| *r == WorkerRefusal::Unregistered) && !refusals.is_empty());
+    let done = &completes[0];
+    assert_eq!(done.lease, Some(lease("long", 1)), "the same attempt finished");
+    assert_eq!(done.worker_secret, "secret-2");
+    let result = done.result.clone().unwrap();
+    assert_eq!((result.steps, result.resumed_from_step), (10, 0), "the child was never restarted");
+    assert!(script.with(|s| s.fails.is_empty()));
+    assert!(agent.log().contains("registering again"), "{}", agent.log());
+    assert_eq!(agent.terminate(Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test]
+async fn a_worker_whose_id_another_process_took_stops_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let script = Scripted::default();
+    let coordinator = start_coordinator(script.clone()).await;
+    let mut agent = Agent::start(coordinator, &redis.url(), dir.path(), 1);
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| s.acquires > 0)).await;
+    script.with(|s| s.current_secret = Some("another-process".into()));
+    let code = exited(&mut agent, Duration::from_secs(20)).await;
+    assert_ne!(code, Some(0));
+    assert!(agent.log().contains("another process registered under this"), "{}", agent.log());
+    assert_eq!(script.with(|s| s.registers.len()), 1, "a wrong secret is not answered by registering again");
 }

@@ -24,6 +24,7 @@ fn spec(fake: FakeSettings) -> CellSpec {
             weights: None,
             imagenet_top1: Some(0.7),
             image_size: 32,
+            normalize: Default::default(),
         },
         dataset: DatasetSpec {
             name: "toy".into(),
@@ -49,6 +50,7 @@ fn spec(fake: FakeSettings) -> CellSpec {
             lbfgs_max_iter: 10,
         },
         seed: 1,
+        precision: Default::default(),
         gpus: 0,
         max_attempts: 3,
         fake: Some(fake),

@@ -8,6 +8,9 @@
 //!   (`device::load_cuda_library`) as a second line of defence.
 //! - an rpath to the libtorch the build used (the venv's torch/lib), so local runs need no
 //!   LD_LIBRARY_PATH; LD_LIBRARY_PATH still wins on a GPU machine with its own PyTorch.
+//!
+//! It also compiles `csrc/autocast.cpp`, the autocast switches tch does not bind
+//! (`precision.rs`), against the same libtorch's headers.
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -30,7 +33,31 @@ fn libtorch_lib_dir() -> Option<PathBuf> {
     (!dir.is_empty()).then(|| PathBuf::from(dir))
 }
 
+/// libtorch's headers: `$LIBTORCH/include`, else `include/` beside the library directory
+/// (PyTorch's wheel: torch/lib and torch/include).
+fn libtorch_include_dir(lib: &std::path::Path) -> PathBuf {
+    match std::env::var("LIBTORCH") {
+        Ok(root) => PathBuf::from(root).join("include"),
+        Err(_) => lib.parent().map_or_else(|| PathBuf::from("include"), |torch| torch.join("include")),
+    }
+}
+
 fn main() {
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    let lib = libtorch_lib_dir();
+    let Some(include) = lib.as_deref().map(libtorch_include_dir).filter(|i| i.join("c10").is_dir()) else {
+        panic!(
+            "tsweep-trainer: libtorch's headers not found (looked beside {lib:?}); set LIBTORCH, or \
+             LIBTORCH_USE_PYTORCH=1 with a python3 that imports torch (source scripts/env.sh)"
+        );
+    };
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .include(&include)
+        .file("csrc/autocast.cpp")
+        .warnings(true)
+        .compile("tsweep_autocast");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
@@ -39,7 +66,7 @@ fn main() {
     if target_os != "linux" {
         return;
     }
-    let Some(dir) = libtorch_lib_dir() else { return };
+    let Some(dir) = lib else { return };
     let mut args = vec![format!("-Wl,-rpath,{}", dir.display())];
     if dir.join("libtorch_cuda.so").exists() {
         args.push(format!("-L{}", dir.display()));

@@ -8,15 +8,15 @@
 //!   `redis_client_cert_file` + `redis_client_key_file` (both or neither) add a client
 //!   certificate for mutual TLS.
 //!
-//! Files are read and parsed in [`build_client`], so a missing, unreadable or non-PEM file
-//! is an error at startup naming the setting and the path. [`is_tls_failure`] recognises a
+//! Files are read and parsed in [`build_client`] (with `tsweep_proto::tls::read_pem`, the
+//! reader of every TLS file tsweep takes), so a missing, unreadable or non-PEM file is an
+//! error at startup naming the setting and the path. [`is_tls_failure`] recognises a
 //! refused handshake (unknown CA, bad certificate) by type: it never heals by retrying.
 
 use std::path::{Path, PathBuf};
 
 use redis::{ClientTlsConfig, TlsCertificates};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tsweep_proto::tls::{PemFileError, PemKind};
 
 /// The setting names, as the coordinator's and the worker's settings spell them.
 pub const CA_FILE_SETTING: &str = "redis_ca_file";
@@ -65,15 +65,10 @@ pub enum RedisClientError {
     TlsFilesWithPlainUrl { setting: &'static str },
     #[error("`{missing}` is required when `{given}` is set (mutual TLS needs both)")]
     IncompletePair { missing: &'static str, given: &'static str },
-    #[error("`{setting}` {path}: cannot read: {source}")]
-    Read {
-        setting: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`{setting}` {path}: {reason}")]
-    InvalidPem { setting: &'static str, path: PathBuf, reason: String },
+    /// A TLS file that cannot be read or is not the PEM it should be (names the setting
+    /// and the path).
+    #[error(transparent)]
+    Pem(#[from] PemFileError),
 }
 
 impl RedisClientError {
@@ -83,7 +78,7 @@ impl RedisClientError {
             RedisClientError::Url { .. } => URL_SETTING,
             RedisClientError::TlsFilesWithPlainUrl { setting } => setting,
             RedisClientError::IncompletePair { missing, .. } => missing,
-            RedisClientError::Read { setting, .. } | RedisClientError::InvalidPem { setting, .. } => setting,
+            RedisClientError::Pem(error) => error.setting(),
         }
     }
 }
@@ -118,7 +113,7 @@ pub fn build_client(url: &str, tls: &RedisTlsFiles) -> Result<redis::Client, Red
         }),
     };
     let root_cert = match &tls.ca_file {
-        Some(path) => Some(read_pem(CA_FILE_SETTING, path, PemKind::Certificates)?),
+        Some(path) => Some(read_pem(CA_FILE_SETTING, path, PemKind::CaBundle)?),
         None => None,
     };
     redis::Client::build_with_tls(url, TlsCertificates { client_tls, root_cert })
@@ -129,69 +124,12 @@ pub fn build_client(url: &str, tls: &RedisTlsFiles) -> Result<redis::Client, Red
 /// trusted or invalid, a client certificate refused, a protocol mismatch. Repeating the
 /// same call cannot succeed; callers treat it as fatal, not as Redis being away.
 pub fn is_tls_failure(err: &redis::RedisError) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(error) = current {
-        if error.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        if let Some(inner) = error.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>() {
-            if wraps_rustls(inner.as_ref()) {
-                return true;
-            }
-        }
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) {
-                return true;
-            }
-        }
-        current = error.source();
-    }
-    false
+    tsweep_proto::tls::is_tls_failure(err)
 }
 
-fn wraps_rustls(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    if error.downcast_ref::<rustls::Error>().is_some() {
-        return true;
-    }
-    error
-        .downcast_ref::<std::io::Error>()
-        .and_then(std::io::Error::get_ref)
-        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-}
-
-#[derive(Clone, Copy)]
-enum PemKind {
-    Certificates,
-    PrivateKey,
-}
-
-/// Reads `path` and parses it: at least one certificate, or exactly one private key.
+/// Reads and checks a PEM file with the reader every TLS setting of tsweep uses.
 fn read_pem(setting: &'static str, path: &Path, kind: PemKind) -> Result<Vec<u8>, RedisClientError> {
-    let bytes =
-        std::fs::read(path).map_err(|source| RedisClientError::Read { setting, path: path.to_path_buf(), source })?;
-    let invalid = |reason: String| RedisClientError::InvalidPem { setting, path: path.to_path_buf(), reason };
-    match kind {
-        PemKind::Certificates => {
-            let certificates = CertificateDer::pem_slice_iter(&bytes)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| invalid(format!("invalid PEM certificate: {e}")))?;
-            if certificates.is_empty() {
-                return Err(invalid("no PEM certificate (-----BEGIN CERTIFICATE-----) in the file".into()));
-            }
-            if setting == CA_FILE_SETTING {
-                let mut roots = rustls::RootCertStore::empty();
-                for certificate in certificates {
-                    roots.add(certificate).map_err(|e| invalid(format!("not a usable CA certificate: {e}")))?;
-                }
-            }
-        }
-        PemKind::PrivateKey => {
-            PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
-                invalid(format!("no PEM private key (-----BEGIN ... PRIVATE KEY-----) in the file: {e}"))
-            })?;
-        }
-    }
-    Ok(bytes)
+    Ok(tsweep_proto::tls::read_pem(setting, path, kind)?)
 }
 
 #[cfg(any(test, feature = "test-support"))]

@@ -85,6 +85,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 worker: format!("gpu-node-{}", next_id % 4),
                 error: String::new(),
                 error_class: String::new(),
+                seed: 0,
+                selection_group: String::new(),
                 is_current_final: false,
             }
         };
@@ -135,6 +137,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .map(|c| c.hparams.clone())
                     .unwrap_or_default();
                 let mut fin = row(model, dataset, metric, regime, Stage::Final, best);
+                // The store records each group's current final; here there is one final per group.
+                fin.is_current_final = true;
                 fin.test_score = Some(sigmoid(truth + 0.03 + 0.03 * normal(&mut rng)));
                 if mi == 5 && di == 6 && regime == Regime::Finetune {
                     fin.status = CellStatus::Failed;
@@ -152,7 +156,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    tsweep_report::input::mark_current_finals(&mut cells);
     let input = ReportInput {
         sweep: "kornblith2019-demo".to_string(),
         cells,

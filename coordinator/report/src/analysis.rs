@@ -1,9 +1,13 @@
 //! The paper's analysis as pure functions (Kornblith, Shlens & Le 2019, §3 and Figure 1).
 //!
-//! * **Reported score** of a (model, dataset, regime): for finetune and scratch, the test
-//!   score of the group's current final (refit on train+val); while there is none (pending,
-//!   or it failed) the test score of the best-validation grid point, marked. For linear, the
-//!   test score of the linear task (its L2 strength was selected inside the task).
+//! * **Reported score** of a (model, dataset, regime): the mean over its seeds of each
+//!   seed's score, with the spread (sample standard deviation, n − 1) when two or more
+//!   seeds have one. A seed's score: for finetune and scratch, the test score of its
+//!   selection group's current final (refit on train+val; the coordinator's store decides
+//!   which final is current, per seed, and the report reads it from `TaskInfo`); while
+//!   there is none (pending, or it failed) the test score of the seed's best-validation
+//!   grid point, marked. For linear, the test score of the seed's linear task (its L2
+//!   strength was selected inside the task). Log-odds are taken of the mean.
 //! * **Scale**: accuracies are fractions p in [0, 1]. If any finite score of the input
 //!   exceeds 1 the whole input is read as percentages and divided by 100 (decided once per
 //!   input, never per value: a diverged run's 0.99 % must not become 99 %). ImageNet top-1
@@ -208,44 +212,74 @@ pub struct GridCounts {
     pub unfinished: usize,
 }
 
-/// The score the report shows for one (model, dataset, regime).
+/// One seed's score of a (model, dataset, regime): its selection group's answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeedScore {
+    pub seed: u64,
+    /// The coordinator's selection group (empty for linear cells).
+    pub selection_group: String,
+    /// Test accuracy as a fraction.
+    pub accuracy: Option<f64>,
+    pub val_score: Option<f64>,
+    pub source: ScoreSource,
+    pub diverged: bool,
+    pub selected: BTreeMap<String, f64>,
+    pub task_id: Option<String>,
+}
+
+/// The score the report shows for one (model, dataset, regime), over its seeds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReportedScore {
     pub model: String,
     pub dataset: String,
     pub regime: Regime,
     pub metric: String,
-    /// Test accuracy as a fraction.
+    /// Test accuracy as a fraction: the mean over the seeds that have one.
     pub accuracy: Option<f64>,
+    /// Sample standard deviation (n − 1) of the seeds' accuracies; None below two seeds.
+    pub spread: Option<f64>,
+    /// Log-odds of `accuracy`.
     pub log_odds: Option<f64>,
+    /// Where the score comes from; over several seeds the weakest source of any of them
+    /// (a final's score only when every scored seed has its final).
     pub source: ScoreSource,
     pub missing: Option<MissingReason>,
     /// The run the score comes from diverged (chance-level score).
     pub diverged: bool,
-    /// Validation score (fraction) of the selected grid point or the linear task.
+    /// Validation score (fraction) of the selected grid point or the linear task (mean
+    /// over the seeds).
     pub val_score: Option<f64>,
-    /// Selected hyperparameters: the winning grid point's, or what the linear task chose.
+    /// Selected hyperparameters: the winning grid point's, or what the linear task chose;
+    /// empty when the seeds selected differently (see `seeds`).
     pub selected: BTreeMap<String, f64>,
-    /// The task whose test score is reported.
+    /// The task whose test score is reported (with one seed).
     pub task_id: Option<String>,
     pub grid: GridCounts,
     pub finals: usize,
+    /// Each seed (selection group) with its own score, by seed.
+    pub seeds: Vec<SeedScore>,
+    /// Seeds with a score (the mean is over these).
+    pub seeds_scored: usize,
 }
 
 impl ReportedScore {
     /// A short mark for tables: "" (a final's score or linear), "*" (no final yet),
-    /// "!" (final failed), with " D" appended when the run diverged.
+    /// "!" (final failed), with " D" appended when the run diverged and " k/n" when only
+    /// k of the n seeds have a score yet.
     pub fn mark(&self) -> String {
         let base = match self.source {
             ScoreSource::BestGridNoFinal => "*",
             ScoreSource::BestGridFinalFailed => "!",
             _ => "",
         };
+        let mut mark = base.to_string();
         if self.diverged {
-            format!("{base} D")
-        } else {
-            base.to_string()
+            mark.push_str(" D");
         }
+        if self.seeds_scored < self.seeds.len() {
+            mark.push_str(&format!(" {}/{}", self.seeds_scored, self.seeds.len()));
+        }
+        mark
     }
 }
 
@@ -341,8 +375,85 @@ impl Analysis {
     }
 }
 
-/// The reported score of one group from its cells (all of one model, dataset and regime).
+/// The reported score of one (model, dataset, regime) from its cells (every seed): each
+/// replicate ([`CellRow::replicate_key`]: the selection group, or the seed) is scored on
+/// its own ([`replicate_score`]) and the scores are averaged.
 pub fn reported_score(cells: &[&CellRow], scale: ScoreScale, epsilon: f64) -> Option<ReportedScore> {
+    let mut replicates: BTreeMap<(u64, String), Vec<&CellRow>> = BTreeMap::new();
+    for cell in cells {
+        replicates.entry((cell.seed, cell.replicate_key())).or_default().push(cell);
+    }
+    let scores: Vec<ReportedScore> =
+        replicates.values().filter_map(|cells| replicate_score(cells, scale, epsilon)).collect();
+    let mut combined = scores.first()?.clone();
+    let seeds: Vec<SeedScore> = scores.iter().flat_map(|s| s.seeds.iter().cloned()).collect();
+    if scores.len() == 1 {
+        combined.seeds = seeds;
+        return Some(combined);
+    }
+    let scored: Vec<&ReportedScore> = scores.iter().filter(|s| s.accuracy.is_some()).collect();
+    let mean = |values: &[f64]| (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
+    let accuracies: Vec<f64> = scored.iter().filter_map(|s| s.accuracy).collect();
+    combined.accuracy = mean(&accuracies);
+    combined.spread = sample_std(&accuracies);
+    combined.log_odds = combined.accuracy.map(|p| log_odds(p, epsilon));
+    combined.val_score = mean(&scored.iter().filter_map(|s| s.val_score).collect::<Vec<_>>());
+    combined.diverged = scored.iter().any(|s| s.diverged);
+    combined.source = scored
+        .iter()
+        .map(|s| s.source)
+        .max_by_key(|source| match source {
+            ScoreSource::BestGridFinalFailed => 2,
+            ScoreSource::BestGridNoFinal => 1,
+            _ => 0,
+        })
+        .unwrap_or(ScoreSource::Missing);
+    combined.selected = match scored.split_first() {
+        Some((first, rest)) if rest.iter().all(|s| s.selected == first.selected) => first.selected.clone(),
+        _ => BTreeMap::new(),
+    };
+    combined.task_id = None;
+    combined.grid = scores.iter().fold(GridCounts::default(), |sum, s| GridCounts {
+        total: sum.total + s.grid.total,
+        succeeded: sum.succeeded + s.grid.succeeded,
+        diverged: sum.diverged + s.grid.diverged,
+        failed: sum.failed + s.grid.failed,
+        cancelled: sum.cancelled + s.grid.cancelled,
+        unfinished: sum.unfinished + s.grid.unfinished,
+    });
+    combined.finals = scores.iter().map(|s| s.finals).sum();
+    combined.missing = if combined.accuracy.is_some() {
+        None
+    } else {
+        let reasons: Vec<MissingReason> = scores.iter().filter_map(|s| s.missing).collect();
+        Some(if reasons.contains(&MissingReason::Pending) {
+            MissingReason::Pending
+        } else if reasons.iter().all(|r| *r == MissingReason::Diverged) {
+            MissingReason::Diverged
+        } else if reasons.iter().all(|r| *r == MissingReason::Cancelled) {
+            MissingReason::Cancelled
+        } else {
+            MissingReason::Failed
+        })
+    };
+    combined.seeds_scored = scored.len();
+    combined.seeds = seeds;
+    Some(combined)
+}
+
+/// Sample standard deviation (n − 1); None below two values.
+fn sample_std(values: &[f64]) -> Option<f64> {
+    if values.len() < 2 {
+        return None;
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    Some((values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0)).sqrt())
+}
+
+/// The score of one replicate (one seed's cells of a (model, dataset, regime)): its
+/// current final's test score, or the marked fallbacks (see the module docs).
+pub fn replicate_score(cells: &[&CellRow], scale: ScoreScale, epsilon: f64) -> Option<ReportedScore> {
     let first = cells.first()?;
     let mut grid = GridCounts::default();
     let grid_cells: Vec<&CellRow> = cells.iter().copied().filter(|c| c.stage == Stage::Grid).collect();
@@ -363,6 +474,7 @@ pub fn reported_score(cells: &[&CellRow], scale: ScoreScale, epsilon: f64) -> Op
         regime: first.regime,
         metric: cells.iter().map(|c| c.metric.as_str()).find(|m| !m.is_empty()).unwrap_or_default().to_string(),
         accuracy: None,
+        spread: None,
         log_odds: None,
         source: ScoreSource::Missing,
         missing: None,
@@ -372,6 +484,8 @@ pub fn reported_score(cells: &[&CellRow], scale: ScoreScale, epsilon: f64) -> Op
         task_id: None,
         grid,
         finals: cells.iter().filter(|c| c.stage == Stage::Final).count(),
+        seeds: Vec::new(),
+        seeds_scored: 0,
     };
     let take = |score: &mut ReportedScore, cell: &CellRow, source: ScoreSource, selected: &BTreeMap<String, f64>| {
         score.accuracy = finite(cell.test_score);
@@ -442,6 +556,17 @@ pub fn reported_score(cells: &[&CellRow], scale: ScoreScale, epsilon: f64) -> Op
             MissingReason::Failed
         });
     }
+    score.seeds_scored = usize::from(score.accuracy.is_some());
+    score.seeds = vec![SeedScore {
+        seed: first.seed,
+        selection_group: cells.iter().map(|c| c.selection_group.as_str()).find(|g| !g.is_empty()).unwrap_or("").into(),
+        accuracy: score.accuracy,
+        val_score: score.val_score,
+        source: score.source,
+        diverged: score.diverged,
+        selected: score.selected.clone(),
+        task_id: score.task_id.clone(),
+    }];
     Some(score)
 }
 

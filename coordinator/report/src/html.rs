@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::analysis::{Analysis, RegimeAnalysis, ScoreSource};
+use crate::analysis::{Analysis, MissingReason, RegimeAnalysis, ScoreSource};
 use crate::input::{CellRow, CellStatus};
-use crate::tables::{hparams_long, missing_text, percent, r_with_interval, score_text, LEGEND};
+use crate::tables::{hparams_long, mean_with_spread, missing_text, percent, r_with_interval, score_text, LEGEND};
 
 /// Cells listed in the "needs attention" table at most; the rest are in results.csv.
 const MAX_ATTENTION_ROWS: usize = 1000;
@@ -140,25 +140,33 @@ fn regime_section(out: &mut String, regime: &RegimeAnalysis, level: f64) {
     }
 
     let _ = writeln!(out, "<details><summary>selection details ({name})</summary>\n<div class=\"scroll\"><table>");
-    out.push_str("<tr><th>model</th><th>dataset</th><th>selected</th><th>val</th><th>test</th><th>source</th><th>grid ok/diverged/failed/cancelled/unfinished of total</th><th>finals</th><th>task</th></tr>\n");
+    out.push_str("<tr><th>model</th><th>dataset</th><th>seed</th><th>selected</th><th>val</th><th>test</th><th>source</th><th>grid ok/diverged/failed/cancelled/unfinished of total</th><th>finals</th><th>task</th></tr>\n");
+    let source_text = |source: ScoreSource, missing: Option<MissingReason>| match source {
+        ScoreSource::Final => "final",
+        ScoreSource::Linear => "linear task",
+        ScoreSource::BestGridNoFinal => "best grid point (no final yet)",
+        ScoreSource::BestGridFinalFailed => "best grid point (final failed)",
+        ScoreSource::Missing => missing.map_or("missing", missing_text),
+    };
     for s in &regime.scores {
-        let source = match s.source {
-            ScoreSource::Final => "final",
-            ScoreSource::Linear => "linear task",
-            ScoreSource::BestGridNoFinal => "best grid point (no final yet)",
-            ScoreSource::BestGridFinalFailed => "best grid point (final failed)",
-            ScoreSource::Missing => s.missing.map_or("missing", missing_text),
-        };
         let g = &s.grid;
+        let several = s.seeds.len() > 1;
+        let seed = match s.seeds.as_slice() {
+            [one] => one.seed.to_string(),
+            seeds => format!("mean of {}/{}", s.seeds_scored, seeds.len()),
+        };
+        let selected =
+            if several && s.selected.is_empty() { "differs by seed".to_string() } else { hparams_long(&s.selected) };
         let _ = writeln!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}{}</td><td>{}/{}/{}/{}/{} of {}</td><td class=\"num\">{}</td><td><code>{}</code></td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}{}</td><td>{}/{}/{}/{}/{} of {}</td><td class=\"num\">{}</td><td><code>{}</code></td></tr>",
             escape(&s.model),
             escape(&s.dataset),
-            escape(&hparams_long(&s.selected)),
+            escape(&seed),
+            escape(&selected),
             s.val_score.map_or("—".to_string(), percent),
-            s.accuracy.map_or("—".to_string(), percent),
-            source,
+            escape(&mean_with_spread(s).unwrap_or_else(|| "—".to_string())),
+            source_text(s.source, s.missing),
             if s.diverged { ", diverged" } else { "" },
             g.succeeded,
             g.diverged,
@@ -169,6 +177,22 @@ fn regime_section(out: &mut String, regime: &RegimeAnalysis, level: f64) {
             s.finals,
             escape(s.task_id.as_deref().unwrap_or("")),
         );
+        if !several {
+            continue;
+        }
+        for seed in &s.seeds {
+            let _ = writeln!(
+                out,
+                "<tr class=\"seed\"><td></td><td></td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}{}</td><td></td><td></td><td><code>{}</code></td></tr>",
+                seed.seed,
+                escape(&hparams_long(&seed.selected)),
+                seed.val_score.map_or("—".to_string(), percent),
+                seed.accuracy.map_or("—".to_string(), percent),
+                source_text(seed.source, None),
+                if seed.diverged { ", diverged" } else { "" },
+                escape(seed.task_id.as_deref().unwrap_or("")),
+            );
+        }
     }
     out.push_str("</table></div></details>\n");
 }

@@ -8,10 +8,10 @@ use serde::{Serialize, Serializer};
 use tsweep_proto::cell::{CellSpec, Regime, Stage};
 use tsweep_proto::v1::TaskInfo;
 
-use crate::selection::{select_best, GridPoint};
+use crate::selection::GridPoint;
 use crate::ReportError;
 
-/// (model, dataset, regime): the group whose grid points compete in selection.
+/// (model, dataset, regime): one score of the report, over its seeds.
 pub type GroupKey = (String, String, Regime);
 
 /// A cell's lifecycle state as the coordinator names it.
@@ -96,14 +96,30 @@ pub struct CellRow {
     pub error: String,
     /// Class of the last failure (retryable, fatal, out_of_memory, lost_worker, preempted; "" if none).
     pub error_class: String,
-    /// For finals: whether it is the final of its group's current selection.
+    /// The cell's seed (one replicate of its (model, dataset, regime)).
+    pub seed: u64,
+    /// The coordinator's selection group (`model/dataset/regime/seed`) of a finetune or
+    /// scratch grid point, or the group a final answers; empty for linear cells.
+    pub selection_group: String,
+    /// For finals: whether it is its group's current final, as the coordinator's store
+    /// recorded it (the report never recomputes the selection the store made).
     pub is_current_final: bool,
 }
 
 impl CellRow {
-    /// `model/dataset/regime`, the group whose grid points compete in selection.
+    /// `model/dataset/regime`: the cells of one score of the report (every seed).
     pub fn group_key(&self) -> GroupKey {
         (self.model.clone(), self.dataset.clone(), self.regime)
+    }
+
+    /// The replicate a cell belongs to inside its (model, dataset, regime): its selection
+    /// group when it has one, else its seed (linear cells select inside their task).
+    pub fn replicate_key(&self) -> String {
+        if self.selection_group.is_empty() {
+            format!("seed {}", self.seed)
+        } else {
+            self.selection_group.clone()
+        }
     }
 
     pub fn grid_point(&self) -> GridPoint {
@@ -165,12 +181,18 @@ pub struct ReportInput {
 impl ReportInput {
     /// Builds the input from the coordinator's `ListTasks` pages (every state).
     ///
-    /// Scores come from `result`, the ImageNet top-1 and the metric from `spec_json`
-    /// (a [`CellSpec`]); a task with no spec keeps what `TaskInfo` itself says. Datasets
-    /// are listed by name. Which final is current is decided by [`mark_current_finals`].
+    /// Scores come from `result`, the ImageNet top-1, the metric and the seed from
+    /// `spec_json` (a [`CellSpec`]); a model whose sweep file gives no top-1 takes the one
+    /// its weights file carries (`result.backbone_top1`, reported by the trainer). A task
+    /// with no spec keeps what `TaskInfo` itself says. Datasets are listed by name. The
+    /// selection group and which final is current come from `TaskInfo`
+    /// (`selection_group`, `current_final`): the store owns them.
     pub fn from_task_infos(tasks: &[TaskInfo]) -> Result<Self, ReportError> {
         let mut cells = Vec::with_capacity(tasks.len());
         let mut models: BTreeMap<String, Option<f64>> = BTreeMap::new();
+        // the top-1 the workers found in the weights files' metadata, for models whose
+        // sweep file gives none
+        let mut weights_top1: BTreeMap<String, f64> = BTreeMap::new();
         let mut datasets: BTreeMap<String, String> = BTreeMap::new();
         for task in tasks {
             let spec = if task.spec_json.trim().is_empty() {
@@ -197,6 +219,9 @@ impl ReportInput {
                 *entry = top1;
             }
             let result = task.result.as_ref();
+            if let Some(top1) = result.and_then(|r| r.backbone_top1) {
+                weights_top1.entry(model.clone()).or_insert(top1);
+            }
             let metric = match (result.map(|r| r.metric.as_str()), &spec) {
                 (Some(m), _) if !m.is_empty() => m.to_string(),
                 (_, Some(spec)) => spec.dataset.metric.name().to_string(),
@@ -230,14 +255,21 @@ impl ReportInput {
                 worker: task.worker.clone(),
                 error: task.error.clone(),
                 error_class,
-                is_current_final: false,
+                seed: spec.as_ref().map_or(0, |s| s.seed),
+                selection_group: task.selection_group.clone(),
+                is_current_final: stage == Stage::Final && task.current_final,
             });
         }
-        mark_current_finals(&mut cells);
         Ok(Self {
             sweep: tasks.first().map(|t| t.sweep.clone()).unwrap_or_default(),
             cells,
-            models: models.into_iter().map(|(name, imagenet_top1)| ModelInfo { name, imagenet_top1 }).collect(),
+            models: models
+                .into_iter()
+                .map(|(name, top1)| {
+                    let imagenet_top1 = top1.or_else(|| weights_top1.get(&name).copied());
+                    ModelInfo { name, imagenet_top1 }
+                })
+                .collect(),
             datasets: datasets.into_iter().map(|(name, metric)| DatasetInfo { name, metric }).collect(),
             settings: AnalysisSettings::default(),
         })
@@ -258,37 +290,4 @@ fn parse_stage(task_id: &str, name: &str) -> Result<Stage, ReportError> {
         field: "stage",
         value: name.to_string(),
     })
-}
-
-/// Marks, per (model, dataset, regime), the final whose hyperparameters are those of the
-/// best ended grid point ([`select_best`]) as current; every other final is not (an older
-/// selection, superseded when the grid was extended with a better point). While some grid
-/// points have not ended the mark reflects the points that have. A group with no eligible
-/// grid point and exactly one final marks that final current.
-pub fn mark_current_finals(cells: &mut [CellRow]) {
-    // Per group: indices of its grid points and of its finals.
-    let mut groups: BTreeMap<GroupKey, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
-    for (i, cell) in cells.iter().enumerate() {
-        let (grid, finals) = groups.entry(cell.group_key()).or_default();
-        match cell.stage {
-            Stage::Grid => grid.push(i),
-            Stage::Final => finals.push(i),
-        }
-    }
-    for (grid, finals) in groups.values() {
-        if finals.is_empty() {
-            continue;
-        }
-        let points: Vec<GridPoint> = grid.iter().map(|&i| cells[i].grid_point()).collect();
-        let winner = match (select_best(&points), finals.as_slice()) {
-            (Some(best), _) => Some(points[best].hparams.clone()),
-            // No grid point to compare with (none eligible or none in the input): a lone
-            // final is current.
-            (None, [only]) => Some(cells[*only].hparams.clone()),
-            (None, _) => None,
-        };
-        for &i in finals {
-            cells[i].is_current_final = winner.as_ref().is_some_and(|h| *h == cells[i].hparams);
-        }
-    }
 }

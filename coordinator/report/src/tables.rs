@@ -48,19 +48,30 @@ pub fn missing_text(reason: MissingReason) -> &'static str {
     }
 }
 
-/// The score text of a table cell: "87.3", "87.3*", "10.0 D", or why there is none.
+/// `87.3` or, over several seeds, `87.3 ± 0.4` (the spread in percentage points).
+pub fn mean_with_spread(score: &ReportedScore) -> Option<String> {
+    let p = score.accuracy?;
+    Some(match score.spread {
+        Some(spread) => format!("{} ± {:.1}", percent(p), spread * 100.0),
+        None => percent(p),
+    })
+}
+
+/// The score text of a table cell: "87.3", "87.3 ± 0.4", "87.3*", "10.0 D", "87.3 2/3",
+/// or why there is none.
 pub fn score_text(score: &ReportedScore) -> String {
-    match (score.accuracy, score.missing) {
-        (Some(p), _) => format!("{}{}", percent(p), score.mark()),
+    match (mean_with_spread(score), score.missing) {
+        (Some(text), _) => format!("{text}{}", score.mark()),
         (None, Some(reason)) => missing_text(reason).to_string(),
         (None, None) => "-".to_string(),
     }
 }
 
 pub const LEGEND: &str = "scores: test metric in %, from the current final (refit on train+val); \
+with several seeds the mean over seeds ± their standard deviation, each seed selected on its own; \
 * = no final yet (best-validation grid point's test score); ! = final failed (same fallback); \
 D = the run behind the score diverged (chance-level; a diverged grid point is never selected); \
-mean log-odds marked (k/n) or (no top-1) are left out of r";
+k/n = only k of n seeds scored yet; mean log-odds marked (k/n) or (no top-1) are left out of r";
 
 /// The hyperparameter names shown under the scores of a regime (union of keys).
 pub fn hparam_names(regime: &RegimeAnalysis) -> Vec<String> {

@@ -11,7 +11,7 @@ use tsweep_report::analysis::{
     analyze, bootstrap_pearson, least_squares, log_odds, pearson, quantile_sorted, reported_score, MissingReason,
     ScoreScale, ScoreSource,
 };
-use tsweep_report::{CellStatus, ModelInfo, ReportInput};
+use tsweep_report::{CellRow, CellStatus, ModelInfo, ReportInput};
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol
@@ -316,12 +316,11 @@ fn scratch_vs_finetune_per_dataset() {
             let mut f = cell(&format!("f{i}{}", regime.name()), m, "cars", regime, Stage::Final);
             f.hparams = hp(0.1, 0.0);
             f.test_score = Some(acc);
+            f.is_current_final = true;
             cells.push(g);
             cells.push(f);
         }
     }
-    tsweep_report::input::mark_current_finals(&mut cells);
-    assert!(cells.iter().filter(|c| c.stage == Stage::Final).all(|c| c.is_current_final));
     let input = ReportInput {
         sweep: "s".to_string(),
         cells,
@@ -348,24 +347,102 @@ fn scratch_vs_finetune_per_dataset() {
 }
 
 #[test]
-fn extending_the_grid_with_a_better_point_makes_the_old_final_stale() {
+fn the_current_final_is_the_one_the_store_names_not_the_one_the_report_would_pick() {
     let (m, d, r) = ("net", "cars", Regime::Finetune);
     let mut old_final = cell("f-old", m, d, r, Stage::Final);
     old_final.hparams = hp(0.1, 0.0);
     old_final.test_score = Some(0.7);
-    let mut cells = vec![grid("g1", m, d, r, hp(0.1, 0.0), 0.70, 0.70), old_final];
-    tsweep_report::input::mark_current_finals(&mut cells);
-    assert!(cells[1].is_current_final);
-    cells.push(grid("g2", m, d, r, hp(0.01, 0.0), 0.80, 0.79));
     let mut new_final = cell("f-new", m, d, r, Stage::Final);
     new_final.hparams = hp(0.01, 0.0);
     new_final.status = CellStatus::Pending;
-    cells.push(new_final);
-    tsweep_report::input::mark_current_finals(&mut cells);
-    assert!(!cells[1].is_current_final);
-    assert!(cells[3].is_current_final);
+    new_final.is_current_final = true;
+    let cells = [
+        grid("g1", m, d, r, hp(0.1, 0.0), 0.70, 0.70),
+        old_final,
+        grid("g2", m, d, r, hp(0.01, 0.0), 0.80, 0.79),
+        new_final,
+    ];
     let refs: Vec<_> = cells.iter().collect();
     let s = reported_score(&refs, ScoreScale::Fraction, 1e-4).expect("score");
-    // The new final is pending, so the new best grid point speaks (not the stale final).
+    // The current final is pending, so the best grid point speaks (never the old final,
+    // although it has a test score and hparams of a grid point).
     assert_eq!((s.source, s.accuracy), (ScoreSource::BestGridNoFinal, Some(0.79)));
+}
+
+/// One seed's grid points and its current final, as the store groups them.
+fn seed_group(
+    m: &str,
+    d: &str,
+    r: Regime,
+    seed: u64,
+    points: &[(f64, f64, f64)],
+    final_test: Option<f64>,
+) -> Vec<CellRow> {
+    let group = format!("{m}/{d}/{}/{seed}", r.name());
+    let mut cells: Vec<CellRow> = points
+        .iter()
+        .enumerate()
+        .map(|(i, (lr, val, test))| grid(&format!("g{seed}-{i}"), m, d, r, hp(*lr, 0.0), *val, *test))
+        .collect();
+    let winner = points.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|p| p.0).unwrap_or(0.0);
+    let mut fin = cell(&format!("f{seed}"), m, d, r, Stage::Final);
+    fin.hparams = hp(winner, 0.0);
+    fin.test_score = final_test;
+    fin.status = if final_test.is_some() { CellStatus::Succeeded } else { CellStatus::Running };
+    fin.is_current_final = true;
+    cells.push(fin);
+    for c in &mut cells {
+        c.seed = seed;
+        c.selection_group = group.clone();
+    }
+    cells
+}
+
+#[test]
+fn seeds_are_selected_each_on_its_own_and_reported_as_mean_and_spread() {
+    let (m, d, r) = ("net", "cars", Regime::Finetune);
+    // Each seed has its own winner: seed 0 lr 0.1, seed 1 lr 0.01, seed 2 lr 0.1. Pooling
+    // the grid points of every seed (the old report) would crown seed 1's 0.95 and mark
+    // every final with lr 0.01 current.
+    let mut cells = seed_group(m, d, r, 0, &[(0.1, 0.80, 0.79), (0.01, 0.70, 0.69)], Some(0.82));
+    cells.extend(seed_group(m, d, r, 1, &[(0.1, 0.85, 0.84), (0.01, 0.95, 0.90)], Some(0.88)));
+    cells.extend(seed_group(m, d, r, 2, &[(0.1, 0.78, 0.77), (0.01, 0.60, 0.61)], Some(0.80)));
+    let refs: Vec<_> = cells.iter().collect();
+    let s = reported_score(&refs, ScoreScale::Fraction, 1e-4).expect("score");
+    let mean = (0.82 + 0.88 + 0.80) / 3.0;
+    assert!(close(s.accuracy.unwrap_or(0.0), mean, 1e-12), "{s:?}");
+    let sd =
+        (((0.82 - mean) * (0.82 - mean) + (0.88 - mean) * (0.88 - mean) + (0.80 - mean) * (0.80 - mean)) / 2.0).sqrt();
+    assert!(close(s.spread.unwrap_or(0.0), sd, 1e-12), "{s:?}");
+    assert!(close(s.log_odds.unwrap_or(0.0), log_odds(mean, 1e-4), 1e-12));
+    assert_eq!((s.source, s.seeds.len(), s.seeds_scored), (ScoreSource::Final, 3, 3));
+    assert_eq!(s.seeds.iter().map(|x| x.seed).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(s.seeds[1].selected, hp(0.01, 0.0));
+    assert_eq!(s.seeds[0].selected, hp(0.1, 0.0));
+    assert!(s.selected.is_empty(), "the seeds selected differently");
+    assert_eq!((s.grid.total, s.finals), (6, 3));
+    assert_eq!(tsweep_report::tables::score_text(&s), format!("{:.1} ± {:.1}", mean * 100.0, sd * 100.0));
+
+    // One seed's final still running: its best grid point speaks for it, the mean is
+    // marked as a fallback; a seed without any score counts as missing (k/n).
+    let mut partial = cells.clone();
+    for c in partial.iter_mut().filter(|c| c.task_id == "f2") {
+        c.status = CellStatus::Running;
+        c.test_score = None;
+    }
+    let refs: Vec<_> = partial.iter().collect();
+    let s = reported_score(&refs, ScoreScale::Fraction, 1e-4).expect("score");
+    assert_eq!(s.source, ScoreSource::BestGridNoFinal);
+    assert!(close(s.accuracy.unwrap_or(0.0), (0.82 + 0.88 + 0.77) / 3.0, 1e-12));
+    let mut missing = cells;
+    missing.retain(|c| c.seed != 2 || c.stage == Stage::Final);
+    for c in missing.iter_mut().filter(|c| c.task_id == "f2") {
+        c.status = CellStatus::Pending;
+        c.test_score = None;
+    }
+    let refs: Vec<_> = missing.iter().collect();
+    let s = reported_score(&refs, ScoreScale::Fraction, 1e-4).expect("score");
+    assert_eq!((s.seeds.len(), s.seeds_scored), (3, 2));
+    assert!(s.mark().ends_with(" 2/3"), "{}", s.mark());
+    assert!(close(s.accuracy.unwrap_or(0.0), (0.82 + 0.88) / 2.0, 1e-12));
 }

@@ -37,6 +37,7 @@ fn troubled_sweep() -> ReportInput {
                     grid(&next(), m, d, regime, hp(0.01, 1e-5), base + 0.03, base + 0.02),
                 ];
                 let mut fin = cell(&next(), m, d, regime, Stage::Final);
+                fin.is_current_final = true;
                 fin.hparams = hp(0.01, 1e-5);
                 fin.test_score = Some(base + 0.03);
                 match (mi, di, regime) {
@@ -79,7 +80,6 @@ fn troubled_sweep() -> ReportInput {
             }
         }
     }
-    tsweep_report::input::mark_current_finals(&mut cells);
     ReportInput {
         sweep: "troubled".to_string(),
         cells,
@@ -246,6 +246,7 @@ fn spec(
             weights: None,
             imagenet_top1: top1,
             image_size: 224,
+            normalize: Default::default(),
         },
         dataset: DatasetSpec {
             name: dataset.to_string(),
@@ -271,6 +272,7 @@ fn spec(
             lbfgs_max_iter: 10,
         },
         seed: 0,
+        precision: Default::default(),
         gpus: 1,
         max_attempts: 3,
         fake: None,
@@ -320,11 +322,19 @@ fn from_task_infos_reads_list_tasks_output() {
         r.metric = "mean_per_class".to_string();
         r.duration_s = 12.5;
     }
+    // What the store answers: each grid point's selection group, and which final of it
+    // is current (the grid was extended with a better point: t4 replaced t3).
+    let group = "r50/pets/finetune/0";
+    let in_group = |mut t: TaskInfo, current: bool| {
+        t.selection_group = group.to_string();
+        t.current_final = current;
+        t
+    };
     let tasks = vec![
-        task("t1", "succeeded", &a, Some(0.70), Some(0.71)),
-        task("t2", "succeeded", &b, Some(0.80), Some(0.79)),
-        task("t3", "succeeded", &fin_old, None, Some(0.72)),
-        task("t4", "running", &fin_new, None, None),
+        in_group(task("t1", "succeeded", &a, Some(0.70), Some(0.71)), false),
+        in_group(task("t2", "succeeded", &b, Some(0.80), Some(0.79)), false),
+        in_group(task("t3", "succeeded", &fin_old, None, Some(0.72)), false),
+        in_group(task("t4", "running", &fin_new, None, None), true),
         lin_task,
         failed,
     ];
@@ -340,8 +350,10 @@ fn from_task_infos_reads_list_tasks_output() {
     );
     assert_eq!(input.datasets, vec![DatasetInfo { name: "pets".into(), metric: "mean_per_class".into() }]);
     let by_id = |id: &str| input.cells.iter().find(|c| c.task_id == id).expect("cell");
-    assert!(!by_id("t3").is_current_final, "the grid found a better point: the old final is stale");
+    assert!(!by_id("t3").is_current_final, "the store says the old final is not current");
     assert!(by_id("t4").is_current_final);
+    assert_eq!(by_id("t1").selection_group, group);
+    assert_eq!(by_id("t5").selection_group, "", "linear cells have no selection group");
     assert_eq!(by_id("t1").duration_s, Some(60.0), "wall time when the result has none");
     assert_eq!(by_id("t5").duration_s, Some(12.5));
     assert_eq!(by_id("t5").selected.get("l2"), Some(&0.01));
@@ -363,4 +375,35 @@ fn from_task_infos_reads_list_tasks_output() {
     no_spec[0].regime = "sideways".to_string();
     let err = ReportInput::from_task_infos(&no_spec).expect_err("bad regime");
     assert!(err.to_string().contains("regime") && err.to_string().contains("sideways"), "{err}");
+}
+
+#[test]
+fn the_weights_files_top1_stands_in_when_the_sweep_file_gives_none() {
+    let with_top1 = |task: &mut TaskInfo, top1: f64| {
+        if let Some(r) = task.result.as_mut() {
+            r.backbone_top1 = Some(top1);
+        }
+    };
+    let lite = spec("lite0", None, "pets", Regime::Linear, Stage::Grid, BTreeMap::new());
+    let lite_ft = spec("lite0", None, "pets", Regime::Finetune, Stage::Grid, hp(0.1, 0.0));
+    let lite_scratch = spec("lite0", None, "pets", Regime::Scratch, Stage::Grid, hp(0.1, 0.0));
+    let given = spec("mnv2", Some(72.0), "pets", Regime::Linear, Stage::Grid, BTreeMap::new());
+    let mut tasks = vec![
+        task("s1", "succeeded", &lite_scratch, Some(0.5), Some(0.5)),
+        task("l1", "succeeded", &lite, Some(0.8), Some(0.8)),
+        task("f1", "succeeded", &lite_ft, Some(0.9), Some(0.9)),
+        task("m1", "succeeded", &given, Some(0.7), Some(0.7)),
+    ];
+    with_top1(&mut tasks[1], 75.1);
+    with_top1(&mut tasks[2], 75.1);
+    with_top1(&mut tasks[3], 71.878);
+    let input = ReportInput::from_task_infos(&tasks).expect("input");
+    assert_eq!(
+        input.models,
+        vec![
+            ModelInfo { name: "lite0".into(), imagenet_top1: Some(75.1) },
+            // the sweep file's value wins over the file's
+            ModelInfo { name: "mnv2".into(), imagenet_top1: Some(72.0) },
+        ]
+    );
 }

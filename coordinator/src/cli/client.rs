@@ -1,10 +1,13 @@
-//! The CLI's connection to a coordinator: the gRPC `SweepService` with the bearer token.
+//! The CLI's connection to a coordinator: the gRPC `SweepService` with the user
+//! credential, over TLS for an `https://` coordinator (`tsweep_proto::tls`).
 
+use std::path::Path;
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tsweep_proto::auth::{bearer_interceptor, BearerInterceptor};
+use tsweep_proto::tls::{coordinator_endpoint, error_chain, is_tls_failure, COORDINATOR_CA_FILE_SETTING};
 use tsweep_proto::v1::sweep_service_client::SweepServiceClient;
 use tsweep_proto::v1::{ListTasksRequest, TaskInfo};
 
@@ -17,16 +20,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Tasks asked for per `ListTasks` page.
 const PAGE_SIZE: u32 = 1000;
 
-/// Connects to `url` (`http://host:port`). Unreachable: [`CliError::Unavailable`].
-pub async fn connect(url: &str, token: Option<String>) -> Result<SweepClient, CliError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| CliError::BadInput(format!("coordinator address {url:?} is not a url: {e}")))?
+/// Connects to `url` (`http://host:port`, or `https://` trusting `ca_file` or the platform
+/// roots). Unreachable: [`CliError::Unavailable`]; a refused TLS handshake (untrusted or
+/// wrong certificate) is [`CliError::BadInput`]: repeating cannot help.
+pub async fn connect(url: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<SweepClient, CliError> {
+    let endpoint = coordinator_endpoint(url, ca_file)
+        .map_err(|e| CliError::BadInput(e.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| CliError::Unavailable(format!("cannot reach the coordinator at {url}: {}", source_chain(&e))))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        if is_tls_failure(&e) {
+            CliError::BadInput(format!(
+                "tls handshake with the coordinator at {url} failed: {} (is {COORDINATOR_CA_FILE_SETTING} / \
+                 --coordinator-ca-file the CA that signed its certificate?)",
+                error_chain(&e)
+            ))
+        } else {
+            CliError::Unavailable(format!("cannot reach the coordinator at {url}: {}", error_chain(&e)))
+        }
+    })?;
     let interceptor = bearer_interceptor(token).map_err(|e| CliError::BadInput(e.to_string()))?;
     Ok(SweepServiceClient::with_interceptor(channel, interceptor)
         .max_decoding_message_size(tsweep_proto::limits::MAX_MESSAGE_BYTES)
@@ -84,18 +96,4 @@ pub async fn all_tasks(client: &mut SweepClient, sweep: &str) -> Result<Vec<Task
         page_token = page.next_page_token;
     }
     Ok(tasks)
-}
-
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }

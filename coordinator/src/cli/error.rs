@@ -92,7 +92,7 @@ impl CliError {
                 CliError::Unavailable(message)
             }
             Code::Unauthenticated | Code::PermissionDenied => {
-                CliError::BadInput(format!("{message} (check --token / auth_token)"))
+                CliError::BadInput(format!("{message} (check --token / user_token / auth_token)"))
             }
             _ => CliError::Other(message),
         }

@@ -1,6 +1,6 @@
 //! The coordinator server: `tsweep.v1.SweepService` (users), `tsweep.v1.WorkerService`
-//! (worker agents), `grpc.health.v1` (tonic-health) and server reflection on one gRPC
-//! port; Prometheus `/metrics` on another; the background loops (Redis connection,
+//! (worker agents), `grpc.health.v1` (tonic-health) and server reflection
+//! (`grpc.reflection.v1` and `v1alpha`) on one gRPC port; Prometheus `/metrics` on another; the background loops (Redis connection,
 //! readiness, reaper, finals scheduler, gauges, metrics stream consumer) under one
 //! cancellation token.
 //!
@@ -14,10 +14,12 @@
 //!
 //! Health: the empty service name (liveness) is SERVING as long as the process serves
 //! and never depends on Redis; [`READINESS_SERVICE`] is SERVING only while Redis answers.
-//! Auth: with a token configured, both tsweep services require
-//! `authorization: Bearer <token>` ([`tsweep_proto::auth`]); health and reflection stay open.
-//! A token from `auth_token_file` is re-read while the server runs ([`auth`]): a rotated
-//! Secret is picked up without a restart, the previous token accepted for a grace window.
+//! Auth: `SweepService` requires the user credential and `WorkerService` the worker
+//! credential, each `authorization: Bearer <token>` ([`tsweep_proto::auth`], roles in
+//! [`auth`]); health and reflection stay open. Token files are re-read while the server
+//! runs ([`auth`]): a rotated Secret is picked up without a restart, the previous token
+//! accepted for a grace window. On top of the worker credential every worker carries the
+//! secret RegisterWorker gave it ([`worker_service`]).
 
 pub mod auth;
 pub mod loops;
@@ -37,14 +39,13 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
-use tsweep_proto::auth::{RequireBearer, TokenFile};
 use tsweep_proto::v1::sweep_service_server::SweepServiceServer;
 use tsweep_proto::v1::worker_service_server::WorkerServiceServer;
 
-use crate::config::{ConfigError, ServiceConfig};
+use crate::config::{ConfigError, Role, ServiceConfig};
 use crate::store::StoreOptions;
 use crate::telemetry::{self, Telemetry};
-use auth::TokenReload;
+use auth::{RoleTokens, TokenReload};
 use state::Shared;
 use sweep_service::SweepServiceImpl;
 use worker_service::WorkerServiceImpl;
@@ -202,12 +203,14 @@ pub async fn start_with_token_reload(
     let cancel = CancellationToken::new();
     let telemetry = Telemetry::new();
     let store_options = StoreOptions { lease_ttl: config.lease_ttl(), ..StoreOptions::default() };
-    let auth = RequireBearer::new(config.token());
-    let token_set = config.token().is_some();
-    let token_file = match (&config.auth_token_file, config.token()) {
-        (Some(path), Some(token)) => Some(TokenFile::with_token(path, token)),
-        _ => None,
-    };
+    let roles = RoleTokens::from_config(&config);
+    let (user_auth, worker_auth) = (roles.user.enabled(), roles.worker.enabled());
+    if roles.shared && !listen.ip().is_loopback() {
+        warn!(
+            "one token (auth_token) serves users and workers: every worker may also submit, cancel and delete; \
+             set user_token_file and worker_token_file to separate the roles"
+        );
+    }
     let shared = Shared::new(config, telemetry.clone(), cancel.clone());
 
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ServeError::Bind {
@@ -237,11 +240,17 @@ pub async fn start_with_token_reload(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_service_status(READINESS_SERVICE, tonic_health::ServingStatus::NotServing).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tsweep_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Task(format!("reflection service: {e}")))?;
+    // Both reflection protocols: v1 (grpcurl, current clients) and v1alpha (older stock
+    // clients, e.g. Python's grpcio-reflection), from the same descriptors.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tsweep_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 =
+        reflection().build_v1().map_err(|e| ServeError::Task(format!("reflection service (v1): {e}")))?;
+    let reflection_v1alpha =
+        reflection().build_v1alpha().map_err(|e| ServeError::Task(format!("reflection service (v1alpha): {e}")))?;
 
     // One message limit for both directions and both services, the one the clients use.
     let limit = tsweep_proto::limits::MAX_MESSAGE_BYTES;
@@ -249,13 +258,13 @@ pub async fn start_with_token_reload(
         SweepServiceServer::new(SweepServiceImpl::new(shared.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
-        auth.clone(),
+        roles.guard(Role::User),
     );
     let worker_service = InterceptedService::new(
         WorkerServiceServer::new(WorkerServiceImpl::new(shared.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
-        auth.clone(),
+        roles.guard(Role::Worker),
     );
 
     let mut builder = Server::builder()
@@ -267,7 +276,8 @@ pub async fn start_with_token_reload(
     }
     let router = builder
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(sweep_service)
         .add_service(worker_service);
     let stop = cancel.clone();
@@ -284,15 +294,17 @@ pub async fn start_with_token_reload(
         tokio::spawn(loops::gauges(shared.clone())),
         tokio::spawn(metrics_consumer::run(shared.clone())),
     ];
-    if let Some(file) = token_file {
-        background.push(tokio::spawn(auth::follow_token_file(file, auth, token_reload, cancel.clone())));
+    for (file, bearer) in roles.files {
+        background.push(tokio::spawn(auth::follow_token_file(file, bearer, token_reload, cancel.clone())));
     }
 
     info!(
         grpc = %grpc_addr,
         metrics = ?metrics_addr,
         tls = tls_enabled,
-        auth = token_set,
+        user_auth,
+        worker_auth,
+        shared_token = roles.shared,
         lease_ttl_ms = shared.config.lease_ttl_ms,
         redis_url = %loops::redact(&shared.config.redis_url),
         version = %tsweep_proto::version_line("tsweep"),

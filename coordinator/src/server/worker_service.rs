@@ -1,8 +1,12 @@
 //! `tsweep.v1.WorkerService`: what worker agents call. Every request's bounds
-//! (`tsweep_proto::limits`) and protocol version are checked first; every report is fenced
-//! by the store on `(task, attempt)`. A result whose scores are out of range is refused
-//! (INVALID_ARGUMENT) and its attempt failed as fatal: a trainer that reports such a score
-//! would only report it again.
+//! (`tsweep_proto::limits`) and protocol version are checked first. RegisterWorker hands
+//! the worker a fresh secret (the store keeps only its SHA-256); every acquire, heartbeat
+//! and report must carry it, so a worker id is no longer self-asserted: an unregistered id
+//! or another secret is refused before the store is touched (`UNAUTHENTICATED` with a
+//! typed `tsweep-worker-refusal` trailer). Every report is then fenced by the store on
+//! `(task, attempt)`. A result whose scores are out of range is refused (INVALID_ARGUMENT)
+//! and its attempt failed as fatal: a trainer that reports such a score would only report
+//! it again.
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +22,7 @@ use tsweep_proto::v1::{
 
 use super::state::{bounded, Shared};
 use crate::error::{check_protocol, CoordinatorError};
-use crate::store::{Checkpoint, WorkerInfo};
+use crate::store::{new_worker_secret, Checkpoint, RegisterOutcome, Store, WorkerAuth, WorkerInfo};
 use crate::telemetry::StaleKind;
 
 #[derive(Clone)]
@@ -50,6 +54,18 @@ fn require_worker_id(worker_id: &str) -> Result<(), CoordinatorError> {
     Ok(())
 }
 
+/// Refuses a call whose secret is not the one `worker_id` registered with.
+async fn authenticate(store: &Store, worker_id: &str, secret: &str) -> Result<(), CoordinatorError> {
+    match bounded(store.authenticate_worker(worker_id, secret)).await? {
+        WorkerAuth::Verified => Ok(()),
+        WorkerAuth::Unregistered => Err(CoordinatorError::WorkerUnregistered { worker_id: worker_id.to_string() }),
+        WorkerAuth::WrongSecret => {
+            info!(worker_id = %worker_id, "call with a wrong worker secret refused");
+            Err(CoordinatorError::WorkerSecretMismatch { worker_id: worker_id.to_string() })
+        }
+    }
+}
+
 fn require_lease(lease: Option<&LeaseRef>) -> Result<&LeaseRef, CoordinatorError> {
     let lease = lease.ok_or_else(|| CoordinatorError::InvalidArgument("lease is missing".into()))?;
     if lease.sweep.is_empty() || lease.task_id.is_empty() {
@@ -76,7 +92,14 @@ impl WorkerService for WorkerServiceImpl {
             gpus: request.gpus,
             version: request.version,
         };
-        bounded(store.register_worker(&worker)).await?;
+        let secret = new_worker_secret();
+        match bounded(store.register_worker(&worker, &secret, &request.worker_secret)).await? {
+            RegisterOutcome::Registered => {}
+            RegisterOutcome::InUse { expires_in_ms } => {
+                info!(worker_id = %worker.worker_id, hostname = %worker.hostname, expires_in_ms, "registration refused: the id is held by a live worker");
+                return Err(CoordinatorError::WorkerIdInUse { worker_id: worker.worker_id, expires_in_ms }.into());
+            }
+        }
         self.shared.roster.seen(&worker.worker_id);
         info!(worker_id = %worker.worker_id, hostname = %worker.hostname, slots = worker.slots, gpus = worker.gpus, version = %worker.version, "worker registered");
         let config = &self.shared.config;
@@ -84,6 +107,7 @@ impl WorkerService for WorkerServiceImpl {
             lease_ttl_ms: config.lease_ttl_ms,
             heartbeat_interval_ms: duration_ms(config.heartbeat_interval()),
             metrics_stream_pattern: store.metrics_stream_pattern(),
+            worker_secret: secret,
         }))
     }
 
@@ -97,6 +121,7 @@ impl WorkerService for WorkerServiceImpl {
         check_protocol(request.protocol_version)?;
         require_worker_id(&request.worker_id)?;
         let store = self.shared.store_for_call()?;
+        authenticate(&store, &request.worker_id, &request.worker_secret).await?;
         let task = bounded(store.acquire(&request.worker_id, request.free_gpus)).await?;
         self.shared.telemetry.observe_acquire(started.elapsed());
         let retry_after_ms = match &task {
@@ -115,6 +140,7 @@ impl WorkerService for WorkerServiceImpl {
         check_protocol(request.protocol_version)?;
         require_worker_id(&request.worker_id)?;
         let store = self.shared.store_for_call()?;
+        authenticate(&store, &request.worker_id, &request.worker_secret).await?;
         self.shared.roster.seen(&request.worker_id);
         let stop = bounded(store.renew(&request.worker_id, &request.leases)).await?;
         if !stop.is_empty() {
@@ -131,6 +157,7 @@ impl WorkerService for WorkerServiceImpl {
         let lease = require_lease(request.lease.as_ref())?;
         let result = request.result.unwrap_or_default();
         let store = self.shared.store_for_call()?;
+        authenticate(&store, &request.worker_id, &request.worker_secret).await?;
         if let Some(problem) = result.score_problem() {
             // Fenced like any report: only the attempt that holds the lease is failed.
             let message = format!("result refused: {problem}");
@@ -172,6 +199,7 @@ impl WorkerService for WorkerServiceImpl {
         let checkpoint = (!request.checkpoint_path.is_empty())
             .then(|| Checkpoint { path: request.checkpoint_path.clone(), step: request.checkpoint_step });
         let store = self.shared.store_for_call()?;
+        authenticate(&store, &request.worker_id, &request.worker_secret).await?;
         let outcome =
             bounded(store.fail(&request.worker_id, lease, class, &request.message, checkpoint.as_ref())).await?;
         let task_state = outcome.state.map(|s| s.name().to_string()).unwrap_or_default();

@@ -16,6 +16,13 @@ pub enum StoreError {
     /// The Redis URL and TLS files do not make a client (the message names the setting).
     #[error("redis settings: {0}")]
     Settings(#[from] tsweep_redis::RedisClientError),
+    /// The Redis server runs in cluster mode, which tsweep does not support (one primary,
+    /// optionally with replicas and a fail-over manager, holds all state).
+    #[error(
+        "redis runs in cluster mode (cluster_enabled:1): tsweep needs one redis primary (standalone, optionally \
+         with replicas), not Redis Cluster"
+    )]
+    ClusterMode,
     /// The sweep is not known.
     #[error("sweep {sweep} not found")]
     SweepNotFound { sweep: String },

@@ -1,5 +1,8 @@
 //! Key names. Every key of one sweep carries the hash tag `{<sweep>}`, so one Lua script
-//! only ever touches one hash slot (the design also runs on Redis Cluster).
+//! only ever touches that sweep's keys. tsweep runs on one Redis primary, not on Redis
+//! Cluster: the global sets below live outside every sweep's slot, and the metrics
+//! consumer reads several sweeps' streams in one XREADGROUP (`Store::connect` refuses a
+//! cluster-mode server).
 
 use super::types::TaskState;
 

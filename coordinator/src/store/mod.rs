@@ -59,8 +59,9 @@ use scripts::SCRIPTS;
 pub use bulk::{merge_changes, Budget, SubmitOptions};
 pub use error::StoreError;
 pub use types::{
-    BulkProgress, Checkpoint, DeleteOutcome, FailOutcome, GroupInfo, RedisMemory, SettingChange, StageSubmitCount,
-    StoreOptions, SubmitOutcome, SubmitPart, TaskPage, TaskState, WorkerInfo, MAX_SETTING_CHANGES,
+    BulkProgress, Checkpoint, DeleteOutcome, FailOutcome, GroupInfo, RedisMemory, RegisterOutcome, SettingChange,
+    StageSubmitCount, StoreOptions, SubmitOutcome, SubmitPart, TaskPage, TaskState, WorkerAuth, WorkerInfo,
+    MAX_SETTING_CHANGES,
 };
 
 use keys::Keys;
@@ -122,7 +123,17 @@ impl Store {
             .set_number_of_retries(usize::MAX)
             .set_response_timeout(Some(options.response_timeout))
             .set_connection_timeout(Some(options.connection_timeout));
-        let conn = ConnectionManager::new_with_config(client, config).await.map_err(StoreError::redis("connect"))?;
+        let mut conn =
+            ConnectionManager::new_with_config(client, config).await.map_err(StoreError::redis("connect"))?;
+        // One primary holds everything: the global sets (`sweeps`, `active`, `workers`)
+        // live outside any sweep's slot and the metrics consumer reads several sweeps'
+        // streams in one XREADGROUP, which Redis Cluster refuses (CROSSSLOT). Say so now
+        // rather than fail call by call. A server that does not answer INFO is let be.
+        if let Ok(info) = redis::cmd("INFO").arg("cluster").query_async::<String>(&mut conn).await {
+            if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+                return Err(StoreError::ClusterMode);
+            }
+        }
         Ok(Store {
             conn,
             keys: Keys::new(&options.key_prefix),
@@ -656,6 +667,7 @@ impl Store {
                 tasks.push(self.task_info(sweep, id, &row)?);
             }
         }
+        self.mark_current_finals(&mut conn, sweep, &mut tasks).await?;
         let full = last_seq != ids.last().map(|(_, seq)| *seq) || ids.len() as isize == size;
         let next_page_token = match last_seq {
             Some(seq) if full => format!("{}", seq as u64),
@@ -673,40 +685,119 @@ impl Store {
         if row.is_empty() {
             return Ok(None);
         }
-        self.task_info(sweep, task_id, &row).map(Some)
+        let mut task = [self.task_info(sweep, task_id, &row)?];
+        self.mark_current_finals(&mut conn, sweep, &mut task).await?;
+        let [task] = task;
+        Ok(Some(task))
     }
 
-    /// Records a worker's registration (informational; leases do not depend on it).
-    pub async fn register_worker(&self, worker: &WorkerInfo) -> Result<(), StoreError> {
+    /// Sets `current_final` on the finals among `tasks`: the final its group's latest
+    /// selection made (`current_final` of the group hash, the fact `create_final` keeps).
+    async fn mark_current_finals(
+        &self,
+        conn: &mut ConnectionManager,
+        sweep: &str,
+        tasks: &mut [TaskInfo],
+    ) -> Result<(), StoreError> {
+        let finals: Vec<usize> = (0..tasks.len())
+            .filter(|&i| tasks[i].stage == Stage::Final.name() && !tasks[i].selection_group.is_empty())
+            .collect();
+        if finals.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for &i in &finals {
+            pipe.hget(self.keys.group(sweep, &tasks[i].selection_group), "current_final");
+        }
+        let current: Vec<Option<String>> =
+            pipe.query_async(conn).await.map_err(StoreError::redis("read current finals"))?;
+        for (&i, current) in finals.iter().zip(current) {
+            tasks[i].current_final = current.as_deref() == Some(tasks[i].task_id.as_str());
+        }
+        Ok(())
+    }
+
+    /// Records a worker's registration with the SHA-256 of `secret` (never the secret
+    /// itself). The record lives [`StoreOptions::worker_record_ttl`] after the worker's
+    /// last authenticated call. A live record holding another secret is left alone
+    /// ([`RegisterOutcome::InUse`]) unless the caller presents that secret (`presented`:
+    /// the secret of its earlier registration, empty when it has none).
+    pub async fn register_worker(
+        &self,
+        worker: &WorkerInfo,
+        secret: &str,
+        presented: &str,
+    ) -> Result<RegisterOutcome, StoreError> {
         if worker.worker_id.is_empty() {
             return Err(StoreError::InvalidArgument("register_worker: empty worker id".into()));
         }
+        if secret.is_empty() {
+            return Err(StoreError::InvalidArgument("register_worker: empty secret".into()));
+        }
         let mut conn = self.conn.clone();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         let key = self.keys.worker(&worker.worker_id);
-        let _: () = redis::pipe()
-            .hset_multiple(
-                &key,
-                &[
-                    ("hostname", worker.hostname.clone()),
-                    ("slots", worker.slots.to_string()),
-                    ("gpus", worker.gpus.to_string()),
-                    ("version", worker.version.clone()),
-                    ("registered_unix_ms", now_ms.to_string()),
-                ],
-            )
-            .ignore()
-            .expire(&key, 7 * 24 * 3600)
-            .ignore()
-            .query_async(&mut conn)
+        let reply: Vec<String> = SCRIPTS
+            .register_worker
+            .key(&key)
+            .key(self.keys.workers())
+            .arg(&worker.worker_id)
+            .arg(secret_digest(secret))
+            .arg(if presented.is_empty() { String::new() } else { secret_digest(presented) })
+            .arg(self.worker_record_ttl_ms())
+            .arg(&worker.hostname)
+            .arg(worker.slots)
+            .arg(worker.gpus)
+            .arg(&worker.version)
+            .invoke_async(&mut conn)
             .await
-            .map_err(StoreError::redis("register worker"))?;
-        self.touch_worker(&worker.worker_id).await?;
-        info!(worker = %worker.worker_id, hostname = %worker.hostname, slots = worker.slots, gpus = worker.gpus, "worker registered");
-        Ok(())
+            .map_err(StoreError::redis("register_worker script"))?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => {
+                info!(worker = %worker.worker_id, hostname = %worker.hostname, slots = worker.slots, gpus = worker.gpus, "worker registered");
+                Ok(RegisterOutcome::Registered)
+            }
+            Some("in_use") => {
+                let expires_in_ms = reply.get(1).and_then(|ms| ms.parse::<i64>().ok()).unwrap_or(0).max(0) as u64;
+                Ok(RegisterOutcome::InUse { expires_in_ms })
+            }
+            other => Err(StoreError::Corrupt {
+                key,
+                field: "register_worker reply".into(),
+                detail: format!("unexpected {other:?}"),
+            }),
+        }
+    }
+
+    /// Checks the secret a worker presents against its registration and, when it
+    /// matches, keeps the record alive for another [`StoreOptions::worker_record_ttl`].
+    pub async fn authenticate_worker(&self, worker_id: &str, presented: &str) -> Result<WorkerAuth, StoreError> {
+        if worker_id.is_empty() {
+            return Err(StoreError::InvalidArgument("authenticate_worker: empty worker id".into()));
+        }
+        let mut conn = self.conn.clone();
+        let key = self.keys.worker(worker_id);
+        let reply: String = SCRIPTS
+            .worker_auth
+            .key(&key)
+            .arg(if presented.is_empty() { String::new() } else { secret_digest(presented) })
+            .arg(self.worker_record_ttl_ms())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("worker_auth script"))?;
+        match reply.as_str() {
+            "ok" => Ok(WorkerAuth::Verified),
+            "unregistered" => Ok(WorkerAuth::Unregistered),
+            "wrong" => Ok(WorkerAuth::WrongSecret),
+            other => Err(StoreError::Corrupt {
+                key,
+                field: "worker_auth reply".into(),
+                detail: format!("unexpected {other:?}"),
+            }),
+        }
+    }
+
+    fn worker_record_ttl_ms(&self) -> u64 {
+        (self.options.worker_record_ttl().as_millis() as u64).max(1)
     }
 
     /// Workers that registered or renewed within the last `worker_forget` (see
@@ -884,8 +975,32 @@ impl Store {
             finished_unix_ms: number("finished_ms"),
             accepted_completions: number("accepted").max(0) as u32,
             spec_json,
+            // Grid points carry their group, finals the group they were selected for.
+            selection_group: row
+                .get("group")
+                .filter(|g| !g.is_empty())
+                .or_else(|| row.get("final_of"))
+                .cloned()
+                .unwrap_or_default(),
+            current_final: false,
         })
     }
+}
+
+/// A new worker secret: 32 bytes from the thread-local CSPRNG (ChaCha, seeded by the
+/// OS), hex. Only its [`secret_digest`] is stored.
+pub fn new_worker_secret() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// SHA-256 of a worker secret, hex: what Redis keeps. The secret is random and long, so
+/// a plain hash (no salt, no slow KDF) is enough.
+fn secret_digest(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
 }
 
 /// The selection group of a cell: finetune/scratch grid points of one
@@ -962,6 +1077,7 @@ fn finite_result(result: &TaskResult) -> TaskResult {
     clean.val_score = finite_opt(result.val_score);
     clean.test_score = finite_opt(result.test_score);
     clean.train_loss = finite_opt(result.train_loss);
+    clean.backbone_top1 = finite_opt(result.backbone_top1);
     clean.images_per_s = finite(result.images_per_s);
     clean.duration_s = finite(result.duration_s);
     clean.selected.retain(|_, v| v.is_finite());

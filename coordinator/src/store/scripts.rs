@@ -26,6 +26,8 @@ pub(crate) struct Scripts {
     pub create_final: Script,
     pub stale_metric: Script,
     pub touch_worker: Script,
+    pub register_worker: Script,
+    pub worker_auth: Script,
     pub delete_begin: Script,
     pub delete_batch: Script,
 }
@@ -44,6 +46,8 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     create_final: lua!("create_final.lua"),
     stale_metric: lua!("stale_metric.lua"),
     touch_worker: lua!("touch_worker.lua"),
+    register_worker: lua!("register_worker.lua"),
+    worker_auth: lua!("worker_auth.lua"),
     delete_begin: lua!("delete_begin.lua"),
     delete_batch: lua!("delete_batch.lua"),
 });

@@ -84,6 +84,15 @@ pub struct StoreOptions {
     pub worker_forget: Duration,
 }
 
+impl StoreOptions {
+    /// How long a worker's registration lives after its last authenticated call: three
+    /// lease TTLs (nine missed heartbeats). A lapsed worker registers again; until then
+    /// its id cannot be taken by another process.
+    pub fn worker_record_ttl(&self) -> Duration {
+        (self.lease_ttl * 3).max(Duration::from_secs(1))
+    }
+}
+
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
@@ -214,6 +223,27 @@ pub struct WorkerInfo {
     pub slots: u32,
     pub gpus: u32,
     pub version: String,
+}
+
+/// What [`super::Store::register_worker`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// Recorded with the new secret.
+    Registered,
+    /// Another live registration holds the id; it lapses in `expires_in_ms` unless that
+    /// worker calls again.
+    InUse { expires_in_ms: u64 },
+}
+
+/// What [`super::Store::authenticate_worker`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerAuth {
+    /// The secret matches; the record was kept alive.
+    Verified,
+    /// No live registration for this id (never registered, lapsed, lost with Redis' data).
+    Unregistered,
+    /// The id is registered with another secret.
+    WrongSecret,
 }
 
 /// A (model, dataset, regime) selection group of finetune/scratch grid points.

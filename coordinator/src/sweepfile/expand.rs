@@ -5,15 +5,17 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
+use tsweep_proto::arch::Normalize;
 use tsweep_proto::cell::{
-    DatasetFormat, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Regime, TrainSettings, ValPolicy,
+    DatasetFormat, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Precision, Regime, TrainSettings,
+    ValPolicy,
 };
 use tsweep_proto::limits::MAX_CELL_SPEC_BYTES;
 
 use super::axis::{Axis, AxisError};
 use super::location::SourceText;
-use super::plan::{file_fingerprint, Points, RegimeGrid, SweepPlan};
-use super::schema::{DatasetEntry, ModelEntry, RegimeSection, Schedule, Settings, SweepFile};
+use super::plan::{file_fingerprint, GridModel, Points, RegimeGrid, SweepPlan};
+use super::schema::{DatasetEntry, ModelEntry, NormalizeEntry, RegimeSection, Schedule, Settings, SweepFile};
 use super::{SweepFileError, SweepSettings, HARD_MAX_CELLS, MAX_CELLS};
 
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -75,6 +77,8 @@ struct RegimePlan<'f> {
     /// The grid points (one, without hparams, for linear).
     points: Points,
     train: TrainSettings,
+    /// `[defaults]` overridden by the regime's `precision`; a model's own wins over it.
+    precision: Precision,
     gpus: u32,
     fake: Option<FakeSettings>,
     /// Where the linear regime's `l2` axis is written (for the cell-size check).
@@ -195,7 +199,14 @@ impl<'a> Expander<'a> {
         for plan in plans {
             let grid = RegimeGrid {
                 regime: plan.regime,
-                models: plan.models.iter().map(|m| self.model_spec(m, plan.regime)).collect(),
+                models: plan
+                    .models
+                    .iter()
+                    .map(|m| GridModel {
+                        spec: self.model_spec(m, plan.regime),
+                        precision: m.precision.unwrap_or(plan.precision),
+                    })
+                    .collect(),
                 datasets: plan.datasets.iter().map(|d| self.dataset_spec(d)).collect(),
                 points: plan.points,
                 train: plan.train,
@@ -248,7 +259,7 @@ impl<'a> Expander<'a> {
                         format!(
                             "the {} cell of model {:?} on dataset {:?} would be {size} bytes, {limit}",
                             grid.regime.name(),
-                            model.name,
+                            model.spec.name,
                             dataset.name
                         ),
                     ),
@@ -322,6 +333,30 @@ impl<'a> Expander<'a> {
                         ),
                     ));
                 }
+            }
+            if let Some(normalize) = &model.normalize {
+                self.check_normalize(normalize.get_ref())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Three finite means and three finite, positive standard deviations.
+    fn check_normalize(&self, normalize: &NormalizeEntry) -> Result<(), SweepFileError> {
+        for (values, field, positive) in
+            [(&normalize.mean, "models.normalize.mean", false), (&normalize.std, "models.normalize.std", true)]
+        {
+            let v = values.get_ref();
+            if v.len() != 3 {
+                return Err(self.invalid(
+                    &values.span(),
+                    field,
+                    format!("needs 3 values (red, green, blue), got {}", v.len()),
+                ));
+            }
+            if let Some(bad) = v.iter().find(|x| !x.is_finite() || (positive && **x <= 0.0)) {
+                let what = if positive { "a finite number > 0" } else { "a finite number" };
+                return Err(self.invalid(&values.span(), field, format!("{bad} is not {what}")));
             }
         }
         Ok(())
@@ -438,6 +473,7 @@ impl<'a> Expander<'a> {
             datasets,
             points,
             train,
+            precision: settings.precision.unwrap_or_default(),
             gpus,
             fake: body.fake.clone().or_else(|| file.fake.clone()),
             l2_span: body.l2.as_ref().map(|l2| l2.span()),
@@ -637,13 +673,20 @@ impl<'a> Expander<'a> {
             (Regime::Scratch, ModelSource::Builtin) => None,
             _ => model.weights.as_deref().map(|w| self.resolve(w)),
         };
+        let arch = model.arch.as_ref().map_or_else(|| model.name.get_ref().clone(), |a| a.get_ref().clone());
+        let normalize = match &model.normalize {
+            // check_normalize has made sure there are three of each
+            Some(n) => Normalize { mean: triple(n.get_ref().mean.get_ref()), std: triple(n.get_ref().std.get_ref()) },
+            None => Normalize::default_for(&arch.to_lowercase(), model.source == ModelSource::Builtin),
+        };
         ModelSpec {
             name: model.name.get_ref().clone(),
             source: model.source,
-            arch: model.arch.as_ref().map_or_else(|| model.name.get_ref().clone(), |a| a.get_ref().clone()),
+            arch,
             weights,
             imagenet_top1: model.imagenet_top1.as_ref().map(|t| *t.get_ref()),
             image_size: model.image_size.as_ref().map_or(DEFAULT_IMAGE_SIZE, |s| *s.get_ref()),
+            normalize,
         }
     }
 
@@ -661,6 +704,12 @@ impl<'a> Expander<'a> {
             num_classes: dataset.num_classes.as_ref().map(|n| *n.get_ref()),
         }
     }
+}
+
+/// The first three values (a checked `normalize` list has exactly three).
+fn triple(values: &[f64]) -> [f64; 3] {
+    let at = |i: usize| values.get(i).copied().unwrap_or(f64::NAN);
+    [at(0), at(1), at(2)]
 }
 
 /// The paper's step counts when neither `[defaults]` nor the regime says.

@@ -9,7 +9,8 @@ use tsweep_proto::cell::{CellSpec, Regime};
 /// What a cell *is*, in a fixed field order. Paths, training settings and the retry
 /// budget are left out on purpose: moving a dataset or raising `max_attempts` must not
 /// turn finished cells into new ones. The linear regime's L2 path is its hyperparameter
-/// axis (it has no per-cell hparams), so it is part of the linear cell's identity.
+/// axis (it has no per-cell hparams), so it is part of the linear cell's identity. The
+/// precision is what the cell computes in (its result differs), so it is part of it too.
 #[derive(Serialize)]
 struct Identity<'a> {
     sweep: &'a str,
@@ -21,6 +22,10 @@ struct Identity<'a> {
     seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     l2_path: Option<&'a [f64]>,
+    /// Only when not fp32, so the ids of fp32 cells are those they had before precision
+    /// existed, and a bf16 or fp16 cell is another cell than its fp32 twin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precision: Option<&'static str>,
 }
 
 /// The canonical JSON hashed into the task id.
@@ -34,6 +39,7 @@ pub fn identity_json(spec: &CellSpec) -> String {
         hparams: &spec.hparams,
         seed: spec.seed,
         l2_path: (spec.regime == Regime::Linear).then_some(spec.train.l2_path.as_slice()),
+        precision: (!spec.precision.is_fp32()).then_some(spec.precision.name()),
     };
     // Serialising plain strings, integers and finite floats cannot fail; an empty
     // string (never a valid identity) would only hash to a fixed id.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use sha2::{Digest, Sha256};
-use tsweep_proto::cell::{CellSpec, DatasetSpec, FakeSettings, ModelSpec, Regime, Stage, TrainSettings};
+use tsweep_proto::cell::{CellSpec, DatasetSpec, FakeSettings, ModelSpec, Precision, Regime, Stage, TrainSettings};
 
 use super::{regime_has_final, task_id, Cell, ExpandedSweep, StageCount, SweepSettings};
 
@@ -41,11 +41,19 @@ impl Points {
     }
 }
 
+/// A model of a regime's grid and the precision its cells train in (the model's own, or
+/// the regime's, or `[defaults]`).
+#[derive(Debug, Clone)]
+pub(super) struct GridModel {
+    pub spec: ModelSpec,
+    pub precision: Precision,
+}
+
 /// One regime's cells: models × datasets × seeds × points, in that order.
 #[derive(Debug, Clone)]
 pub(super) struct RegimeGrid {
     pub regime: Regime,
-    pub models: Vec<ModelSpec>,
+    pub models: Vec<GridModel>,
     pub datasets: Vec<DatasetSpec>,
     pub points: Points,
     pub train: TrainSettings,
@@ -111,7 +119,7 @@ impl SweepPlan {
     pub(super) fn spec(
         &self,
         grid: &RegimeGrid,
-        model: &ModelSpec,
+        model: &GridModel,
         dataset: &DatasetSpec,
         seed: u64,
         hparams: BTreeMap<String, f64>,
@@ -120,11 +128,12 @@ impl SweepPlan {
             sweep: self.name.clone(),
             stage: Stage::Grid,
             regime: grid.regime,
-            model: model.clone(),
+            model: model.spec.clone(),
             dataset: dataset.clone(),
             hparams,
             train: grid.train.clone(),
             seed,
+            precision: model.precision,
             gpus: grid.gpus,
             max_attempts: self.settings.max_attempts,
             fake: grid.fake.clone(),

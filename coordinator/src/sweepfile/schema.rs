@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
-use tsweep_proto::cell::{DatasetFormat, FakeSettings, Metric, ModelSource, ValPolicy};
+use tsweep_proto::cell::{DatasetFormat, FakeSettings, Metric, ModelSource, Precision, ValPolicy};
 
 use super::axis::Axis;
 
@@ -19,7 +19,7 @@ pub(crate) struct SweepFile {
     /// relative to the sweep file's directory. Default: the sweep file's directory.
     pub root: Option<PathBuf>,
     /// Lets linear and finetune cells run on models without pretrained weights
-    /// (the quickstart on synthetic data; never for a real sweep).
+    /// (`examples/synthetic.toml`; never for a real sweep).
     #[serde(default)]
     pub allow_random_init: bool,
     #[serde(default)]
@@ -43,6 +43,18 @@ pub(crate) struct ModelEntry {
     pub weights: Option<PathBuf>,
     pub imagenet_top1: Option<Spanned<f64>>,
     pub image_size: Option<Spanned<u32>>,
+    /// This model's precision in every regime (wins over `[defaults]` and the regime's).
+    pub precision: Option<Precision>,
+    /// Input normalisation; default: the builtin architecture's (ImageNet for TorchScript).
+    pub normalize: Option<Spanned<NormalizeEntry>>,
+}
+
+/// `normalize = { mean = [r, g, b], std = [r, g, b] }` on pixels scaled to [0, 1].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NormalizeEntry {
+    pub mean: Spanned<Vec<f64>>,
+    pub std: Spanned<Vec<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +113,7 @@ macro_rules! settings_struct {
             pub loader_threads: Option<Spanned<u32>>,
             pub lbfgs_max_iter: Option<Spanned<u32>>,
             pub gpus: Option<Spanned<u32>>,
+            pub precision: Option<Precision>,
             $($(#[$fattr])* pub $field: $ty,)*
         }
         impl $name {
@@ -119,6 +132,7 @@ macro_rules! settings_struct {
                     loader_threads: self.loader_threads.clone(),
                     lbfgs_max_iter: self.lbfgs_max_iter.clone(),
                     gpus: self.gpus.clone(),
+                    precision: self.precision,
                 }
             }
         }
@@ -165,6 +179,7 @@ impl Settings {
             loader_threads: over.loader_threads.clone().or_else(|| self.loader_threads.clone()),
             lbfgs_max_iter: over.lbfgs_max_iter.clone().or_else(|| self.lbfgs_max_iter.clone()),
             gpus: over.gpus.clone().or_else(|| self.gpus.clone()),
+            precision: over.precision.or(self.precision),
         }
     }
 }

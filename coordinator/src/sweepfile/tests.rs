@@ -1,6 +1,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use tsweep_proto::arch::Normalize;
 use tsweep_proto::cell::{Metric, Regime, Stage, ValPolicy};
 
 use super::*;
@@ -388,4 +389,139 @@ fn a_cell_larger_than_a_worker_receives_is_refused_at_its_axis() {
     assert!(msg.contains("more than the 64 KiB a cell may be"), "{msg}");
     let fits = SMALL.replace("l2 = { logspace = [-6, 5, 45] }", "l2 = { logspace = [-6, 5, 2000] }");
     assert!(expand(&fits).is_ok());
+}
+
+#[test]
+fn precision_defaults_to_fp32_and_is_set_by_defaults_regime_and_model() {
+    use tsweep_proto::cell::Precision;
+    let precisions = |s: &ExpandedSweep, regime: Regime, model: &str| -> BTreeSet<Precision> {
+        s.cells
+            .iter()
+            .filter(|c| c.spec.regime == regime && c.spec.model.name == model)
+            .map(|c| c.spec.precision)
+            .collect()
+    };
+    let plain = expand(SMALL).unwrap();
+    assert!(plain.cells.iter().all(|c| c.spec.precision == Precision::Fp32));
+    // fp32 specs serialise as before precision existed (no key), so stored JSON is unchanged
+    assert!(!plain.cells[0].spec.to_json().unwrap().contains("precision"));
+
+    let layered = SMALL
+        .replace("gpus = 0", "gpus = 0\nprecision = \"bf16\"")
+        .replace("lr = [0.01, 0.1]", "lr = [0.01, 0.1]\nprecision = \"fp16\"")
+        .replace("name = \"mobilenet_v2\"", "name = \"mobilenet_v2\"\nprecision = \"fp32\"");
+    let sweep = expand(&layered).unwrap();
+    assert_eq!(precisions(&sweep, Regime::Linear, "resnet18"), BTreeSet::from([Precision::Bf16]), "[defaults]");
+    assert_eq!(precisions(&sweep, Regime::Finetune, "resnet18"), BTreeSet::from([Precision::Bf16]));
+    assert_eq!(precisions(&sweep, Regime::Scratch, "resnet18"), BTreeSet::from([Precision::Fp16]), "the regime's");
+    for regime in [Regime::Linear, Regime::Finetune] {
+        assert_eq!(precisions(&sweep, regime, "mobilenet_v2"), BTreeSet::from([Precision::Fp32]), "the model's wins");
+    }
+    for cell in &sweep.cells {
+        let back = tsweep_proto::cell::CellSpec::from_json(&cell.spec.to_json().unwrap()).unwrap();
+        assert_eq!(back, cell.spec);
+    }
+    let finals = final_cell(&sweep.cells.iter().find(|c| c.spec.regime == Regime::Scratch).unwrap().spec);
+    assert_eq!(finals.spec.precision, Precision::Fp16, "a final refits in its winner's precision");
+}
+
+#[test]
+fn precision_is_part_of_the_identity_and_fp32_ids_are_unchanged() {
+    let fp32: Vec<String> = expand(SMALL).unwrap().cells.into_iter().map(|c| c.id).collect();
+    let explicit: Vec<String> = expand(&SMALL.replace("gpus = 0", "gpus = 0\nprecision = \"fp32\""))
+        .unwrap()
+        .cells
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(fp32, explicit, "saying fp32 is the default");
+    // the id of an fp32 cell is the hash of the identity it had before precision existed
+    let cell = &expand(SMALL).unwrap().cells[0];
+    assert!(!identity_json(&cell.spec).contains("precision"), "{}", identity_json(&cell.spec));
+    let bf16 = expand(&SMALL.replace("gpus = 0", "gpus = 0\nprecision = \"bf16\"")).unwrap();
+    assert!(identity_json(&bf16.cells[0].spec).ends_with(r#","precision":"bf16"}"#));
+    let bf16: BTreeSet<String> = bf16.cells.into_iter().map(|c| c.id).collect();
+    assert!(bf16.is_disjoint(&fp32.iter().cloned().collect()), "a bf16 cell is another cell");
+}
+
+#[test]
+fn an_unknown_precision_names_its_line_and_field() {
+    let msg = error(&SMALL.replace("gpus = 0", "gpus = 0\nprecision = \"fp8\""));
+    let line = line_of(SMALL, "gpus = 0") + 1;
+    assert!(msg.starts_with(&format!("sweep.toml:{line}:13: defaults.precision:")), "{msg}");
+    assert!(msg.contains("fp8") && msg.contains("`fp32`, `bf16`, `fp16`"), "{msg}");
+    let msg = error(&SMALL.replace("steps = 100", "steps = 100\nprecision = \"BF16\""));
+    assert!(msg.contains("regimes.finetune.precision:"), "{msg}");
+    let msg = error(&SMALL.replace("image_size = 32\n\n[[models]]", "image_size = 32\nprecision = 16\n\n[[models]]"));
+    assert!(msg.contains("models.precision:"), "{msg}");
+}
+
+#[test]
+fn normalisation_defaults_per_architecture_and_can_be_given() {
+    let text = SMALL.replace(
+        "[[datasets]]\nname = \"shapes\"",
+        r#"[[models]]
+name = "lite"
+source = "builtin"
+arch = "efficientnet_lite0"
+image_size = 32
+
+[[models]]
+name = "custom"
+source = "builtin"
+arch = "resnet18"
+image_size = 32
+normalize = { mean = [0.5, 0.5, 0.5], std = [0.25, 0.5, 1.0] }
+
+[[models]]
+name = "script"
+source = "torchscript"
+arch = "efficientnet_lite0"
+weights = "m.pt"
+
+[[datasets]]
+name = "shapes""#,
+    );
+    let sweep = expand(&text).unwrap();
+    let normalize_of =
+        |model: &str| sweep.cells.iter().find(|c| c.spec.model.name == model).map(|c| c.spec.model.normalize).unwrap();
+    assert_eq!(normalize_of("resnet18"), Normalize::IMAGENET);
+    assert_eq!(normalize_of("lite"), Normalize::TF_LITE);
+    assert_eq!(normalize_of("custom"), Normalize { mean: [0.5, 0.5, 0.5], std: [0.25, 0.5, 1.0] });
+    // a torchscript module is not the registry's architecture: ImageNet unless given
+    assert_eq!(normalize_of("script"), Normalize::IMAGENET);
+    // the model's name (not its spec) is its identity: ids of other models do not move
+    let before: BTreeSet<String> = expand(SMALL).unwrap().cells.into_iter().map(|c| c.id).collect();
+    let after: BTreeSet<String> = sweep.cells.iter().map(|c| c.id.clone()).collect();
+    assert!(before.is_subset(&after));
+    // it travels in the cell spec
+    let lite = sweep.cells.iter().find(|c| c.spec.model.name == "lite").unwrap();
+    let json = lite.spec.to_json().unwrap();
+    assert_eq!(tsweep_proto::cell::CellSpec::from_json(&json).unwrap().model.normalize, Normalize::TF_LITE);
+}
+
+#[test]
+fn bad_normalisation_names_its_line_and_field() {
+    let with = |normalize: &str| {
+        SMALL.replace("imagenet_top1 = 69.76", &format!("imagenet_top1 = 69.76\nnormalize = {normalize}"))
+    };
+    let line = line_of(SMALL, "imagenet_top1 = 69.76") + 1;
+    for (normalize, expected) in [
+        (
+            "{ mean = [0.5, 0.5], std = [0.2, 0.2, 0.2] }",
+            "models.normalize.mean: needs 3 values (red, green, blue), got 2",
+        ),
+        ("{ mean = [0.5, 0.5, 0.5], std = [0.2, 0.0, 0.2] }", "models.normalize.std: 0 is not a finite number > 0"),
+        ("{ mean = [0.5, 0.5, 0.5], std = [0.2, -1, 0.2] }", "models.normalize.std: -1 is not a finite number > 0"),
+        ("{ mean = [0.5, nan, 0.5], std = [0.2, 0.2, 0.2] }", "models.normalize.mean: NaN is not a finite number"),
+        ("{ mean = [0.5, 0.5, 0.5], std = [0.2, 0.2, 0.2, 0.2] }", "models.normalize.std: needs 3 values"),
+    ] {
+        let msg = error(&with(normalize));
+        assert!(msg.starts_with(&format!("sweep.toml:{line}:")), "{msg}");
+        assert!(msg.contains(expected), "{normalize}: {msg}");
+    }
+    let msg = error(&with("{ mean = [0.5, 0.5, 0.5] }"));
+    assert!(msg.contains(&format!("sweep.toml:{line}:")) && msg.contains("std"), "{msg}");
+    let msg = error(&with("{ mean = [0.5, 0.5, 0.5], std = [1, 1, 1], scale = 2 }"));
+    assert!(msg.contains("unknown field `scale`"), "{msg}");
 }

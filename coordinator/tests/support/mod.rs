@@ -33,6 +33,7 @@ pub fn spec(sweep: &str, model: &str, regime: Regime, lr: f64, gpus: u32, max_at
             weights: None,
             imagenet_top1: Some(70.0),
             image_size: 32,
+            normalize: Default::default(),
         },
         dataset: DatasetSpec {
             name: "shapes".to_string(),
@@ -58,6 +59,7 @@ pub fn spec(sweep: &str, model: &str, regime: Regime, lr: f64, gpus: u32, max_at
             lbfgs_max_iter: 10,
         },
         seed: 0,
+        precision: Default::default(),
         gpus,
         max_attempts,
         fake: None,

@@ -5,7 +5,6 @@
 //! `cargo run --release -p tsweep-tests --bin coordinator-bench -- --workers 10,100,1000 --seconds 10`
 //! (`--think-ms 50`: each worker pauses after a completion, for latency at an offered load).
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ use tsweep_proto::v1::{
     AcquireTaskRequest, CompleteTaskRequest, LeaseRef, RegisterWorkerRequest, SubmitSweepRequest, TaskResult,
 };
 use tsweep_proto::PROTOCOL_VERSION;
-use tsweep_tests::process::{bin_path, free_port, wait_for, Proc};
+use tsweep_tests::process::{free_port, serve_command, wait_for, Proc};
 
 #[derive(Parser)]
 struct Args {
@@ -53,12 +52,8 @@ async fn main() -> Result<()> {
         redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg(&args.appendfsync).query_async(&mut admin).await?;
     println!("redis appendfsync {}", args.appendfsync);
     let port = free_port()?;
-    let mut cmd = Command::new(bin_path("tsweep")?);
-    cmd.arg("serve")
-        .env("TSWEEP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("TSWEEP__METRICS_LISTEN", "")
-        .env("TSWEEP__REDIS_URL", redis.url())
-        .env("RUST_LOG", "warn");
+    let mut cmd = serve_command(port, "", &redis.url())?;
+    cmd.env("RUST_LOG", "warn");
     let _coordinator = Proc::spawn("coordinator", cmd, &dir.path().join("coordinator.log"))?;
     let url = format!("http://127.0.0.1:{port}");
     wait_for("the coordinator and its store", Duration::from_secs(30), || {
@@ -169,7 +164,7 @@ async fn simulated_worker(
     stop: Arc<AtomicBool>,
     think: Duration,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
-    client
+    let worker_secret = client
         .register_worker(RegisterWorkerRequest {
             protocol_version: PROTOCOL_VERSION,
             worker_id: worker_id.clone(),
@@ -177,8 +172,11 @@ async fn simulated_worker(
             slots: 1,
             gpus: 1,
             version: tsweep_proto::VERSION.into(),
+            worker_secret: String::new(),
         })
-        .await?;
+        .await?
+        .into_inner()
+        .worker_secret;
     let (mut acquire_ms, mut complete_ms) = (Vec::new(), Vec::new());
     while !stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
@@ -188,6 +186,7 @@ async fn simulated_worker(
                 worker_id: worker_id.clone(),
                 free_gpus: 1,
                 slot: 0,
+                worker_secret: worker_secret.clone(),
             })
             .await?
             .into_inner();
@@ -203,6 +202,7 @@ async fn simulated_worker(
                 worker_id: worker_id.clone(),
                 lease: Some(LeaseRef { sweep: task.sweep, task_id: task.task_id, attempt: task.attempt }),
                 result: Some(TaskResult { metric: "top1".into(), val_score: Some(0.5), ..Default::default() }),
+                worker_secret: worker_secret.clone(),
             })
             .await?
             .into_inner();

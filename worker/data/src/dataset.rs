@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tsweep_proto::cell::{DatasetFormat, DatasetSpec, Metric, ValPolicy};
 
 use crate::error::{DataError, Result};
-use crate::index::{DatasetIndex, ImageSource, Label, Split};
+use crate::index::{DatasetIndex, Label, Split};
 use crate::readers;
 use crate::shards::{self, BuildOptions, Manifest, ProgressFn, ShardSet};
 use crate::split::select;
@@ -41,13 +41,7 @@ pub fn read_index(spec: &DatasetSpec) -> Result<DatasetIndex> {
 pub fn cache_dir_for(index: &DatasetIndex, cache_root: &Path, short_side: u32) -> PathBuf {
     let mut h = Sha256::new();
     h.update(shards::plan_hash(index, short_side).as_bytes());
-    let files: BTreeSet<&Path> = index
-        .records
-        .iter()
-        .map(|r| match &r.source {
-            ImageSource::File { path } | ImageSource::CifarRecord { path, .. } => path.as_path(),
-        })
-        .collect();
+    let files: BTreeSet<&Path> = index.records.iter().map(|r| r.source.path()).collect();
     for path in files {
         let (len, mtime) = std::fs::metadata(path)
             .map(|m| {

@@ -84,6 +84,10 @@ pub enum ImageSource {
     File { path: PathBuf },
     /// One record of a CIFAR binary batch file: 32x32 RGB planes at `offset`.
     CifarRecord { path: PathBuf, offset: u64 },
+    /// Uncompressed 8-bit pixels at `offset` of a file, row-major, `channels` interleaved
+    /// (1: grayscale, expanded to RGB at decode time; 3: RGB): what datasets packed into
+    /// one file (IDX, JSON, NumPy) are unpacked to (`readers::packed`).
+    Raw { path: PathBuf, offset: u64, width: u32, height: u32, channels: u8 },
 }
 
 impl ImageSource {
@@ -91,7 +95,16 @@ impl ImageSource {
     pub fn describe(&self) -> String {
         match self {
             ImageSource::File { path } => path.display().to_string(),
-            ImageSource::CifarRecord { path, offset } => format!("{}@{}", path.display(), offset),
+            ImageSource::CifarRecord { path, offset } | ImageSource::Raw { path, offset, .. } => {
+                format!("{}@{}", path.display(), offset)
+            }
+        }
+    }
+
+    /// The file the pixels are read from.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            ImageSource::File { path } | ImageSource::CifarRecord { path, .. } | ImageSource::Raw { path, .. } => path,
         }
     }
 }

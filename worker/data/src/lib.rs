@@ -37,5 +37,6 @@ pub use index::{DatasetIndex, ImageSource, Label, Origin, Record, Split};
 pub use loader::{default_resize_short, steps_per_epoch, Batch, Loader, LoaderConfig, Mode, Targets};
 pub use prepare::{prepare, DatasetInfo, PrepareOptions, DATASETS};
 pub use shards::{Manifest, Progress, ProgressFn, ShardSet};
+pub use split::Subsample;
 pub use synth::{make_dataset, SynthKind, SynthOptions, SynthSummary};
 pub use verify::{verify, VerifyReport};

@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::dataset::SplitView;
 use crate::error::{DataError, Result};
-use crate::image_ops::{center_crop, random_resized_crop, resample_into};
+use crate::image_ops::{random_resized_crop, resample_into, resize_center_crop_into};
 use crate::index::Label;
 
 /// Targets of a batch.
@@ -83,9 +83,10 @@ impl LoaderConfig {
     }
 }
 
-/// `image_size * 256 / 224` (256 for 224, 341 for 299, 378 for 331).
+/// `int(image_size * 256 / 224)`, truncated like the long side of a resize (256 for 224,
+/// 341 for 299, 378 for 331, 274 for 240, 297 for 260).
 pub fn default_resize_short(image_size: u32) -> u32 {
-    ((image_size as u64 * 256 + 112) / 224) as u32
+    (u64::from(image_size) * 256 / 224) as u32
 }
 
 /// Steps in one epoch: ceil(n / batch).
@@ -267,8 +268,7 @@ impl<'a> Worker<'a> {
                 let flip = rng.random_bool(0.5);
                 resample_into(&self.pixels, (w, h), rect, (s, s), flip, out);
             } else {
-                let rect = center_crop(w, h, cfg.resize_short, s);
-                resample_into(&self.pixels, (w, h), rect, (s, s), false, out);
+                resize_center_crop_into(&self.pixels, (w, h), cfg.resize_short, s, out);
             }
             match view.label(idx) {
                 Label::Single(c) if !multi => labels.push(i64::from(*c)),

@@ -1,5 +1,6 @@
-//! `prepare`: one of the twelve datasets, from its distribution's layout to a prepared
-//! directory (the shard format plus manifest), resumable, on every core.
+//! `prepare`: one of the twelve datasets, or a real image set shipped inside a registry
+//! package, from its distribution's layout to a prepared directory (the shard format plus
+//! manifest), resumable, on every core, optionally subsampled per class.
 
 use std::path::Path;
 
@@ -8,8 +9,10 @@ use tsweep_proto::cell::ValPolicy;
 use crate::adapters;
 use crate::error::{DataError, Result};
 use crate::shards::{self, BuildOptions, Manifest, ProgressFn};
+use crate::split::Subsample;
 
-/// A dataset of the paper with its expected sizes (PROTOCOL.md, Datasets).
+/// A dataset `prepare` knows, with the sizes its distribution has: the paper's twelve
+/// (its Datasets table) and the real image sets that ship inside registry packages.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DatasetInfo {
     pub name: &'static str,
@@ -23,6 +26,8 @@ pub struct DatasetInfo {
     pub multi_label: bool,
     /// Counts are expected to differ (distributed as URLs).
     pub counts_may_differ: bool,
+    /// One of the paper's twelve target datasets.
+    pub in_paper: bool,
 }
 
 const fn info(
@@ -33,7 +38,17 @@ const fn info(
     test: usize,
     official_val: bool,
 ) -> DatasetInfo {
-    DatasetInfo { name, aliases, classes, trainval, test, official_val, multi_label: false, counts_may_differ: false }
+    DatasetInfo {
+        name,
+        aliases,
+        classes,
+        trainval,
+        test,
+        official_val,
+        multi_label: false,
+        counts_may_differ: false,
+        in_paper: true,
+    }
 }
 
 pub const DATASETS: &[DatasetInfo] = &[
@@ -52,6 +67,11 @@ pub const DATASETS: &[DatasetInfo] = &[
     info("oxford_pets", &["pets", "oxford-iiit-pets", "oxford-pets"], 37, 3_680, 3_669, false),
     info("caltech101", &["caltech-101", "caltech"], 102, 3_060, 6_084, false),
     info("flowers102", &["flowers", "oxford-flowers", "oxford_flowers102", "flowers-102"], 102, 2_040, 6_149, true),
+    // Real images inside registry packages (grayscale; see `adapters`).
+    DatasetInfo { in_paper: false, ..info("fashion_mnist", &["fashion-mnist", "fmnist"], 10, 60_000, 10_000, false) },
+    DatasetInfo { in_paper: false, ..info("mnist_digits", &["mnist", "mnist-digits"], 10, 8_000, 2_000, false) },
+    DatasetInfo { in_paper: false, ..info("sklearn_digits", &["digits"], 10, 1_438, 359, false) },
+    DatasetInfo { in_paper: false, ..info("lfw_subset", &["lfw"], 2, 150, 50, false) },
 ];
 
 /// The dataset called `name` (canonical name or alias, case-insensitive).
@@ -62,6 +82,9 @@ pub fn lookup(name: &str) -> Result<&'static DatasetInfo> {
         DataError::Invalid(format!("unknown dataset {name} (known: {})", names.join(", ")))
     })
 }
+
+/// Where adapters unpack single-file formats while a build runs (removed when it is done).
+const SCRATCH_DIR: &str = "unpacked";
 
 #[derive(Debug, Clone)]
 pub struct PrepareOptions {
@@ -75,6 +98,9 @@ pub struct PrepareOptions {
     pub seed: u64,
     /// 0: every core.
     pub threads: usize,
+    /// Keep at most this many images per class, chosen by a seeded shuffle (a smaller,
+    /// still stratified dataset for quick sweeps).
+    pub subsample: Option<Subsample>,
     /// Testing: stop after this many shards (simulates an interruption).
     pub stop_after_shards: Option<usize>,
 }
@@ -87,6 +113,7 @@ impl Default for PrepareOptions {
             held_out_fraction: 0.2,
             seed: 0,
             threads: 0,
+            subsample: None,
             stop_after_shards: None,
         }
     }
@@ -114,7 +141,11 @@ pub fn prepare(
     progress: ProgressFn,
 ) -> Result<Manifest> {
     let info = lookup(dataset)?;
-    let index = adapters::index(info.name, source, opts.seed)?;
+    let scratch = out.join(SCRATCH_DIR);
+    let mut index = adapters::index(info.name, source, opts.seed, &scratch)?;
+    if let Some(sub) = &opts.subsample {
+        sub.apply(&mut index, opts.seed);
+    }
     tracing::info!(dataset = info.name, images = index.records.len(), classes = index.num_classes(), "indexed");
     let build = BuildOptions {
         short_side: opts.short_side,
@@ -123,9 +154,13 @@ pub fn prepare(
         source: format!("{} from {}", info.name, source.display()),
         threads: opts.threads,
         skip_undecodable: true,
+        subsample: opts.subsample,
         stop_after_shards: opts.stop_after_shards,
     };
     let manifest = shards::build(&index, out, &build, progress)?;
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch).map_err(|e| DataError::io(&scratch, e))?;
+    }
     if !manifest.skipped.is_empty() {
         tracing::warn!(
             dataset = info.name,

@@ -27,12 +27,17 @@ use tsweep_proto::cell::ValPolicy;
 use crate::error::{DataError, Result};
 use crate::image_ops::{decode, shrink_to_short_side, RgbPixels};
 use crate::index::{DatasetIndex, Label, Origin, Split};
-use crate::split::select;
+use crate::split::{select, Subsample};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const PLAN_FILE: &str = "plan.json";
 pub const SHARD_DIR: &str = "shards";
 pub const FORMAT_VERSION: u32 = 1;
+/// How stored images are resized, part of the plan hash so that caches built with another
+/// rule are rebuilt (2: torchvision's truncated long side, `image_ops::resized_size`, and
+/// Pillow's bilinear resize, `image_ops::resize_like_pil`).
+/// The shard format itself is unchanged: older prepared directories still open.
+const RESIZE_RULE: u32 = 2;
 
 /// One stored image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +101,9 @@ pub struct Manifest {
     pub images_per_shard: usize,
     pub shards: Vec<ShardInfo>,
     pub skipped: Vec<Skipped>,
+    /// The per-class caps a subsampled prepare applied (None: every image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsample: Option<Subsample>,
 }
 
 impl Manifest {
@@ -126,6 +134,8 @@ pub struct BuildOptions {
     /// Undecodable images are listed in the manifest and skipped (adapters); when false
     /// (a sweep's raw dataset) the first one is an error naming the file.
     pub skip_undecodable: bool,
+    /// Recorded in the manifest: the per-class caps the index was subsampled with.
+    pub subsample: Option<Subsample>,
     /// Stop (with an error) after this many shards were built in this call; tests use it
     /// to simulate an interrupted build.
     pub stop_after_shards: Option<usize>,
@@ -140,6 +150,7 @@ impl BuildOptions {
             source: String::new(),
             threads: 0,
             skip_undecodable: false,
+            subsample: None,
             stop_after_shards: None,
         }
     }
@@ -165,7 +176,10 @@ pub fn images_per_shard(n: usize) -> usize {
 /// Hash of what a build would produce: classes, keys, labels, origins, short side.
 pub fn plan_hash(index: &DatasetIndex, short_side: u32) -> String {
     let mut h = Sha256::new();
-    h.update(format!("tsweep-shards v{FORMAT_VERSION} short_side={short_side} multi={}\n", index.multi_label));
+    h.update(format!(
+        "tsweep-shards v{FORMAT_VERSION} resize={RESIZE_RULE} short_side={short_side} multi={}\n",
+        index.multi_label
+    ));
     for c in &index.class_names {
         h.update(c.as_bytes());
         h.update(b"\n");
@@ -366,6 +380,7 @@ fn finalize(
         images_per_shard: per,
         shards,
         skipped,
+        subsample: opts.subsample,
     };
     write_json_atomic(&dir.join(MANIFEST_FILE), &manifest)?;
     Ok(manifest)

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use tsweep_proto::cell::ValPolicy;
 
 use crate::error::{DataError, Result};
-use crate::index::{Origin, Split};
+use crate::index::{DatasetIndex, Origin, Split};
 
 /// Indices (ascending) of the records in `split` under `policy`.
 ///
@@ -65,7 +66,9 @@ pub fn select(origins: &[Origin], strata: &[u32], policy: &ValPolicy, split: Spl
     }
 }
 
-fn held_out(pool: &[usize], strata: &[u32], fraction: f64, seed: u64) -> Vec<usize> {
+/// `round(fraction * n_c)` members of every class `c` of `pool` (at least one when the
+/// class has two or more, never all of them), chosen by a seeded shuffle per class.
+pub(crate) fn held_out(pool: &[usize], strata: &[u32], fraction: f64, seed: u64) -> Vec<usize> {
     let mut per_class: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for &i in pool {
         per_class.entry(strata[i]).or_default().push(i);
@@ -83,6 +86,56 @@ fn held_out(pool: &[usize], strata: &[u32], fraction: f64, seed: u64) -> Vec<usi
         held.extend_from_slice(&members[..k]);
     }
     held
+}
+
+/// At most `max` members of every class of `pool`, chosen by a seeded shuffle per class;
+/// ascending.
+fn at_most_per_class(pool: &[usize], strata: &[u32], max: usize, seed: u64) -> Vec<usize> {
+    let mut per_class: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for &i in pool {
+        per_class.entry(strata[i]).or_default().push(i);
+    }
+    let mut kept = Vec::new();
+    for (class, mut members) in per_class {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(class).wrapping_mul(0x2545_F491_4F6C_DD1D)));
+        members.shuffle(&mut rng);
+        members.truncate(max);
+        kept.extend(members);
+    }
+    kept.sort_unstable();
+    kept
+}
+
+/// Per-class caps of a subsampled prepare: the distribution's train (+ val) and test
+/// images are sampled separately, so the split structure is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subsample {
+    /// At most this many train + val images per class (None: all).
+    pub trainval_per_class: Option<usize>,
+    /// At most this many test images per class (None: all).
+    pub test_per_class: Option<usize>,
+}
+
+impl Subsample {
+    /// Keeps, per class, at most the caps of train + val and of test records (seeded).
+    pub fn apply(&self, index: &mut DatasetIndex, seed: u64) {
+        let strata: Vec<u32> = index.records.iter().map(|r| r.label.stratum()).collect();
+        let mut keep = vec![false; index.records.len()];
+        for (is_test, cap) in [(false, self.trainval_per_class), (true, self.test_per_class)] {
+            let pool: Vec<usize> =
+                (0..index.records.len()).filter(|&i| (index.records[i].origin == Origin::Test) == is_test).collect();
+            let kept = match cap {
+                Some(max) => at_most_per_class(&pool, &strata, max, seed ^ u64::from(is_test)),
+                None => pool,
+            };
+            for i in kept {
+                keep[i] = true;
+            }
+        }
+        let mut flags = keep.into_iter();
+        index.records.retain(|_| flags.next().unwrap_or(false));
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! `verify`: a prepared directory against its manifest (shard hashes, counts, content
-//! hash) and against the paper's expected sizes.
+//! hash) and against the sizes its distribution has (the paper's table for its twelve).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -57,19 +57,23 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         notes.push(format!("{} images skipped at prepare time (listed in manifest.json)", manifest.skipped.len()));
     }
     match lookup(&manifest.name) {
+        Ok(_) if manifest.subsample.is_some() => {
+            notes.push(format!("subsampled at prepare time ({:?}): sizes not checked", manifest.subsample))
+        }
         Ok(info) => {
+            let source = if info.in_paper { "the paper has" } else { "its distribution has" };
             let count = |k: &str| manifest.origin_counts.get(k).copied().unwrap_or(0);
             let trainval = count("train") + count("val");
             let test = count("test");
             let mut expect = Vec::new();
             if manifest.class_names.len() != info.classes {
-                expect.push(format!("{} classes, the paper has {}", manifest.class_names.len(), info.classes));
+                expect.push(format!("{} classes, {source} {}", manifest.class_names.len(), info.classes));
             }
             if trainval != info.trainval {
-                expect.push(format!("{trainval} train+val images, the paper has {}", info.trainval));
+                expect.push(format!("{trainval} train+val images, {source} {}", info.trainval));
             }
             if test != info.test {
-                expect.push(format!("{test} test images, the paper has {}", info.test));
+                expect.push(format!("{test} test images, {source} {}", info.test));
             }
             if info.counts_may_differ {
                 notes.extend(
@@ -79,7 +83,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
                 differences.extend(expect);
             }
         }
-        Err(_) => notes.push(format!("{} is not one of the paper's datasets: sizes not checked", manifest.name)),
+        Err(_) => notes.push(format!("{} is not a dataset prepare knows: sizes not checked", manifest.name)),
     }
     Ok(VerifyReport { manifest, differences, notes })
 }

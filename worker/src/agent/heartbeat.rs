@@ -1,33 +1,20 @@
 //! The heartbeat: its own timer task, independent of work (a three-hour step must not look
 //! like a dead worker). Each beat renews every held lease with its latest checkpoint and
-//! running flag, and passes the coordinator's stop orders to the slots.
+//! running flag, and passes the coordinator's stop orders to the slots. A coordinator
+//! that forgot this worker is answered by the client, which registers again
+//! (`client::CoordinatorClient`).
 
 use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
 use tracing::{debug, info, warn};
 use tsweep_proto::v1::{HeartbeatResponse, StopReason};
 
 use super::client::CoordinatorClient;
 use super::leases::{LeaseKey, LeaseTable, StopCommand};
 
-/// What to send on re-registration (the coordinator forgot this worker).
-#[derive(Debug, Clone)]
-pub struct Registration {
-    pub hostname: String,
-    pub slots: u32,
-    pub gpus: u32,
-}
-
-pub async fn run(
-    client: CoordinatorClient,
-    leases: LeaseTable,
-    interval: Duration,
-    registration: Registration,
-    stop: CancellationToken,
-) {
+pub async fn run(client: CoordinatorClient, leases: LeaseTable, interval: Duration, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failing = false;
@@ -45,14 +32,6 @@ pub async fn run(
                 }
                 failing = false;
                 apply_stop_orders(&leases, &response);
-            }
-            Err(status) if status.code() == Code::NotFound => {
-                warn!(error = %status.message(), "coordinator does not know this worker; registering again");
-                if let Err(status) =
-                    client.register(registration.hostname.clone(), registration.slots, registration.gpus).await
-                {
-                    warn!(code = ?status.code(), error = %status.message(), "re-registration failed");
-                }
             }
             Err(status) => {
                 if !failing {

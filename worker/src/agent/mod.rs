@@ -21,10 +21,10 @@ use tracing::{error, info, warn};
 use crate::config::{parse_device, ConfigError, WorkerConfig};
 use backoff::Backoff;
 use child::ChildLauncher;
-use client::{is_transient, CoordinatorClient};
-use heartbeat::Registration;
+use client::{is_transient, CoordinatorClient, Registration};
 use leases::LeaseTable;
 use slot::{Slot, SlotShared};
+use tsweep_proto::tls::ProbeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -34,6 +34,13 @@ pub enum AgentError {
     Coordinator(String),
     #[error("coordinator refused to register worker {worker_id}: {code:?}: {message}")]
     RegistrationRefused { worker_id: String, code: tonic::Code, message: String },
+    /// The TLS handshake with the coordinator failed (untrusted or wrong certificate):
+    /// repeating cannot help.
+    #[error("{0} (is coordinator_ca_file the CA that signed the coordinator's certificate?)")]
+    CoordinatorTls(String),
+    /// Another process registered under this worker id while this one ran.
+    #[error("worker {worker_id}: another process registered under this id; stopped (give each worker its own id)")]
+    IdentityLost { worker_id: String },
     #[error("cannot find this executable to start children: {0}")]
     CurrentExe(std::io::Error),
 }
@@ -81,18 +88,32 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let slots = config.slots.unwrap_or(gpus.max(1));
     let device = parse_device(&config.device)?;
     let exe: PathBuf = std::env::current_exe().map_err(AgentError::CurrentExe)?;
-    let client = CoordinatorClient::new(&config.coordinator, &config.token_source()?, worker_id.clone())?;
     let registration = Registration { hostname: crate::config::local_hostname(), slots, gpus };
+    let client = CoordinatorClient::new(
+        &config.coordinator,
+        config.coordinator_ca_file.as_deref(),
+        &config.token_source()?,
+        worker_id.clone(),
+        registration,
+    )?;
 
     info!(worker_id = %worker_id, coordinator = %config.coordinator, slots, gpus, executor = ?config.executor,
           version = %tsweep_proto::version_line("tsweep-worker"), "worker starting");
 
-    // Register, retrying while the coordinator is unreachable.
+    // Register, retrying while the coordinator is unreachable (or the id is still held by
+    // an earlier process of this worker whose registration has not lapsed yet).
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let registered = loop {
-        match client.register(registration.hostname.clone(), slots, gpus).await {
+        match client.register().await {
             Ok(response) => break response,
-            Err(status) if is_transient(&status) => {
+            Err(status) if is_transient(&status) || status.code() == tonic::Code::AlreadyExists => {
+                if is_transient(&status) {
+                    if let Err(ProbeError::Tls { url, detail }) = client.probe().await {
+                        return Err(AgentError::CoordinatorTls(format!(
+                            "tls handshake with the coordinator at {url} failed: {detail}"
+                        )));
+                    }
+                }
                 let wait = backoff.next_delay();
                 warn!(code = ?status.code(), error = %status.message(), retry_in_ms = wait.as_millis() as u64,
                       "cannot register yet");
@@ -130,13 +151,19 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let forwarder = tokio::spawn(forwarder.run(Duration::from_secs(2)));
 
     let heartbeat_stop = CancellationToken::new();
-    let heartbeat = tokio::spawn(heartbeat::run(
-        client.clone(),
-        leases.clone(),
-        heartbeat_interval,
-        registration,
-        heartbeat_stop.clone(),
-    ));
+    let heartbeat =
+        tokio::spawn(heartbeat::run(client.clone(), leases.clone(), heartbeat_interval, heartbeat_stop.clone()));
+    // Another process took this worker id: drain (children checkpoint), then fail.
+    let identity_lost = client.identity_lost();
+    let drain_on_lost_identity = {
+        let (lost, shutdown) = (identity_lost.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = lost.cancelled() => shutdown.cancel(),
+                _ = shutdown.cancelled() => {}
+            }
+        })
+    };
 
     let shared = Arc::new(SlotShared {
         client,
@@ -188,7 +215,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     if tokio::time::timeout(Duration::from_secs(3), forwarder).await.is_err() {
         warn!("metrics forwarder did not finish in time");
     }
+    drain_on_lost_identity.abort();
     info!(worker_id = %worker_id, "worker stopped");
+    if identity_lost.is_cancelled() {
+        return Err(AgentError::IdentityLost { worker_id });
+    }
     Ok(())
 }
 

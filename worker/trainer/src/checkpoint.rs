@@ -3,7 +3,10 @@
 //! - `model.<name>`: every variable (parameters and BatchNorm running statistics),
 //! - `momentum.<name>`: the SGD momentum buffers,
 //! - `meta.step`, `meta.cell`: the step reached and the cell fingerprint (a checkpoint
-//!   of another cell is refused).
+//!   of another cell is refused),
+//! - for fp16 cells `amp.*`: the loss scaler's scale, growth counter and skipped-step
+//!   counts (`precision::GradScaler::state`), so a resumed run scales as the
+//!   uninterrupted one would have.
 //!
 //! The RNG state is (seed, step): batches and augmentation are a pure function of them
 //! (tsweep-data's loader) and the torch generator is re-seeded from them every step.
@@ -18,6 +21,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::TrainerError;
 use crate::models::Network;
+use crate::precision::GradScaler;
 use crate::sgd::Sgd;
 
 const PREFIX: &str = "ckpt-";
@@ -33,7 +37,14 @@ pub fn script_path(checkpoint: &Path) -> PathBuf {
 }
 
 /// Writes a checkpoint of `step` into `dir`; returns its path.
-pub fn save(dir: &Path, step: u64, cell: &str, net: &Network, sgd: &Sgd) -> Result<PathBuf, TrainerError> {
+pub fn save(
+    dir: &Path,
+    step: u64,
+    cell: &str,
+    net: &Network,
+    sgd: &Sgd,
+    scaler: Option<&GradScaler>,
+) -> Result<PathBuf, TrainerError> {
     fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
     let mut named: Vec<(String, Tensor)> = Vec::new();
     for (name, t) in net.state() {
@@ -41,6 +52,9 @@ pub fn save(dir: &Path, step: u64, cell: &str, net: &Network, sgd: &Sgd) -> Resu
     }
     for (name, t) in sgd.buffers()? {
         named.push((format!("momentum.{name}"), t.f_to_device(tch::Device::Cpu)?.f_contiguous()?));
+    }
+    if let Some(scaler) = scaler {
+        named.extend(scaler.state()?);
     }
     named.push(("meta.step".into(), Tensor::from_slice(&[step as i64])));
     named.push(("meta.cell".into(), Tensor::from_slice(cell.as_bytes())));
@@ -112,9 +126,15 @@ pub fn read(path: &Path, cell: &str) -> Result<Loaded, TrainerError> {
 }
 
 impl Loaded {
-    /// Copies weights and momentum buffers into the network and optimizer. Every
-    /// variable of the network must be present.
-    pub fn restore(&self, path: &Path, net: &Network, sgd: &mut Sgd) -> Result<(), TrainerError> {
+    /// Copies weights and momentum buffers into the network and optimizer (and the loss
+    /// scaler's state into `scaler`). Every variable of the network must be present.
+    pub fn restore(
+        &self,
+        path: &Path,
+        net: &Network,
+        sgd: &mut Sgd,
+        scaler: Option<&mut GradScaler>,
+    ) -> Result<(), TrainerError> {
         let bad = |detail: String| TrainerError::BadCheckpoint { path: path.to_path_buf(), detail };
         let mut restored = 0;
         for (name, var) in net.state() {
@@ -138,6 +158,12 @@ impl Loaded {
         }
         if buffers != sgd.num_params() {
             return Err(bad(format!("{buffers} momentum buffers for {} parameters", sgd.num_params())));
+        }
+        if let Some(scaler) = scaler {
+            let get = |name: &str| self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone());
+            if let Some(missing) = scaler.restore(&get)? {
+                return Err(bad(format!("no {missing} (the loss scaler of an fp16 cell)")));
+            }
         }
         tracing::info!(path = %path.display(), step = self.step, restored, buffers, "checkpoint restored");
         Ok(())

@@ -1,5 +1,7 @@
 //! Device selection: "auto" | "cpu" | "cuda:N".
 
+use std::os::raw::{c_char, c_int, c_uint};
+
 use tch::{Cuda, Device};
 
 use crate::error::TrainerError;
@@ -52,6 +54,62 @@ pub fn resolve(device: &str) -> Result<Device, TrainerError> {
             }
             Ok(Device::Cuda(index))
         }
+    }
+}
+
+/// A CUDA device as the driver describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CudaInfo {
+    pub name: String,
+    /// Compute capability, e.g. 9.0 for an H100.
+    pub major: i32,
+    pub minor: i32,
+}
+
+/// The name and compute capability of CUDA device `index` (as this process numbers them,
+/// after `CUDA_VISIBLE_DEVICES`), from the driver library (`libcuda.so.1`, present on any
+/// machine with an NVIDIA driver; tch binds no such query). `None` without a driver.
+pub fn cuda_info(index: usize) -> Option<CudaInfo> {
+    type Init = unsafe extern "C" fn(c_uint) -> c_int;
+    type Get = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
+    type Attribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int;
+    type Name = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
+    // cuda.h: CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR
+    const MAJOR: c_int = 75;
+    const MINOR: c_int = 76;
+    let ordinal = c_int::try_from(index).ok()?;
+    // SAFETY: dlopen/dlsym with valid NUL-terminated names; each symbol is cast to the
+    // signature the CUDA driver API documents for it (cuInit, cuDeviceGet,
+    // cuDeviceGetAttribute, cuDeviceGetName; CUdevice is an int), and every out-pointer
+    // points at a live local of the right size. The handle stays open on purpose.
+    unsafe {
+        let handle = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        if handle.is_null() {
+            return None;
+        }
+        let symbol = |name: &std::ffi::CStr| {
+            let p = libc::dlsym(handle, name.as_ptr());
+            (!p.is_null()).then_some(p)
+        };
+        let init: Init = std::mem::transmute(symbol(c"cuInit")?);
+        let get: Get = std::mem::transmute(symbol(c"cuDeviceGet")?);
+        let attribute: Attribute = std::mem::transmute(symbol(c"cuDeviceGetAttribute")?);
+        let name: Name = std::mem::transmute(symbol(c"cuDeviceGetName")?);
+        let mut device: c_int = 0;
+        if init(0) != 0 || get(&mut device, ordinal) != 0 {
+            return None;
+        }
+        let (mut major, mut minor) = (0, 0);
+        if attribute(&mut major, MAJOR, device) != 0 || attribute(&mut minor, MINOR, device) != 0 {
+            return None;
+        }
+        let mut buf = [0 as c_char; 256];
+        let name = if name(buf.as_mut_ptr(), buf.len() as c_int, device) == 0 {
+            std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+        } else {
+            format!("cuda device {index}")
+        };
+        Some(CudaInfo { name, major, minor })
     }
 }
 

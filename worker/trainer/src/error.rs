@@ -43,6 +43,11 @@ pub enum TrainerError {
     /// Any other libtorch error (retryable: the next attempt starts from the last checkpoint).
     #[error("libtorch error during {during}: {detail}")]
     Torch { during: String, detail: String },
+    /// The cell's precision cannot run on this device (fp16 on a CPU, bf16 on a GPU older
+    /// than compute capability 8.0). Fatal: another attempt on the same kind of worker
+    /// would fail the same way.
+    #[error("precision {precision} cannot run on {device}: {reason}")]
+    PrecisionUnsupported { precision: String, device: String, reason: String },
     /// The requested device does not exist on this machine.
     #[error("device {0} is not available: {1}")]
     DeviceUnavailable(String, String),
@@ -59,6 +64,7 @@ impl TrainerError {
             | TrainerError::UnknownArch(_)
             | TrainerError::InvalidCell(_)
             | TrainerError::BadCheckpoint { .. }
+            | TrainerError::PrecisionUnsupported { .. }
             | TrainerError::DeviceUnavailable(..) => FailureClass::Fatal,
             TrainerError::Data { source, .. } => {
                 if source.is_retryable() {

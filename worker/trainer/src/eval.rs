@@ -9,6 +9,7 @@ use tsweep_proto::cell::{CellSpec, Metric};
 use crate::error::TrainerError;
 use crate::metrics::{self, EvalTargets};
 use crate::models::Network;
+use crate::precision;
 use crate::tensors::{to_vec_f32, Normalizer};
 
 /// Stored short side of the shard cache and the eval resize: `eval_resize` or
@@ -63,7 +64,8 @@ pub fn push_targets(acc: &mut Option<EvalTargets>, targets: &Targets) {
     }
 }
 
-/// Scores the network on a split (eval mode, no augmentation): (score, targets).
+/// Scores the network on a split (eval mode, no augmentation, in the cell's precision):
+/// (score, targets).
 pub fn score_split(
     net: &mut Network,
     ds: &Dataset,
@@ -73,16 +75,20 @@ pub fn score_split(
 ) -> Result<(f64, EvalTargets), TrainerError> {
     let view = split(ds, which)?;
     let mut loader = eval_loader(view, spec)?;
-    let norm = Normalizer::new(device)?;
+    let norm = Normalizer::new(device, &spec.model.normalize)?;
     net.set_train(false)?;
     let mut scores = Vec::new();
     let mut targets = None;
-    while let Some(batch) = loader.next_batch().map_err(|e| TrainerError::data(ds.name(), e))? {
-        let x = norm.images(&batch)?;
-        let logits = tch::no_grad(|| net.forward(&x, false))?;
-        scores.extend(to_vec_f32(&logits)?);
-        push_targets(&mut targets, &batch.targets);
-    }
+    // one autocast region for the whole pass: the weights do not change, so each is cast once
+    precision::autocast(spec.precision, device, || -> Result<(), TrainerError> {
+        while let Some(batch) = loader.next_batch().map_err(|e| TrainerError::data(ds.name(), e))? {
+            let x = norm.images(&batch)?;
+            let logits = tch::no_grad(|| net.forward(&x, false))?;
+            scores.extend(to_vec_f32(&logits)?);
+            push_targets(&mut targets, &batch.targets);
+        }
+        Ok(())
+    })?;
     net.set_train(true)?;
     let targets = targets.unwrap_or(EvalTargets::Labels(Vec::new()));
     let k = net.num_classes as usize;

@@ -1,6 +1,8 @@
 //! The `finetune` and `scratch` regimes: SGD (Nesterov) with cosine decay over
 //! `train.steps` steps of `train.batch_size`, BatchNorm in train mode with momentum
-//! min(10/s, 0.1), checkpoints every `train.checkpoint_every` steps and on stop.
+//! min(10/s, 0.1), checkpoints every `train.checkpoint_every` steps and on stop. The
+//! forward pass and the loss run in the cell's precision (`precision`): autocast for bf16
+//! and fp16, with dynamic loss scaling for fp16.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +16,10 @@ use tsweep_proto::v1::TaskResult;
 use crate::error::{guard_torch, TrainerError};
 use crate::eval;
 use crate::models::{Init, NetConfig, Network};
+use crate::precision::{self, GradScaler};
 use crate::sgd::{learning_rate, Sgd};
 use crate::tensors::{loss as loss_of, Normalizer};
-use crate::{cell_fingerprint, checkpoint, device, TrainJob, TrainerEvent};
+use crate::{cell_fingerprint, checkpoint, device, weights, TrainJob, TrainerEvent};
 
 /// The BatchNorm momentum of a cell: the setting, else min(10 / steps_per_epoch, 0.1).
 pub fn bn_momentum(spec: &CellSpec, train_images: usize) -> f64 {
@@ -70,6 +73,7 @@ pub fn run(
     let num_classes = ds.num_classes() as i64;
     let cfg = NetConfig { bn_momentum: bn_momentum(spec, train_view.len()) };
     let fingerprint = cell_fingerprint(spec);
+    let backbone_top1 = weights::backbone_top1(spec)?;
 
     // Resume: a checkpoint that has gone missing restarts the cell (the cell is still
     // correct, only slower); one of another cell is fatal.
@@ -97,17 +101,18 @@ pub fn run(
         Network::build(&model, &init, num_classes, device, cfg)
     })?;
     let mut sgd = Sgd::new(net.trainable(), spec.train.momentum, spec.train.nesterov, wd / lr)?;
+    let mut scaler = GradScaler::for_precision(spec.precision, device)?;
     let mut start_step = 0;
     if let Some(r) = &resume {
         let loaded = checkpoint::read(&r.path, &fingerprint)?;
-        loaded.restore(&r.path, &net, &mut sgd)?;
+        loaded.restore(&r.path, &net, &mut sgd, scaler.as_mut())?;
         start_step = loaded.step;
     }
     net.set_train(true)?;
     events(TrainerEvent::Started { resumed_from_step: start_step });
     tracing::info!(
         arch = %net.arch, classes = num_classes, train_images = train_view.len(), bn_momentum = cfg.bn_momentum,
-        lr, wd, start_step, steps = spec.train.steps, "training"
+        lr, wd, start_step, steps = spec.train.steps, precision = spec.precision.name(), "training"
     );
 
     let total = spec.train.steps;
@@ -119,39 +124,41 @@ pub fn run(
         threads: spec.train.loader_threads as usize,
         prefetch: 2 * spec.train.loader_threads.max(1) as usize,
     };
-    let norm = Normalizer::new(device)?;
+    let norm = Normalizer::new(device, &spec.model.normalize)?;
     let mut loader = Loader::new(train_view, loader_cfg, Mode::Train { start_step })
         .map_err(|e| TrainerError::data(ds.name(), e))?;
     let report_every = (total / 100).clamp(1, 50);
     let mut last_loss = f64::NAN;
-    let mut recent = Vec::new();
     let mut window_start = Instant::now();
     let mut window_images = 0usize;
     let mut train_images = 0usize;
     let train_started = Instant::now();
-    // A diverged run (a loss that is not finite) is a result at chance level, not an error.
-    let diverged = |step: u64, train_images: usize, loss: f64| {
-        tracing::warn!(step, loss, "loss is not finite: the run diverged");
+    // A diverged run (a loss that is not finite, or fp16 gradients that overflow step after
+    // step) is a result at chance level, not an error.
+    let diverged = |step: u64, train_images: usize, (loss, why): (f64, &str)| {
+        tracing::warn!(step, loss, "{why}: the run diverged");
         let chance = eval::chance(spec, &ds);
         let mut result = base_result(spec, step, started, train_images, train_started);
         result.diverged = true;
+        result.backbone_top1 = backbone_top1;
         result.train_loss = Some(loss);
         result.val_score = val_split.map(|_| chance);
         result.test_score = Some(chance);
         result.resumed_from_step = start_step;
         result
     };
-    // Losses stay on the device until read: every `report_every` steps and before an eval,
-    // a checkpoint, a stop and the end. Reading one waits for the device, so reading every
-    // step would idle a GPU while the next step is launched.
-    let mut unread = Vec::new();
+    // Losses (and fp16's skipped-step flags) stay on the device until read: every
+    // `report_every` steps and before an eval, a checkpoint, a stop and the end. Reading one
+    // waits for the device, so reading every step would idle a GPU while the next step is
+    // launched.
+    let mut log = StepLog::default();
     let mut step = start_step;
     while step < total {
         if stop.load(Ordering::Relaxed) {
-            if let Some(loss) = read_losses(&mut unread, &mut recent)? {
-                return Ok(diverged(step, train_images, loss));
+            if let Some(why) = log.read(scaler.as_mut())? {
+                return Ok(diverged(step, train_images, why));
             }
-            let path = checkpoint::save(&job.checkpoint_dir, step, &fingerprint, &net, &sgd)?;
+            let path = checkpoint::save(&job.checkpoint_dir, step, &fingerprint, &net, &sgd, scaler.as_ref())?;
             events(TrainerEvent::Checkpoint { path: path.clone(), step });
             return Err(TrainerError::Preempted { step, checkpoint: Some(path) });
         }
@@ -159,17 +166,30 @@ pub fn run(
             TrainerError::data(ds.name(), tsweep_data::DataError::LoaderStopped("training loader ended".into()))
         })?;
         let rate = learning_rate(&spec.train.schedule, lr, step, total);
-        let loss = guard_torch("a training step", &dev_name, batch_size, || {
+        let (loss, skipped) = guard_torch("a training step", &dev_name, batch_size, || {
             tch::manual_seed(step_seed(spec.seed, step));
             let x = norm.images(&batch)?;
             let y = norm.targets(&batch)?;
-            let loss = loss_of(&net.forward(&x, true)?, &y)?;
+            // autocast covers the forward pass and the loss (on f32 logits, as autocast's
+            // own policy computes losses); backward runs outside it
+            let loss = precision::autocast(spec.precision, device, || {
+                loss_of(&net.forward(&x, true)?.f_to_kind(Kind::Float)?, &y)
+            })?;
             sgd.zero_grad();
-            loss.f_backward()?;
-            sgd.step(rate)?;
-            Ok(loss.f_detach()?)
+            let skipped = match scaler.as_mut() {
+                Some(scaler) => {
+                    scaler.scale_loss(&loss)?.f_backward()?;
+                    Some(sgd.step_scaled(rate, scaler)?)
+                }
+                None => {
+                    loss.f_backward()?;
+                    sgd.step(rate)?;
+                    None
+                }
+            };
+            Ok((loss.f_detach()?, skipped))
         })?;
-        unread.push(loss);
+        log.push(loss, skipped);
         step += 1;
         train_images += batch.batch_size;
         window_images += batch.batch_size;
@@ -178,11 +198,14 @@ pub fn run(
         if step % report_every != 0 && step != total && !eval_now && !checkpoint_now {
             continue;
         }
-        let read = guard_torch("reading the losses", &dev_name, batch_size, || read_losses(&mut unread, &mut recent))?;
-        if let Some(loss) = read {
-            return Ok(diverged(step, train_images, loss));
+        let read = guard_torch("reading the losses", &dev_name, batch_size, || log.read(scaler.as_mut()))?;
+        if let Some(why) = read {
+            return Ok(diverged(step, train_images, why));
         }
-        last_loss = recent.last().copied().unwrap_or(f64::NAN);
+        last_loss = log.recent.last().copied().unwrap_or(last_loss);
+        if let Some(scaler) = &scaler {
+            tracing::debug!(step, skipped_steps = scaler.skipped_steps, "fp16 loss scaling");
+        }
         let val_score = match (eval_now, val_split) {
             (true, Some(v)) => Some(eval::score_split(&mut net, &ds, v, spec, device)?.0),
             _ => None,
@@ -199,7 +222,7 @@ pub fn run(
         window_start = Instant::now();
         window_images = 0;
         if checkpoint_now {
-            let path = checkpoint::save(&job.checkpoint_dir, step, &fingerprint, &net, &sgd)?;
+            let path = checkpoint::save(&job.checkpoint_dir, step, &fingerprint, &net, &sgd, scaler.as_ref())?;
             events(TrainerEvent::Checkpoint { path, step });
         }
     }
@@ -215,31 +238,71 @@ pub fn run(
     result.test_score = Some(test_score);
     result.train_loss = Some(last_loss);
     result.resumed_from_step = start_step;
+    result.backbone_top1 = backbone_top1;
     let mut extra = HashMap::new();
+    let recent = &log.recent;
     extra.insert("train_loss_mean_last_100".to_string(), recent.iter().sum::<f64>() / recent.len().max(1) as f64);
     extra.insert("bn_momentum".to_string(), cfg.bn_momentum);
     extra.insert("train_seconds".to_string(), train_secs);
+    if let Some(scaler) = &scaler {
+        extra.insert("skipped_steps".to_string(), scaler.skipped_steps as f64);
+        extra.insert("loss_scale".to_string(), scaler.scale_value()?);
+    }
     result.extra = extra;
     Ok(result)
 }
 
-/// Moves the losses still on the device into `recent` (the last 100 kept), in one copy.
-/// Returns the first one that is not finite, if any (the run diverged there).
-fn read_losses(unread: &mut Vec<Tensor>, recent: &mut Vec<f64>) -> Result<Option<f64>, TrainerError> {
-    if unread.is_empty() {
-        return Ok(None);
+/// The per-step values of the steps not read yet (on the device), and the losses read.
+#[derive(Default)]
+struct StepLog {
+    losses: Vec<Tensor>,
+    /// fp16: each step's "skipped" flag (f32 0-d), parallel to `losses`.
+    skipped: Vec<Tensor>,
+    /// The last 100 losses read (of steps that were not skipped).
+    recent: Vec<f64>,
+}
+
+impl StepLog {
+    fn push(&mut self, loss: Tensor, skipped: Option<Tensor>) {
+        self.losses.push(loss);
+        self.skipped.extend(skipped);
     }
-    let values = Tensor::f_stack(unread.as_slice(), 0)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?;
-    unread.clear();
-    for value in Vec::<f64>::try_from(&values)? {
-        if !value.is_finite() {
-            return Ok(Some(value));
+
+    /// Moves the values still on the device to the host, in one copy each. Returns the loss
+    /// and the reason when the run diverged among them: a loss that is not finite, or (fp16)
+    /// [`precision::MAX_SKIPPED_IN_A_ROW`] skipped steps in a row. A skipped fp16 step's loss
+    /// may be inf (its forward pass overflowed): that alone is the scaler's business.
+    fn read(&mut self, mut scaler: Option<&mut GradScaler>) -> Result<Option<(f64, &'static str)>, TrainerError> {
+        if self.losses.is_empty() {
+            return Ok(None);
         }
-        recent.push(value);
+        let host = |values: &[Tensor]| -> Result<Vec<f64>, TrainerError> {
+            let stacked = Tensor::f_stack(values, 0)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?;
+            Ok(Vec::<f64>::try_from(&stacked)?)
+        };
+        let losses = host(&self.losses)?;
+        let skipped = if self.skipped.is_empty() { vec![0.0; losses.len()] } else { host(&self.skipped)? };
+        self.losses.clear();
+        self.skipped.clear();
+        for (value, skipped) in losses.into_iter().zip(skipped) {
+            let skipped = skipped > 0.0;
+            if let Some(scaler) = scaler.as_deref_mut() {
+                if scaler.count(skipped) {
+                    return Ok(Some((value, "fp16 gradients overflowed at every loss scale")));
+                }
+            }
+            if skipped {
+                continue;
+            }
+            if !value.is_finite() {
+                return Ok(Some((value, "loss is not finite")));
+            }
+            self.recent.push(value);
+        }
+        let excess = self.recent.len().saturating_sub(100);
+        self.recent.drain(..excess);
+        Ok(None)
     }
-    let excess = recent.len().saturating_sub(100);
-    recent.drain(..excess);
-    Ok(None)
 }
 
 fn base_result(spec: &CellSpec, steps: u64, started: Instant, images: usize, train_started: Instant) -> TaskResult {

@@ -15,6 +15,7 @@ pub mod lbfgs;
 pub mod linear;
 pub mod metrics;
 pub mod models;
+pub mod precision;
 pub mod sgd;
 pub mod tensors;
 pub mod weights;
@@ -75,20 +76,27 @@ pub fn run_task(
     let device = device::resolve(&job.device)?;
     tracing::info!(
         sweep = %job.spec.sweep, cell = %job.spec.group_key(), stage = job.spec.stage.name(),
-        device = %device::name(device), resume = ?job.resume.as_ref().map(|r| r.step), "trainer starting"
+        device = %device::name(device), precision = job.spec.precision.name(),
+        resume = ?job.resume.as_ref().map(|r| r.step), "trainer starting"
     );
+    precision::check(job.spec.precision, device)?;
     match job.spec.regime {
         Regime::Linear => linear::run(job, device, events, stop),
         Regime::Finetune | Regime::Scratch => finetune::run(job, device, events, stop),
     }
 }
 
-/// The fingerprint of what a cell trains (checkpoints of another cell are refused).
+/// The fingerprint of what a cell trains (checkpoints of another cell are refused). The
+/// precision enters only when it is not fp32, so fp32 checkpoints written before it
+/// existed still resume.
 pub fn cell_fingerprint(spec: &CellSpec) -> String {
-    let identity = serde_json::json!({
+    let mut identity = serde_json::json!({
         "stage": spec.stage, "regime": spec.regime, "model": spec.model, "dataset": spec.dataset,
         "hparams": spec.hparams, "train": spec.train, "seed": spec.seed,
     });
+    if !spec.precision.is_fp32() {
+        identity["precision"] = serde_json::json!(spec.precision);
+    }
     let mut h = Sha256::new();
     h.update(identity.to_string().as_bytes());
     hex::encode(&h.finalize()[..16])

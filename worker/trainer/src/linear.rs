@@ -1,5 +1,6 @@
 //! The `linear` regime: frozen backbone in eval mode, penultimate features extracted once
-//! per (weights, dataset, split, preprocessing) and cached under `cache_dir/features`;
+//! per (weights, dataset, split, preprocessing, precision) and cached under
+//! `cache_dir/features` (extracted under autocast for bf16/fp16, stored as f32);
 //! L2 logistic regression (see [`crate::lbfgs`] for the objective: `l2` is the
 //! coefficient of `(l2/2)||W||^2` added to the mean loss, i.e. scikit-learn's
 //! `C = 1 / (l2 * n)`) over the whole `train.l2_path`, from the strongest penalty down,
@@ -23,6 +24,7 @@ use crate::eval;
 use crate::lbfgs::{fit, LbfgsOptions, Problem};
 use crate::metrics::{self, EvalTargets};
 use crate::models::{Init, NetConfig, Network};
+use crate::precision;
 use crate::tensors::{to_vec_f32, Normalizer};
 use crate::{device, weights, TrainJob, TrainerEvent};
 
@@ -59,18 +61,23 @@ fn weights_identity(spec: &CellSpec) -> Result<String, TrainerError> {
     })
 }
 
-/// Bumped whenever a backbone's computation changes (v2: tsweep's own inception_v3 with
-/// torchvision's input rescale and efficientnet_b0 with torchvision's padding), so features
-/// cached by an older worker are not reused.
-const FEATURES_VERSION: u32 = 2;
+/// Bumped whenever a backbone's computation or the eval preprocessing changes (v2: tsweep's
+/// own inception_v3 with torchvision's input rescale and efficientnet_b0 with torchvision's
+/// padding; v3: torchvision's Resize + CenterCrop exactly, with Pillow's resize and
+/// whole-pixel crop offsets), so features cached by an older worker are not reused.
+const FEATURES_VERSION: u32 = 3;
 
 fn cache_path(job: &TrainJob, ds: &Dataset, split: Split, weights_id: &str) -> PathBuf {
     let spec = &job.spec;
-    let key = serde_json::json!({
+    let mut key = serde_json::json!({
         "v": FEATURES_VERSION, "weights": weights_id, "source": spec.model.source, "arch": spec.model.arch,
         "data": ds.manifest().content_hash, "val": spec.dataset.val, "split": split.name(),
-        "size": spec.model.image_size, "resize": eval::resize_short(spec),
+        "size": spec.model.image_size, "resize": eval::resize_short(spec), "normalize": spec.model.normalize,
     });
+    // only when not fp32, so fp32 features cached before precision existed are still found
+    if !spec.precision.is_fp32() {
+        key["precision"] = serde_json::json!(spec.precision);
+    }
     let hash = hex::encode(Sha256::digest(key.to_string().as_bytes()));
     job.cache_dir.join("features").join(format!("{}-{}-{}.safetensors", ds.name(), split.name(), &hash[..24]))
 }
@@ -114,19 +121,23 @@ pub fn features(
     network.set_train(false)?;
     let view = eval::split(ds, split)?;
     let mut loader = eval::eval_loader(view, &job.spec)?;
-    let norm = Normalizer::new(device)?;
+    let norm = Normalizer::new(device, &job.spec.model.normalize)?;
     let mut xs = Vec::new();
     let mut targets = None;
     let dev_name = device::name(device);
     let batch_size = job.spec.train.batch_size as usize;
-    while let Some(batch) = loader.next_batch().map_err(|e| TrainerError::data(ds.name(), e))? {
-        let f = guard_torch("feature extraction", &dev_name, batch_size, || {
-            let x = norm.images(&batch)?;
-            tch::no_grad(|| network.features(&x, false))
-        })?;
-        xs.push(f.f_to_kind(Kind::Float)?);
-        eval::push_targets(&mut targets, &batch.targets);
-    }
+    // one autocast region for the whole split: the frozen weights are cast once
+    precision::autocast(job.spec.precision, device, || -> Result<(), TrainerError> {
+        while let Some(batch) = loader.next_batch().map_err(|e| TrainerError::data(ds.name(), e))? {
+            let f = guard_torch("feature extraction", &dev_name, batch_size, || {
+                let x = norm.images(&batch)?;
+                tch::no_grad(|| network.features(&x, false))
+            })?;
+            xs.push(f.f_to_kind(Kind::Float)?);
+            eval::push_targets(&mut targets, &batch.targets);
+        }
+        Ok(())
+    })?;
     let x = Tensor::f_cat(&xs, 0)?;
     let y = match targets {
         Some(EvalTargets::Labels(y)) => Tensor::from_slice(&y),
@@ -155,6 +166,7 @@ pub fn run(
     let ds = eval::open_dataset(spec, &job.cache_dir)?;
     let k = ds.num_classes() as i64;
     let weights_id = weights_identity(spec)?;
+    let backbone_top1 = weights::backbone_top1(spec)?;
     events(TrainerEvent::Started { resumed_from_step: 0 });
     let model = spec.model.clone();
     let init = match &model.weights {
@@ -253,5 +265,6 @@ pub fn run(
         selected,
         extra,
         resumed_from_step: 0,
+        backbone_top1,
     })
 }

@@ -14,6 +14,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::TrainerError;
 use crate::models::is_channels_last;
+use crate::precision::GradScaler;
 
 /// Segments of the flat buffers start on multiples of this many elements (256 bytes for
 /// f32), so every parameter view stays as aligned as a separately allocated tensor.
@@ -121,21 +122,59 @@ impl Sgd {
         if self.params.is_empty() {
             return Ok(());
         }
+        self.ensure_grads_bound()?;
+        self.update(lr, None)
+    }
+
+    /// One fp16 update: unscales the gradients (`scaler`), applies the update unless a
+    /// gradient is inf or NaN — then weights and momentum stay exactly as they were — and
+    /// updates the scale. Returns the step's "skipped" flag (f32 0-d, 1 = skipped) still on
+    /// the device: nothing here waits for the device.
+    pub fn step_scaled(&mut self, lr: f64, scaler: &mut GradScaler) -> Result<Tensor, TrainerError> {
+        let device = self.flat_params.device();
+        if self.params.is_empty() {
+            return Ok(Tensor::f_zeros([], (Kind::Float, device))?);
+        }
+        self.ensure_grads_bound()?;
+        let mut grads = self.flat_grads.shallow_clone();
+        let found_inf = tch::no_grad(|| scaler.unscale_(&mut grads))?;
+        self.update(lr, Some(&found_inf))?;
+        scaler.update(&found_inf)?;
+        Ok(found_inf)
+    }
+
+    fn ensure_grads_bound(&mut self) -> Result<(), TrainerError> {
         if !self.grads_bound && !self.bind_grads()? {
             return Err(TrainerError::Torch {
                 during: "the sgd step".into(),
                 detail: "a trained parameter got no gradient".into(),
             });
         }
+        Ok(())
+    }
+
+    /// The update on the flat buffers. With `found_inf` (f32 0-d) set to 1 it changes
+    /// nothing, decided on the device: the gradient is cleared, and weight decay, the
+    /// learning rate and the momentum's decay become 0, 0 and 1, so `buf` and `p` keep
+    /// their exact values (every term added is an exact zero).
+    fn update(&mut self, lr: f64, found_inf: Option<&Tensor>) -> Result<(), TrainerError> {
         let device = self.flat_params.device();
         let scalar = |v: f64| Tensor::f_scalar_tensor(v, (Kind::Float, device));
-        let neg_lr = scalar(-lr)?;
-        let wd = scalar(self.wd_coef)?;
-        let m = scalar(self.momentum)?;
+        let mut neg_lr = scalar(-lr)?;
+        let mut wd = scalar(self.wd_coef)?;
+        let mut m = scalar(self.momentum)?;
         let mut p = self.flat_params.shallow_clone();
         let mut g = self.flat_grads.shallow_clone();
         let mut buf = self.flat_momentum.shallow_clone();
         tch::no_grad(|| -> Result<(), TrainerError> {
+            if let Some(found_inf) = found_inf {
+                let skip = found_inf.f_gt(0.0)?;
+                let zero = scalar(0.0)?;
+                let _ = g.f_masked_fill_(&skip, 0.0)?;
+                neg_lr = zero.f_where_self(&skip, &neg_lr)?;
+                wd = zero.f_where_self(&skip, &wd)?;
+                m = scalar(1.0)?.f_where_self(&skip, &m)?;
+            }
             if self.wd_coef != 0.0 {
                 let _ = g.f_addcmul_(&p, &wd)?;
             }
@@ -224,6 +263,41 @@ mod tests {
         }
         let diff = f64::try_from((&results[0] - &results[1]).abs().max()).unwrap();
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn a_step_with_non_finite_gradients_changes_nothing_and_a_finite_one_matches_the_plain_step() {
+        tch::manual_seed(1);
+        let init = Tensor::randn([6], (Kind::Float, tch::Device::Cpu));
+        let scaled = init.copy().set_requires_grad(true);
+        let plain = init.copy().set_requires_grad(true);
+        let mut sgd_scaled = Sgd::new(vec![("w".into(), scaled.shallow_clone())], 0.9, true, 0.1).unwrap();
+        let mut sgd_plain = Sgd::new(vec![("w".into(), plain.shallow_clone())], 0.9, true, 0.1).unwrap();
+        let mut scaler = GradScaler::new(tch::Device::Cpu).unwrap();
+        let scale = crate::precision::INIT_SCALE;
+        for step in 0..4 {
+            sgd_scaled.zero_grad();
+            sgd_plain.zero_grad();
+            (&plain * &plain).sum(Kind::Float).backward();
+            let loss = (&scaled * &scaled).sum(Kind::Float);
+            scaler.scale_loss(&loss).unwrap().backward();
+            if step == 2 {
+                // an overflow: the scaled step must be skipped exactly
+                let _ = tch::no_grad(|| scaled.grad().get(0).fill_(f64::INFINITY));
+                let before = (scaled.detach().copy(), sgd_scaled.buffers().unwrap()[0].1.copy());
+                let found = sgd_scaled.step_scaled(0.1, &mut scaler).unwrap();
+                assert_eq!(found.double_value(&[]), 1.0);
+                assert!(scaled.detach().equal(&before.0), "weights unchanged");
+                assert!(sgd_scaled.buffers().unwrap()[0].1.equal(&before.1), "momentum unchanged");
+                assert_eq!(scaler.scale_value().unwrap(), scale * 0.5);
+                continue;
+            }
+            let found = sgd_scaled.step_scaled(0.1, &mut scaler).unwrap();
+            assert_eq!(found.double_value(&[]), 0.0);
+            sgd_plain.step(0.1).unwrap();
+            // unscaled by a power of two: the same update as without scaling, skipped step or not
+            assert!(scaled.detach().allclose(&plain.detach(), 1e-6, 1e-7, false), "step {step}");
+        }
     }
 
     #[test]

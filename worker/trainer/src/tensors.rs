@@ -1,13 +1,11 @@
-//! Loader batches (u8 HWC) to network inputs (float `[B, 3, H, W]`, ImageNet mean/std) on
-//! the device.
+//! Loader batches (u8 HWC) to network inputs (float `[B, 3, H, W]`, normalised per channel
+//! as the model's `normalize` says) on the device.
 
 use tch::{Device, Kind, Tensor};
 use tsweep_data::{Batch, Targets};
+use tsweep_proto::arch::Normalize;
 
 use crate::error::TrainerError;
-
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Converts batches: the u8 bytes travel to the device (4x less than floats), the
 /// permute, cast and normalisation run there.
@@ -18,9 +16,10 @@ pub struct Normalizer {
 }
 
 impl Normalizer {
-    pub fn new(device: Device) -> Result<Normalizer, TrainerError> {
-        let scale: Vec<f32> = IMAGENET_STD.iter().map(|s| 1.0 / (255.0 * s)).collect();
-        let shift: Vec<f32> = IMAGENET_MEAN.iter().zip(IMAGENET_STD).map(|(m, s)| -m / s).collect();
+    /// `(x / 255 - mean) / std` per channel, as one multiply and one add on the device.
+    pub fn new(device: Device, normalize: &Normalize) -> Result<Normalizer, TrainerError> {
+        let scale: Vec<f32> = normalize.std.iter().map(|s| (1.0 / (255.0 * s)) as f32).collect();
+        let shift: Vec<f32> = normalize.mean.iter().zip(normalize.std).map(|(m, s)| (-m / s) as f32).collect();
         Ok(Normalizer {
             scale: Tensor::from_slice(&scale).f_view([1, 3, 1, 1])?.f_to_device(device)?,
             shift: Tensor::from_slice(&shift).f_view([1, 3, 1, 1])?.f_to_device(device)?,

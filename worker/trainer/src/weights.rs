@@ -1,41 +1,140 @@
-//! Pretrained weights: safetensors or tch `.ot` files whose names are torchvision's
-//! `state_dict()` keys (written by `tools/convert_weights.py`).
+//! Pretrained weights: safetensors files (written by `tools/convert_weights.py`) or tch
+//! `.ot` files whose names are the backbone's variable names (torchvision's `state_dict()`
+//! keys), and what a safetensors file's `__metadata__` says about them: the architecture
+//! and the published ImageNet top-1 of the checkpoint it was converted from.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
+use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
+use tsweep_proto::cell::{CellSpec, ModelSource, Regime};
 
 use crate::error::TrainerError;
 
-/// Reads every named tensor of a weights file (`.safetensors`, or `.ot`/`.pt` written by
-/// tch's `save_multi` / torch's pickle-free format).
-pub fn read(path: &Path) -> Result<HashMap<String, Tensor>, TrainerError> {
+/// `__metadata__` key: the architecture the tensors are for (`efficientnet_lite0`, ...).
+pub const META_ARCH: &str = "arch";
+/// `__metadata__` key: the checkpoint's published ImageNet top-1, in percent.
+pub const META_IMAGENET_TOP1: &str = "imagenet_top1";
+
+/// A weights file read into memory.
+pub struct WeightsFile {
+    pub tensors: HashMap<String, Tensor>,
+    pub info: WeightsInfo,
+}
+
+/// What a weights file says about itself (nothing, for files without metadata).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WeightsInfo {
+    pub arch: Option<String>,
+    pub imagenet_top1: Option<f64>,
+}
+
+fn unreadable(path: &Path, detail: String) -> TrainerError {
+    TrainerError::WeightsMismatch { path: path.to_path_buf(), arch: String::new(), detail }
+}
+
+fn is_safetensors(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) == Some("safetensors")
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>, TrainerError> {
     if !path.is_file() {
         return Err(TrainerError::MissingFile { what: "weights file".into(), path: path.to_path_buf() });
     }
-    let named = match path.extension().and_then(|e| e.to_str()) {
-        Some("safetensors") => Tensor::read_safetensors(path),
-        _ => Tensor::load_multi(path),
+    std::fs::read(path).map_err(|e| TrainerError::io(path, e))
+}
+
+/// The metadata of a safetensors file held in `bytes` (the whole file: a truncated one is
+/// refused here, before any tensor is made).
+fn parse_info(path: &Path, bytes: &[u8]) -> Result<WeightsInfo, TrainerError> {
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| unreadable(path, format!("not a complete safetensors file (truncated or corrupt?): {e}")))?;
+    let Some(meta) = header.metadata() else { return Ok(WeightsInfo::default()) };
+    let imagenet_top1 = match meta.get(META_IMAGENET_TOP1) {
+        None => None,
+        Some(text) => match text.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 && v <= 100.0 => Some(v),
+            _ => return Err(unreadable(path, format!("metadata {META_IMAGENET_TOP1} = {text:?} is not a percentage"))),
+        },
+    };
+    Ok(WeightsInfo { arch: meta.get(META_ARCH).cloned(), imagenet_top1 })
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}
+
+/// Reads every named tensor of a weights file (`.safetensors` with its metadata, or
+/// `.ot`/`.pt` written by tch's `save_multi`). A missing file is `MissingFile`; a truncated
+/// or corrupt one is `WeightsMismatch` naming it (both fatal).
+pub fn read(path: &Path) -> Result<WeightsFile, TrainerError> {
+    if !is_safetensors(path) {
+        if !path.is_file() {
+            return Err(TrainerError::MissingFile { what: "weights file".into(), path: path.to_path_buf() });
+        }
+        let named = Tensor::load_multi(path).map_err(|e| unreadable(path, format!("cannot read the file: {e}")))?;
+        return Ok(WeightsFile { tensors: named.into_iter().collect(), info: WeightsInfo::default() });
     }
-    .map_err(|e| TrainerError::WeightsMismatch {
-        path: path.to_path_buf(),
-        arch: String::new(),
-        detail: format!("cannot read the file: {e}"),
-    })?;
-    Ok(named.into_iter().collect())
+    let bytes = read_bytes(path)?;
+    let info = parse_info(path, &bytes)?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| unreadable(path, format!("cannot read the file: {e}")))?;
+    let mut tensors = HashMap::new();
+    for (name, view) in file.tensors() {
+        let kind = kind_of(view.dtype())
+            .ok_or_else(|| unreadable(path, format!("{name}: unsupported dtype {:?}", view.dtype())))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)
+            .map_err(|e| unreadable(path, format!("{name}: {e}")))?;
+        tensors.insert(name, tensor);
+    }
+    Ok(WeightsFile { tensors, info })
+}
+
+/// The metadata of a weights file (empty for formats without any), without making tensors.
+pub fn info(path: &Path) -> Result<WeightsInfo, TrainerError> {
+    if !is_safetensors(path) {
+        return Ok(WeightsInfo::default());
+    }
+    parse_info(path, &read_bytes(path)?)
+}
+
+/// The ImageNet top-1 that a cell's pretrained weights carry in their metadata: None
+/// without weights, for a scratch run (random init) or a TorchScript module, and for a
+/// file that says nothing.
+pub fn backbone_top1(spec: &CellSpec) -> Result<Option<f64>, TrainerError> {
+    match (&spec.model.weights, spec.regime, spec.model.source) {
+        (Some(path), Regime::Linear | Regime::Finetune, ModelSource::Builtin) => Ok(info(path)?.imagenet_top1),
+        _ => Ok(None),
+    }
 }
 
 /// Copies the file's tensors into every variable of `vs` whose name does not start with
-/// one of `skip` (the new head). Every such variable must be in
-/// the file with the same shape; extra file entries (the old classifier,
-/// `num_batches_tracked`, Inception's `AuxLogits`) are ignored.
+/// one of `skip` (the new head). The file must be for `arch` when its metadata says which
+/// architecture it holds, and every such variable must be in the file with the same shape;
+/// extra file entries (the old classifier, `num_batches_tracked`, Inception's `AuxLogits`)
+/// are ignored.
 pub fn load_into(vs: &nn::VarStore, path: &Path, arch: &str, skip: &[String]) -> Result<usize, TrainerError> {
     let file = read(path)?;
     let mismatch =
         |detail: String| TrainerError::WeightsMismatch { path: path.to_path_buf(), arch: arch.to_string(), detail };
+    if let Some(theirs) = file.info.arch.as_deref().filter(|a| !a.eq_ignore_ascii_case(arch)) {
+        return Err(mismatch(format!("the file holds {theirs} weights (its metadata says so)")));
+    }
     let mut missing = Vec::new();
     let mut loaded = 0;
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -44,7 +143,7 @@ pub fn load_into(vs: &nn::VarStore, path: &Path, arch: &str, skip: &[String]) ->
         if skip.iter().any(|s| name == s || name.starts_with(&format!("{s}."))) {
             continue;
         }
-        let Some(src) = file.get(name) else {
+        let Some(src) = file.tensors.get(name) else {
             missing.push(name.clone());
             continue;
         };
@@ -66,7 +165,10 @@ pub fn load_into(vs: &nn::VarStore, path: &Path, arch: &str, skip: &[String]) ->
             shown.join(", ")
         )));
     }
-    tracing::info!(path = %path.display(), arch, loaded, file_tensors = file.len(), "pretrained weights loaded");
+    tracing::info!(
+        path = %path.display(), arch, loaded, file_tensors = file.tensors.len(),
+        imagenet_top1 = ?file.info.imagenet_top1, "pretrained weights loaded"
+    );
     Ok(loaded)
 }
 

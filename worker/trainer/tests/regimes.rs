@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use tsweep_proto::cell::Regime;
+use tsweep_proto::cell::{Precision, Regime};
 use tsweep_proto::v1::FailureClass;
 use tsweep_trainer::{TrainerError, TrainerEvent};
 
@@ -114,4 +114,62 @@ fn a_diverged_run_is_a_result_at_chance() {
     assert!(r.steps <= 30);
     assert_eq!(r.test_score, Some(0.25));
     assert_eq!(r.val_score, Some(0.25));
+}
+
+#[test]
+fn bf16_scratch_learns_with_f32_weights_and_fp16_on_the_cpu_is_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let mut spec = cell(Regime::Scratch, &data, "resnet18", None);
+    spec.precision = Precision::Bf16;
+    spec.train.checkpoint_every = 20;
+    let (r, events) = run(&job(spec.clone(), dir.path(), "bf16"));
+    let r = r.unwrap();
+    assert!(!r.diverged && r.steps == 40, "{r:?}");
+    let (val, test) = (r.val_score.unwrap(), r.test_score.unwrap());
+    assert!(val > 0.5 && test > 0.5, "val {val} test {test}");
+    assert!(!r.extra.contains_key("skipped_steps"), "bf16 has no loss scaling");
+    // master weights, BatchNorm statistics and momentum stay f32 in the checkpoint
+    let ckpt = events
+        .iter()
+        .find_map(|e| match e {
+            TrainerEvent::Checkpoint { path, step: 20 } => Some(path.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let saved = tch::Tensor::read_safetensors(&ckpt).unwrap();
+    let floats: Vec<&(String, tch::Tensor)> =
+        saved.iter().filter(|(n, _)| n.starts_with("model.") || n.starts_with("momentum.")).collect();
+    assert!(floats.iter().any(|(n, _)| n.ends_with("running_var")));
+    for (name, t) in floats {
+        if !name.ends_with("num_batches_tracked") {
+            assert_eq!(t.kind(), tch::Kind::Float, "{name}");
+        }
+    }
+
+    spec.precision = Precision::Fp16;
+    let err = run(&job(spec, dir.path(), "fp16")).0.unwrap_err();
+    assert_eq!(err.class(), FailureClass::Fatal, "{err}");
+    assert!(matches!(err, TrainerError::PrecisionUnsupported { .. }), "{err}");
+    assert!(err.to_string().contains("fp16 needs a CUDA GPU"), "{err}");
+}
+
+#[test]
+fn bf16_linear_probe_extracts_its_own_cached_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let weights = saved_weights(dir.path());
+    let fp32 = cell(Regime::Linear, &data, "resnet18", Some(weights));
+    let (r32, _) = run(&job(fp32.clone(), dir.path(), "linear-fp32"));
+    let r32 = r32.unwrap();
+    let mut bf16 = fp32.clone();
+    bf16.precision = Precision::Bf16;
+    let (r16, _) = run(&job(bf16, dir.path(), "linear-bf16"));
+    let r16 = r16.unwrap();
+    let cached = std::fs::read_dir(dir.path().join("cache/features")).unwrap().count();
+    assert_eq!(cached, 6, "the precision is part of the feature-cache key: 3 splits each");
+    assert!(r16.val_score.unwrap() > 0.5 && r16.test_score.unwrap() > 0.5, "{r16:?}");
+    assert_eq!(r16.extra["feature_dim"], r32.extra["feature_dim"]);
+    let (t32, t16) = (r32.test_score.unwrap(), r16.test_score.unwrap());
+    assert!((t32 - t16).abs() <= 0.1, "bf16 features score as fp32 ones do: {t16} vs {t32}");
 }

@@ -1,22 +1,39 @@
 //! A run stopped mid-way (stop flag = SIGTERM, or killed right after a periodic
 //! checkpoint) and resumed ends at the same step count and final loss as an uninterrupted
-//! run with the same seed.
+//! run with the same seed, in fp32 and in bf16 (autocast; fp16 needs a GPU: its scaler's
+//! checkpointed state is tested in `precision.rs`).
 
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use common::*;
-use tsweep_proto::cell::Regime;
+use tsweep_proto::cell::{Precision, Regime};
 use tsweep_trainer::{run_task, ResumeFrom, TrainerError, TrainerEvent};
 
 #[test]
 fn resumed_runs_match_an_uninterrupted_run() {
+    resumed_runs_match(Precision::Fp32);
+}
+
+#[test]
+fn resumed_bf16_runs_match_an_uninterrupted_bf16_run() {
+    resumed_runs_match(Precision::Bf16);
+}
+
+/// libtorch's generator is one per process and every run reseeds it, so two runs that
+/// must be step-for-step identical cannot interleave with another test's draws.
+static TORCH_GENERATOR: Mutex<()> = Mutex::new(());
+
+fn resumed_runs_match(precision: Precision) {
+    let _generator = TORCH_GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     tch::set_num_threads(2);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     make_imagefolder(&data, 12, 4, 21);
     let mut spec = cell(Regime::Scratch, &data, "resnet18", None);
+    spec.precision = precision;
     spec.train.steps = 16;
     spec.train.checkpoint_every = 5;
     spec.train.batch_size = 8;
@@ -67,6 +84,17 @@ fn resumed_runs_match_an_uninterrupted_run() {
     let mut other = spec.clone();
     other.seed += 1;
     let mut wrong = job(other, dir.path(), "wrong");
+    wrong.resume = Some(ResumeFrom {
+        path: dir.path().join("ckpt/interrupted").join(tsweep_trainer::checkpoint::file_name(12)),
+        step: 12,
+    });
+    let err = run(&wrong).0.unwrap_err();
+    assert!(matches!(err, TrainerError::BadCheckpoint { .. }), "{err}");
+
+    // and so is one of the same cell in another precision: it is another cell
+    let mut other = spec.clone();
+    other.precision = if precision == Precision::Fp32 { Precision::Bf16 } else { Precision::Fp32 };
+    let mut wrong = job(other, dir.path(), "other-precision");
     wrong.resume = Some(ResumeFrom {
         path: dir.path().join("ckpt/interrupted").join(tsweep_trainer::checkpoint::file_name(12)),
         step: 12,

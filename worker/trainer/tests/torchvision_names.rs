@@ -2,12 +2,13 @@
 //! torchvision's `state_dict()` keys, less the classifier (`fc`, `classifier`), Inception's
 //! auxiliary classifier (`AuxLogits`) and `num_batches_tracked`, with the same shapes: the
 //! contract that lets converted torchvision weights load by name. Needs python3 with torch
-//! and torchvision on PATH (scripts/env.sh's venv); without them the test says so and passes.
+//! and torchvision on PATH (scripts/env.sh's venv): without them the test fails under CI and
+//! says SKIPPED elsewhere (`common::reference_python`).
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::ffi::OsStr;
 
 use common::*;
 use tch::Device;
@@ -17,7 +18,7 @@ use tsweep_trainer::models::{Init, NetConfig, Network, HEAD};
 const ARCHS: &[&str] = &["inception_v3", "efficientnet_b0"];
 
 /// torchvision's state_dict shapes by key, for each of `ARCHS`.
-fn torchvision_keys() -> Option<BTreeMap<String, BTreeMap<String, Vec<i64>>>> {
+fn torchvision_keys(python: &str) -> BTreeMap<String, BTreeMap<String, Vec<i64>>> {
     let script = r#"
 import json, sys, torchvision
 out = {}
@@ -28,21 +29,17 @@ for arch in sys.argv[1:]:
                  if not k.endswith("num_batches_tracked") and k.split(".")[0] not in ("fc", "classifier", "AuxLogits")}
 print(json.dumps(out))
 "#;
-    let out = Command::new("python3").arg("-c").arg(script).args(ARCHS).output();
-    match out {
-        Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout).unwrap()),
-        _ => {
-            eprintln!("SKIPPED: python3 with torch and torchvision is not on PATH (source scripts/env.sh)");
-            None
-        }
-    }
+    let mut args: Vec<&OsStr> = vec![OsStr::new("-c"), OsStr::new(script)];
+    args.extend(ARCHS.iter().map(OsStr::new));
+    serde_json::from_str(&common::python(python, &args)).unwrap()
 }
 
 #[test]
 fn variable_names_and_shapes_are_torchvision_state_dict_keys() {
-    let Some(expected) = torchvision_keys() else {
+    let Some(python) = reference_python(&["torch", "torchvision"]) else {
         return;
     };
+    let expected = torchvision_keys(python);
     let dir = tempfile::tempdir().unwrap();
     for &arch in ARCHS {
         let spec = cell(Regime::Finetune, dir.path(), arch, None);

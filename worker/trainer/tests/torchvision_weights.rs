@@ -1,7 +1,8 @@
 //! Weights converted by tools/convert_weights.py from (randomly initialised) torchvision
 //! models load into the Rust backbones by name and give torchvision's features; a
-//! TorchScript export trains through TrainableCModule. Needs python3 with torch and
-//! torchvision on PATH (scripts/env.sh's venv); without them the tests say so and pass.
+//! TorchScript export trains through TrainableCModule. Needs python3 with torch,
+//! torchvision and safetensors on PATH (scripts/env.sh's venv): without them a test fails
+//! under CI and says SKIPPED elsewhere (`common::reference_python`).
 
 mod common;
 
@@ -14,17 +15,11 @@ use tsweep_proto::cell::{ModelSource, Regime};
 use tsweep_trainer::models::{Init, NetConfig, Network};
 
 fn tool() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/convert_weights.py")
+    tools_dir().join("convert_weights.py")
 }
 
-fn python_has_torchvision() -> bool {
-    let ok =
-        Command::new("python3").args(["-c", "import torch, torchvision"]).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("SKIPPED: python3 with torch and torchvision is not on PATH (source scripts/env.sh)");
-    }
-    ok
-}
+/// torch + torchvision (+ safetensors, which the converter writes with).
+const MODULES: &[&str] = &["torch", "torchvision", "safetensors"];
 
 fn convert(dir: &Path, arch: &str, size: u32, extra: &[&str]) -> (PathBuf, PathBuf) {
     let weights = dir.join(format!("{arch}.safetensors"));
@@ -57,7 +52,7 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn converted_torchvision_weights_give_torchvision_features() {
-    if !python_has_torchvision() {
+    if reference_python(MODULES).is_none() {
         return;
     }
     tch::set_num_threads(2);
@@ -87,21 +82,29 @@ fn converted_torchvision_weights_give_torchvision_features() {
 
 #[test]
 fn weights_of_another_architecture_are_fatal() {
-    if !python_has_torchvision() {
+    if reference_python(MODULES).is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    // its metadata says resnet18: refused before any tensor is compared
     let (weights, _) = convert(dir.path(), "resnet18", 64, &[]);
     let spec = cell(Regime::Finetune, dir.path(), "resnet34", Some(weights.clone()));
-    let err = Network::build(&spec.model, &Init::Pretrained(weights), 10, Device::Cpu, NetConfig { bn_momentum: 0.1 })
-        .unwrap_err();
+    let err = Network::build(
+        &spec.model,
+        &Init::Pretrained(weights.clone()),
+        10,
+        Device::Cpu,
+        NetConfig { bn_momentum: 0.1 },
+    )
+    .unwrap_err();
     assert_eq!(err.class(), tsweep_proto::v1::FailureClass::Fatal);
-    assert!(err.to_string().contains("layer1.2"), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&weights.display().to_string()) && msg.contains("holds resnet18 weights"), "{msg}");
 }
 
 #[test]
 fn torchscript_backbone_extracts_and_trains() {
-    if !python_has_torchvision() {
+    if reference_python(MODULES).is_none() {
         return;
     }
     tch::set_num_threads(2);

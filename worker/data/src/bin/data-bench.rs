@@ -1,5 +1,6 @@
-//! data-bench: prepare throughput (JPEG decode + shrink to a short side, all cores) and
-//! loader throughput (batches at S x S with random resized crop + flip).
+//! data-bench: prepare throughput (JPEG decode + shrink to a short side, all cores), the
+//! shrink alone (tsweep's Pillow-exact resize against the image crate's triangle filter, side
+//! by side, alternating) and loader throughput (batches at S x S with random resized crop + flip).
 //!
 //! `cargo run --release -p tsweep-data --bin data-bench -- [--images N] [--width W]
 //! [--height H] [--short-side 256] [--batch 256] [--size 224] [--batches 20] [--threads 0]`
@@ -73,6 +74,50 @@ fn write_jpegs(root: &Path, a: &Args) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// The shrink of decoded images to the short side, one thread: `image_ops::resize_like_pil`
+/// (what the shards store) against `image::imageops::resize` with its triangle filter, in
+/// alternating rounds over the same images; medians of 7 rounds and their ratio.
+fn compare_shrink(index: &tsweep_data::DatasetIndex, short_side: u32) -> Result<(), String> {
+    use tsweep_data::image_ops::{decode, resize_like_pil, resized_size};
+    let images: Vec<_> = index
+        .records
+        .iter()
+        .take(64)
+        .map(|r| decode(&r.source))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let buffers: Vec<image::RgbImage> = images
+        .iter()
+        .map(|img| image::RgbImage::from_raw(img.width, img.height, img.data.clone()).ok_or("bad image"))
+        .collect::<Result<_, _>>()?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let start = Instant::now();
+        for img in &images {
+            let size = resized_size(img.width, img.height, short_side);
+            std::hint::black_box(resize_like_pil(&img.data, (img.width, img.height), size));
+        }
+        ours.push(images.len() as f64 / start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        for buf in &buffers {
+            let (w, h) = resized_size(buf.width(), buf.height(), short_side);
+            std::hint::black_box(image::imageops::resize(buf, w, h, image::imageops::FilterType::Triangle));
+        }
+        theirs.push(images.len() as f64 / start.elapsed().as_secs_f64());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+    println!(
+        "shrink to short side {short_side}, 1 thread, {} images x 7 rounds: Pillow-exact {ours:.0} images/s, image crate triangle {theirs:.0} images/s (ratio {:.2})",
+        images.len(),
+        ours / theirs
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), String> {
     let a = parse()?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -108,6 +153,7 @@ fn main() -> Result<(), String> {
             break;
         }
     }
+    compare_shrink(&index, a.short_side)?;
     let prepared = tmp.path().join(format!("prepared-{threads}"));
     let ds = Dataset::from_dir(&prepared, ValPolicy::HeldOut { fraction: 0.0, seed: 0 }).map_err(|e| e.to_string())?;
     for (label, mode) in [

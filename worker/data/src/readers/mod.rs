@@ -1,8 +1,10 @@
-//! Readers of the raw formats a sweep can name: ImageFolder, CIFAR binary, multi-label list.
+//! Readers of the raw formats a sweep can name (ImageFolder, CIFAR binary, multi-label list)
+//! and of the single-file formats registry packages ship (`packed`).
 
 pub mod cifar;
 pub mod imagefolder;
 pub mod multilabel;
+pub mod packed;
 
 use std::path::{Path, PathBuf};
 

@@ -1,10 +1,15 @@
 //! trainer-bench: throughput figures for BENCHMARKS.md ("Trainer").
 //!
-//! `trainer-bench train --model resnet50 --batch 16 --size 224 --threads 2 [--data DIR | --synthetic] [--device cuda:0]`
+//! `trainer-bench train --model resnet50 --batch 16 --size 224 --threads 2 [--data DIR | --synthetic] [--device cuda:0]
+//!                     [--precision fp32|bf16|fp16] [--layout auto|channels-last|contiguous] [--features]`
 //!   images/s of training steps (forward, backward, SGD Nesterov update), end to end from
 //!   images on disk through tsweep-data's loader (`--data`: an ImageFolder, generated if
 //!   empty), or on one random batch reused every step (`--synthetic`, what
-//!   shared/bench/train_step.py measures). Prints one JSON line.
+//!   shared/bench/train_step.py measures). `--precision` runs the step as the finetune
+//!   loop does in that precision (autocast; fp16 with loss scaling), `--layout` overrides
+//!   the backbone's memory layout (auto: channels-last on the CPU, contiguous on CUDA),
+//!   `--features` times feature extraction instead (eval mode, no grad, one autocast
+//!   region, as the linear regime extracts). Prints one JSON line.
 //! `trainer-bench linear --features FILE.safetensors --l2 1e-4,1e-3,...`
 //!   times the linear regime's L2 path (warm-started L-BFGS) on features written by
 //!   worker/trainer/bench/linear_path.py (which times scikit-learn on the same data).
@@ -16,9 +21,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tch::{Device, Kind, Tensor};
 use tsweep_data::{Dataset, Loader, LoaderConfig, Mode, Split};
-use tsweep_proto::cell::{DatasetFormat, DatasetSpec, Metric, ModelSource, ModelSpec, ValPolicy};
+use tsweep_proto::cell::{DatasetFormat, DatasetSpec, Metric, ModelSource, ModelSpec, Precision, ValPolicy};
 use tsweep_trainer::lbfgs::{fit, LbfgsOptions, Problem};
 use tsweep_trainer::models::{Init, NetConfig, Network};
+use tsweep_trainer::precision::{self, GradScaler};
 use tsweep_trainer::sgd::Sgd;
 use tsweep_trainer::tensors::{loss, Normalizer};
 
@@ -56,6 +62,15 @@ enum Command {
         /// Loader threads (0: every core).
         #[arg(long, default_value_t = 2)]
         loader_threads: usize,
+        /// fp32, bf16 or fp16 (as the cell's `precision`).
+        #[arg(long, default_value = "fp32")]
+        precision: Precision,
+        /// auto (the trainer's choice), channels-last or contiguous.
+        #[arg(long, default_value = "auto")]
+        layout: Layout,
+        /// Time feature extraction (eval mode, no grad) instead of training steps.
+        #[arg(long)]
+        features: bool,
     },
     Linear {
         #[arg(long)]
@@ -72,6 +87,20 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Layout {
+    Auto,
+    ChannelsLast,
+    Contiguous,
+}
+
+/// What one `train` run measures.
+struct Run {
+    precision: Precision,
+    layout: Layout,
+    features: bool,
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Train {
@@ -86,10 +115,15 @@ fn main() -> Result<()> {
             synthetic,
             device,
             loader_threads,
+            precision,
+            layout,
+            features,
         } => {
             tch::set_num_threads(threads);
             let device = tsweep_trainer::device::resolve(&device)?;
-            train(&model, batch, size, warmup, steps, classes, data.as_deref(), synthetic, device, loader_threads)
+            precision::check(precision, device)?;
+            let run = Run { precision, layout, features };
+            train(&model, batch, size, warmup, steps, classes, data.as_deref(), synthetic, device, loader_threads, &run)
         }
         Command::Linear { features, l2, threads, max_iter, device } => {
             tch::set_num_threads(threads);
@@ -125,6 +159,7 @@ fn train(
     synthetic: bool,
     device: Device,
     loader_threads: usize,
+    run: &Run,
 ) -> Result<()> {
     tch::manual_seed(0);
     let spec = ModelSpec {
@@ -134,13 +169,23 @@ fn train(
         weights: None,
         imagenet_top1: None,
         image_size: size,
+        normalize: tsweep_proto::arch::Normalize::default_for(arch, true),
     };
-    let net = Network::build(&spec, &Init::Random, classes, device, NetConfig { bn_momentum: 0.1 })?;
+    let mut net = Network::build(&spec, &Init::Random, classes, device, NetConfig { bn_momentum: 0.1 })?;
+    match run.layout {
+        Layout::Auto => {}
+        Layout::ChannelsLast => net.set_channels_last(true)?,
+        Layout::Contiguous => net.set_channels_last(false)?,
+    }
     let mut sgd = Sgd::new(net.trainable(), 0.9, true, 0.0)?;
-    let norm = Normalizer::new(device)?;
+    let mut scaler = GradScaler::for_precision(run.precision, device)?;
+    let (prec, train_mode) = (run.precision, !run.features);
+    let norm = Normalizer::new(device, &spec.normalize)?;
     let mut loader = None;
     let fixed = if synthetic || data.is_none() {
         let x = Tensor::randn([batch as i64, 3, size as i64, size as i64], (Kind::Float, device));
+        // laid out as the backbone runs, once (the PyTorch references do the same)
+        let x = if net.is_channels_last() { tsweep_trainer::models::to_channels_last(&x)? } else { x };
         let y = Tensor::randint(classes, [batch as i64], (Kind::Int64, device));
         Some((x, y))
     } else {
@@ -178,38 +223,65 @@ fn train(
             }
             (None, None) => bail!("no input"),
         };
-        let l = loss(&net.forward(&x, true)?, &y)?;
+        if !train_mode {
+            // the features' sum, so that reading it waits for the whole forward pass
+            let f = tch::no_grad(|| net.features(&x, false))?;
+            return Ok(f.sum(Kind::Float));
+        }
+        // the finetune loop's step (worker/trainer/src/finetune.rs)
+        let l = precision::autocast(prec, device, || loss(&net.forward(&x, true)?.to_kind(Kind::Float), &y))?;
         sgd.zero_grad();
-        l.backward();
-        sgd.step(0.01)?;
+        match scaler.as_mut() {
+            Some(s) => {
+                s.scale_loss(&l)?.backward();
+                let _skipped = sgd.step_scaled(0.01, s)?;
+            }
+            None => {
+                l.backward();
+                sgd.step(0.01)?;
+            }
+        }
         Ok(l)
     };
     // Synthetic runs read the loss every step, as the PyTorch reference does; loader runs
     // read it at the end, as the finetune loop reads it every few dozen steps.
     let read_each_step = fixed.is_some();
-    for _ in 0..warmup {
-        one(&mut loader)?.double_value(&[]);
-    }
-    let mut step_s = Vec::new();
-    let t_all = Instant::now();
-    let mut last = None;
-    for _ in 0..steps {
-        let t = Instant::now();
-        let l = one(&mut loader)?;
-        if read_each_step {
-            l.double_value(&[]);
+    // Feature extraction runs in one autocast region (the weights are cast once, as in the
+    // linear regime); training steps open their own region around forward and loss.
+    let region = if train_mode { Precision::Fp32 } else { prec };
+    let (step_s, total, last) = precision::autocast(region, device, || -> Result<(Vec<f64>, f64, f64)> {
+        for _ in 0..warmup {
+            one(&mut loader)?.double_value(&[]);
         }
-        last = Some(l);
-        step_s.push(t.elapsed().as_secs_f64());
-    }
-    let last = last.map_or(f64::NAN, |l| l.double_value(&[]));
-    let total = t_all.elapsed().as_secs_f64();
+        let mut step_s = Vec::new();
+        let t_all = Instant::now();
+        let mut last = None;
+        for _ in 0..steps {
+            let t = Instant::now();
+            let l = one(&mut loader)?;
+            if read_each_step {
+                l.double_value(&[]);
+            }
+            last = Some(l);
+            step_s.push(t.elapsed().as_secs_f64());
+        }
+        let last = last.map_or(f64::NAN, |l| l.double_value(&[]));
+        Ok((step_s, t_all.elapsed().as_secs_f64(), last))
+    })?;
+    let mut step_s = step_s;
     step_s.sort_by(f64::total_cmp);
-    let med = step_s[step_s.len() / 2];
+    let med = step_s.get(step_s.len() / 2).copied().unwrap_or(f64::NAN);
+    let mode = match (train_mode, fixed.is_some()) {
+        (true, true) => "train-synthetic",
+        (true, false) => "train-loader",
+        (false, true) => "features-synthetic",
+        (false, false) => "features-loader",
+    };
+    let layout = if net.is_channels_last() { "channels-last" } else { "contiguous" };
     println!(
         "{}",
         serde_json::json!({
-            "impl": "tsweep", "model": arch, "mode": if fixed.is_some() { "train-synthetic" } else { "train-loader" },
+            "impl": "tsweep", "model": arch, "mode": mode, "precision": prec.name(), "layout": layout,
             "batch": batch, "size": size, "threads": tch::get_num_threads(), "device": tsweep_trainer::device::name(device),
             "steps": steps, "seconds": total, "img_s": (batch as f64 * steps as f64 / total * 1000.0).round() / 1000.0,
             "img_s_median_step": (batch as f64 / med * 1000.0).round() / 1000.0, "last": last,

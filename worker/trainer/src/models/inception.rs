@@ -6,6 +6,7 @@
 
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
+use tsweep_proto::arch::Normalize;
 
 use super::NetConfig;
 
@@ -196,15 +197,18 @@ pub struct InceptionV3 {
     stem2: Vec<BasicConv2d>,
     mixed: Vec<Mixed>,
     /// torchvision's `transform_input` (on for its pretrained weights, which expect inputs
-    /// scaled to [-1, 1]): maps ImageNet mean/std-normalised inputs to that scale.
+    /// scaled to [-1, 1]): maps inputs normalised with the model's `normalize` (ImageNet's
+    /// by default, where it is torchvision's formula) to that scale.
     transform_input: Option<(Tensor, Tensor)>,
     pub feature_dim: i64,
 }
 
 impl InceptionV3 {
-    /// `transform_input` as torchvision's: true for its pretrained weights (and weights
-    /// converted from them), false for a random init.
-    pub fn new(p: &nn::Path, transform_input: bool, cfg: &NetConfig) -> InceptionV3 {
+    /// `transform_input` as torchvision's: `Some(normalisation of the inputs)` for its
+    /// pretrained weights (and weights converted from them), `None` for a random init.
+    /// Whatever the inputs' normalisation, the pretrained layers then see `(x - 0.5) / 0.5`
+    /// of the pixels in [0, 1], as they were trained.
+    pub fn new(p: &nn::Path, transform_input: Option<Normalize>, cfg: &NetConfig) -> InceptionV3 {
         let stem1 = vec![
             BasicConv2d::square(p / "Conv2d_1a_3x3", 3, 32, 3, 2, 0, cfg),
             BasicConv2d::square(p / "Conv2d_2a_3x3", 32, 32, 3, 1, 0, cfg),
@@ -227,13 +231,14 @@ impl InceptionV3 {
             Mixed::e(p / "Mixed_7b", 1280, cfg),
             Mixed::e(p / "Mixed_7c", 2048, cfg),
         ];
-        let transform_input = transform_input.then(|| {
-            // x * std / 0.5 + (mean - 0.5) / 0.5, per channel (torchvision's _transform_input)
+        let transform_input = transform_input.map(|n| {
+            // x * std / 0.5 + (mean - 0.5) / 0.5, per channel (torchvision's _transform_input,
+            // which has ImageNet's mean and std)
             let device = p.device();
             let per_channel =
                 |v: [f64; 3]| Tensor::from_slice(&v).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
-            let scale = per_channel([0.229 / 0.5, 0.224 / 0.5, 0.225 / 0.5]);
-            let shift = per_channel([(0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5]);
+            let scale = per_channel(n.std.map(|s| s / 0.5));
+            let shift = per_channel(n.mean.map(|m| (m - 0.5) / 0.5));
             (scale, shift)
         });
         InceptionV3 { stem1, stem2, mixed, transform_input, feature_dim: 2048 }
@@ -264,7 +269,7 @@ mod tests {
     fn build(bn_momentum: f64) -> (nn::VarStore, InceptionV3) {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = InceptionV3::new(&vs.root(), false, &NetConfig { bn_momentum });
+        let net = InceptionV3::new(&vs.root(), None, &NetConfig { bn_momentum });
         (vs, net)
     }
 
@@ -303,15 +308,20 @@ mod tests {
     }
 
     #[test]
-    fn transform_input_rescales_imagenet_normalised_inputs_to_minus_one_one() {
+    fn transform_input_rescales_normalised_inputs_to_minus_one_one() {
         tch::manual_seed(0);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let net = InceptionV3::new(&vs.root(), true, &NetConfig { bn_momentum: 0.1 });
-        let (scale, shift) = net.transform_input.as_ref().unwrap();
-        // a pixel at 0 and at 1 (in [0, 1]) after ImageNet normalisation of the red channel
-        let red = Tensor::from_slice(&[(0.0 - 0.485) / 0.229, (1.0 - 0.485) / 0.229]).to_kind(Kind::Float);
-        let mapped = red * scale.view([3]).get(0) + shift.view([3]).get(0);
-        let got = Vec::<f32>::try_from(&mapped).unwrap();
-        assert!((got[0] + 1.0).abs() < 1e-5 && (got[1] - 1.0).abs() < 1e-5, "{got:?}");
+        for n in [Normalize::IMAGENET, Normalize { mean: [0.5, 0.4, 0.3], std: [0.5, 0.25, 1.0] }] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let net = InceptionV3::new(&vs.root(), Some(n), &NetConfig { bn_momentum: 0.1 });
+            let (scale, shift) = net.transform_input.as_ref().unwrap();
+            for c in 0..3 {
+                // a pixel at 0 and at 1 (in [0, 1]) after the input normalisation of channel c
+                let x = Tensor::from_slice(&[(0.0 - n.mean[c]) / n.std[c], (1.0 - n.mean[c]) / n.std[c]])
+                    .to_kind(Kind::Float);
+                let mapped = x * scale.view([3]).get(c as i64) + shift.view([3]).get(c as i64);
+                let got = Vec::<f32>::try_from(&mapped).unwrap();
+                assert!((got[0] + 1.0).abs() < 1e-5 && (got[1] - 1.0).abs() < 1e-5, "{n:?} channel {c}: {got:?}");
+            }
+        }
     }
 }

@@ -49,7 +49,7 @@ fn make_divisible(v: f64, divisor: i64) -> i64 {
 
 pub fn width(arch: &str) -> Option<f64> {
     match arch {
-        "mobilenet_v2" | "mobilenet_v2_100" => Some(1.0),
+        "mobilenet_v2" => Some(1.0),
         "mobilenet_v2_140" => Some(1.4),
         _ => None,
     }

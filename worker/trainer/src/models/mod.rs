@@ -3,8 +3,10 @@
 //!
 //! Built in Rust with torchvision's parameter names (so converted torchvision weights load
 //! by name) and the cell's BatchNorm momentum: resnet18/34/50/101/152,
-//! densenet121/169/201, mobilenet_v2 (+ `_140`), inception_v3, efficientnet_b0; each
-//! returns the pooled penultimate feature (no classifier). TorchScript modules
+//! densenet121/169/201, mobilenet_v2 (+ `_140`), inception_v3, efficientnet_b0 and
+//! efficientnet_lite0/1/2 (TensorFlow's networks, under torchvision-style names); each
+//! returns the pooled penultimate feature (no classifier). `tsweep_proto::arch` lists
+//! them with their feature widths. TorchScript modules
 //! (`source = torchscript`) must return the penultimate features; they are trained through
 //! `TrainableCModule`.
 
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
+use tsweep_proto::arch::Normalize;
 use tsweep_proto::cell::{ModelSource, ModelSpec};
 
 use crate::error::TrainerError;
@@ -51,7 +54,49 @@ pub(crate) fn conv(p: nn::Path, i: i64, o: i64, k: i64, stride: i64, padding: i6
 }
 
 pub(crate) fn bn(p: nn::Path, c: i64, cfg: &NetConfig) -> nn::BatchNorm {
-    nn::batch_norm2d(p, c, nn::BatchNormConfig { momentum: cfg.bn_momentum, ..Default::default() })
+    bn_eps(p, c, 1e-5, cfg)
+}
+
+/// BatchNorm with another epsilon than PyTorch's 1e-5 (TensorFlow's networks use 1e-3).
+pub(crate) fn bn_eps(p: nn::Path, c: i64, eps: f64, cfg: &NetConfig) -> nn::BatchNorm {
+    nn::batch_norm2d(p, c, nn::BatchNormConfig { momentum: cfg.bn_momentum, eps, ..Default::default() })
+}
+
+/// The builtin backbone `arch` (a `tsweep_proto::arch` name) and its feature width, or
+/// None for a name no builder knows. `transform_input`: Inception's rescale of inputs
+/// normalised this way to [-1, 1], which torchvision's pretrained weights expect.
+fn builtin(
+    root: &nn::Path,
+    arch: &str,
+    transform_input: Option<Normalize>,
+    cfg: &NetConfig,
+) -> Option<(Box<dyn ModuleT>, i64)> {
+    fn boxed(m: impl ModuleT + 'static, d: i64) -> Option<(Box<dyn ModuleT>, i64)> {
+        Some((Box::new(m), d))
+    }
+    if let Some((bottleneck, stages)) = resnet::layout(arch) {
+        let m = resnet::ResNet::new(root, bottleneck, stages, cfg);
+        let d = m.feature_dim;
+        boxed(m, d)
+    } else if let Some(blocks) = densenet::layout(arch) {
+        let m = densenet::DenseNet::new(root, blocks, cfg);
+        let d = m.feature_dim;
+        boxed(m, d)
+    } else if let Some(w) = mobilenet::width(arch) {
+        let m = mobilenet::MobileNetV2::new(root, w, cfg);
+        let d = m.feature_dim;
+        boxed(m, d)
+    } else if arch == "inception_v3" {
+        let m = inception::InceptionV3::new(root, transform_input, cfg);
+        let d = m.feature_dim;
+        boxed(m, d)
+    } else if let Some(variant) = efficientnet::variant(arch) {
+        let m = efficientnet::EfficientNet::new(root, variant, cfg);
+        let d = m.feature_dim;
+        boxed(m, d)
+    } else {
+        None
+    }
 }
 
 enum Backbone {
@@ -117,34 +162,19 @@ impl Network {
                 (Backbone::Script(module), dim, Some(path))
             }
             ModelSource::Builtin => {
-                if let Some((bottleneck, stages)) = resnet::layout(&arch) {
-                    let m = resnet::ResNet::new(&root, bottleneck, stages, &cfg);
-                    let d = m.feature_dim;
-                    (Backbone::Native(Box::new(m)), d, None)
-                } else if let Some(blocks) = densenet::layout(&arch) {
-                    let m = densenet::DenseNet::new(&root, blocks, &cfg);
-                    let d = m.feature_dim;
-                    (Backbone::Native(Box::new(m)), d, None)
-                } else if let Some(w) = mobilenet::width(&arch) {
-                    let m = mobilenet::MobileNetV2::new(&root, w, &cfg);
-                    let d = m.feature_dim;
-                    (Backbone::Native(Box::new(m)), d, None)
-                } else if arch == "inception_v3" {
-                    // torchvision's pretrained Inception expects inputs scaled to [-1, 1]
-                    let m = inception::InceptionV3::new(&root, matches!(init, Init::Pretrained(_)), &cfg);
-                    let d = m.feature_dim;
-                    (Backbone::Native(Box::new(m)), d, None)
-                } else if arch == "efficientnet_b0" {
-                    let m = efficientnet::EfficientNet::b0(&root, &cfg);
-                    let d = m.feature_dim;
-                    (Backbone::Native(Box::new(m)), d, None)
-                } else {
+                // the registry is the one list of builtin names; every entry has a builder
+                // whose feature width agrees with it (tested below)
+                let known = tsweep_proto::arch::lookup(&arch).map(|a| a.name);
+                // torchvision's pretrained Inception expects inputs scaled to [-1, 1]
+                let transform_input = matches!(init, Init::Pretrained(_)).then_some(spec.normalize);
+                let Some((m, d)) = known.and_then(|name| builtin(&root, name, transform_input, &cfg)) else {
                     return Err(TrainerError::UnknownArch(spec.arch.clone()));
-                }
+                };
+                (Backbone::Native(m), d, None)
             }
         };
         let head = nn::linear(&root / HEAD, feature_dim, num_classes, Default::default());
-        let net = Network {
+        let mut net = Network {
             vs,
             backbone,
             head,
@@ -152,20 +182,39 @@ impl Network {
             num_classes,
             arch: arch.clone(),
             script_path,
-            channels_last: device == Device::Cpu && matches!(spec.source, ModelSource::Builtin),
+            channels_last: false,
         };
         if let (ModelSource::Builtin, Init::Pretrained(path)) = (spec.source, init) {
             weights::load_into(&net.vs, path, &arch, &[HEAD.to_string()])?;
         }
-        if net.channels_last {
-            for (_, mut var) in net.vs.variables() {
-                if var.dim() == 4 {
-                    let nhwc = tch::no_grad(|| to_channels_last(&var))?;
-                    var.f_set_data(&nhwc)?;
-                }
-            }
+        if device == Device::Cpu && matches!(spec.source, ModelSource::Builtin) {
+            net.set_channels_last(true)?;
         }
         Ok(net)
+    }
+
+    /// Lays a builtin backbone's 4-d weights (and so its activations) out channels-last or
+    /// contiguous. `build` picks channels-last on the CPU and contiguous on CUDA;
+    /// `trainer-bench --layout` measures the other on a GPU. Call it before creating the
+    /// optimizer (its flat buffers take the layout the weights have then). TorchScript
+    /// backbones keep their module's layout.
+    pub fn set_channels_last(&mut self, on: bool) -> Result<(), TrainerError> {
+        if matches!(self.backbone, Backbone::Script(_)) || on == self.channels_last {
+            return Ok(());
+        }
+        for (_, mut var) in self.vs.variables() {
+            if var.dim() == 4 {
+                let laid_out = tch::no_grad(|| if on { to_channels_last(&var) } else { Ok(var.f_contiguous()?) })?;
+                var.f_set_data(&laid_out)?;
+            }
+        }
+        self.channels_last = on;
+        Ok(())
+    }
+
+    /// Whether the backbone runs channels-last (see [`Network::set_channels_last`]).
+    pub fn is_channels_last(&self) -> bool {
+        self.channels_last
     }
 
     /// Pooled penultimate features `[batch, feature_dim]`.
@@ -275,4 +324,49 @@ fn probe_feature_dim(m: &tch::TrainableCModule, size: u32, device: Device, path:
         });
     }
     Ok(shape[1..].iter().product())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tsweep_proto::arch::ARCHS;
+
+    #[test]
+    fn every_registry_architecture_builds_with_its_feature_dim() {
+        tch::set_num_threads(2);
+        for arch in ARCHS {
+            let size = if arch.name == "inception_v3" { 75 } else { 32 };
+            let spec = ModelSpec {
+                name: arch.name.into(),
+                source: ModelSource::Builtin,
+                arch: arch.name.into(),
+                weights: None,
+                imagenet_top1: None,
+                image_size: size,
+                normalize: arch.normalize,
+            };
+            tch::manual_seed(0);
+            let net = Network::build(&spec, &Init::Random, 3, Device::Cpu, NetConfig { bn_momentum: 0.1 })
+                .unwrap_or_else(|e| panic!("{}: {e}", arch.name));
+            assert_eq!(net.feature_dim, i64::from(arch.feature_dim), "{}", arch.name);
+            let x = Tensor::zeros([1, 3, i64::from(size), i64::from(size)], (Kind::Float, Device::Cpu));
+            let features = tch::no_grad(|| net.features(&x, false)).unwrap();
+            assert_eq!(features.size(), vec![1, i64::from(arch.feature_dim)], "{}", arch.name);
+        }
+    }
+
+    #[test]
+    fn names_outside_the_registry_are_unknown() {
+        let spec = ModelSpec {
+            name: "m".into(),
+            source: ModelSource::Builtin,
+            arch: "efficientnet_lite9".into(),
+            weights: None,
+            imagenet_top1: None,
+            image_size: 32,
+            normalize: Normalize::IMAGENET,
+        };
+        let err = Network::build(&spec, &Init::Random, 3, Device::Cpu, NetConfig { bn_momentum: 0.1 }).unwrap_err();
+        assert!(matches!(err, TrainerError::UnknownArch(ref a) if a == "efficientnet_lite9"), "{err}");
+    }
 }

@@ -1,9 +1,10 @@
-//! Shared by the trainer's integration tests: a tiny generated ImageFolder dataset and
-//! cell specs for it.
+//! Shared by the trainer's integration tests: a tiny generated ImageFolder dataset, cell
+//! specs for it, and the reference python that the PyTorch comparisons run.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use rand::{Rng, SeedableRng};
@@ -56,6 +57,7 @@ pub fn cell(regime: Regime, data: &Path, arch: &str, weights: Option<PathBuf>) -
             weights,
             imagenet_top1: None,
             image_size: 32,
+            normalize: tsweep_proto::arch::Normalize::default_for(arch, true),
         },
         dataset: DatasetSpec {
             name: "colours".into(),
@@ -81,6 +83,7 @@ pub fn cell(regime: Regime, data: &Path, arch: &str, weights: Option<PathBuf>) -
             lbfgs_max_iter: 200,
         },
         seed: 7,
+        precision: Default::default(),
         gpus: 0,
         max_attempts: 3,
         fake: None,
@@ -142,4 +145,38 @@ pub fn make_multilabel(root: &Path, per_split: [usize; 3], seed: u64) {
         }
         std::fs::write(root.join(format!("{split}.txt")), lines.join("\n")).unwrap();
     }
+}
+
+/// `python3` on PATH when it can import every one of `modules` (scripts/setup.sh installs
+/// them into the venv that scripts/env.sh puts first on PATH). Without it the test cannot
+/// compare with PyTorch: under CI (`CI=true`) that fails the test, so a missing reference
+/// tool never passes as a skip; elsewhere the test says SKIPPED on stderr and returns.
+pub fn reference_python(modules: &[&str]) -> Option<&'static str> {
+    let import = format!("import {}", modules.join(", "));
+    let problem = match Command::new("python3").args(["-c", &import]).output() {
+        Ok(out) if out.status.success() => return Some("python3"),
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            format!("python3 cannot `{import}` ({})", stderr.lines().last().unwrap_or("no message"))
+        }
+        Err(e) => format!("python3 is not on PATH ({e})"),
+    };
+    let hint = "run scripts/setup.sh, then source scripts/env.sh";
+    if std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1") {
+        panic!("{problem}; {hint} (CI=true: a missing reference tool fails the test)");
+    }
+    eprintln!("SKIPPED: {problem}; {hint}");
+    None
+}
+
+/// Runs `python3 ARGS`, panicking with its stderr unless it succeeds; returns stdout.
+pub fn python(python: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(python).args(args).output().unwrap_or_else(|e| panic!("{python}: {e}"));
+    assert!(out.status.success(), "{python} {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// tools/ of the repository.
+pub fn tools_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools")
 }
