@@ -62,6 +62,8 @@ fn cells(sweep: &str, n: usize) -> Vec<Cell> {
                     loader_threads: 8,
                     l2_path: vec![],
                     lbfgs_max_iter: 0,
+                    stall_timeout_s: tsweep_proto::cell::DEFAULT_STALL_TIMEOUT_S,
+                    max_runtime_s: None,
                 },
                 seed: (i / (57 * 16 * 12)) as u64,
                 precision: Default::default(),

@@ -459,19 +459,21 @@ pub fn serve_error(error: crate::server::ServeError) -> CliError {
     }
 }
 
-/// Ctrl-C or SIGTERM.
+/// Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal was closed).
 pub async fn wait_for_shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+            (Ok(mut term), Ok(mut hup)) => {
                 tokio::select! {
                     _ = ctrl_c => {}
                     _ = term.recv() => {}
+                    _ = hup.recv() => {}
                 }
             }
-            Err(_) => {
+            _ => {
                 let _ = ctrl_c.await;
             }
         }

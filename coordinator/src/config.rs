@@ -27,6 +27,7 @@ pub const DEFAULT_REAPER_INTERVAL_MS: u64 = 2_000;
 pub const DEFAULT_FINALS_INTERVAL_MS: u64 = 2_000;
 pub const DEFAULT_ACQUIRE_RETRY_AFTER_MS: u64 = 1_000;
 pub const DEFAULT_GAUGES_INTERVAL_MS: u64 = 5_000;
+pub const DEFAULT_REPAIR_INTERVAL_MS: u64 = 30_000;
 
 /// Everything `tsweep serve` needs. Build it with [`ServiceConfig::load`]; the fields are
 /// public so tests and `tsweep local` can adjust a loaded config (then call `validate`).
@@ -56,6 +57,9 @@ pub struct ServiceConfig {
     pub acquire_retry_after_ms: u64,
     /// How often the per-sweep Prometheus gauges are refreshed from Redis.
     pub gauges_interval_ms: u64,
+    /// How often the set of active sweeps is re-derived from the task state (a sweep left
+    /// out of it by an interrupted operation is put back).
+    pub repair_interval_ms: u64,
     /// One bearer token for both roles: the fallback of `user_token` and `worker_token`.
     pub auth_token: Option<String>,
     /// File holding that token (a Kubernetes Secret mount); exclusive with `auth_token`.
@@ -93,6 +97,7 @@ impl Default for ServiceConfig {
             finals_interval_ms: DEFAULT_FINALS_INTERVAL_MS,
             acquire_retry_after_ms: DEFAULT_ACQUIRE_RETRY_AFTER_MS,
             gauges_interval_ms: DEFAULT_GAUGES_INTERVAL_MS,
+            repair_interval_ms: DEFAULT_REPAIR_INTERVAL_MS,
             auth_token: None,
             auth_token_file: None,
             user_token: None,
@@ -222,6 +227,7 @@ impl ServiceConfig {
             .set_default("finals_interval_ms", defaults.finals_interval_ms)?
             .set_default("acquire_retry_after_ms", defaults.acquire_retry_after_ms)?
             .set_default("gauges_interval_ms", defaults.gauges_interval_ms)?
+            .set_default("repair_interval_ms", defaults.repair_interval_ms)?
             .set_default("insecure", defaults.insecure)?;
         if let Some(path) = file {
             if !path.is_file() {
@@ -308,6 +314,7 @@ impl ServiceConfig {
             ("finals_interval_ms", self.finals_interval_ms),
             ("acquire_retry_after_ms", self.acquire_retry_after_ms),
             ("gauges_interval_ms", self.gauges_interval_ms),
+            ("repair_interval_ms", self.repair_interval_ms),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be above 0"));
@@ -400,6 +407,18 @@ impl ServiceConfig {
 
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms.unwrap_or(self.lease_ttl_ms / 3).max(1))
+    }
+
+    /// How often this coordinator records its liveness beat in Redis: a tenth of the
+    /// lease TTL, between 50 ms and 1 s.
+    pub fn beat_interval(&self) -> Duration {
+        (self.lease_ttl() / 10).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+
+    /// A gap between two beats (of any coordinator) longer than this is a control-plane
+    /// outage, and leases are extended by it: a fifth of the TTL, and at least three beats.
+    pub fn dark_after(&self) -> Duration {
+        (self.lease_ttl() / 5).max(self.beat_interval() * 3)
     }
 
     /// The TLS files for the Redis connection (all unset for plain `redis://`).

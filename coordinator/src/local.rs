@@ -9,7 +9,9 @@
 //! 5. submit, watch to the end, print the results table, write the report to `<out>`
 //!    (default `./tsweep-out/<sweep>`) and print its path;
 //! 6. stop what it started (workers with SIGTERM, then the coordinator, then Redis), also
-//!    on Ctrl-C / SIGTERM.
+//!    on Ctrl-C, SIGTERM or SIGHUP (a closed terminal). The workers and redis-server run in
+//!    process groups of their own, so a signal from the terminal reaches only `local`,
+//!    which stops them in that order.
 //!
 //! Exit code: 0 when every cell succeeded (diverged runs are results, not failures);
 //! 4 when the sweep ended with failed cells (the results table and the report are still
@@ -356,7 +358,9 @@ fn spawn_worker(
     if let Some(token) = token {
         command.arg("--token").arg(token);
     }
-    command.stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(true);
+    // A process group of its own: Ctrl-C or a closed terminal signals `local` only, which
+    // then stops the workers in order (they would otherwise die at once, unreaped).
+    command.stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(true).process_group(0);
     command.spawn().map_err(|e| CliError::Unavailable(format!("cannot start {}: {e}", worker_bin.display())))
 }
 

@@ -1,6 +1,8 @@
 //! A private `redis-server` for tests and `tsweep local`: started on a free loopback port
 //! in a directory of its own with the shipped configuration (`deploy/redis/redis.conf`:
-//! AOF on, `appendfsync everysec`), tracked by PID, killed when dropped.
+//! AOF on, `appendfsync everysec`), tracked by PID, killed when dropped. It runs in a
+//! process group of its own. [`RedisServer::start_in_with_args`] adds command-line
+//! settings (the fault suites allow `DEBUG SLEEP` with `--enable-debug-command local`).
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), tsweep_coordinator::redis_server::RedisServerError> {
@@ -14,6 +16,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,6 +66,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Set: TLS-only on `port`.
     tls: Option<RedisServerTls>,
+    /// More `redis-server` arguments (after the shipped configuration), on every start.
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
@@ -84,7 +89,7 @@ impl RedisServer {
             RedisServerError::Io { what: "creating a temporary directory", dir: std::env::temp_dir(), source }
         })?;
         let dir = temp.path().to_path_buf();
-        let mut server = RedisServer::start_with(&dir, 0, Some(tls))?;
+        let mut server = RedisServer::start_with(&dir, 0, Some(tls), &[])?;
         server._temp = Some(temp);
         Ok(server)
     }
@@ -92,16 +97,28 @@ impl RedisServer {
     /// Starts redis-server on `port` (0: a free one, tried up to three times in case
     /// another process takes it first) with its data in `dir` (kept).
     pub fn start_in(dir: &Path, port: u16) -> Result<RedisServer, RedisServerError> {
-        RedisServer::start_with(dir, port, None)
+        RedisServer::start_with(dir, port, None, &[])
     }
 
-    fn start_with(dir: &Path, port: u16, tls: Option<RedisServerTls>) -> Result<RedisServer, RedisServerError> {
+    /// As [`RedisServer::start_in`], with more `redis-server` arguments (kept for restarts),
+    /// e.g. `["--enable-debug-command", "local"]`.
+    pub fn start_in_with_args(dir: &Path, port: u16, args: &[&str]) -> Result<RedisServer, RedisServerError> {
+        RedisServer::start_with(dir, port, None, args)
+    }
+
+    fn start_with(
+        dir: &Path,
+        port: u16,
+        tls: Option<RedisServerTls>,
+        args: &[&str],
+    ) -> Result<RedisServer, RedisServerError> {
         let tries = if port == 0 { 3 } else { 1 };
         let mut last = None;
         for _ in 0..tries {
             let port = if port == 0 { free_port(dir)? } else { port };
             let mut server = RedisServer::new_in(dir, port);
             server.tls = tls.clone();
+            server.extra_args = args.iter().map(|a| a.to_string()).collect();
             match server.start() {
                 Ok(()) => return Ok(server),
                 Err(e @ RedisServerError::Exited { .. }) => last = Some(e),
@@ -115,7 +132,15 @@ impl RedisServer {
         let binary = std::env::var_os("TSWEEP_REDIS_SERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_REDIS_SERVER));
-        RedisServer { binary, port, dir: dir.to_path_buf(), _temp: None, child: None, tls: None }
+        RedisServer {
+            binary,
+            port,
+            dir: dir.to_path_buf(),
+            _temp: None,
+            child: None,
+            tls: None,
+            extra_args: Vec::new(),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -176,8 +201,12 @@ impl RedisServer {
                     .args(["--tls-auth-clients", if tls.auth_clients { "yes" } else { "no" }]);
             }
         }
+        // A process group of its own: a terminal's Ctrl-C or hang-up reaches the owner,
+        // which stops the server itself (redis-server ignores SIGHUP and would stay).
+        command.process_group(0);
         let child = command
             .args(["--bind", "127.0.0.1", "--protected-mode", "yes"])
+            .args(&self.extra_args)
             .arg("--dir")
             .arg(&self.dir)
             .args(["--daemonize", "no", "--save", ""])

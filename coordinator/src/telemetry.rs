@@ -16,6 +16,8 @@
 //!   autoscaling signal: scale workers to zero when it is 0)
 //! - `tsweep_workers_registered` gauge
 //! - `tsweep_lease_expiries_total` counter: leases the reaper took back
+//! - `tsweep_control_plane_outages_total` counter: outages this coordinator's beat found
+//!   (a gap with no coordinator beat, or a Redis restart; leases get that time back)
 //! - `tsweep_stale_reports_total{kind}` counter: fenced reports (complete | fail | metrics)
 //! - `tsweep_acquire_latency_seconds` histogram: AcquireTask handling time
 //! - `tsweep_metrics_entries_total` counter: metrics stream entries applied
@@ -68,6 +70,7 @@ struct Metrics {
     queue_depth: Gauge,
     workers_registered: Gauge,
     lease_expiries: Counter,
+    control_plane_outages: Counter,
     stale_reports: Family<KindLabels, Counter>,
     acquire_latency: Histogram,
     metrics_entries: Counter,
@@ -107,6 +110,12 @@ impl Telemetry {
         registry.register("workers_registered", "Workers registered", workers_registered.clone());
         let lease_expiries = Counter::default();
         registry.register("lease_expiries", "Leases taken back by the reaper", lease_expiries.clone());
+        let control_plane_outages = Counter::default();
+        registry.register(
+            "control_plane_outages",
+            "Control-plane outages found by this coordinator's liveness beat",
+            control_plane_outages.clone(),
+        );
         let stale_reports = Family::<KindLabels, Counter>::default();
         registry.register(
             "stale_reports",
@@ -130,6 +139,7 @@ impl Telemetry {
                 queue_depth,
                 workers_registered,
                 lease_expiries,
+                control_plane_outages,
                 stale_reports,
                 acquire_latency,
                 metrics_entries,
@@ -167,6 +177,10 @@ impl Telemetry {
 
     pub fn add_lease_expiries(&self, expired: u64) {
         self.inner.lease_expiries.inc_by(expired);
+    }
+
+    pub fn add_control_plane_outage(&self) {
+        self.inner.control_plane_outages.inc();
     }
 
     pub fn add_stale_reports(&self, kind: StaleKind, count: u64) {

@@ -56,7 +56,7 @@ fn lease(a: &TaskAssignment) -> LeaseRef {
 }
 
 fn held(a: &TaskAssignment) -> HeldLease {
-    HeldLease { lease: Some(lease(a)), checkpoint_path: String::new(), checkpoint_step: 0, running: true }
+    HeldLease { lease: Some(lease(a)), running: true, ..Default::default() }
 }
 
 fn result(val: f64) -> TaskResult {

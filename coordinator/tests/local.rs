@@ -91,3 +91,91 @@ fn local_exits_4_when_cells_fail_and_still_reports() {
     assert!(stdout.contains("failed"), "{stdout}");
     assert!(dir.path().join("out/index.html").is_file(), "the report is written anyway");
 }
+
+/// Processes whose command line contains `needle` (from /proc), not counting zombies.
+fn processes_with(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .unwrap_or(true);
+        if cmdline.contains(needle) && !zombie {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn local_stops_everything_it_started_on_sigint_sigterm_and_sighup() {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+
+    if worker_binary().is_none() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "tsweep-worker is not built next to {TSWEEP}");
+        eprintln!("skipped: tsweep-worker is not built next to {TSWEEP} (cargo build -p tsweep-worker)");
+        return;
+    }
+    let long = FAKE.replace("sleep_ms = 100", "sleep_ms = 60000").replace("steps = 5", "steps = 600");
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("local{}", signal.as_str().to_lowercase().trim_start_matches("sig"));
+        std::fs::write(dir.path().join(format!("{name}.toml")), long.replace("NAME", &name)).unwrap();
+        let stderr_path = dir.path().join("stderr.log");
+        // In a process group of its own, signalled as a whole: what a terminal does on
+        // Ctrl-C (SIGINT) or when it is closed (SIGHUP).
+        let mut local = Command::new(TSWEEP)
+            .current_dir(dir.path())
+            .args(["local", &format!("{name}.toml"), "--workers", "2", "--executor", "fake", "--out", "out"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = Pid::from_raw(local.id() as i32);
+        let workers_id = format!("local-{}-", local.id());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        // Wait until both workers run a task (their logs say a child started).
+        let running = || {
+            (0..2).all(|i| {
+                std::fs::read_to_string(dir.path().join(format!("out/logs/worker-{i}.log")))
+                    .is_ok_and(|log| log.contains("child started"))
+            })
+        };
+        while !running() {
+            assert!(Instant::now() < deadline, "{signal}: the workers never ran a task:\n{}", stderr());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let redis_line = stderr().lines().find(|l| l.starts_with("redis: ")).unwrap().to_string();
+        let port = redis_line.trim_start_matches("redis: redis://127.0.0.1:").split('/').next().unwrap().to_string();
+        assert_eq!(processes_with(&workers_id).len(), 2, "{signal}: two workers run");
+
+        killpg(group, signal).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = local.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{signal}: tsweep local did not stop:\n{}", stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(1), "{signal}: interrupted is exit 1:\n{}", stderr());
+        assert!(stderr().contains("interrupted: stopping workers, coordinator and redis"), "{signal}: {}", stderr());
+        assert!(processes_with(&workers_id).is_empty(), "{signal}: a worker outlived tsweep local");
+        assert!(
+            std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err(),
+            "{signal}: the private redis-server on {port} is still listening"
+        );
+        // redis-server retitles itself `redis-server 127.0.0.1:<port>`.
+        assert!(processes_with(&format!("127.0.0.1:{port}")).is_empty(), "{signal}: redis-server still runs");
+        // The workers drained: their tasks were released as preempted, with a checkpoint.
+        let log = std::fs::read_to_string(dir.path().join("out/logs/worker-0.log")).unwrap();
+        assert!(log.contains("draining") && log.contains("worker stopped"), "{signal}: {log}");
+    }
+}

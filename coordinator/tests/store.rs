@@ -51,6 +51,7 @@ fn held(a: &TaskAssignment, running: bool, checkpoint: Option<(&str, u64)>) -> H
         checkpoint_path: checkpoint.map(|c| c.0.to_string()).unwrap_or_default(),
         checkpoint_step: checkpoint.map(|c| c.1).unwrap_or(0),
         running,
+        resume_error: String::new(),
     }
 }
 

@@ -160,6 +160,21 @@ pub struct TrainSettings {
     pub l2_path: Vec<f64>,
     /// Linear regime: L-BFGS iterations per path point.
     pub lbfgs_max_iter: u32,
+    /// The worker kills an attempt whose child sent no progress event (started, progress,
+    /// checkpoint) for this long, and fails it as retryable with a message saying so.
+    #[serde(default = "default_stall_timeout_s")]
+    pub stall_timeout_s: u64,
+    /// A hard limit on one attempt's run time (None: none); past it the attempt is killed
+    /// and fails as retryable (the next attempt resumes from its last checkpoint).
+    #[serde(default)]
+    pub max_runtime_s: Option<u64>,
+}
+
+/// What `stall_timeout_s` is when the sweep file does not say: 30 minutes.
+pub const DEFAULT_STALL_TIMEOUT_S: u64 = 30 * 60;
+
+fn default_stall_timeout_s() -> u64 {
+    DEFAULT_STALL_TIMEOUT_S
 }
 
 /// Behaviour of the test executor (`tsweep-worker --executor fake`), used by cluster
@@ -173,8 +188,11 @@ pub struct FakeSettings {
     pub steps: u64,
     /// Fail with this class ("retryable" | "fatal" | "out_of_memory") or "crash" (abort the child).
     pub fail: Option<String>,
-    /// Only the first N attempts fail (0: all of them).
+    /// Only the first N attempts fail (0: all of them); also limits `hang_after_step`.
     pub fail_attempts: u32,
+    /// After this step the run hangs: no more events, SIGTERM ignored (a trainer stuck in a
+    /// deadlock), until the agent kills it.
+    pub hang_after_step: Option<u64>,
     /// The score it reports (val and test); defaults to a deterministic function of the hparams.
     pub score: Option<f64>,
     /// How long the child stays after its result before it exits (or until SIGTERM): a

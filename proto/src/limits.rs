@@ -24,7 +24,8 @@ pub const MAX_ID_BYTES: usize = 256;
 pub const MAX_LABEL_BYTES: usize = 256;
 /// File and directory paths (sweep file name, base directory, checkpoint paths).
 pub const MAX_PATH_BYTES: usize = 4096;
-/// Failure messages of a task (the agent cuts longer ones with [`truncate_message`]).
+/// Failure messages of a task and the reason an attempt could not resume from its
+/// checkpoint (`resume_error`); the agent cuts longer ones with [`truncate_message`].
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 16 * 1024;
 /// Leases one heartbeat may carry.
 pub const MAX_HELD_LEASES: usize = 1024;
@@ -140,6 +141,7 @@ impl CheckLimits for HeartbeatRequest {
         for held in &self.leases {
             lease("leases.lease", held.lease.as_ref())?;
             bytes("leases.checkpoint_path", &held.checkpoint_path, MAX_PATH_BYTES)?;
+            bytes("leases.resume_error", &held.resume_error, MAX_ERROR_MESSAGE_BYTES)?;
         }
         Ok(())
     }
@@ -160,6 +162,7 @@ impl CheckLimits for FailTaskRequest {
         bytes("worker_secret", &self.worker_secret, MAX_ID_BYTES)?;
         lease("lease", self.lease.as_ref())?;
         bytes("message", &self.message, MAX_ERROR_MESSAGE_BYTES)?;
+        bytes("resume_error", &self.resume_error, MAX_ERROR_MESSAGE_BYTES)?;
         bytes("checkpoint_path", &self.checkpoint_path, MAX_PATH_BYTES)
     }
 }
@@ -226,6 +229,11 @@ mod tests {
         let held = crate::v1::HeldLease { checkpoint_path: "p".repeat(MAX_PATH_BYTES + 1), ..Default::default() };
         let request = HeartbeatRequest { worker_id: "w".into(), leases: vec![held], ..Default::default() };
         assert_eq!(request.check_limits().unwrap_err().field, "leases.checkpoint_path");
+        let held = crate::v1::HeldLease { resume_error: "r".repeat(MAX_ERROR_MESSAGE_BYTES + 1), ..Default::default() };
+        let request = HeartbeatRequest { worker_id: "w".into(), leases: vec![held], ..Default::default() };
+        assert_eq!(request.check_limits().unwrap_err().field, "leases.resume_error");
+        let fail = FailTaskRequest { resume_error: "r".repeat(MAX_ERROR_MESSAGE_BYTES + 1), ..Default::default() };
+        assert_eq!(fail.check_limits().unwrap_err().field, "resume_error");
         let many = HeartbeatRequest {
             worker_id: "w".into(),
             leases: vec![Default::default(); MAX_HELD_LEASES + 1],

@@ -13,6 +13,7 @@ use tsweep_proto::v1::{
     GetSweepRequest, ListTasksRequest, SubmitSweepRequest, SubmitSweepResponse, SweepSummary, TaskInfo,
 };
 
+pub use crate::process::worker_id;
 use crate::process::{free_port, serve_command, wait_for, worker_command, Proc};
 
 /// Knobs of a test cluster.
@@ -20,11 +21,23 @@ use crate::process::{free_port, serve_command, wait_for, worker_command, Proc};
 pub struct ClusterOptions {
     pub lease_ttl_ms: u64,
     pub reaper_interval_ms: u64,
+    /// How often the coordinator re-derives its set of active sweeps.
+    pub repair_interval_ms: u64,
+    /// More `redis-server` arguments (e.g. `--enable-debug-command local` for `DEBUG SLEEP`).
+    pub redis_args: Vec<String>,
+    /// `RUST_LOG` of every process.
+    pub log_filter: String,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { lease_ttl_ms: 2_000, reaper_interval_ms: 200 }
+        Self {
+            lease_ttl_ms: 2_000,
+            reaper_interval_ms: 200,
+            repair_interval_ms: 1_000,
+            redis_args: Vec::new(),
+            log_filter: "info".to_string(),
+        }
     }
 }
 
@@ -44,7 +57,8 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("tsweep-cluster-").tempdir()?;
         let redis_dir = dir.path().join("redis");
         std::fs::create_dir_all(&redis_dir)?;
-        let redis = RedisServer::start_in(&redis_dir, 0)?;
+        let args: Vec<&str> = options.redis_args.iter().map(String::as_str).collect();
+        let redis = RedisServer::start_in_with_args(&redis_dir, 0, &args)?;
         let mut cluster = Cluster {
             dir,
             redis,
@@ -72,8 +86,10 @@ impl Cluster {
         let mut cmd = serve_command(self.grpc_port, "", &self.redis.url())?;
         cmd.env("TSWEEP__LEASE_TTL_MS", self.options.lease_ttl_ms.to_string())
             .env("TSWEEP__REAPER_INTERVAL_MS", self.options.reaper_interval_ms.to_string())
+            .env("TSWEEP__REPAIR_INTERVAL_MS", self.options.repair_interval_ms.to_string())
             .env("TSWEEP__FINALS_INTERVAL_MS", "200")
-            .env("TSWEEP__ACQUIRE_RETRY_AFTER_MS", "100");
+            .env("TSWEEP__ACQUIRE_RETRY_AFTER_MS", "100")
+            .env("RUST_LOG", &self.options.log_filter);
         let log = self.path().join(format!("coordinator-{}.log", self.coordinator_starts));
         self.coordinator = Some(Proc::spawn("coordinator", cmd, &log)?);
         let url = self.coordinator_url();
@@ -89,9 +105,16 @@ impl Cluster {
 
     /// Starts a worker agent with the fake executor (plus `extra` flags) and returns its index.
     pub fn start_worker(&mut self, slots: u32, extra: &[&str]) -> Result<usize> {
+        let url = self.coordinator_url();
+        self.start_worker_at(&url, slots, extra)
+    }
+
+    /// As [`Cluster::start_worker`], talking to the coordinator through `coordinator_url`
+    /// (a proxy in front of it).
+    pub fn start_worker_at(&mut self, coordinator_url: &str, slots: u32, extra: &[&str]) -> Result<usize> {
         let index = self.workers.len();
-        let mut cmd = worker_command(&self.coordinator_url(), &self.redis.url(), self.path(), index, slots)?;
-        cmd.args(extra);
+        let mut cmd = worker_command(coordinator_url, &self.redis.url(), self.path(), index, slots)?;
+        cmd.args(extra).env("RUST_LOG", &self.options.log_filter);
         if !extra.contains(&"--executor") {
             cmd.args(["--executor", "fake"]);
         }
@@ -168,6 +191,33 @@ impl Cluster {
     pub fn checkpoint_root(&self) -> PathBuf {
         self.path().join("checkpoints")
     }
+
+    /// Every coordinator log written so far (one file per start), concatenated.
+    pub fn coordinator_logs(&self) -> String {
+        (1..=self.coordinator_starts)
+            .map(|n| std::fs::read_to_string(self.path().join(format!("coordinator-{n}.log"))).unwrap_or_default())
+            .collect()
+    }
+}
+
+/// A fake-executor sweep file, linear regime only (no finals), of about `cells` cells:
+/// 100 datasets and as many models as it takes (the benchmarks' sweep).
+pub fn linear_sweep_text(sweep: &str, cells: usize) -> String {
+    let datasets = 100;
+    let models = cells.div_ceil(datasets);
+    let mut text = format!("name = \"{sweep}\"\nallow_random_init = true\n\n[fake]\nsleep_ms = 0\n\n");
+    for m in 0..models {
+        text.push_str(&format!(
+            "[[models]]\nname = \"m{m}\"\nsource = \"builtin\"\narch = \"resnet18\"\nimage_size = 32\n\n"
+        ));
+    }
+    for d in 0..datasets {
+        text.push_str(&format!(
+            "[[datasets]]\nname = \"d{d}\"\nformat = \"imagefolder\"\npath = \"/data/d{d}\"\nmetric = \"top1\"\n\n"
+        ));
+    }
+    text.push_str("[regimes.linear]\nl2 = [1.0]\n");
+    text
 }
 
 /// A fake-executor sweep file of `models × datasets × lr values` finetune cells.

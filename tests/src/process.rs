@@ -57,13 +57,18 @@ pub fn worker_command(coordinator_url: &str, redis_url: &str, dir: &Path, index:
         .args(["--redis-url", redis_url])
         .args(["--slots", &slots.to_string()])
         .args(["--gpus", "0", "--device", "cpu"])
-        .args(["--worker-id", &format!("worker-{index}")])
+        .args(["--worker-id", &worker_id(index)])
         .arg("--checkpoint-root")
         .arg(dir.join("checkpoints"))
         .arg("--cache-dir")
         .arg(dir.join("cache"))
         .env("RUST_LOG", "info");
     Ok(cmd)
+}
+
+/// The id of the `index`-th worker of a test cluster.
+pub fn worker_id(index: usize) -> String {
+    format!("worker-{index}")
 }
 
 /// A started process, killed (SIGKILL) and reaped on drop.
@@ -125,6 +130,11 @@ impl Proc {
         }
     }
 
+    /// Live (not zombie) child processes of this process, from /proc.
+    pub fn children(&self) -> Vec<Pid> {
+        self.pid().map(children_of).unwrap_or_default()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -154,4 +164,21 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Live (not zombie) children of `parent`, from /proc.
+pub fn children_of(parent: Pid) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid ...
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent.as_raw()) && fields.first() != Some(&"Z") {
+            found.push(Pid::from_raw(pid));
+        }
+    }
+    found
 }

@@ -33,7 +33,8 @@ async fn succeeded(cluster: &Cluster, sweep: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_survives_killed_workers_killed_coordinator_and_a_frozen_worker() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(ClusterOptions { lease_ttl_ms: 1_500, reaper_interval_ms: 100 }).await?;
+    let mut cluster =
+        Cluster::start(ClusterOptions { lease_ttl_ms: 1_500, reaper_interval_ms: 100, ..Default::default() }).await?;
     // 5 models x 6 datasets x 10 lr = 300 grid cells, then 30 finals.
     let response = cluster.submit(&fake_sweep("chaos", 5, 6, 10, 300, 3)).await?;
     assert_eq!(response.cells_added, 300);
@@ -79,7 +80,8 @@ async fn sweep_survives_killed_workers_killed_coordinator_and_a_frozen_worker() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_survives_a_redis_restart() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(ClusterOptions { lease_ttl_ms: 3_000, reaper_interval_ms: 200 }).await?;
+    let mut cluster =
+        Cluster::start(ClusterOptions { lease_ttl_ms: 3_000, reaper_interval_ms: 200, ..Default::default() }).await?;
     cluster.submit(&fake_sweep("redis-restart", 3, 4, 5, 200, 2)).await?;
     for _ in 0..3 {
         cluster.start_worker(2, &[])?;

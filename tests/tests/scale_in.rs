@@ -10,7 +10,8 @@ use tsweep_tests::process::wait_for;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_in_with_sigterm_resumes_from_checkpoints_and_node_loss_costs_nothing() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(ClusterOptions { lease_ttl_ms: 1_500, reaper_interval_ms: 100 }).await?;
+    let mut cluster =
+        Cluster::start(ClusterOptions { lease_ttl_ms: 1_500, reaper_interval_ms: 100, ..Default::default() }).await?;
     // Long-ish tasks (2 s, 10 steps) so that SIGTERM lands mid-run.
     cluster.submit(&fake_sweep("scale", 2, 3, 4, 2_000, 10)).await?;
     for _ in 0..2 {

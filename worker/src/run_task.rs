@@ -1,121 +1,17 @@
-//! `tsweep-worker run-task --executor trainer|fake`: the per-task child process.
-//!
-//! The contract (see [`crate::child_protocol`]): one `TaskInput` as JSON on stdin; events
-//! as JSON lines on stdout, ending with exactly one `result` or `failed`; logs on stderr;
-//! the exit code says the same as the last event ([`exit_code`]). SIGTERM or SIGINT raise a
-//! stop flag: the executor checkpoints, emits `checkpoint`, then `failed { preempted }`.
+//! `tsweep-worker run-task --executor trainer|fake`: the per-task child process. The loop
+//! (stdin → executor → stdout, SIGTERM handling) is `tsweep_child::run_task`, re-exported
+//! here; this module adds the libtorch trainer to the executors.
 
-use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
-use tracing::{error, info, warn};
+pub use tsweep_child::run_task::*;
 use tsweep_proto::v1::TaskResult;
 
-use crate::child_protocol::{exit_code, ChildEvent, ChildFailure, ExecutorKind, TaskInput};
+use crate::child_protocol::{ChildEvent, ExecutorKind, TaskInput};
 
-/// Raised by SIGTERM / SIGINT in the child.
-static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
-
-/// How an executor failed, classified by type.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{class:?}: {message}")]
-pub struct ExecutorFailure {
-    pub class: ChildFailure,
-    pub message: String,
-}
-
-impl ExecutorFailure {
-    pub fn retryable(message: impl Into<String>) -> Self {
-        Self { class: ChildFailure::Retryable, message: message.into() }
-    }
-    pub fn fatal(message: impl Into<String>) -> Self {
-        Self { class: ChildFailure::Fatal, message: message.into() }
-    }
-    pub fn preempted(message: impl Into<String>) -> Self {
-        Self { class: ChildFailure::Preempted, message: message.into() }
-    }
-}
-
-/// The exit code that goes with a failure class.
-pub fn failure_exit_code(class: ChildFailure) -> i32 {
-    match class {
-        ChildFailure::Retryable => exit_code::RETRYABLE,
-        ChildFailure::Fatal => exit_code::FATAL,
-        ChildFailure::Preempted => exit_code::PREEMPTED,
-        ChildFailure::OutOfMemory => exit_code::OUT_OF_MEMORY,
-    }
-}
-
-extern "C" fn on_stop_signal(_signal: libc::c_int) {
-    STOP_REQUESTED.store(true, Ordering::SeqCst);
-}
-
-/// Makes SIGTERM and SIGINT raise the stop flag instead of killing the process.
-pub fn install_stop_handler() -> Result<(), nix::Error> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::SA_RESTART, SigSet::empty());
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        sigaction(Signal::SIGTERM, &action)?;
-        sigaction(Signal::SIGINT, &action)?;
-    }
-    Ok(())
-}
-
-/// Runs the child: stdin → executor → stdout. Returns the process exit code.
+/// Runs the child with `executor`: stdin → executor → stdout. Returns the exit code.
 pub fn run_child(executor: ExecutorKind) -> i32 {
-    if let Err(e) = install_stop_handler() {
-        warn!(error = %e, "cannot install the SIGTERM handler; a stop will kill the task without a checkpoint");
-    }
-    let mut text = String::new();
-    let stdout = std::io::stdout();
-    let mut emit_line = |event: ChildEvent| {
-        let mut out = stdout.lock();
-        // A closed pipe means the agent is gone; the task is then lost either way.
-        let _ = writeln!(out, "{}", event.to_line());
-        let _ = out.flush();
-    };
-    if let Err(e) = std::io::stdin().read_to_string(&mut text) {
-        let message = format!("run-task: cannot read the task input from stdin: {e}");
-        error!("{message}");
-        emit_line(ChildEvent::Failed { class: ChildFailure::Retryable, message });
-        return exit_code::RETRYABLE;
-    }
-    let input: TaskInput = match serde_json::from_str(&text) {
-        Ok(input) => input,
-        Err(e) => {
-            let message = format!("run-task: stdin line {} column {}: not a task input: {e}", e.line(), e.column());
-            error!("{message}");
-            emit_line(ChildEvent::Failed { class: ChildFailure::Fatal, message });
-            return exit_code::FATAL;
-        }
-    };
-    if input.executor != executor {
-        warn!(task_id = %input.task_id, flag = ?executor, input = ?input.executor,
-              "the task input names another executor; running the one given by --executor");
-    }
-    info!(task_id = %input.task_id, attempt = input.attempt, executor = ?executor,
-          resume_step = input.resume.as_ref().map(|r| r.step), "task starting");
-    match execute(executor, &input, &mut emit_line, &STOP_REQUESTED) {
-        Ok(result) => {
-            info!(task_id = %input.task_id, attempt = input.attempt, val_score = ?result.val_score,
-                  steps = result.steps, "task finished");
-            emit_line(ChildEvent::Result { result });
-            if executor == ExecutorKind::Fake {
-                let linger = Duration::from_millis(input.spec.fake.as_ref().map_or(0, |f| f.linger_ms));
-                crate::fake::linger(linger, &STOP_REQUESTED);
-            }
-            exit_code::OK
-        }
-        Err(failure) => {
-            info!(task_id = %input.task_id, attempt = input.attempt, class = ?failure.class,
-                  message = %failure.message, "task failed");
-            let code = failure_exit_code(failure.class);
-            emit_line(ChildEvent::Failed { class: failure.class, message: failure.message });
-            code
-        }
-    }
+    run_child_with(executor, &mut |input, emit, stop| execute(executor, input, emit, stop))
 }
 
 /// Runs one executor in this process.

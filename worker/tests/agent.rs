@@ -22,8 +22,8 @@ use tsweep_proto::cell::{
 use tsweep_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use tsweep_proto::v1::{
     AcquireTaskRequest, AcquireTaskResponse, CompleteTaskRequest, FailTaskRequest, FailureClass, HeartbeatRequest,
-    HeartbeatResponse, LeaseRef, RegisterWorkerRequest, RegisterWorkerResponse, ReportOutcome, ReportResponse,
-    StopOrder, StopReason, TaskAssignment,
+    HeartbeatResponse, HeldLease, LeaseRef, RegisterWorkerRequest, RegisterWorkerResponse, ReportOutcome,
+    ReportResponse, StopOrder, StopReason, TaskAssignment,
 };
 
 // ------------------------------------------------------------ scripted coordinator
@@ -231,13 +231,23 @@ impl Agent {
         Agent::start_with_token(coordinator, redis_url, dir, slots, &["--token", "t0ken"])
     }
     fn start_with_token(coordinator: SocketAddr, redis_url: &str, dir: &Path, slots: u32, token: &[&str]) -> Agent {
+        Agent::start_with_grace(coordinator, redis_url, dir, slots, token, "10")
+    }
+    fn start_with_grace(
+        coordinator: SocketAddr,
+        redis_url: &str,
+        dir: &Path,
+        slots: u32,
+        token: &[&str],
+        grace_s: &str,
+    ) -> Agent {
         let log = dir.join("agent.log");
         let child = Command::new(env!("CARGO_BIN_EXE_tsweep-worker"))
             .arg("agent")
             .args(["--coordinator", &format!("http://{coordinator}")])
             .args(["--redis-url", redis_url])
             .args(["--slots", &slots.to_string(), "--gpus", "0", "--device", "cpu", "--executor", "fake"])
-            .args(["--worker-id", "w-test", "--grace-period", "10"])
+            .args(["--worker-id", "w-test", "--grace-period", grace_s])
             .args(token)
             .arg("--checkpoint-root")
             .arg(dir.join("checkpoints"))
@@ -365,6 +375,8 @@ fn assignment(task_id: &str, attempt: u32, fake: FakeSettings, resume: Option<(&
             loader_threads: 1,
             l2_path: vec![],
             lbfgs_max_iter: 10,
+            stall_timeout_s: tsweep_proto::cell::DEFAULT_STALL_TIMEOUT_S,
+            max_runtime_s: None,
         },
         seed: 1,
         precision: Default::default(),
@@ -673,6 +685,137 @@ async fn a_missing_token_file_stops_the_agent_at_startup_naming_the_path() {
     assert_ne!(code, Some(0));
     let log = agent.log();
     assert!(log.contains("token_file") && log.contains(&missing_arg), "{log}");
+}
+
+/// A task whose cell sets the attempt limits.
+fn limited(task_id: &str, fake: FakeSettings, stall_timeout_s: u64, max_runtime_s: Option<u64>) -> TaskAssignment {
+    let mut a = assignment(task_id, 1, fake, None);
+    let mut spec = CellSpec::from_json(&a.spec_json).unwrap();
+    spec.train.stall_timeout_s = stall_timeout_s;
+    spec.train.max_runtime_s = max_runtime_s;
+    a.spec_json = spec.to_json().unwrap();
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_child_is_killed_after_its_stall_timeout_and_a_long_one_after_max_runtime_both_retryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let script = Scripted::default();
+    script.with(|s| {
+        // Hangs after its first step and ignores SIGTERM: SIGKILL after the grace period.
+        let hung = FakeSettings { hang_after_step: Some(1), ..fake(400, 4) };
+        s.queue.push_back(limited("hung", hung, 1, None));
+        // Makes progress, but past its hard limit: SIGTERM, it checkpoints and exits.
+        s.queue.push_back(limited("slow", fake(60_000, 600), 3_600, Some(1)));
+    });
+    let coordinator = start_coordinator(script.clone()).await;
+    let started = Instant::now();
+    let agent = Agent::start_with_grace(coordinator, &redis.url(), dir.path(), 1, &[], "2");
+    wait_until(Duration::from_secs(60), &agent, || script.with(|s| s.fails.len() == 2)).await;
+    let fails = script.with(|s| s.fails.clone());
+
+    let hung = fails.iter().find(|f| f.lease == Some(lease("hung", 1))).expect("the hung task failed");
+    assert_eq!(hung.class, FailureClass::Retryable as i32, "{hung:?}");
+    assert!(hung.message.contains("no progress") && hung.message.contains("stall_timeout_s"), "{}", hung.message);
+    assert_eq!(hung.checkpoint_step, 1, "its last checkpoint goes with the report: {hung:?}\n{}", agent.log());
+    let log = agent.log();
+    assert!(log.contains("child did not stop in time: SIGKILL"), "the hung child ignored SIGTERM:\n{log}");
+
+    let slow = fails.iter().find(|f| f.lease == Some(lease("slow", 1))).expect("the slow task failed");
+    assert_eq!(slow.class, FailureClass::Retryable as i32, "{slow:?}");
+    assert!(slow.message.contains("max_runtime_s = 1"), "{}", slow.message);
+    assert!(slow.checkpoint_step >= 1, "it checkpointed on SIGTERM: {slow:?}");
+    assert!(log.contains("stopped by signal after step"), "the slow child stopped on SIGTERM:\n{log}");
+    assert!(started.elapsed() < Duration::from_secs(30), "limits took {:?}", started.elapsed());
+    assert!(script.with(|s| s.completes.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_stops_the_child_with_sigterm_and_sigkills_only_one_that_ignores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let script = Scripted::default();
+    script.with(|s| {
+        s.queue.push_back(assignment("lost", 1, fake(60_000, 600), None));
+        s.queue.push_back(assignment("deaf", 1, FakeSettings { hang_after_step: Some(2), ..fake(60_000, 600) }, None));
+        s.queue.push_back(assignment("next", 1, fake(60_000, 600), None));
+    });
+    let coordinator = start_coordinator(script.clone()).await;
+    let agent = Agent::start_with_grace(coordinator, &redis.url(), dir.path(), 1, &[], "2");
+    let running = |s: &State, task: &str, step: u64| {
+        s.heartbeats.last().is_some_and(|h| {
+            h.leases
+                .iter()
+                .any(|l| l.lease.as_ref().is_some_and(|r| r.task_id == task) && l.running && l.checkpoint_step >= step)
+        })
+    };
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| running(s, "lost", 2))).await;
+    let child = children_of(agent.pid());
+    assert_eq!(child.len(), 1);
+    script.with(|s| {
+        s.stop_next_heartbeat.push(StopOrder { lease: Some(lease("lost", 1)), reason: StopReason::LeaseLost as i32 })
+    });
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| running(s, "deaf", 2))).await;
+    assert!(!alive(child[0]));
+    let log = agent.log();
+    assert!(log.contains("lease lost: stopping the child"), "{log}");
+    assert!(log.contains("stopped by signal after step"), "the child checkpointed and exited on SIGTERM:\n{log}");
+    assert!(!log.contains("did not stop in time"), "no SIGKILL for a child that stops by itself:\n{log}");
+    let on_disk =
+        tsweep_worker::fake::read_checkpoint(&dir.path().join("checkpoints/s1/lost/attempt-1/fake-checkpoint.json"))
+            .unwrap();
+    assert!(on_disk.step >= 2);
+
+    // A child that ignores SIGTERM is killed after the grace period (2 s agent grace).
+    let deaf = children_of(agent.pid());
+    script.with(|s| {
+        s.stop_next_heartbeat.push(StopOrder { lease: Some(lease("deaf", 1)), reason: StopReason::LeaseLost as i32 })
+    });
+    let ordered = Instant::now();
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| running(s, "next", 0))).await;
+    assert!(!alive(deaf[0]));
+    assert!(ordered.elapsed() >= Duration::from_millis(1_000), "SIGKILL came before the grace period");
+    assert!(agent.log().contains("child did not stop in time: SIGKILL"), "{}", agent.log());
+    assert!(script.with(|s| s.fails.is_empty() && s.completes.is_empty()), "nothing reported for lost leases");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_resume_checkpoint_is_reported_and_the_attempt_runs_from_step_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let script = Scripted::default();
+    let gone = dir.path().join("gone/fake-checkpoint.json");
+    script.with(|s| s.queue.push_back(assignment("gone", 2, fake(600, 3), Some((&gone, 5)))));
+    let coordinator = start_coordinator(script.clone()).await;
+    let agent = Agent::start(coordinator, &redis.url(), dir.path(), 1);
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| s.completes.len() == 1)).await;
+
+    let result = script.with(|s| s.completes[0].result.clone().unwrap());
+    assert_eq!(result.resumed_from_step, 0);
+    assert_eq!(result.steps, 3);
+    let beats: Vec<HeldLease> = script.with(|s| {
+        s.heartbeats
+            .iter()
+            .flat_map(|h| h.leases.iter())
+            .filter(|l| l.lease == Some(lease("gone", 2)))
+            .cloned()
+            .collect()
+    });
+    let reported: Vec<&HeldLease> = beats.iter().filter(|l| !l.resume_error.is_empty()).collect();
+    assert!(!reported.is_empty(), "the heartbeats say the checkpoint is gone: {beats:?}");
+    assert!(reported[0].resume_error.contains(&gone.display().to_string()), "{:?}", reported[0]);
+    assert!(reported[0].resume_error.contains("missing"), "{:?}", reported[0]);
+    for beat in &reported {
+        assert_ne!(beat.checkpoint_path, gone.display().to_string(), "the missing checkpoint is not passed on");
+    }
+    assert!(
+        reported
+            .iter()
+            .any(|l| l.checkpoint_step > 0 && l.checkpoint_step < 5 && l.checkpoint_path.contains("attempt-2")),
+        "its own checkpoints go out instead: {reported:?}"
+    );
+    assert!(agent.log().contains("cannot resume from the recorded checkpoint"), "{}", agent.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

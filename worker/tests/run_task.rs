@@ -48,6 +48,8 @@ fn spec(fake: FakeSettings) -> CellSpec {
             loader_threads: 1,
             l2_path: vec![],
             lbfgs_max_iter: 10,
+            stall_timeout_s: tsweep_proto::cell::DEFAULT_STALL_TIMEOUT_S,
+            max_runtime_s: None,
         },
         seed: 1,
         precision: Default::default(),

@@ -270,6 +270,8 @@ fn spec(
             loader_threads: 1,
             l2_path: vec![],
             lbfgs_max_iter: 10,
+            stall_timeout_s: tsweep_proto::cell::DEFAULT_STALL_TIMEOUT_S,
+            max_runtime_s: None,
         },
         seed: 0,
         precision: Default::default(),

@@ -64,7 +64,7 @@ impl Display {
         }
         if self.plain {
             let due = self.last_plain.is_none_or(|t| t.elapsed() >= PLAIN_LINE_EVERY);
-            if line != self.last_line && (due || is_finished(summary)) {
+            if (due || is_finished(summary)) && line != self.last_line {
                 eprintln!("{}: {ended}/{} ended · {line}", summary.sweep, c.total);
                 self.last_plain = Some(Instant::now());
                 self.last_line = line;

@@ -3,7 +3,14 @@
 //!   UNAVAILABLE and readiness NOT_SERVING until it succeeds);
 //! - `readiness`: PINGs Redis and checks its memory against `maxmemory`, sets the
 //!   `tsweep.ready` health status and `tsweep_redis_up`;
-//! - `reaper`: expired leases back to pending, every `reaper_interval_ms`, per active sweep;
+//! - `plane`: this coordinator's liveness beat in Redis, every `beat_interval` (a gap
+//!   between beats is a control-plane outage: leases get that time back, see
+//!   `store::plane`);
+//! - `reaper`: beat, then expired leases back to pending (outages applied first), every
+//!   `reaper_interval_ms`, per active sweep;
+//! - `repair`: puts sweeps with unfinished work back into the active set, every
+//!   `repair_interval_ms` (never a sweep being deleted, nor one whose submission is still
+//!   landing with nothing leased);
 //! - `finals`: refits of finished selection groups, every `finals_interval_ms`;
 //! - `gauges`: per-sweep task gauges and the queue depth, every `gauges_interval_ms`.
 //!
@@ -43,6 +50,13 @@ pub async fn connect(shared: Shared, options: StoreOptions) {
         match attempt {
             Ok(store) => {
                 info!(redis_url = %redact(&shared.config.redis_url), "connected to redis");
+                // Beat before serving: an outage that ends with this coordinator's start is
+                // recorded before any of its calls renews a lease or its reaper runs.
+                match store.beat(&shared.coordinator_id).await {
+                    // Redis answers: serve at once (the readiness loop confirms within a second).
+                    Ok(_) => shared.set_redis_up(true),
+                    Err(error) => warn!(%error, "first liveness beat failed; the beat loop tries again"),
+                }
                 shared.store.set(store);
                 return;
             }
@@ -214,12 +228,42 @@ where
     }
 }
 
+/// The control plane's liveness: a beat every `beat_interval`. A gap between two beats of
+/// any coordinator longer than `dark_after` is recorded as an outage (store::plane). A
+/// beat that gets through also lets calls through again at once after Redis was away
+/// (the readiness loop, which sets the health status, PINGs only every second).
+pub async fn plane(shared: Shared) {
+    let interval = shared.config.beat_interval();
+    let who = shared.coordinator_id.clone();
+    let lit = shared.clone();
+    periodic("plane", shared, interval, move |store| {
+        let lit = lit.clone();
+        let who = who.clone();
+        async move {
+            let beat = store.beat(&who).await?;
+            lit.set_redis_up(true);
+            if beat.outage.is_some() {
+                lit.telemetry.add_control_plane_outage();
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
 pub async fn reaper(shared: Shared) {
     let interval = Duration::from_millis(shared.config.reaper_interval_ms);
     let telemetry = shared.telemetry.clone();
+    let who = shared.coordinator_id.clone();
     periodic("reaper", shared, interval, move |store| {
         let telemetry = telemetry.clone();
+        let who = who.clone();
         async move {
+            // The beat first: an outage that just ended is recorded before anything is
+            // reaped, and every reap script applies it before it looks at deadlines.
+            if store.beat(&who).await?.outage.is_some() {
+                telemetry.add_control_plane_outage();
+            }
             let expired = store.reap_all().await?;
             if expired > 0 {
                 info!(expired, "expired leases returned to pending");
@@ -227,6 +271,19 @@ pub async fn reaper(shared: Shared) {
             }
             Ok(())
         }
+    })
+    .await
+}
+
+/// Re-derives the set of active sweeps from the task state (store::plane::repair_active).
+pub async fn repair(shared: Shared) {
+    let interval = Duration::from_millis(shared.config.repair_interval_ms);
+    periodic("repair", shared, interval, move |store| async move {
+        let repaired = store.repair_active().await?;
+        if !repaired.is_empty() {
+            warn!(sweeps = ?repaired, "active sweeps repaired");
+        }
+        Ok(())
     })
     .await
 }

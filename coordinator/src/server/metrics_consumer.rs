@@ -14,7 +14,10 @@
 //! - malformed: logged and dropped (a poison entry must not block the stream).
 //!
 //! Entries are XACKed only after their effect is written. Entries left pending by a
-//! crashed consumer are taken over with `XAUTOCLAIM` after `CLAIM_MIN_IDLE`.
+//! crashed consumer are taken over with `XAUTOCLAIM` after `CLAIM_MIN_IDLE`. Every
+//! `REFRESH_EVERY` each stream is trimmed up to the entries still needed (`XTRIM MINID ~`
+//! at the oldest entry pending in any consumer group, else the last one delivered), so a
+//! long sweep's stream stays short and Redis memory flat.
 //! Redis away: the loop logs, drops the connection, backs off and reconnects.
 
 use std::collections::{HashMap, HashSet};
@@ -145,6 +148,39 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(new))
 return 1
 "#;
 
+/// Trims a stream up to what its consumer groups still need: entries older than the
+/// oldest pending one (delivered, not acked) of any group, or, with nothing pending, than
+/// the last one delivered to every group. `~` lets Redis drop whole nodes only (cheap);
+/// at most one node of acked entries stays. Returns the entries removed.
+const TRIM_STREAM_LUA: &str = r#"
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function older(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+if type(groups) ~= 'table' or groups.err or #groups == 0 then return 0 end
+local keep = nil
+for _, group in ipairs(groups) do
+  local name, delivered = nil, nil
+  for i = 1, #group, 2 do
+    if group[i] == 'name' then name = group[i + 1] end
+    if group[i] == 'last-delivered-id' then delivered = group[i + 1] end
+  end
+  if name == nil or delivered == nil then return 0 end
+  local needed = delivered
+  local pending = redis.call('XPENDING', KEYS[1], name)
+  if tonumber(pending[1]) > 0 and pending[2] then needed = pending[2] end
+  if keep == nil or older(needed, keep) then keep = needed end
+end
+if keep == nil or keep == '0-0' then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', '~', keep)
+"#;
+
 /// Reads every task's progress of a sweep (for the CLI or reports; absent tasks sent none).
 pub async fn read_progress(store: &Store, sweep: &str) -> Result<HashMap<String, TaskProgress>, StoreError> {
     let mut conn = store.connection();
@@ -191,6 +227,7 @@ pub async fn run(shared: Shared) {
             store: store.clone(),
             consumer: consumer.clone(),
             merge: redis::Script::new(MERGE_PROGRESS_LUA),
+            trim: redis::Script::new(TRIM_STREAM_LUA),
             streams: HashMap::new(),
             groups_ready: HashSet::new(),
             last_refresh: None,
@@ -214,6 +251,7 @@ struct Consumer {
     store: Store,
     consumer: String,
     merge: redis::Script,
+    trim: redis::Script,
     /// Stream key → sweep name, for the active sweeps.
     streams: HashMap<String, String>,
     groups_ready: HashSet<String>,
@@ -240,6 +278,7 @@ impl Consumer {
             if self.last_refresh.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
                 self.refresh_streams(&mut conn).await?;
                 self.claim_stuck(&mut conn).await?;
+                self.trim_streams(&mut conn).await?;
                 self.last_refresh = Some(Instant::now());
             }
             if self.streams.is_empty() {
@@ -342,6 +381,17 @@ impl Consumer {
                     break;
                 }
                 start = reply.next_stream_id;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the entries every consumer group is done with (see `TRIM_STREAM_LUA`).
+    async fn trim_streams(&mut self, conn: &mut MultiplexedConnection) -> Result<(), ConsumeError> {
+        for key in self.streams.keys() {
+            let trimmed: u64 = self.trim.key(key).invoke_async(conn).await.map_err(redis_err("trim metrics stream"))?;
+            if trimmed > 0 {
+                debug!(stream = %key, trimmed, "metrics stream trimmed");
             }
         }
         Ok(())

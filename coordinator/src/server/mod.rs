@@ -202,7 +202,8 @@ pub async fn start_with_token_reload(
 
     let cancel = CancellationToken::new();
     let telemetry = Telemetry::new();
-    let store_options = StoreOptions { lease_ttl: config.lease_ttl(), ..StoreOptions::default() };
+    let store_options =
+        StoreOptions { lease_ttl: config.lease_ttl(), dark_after: config.dark_after(), ..StoreOptions::default() };
     let roles = RoleTokens::from_config(&config);
     let (user_auth, worker_auth) = (roles.user.enabled(), roles.worker.enabled());
     if roles.shared && !listen.ip().is_loopback() {
@@ -289,7 +290,9 @@ pub async fn start_with_token_reload(
     let mut background = vec![
         tokio::spawn(loops::connect(shared.clone(), store_options)),
         tokio::spawn(loops::readiness(shared.clone(), health_reporter)),
+        tokio::spawn(loops::plane(shared.clone())),
         tokio::spawn(loops::reaper(shared.clone())),
+        tokio::spawn(loops::repair(shared.clone())),
         tokio::spawn(loops::finals(shared.clone())),
         tokio::spawn(loops::gauges(shared.clone())),
         tokio::spawn(metrics_consumer::run(shared.clone())),

@@ -65,6 +65,8 @@ pub struct Shared {
     /// Set by the readiness loop: false while Redis does not answer PING, so calls fail
     /// fast with UNAVAILABLE instead of waiting on a dead connection.
     pub redis_up: Arc<AtomicBool>,
+    /// This process's name in the control plane's liveness beat (`coordinator-<pid>-<hex>`).
+    pub coordinator_id: Arc<str>,
 }
 
 /// Longest a gRPC call waits on Redis before answering UNAVAILABLE (the command may or
@@ -128,6 +130,8 @@ impl Shared {
             cancel,
             roster: WorkerRoster::default(),
             redis_up: Arc::new(AtomicBool::new(false)),
+            coordinator_id: format!("coordinator-{}-{:06x}", std::process::id(), rand::random::<u32>() & 0xff_ffff)
+                .into(),
         }
     }
 

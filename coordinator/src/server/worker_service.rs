@@ -200,8 +200,15 @@ impl WorkerService for WorkerServiceImpl {
             .then(|| Checkpoint { path: request.checkpoint_path.clone(), step: request.checkpoint_step });
         let store = self.shared.store_for_call()?;
         authenticate(&store, &request.worker_id, &request.worker_secret).await?;
-        let outcome =
-            bounded(store.fail(&request.worker_id, lease, class, &request.message, checkpoint.as_ref())).await?;
+        let outcome = bounded(store.fail_with_resume_error(
+            &request.worker_id,
+            lease,
+            class,
+            &request.message,
+            checkpoint.as_ref(),
+            &request.resume_error,
+        ))
+        .await?;
         let task_state = outcome.state.map(|s| s.name().to_string()).unwrap_or_default();
         match outcome.outcome {
             ReportOutcome::Accepted => {

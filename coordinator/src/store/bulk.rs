@@ -472,6 +472,9 @@ impl Store {
                 };
             }
         };
+        // Out of `active` again now that the tombstone exists: a repair pass that read the
+        // sweep's meta before it became the tombstone may have put it back in between.
+        let _: () = conn.srem(self.keys.active(), sweep).await.map_err(StoreError::redis("srem active"))?;
         let tasks_total = parse_num::<u64>(begun.get(1).map(String::as_str).unwrap_or(""), &key, "tasks_total")?;
         loop {
             let reply: Vec<String> = SCRIPTS
@@ -555,7 +558,13 @@ const MAX_VALUE_CHARS: usize = 120;
 /// The leaves in which the recorded spec (JSON) and the submitted one differ:
 /// (dotted field, recorded JSON, submitted JSON).
 fn spec_differences(recorded: &str, submitted: &CellSpec) -> Vec<(String, String, String)> {
-    let old: Value = serde_json::from_str(recorded).unwrap_or(Value::Null);
+    // Read back through `CellSpec`, so a field added since the cell was recorded (with a
+    // serde default) compares as its default, not as missing.
+    let old: Value = serde_json::from_str::<CellSpec>(recorded)
+        .ok()
+        .and_then(|spec| serde_json::to_value(spec).ok())
+        .or_else(|| serde_json::from_str(recorded).ok())
+        .unwrap_or(Value::Null);
     let new = serde_json::to_value(submitted).unwrap_or(Value::Null);
     let mut out = Vec::new();
     differences("", &old, &new, &mut out);

@@ -31,6 +31,18 @@ impl Keys {
         format!("{}:workers", self.prefix)
     }
 
+    /// `<p>:plane`: hash of the control plane's last liveness beat (Redis time, Redis run id,
+    /// the coordinator that wrote it).
+    pub(crate) fn plane(&self) -> String {
+        format!("{}:plane", self.prefix)
+    }
+
+    /// `<p>:plane:outages`: zset of control-plane outages (`<start_ms>-<end_ms>`, scored by
+    /// their end), the latest few.
+    pub(crate) fn outages(&self) -> String {
+        format!("{}:plane:outages", self.prefix)
+    }
+
     /// `<p>:worker:<id>`: hash of a registered worker.
     pub(crate) fn worker(&self, worker_id: &str) -> String {
         format!("{}:worker:{}", self.prefix, worker_id)

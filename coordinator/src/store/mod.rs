@@ -35,6 +35,7 @@
 mod bulk;
 mod error;
 mod keys;
+mod plane;
 mod scripts;
 mod types;
 
@@ -59,9 +60,9 @@ use scripts::SCRIPTS;
 pub use bulk::{merge_changes, Budget, SubmitOptions};
 pub use error::StoreError;
 pub use types::{
-    BulkProgress, Checkpoint, DeleteOutcome, FailOutcome, GroupInfo, RedisMemory, RegisterOutcome, SettingChange,
-    StageSubmitCount, StoreOptions, SubmitOutcome, SubmitPart, TaskPage, TaskState, WorkerAuth, WorkerInfo,
-    MAX_SETTING_CHANGES,
+    Beat, BulkProgress, Checkpoint, DeleteOutcome, FailOutcome, GroupInfo, Outage, RedisMemory, RegisterOutcome,
+    SettingChange, StageSubmitCount, StoreOptions, SubmitOutcome, SubmitPart, TaskPage, TaskState, WorkerAuth,
+    WorkerInfo, MAX_SETTING_CHANGES,
 };
 
 use keys::Keys;
@@ -286,7 +287,8 @@ impl Store {
                     .arg(lease.attempt)
                     .arg(if h.running { "1" } else { "0" })
                     .arg(&h.checkpoint_path)
-                    .arg(h.checkpoint_step);
+                    .arg(h.checkpoint_step)
+                    .arg(&h.resume_error);
             }
             let answers: Vec<String> =
                 invocation.invoke_async(&mut conn).await.map_err(StoreError::redis("renew script"))?;
@@ -355,6 +357,20 @@ impl Store {
         message: &str,
         checkpoint: Option<&Checkpoint>,
     ) -> Result<FailOutcome, StoreError> {
+        self.fail_with_resume_error(worker_id, lease, class, message, checkpoint, "").await
+    }
+
+    /// As [`Store::fail`], for an attempt that could not read the checkpoint it was to
+    /// resume from (`resume_error`, recorded on the task; see [`Store::renew`]).
+    pub async fn fail_with_resume_error(
+        &self,
+        worker_id: &str,
+        lease: &LeaseRef,
+        class: FailureClass,
+        message: &str,
+        checkpoint: Option<&Checkpoint>,
+        resume_error: &str,
+    ) -> Result<FailOutcome, StoreError> {
         validate_report(worker_id, lease)?;
         let (path, step) = checkpoint.map(|c| (c.path.as_str(), c.step)).unwrap_or(("", 0));
         let mut conn = self.conn.clone();
@@ -369,6 +385,7 @@ impl Store {
             .arg(path)
             .arg(step)
             .arg(self.options.max_lost_attempts.max(1))
+            .arg(resume_error)
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::redis("fail script"))?;
@@ -381,22 +398,51 @@ impl Store {
 
     /// Takes back every lease of the sweep whose deadline (Redis server time) has passed:
     /// the task goes back to pending as a lost worker, not counted against its budget.
+    /// Control-plane outages ([`Store::beat`]) the sweep has not seen yet are applied
+    /// first, in the same script: leases nobody could renew are extended by the outage.
     /// Safe to run from several coordinators at once. Returns how many were taken back.
     pub async fn reap_expired(&self, sweep: &str) -> Result<u64, StoreError> {
+        let outages = self.outages().await?;
+        self.reap_sweep(sweep, &outages).await
+    }
+
+    async fn reap_sweep(&self, sweep: &str, outages: &[Outage]) -> Result<u64, StoreError> {
         validate_sweep_name(sweep)?;
         let mut conn = self.conn.clone();
+        let key = self.keys.meta(sweep);
         let mut total = 0u64;
         loop {
-            let reply: Vec<String> = SCRIPTS
-                .reap
-                .key(self.keys.sweep_base(sweep))
+            let mut invocation = SCRIPTS.reap.key(self.keys.sweep_base(sweep));
+            invocation
                 .arg(self.options.max_lost_attempts.max(1))
                 .arg(self.options.bulk_batch.max(1))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(StoreError::redis("reap script"))?;
-            let key = self.keys.meta(sweep);
-            let reaped = parse_num::<u64>(reply.first().map(String::as_str).unwrap_or(""), &key, "reaped")?;
+                .arg(self.lease_ttl_ms());
+            for outage in outages {
+                invocation.arg(outage.start_ms).arg(outage.end_ms);
+            }
+            let reply: Vec<String> =
+                invocation.invoke_async(&mut conn).await.map_err(StoreError::redis("reap script"))?;
+            let field =
+                |i: usize, name: &str| parse_num::<u64>(reply.get(i).map(String::as_str).unwrap_or(""), &key, name);
+            let reaped = field(0, "reaped")?;
+            let extended = field(2, "extended")?;
+            if extended > 0 {
+                info!(sweep = %sweep, leases = extended, outage_ms = field(3, "dark_ms")?,
+                      "leases extended by the control-plane outage before reaping");
+            }
+            for lost in reply.get(4..).unwrap_or_default().chunks(4) {
+                match lost {
+                    [task_id, worker, attempt, state] if state == "leased" => {
+                        info!(sweep = %sweep, task_id = %task_id, worker = %worker, attempt = %attempt,
+                              "lease expired before its worker started it (the worker died first, or the acquire reply never reached it): task back to pending");
+                    }
+                    [task_id, worker, attempt, _] => {
+                        info!(sweep = %sweep, task_id = %task_id, worker = %worker, attempt = %attempt,
+                              "lease expired: attempt lost, task back to pending");
+                    }
+                    _ => {}
+                }
+            }
             total += reaped;
             if reply.get(1).map(String::as_str) != Some("1") {
                 break;
@@ -410,9 +456,10 @@ impl Store {
 
     /// [`Store::reap_expired`] over every active sweep.
     pub async fn reap_all(&self) -> Result<u64, StoreError> {
+        let outages = self.outages().await?;
         let mut total = 0;
         for sweep in self.active_sweeps().await? {
-            total += self.reap_expired(&sweep).await?;
+            total += self.reap_sweep(&sweep, &outages).await?;
         }
         Ok(total)
     }
@@ -894,13 +941,18 @@ impl Store {
 
     async fn require_sweep(&self, sweep: &str) -> Result<(), StoreError> {
         validate_sweep_name(sweep)?;
-        let mut conn = self.conn.clone();
-        let exists: bool = conn.exists(self.keys.meta(sweep)).await.map_err(StoreError::redis("exists meta"))?;
-        if exists {
+        if self.has_meta(sweep).await? {
             Ok(())
         } else {
             Err(StoreError::SweepNotFound { sweep: sweep.to_string() })
         }
+    }
+
+    /// Whether the sweep has its meta hash: false for a sweep that is gone or whose delete
+    /// began (its meta is the tombstone `deleting` then).
+    async fn has_meta(&self, sweep: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        conn.exists(self.keys.meta(sweep)).await.map_err(StoreError::redis("exists meta"))
     }
 
     async fn mark_active(&self, sweep: &str) -> Result<(), StoreError> {
@@ -914,16 +966,19 @@ impl Store {
     async fn deactivate_if_idle(&self, sweep: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: () = conn.srem(self.keys.active(), sweep).await.map_err(StoreError::redis("srem active"))?;
-        let (counts, closed): (Vec<Option<i64>>, u64) = redis::pipe()
+        let (counts, closed, meta): (Vec<Option<i64>>, u64, bool) = redis::pipe()
             .cmd("HMGET")
             .arg(self.keys.counts(sweep))
             .arg(&["pending", "leased", "running"])
             .scard(self.keys.closed(sweep))
+            .exists(self.keys.meta(sweep))
             .query_async(&mut conn)
             .await
             .map_err(StoreError::redis("recheck idle sweep"))?;
         let in_flight: i64 = counts.into_iter().map(|c| c.unwrap_or(0)).sum();
-        if in_flight > 0 || closed > 0 {
+        // A sweep without meta (its delete began: the counts stay until its last batch)
+        // has no work to come back to.
+        if meta && (in_flight > 0 || closed > 0) {
             self.mark_active(sweep).await?;
         } else {
             debug!(sweep = %sweep, "sweep idle");
@@ -975,6 +1030,7 @@ impl Store {
             finished_unix_ms: number("finished_ms"),
             accepted_completions: number("accepted").max(0) as u32,
             spec_json,
+            resume_error: text("resume_error"),
             // Grid points carry their group, finals the group they were selected for.
             selection_group: row
                 .get("group")

@@ -30,6 +30,7 @@ pub(crate) struct Scripts {
     pub worker_auth: Script,
     pub delete_begin: Script,
     pub delete_batch: Script,
+    pub plane_beat: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -50,4 +51,5 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     worker_auth: lua!("worker_auth.lua"),
     delete_begin: lua!("delete_begin.lua"),
     delete_batch: lua!("delete_batch.lua"),
+    plane_beat: lua!("plane_beat.lua"),
 });

@@ -82,6 +82,9 @@ pub struct StoreOptions {
     pub connection_timeout: Duration,
     /// A worker not seen (register or renew) for this long is no longer counted.
     pub worker_forget: Duration,
+    /// A gap this long between two liveness beats of the control plane is an outage
+    /// ([`super::Store::beat`]): leases are extended by it before any reaping.
+    pub dark_after: Duration,
 }
 
 impl StoreOptions {
@@ -108,6 +111,7 @@ impl Default for StoreOptions {
             response_timeout: Duration::from_secs(10),
             connection_timeout: Duration::from_secs(2),
             worker_forget: Duration::from_secs(120),
+            dark_after: Duration::from_secs(6),
         }
     }
 }
@@ -283,4 +287,30 @@ pub struct DeleteOutcome {
     pub complete: bool,
     /// Tasks the sweep had when the delete began.
     pub tasks_total: u64,
+}
+
+/// A control-plane outage: the gap between two liveness beats that was longer than
+/// [`StoreOptions::dark_after`] (both on the Redis server's clock, ms). Redis down, every
+/// coordinator down, or Redis too slow to answer all look the same: nobody could renew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+impl Outage {
+    pub fn duration_ms(&self) -> u64 {
+        self.end_ms.saturating_sub(self.start_ms)
+    }
+}
+
+/// What one liveness beat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    /// Since the previous beat of any coordinator (0 for the very first).
+    pub gap_ms: u64,
+    /// Set when the gap was an outage (now recorded for the reapers).
+    pub outage: Option<Outage>,
+    /// Redis's run id changed since the previous beat: it restarted (from its AOF).
+    pub redis_restarted: bool,
 }

@@ -8,7 +8,7 @@ use toml::Spanned;
 use tsweep_proto::arch::Normalize;
 use tsweep_proto::cell::{
     DatasetFormat, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Precision, Regime, TrainSettings,
-    ValPolicy,
+    ValPolicy, DEFAULT_STALL_TIMEOUT_S,
 };
 use tsweep_proto::limits::MAX_CELL_SPEC_BYTES;
 
@@ -39,6 +39,8 @@ pub const MAX_LBFGS_ITER: u32 = 100_000;
 /// Room left in the cell-size check for hyperparameter values and seeds of other lengths
 /// than the representative cell's (each number's JSON is at most 24 characters).
 const CELL_SIZE_SLACK: usize = 128;
+/// Longest `stall_timeout_s` / `max_runtime_s`: 30 days.
+pub const MAX_LIMIT_S: u64 = 30 * 24 * 3600;
 
 pub(super) fn parse_plan(
     text: &str,
@@ -650,6 +652,26 @@ impl<'a> Expander<'a> {
                 format!("{lbfgs_max_iter} is out of range: 1 to {MAX_LBFGS_ITER}"),
             ));
         }
+        let stall_timeout_s = settings.stall_timeout_s.as_ref().map_or(DEFAULT_STALL_TIMEOUT_S, |s| *s.get_ref());
+        if !(1..=MAX_LIMIT_S).contains(&stall_timeout_s) {
+            let span = settings.stall_timeout_s.as_ref().map_or(section.span(), |s| s.span());
+            return Err(self.invalid(
+                &span,
+                &format!("{prefix}.stall_timeout_s"),
+                format!("{stall_timeout_s} is out of range: 1 to {MAX_LIMIT_S} seconds"),
+            ));
+        }
+        let max_runtime_s = match &settings.max_runtime_s {
+            Some(m) if !(1..=MAX_LIMIT_S).contains(m.get_ref()) => {
+                return Err(self.invalid(
+                    &m.span(),
+                    &format!("{prefix}.max_runtime_s"),
+                    format!("{} is out of range: 1 to {MAX_LIMIT_S} seconds", m.get_ref()),
+                ));
+            }
+            Some(m) => Some(*m.get_ref()),
+            None => None,
+        };
         Ok(TrainSettings {
             steps,
             batch_size,
@@ -663,6 +685,8 @@ impl<'a> Expander<'a> {
             loader_threads,
             l2_path,
             lbfgs_max_iter,
+            stall_timeout_s,
+            max_runtime_s,
         })
     }
 

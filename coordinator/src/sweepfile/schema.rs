@@ -113,6 +113,8 @@ macro_rules! settings_struct {
             pub loader_threads: Option<Spanned<u32>>,
             pub lbfgs_max_iter: Option<Spanned<u32>>,
             pub gpus: Option<Spanned<u32>>,
+            pub stall_timeout_s: Option<Spanned<u64>>,
+            pub max_runtime_s: Option<Spanned<u64>>,
             pub precision: Option<Precision>,
             $($(#[$fattr])* pub $field: $ty,)*
         }
@@ -132,6 +134,8 @@ macro_rules! settings_struct {
                     loader_threads: self.loader_threads.clone(),
                     lbfgs_max_iter: self.lbfgs_max_iter.clone(),
                     gpus: self.gpus.clone(),
+                    stall_timeout_s: self.stall_timeout_s.clone(),
+                    max_runtime_s: self.max_runtime_s.clone(),
                     precision: self.precision,
                 }
             }
@@ -179,6 +183,8 @@ impl Settings {
             loader_threads: over.loader_threads.clone().or_else(|| self.loader_threads.clone()),
             lbfgs_max_iter: over.lbfgs_max_iter.clone().or_else(|| self.lbfgs_max_iter.clone()),
             gpus: over.gpus.clone().or_else(|| self.gpus.clone()),
+            stall_timeout_s: over.stall_timeout_s.clone().or_else(|| self.stall_timeout_s.clone()),
+            max_runtime_s: over.max_runtime_s.clone().or_else(|| self.max_runtime_s.clone()),
             precision: over.precision.or(self.precision),
         }
     }

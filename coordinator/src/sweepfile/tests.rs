@@ -392,6 +392,33 @@ fn a_cell_larger_than_a_worker_receives_is_refused_at_its_axis() {
 }
 
 #[test]
+fn attempt_limits_default_override_per_regime_and_are_checked_with_their_line() {
+    let sweep = expand(&SMALL.replace("steps = 100\n", "steps = 100\nstall_timeout_s = 7200\nmax_runtime_s = 86400\n"))
+        .unwrap();
+    for cell in &sweep.cells {
+        let train = &cell.spec.train;
+        match cell.spec.regime {
+            Regime::Finetune => assert_eq!((train.stall_timeout_s, train.max_runtime_s), (7200, Some(86400))),
+            _ => assert_eq!((train.stall_timeout_s, train.max_runtime_s), (30 * 60, None), "the defaults"),
+        }
+    }
+    let with_default = SMALL.replace("gpus = 0\n", "gpus = 0\nstall_timeout_s = 60\n");
+    assert!(expand(&with_default).unwrap().cells.iter().all(|c| c.spec.train.stall_timeout_s == 60));
+
+    let zero = SMALL.replace("steps = 100\n", "steps = 100\nstall_timeout_s = 0\n");
+    let msg = error(&zero);
+    let line = line_of(&zero, "stall_timeout_s = 0");
+    assert!(msg.starts_with(&format!("sweep.toml:{line}:")), "{msg}");
+    assert!(msg.contains("regimes.finetune.stall_timeout_s: 0 is out of range: 1 to 2592000 seconds"), "{msg}");
+    let huge = SMALL.replace("steps = 100\n", "steps = 100\nmax_runtime_s = 99999999\n");
+    let msg = error(&huge);
+    assert!(msg.contains(&format!("sweep.toml:{}:", line_of(&huge, "max_runtime_s"))), "{msg}");
+    assert!(msg.contains("regimes.finetune.max_runtime_s: 99999999 is out of range: 1 to 2592000 seconds"), "{msg}");
+    let msg = error(&SMALL.replace("steps = 100\n", "steps = 100\nstall_timeout_s = \"30m\"\n"));
+    assert!(msg.contains("stall_timeout_s"), "{msg}");
+}
+
+#[test]
 fn precision_defaults_to_fp32_and_is_set_by_defaults_regime_and_model() {
     use tsweep_proto::cell::Precision;
     let precisions = |s: &ExpandedSweep, regime: Regime, model: &str| -> BTreeSet<Precision> {

@@ -57,6 +57,8 @@ pub fn spec(sweep: &str, model: &str, regime: Regime, lr: f64, gpus: u32, max_at
             loader_threads: 1,
             l2_path: if regime == Regime::Linear { vec![0.1, 1.0] } else { vec![] },
             lbfgs_max_iter: 10,
+            stall_timeout_s: tsweep_proto::cell::DEFAULT_STALL_TIMEOUT_S,
+            max_runtime_s: None,
         },
         seed: 0,
         precision: Default::default(),

@@ -19,6 +19,7 @@ use tsweep_proto::v1::{
     AcquireTaskRequest, CompleteTaskRequest, LeaseRef, RegisterWorkerRequest, SubmitSweepRequest, TaskResult,
 };
 use tsweep_proto::PROTOCOL_VERSION;
+use tsweep_tests::cluster::linear_sweep_text;
 use tsweep_tests::process::{free_port, serve_command, wait_for, Proc};
 
 #[derive(Parser)]
@@ -87,22 +88,9 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// A linear-regime sweep (no finals) of about `cells` cells.
+/// Submits [`linear_sweep_text`].
 async fn submit_bench_sweep(url: &str, sweep: &str, cells: usize) -> Result<u64> {
-    let datasets = 100;
-    let models = cells.div_ceil(datasets);
-    let mut text = format!("name = \"{sweep}\"\nallow_random_init = true\n\n[fake]\nsleep_ms = 0\n\n");
-    for m in 0..models {
-        text.push_str(&format!(
-            "[[models]]\nname = \"m{m}\"\nsource = \"builtin\"\narch = \"resnet18\"\nimage_size = 32\n\n"
-        ));
-    }
-    for d in 0..datasets {
-        text.push_str(&format!(
-            "[[datasets]]\nname = \"d{d}\"\nformat = \"imagefolder\"\npath = \"/data/d{d}\"\nmetric = \"top1\"\n\n"
-        ));
-    }
-    text.push_str("[regimes.linear]\nl2 = [1.0]\n");
+    let text = linear_sweep_text(sweep, cells);
     let mut client = SweepServiceClient::connect(url.to_string()).await?;
     let started = Instant::now();
     let response = client

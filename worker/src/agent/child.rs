@@ -3,6 +3,13 @@
 //! The child is put in its own process group (terminal signals reach only the agent, which
 //! stops children in order) and gets `PR_SET_PDEATHSIG = SIGKILL`, so a SIGKILL'd agent
 //! leaves no orphan trainer behind. Signals go to the child's whole process group.
+//!
+//! Every stop goes the same way: SIGTERM (the child checkpoints and exits), SIGKILL after
+//! the grace period. Stops come from a drain (SIGTERM to the agent: reported preempted),
+//! a stop order (CANCELLED, LEASE_LOST: nothing reported), or the cell's limits: no
+//! progress event (started, progress, checkpoint) for `train.stall_timeout_s`, or a run
+//! longer than `train.max_runtime_s`, which fail the attempt as retryable with a message
+//! saying which limit it hit (a result sent before the child stopped is still reported).
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -16,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use tsweep_proto::cell::CellSpec;
 use tsweep_proto::v1::TaskResult;
 
 use super::leases::{LeaseKey, LeaseTable, StopCommand};
@@ -49,10 +57,29 @@ pub enum AttemptOutcome {
     Cancelled,
 }
 
-/// When the agent is draining: the child got SIGTERM and must be gone by `kill_at`.
+/// How long a child gets between SIGTERM (drain, cancel, lost lease, stall) and SIGKILL.
 #[derive(Debug, Clone, Copy)]
 pub struct DrainPolicy {
     pub child_grace: Duration,
+}
+
+/// The cell's limits on one attempt (`train.stall_timeout_s`, `train.max_runtime_s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptLimits {
+    /// No progress event (started, progress, checkpoint) for this long: the child is
+    /// stopped and the attempt fails as retryable.
+    pub stall_timeout: Duration,
+    /// The attempt may run at most this long (None: no limit).
+    pub max_runtime: Option<Duration>,
+}
+
+impl AttemptLimits {
+    pub fn of(spec: &CellSpec) -> Self {
+        AttemptLimits {
+            stall_timeout: Duration::from_secs(spec.train.stall_timeout_s.max(1)),
+            max_runtime: spec.train.max_runtime_s.map(|s| Duration::from_secs(s.max(1))),
+        }
+    }
 }
 
 fn executor_arg(kind: ExecutorKind) -> &'static str {
@@ -178,7 +205,12 @@ impl ChildLauncher {
         };
         let mut lines = BufReader::new(stdout).lines();
 
-        let mut watch = Watch { key, leases, metrics, terminal: None };
+        let limits = AttemptLimits::of(&input.spec);
+        let started = Instant::now();
+        let runtime_ends = limits.max_runtime.map(|limit| started + limit);
+        let mut watch = Watch { key, leases, metrics, terminal: None, last_progress: started };
+        // Set when the agent stopped the child for a limit (stall, run time): the message.
+        let mut limit_hit: Option<String> = None;
         let mut stop_reason: Option<StopCommand> = None;
         let mut orders_open = true;
         let mut draining = false;
@@ -188,6 +220,9 @@ impl ChildLauncher {
 
         let status = loop {
             let kill_timer = tokio::time::sleep_until(kill_at.unwrap_or_else(|| Instant::now() + far));
+            let stall_at = watch.last_progress + limits.stall_timeout;
+            let limit_timer = tokio::time::sleep_until(runtime_ends.map_or(stall_at, |ends| ends.min(stall_at)));
+            let watching_limits = limit_hit.is_none() && stop_reason.is_none() && !draining;
             tokio::select! {
                 line = lines.next_line(), if stdout_open => match line {
                     Ok(Some(line)) => watch.on_line(&line),
@@ -200,9 +235,12 @@ impl ChildLauncher {
                 status = child.wait() => break status.ok(),
                 order = stop_orders.recv(), if orders_open && stop_reason.is_none() => match order {
                     Some(StopCommand::LeaseLost) => {
-                        warn!(task_id = %key.task_id, attempt = key.attempt, "lease lost: killing the child, reporting nothing");
+                        warn!(task_id = %key.task_id, attempt = key.attempt, grace_ms = drain.child_grace.as_millis() as u64,
+                              "lease lost: stopping the child (SIGTERM, SIGKILL after the grace period), reporting nothing");
                         stop_reason = Some(StopCommand::LeaseLost);
-                        signal_group(pid, Signal::SIGKILL);
+                        signal_group(pid, Signal::SIGTERM);
+                        let deadline = Instant::now() + drain.child_grace;
+                        kill_at = Some(kill_at.map_or(deadline, |at| at.min(deadline)));
                     }
                     Some(StopCommand::Cancelled) => {
                         info!(task_id = %key.task_id, attempt = key.attempt, "task cancelled: stopping the child");
@@ -220,6 +258,21 @@ impl ChildLauncher {
                     signal_group(pid, Signal::SIGTERM);
                     let deadline = Instant::now() + drain.child_grace;
                     kill_at = Some(kill_at.map_or(deadline, |at| at.min(deadline)));
+                }
+                _ = limit_timer, if watching_limits => {
+                    let message = if runtime_ends.is_some_and(|ends| Instant::now() >= ends) {
+                        format!("attempt ran longer than max_runtime_s = {} s: child stopped",
+                                limits.max_runtime.unwrap_or_default().as_secs())
+                    } else {
+                        format!("no progress event from the child for {} s (stall_timeout_s): child stopped as hung",
+                                limits.stall_timeout.as_secs())
+                    };
+                    warn!(task_id = %key.task_id, attempt = key.attempt, grace_ms = drain.child_grace.as_millis() as u64,
+                          reason = %message, "stopping the child (SIGTERM, SIGKILL after the grace period)");
+                    signal_group(pid, Signal::SIGTERM);
+                    let deadline = Instant::now() + drain.child_grace;
+                    kill_at = Some(kill_at.map_or(deadline, |at| at.min(deadline)));
+                    limit_hit = Some(message);
                 }
                 _ = kill_timer, if kill_at.is_some() => {
                     warn!(task_id = %key.task_id, attempt = key.attempt, "child did not stop in time: SIGKILL");
@@ -246,6 +299,12 @@ impl ChildLauncher {
             (Some(StopCommand::Cancelled), _) => return AttemptOutcome::Cancelled,
             (None, _) => {}
         }
+        if let Some(message) = limit_hit {
+            // A result the child sent before it stopped is still a result.
+            if !matches!(watch.terminal, Some(AttemptOutcome::Completed(_))) {
+                return AttemptOutcome::Failed { class: ChildFailure::Retryable, message };
+            }
+        }
         match watch.terminal {
             Some(outcome) => outcome,
             None if draining => AttemptOutcome::Failed {
@@ -266,6 +325,8 @@ struct Watch<'a> {
     leases: &'a LeaseTable,
     metrics: &'a MetricsSink,
     terminal: Option<AttemptOutcome>,
+    /// When the child last showed progress (started, progress, checkpoint): the stall clock.
+    last_progress: Instant,
 }
 
 impl Watch<'_> {
@@ -285,7 +346,15 @@ impl Watch<'_> {
             warn!(task_id = %self.key.task_id, "child event after its final event ignored");
             return;
         }
+        if !matches!(event, ChildEvent::Result { .. } | ChildEvent::Failed { .. }) {
+            self.last_progress = Instant::now();
+        }
         match event {
+            ChildEvent::ResumeFailed { path, step, reason } => {
+                warn!(task_id = %self.key.task_id, attempt = self.key.attempt, checkpoint = %path.display(), step,
+                      reason = %reason, "cannot resume from the recorded checkpoint: the attempt starts from step 0");
+                self.leases.set_resume_error(self.key, reason);
+            }
             ChildEvent::Started { resumed_from_step } => {
                 info!(task_id = %self.key.task_id, attempt = self.key.attempt, resumed_from_step, "task running");
                 self.leases.set_running(self.key);

@@ -6,41 +6,65 @@
 
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use tsweep_proto::v1::{HeartbeatResponse, StopReason};
 
+use super::backoff::Backoff;
 use super::client::CoordinatorClient;
 use super::leases::{LeaseKey, LeaseTable, StopCommand};
 
+/// Waits before a failed heartbeat is tried again: from 200 ms doubling up to 500 ms (or
+/// the interval, if shorter), so the leases are renewed within half a second of the
+/// control plane's return. A refused connection costs nothing.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_millis(500);
+
 pub async fn run(client: CoordinatorClient, leases: LeaseTable, interval: Duration, stop: CancellationToken) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut failing = false;
+    // While beats fail (coordinator or Redis away) the children keep running and the
+    // leases are kept: the coordinator extends them by the outage once it is back (see
+    // docs/ARCHITECTURE.md, "Control-plane outages"). Failed beats are retried sooner than
+    // the interval (RETRY_*), so the leases are renewed again soon after the control plane
+    // returns.
+    let mut retry = Backoff::new(RETRY_MIN.min(interval), RETRY_MAX.min(interval));
+    let mut failing_since: Option<Instant> = None;
+    let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = ticker.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        let beat_started = Instant::now();
         let held = leases.held();
         let count = held.len();
-        match client.heartbeat(held).await {
+        let ok = match client.heartbeat(held).await {
             Ok(response) => {
-                if failing {
-                    info!(leases = count, "heartbeats reach the coordinator again");
+                if let Some(since) = failing_since.take() {
+                    info!(
+                        leases = count,
+                        failing_ms = since.elapsed().as_millis() as u64,
+                        "heartbeats reach the coordinator again; leases renewed"
+                    );
                 }
-                failing = false;
                 apply_stop_orders(&leases, &response);
+                true
             }
             Err(status) => {
-                if !failing {
+                if failing_since.is_none() {
                     warn!(code = ?status.code(), error = %status.message(), leases = count,
-                          "heartbeat failed; running tasks go on, retrying on the next beat");
+                          "heartbeat failed; running tasks go on and keep their leases, retrying");
+                    failing_since = Some(beat_started);
                 }
-                failing = true;
+                false
             }
-        }
+        };
+        wait = if ok {
+            retry.reset();
+            interval.saturating_sub(beat_started.elapsed())
+        } else {
+            retry.next_delay()
+        };
     }
     debug!("heartbeat stopped");
 }

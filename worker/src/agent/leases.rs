@@ -28,7 +28,8 @@ impl LeaseKey {
 /// What the coordinator told the agent to do with a running attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopCommand {
-    /// The lease expired or belongs to a newer attempt: kill the child, report nothing.
+    /// The lease expired or belongs to a newer attempt: stop the child (SIGTERM, SIGKILL
+    /// after the grace period), report nothing.
     LeaseLost,
     /// The user cancelled the task: stop the child (SIGTERM), report nothing.
     Cancelled,
@@ -38,6 +39,8 @@ pub enum StopCommand {
 struct LeaseEntry {
     checkpoint: Option<CheckpointRef>,
     running: bool,
+    /// Why the checkpoint this attempt was to resume from could not be read.
+    resume_error: Option<String>,
     stop: mpsc::UnboundedSender<StopCommand>,
 }
 
@@ -55,7 +58,7 @@ impl LeaseTable {
     /// Starts tracking a lease; stop orders for it arrive on the returned receiver.
     pub fn insert(&self, key: LeaseKey) -> mpsc::UnboundedReceiver<StopCommand> {
         let (stop, receiver) = mpsc::unbounded_channel();
-        self.lock().insert(key, LeaseEntry { checkpoint: None, running: false, stop });
+        self.lock().insert(key, LeaseEntry { checkpoint: None, running: false, resume_error: None, stop });
         receiver
     }
 
@@ -73,6 +76,20 @@ impl LeaseTable {
         if let Some(entry) = self.lock().get_mut(key) {
             entry.checkpoint = Some(checkpoint);
         }
+    }
+
+    /// The attempt could not resume from its checkpoint: the checkpoint passed on so far
+    /// (the one it was to resume from) is dropped, and `reason` goes out with the next
+    /// heartbeat or report (cut to `tsweep_proto::limits::MAX_ERROR_MESSAGE_BYTES`).
+    pub fn set_resume_error(&self, key: &LeaseKey, reason: String) {
+        if let Some(entry) = self.lock().get_mut(key) {
+            entry.checkpoint = None;
+            entry.resume_error = Some(tsweep_proto::limits::truncate_message(&reason));
+        }
+    }
+
+    pub fn resume_error(&self, key: &LeaseKey) -> Option<String> {
+        self.lock().get(key).and_then(|entry| entry.resume_error.clone())
     }
 
     pub fn checkpoint(&self, key: &LeaseKey) -> Option<CheckpointRef> {
@@ -108,6 +125,7 @@ impl LeaseTable {
                     .unwrap_or_default(),
                 checkpoint_step: entry.checkpoint.as_ref().map(|c| c.step).unwrap_or(0),
                 running: entry.running,
+                resume_error: entry.resume_error.clone().unwrap_or_default(),
             })
             .collect()
     }
@@ -132,6 +150,10 @@ mod tests {
         assert!(held[0].running);
         assert_eq!(held[0].checkpoint_step, 7);
         assert_eq!(held[0].checkpoint_path, "/c/a");
+        table.set_resume_error(&key("a"), "gone".into());
+        let held = table.held();
+        assert_eq!(held[0].resume_error, "gone");
+        assert_eq!(held[0].checkpoint_step, 0, "the unreadable resume checkpoint is not passed on");
         table.remove(&key("a"));
         assert!(table.is_empty());
     }

@@ -62,19 +62,35 @@ pub fn slot_gpus(slot: u32, slots: u32, gpus: u32) -> Vec<u32> {
     }
 }
 
-/// Cancels `token` on the first SIGTERM or SIGINT.
+/// The fake executor's lighter child binary (no libtorch to load).
+pub const FAKE_CHILD_BINARY: &str = "tsweep-fake-task";
+
+/// The program a child runs: this executable, or for the fake executor `tsweep-fake-task`
+/// when it sits next to it (same code, starts without loading libtorch).
+pub fn child_exe(agent_exe: &std::path::Path, executor: crate::child_protocol::ExecutorKind) -> PathBuf {
+    let light = agent_exe.with_file_name(FAKE_CHILD_BINARY);
+    if executor == crate::child_protocol::ExecutorKind::Fake && light.is_file() {
+        return light;
+    }
+    agent_exe.to_path_buf()
+}
+
+/// Cancels `token` on the first SIGTERM, SIGINT or SIGHUP (a closed terminal drains the
+/// agent like a stop does).
 pub async fn cancel_on_signal(token: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(term), Ok(int)) => (term, int),
-        (Err(e), _) | (_, Err(e)) => {
-            error!(error = %e, "cannot listen for SIGTERM/SIGINT; the agent will not drain on signals");
+    let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
+    let (mut term, mut int, mut hup) = match signals {
+        (Ok(term), Ok(int), Ok(hup)) => (term, int, hup),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            error!(error = %e, "cannot listen for SIGTERM/SIGINT/SIGHUP; the agent will not drain on signals");
             return;
         }
     };
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+        _ = hup.recv() => "SIGHUP",
         _ = token.cancelled() => return,
     };
     info!(signal = name, "draining: no new tasks, children checkpoint, leases released as preempted");
@@ -169,7 +185,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         client,
         leases: leases.clone(),
         metrics: metrics_sink,
-        launcher: ChildLauncher { exe, executor: config.executor, log_format: config.log_format },
+        launcher: ChildLauncher {
+            exe: child_exe(&exe, config.executor),
+            executor: config.executor,
+            log_format: config.log_format,
+        },
         shutdown: shutdown.clone(),
         checkpoint_root: config.checkpoint_root.clone(),
         cache_dir: config.cache_dir.clone(),

@@ -218,6 +218,7 @@ impl Slot {
                         .map(|c| c.path.to_string_lossy().into_owned())
                         .unwrap_or_default(),
                     checkpoint_step: checkpoint.as_ref().map(|c| c.step).unwrap_or(0),
+                    resume_error: shared.leases.resume_error(key).unwrap_or_default(),
                     // The client fills in the protocol version, worker id and secret.
                     worker_secret: String::new(),
                 })

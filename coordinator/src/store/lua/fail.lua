@@ -8,7 +8,8 @@
 --   fatal: failed now.
 -- In a cancelled sweep the task ends cancelled whatever the class.
 -- The attempt's last checkpoint is recorded first, so the next attempt resumes from it.
--- ARGV: worker_id, task_id, attempt, class, message, checkpoint_path, checkpoint_step, max_lost
+-- ARGV: worker_id, task_id, attempt, class, message, checkpoint_path, checkpoint_step, max_lost,
+--       resume_error ('' when none; see renew)
 -- Returns {outcome, state}: outcome 'accepted' | 'duplicate' | 'stale'.
 local bad = validate_base(); if bad then return bad end
 -- The OOM that fails a task: the first is retried in a fresh process, the second is final.
@@ -28,6 +29,7 @@ end
 if not sweep_status() then return {'stale', ''} end
 local t = load_task(id)
 if t ~= nil and holds_lease(t, worker, attempt) then
+  record_resume_error(id, t, ARGV[9])
   record_checkpoint(id, t, ckpt_path, ckpt_step)
   redis.call('HSET', task_key(id), 'failed_attempt', attempt)
   local to

@@ -140,13 +140,14 @@ end
 local function load_task(id)
   local raw = redis.call('HMGET', task_key(id), 'state', 'attempt', 'worker', 'seq', 'prio', 'gpus',
     'group', 'retries_used', 'max_attempts', 'lost_streak', 'ckpt_step', 'done_attempt',
-    'failed_attempt', 'stage')
+    'failed_attempt', 'stage', 'ckpt_path', 'ckpt_attempt')
   if not raw[1] then return nil end
   return {
     state = raw[1], attempt = num(raw[2], 0), worker = raw[3] or '', seq = raw[4], prio = raw[5],
     gpus = raw[6] or '1', group = raw[7] or '', retries_used = num(raw[8], 0),
     max_attempts = num(raw[9], 1), lost_streak = num(raw[10], 0), ckpt_step = num(raw[11], 0),
     done_attempt = num(raw[12], 0), failed_attempt = num(raw[13], 0), stage = raw[14] or 'grid',
+    ckpt_path = raw[15] or '', ckpt_attempt = num(raw[16], 0),
   }
 end
 
@@ -154,14 +155,32 @@ local function holds_lease(t, worker, attempt)
   return (t.state == 'leased' or t.state == 'running') and t.attempt == attempt and t.worker == worker
 end
 
--- Records a checkpoint if it is newer than the one on the task; progress resets the
--- count of consecutive lost attempts.
+-- Records a checkpoint the current attempt (t.attempt, fenced by the caller) reports:
+-- - a newer one (higher step) always; progress resets the count of consecutive lost attempts;
+-- - a lower one under another path only while the recorded checkpoint is an older
+--   attempt's: that attempt did not resume from it (missing or unreadable to it, it started
+--   from step 0), so the recorded checkpoint follows the new attempt from now on. Once the
+--   attempt has one recorded, its own older checkpoints (a late heartbeat) never replace it.
 local function record_checkpoint(id, t, path, step)
-  if path ~= nil and path ~= '' and step > t.ckpt_step then
-    redis.call('HSET', task_key(id), 'ckpt_path', path, 'ckpt_step', step, 'lost_streak', 0)
-    t.ckpt_step = step
+  if path == nil or path == '' then return end
+  if step > t.ckpt_step then
+    redis.call('HSET', task_key(id), 'ckpt_path', path, 'ckpt_step', step, 'ckpt_attempt', t.attempt, 'lost_streak', 0)
     t.lost_streak = 0
+  elseif t.ckpt_attempt ~= t.attempt and path ~= t.ckpt_path then
+    redis.call('HSET', task_key(id), 'ckpt_path', path, 'ckpt_step', step, 'ckpt_attempt', t.attempt)
+  else
+    return
   end
+  t.ckpt_step, t.ckpt_path, t.ckpt_attempt = step, path, t.attempt
+end
+
+-- The current attempt could not read the checkpoint it was to resume from: recorded on
+-- the task once per attempt (TaskInfo.resume_error).
+local function record_resume_error(id, t, reason)
+  if reason == nil or reason == '' then return end
+  local key = task_key(id)
+  if num(redis.call('HGET', key, 'resume_error_attempt'), 0) == t.attempt then return end
+  redis.call('HSET', key, 'resume_error', 'attempt ' .. t.attempt .. ': ' .. reason, 'resume_error_attempt', t.attempt)
 end
 
 -- A lost attempt (expired lease, lost worker, preemption): back to pending, not counted

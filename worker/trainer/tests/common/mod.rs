@@ -81,6 +81,8 @@ pub fn cell(regime: Regime, data: &Path, arch: &str, weights: Option<PathBuf>) -
             loader_threads: 1,
             l2_path: vec![1e-4, 1e-3, 1e-2, 1e-1, 1.0],
             lbfgs_max_iter: 200,
+            stall_timeout_s: tsweep_proto::cell::DEFAULT_STALL_TIMEOUT_S,
+            max_runtime_s: None,
         },
         seed: 7,
         precision: Default::default(),

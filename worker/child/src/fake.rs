@@ -14,6 +14,9 @@
 //!   attempts 1..=N fail;
 //! - with `linger_ms` the child stays that long after its result (or until SIGTERM), so a
 //!   stop order can arrive between the result and the exit;
+//! - `hang_after_step = N` hangs after step N (no events, SIGTERM ignored) until killed,
+//!   like a deadlocked trainer (also limited by `fail_attempts`);
+//! - an unreadable resume checkpoint is a `resume_failed` event, then a run from step 0;
 //! - the score is `score`, or a deterministic function of the model and the hyperparameters
 //!   (peaked at lr = 1e-2, weight_decay = 1e-4, higher for a model with a higher
 //!   `imagenet_top1`), so that selection and the report have something to pick.
@@ -64,6 +67,7 @@ pub fn run(
     let total_steps = settings.steps.max(1);
     let step_sleep = Duration::from_millis(settings.sleep_ms) / u32::try_from(total_steps).unwrap_or(u32::MAX);
     let fault = injected_fault(&settings, input.attempt)?;
+    let hang_after = settings.hang_after_step.filter(|_| fault_applies(&settings, input.attempt));
 
     std::fs::create_dir_all(&input.checkpoint_dir).map_err(|e| {
         ExecutorFailure::retryable(format!("cannot create checkpoint dir {}: {e}", input.checkpoint_dir.display()))
@@ -80,6 +84,7 @@ pub fn run(
             Err(e) => {
                 warn!(task_id = %input.task_id, attempt = input.attempt, error = %e,
                       "cannot read the checkpoint to resume from, starting at step 0");
+                emit(ChildEvent::ResumeFailed { path: resume.path.clone(), step: resume.step, reason: e });
                 0
             }
         },
@@ -106,6 +111,9 @@ pub fn run(
                     }
                 }
             }
+        }
+        if hang_after == Some(done) {
+            hang(input, done);
         }
         if done >= total_steps {
             break;
@@ -162,16 +170,29 @@ fn injected_fault(settings: &FakeSettings, attempt: u32) -> Result<Option<Inject
             )))
         }
     };
-    let applies = settings.fail_attempts == 0 || attempt <= settings.fail_attempts;
-    Ok(applies.then_some(fault))
+    Ok(fault_applies(settings, attempt).then_some(fault))
 }
 
-/// Sleeps `total`, returning false early when `stop` is raised.
+/// `fail_attempts`: only attempts 1..=N misbehave (0: every attempt).
+fn fault_applies(settings: &FakeSettings, attempt: u32) -> bool {
+    settings.fail_attempts == 0 || attempt <= settings.fail_attempts
+}
+
+/// `hang_after_step`: a trainer stuck for good (a deadlocked collective, a dead NFS mount):
+/// no events, the stop flag ignored, until the agent kills the process.
+fn hang(input: &TaskInput, step: u64) -> ! {
+    warn!(task_id = %input.task_id, attempt = input.attempt, step, "fake executor hanging on request (fake.hang_after_step)");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 /// After the result: stays `total` (`fake.linger_ms`) or until the stop flag is raised.
 pub fn linger(total: Duration, stop: &AtomicBool) {
     sleep_unless_stopped(total, stop);
 }
 
+/// Sleeps `total`, returning false early when `stop` is raised.
 fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) -> bool {
     let deadline = Instant::now() + total;
     loop {

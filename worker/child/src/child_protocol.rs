@@ -80,6 +80,15 @@ pub enum ChildEvent {
         path: PathBuf,
         step: u64,
     },
+    /// The checkpoint this attempt was to resume from could not be read (missing or not a
+    /// checkpoint of this cell): the attempt starts from step 0. The agent logs it and puts
+    /// it on the task (`resume_error`); the task's recorded checkpoint then follows this
+    /// attempt's own.
+    ResumeFailed {
+        path: PathBuf,
+        step: u64,
+        reason: String,
+    },
     Result {
         result: TaskResult,
     },
