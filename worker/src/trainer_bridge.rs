@@ -23,6 +23,7 @@ pub fn run(
         checkpoint_dir: input.checkpoint_dir.clone(),
         cache_dir: input.cache_dir.clone(),
         device: input.device.clone(),
+        pretrained_out: input.pretrained_out.clone(),
     };
     let mut forward = |event: TrainerEvent| emit(child_event(event));
     tsweep_trainer::run_task(&job, &mut forward, stop)

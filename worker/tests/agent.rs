@@ -351,6 +351,7 @@ fn assignment(task_id: &str, attempt: u32, fake: FakeSettings, resume: Option<(&
             weights: None,
             imagenet_top1: Some(0.7),
             image_size: 32,
+            pretrained: None,
             normalize: Default::default(),
         },
         dataset: DatasetSpec {

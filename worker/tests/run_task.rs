@@ -24,6 +24,7 @@ fn spec(fake: FakeSettings) -> CellSpec {
             weights: None,
             imagenet_top1: Some(0.7),
             image_size: 32,
+            pretrained: None,
             normalize: Default::default(),
         },
         dataset: DatasetSpec {
@@ -70,6 +71,7 @@ fn input(dir: &Path, attempt: u32, fake: FakeSettings, resume: Option<Checkpoint
         cpu_threads: Some(1),
         device: "cpu".into(),
         executor: ExecutorKind::Fake,
+        pretrained_out: None,
     }
 }
 

@@ -25,6 +25,11 @@
 //!   undefined (all points equal in x or y), and take the 2.5th and 97.5th percentiles
 //!   (linear interpolation between order statistics).
 //! * **Fit line**: ordinary least squares of mean log-odds on ImageNet top-1 (percent).
+//! * **Pretrained models**: a model whose backbone a pretrain cell of the sweep trained
+//!   has that cell's source test score as its x-axis value in place of an ImageNet top-1
+//!   (on the cells' scale; a typed `imagenet_top1` wins). The regularizer study
+//!   ([`crate::pretraining`]) sets each pretrain setting's source accuracy against its
+//!   model's mean transfer log-odds per regime. Pretrain cells are in no regime's table.
 //! * **Scratch vs fine-tune**, per dataset, over models with both scores: mean accuracy of
 //!   each, mean paired difference in accuracy and in log-odds, models where fine-tuning wins.
 
@@ -286,7 +291,7 @@ impl ReportedScore {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelSummary {
     pub model: String,
-    /// ImageNet top-1 as a fraction.
+    /// ImageNet top-1 as a fraction (for a pretrained model: its source test score).
     pub imagenet_top1: Option<f64>,
     pub mean_log_odds: Option<f64>,
     pub datasets_scored: usize,
@@ -362,6 +367,11 @@ pub struct Analysis {
     pub sweep: String,
     pub score_scale: ScoreScale,
     pub imagenet_scale: ScoreScale,
+    /// What the x axis of the correlations is: "ImageNet top-1", "source top-1
+    /// (fashion_mnist)" when every model is pretrained in the sweep, or both.
+    pub x_axis: String,
+    /// The regularizer study: one setting per pretrain cell (None without any).
+    pub pretraining: Option<crate::pretraining::RegularizerStudy>,
     pub settings: AnalysisSettings,
     pub datasets: Vec<DatasetInfo>,
     pub regimes: Vec<RegimeAnalysis>,
@@ -587,14 +597,26 @@ pub fn analyze(input: &ReportInput) -> Analysis {
             datasets.push(DatasetInfo { name: cell.dataset.clone(), metric: cell.metric.clone() });
         }
     }
-    let top1: BTreeMap<&str, f64> = input
+    let mut top1: BTreeMap<&str, f64> = input
         .models
         .iter()
         .filter_map(|m| Some((m.name.as_str(), imagenet_scale.to_fraction(m.imagenet_top1.filter(|v| v.is_finite())?))))
         .collect();
+    let typed = top1.len();
+    let sources = crate::pretraining::source_scores(&input.cells, score_scale);
+    let pretrained: BTreeSet<&str> =
+        input.cells.iter().filter(|c| c.stage == Stage::Pretrain).map(|c| c.model.as_str()).collect();
+    for (model, score) in &sources.scores {
+        top1.entry(model.as_str()).or_insert(*score);
+    }
+    let x_axis = match (typed > 0, sources.datasets.is_empty()) {
+        (_, true) => "ImageNet top-1".to_string(),
+        (false, false) => format!("source top-1 ({})", sources.datasets.join(", ")),
+        (true, false) => format!("ImageNet or source top-1 ({})", sources.datasets.join(", ")),
+    };
 
     let mut groups: BTreeMap<(Regime, &str, &str), Vec<&CellRow>> = BTreeMap::new();
-    for cell in &input.cells {
+    for cell in input.cells.iter().filter(|c| c.stage != Stage::Pretrain) {
         groups.entry((cell.regime, cell.model.as_str(), cell.dataset.as_str())).or_default().push(cell);
     }
 
@@ -608,22 +630,36 @@ pub fn analyze(input: &ReportInput) -> Analysis {
         if scores.is_empty() {
             continue;
         }
-        regimes.push(analyze_regime(regime, scores, &datasets, &top1, settings));
+        regimes.push(analyze_regime(regime, scores, &datasets, &top1, &pretrained, settings));
     }
 
     let scratch_vs_finetune = compare_scratch_finetune(&regimes, &datasets, &top1, eps);
-    let without_top1: Vec<&str> =
-        input.models.iter().filter(|m| !top1.contains_key(m.name.as_str())).map(|m| m.name.as_str()).collect();
+    let without_top1: Vec<&str> = input
+        .models
+        .iter()
+        .filter(|m| !top1.contains_key(m.name.as_str()) && !pretrained.contains(m.name.as_str()))
+        .map(|m| m.name.as_str())
+        .collect();
     if !without_top1.is_empty() {
         notes.push(format!(
             "no ImageNet top-1 in the sweep file for {}: reported, left out of the correlations",
             without_top1.join(", ")
         ));
     }
+    let waiting: Vec<&str> = pretrained.iter().copied().filter(|m| !top1.contains_key(m)).collect();
+    if !waiting.is_empty() {
+        notes.push(format!(
+            "no source score yet for {} (its pretrain cell has not succeeded): left out of the correlations",
+            waiting.join(", ")
+        ));
+    }
+    let pretraining = crate::pretraining::study(&input.cells, &regimes, score_scale, settings);
     Analysis {
         sweep: input.sweep.clone(),
         score_scale,
         imagenet_scale,
+        x_axis,
+        pretraining,
         settings: settings.clone(),
         datasets,
         regimes,
@@ -632,7 +668,12 @@ pub fn analyze(input: &ReportInput) -> Analysis {
     }
 }
 
-fn correlation(xs: &[f64], ys: &[f64], settings: &AnalysisSettings, seed_offset: u64) -> Option<Correlation> {
+pub(crate) fn correlation(
+    xs: &[f64],
+    ys: &[f64],
+    settings: &AnalysisSettings,
+    seed_offset: u64,
+) -> Option<Correlation> {
     if xs.len() < 3 {
         return None;
     }
@@ -659,6 +700,7 @@ fn analyze_regime(
     scores: Vec<ReportedScore>,
     all_datasets: &[DatasetInfo],
     top1: &BTreeMap<&str, f64>,
+    pretrained: &BTreeSet<&str>,
     settings: &AnalysisSettings,
 ) -> RegimeAnalysis {
     let present: BTreeSet<&str> = scores.iter().map(|s| s.dataset.as_str()).collect();
@@ -682,7 +724,9 @@ fn analyze_regime(
             let lo: Vec<f64> = scores.iter().filter(|s| &s.model == model).filter_map(|s| s.log_odds).collect();
             let mean = (!lo.is_empty()).then(|| lo.iter().sum::<f64>() / lo.len() as f64);
             let top = top1.get(model.as_str()).copied();
-            let excluded_because = if top.is_none() {
+            let excluded_because = if top.is_none() && pretrained.contains(model.as_str()) {
+                Some("no source score yet".to_string())
+            } else if top.is_none() {
                 Some("no ImageNet top-1".to_string())
             } else if lo.len() < datasets.len() {
                 Some(format!("scored on {} of {} datasets", lo.len(), datasets.len()))

@@ -6,7 +6,11 @@ use std::fmt::Write as _;
 
 use crate::analysis::{Analysis, MissingReason, RegimeAnalysis, ScoreSource};
 use crate::input::{CellRow, CellStatus};
-use crate::tables::{hparams_long, mean_with_spread, missing_text, percent, r_with_interval, score_text, LEGEND};
+use crate::pretraining::RegularizerStudy;
+use crate::tables::{
+    hparams_long, mean_with_spread, missing_text, percent, r_with_interval, score_text, source_text, study_regimes,
+    top1_header, transfer_text, LEGEND,
+};
 
 /// Cells listed in the "needs attention" table at most; the rest are in results.csv.
 const MAX_ATTENTION_ROWS: usize = 1000;
@@ -50,14 +54,15 @@ fn status_counts(cells: &[CellRow]) -> String {
     counts.iter().map(|((stage, status), n)| format!("{stage} {status}: {n}")).collect::<Vec<_>>().join(" · ")
 }
 
-fn regime_section(out: &mut String, regime: &RegimeAnalysis, level: f64) {
+fn regime_section(out: &mut String, regime: &RegimeAnalysis, level: f64, x_axis: &str, top1: &str) {
     let name = regime.regime.name();
     let _ = writeln!(out, "<h2 id=\"{name}\">{name}</h2>");
     match &regime.correlation {
         Some(c) => {
             let _ = writeln!(
                 out,
-                "<p>Pearson r of mean log-odds vs ImageNet top-1: <b>{}</b> ({:.0}% bootstrap interval, {} models); fit: {:.3} + {:.4} × top-1 (%).</p>",
+                "<p>Pearson r of mean log-odds vs {}: <b>{}</b> ({:.0}% bootstrap interval, {} models); fit: {:.3} + {:.4} × top-1 (%).</p>",
+                escape(x_axis),
                 escape(&r_with_interval(c)),
                 level * 100.0,
                 c.n,
@@ -67,7 +72,7 @@ fn regime_section(out: &mut String, regime: &RegimeAnalysis, level: f64) {
         }
         None => out.push_str("<p>Pearson r: not available.</p>\n"),
     }
-    out.push_str("<div class=\"scroll\"><table>\n<tr><th>model</th><th>ImageNet top-1</th>");
+    let _ = write!(out, "<div class=\"scroll\"><table>\n<tr><th>model</th><th>{} top-1</th>", escape(top1));
     for d in &regime.datasets {
         let _ = write!(out, "<th>{}</th>", escape(d));
     }
@@ -116,7 +121,7 @@ fn regime_section(out: &mut String, regime: &RegimeAnalysis, level: f64) {
             );
         }
     }
-    out.push_str("<tr><th>r vs ImageNet (log-odds)</th><td></td>");
+    let _ = write!(out, "<tr><th>r vs {} (log-odds)</th><td></td>", escape(top1));
     for dc in &regime.per_dataset {
         match &dc.correlation {
             Some(c) => {
@@ -237,8 +242,73 @@ fn attention_section(out: &mut String, cells: &[CellRow]) {
     }
 }
 
-/// The whole page. `figure1_svg` and `comparison_svg` are inlined as they are.
-pub fn render_page(analysis: &Analysis, cells: &[CellRow], figure1_svg: &str, comparison_svg: Option<&str>) -> String {
+fn pretraining_section(out: &mut String, study: &RegularizerStudy, figure_svg: Option<&str>) {
+    out.push_str("<h2 id=\"pretraining\">Pretraining settings: source accuracy against transfer</h2>\n");
+    out.push_str("<p>Each setting is one pretrain cell: the same architecture trained from scratch on the source dataset under that setting, its backbone then transferred. The paper finds that settings which raise the source accuracy (label smoothing, dropout, an auxiliary head) can make the penultimate features transfer worse by linear probe, while fine-tuning barely moves.</p>\n");
+    for panel in &study.panels {
+        match &panel.correlation {
+            Some(c) => {
+                let _ = writeln!(
+                    out,
+                    "<p>{}: Pearson r of mean log-odds vs source accuracy over {} settings: <b>{}</b>; fit: {:.3} + {:.4} × source top-1 (%).</p>",
+                    panel.regime.name(),
+                    c.n,
+                    escape(&r_with_interval(c)),
+                    c.intercept,
+                    c.slope
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "<p>{}: r not available (3 settings scored everywhere needed).</p>",
+                    panel.regime.name()
+                );
+            }
+        }
+    }
+    if let Some(svg) = figure_svg {
+        let _ = writeln!(out, "<div class=\"figure\">{svg}</div>");
+        out.push_str("<p class=\"note\">One point per pretraining setting: its source test accuracy against its model's mean transfer log-odds, linear probe and fine-tuning side by side; hollow grey points are not scored on every dataset yet. Also <code>regularizers.png</code> and <code>regularizers.svg</code>.</p>\n");
+    }
+    let regimes = study_regimes(study);
+    out.push_str("<div class=\"scroll\"><table>\n<tr><th>setting</th><th>model</th><th>source</th><th>settings</th><th>source top-1</th>");
+    for r in &regimes {
+        let _ = write!(out, "<th>{} mean log-odds (accuracy)</th>", r.name());
+    }
+    out.push_str("<th>task</th></tr>\n");
+    for s in &study.settings {
+        let class = match s.status {
+            CellStatus::Failed | CellStatus::Cancelled => "num failed",
+            CellStatus::Succeeded => "num",
+            _ => "num pending",
+        };
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{}</td>",
+            escape(&s.label),
+            escape(&s.model),
+            escape(&s.source),
+            escape(&hparams_long(&s.hparams)),
+            escape(&source_text(s)),
+        );
+        for r in &regimes {
+            let _ = write!(out, "<td class=\"num\">{}</td>", escape(&transfer_text(s, *r)));
+        }
+        let _ = writeln!(out, "<td><code>{}</code></td></tr>", escape(&s.task_id));
+    }
+    out.push_str("</table></div>\n");
+}
+
+/// The whole page. `figure1_svg`, `comparison_svg` and `regularizers_svg` are inlined as
+/// they are.
+pub fn render_page(
+    analysis: &Analysis,
+    cells: &[CellRow],
+    figure1_svg: &str,
+    comparison_svg: Option<&str>,
+    regularizers_svg: Option<&str>,
+) -> String {
     let mut out = String::new();
     let title = format!("tsweep report: {}", analysis.sweep);
     let _ = writeln!(
@@ -284,8 +354,12 @@ pub fn render_page(analysis: &Analysis, cells: &[CellRow], figure1_svg: &str, co
     let _ = writeln!(out, "<div class=\"figure\">{figure1_svg}</div>");
     out.push_str("<p class=\"note\">Figure 1: one point per model; filled points are in the correlation, hollow grey ones are not (a dataset without a score); red: least-squares fit. Also <code>figure1.png</code> and <code>figure1.svg</code>.</p>\n");
 
+    if let Some(study) = &analysis.pretraining {
+        pretraining_section(&mut out, study, regularizers_svg);
+    }
+
     for regime in &analysis.regimes {
-        regime_section(&mut out, regime, analysis.settings.confidence_level);
+        regime_section(&mut out, regime, analysis.settings.confidence_level, &analysis.x_axis, top1_header(analysis));
     }
 
     if !analysis.scratch_vs_finetune.is_empty() {

@@ -64,7 +64,9 @@ impl Serialize for CellStatus {
     }
 }
 
-/// One cell of the sweep: a grid point or a final (refit on train+val).
+/// One cell of the sweep: a grid point, a final (refit on train+val) or a pretrain cell
+/// (a source model trained from scratch: `dataset` is its source, `hparams` its setting,
+/// `test_score` its source accuracy, `model` the model its backbone becomes).
 ///
 /// Scores are on the scale the trainer reported them (fractions are expected; see
 /// [`crate::analysis::ScoreScale`] for how percentages are recognised).
@@ -285,7 +287,7 @@ fn parse_regime(task_id: &str, name: &str) -> Result<Regime, ReportError> {
 }
 
 fn parse_stage(task_id: &str, name: &str) -> Result<Stage, ReportError> {
-    [Stage::Grid, Stage::Final].into_iter().find(|s| s.name() == name).ok_or_else(|| ReportError::UnknownValue {
+    Stage::from_name(name).ok_or_else(|| ReportError::UnknownValue {
         task_id: task_id.to_string(),
         field: "stage",
         value: name.to_string(),

@@ -18,6 +18,7 @@ pub mod export;
 pub mod html;
 pub mod input;
 pub mod plots;
+pub mod pretraining;
 pub mod selection;
 pub mod tables;
 
@@ -74,6 +75,10 @@ pub struct ReportPaths {
     /// One panel per dataset; None when the sweep lacks finetune or scratch scores.
     pub scratch_vs_finetune_png: Option<PathBuf>,
     pub scratch_vs_finetune_svg: Option<PathBuf>,
+    /// The regularizer study (source accuracy vs transfer per pretraining setting, linear
+    /// and fine-tuning side by side); None when the sweep has no pretrain cells.
+    pub regularizers_png: Option<PathBuf>,
+    pub regularizers_svg: Option<PathBuf>,
 }
 
 impl ReportPaths {
@@ -90,6 +95,8 @@ impl ReportPaths {
         ];
         files.extend(self.scratch_vs_finetune_png.as_deref());
         files.extend(self.scratch_vs_finetune_svg.as_deref());
+        files.extend(self.regularizers_png.as_deref());
+        files.extend(self.regularizers_svg.as_deref());
         files
     }
 }
@@ -119,11 +126,22 @@ pub fn write_report(input: &ReportInput, out_dir: &Path) -> Result<ReportPaths, 
         svf_svg_text = Some(text);
     }
 
+    let (mut reg_svg, mut reg_png, mut reg_svg_text) = (None, None, None);
+    if let Some(study) = &analysis.pretraining {
+        let text = plots::regularizers_svg(study)?;
+        reg_svg = Some(write("regularizers.svg", text.as_bytes())?);
+        let png = out_dir.join("regularizers.png");
+        plots::regularizers_png(study, &png)?;
+        reg_png = Some(png);
+        reg_svg_text = Some(text);
+    }
+
     let tables_txt = write("tables.txt", tables::render_tables(&analysis).as_bytes())?;
     let results_csv = write("results.csv", export::results_csv(&input.cells).as_bytes())?;
     let results_json = write("results.json", export::results_json(input)?.as_bytes())?;
     let analysis_json = write("analysis.json", export::analysis_json(&analysis)?.as_bytes())?;
-    let page = html::render_page(&analysis, &input.cells, &figure1_svg_text, svf_svg_text.as_deref());
+    let page =
+        html::render_page(&analysis, &input.cells, &figure1_svg_text, svf_svg_text.as_deref(), reg_svg_text.as_deref());
     let index_html = write("index.html", page.as_bytes())?;
 
     Ok(ReportPaths {
@@ -137,6 +155,8 @@ pub fn write_report(input: &ReportInput, out_dir: &Path) -> Result<ReportPaths, 
         figure1_svg,
         scratch_vs_finetune_png: svf_png,
         scratch_vs_finetune_svg: svf_svg,
+        regularizers_png: reg_png,
+        regularizers_svg: reg_svg,
     })
 }
 

@@ -1,6 +1,8 @@
 //! Figures drawn with plotters, as PNG and SVG: the paper's Figure 1 (mean transfer
 //! log-odds against ImageNet top-1, one panel per regime, a labelled point per model, the
-//! least-squares line, r in the title) and fine-tune vs scratch per dataset.
+//! least-squares line, r in the title), fine-tune vs scratch per dataset, and the
+//! regularizer study (source accuracy against mean transfer log-odds per pretraining
+//! setting, linear probe and fine-tuning side by side).
 //!
 //! Text is rendered with DejaVu Sans embedded in the binary (plotters' `ab_glyph`
 //! feature), so the PNGs look the same on any machine and need no system fonts.
@@ -13,8 +15,10 @@ use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
 use crate::analysis::{Analysis, RegimeAnalysis};
+use crate::pretraining::RegularizerStudy;
 use crate::tables::r_with_interval;
 use crate::ReportError;
+use tsweep_proto::cell::Regime;
 
 const FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 const FONT: &str = "sans-serif";
@@ -133,7 +137,7 @@ fn draw_labels<DB: DrawingBackend>(
 
 struct ScatterPanel {
     title: String,
-    x_desc: &'static str,
+    x_desc: String,
     y_desc: &'static str,
     series: Vec<(String, RGBColor, Vec<Point>)>,
     /// (intercept, slope) of a line to draw.
@@ -158,7 +162,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Scatter
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .x_desc(panel.x_desc)
+        .x_desc(panel.x_desc.as_str())
         .y_desc(panel.y_desc)
         .label_style((FONT, 13.0))
         .axis_desc_style((FONT, 15.0))
@@ -166,7 +170,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Scatter
         .bold_line_style(RGBColor(215, 215, 215))
         .x_labels(7)
         .y_labels(7)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_label_formatter(&|x| format!("{x:.*}", tick_decimals(x1 - x0)))
         .y_label_formatter(&|y| format!("{y:.*}", tick_decimals(y1 - y0)))
         .draw()
         .map_err(|e| e.to_string())?;
@@ -233,7 +237,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Scatter
     Ok(())
 }
 
-fn regime_panel(regime: &RegimeAnalysis) -> ScatterPanel {
+fn regime_panel(regime: &RegimeAnalysis, x_axis: &str) -> ScatterPanel {
     let points: Vec<Point> = regime
         .models
         .iter()
@@ -252,7 +256,7 @@ fn regime_panel(regime: &RegimeAnalysis) -> ScatterPanel {
     };
     ScatterPanel {
         title,
-        x_desc: "ImageNet top-1 accuracy (%)",
+        x_desc: format!("{x_axis} accuracy (%)"),
         y_desc: "transfer accuracy (mean log-odds)",
         empty_message: points.is_empty().then(|| "no model with a top-1 and a score yet".to_string()),
         series: vec![("models".to_string(), FINETUNE_COLOR, points)],
@@ -268,7 +272,7 @@ fn draw_figure1<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, analysis: &Ana
     let panels: Vec<ScatterPanel> = if analysis.regimes.is_empty() {
         vec![ScatterPanel {
             title: "no results yet".to_string(),
-            x_desc: "ImageNet top-1 accuracy (%)",
+            x_desc: format!("{} accuracy (%)", analysis.x_axis),
             y_desc: "transfer accuracy (mean log-odds)",
             series: Vec::new(),
             fit: None,
@@ -278,7 +282,7 @@ fn draw_figure1<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, analysis: &Ana
             empty_message: Some("no cell has a score yet".to_string()),
         }]
     } else {
-        analysis.regimes.iter().map(regime_panel).collect()
+        analysis.regimes.iter().map(|r| regime_panel(r, &analysis.x_axis)).collect()
     };
     let areas = root.split_evenly((1, panels.len()));
     for (area, panel) in areas.iter().zip(&panels) {
@@ -326,7 +330,7 @@ fn comparison_panels(analysis: &Analysis) -> Vec<ScatterPanel> {
             };
             ScatterPanel {
                 title,
-                x_desc: "ImageNet top-1 (%)",
+                x_desc: format!("{} (%)", analysis.x_axis),
                 y_desc: "test accuracy (%)",
                 empty_message: with_top1.is_empty().then(|| "no model with both scores and a top-1".to_string()),
                 series: vec![
@@ -376,4 +380,96 @@ pub fn scratch_vs_finetune_png(analysis: &Analysis, path: &Path) -> Result<(), R
     ensure_font()?;
     let root = BitMapBackend::new(path, comparison_size(analysis)).into_drawing_area();
     draw_comparison(root, analysis).map_err(|e| plot_error(&path.display().to_string(), e))
+}
+
+const REGULARIZER_PANEL: (u32, u32) = (620, 560);
+
+/// One panel per regime of [`crate::pretraining::STUDY_REGIMES`] that has scores: a point per setting at its
+/// source accuracy and its model's mean transfer log-odds, labelled with the setting;
+/// hollow grey where the model is not scored on every dataset yet.
+fn regularizer_panels(study: &RegularizerStudy) -> Vec<ScatterPanel> {
+    study
+        .panels
+        .iter()
+        .map(|panel| {
+            let source = study.settings.first().map_or("source", |s| s.source.as_str());
+            let points: Vec<Point> = study
+                .settings
+                .iter()
+                .filter_map(|s| {
+                    let t = s.transfer(panel.regime)?;
+                    Some(Point {
+                        label: s.label.clone(),
+                        x: s.source_accuracy? * 100.0,
+                        y: t.mean_log_odds?,
+                        included: t.datasets_scored == t.datasets_total,
+                    })
+                })
+                .collect();
+            let name = match panel.regime {
+                Regime::Linear => "linear probe",
+                Regime::Finetune => "fine-tuning",
+                Regime::Scratch => "scratch",
+            };
+            let title = match &panel.correlation {
+                Some(c) => format!("{name}: r = {}, n = {}", r_with_interval(c), c.n),
+                None => format!("{name}: {} settings", points.len()),
+            };
+            ScatterPanel {
+                title,
+                x_desc: format!("{source} test accuracy (%)"),
+                y_desc: "transfer accuracy (mean log-odds)",
+                empty_message: points.is_empty().then(|| "no setting with both scores yet".to_string()),
+                series: vec![("settings".to_string(), FINETUNE_COLOR, points)],
+                fit: panel.correlation.as_ref().map(|c| (c.intercept, c.slope)),
+                links: Vec::new(),
+                labels: true,
+                legend: false,
+            }
+        })
+        .collect()
+}
+
+fn regularizer_size(study: &RegularizerStudy) -> (u32, u32) {
+    (REGULARIZER_PANEL.0 * study.panels.len().max(1) as u32, REGULARIZER_PANEL.1)
+}
+
+fn draw_regularizers<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, study: &RegularizerStudy) -> Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut panels = regularizer_panels(study);
+    if panels.is_empty() {
+        panels.push(ScatterPanel {
+            title: "no transfer scores yet".to_string(),
+            x_desc: "source test accuracy (%)".to_string(),
+            y_desc: "transfer accuracy (mean log-odds)",
+            series: Vec::new(),
+            fit: None,
+            links: Vec::new(),
+            labels: false,
+            legend: false,
+            empty_message: Some("no transfer cell of a pretrained model has a score".to_string()),
+        });
+    }
+    let areas = root.split_evenly((1, panels.len()));
+    for (area, panel) in areas.iter().zip(&panels) {
+        draw_panel(area, panel)?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+/// The regularizer figure (`regularizers.svg`), linear probe and fine-tuning side by side.
+pub fn regularizers_svg(study: &RegularizerStudy) -> Result<String, ReportError> {
+    ensure_font()?;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, regularizer_size(study)).into_drawing_area();
+        draw_regularizers(root, study).map_err(|e| plot_error("regularizers.svg", e))?;
+    }
+    Ok(svg)
+}
+
+pub fn regularizers_png(study: &RegularizerStudy, path: &Path) -> Result<(), ReportError> {
+    ensure_font()?;
+    let root = BitMapBackend::new(path, regularizer_size(study)).into_drawing_area();
+    draw_regularizers(root, study).map_err(|e| plot_error(&path.display().to_string(), e))
 }

@@ -6,6 +6,7 @@ use comfy_table::presets::UTF8_FULL;
 use comfy_table::{Cell, CellAlignment, Table};
 
 use crate::analysis::{Analysis, Correlation, MissingReason, RegimeAnalysis, ReportedScore};
+use crate::pretraining::{PretrainSetting, RegularizerStudy, STUDY_REGIMES};
 
 /// Accuracy fraction as a percentage with one decimal: 0.8734 -> "87.3".
 pub fn percent(p: f64) -> String {
@@ -81,10 +82,20 @@ pub fn hparam_names(regime: &RegimeAnalysis) -> Vec<String> {
     names
 }
 
-fn regime_table(regime: &RegimeAnalysis) -> Table {
+/// The column header of the models' x-axis value: "ImageNet", or "source top-1" when
+/// pretrained models are in the sweep.
+pub fn top1_header(analysis: &Analysis) -> &'static str {
+    if analysis.x_axis == "ImageNet top-1" {
+        "ImageNet"
+    } else {
+        "top-1"
+    }
+}
+
+fn regime_table(regime: &RegimeAnalysis, top1: &str) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL);
-    let mut header = vec![Cell::new("model"), Cell::new("ImageNet")];
+    let mut header = vec![Cell::new("model"), Cell::new(top1)];
     header.extend(regime.datasets.iter().map(Cell::new));
     header.push(Cell::new("mean log-odds"));
     table.set_header(header);
@@ -110,7 +121,7 @@ fn regime_table(regime: &RegimeAnalysis) -> Table {
         row.push(Cell::new(mean).set_alignment(CellAlignment::Right));
         table.add_row(row);
     }
-    let mut r_row = vec![Cell::new("r vs ImageNet"), Cell::new("")];
+    let mut r_row = vec![Cell::new(format!("r vs {top1}")), Cell::new("")];
     for dc in &regime.per_dataset {
         r_row.push(
             Cell::new(dc.correlation.as_ref().map_or("-".to_string(), |c| format!("{:.2}", c.r)))
@@ -156,7 +167,7 @@ pub fn render_tables(analysis: &Analysis) -> String {
         if !names.is_empty() {
             out.push_str(&format!("under each score: selected {}\n", names.join("/")));
         }
-        out.push_str(&regime_table(regime).to_string());
+        out.push_str(&regime_table(regime, top1_header(analysis)).to_string());
         out.push('\n');
         out.push_str(&correlation_line(regime, analysis.settings.confidence_level));
         out.push('\n');
@@ -192,10 +203,76 @@ pub fn render_tables(analysis: &Analysis) -> String {
         out.push_str(&table.to_string());
         out.push('\n');
     }
+    if let Some(study) = &analysis.pretraining {
+        out.push_str("\n== pretraining settings (source accuracy vs transfer) ==\n");
+        out.push_str(&pretraining_table(study).to_string());
+        out.push('\n');
+        for panel in &study.panels {
+            let r = panel.correlation.as_ref().map_or("not available".to_string(), r_with_interval);
+            out.push_str(&format!("{}: r of mean log-odds vs source accuracy = {r}\n", panel.regime.name()));
+        }
+    }
     for note in &analysis.notes {
         out.push_str(&format!("note: {note}\n"));
     }
     out.push_str(LEGEND);
     out.push('\n');
     out
+}
+
+/// The regimes a study's table has columns for: linear and finetune, then any other.
+pub fn study_regimes(study: &RegularizerStudy) -> Vec<tsweep_proto::cell::Regime> {
+    let mut regimes: Vec<_> =
+        STUDY_REGIMES.into_iter().filter(|r| study.settings.iter().any(|s| s.transfer(*r).is_some())).collect();
+    for s in &study.settings {
+        for t in &s.transfer {
+            if !regimes.contains(&t.regime) {
+                regimes.push(t.regime);
+            }
+        }
+    }
+    regimes
+}
+
+/// A setting's transfer in one regime: "-0.412 (71.3%)", marked (k/n) while partial.
+pub fn transfer_text(setting: &PretrainSetting, regime: tsweep_proto::cell::Regime) -> String {
+    match setting.transfer(regime) {
+        Some(t) => match (t.mean_log_odds, t.mean_accuracy) {
+            (Some(lo), Some(acc)) if t.datasets_scored == t.datasets_total => format!("{lo:.3} ({})", percent(acc)),
+            (Some(lo), Some(acc)) => {
+                format!("{lo:.3} ({}) ({}/{})", percent(acc), t.datasets_scored, t.datasets_total)
+            }
+            _ => "pending".to_string(),
+        },
+        None => "-".to_string(),
+    }
+}
+
+/// The source accuracy of a setting, or its status while it has none.
+pub fn source_text(setting: &PretrainSetting) -> String {
+    match setting.source_accuracy {
+        Some(p) if setting.diverged => format!("{} D", percent(p)),
+        Some(p) => percent(p),
+        None => setting.status.name().to_string(),
+    }
+}
+
+fn pretraining_table(study: &RegularizerStudy) -> Table {
+    let regimes = study_regimes(study);
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL);
+    let mut header = vec![Cell::new("setting"), Cell::new("model"), Cell::new("source"), Cell::new("source top-1")];
+    header.extend(regimes.iter().map(|r| Cell::new(format!("{} mean log-odds (acc)", r.name()))));
+    table.set_header(header);
+    for s in &study.settings {
+        let mut row = vec![
+            Cell::new(&s.label),
+            Cell::new(&s.model),
+            Cell::new(&s.source),
+            Cell::new(source_text(s)).set_alignment(CellAlignment::Right),
+        ];
+        row.extend(regimes.iter().map(|r| Cell::new(transfer_text(s, *r)).set_alignment(CellAlignment::Right)));
+        table.add_row(row);
+    }
+    table
 }

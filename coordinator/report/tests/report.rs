@@ -246,6 +246,7 @@ fn spec(
             weights: None,
             imagenet_top1: top1,
             image_size: 224,
+            pretrained: None,
             normalize: Default::default(),
         },
         dataset: DatasetSpec {
@@ -408,4 +409,56 @@ fn the_weights_files_top1_stands_in_when_the_sweep_file_gives_none() {
             ModelInfo { name: "mnv2".into(), imagenet_top1: Some(72.0) },
         ]
     );
+}
+
+/// Three pretraining settings of one source model (the pretrain stage), each transferred
+/// to two datasets by the linear probe and fine-tuning: the source scores become the x
+/// axis and the report draws the regularizer figure and its table.
+#[test]
+fn pretrain_settings_give_the_regularizer_figure_and_table() {
+    use tsweep_proto::cell::{PretrainedBy, Regularizers};
+    let mut tasks = Vec::new();
+    let settings = [(0.0, 0.0, 0.80), (0.1, 0.0, 0.82), (0.0, 0.5, 0.83)];
+    for (i, (ls, dropout, source)) in settings.into_iter().enumerate() {
+        let model = format!("r18-s{i}");
+        let mut hparams = hp(0.1, 0.0);
+        Regularizers { label_smoothing: ls, dropout, aux_weight: 0.0, bn_scale: true }.write_hparams(&mut hparams);
+        let mut pre = spec(&model, None, "fashion", Regime::Scratch, Stage::Pretrain, hparams);
+        pre.model.arch = "resnet18".into();
+        let pre_id = format!("p{i}");
+        tasks.push(task(&pre_id, "succeeded", &pre, None, Some(source)));
+        for (di, dataset) in ["digits", "faces"].into_iter().enumerate() {
+            // Features transfer worse the better the source (the paper's direction).
+            let linear_score = 0.9 - 0.5 * (source - 0.8) - 0.05 * di as f64;
+            for (regime, stage, score, h) in [
+                (Regime::Linear, Stage::Grid, linear_score, BTreeMap::new()),
+                (Regime::Finetune, Stage::Final, 0.95 - 0.02 * di as f64, hp(0.01, 0.0)),
+            ] {
+                let mut s = spec(&model, None, dataset, regime, stage, h);
+                s.model.pretrained =
+                    Some(PretrainedBy { task_id: pre_id.clone(), pretrain: "src".into(), dataset: "fashion".into() });
+                let mut t = task(&format!("t{i}{di}{}", regime.name()), "succeeded", &s, Some(score), Some(score));
+                if stage == Stage::Final {
+                    t.current_final = true;
+                    t.selection_group = format!("{model}/{dataset}/finetune/0");
+                }
+                tasks.push(t);
+            }
+        }
+    }
+    let input = ReportInput::from_task_infos(&tasks).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_report(&input, dir.path()).unwrap();
+    let png = paths.regularizers_png.expect("the regularizer figure is drawn");
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"), "a real PNG");
+    let svg = std::fs::read_to_string(paths.regularizers_svg.unwrap()).unwrap();
+    assert!(svg.contains("<svg"));
+    let html = std::fs::read_to_string(&paths.index_html).unwrap();
+    assert!(html.contains("Pretraining settings"), "the section is in index.html");
+    assert!(html.contains("ls0.1") && html.contains("do0.5") && html.contains("baseline"), "the settings' labels");
+    assert!(html.contains("82.0"), "the source accuracy of a setting is in the table");
+    let analysis: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&paths.analysis_json).unwrap()).unwrap();
+    let text = analysis.to_string();
+    assert!(text.contains("source top-1 (fashion)"), "the x axis is the source accuracy: {text:.400}");
 }

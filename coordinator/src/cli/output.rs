@@ -7,7 +7,7 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, ContentArrangement, Table};
 use serde_json::{json, Value};
 use tsweep_proto::cell::Stage;
-use tsweep_proto::v1::{BestScore, SubmitSweepResponse, SweepSummary, TaskCounts, TaskInfo};
+use tsweep_proto::v1::{BestScore, PretrainStatus, SubmitSweepResponse, SweepSummary, TaskCounts, TaskInfo};
 
 use crate::sweepfile::{StageCount, SweepPlan};
 
@@ -26,24 +26,40 @@ fn align_right(table: &mut Table, columns: &[usize]) {
     }
 }
 
+/// When the cells of a row start: pretrain cells and plain grid cells now, transfer
+/// cells of a pretrained model once their pretrain cell succeeded, finals after selection.
+fn when_text(c: &StageCount) -> String {
+    const AFTER: &str = "after their pretrain cell succeeds";
+    match c.stage {
+        Stage::Pretrain => "now (source models trained from scratch; their transfer cells wait)".to_string(),
+        Stage::Grid if c.after_pretrain == 0 => "now".to_string(),
+        Stage::Grid if c.after_pretrain == c.cells => AFTER.to_string(),
+        Stage::Grid => format!("{} now, {} {AFTER}", c.cells - c.after_pretrain, c.after_pretrain),
+        Stage::Final => "after selection (refit on train+val, scored on test)".to_string(),
+    }
+}
+
 /// `submit --dry-run`: cells per regime and stage, then the total.
 pub fn dry_run_table(sweep: &SweepPlan, file: &str) -> String {
     let counts = sweep.stage_counts();
     let mut t = table(&["regime", "stage", "cells", "when"]);
     for c in &counts {
-        let when = match c.stage {
-            Stage::Grid => "now",
-            Stage::Final => "after selection (refit on train+val, scored on test)",
-        };
-        t.add_row(vec![c.regime.name().to_string(), c.stage.name().to_string(), c.cells.to_string(), when.to_string()]);
+        t.add_row(vec![c.regime.name().to_string(), c.stage.name().to_string(), c.cells.to_string(), when_text(c)]);
     }
-    let grid: u64 = counts.iter().filter(|c| c.stage == Stage::Grid).map(|c| c.cells).sum();
-    let finals: u64 = counts.iter().filter(|c| c.stage == Stage::Final).map(|c| c.cells).sum();
-    t.add_row(vec!["total".to_string(), String::new(), (grid + finals).to_string(), String::new()]);
+    let sum = |stage: Stage| counts.iter().filter(|c| c.stage == stage).map(|c| c.cells).sum::<u64>();
+    let (pretrain, grid, finals) = (sum(Stage::Pretrain), sum(Stage::Grid), sum(Stage::Final));
+    let waiting: u64 = counts.iter().filter(|c| c.stage == Stage::Grid).map(|c| c.after_pretrain).sum();
+    t.add_row(vec!["total".to_string(), String::new(), (pretrain + grid + finals).to_string(), String::new()]);
     align_right(&mut t, &[2]);
+    let pretrain_line = if pretrain > 0 {
+        format!("{pretrain} pretrain cells now; {waiting} of the grid cells wait for theirs\n")
+    } else {
+        String::new()
+    };
     format!(
-        "sweep {} from {file} (dry run: nothing submitted)\n{t}\n{grid} grid cells now, {finals} final refits after selection\n",
-        sweep.name
+        "sweep {} from {file} (dry run: nothing submitted)\n{t}\n{pretrain_line}{} grid cells now, {finals} final refits after selection\n",
+        sweep.name,
+        grid - waiting
     )
 }
 
@@ -51,7 +67,9 @@ pub fn stage_counts_json(counts: &[StageCount]) -> Value {
     Value::Array(
         counts
             .iter()
-            .map(|c| json!({ "regime": c.regime.name(), "stage": c.stage.name(), "cells": c.cells }))
+            .map(|c| {
+                json!({ "regime": c.regime.name(), "stage": c.stage.name(), "cells": c.cells, "after_pretrain": c.after_pretrain })
+            })
             .collect(),
     )
 }
@@ -59,10 +77,12 @@ pub fn stage_counts_json(counts: &[StageCount]) -> Value {
 pub fn dry_run_json(sweep: &SweepPlan) -> Value {
     let counts = sweep.stage_counts();
     let total: u64 = counts.iter().map(|c| c.cells).sum();
+    let of_stage = |stage: Stage| counts.iter().filter(|c| c.stage == stage).map(|c| c.cells).sum::<u64>();
     json!({
         "sweep": sweep.name,
         "dry_run": true,
-        "grid_cells": sweep.total(),
+        "grid_cells": of_stage(Stage::Grid),
+        "pretrain_cells": of_stage(Stage::Pretrain),
         "cells_with_finals": total,
         "max_attempts": sweep.settings.max_attempts,
         "per_stage": stage_counts_json(&counts),
@@ -111,10 +131,11 @@ pub fn submit_table(response: &SubmitSweepResponse) -> String {
     text
 }
 
-/// Per-stage counts in regime order (linear, finetune, scratch), grid before final.
+/// Per-stage counts: pretrain cells first, then regime order (linear, finetune,
+/// scratch), grid before final.
 fn sorted_stages(response: &SubmitSweepResponse) -> Vec<&tsweep_proto::v1::StageCount> {
     let mut rows: Vec<_> = response.per_stage.iter().collect();
-    rows.sort_by_key(|c| (regime_order(&c.regime), c.regime.clone(), c.stage != "grid"));
+    rows.sort_by_key(|c| (c.stage != "pretrain", regime_order(&c.regime), c.regime.clone(), c.stage != "grid"));
     rows
 }
 
@@ -163,7 +184,28 @@ pub fn summary_json(s: &SweepSummary) -> Value {
         "best": s.best.iter().map(|b| json!({
             "model": b.model, "dataset": b.dataset, "regime": b.regime, "val_score": b.val_score, "task_id": b.task_id,
         })).collect::<Vec<_>>(),
+        "pretrain": s.pretrain.iter().map(|p| json!({
+            "task_id": p.task_id, "model": p.model, "dataset": p.dataset, "state": p.state,
+            "test_score": p.test_score, "dependents": p.dependents, "waiting": p.waiting, "error": p.error,
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// The pretrain stage: one row per pretrain cell, its state, source score and what its
+/// transfer cells are doing about it (waiting, released, failed with it).
+pub fn pretrain_table(pretrain: &[PretrainStatus]) -> String {
+    let mut t = table(&["pretrain (model)", "source", "state", "source test", "transfer cells"]);
+    for p in pretrain {
+        let transfer = match p.state.as_str() {
+            _ if p.waiting > 0 => format!("{} wait for it (held until it succeeds)", p.waiting),
+            "succeeded" => format!("{} released", p.dependents),
+            "failed" => format!("{} failed with it", p.dependents),
+            _ => format!("{}", p.dependents),
+        };
+        t.add_row(vec![p.model.clone(), p.dataset.clone(), p.state.clone(), format_score(p.test_score), transfer]);
+    }
+    align_right(&mut t, &[3]);
+    format!("{t}\n")
 }
 
 pub fn sweeps_table(sweeps: &[SweepSummary]) -> String {
@@ -208,6 +250,9 @@ pub fn summary_text(s: &SweepSummary) -> String {
     }
     if s.stale_reports > 0 || s.lease_expiries > 0 {
         text.push_str(&format!("stale reports refused: {} · leases expired: {}\n", s.stale_reports, s.lease_expiries));
+    }
+    if !s.pretrain.is_empty() {
+        text.push_str(&pretrain_table(&s.pretrain));
     }
     if !s.best.is_empty() {
         text.push_str(&best_table(&s.best));

@@ -9,7 +9,7 @@ use tsweep_proto::v1::{GetSweepRequest, SweepSummary, WatchSweepRequest};
 
 use super::client::SweepClient;
 use super::error::CliError;
-use super::output::{best_table, counts_line};
+use super::output::{best_table, counts_line, pretrain_table};
 
 /// Summaries asked for at least this often.
 const WATCH_INTERVAL_MS: u32 = 1000;
@@ -59,13 +59,27 @@ impl Display {
         self.bar.set_position(ended);
         let line = counts_line(&c);
         self.bar.set_message(line.clone());
+        let mut board = String::new();
+        if !summary.pretrain.is_empty() {
+            board.push_str(&format!("pretrain stage:\n{}", pretrain_table(&summary.pretrain)));
+        }
         if !summary.best.is_empty() {
-            self.best.set_message(format!("best validation score so far:\n{}", best_table(&summary.best).trim_end()));
+            board.push_str(&format!("best validation score so far:\n{}", best_table(&summary.best)));
+        }
+        if !board.is_empty() {
+            self.best.set_message(board.trim_end().to_string());
         }
         if self.plain {
             let due = self.last_plain.is_none_or(|t| t.elapsed() >= PLAIN_LINE_EVERY);
             if (due || is_finished(summary)) && line != self.last_line {
-                eprintln!("{}: {ended}/{} ended · {line}", summary.sweep, c.total);
+                let held: u64 = summary.pretrain.iter().map(|p| p.waiting).sum();
+                let pretrained = summary.pretrain.iter().filter(|p| p.state == "succeeded").count();
+                let stage = if summary.pretrain.is_empty() {
+                    String::new()
+                } else {
+                    format!(" · pretrain {pretrained}/{} done, {held} cells wait for it", summary.pretrain.len())
+                };
+                eprintln!("{}: {ended}/{} ended · {line}{stage}", summary.sweep, c.total);
                 self.last_plain = Some(Instant::now());
                 self.last_line = line;
             }

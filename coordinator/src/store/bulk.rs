@@ -157,7 +157,8 @@ impl Store {
                     .arg(cell.spec.regime.name())
                     .arg(selection_group(&cell.spec).unwrap_or_default())
                     .arg(cell.spec.max_attempts.max(1))
-                    .arg(if cell.spec.stage == Stage::Grid { cell.spec.group_key() } else { String::new() });
+                    .arg(if cell.spec.stage == Stage::Grid { cell.spec.group_key() } else { String::new() })
+                    .arg(cell.after.as_deref().unwrap_or(""));
             }
             let reply: Vec<String> =
                 invocation.invoke_async(&mut conn).await.map_err(StoreError::redis("submit_cells script"))?;

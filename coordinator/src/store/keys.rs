@@ -98,6 +98,16 @@ impl Keys {
         format!("{}finals:{}", self.sweep_base(sweep), group_key)
     }
 
+    /// `<p>:{<sweep>}:pretrains`: set of the sweep's pretrain cells.
+    pub(crate) fn pretrains(&self, sweep: &str) -> String {
+        format!("{}pretrains", self.sweep_base(sweep))
+    }
+
+    /// `<p>:{<sweep>}:dependents:<id>`: the transfer cells that wait for pretrain cell `id`.
+    pub(crate) fn dependents(&self, sweep: &str, task_id: &str) -> String {
+        format!("{}dependents:{}", self.sweep_base(sweep), task_id)
+    }
+
     pub(crate) fn closed(&self, sweep: &str) -> String {
         format!("{}closed", self.sweep_base(sweep))
     }

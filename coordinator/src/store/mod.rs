@@ -25,6 +25,9 @@
 //!   against the retry budget); safe to run from several coordinators at once.
 //! - [`Store::schedule_finals`] creates the `final` task of every selection group whose
 //!   grid points have all ended.
+//! - A transfer cell of a pretrained model (`Cell::after`) is held, pending but not
+//!   queued, until its pretrain cell succeeds (then queued, in the same script that
+//!   records the result) or fails for good (then failed with a message naming it).
 //!
 //! Errors classify themselves: [`StoreError::is_retryable`] (connection dropped, Redis
 //! restarting or loading) versus everything else. The connection manager reconnects in
@@ -48,8 +51,8 @@ use redis::AsyncCommands;
 use tracing::{debug, info, warn};
 use tsweep_proto::cell::{CellSpec, Stage};
 use tsweep_proto::v1::{
-    BestScore, FailureClass, HeldLease, LeaseRef, ReportOutcome, StopOrder, StopReason, SweepSummary, TaskAssignment,
-    TaskCounts, TaskInfo, TaskResult,
+    BestScore, FailureClass, HeldLease, LeaseRef, PretrainStatus, ReportOutcome, StopOrder, StopReason, SweepSummary,
+    TaskAssignment, TaskCounts, TaskInfo, TaskResult,
 };
 use tsweep_redis::RedisTlsFiles;
 use tsweep_report::selection::{select_best, GridPoint};
@@ -623,6 +626,7 @@ impl Store {
             _ if in_flight == 0 && closed == 0 => "done",
             _ => "active",
         };
+        let pretrain = self.pretrain_status(sweep, meta.get("status").map(String::as_str) == Some("cancelled")).await?;
         Ok(SweepSummary {
             sweep: sweep.to_string(),
             status: status.to_string(),
@@ -634,7 +638,54 @@ impl Store {
             submit_written: if submitting { meta_num("submit_next").max(0) as u64 } else { 0 },
             submit_total: if submitting { meta_num("submit_total").max(0) as u64 } else { 0 },
             submit_file: if submitting { meta.get("submit_file").cloned().unwrap_or_default() } else { String::new() },
+            pretrain,
         })
+    }
+
+    /// The sweep's pretrain cells with their state and the transfer cells that wait for
+    /// them (all of a cell's dependents while it has not ended; none in a cancelled
+    /// sweep). One read per pretrain cell: a sweep has few.
+    pub async fn pretrain_status(&self, sweep: &str, cancelled: bool) -> Result<Vec<PretrainStatus>, StoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> =
+            conn.smembers(self.keys.pretrains(sweep)).await.map_err(StoreError::redis("smembers pretrains"))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET").arg(self.keys.task(sweep, id)).arg(&["state", "spec", "result", "error"]);
+            pipe.scard(self.keys.dependents(sweep, id));
+        }
+        let replies: Vec<redis::Value> =
+            pipe.query_async(&mut conn).await.map_err(StoreError::redis("read pretrain cells"))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, pair) in ids.iter().zip(replies.chunks(2)) {
+            let key = self.keys.task(sweep, id);
+            let corrupt = |detail: String| StoreError::Corrupt { key: key.clone(), field: "pretrain".into(), detail };
+            let [row, deps] = pair else { return Err(corrupt("short reply".into())) };
+            let row: Vec<Option<String>> =
+                redis::from_redis_value(row.clone()).map_err(|e| corrupt(format!("fields: {e}")))?;
+            let dependents: u64 = redis::from_redis_value(deps.clone()).map_err(|e| corrupt(format!("scard: {e}")))?;
+            let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+            let state = field(0);
+            let spec: serde_json::Value = serde_json::from_str(&field(1)).unwrap_or_default();
+            let name_of = |part: &str| spec[part]["name"].as_str().unwrap_or_default().to_string();
+            let test_score = serde_json::from_str::<TaskResult>(&field(2)).ok().and_then(|r| r.test_score);
+            let open = matches!(TaskState::from_name(&state), Some(s) if !s.is_terminal());
+            out.push(PretrainStatus {
+                task_id: id.clone(),
+                model: name_of("model"),
+                dataset: name_of("dataset"),
+                waiting: if open && !cancelled { dependents } else { 0 },
+                state,
+                test_score,
+                dependents,
+                error: field(3),
+            });
+        }
+        out.sort_by(|a, b| (&a.model, &a.task_id).cmp(&(&b.model, &b.task_id)));
+        Ok(out)
     }
 
     /// Every sweep's summary, by name.

@@ -1,6 +1,7 @@
 //! Hyperparameter axes: `[a, b, ...]`, `{ logspace = [a, b, n] }` (10^a..10^b, n points),
 //! `{ linspace = [a, b, n] }`, or a union of these in one table
-//! (`{ values = [0.0], logspace = [-6, -3, 7] }`).
+//! (`{ values = [0.0], logspace = [-6, -3, 7] }`); a bare number is a one-point axis.
+//! [`BoolAxis`]: `true`, `false` or a list of them (`bn_scale = [true, false]`).
 
 use std::fmt;
 
@@ -31,8 +32,17 @@ impl<'de> Deserialize<'de> for Axis {
             type Value = Axis;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    "a list of numbers or a table with `values`, `logspace = [a, b, n]` and/or `linspace = [a, b, n]`",
+                    "a number, a list of numbers or a table with `values`, `logspace = [a, b, n]` and/or `linspace = [a, b, n]`",
                 )
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Axis, E> {
+                Ok(Axis { values: vec![v], logspace: None, linspace: None })
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Axis, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Axis, E> {
+                self.visit_f64(v as f64)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Axis, A::Error> {
                 let mut values = Vec::new();
@@ -47,6 +57,49 @@ impl<'de> Deserialize<'de> for Axis {
             }
         }
         deserializer.deserialize_any(AxisVisitor)
+    }
+}
+
+/// An axis of booleans as written: `true`, `false` or a list of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoolAxis(pub Vec<bool>);
+
+impl<'de> Deserialize<'de> for BoolAxis {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BoolVisitor;
+        impl<'de> Visitor<'de> for BoolVisitor {
+            type Value = BoolAxis;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or a list of them")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<BoolAxis, E> {
+                Ok(BoolAxis(vec![v]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BoolAxis, A::Error> {
+                let mut values = Vec::new();
+                while let Some(v) = seq.next_element::<bool>()? {
+                    values.push(v);
+                }
+                Ok(BoolAxis(values))
+            }
+        }
+        deserializer.deserialize_any(BoolVisitor)
+    }
+}
+
+impl BoolAxis {
+    /// The distinct values, `true` first (the neutral setting first); empty is an error.
+    pub fn points(&self) -> Result<Vec<bool>, AxisError> {
+        let mut points: Vec<bool> = Vec::new();
+        for v in [true, false] {
+            if self.0.contains(&v) {
+                points.push(v);
+            }
+        }
+        if points.is_empty() {
+            return Err(AxisError::Empty);
+        }
+        Ok(points)
     }
 }
 
@@ -170,6 +223,21 @@ mod tests {
         assert_eq!(axis("[3, 1, 2, 2]").points().unwrap(), vec![1.0, 2.0, 3.0]);
         assert_eq!(axis("{ linspace = [0, 1, 5] }").points().unwrap(), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
         assert_eq!(axis("{ logspace = [-1.5, -1.5, 1] }").points().unwrap(), vec![canonical(10f64.powf(-1.5))]);
+    }
+
+    #[test]
+    fn a_bare_number_is_a_one_point_axis_and_bools_make_a_bool_axis() {
+        assert_eq!(axis("0.1").points().unwrap(), vec![0.1]);
+        assert_eq!(axis("600").points().unwrap(), vec![600.0]);
+        #[derive(Deserialize)]
+        struct Doc {
+            b: BoolAxis,
+        }
+        let bools = |text: &str| toml::from_str::<Doc>(&format!("b = {text}")).map(|d| d.b.points());
+        assert_eq!(bools("false").unwrap(), Ok(vec![false]));
+        assert_eq!(bools("[false, true, false]").unwrap(), Ok(vec![true, false]));
+        assert_eq!(bools("[]").unwrap(), Err(AxisError::Empty));
+        assert!(bools("1").is_err());
     }
 
     #[test]

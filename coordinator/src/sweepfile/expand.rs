@@ -10,7 +10,7 @@ use tsweep_proto::cell::{
     DatasetFormat, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Precision, Regime, TrainSettings,
     ValPolicy, DEFAULT_STALL_TIMEOUT_S,
 };
-use tsweep_proto::limits::MAX_CELL_SPEC_BYTES;
+use tsweep_proto::limits::{MAX_CELL_SPEC_BYTES, MAX_SWEEPFILE_NAME_BYTES};
 
 use super::axis::{Axis, AxisError};
 use super::location::SourceText;
@@ -18,10 +18,15 @@ use super::plan::{file_fingerprint, GridModel, Points, RegimeGrid, SweepPlan};
 use super::schema::{DatasetEntry, ModelEntry, NormalizeEntry, RegimeSection, Schedule, Settings, SweepFile};
 use super::{SweepFileError, SweepSettings, HARD_MAX_CELLS, MAX_CELLS};
 
+mod pretrain;
+
+use pretrain::PretrainPlan;
+
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 const DEFAULT_IMAGE_SIZE: u32 = 224;
-/// Longest sweep, model or dataset name (they become Redis keys and directory names).
-const MAX_NAME_LEN: usize = 100;
+/// Longest sweep, model, dataset or pretrain entry name, and longest model name a
+/// pretrain setting makes (they become Redis keys and directory names).
+const MAX_NAME_LEN: usize = MAX_SWEEPFILE_NAME_BYTES;
 /// Held-out validation when a dataset does not say: 10% of train, stratified, seed 0.
 const DEFAULT_HELD_OUT_FRACTION: f64 = 0.1;
 /// Model input resolutions a cell may ask for (`image_size`, `eval_resize`).
@@ -154,6 +159,8 @@ impl<'a> Expander<'a> {
         };
         self.check_models(&file.models)?;
         self.check_datasets(&file.datasets)?;
+        let name = file.name.get_ref().clone();
+        let pretrains = self.pretrain_plan(&file, &name, max_attempts)?;
 
         let Some(regimes) = &file.regimes else {
             return Err(self.empty("the file has no [regimes.linear], [regimes.finetune] or [regimes.scratch] section"));
@@ -172,7 +179,7 @@ impl<'a> Expander<'a> {
         let mut plans = Vec::new();
         for (regime, section) in sections {
             if let Some(section) = section {
-                plans.push(self.plan(regime, section, &file)?);
+                plans.push(self.plan(regime, section, &file, &pretrains)?);
             }
         }
         if plans.is_empty() {
@@ -181,42 +188,60 @@ impl<'a> Expander<'a> {
 
         let mut total: u64 = 0;
         for plan in &plans {
-            let cells = [plan.models.len(), plan.datasets.len(), seeds.len(), plan.points.count()]
-                .iter()
-                .fold(1u64, |acc, n| acc.saturating_mul(*n as u64));
-            total = total.saturating_add(cells);
+            for model in &plan.models {
+                let variants = pretrains.variants(model.name.get_ref()).unwrap_or(1);
+                let source = pretrains.source_of(model.name.get_ref());
+                let datasets = plan.datasets.iter().filter(|d| Some(d.name.get_ref().as_str()) != source).count();
+                let cells = [variants, datasets, seeds.len(), plan.points.count()]
+                    .iter()
+                    .fold(1u64, |acc, n| acc.saturating_mul(*n as u64));
+                total = total.saturating_add(cells);
+            }
         }
         if total == 0 {
             return Err(self.empty("no regime selects any (model, dataset) pair"));
         }
-        check_size(self.src.file, total, allow_huge)?;
+        check_size(self.src.file, total.saturating_add(pretrains.cell_count()), allow_huge)?;
 
+        // Pretrain cells first: their dependents are written after them.
         let mut sweep = SweepPlan {
-            name: file.name.get_ref().clone(),
+            name,
             settings: SweepSettings { max_attempts },
             seeds,
+            pretrains: pretrains.cells(),
             grids: Vec::with_capacity(plans.len()),
             fingerprint,
         };
+        // One grid per (regime, model entry): a pretrained model stands for one model per
+        // pretrain setting and is not transferred to its own source dataset.
         for plan in plans {
-            let grid = RegimeGrid {
-                regime: plan.regime,
-                models: plan
-                    .models
-                    .iter()
-                    .map(|m| GridModel {
-                        spec: self.model_spec(m, plan.regime),
-                        precision: m.precision.unwrap_or(plan.precision),
-                    })
-                    .collect(),
-                datasets: plan.datasets.iter().map(|d| self.dataset_spec(d)).collect(),
-                points: plan.points,
-                train: plan.train,
-                gpus: plan.gpus,
-                fake: plan.fake,
-            };
-            self.check_cell_size(&sweep, &grid, &plan.models, plan.l2_span.as_ref())?;
-            sweep.grids.push(grid);
+            for entry in &plan.models {
+                let model_name = entry.name.get_ref();
+                let precision = entry.precision.unwrap_or(plan.precision);
+                let models: Vec<GridModel> = match pretrains.transfer_models(model_name, plan.regime) {
+                    Some(variants) => {
+                        variants.into_iter().map(|(spec, after)| GridModel { spec, precision, after }).collect()
+                    }
+                    None => vec![GridModel { spec: self.model_spec(entry, plan.regime), precision, after: None }],
+                };
+                let source = pretrains.source_of(model_name);
+                let grid = RegimeGrid {
+                    regime: plan.regime,
+                    models,
+                    datasets: plan
+                        .datasets
+                        .iter()
+                        .filter(|d| Some(d.name.get_ref().as_str()) != source)
+                        .map(|d| self.dataset_spec(d))
+                        .collect(),
+                    points: plan.points.clone(),
+                    train: plan.train.clone(),
+                    gpus: plan.gpus,
+                    fake: plan.fake.clone(),
+                };
+                self.check_cell_size(&sweep, &grid, entry, plan.l2_span.as_ref())?;
+                sweep.grids.push(grid);
+            }
         }
         Ok(sweep)
     }
@@ -229,11 +254,11 @@ impl<'a> Expander<'a> {
         &self,
         sweep: &SweepPlan,
         grid: &RegimeGrid,
-        entries: &[&ModelEntry],
+        entry: &ModelEntry,
         l2_span: Option<&Range<usize>>,
     ) -> Result<(), SweepFileError> {
         let seed = sweep.seeds.iter().copied().max().unwrap_or(0);
-        for (model, entry) in grid.models.iter().zip(entries) {
+        for model in &grid.models {
             for dataset in &grid.datasets {
                 let spec = sweep.spec(grid, model, dataset, seed, grid.points.get(0));
                 let size = spec.to_json().map(|json| json.len()).unwrap_or(usize::MAX).saturating_add(CELL_SIZE_SLACK);
@@ -283,7 +308,17 @@ impl<'a> Expander<'a> {
                     format!("model {:?} is defined twice", model.name.get_ref()),
                 ));
             }
-            if model.source == ModelSource::Torchscript && model.weights.is_none() {
+            if model.source.is_none() && model.pretrain.is_none() {
+                return Err(self.invalid(
+                    &entry.span(),
+                    "models.source",
+                    format!(
+                        "model {:?} needs `source` (builtin or torchscript), or `pretrain` naming a [[pretrain]] entry",
+                        model.name.get_ref()
+                    ),
+                ));
+            }
+            if model.source == Some(ModelSource::Torchscript) && model.weights.is_none() {
                 return Err(self.invalid(
                     &entry.span(),
                     "models.weights",
@@ -406,6 +441,7 @@ impl<'a> Expander<'a> {
         regime: Regime,
         section: &Spanned<RegimeSection>,
         file: &'f SweepFile,
+        pretrains: &PretrainPlan,
     ) -> Result<RegimePlan<'f>, SweepFileError> {
         let prefix = format!("regimes.{}", regime.name());
         let body = section.get_ref();
@@ -424,10 +460,10 @@ impl<'a> Expander<'a> {
 
         let points = self.points(regime, section, &prefix)?;
         let settings = file.defaults.overridden_by(&body.settings());
-        let train = self.train_settings(regime, &settings, section, &prefix, points.l2_path.clone())?;
+        let train = self.train_settings(regime, &settings, section.span(), &prefix, points.l2_path.clone())?;
 
         if matches!(regime, Regime::Linear | Regime::Finetune) && !file.allow_random_init {
-            if let Some(model) = models.iter().find(|m| m.weights.is_none()) {
+            if let Some(model) = models.iter().find(|m| m.weights.is_none() && m.pretrain.is_none()) {
                 return Err(self.invalid(
                     &model.name.span(),
                     "models.weights",
@@ -447,9 +483,8 @@ impl<'a> Expander<'a> {
                     format!("{} is out of range: at most {} pixels", resize.get_ref(), IMAGE_SIZE_RANGE.end() * 2),
                 ));
             }
-            if let Some(model) = models
-                .iter()
-                .find(|m| m.image_size.as_ref().map_or(DEFAULT_IMAGE_SIZE, |s| *s.get_ref()) > *resize.get_ref())
+            if let Some(model) =
+                models.iter().find(|m| pretrains.image_size(m).unwrap_or_else(|| image_size(m)) > *resize.get_ref())
             {
                 return Err(self.invalid(
                     &resize.span(),
@@ -593,7 +628,7 @@ impl<'a> Expander<'a> {
         &self,
         regime: Regime,
         settings: &Settings,
-        section: &Spanned<RegimeSection>,
+        section: Range<usize>,
         prefix: &str,
         l2_path: Vec<f64>,
     ) -> Result<TrainSettings, SweepFileError> {
@@ -602,16 +637,16 @@ impl<'a> Expander<'a> {
             None => default_steps(regime),
         };
         if steps == 0 && regime != Regime::Linear {
-            let span = settings.steps.as_ref().map_or(section.span(), |s| s.span());
+            let span = settings.steps.as_ref().map_or(section.clone(), |s| s.span());
             return Err(self.invalid(&span, &format!("{prefix}.steps"), "must be at least 1"));
         }
         if steps > MAX_STEPS {
-            let span = settings.steps.as_ref().map_or(section.span(), |s| s.span());
+            let span = settings.steps.as_ref().map_or(section.clone(), |s| s.span());
             return Err(self.invalid(&span, &format!("{prefix}.steps"), format!("{steps} is more than {MAX_STEPS}")));
         }
         let batch_size = settings.batch_size.as_ref().map_or(256, |b| *b.get_ref());
         if batch_size == 0 || batch_size > MAX_BATCH_SIZE {
-            let span = settings.batch_size.as_ref().map_or(section.span(), |b| b.span());
+            let span = settings.batch_size.as_ref().map_or(section.clone(), |b| b.span());
             return Err(self.invalid(
                 &span,
                 &format!("{prefix}.batch_size"),
@@ -620,7 +655,7 @@ impl<'a> Expander<'a> {
         }
         let loader_threads = settings.loader_threads.as_ref().map_or(4, |t| *t.get_ref());
         if loader_threads == 0 || loader_threads > MAX_LOADER_THREADS {
-            let span = settings.loader_threads.as_ref().map_or(section.span(), |t| t.span());
+            let span = settings.loader_threads.as_ref().map_or(section.clone(), |t| t.span());
             return Err(self.invalid(
                 &span,
                 &format!("{prefix}.loader_threads"),
@@ -629,7 +664,7 @@ impl<'a> Expander<'a> {
         }
         let momentum = settings.momentum.as_ref().map_or(0.9, |m| *m.get_ref());
         if !(0.0..1.0).contains(&momentum) {
-            let span = settings.momentum.as_ref().map_or(section.span(), |m| m.span());
+            let span = settings.momentum.as_ref().map_or(section.clone(), |m| m.span());
             return Err(self.invalid(&span, &format!("{prefix}.momentum"), format!("{momentum} is not in [0, 1)")));
         }
         let bn_momentum = match &settings.bn_momentum {
@@ -645,7 +680,7 @@ impl<'a> Expander<'a> {
         };
         let lbfgs_max_iter = settings.lbfgs_max_iter.as_ref().map_or(100, |l| *l.get_ref());
         if lbfgs_max_iter == 0 || lbfgs_max_iter > MAX_LBFGS_ITER {
-            let span = settings.lbfgs_max_iter.as_ref().map_or(section.span(), |l| l.span());
+            let span = settings.lbfgs_max_iter.as_ref().map_or(section.clone(), |l| l.span());
             return Err(self.invalid(
                 &span,
                 &format!("{prefix}.lbfgs_max_iter"),
@@ -654,7 +689,7 @@ impl<'a> Expander<'a> {
         }
         let stall_timeout_s = settings.stall_timeout_s.as_ref().map_or(DEFAULT_STALL_TIMEOUT_S, |s| *s.get_ref());
         if !(1..=MAX_LIMIT_S).contains(&stall_timeout_s) {
-            let span = settings.stall_timeout_s.as_ref().map_or(section.span(), |s| s.span());
+            let span = settings.stall_timeout_s.as_ref().map_or(section.clone(), |s| s.span());
             return Err(self.invalid(
                 &span,
                 &format!("{prefix}.stall_timeout_s"),
@@ -693,7 +728,8 @@ impl<'a> Expander<'a> {
     fn model_spec(&self, model: &ModelEntry, regime: Regime) -> ModelSpec {
         // Scratch trains from random init: builtin backbones get no weights. A torchscript
         // module file is also its architecture, so it stays (the trainer re-initialises it).
-        let weights = match (regime, model.source) {
+        let source = model.source.unwrap_or(ModelSource::Builtin);
+        let weights = match (regime, source) {
             (Regime::Scratch, ModelSource::Builtin) => None,
             _ => model.weights.as_deref().map(|w| self.resolve(w)),
         };
@@ -701,16 +737,17 @@ impl<'a> Expander<'a> {
         let normalize = match &model.normalize {
             // check_normalize has made sure there are three of each
             Some(n) => Normalize { mean: triple(n.get_ref().mean.get_ref()), std: triple(n.get_ref().std.get_ref()) },
-            None => Normalize::default_for(&arch.to_lowercase(), model.source == ModelSource::Builtin),
+            None => Normalize::default_for(&arch.to_lowercase(), source == ModelSource::Builtin),
         };
         ModelSpec {
             name: model.name.get_ref().clone(),
-            source: model.source,
+            source,
             arch,
             weights,
             imagenet_top1: model.imagenet_top1.as_ref().map(|t| *t.get_ref()),
-            image_size: model.image_size.as_ref().map_or(DEFAULT_IMAGE_SIZE, |s| *s.get_ref()),
+            image_size: image_size(model),
             normalize,
+            pretrained: None,
         }
     }
 
@@ -734,6 +771,11 @@ impl<'a> Expander<'a> {
 fn triple(values: &[f64]) -> [f64; 3] {
     let at = |i: usize| values.get(i).copied().unwrap_or(f64::NAN);
     [at(0), at(1), at(2)]
+}
+
+/// A `[[models]]` entry's input resolution.
+fn image_size(model: &ModelEntry) -> u32 {
+    model.image_size.as_ref().map_or(DEFAULT_IMAGE_SIZE, |s| *s.get_ref())
 }
 
 /// The paper's step counts when neither `[defaults]` nor the regime says.

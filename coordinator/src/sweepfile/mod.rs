@@ -33,52 +33,74 @@ pub struct SweepSettings {
     pub max_attempts: u32,
 }
 
-/// One grid cell with its deterministic id ([`task_id`]).
+/// One cell with its deterministic id ([`task_id`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cell {
     pub id: String,
     pub spec: CellSpec,
+    /// The pretrain cell this one waits for (a transfer cell of a pretrained model): it is
+    /// held, not leasable, until that cell succeeds, and fails with it.
+    pub after: Option<String>,
 }
 
 /// Cells of one (regime, stage). Final counts of a file are projections: one refit per
 /// (model, dataset, seed) of the finetune and scratch regimes, scheduled by the
-/// coordinator once that group's grid points have ended.
+/// coordinator once that group's grid points have ended. Pretrain cells are counted
+/// under the scratch regime (they train from scratch) with stage `pretrain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageCount {
     pub regime: Regime,
     pub stage: Stage,
     pub cells: u64,
+    /// Of these, the cells that wait for their pretrain cell to succeed.
+    pub after_pretrain: u64,
 }
 
 #[derive(Debug, Clone)]
 pub struct ExpandedSweep {
     pub name: String,
     pub settings: SweepSettings,
-    /// Grid cells, in file order (regime, model, dataset, seed, lr, weight decay).
+    /// Pretrain cells first (file order), then grid cells in file order (regime, model,
+    /// dataset, seed, lr, weight decay).
     pub cells: Vec<Cell>,
 }
 
 impl ExpandedSweep {
-    /// Grid cells per regime, then the finals that will follow them, in regime order.
-    /// Regimes without cells are left out.
+    /// Pretrain cells, then grid cells per regime and the finals that will follow them, in
+    /// regime order. Regimes without cells are left out.
     pub fn stage_counts(&self) -> Vec<StageCount> {
         let mut counts = Vec::new();
+        let pretrain = self.cells.iter().filter(|c| c.spec.stage == Stage::Pretrain).count() as u64;
+        if pretrain > 0 {
+            counts.push(StageCount {
+                regime: Regime::Scratch,
+                stage: Stage::Pretrain,
+                cells: pretrain,
+                after_pretrain: 0,
+            });
+        }
         for regime in Regime::ALL {
-            let grid = self.cells.iter().filter(|c| c.spec.regime == regime).count() as u64;
-            if grid == 0 {
+            let cells: Vec<&Cell> =
+                self.cells.iter().filter(|c| c.spec.regime == regime && c.spec.stage == Stage::Grid).collect();
+            if cells.is_empty() {
                 continue;
             }
-            counts.push(StageCount { regime, stage: Stage::Grid, cells: grid });
+            let waiting = cells.iter().filter(|c| c.after.is_some()).count() as u64;
+            counts.push(StageCount { regime, stage: Stage::Grid, cells: cells.len() as u64, after_pretrain: waiting });
             if regime_has_final(regime) {
-                let mut groups: Vec<(&str, &str, u64)> = self
-                    .cells
+                let mut groups: Vec<(&str, &str, u64, bool)> = cells
                     .iter()
-                    .filter(|c| c.spec.regime == regime)
-                    .map(|c| (c.spec.model.name.as_str(), c.spec.dataset.name.as_str(), c.spec.seed))
+                    .map(|c| (c.spec.model.name.as_str(), c.spec.dataset.name.as_str(), c.spec.seed, c.after.is_some()))
                     .collect();
                 groups.sort_unstable();
                 groups.dedup();
-                counts.push(StageCount { regime, stage: Stage::Final, cells: groups.len() as u64 });
+                let waiting = groups.iter().filter(|g| g.3).count() as u64;
+                counts.push(StageCount {
+                    regime,
+                    stage: Stage::Final,
+                    cells: groups.len() as u64,
+                    after_pretrain: waiting,
+                });
             }
         }
         counts
@@ -97,7 +119,7 @@ pub fn regime_has_final(regime: Regime) -> bool {
 pub fn final_cell(winner: &CellSpec) -> Cell {
     let mut spec = winner.clone();
     spec.stage = Stage::Final;
-    Cell { id: task_id(&spec), spec }
+    Cell { id: task_id(&spec), spec, after: None }
 }
 
 /// Why a sweep file was refused. Every message is one line that names the file and,
@@ -134,6 +156,8 @@ pub fn parse_and_expand(
 }
 
 /// The cell's identity: hash of (sweep, stage, model, dataset, regime, hparams, seed).
+/// A pretrain cell's hparams hold every axis of its entry; a pretrained model's name
+/// holds its setting, so its transfer cells are told apart by model as any other.
 pub fn task_id(spec: &CellSpec) -> String {
     identity::task_id(spec)
 }

@@ -1,6 +1,8 @@
 //! A validated sweep as its axes: every cell can be built from its index in file order
 //! without building the others, so a grid of a million cells is written in bounded batches
-//! and never held in memory at once.
+//! and never held in memory at once. Pretrain cells (few: one per point of a
+//! `[[pretrain]]` entry) are kept built and come first, so that a batch never holds a
+//! transfer cell before the pretrain cell it waits for has been written.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -42,11 +44,13 @@ impl Points {
 }
 
 /// A model of a regime's grid and the precision its cells train in (the model's own, or
-/// the regime's, or `[defaults]`).
+/// the regime's, or `[defaults]`); `after`: the pretrain cell its cells wait for (a
+/// pretrained model in the linear and finetune regimes).
 #[derive(Debug, Clone)]
 pub(super) struct GridModel {
     pub spec: ModelSpec,
     pub precision: Precision,
+    pub after: Option<String>,
 }
 
 /// One regime's cells: models × datasets × seeds × points, in that order.
@@ -63,9 +67,17 @@ pub(super) struct RegimeGrid {
 
 impl RegimeGrid {
     fn count(&self, seeds: usize) -> u64 {
-        [self.models.len(), self.datasets.len(), seeds, self.points.count()]
-            .iter()
-            .fold(1u64, |acc, n| acc.saturating_mul(*n as u64))
+        self.count_of(self.models.len(), seeds)
+    }
+
+    /// Cells of `models` of this grid's models.
+    fn count_of(&self, models: usize, seeds: usize) -> u64 {
+        [models, self.datasets.len(), seeds, self.points.count()].iter().fold(1u64, |acc, n| acc.saturating_mul(*n as u64))
+    }
+
+    /// Of this grid's models, those whose cells wait for a pretrain cell.
+    fn waiting_models(&self) -> usize {
+        self.models.iter().filter(|m| m.after.is_some()).count()
     }
 }
 
@@ -76,20 +88,26 @@ pub struct SweepPlan {
     pub name: String,
     pub settings: SweepSettings,
     pub(super) seeds: Vec<u64>,
+    /// The pretrain cells, in file order (first in the sweep's cell order).
+    pub(super) pretrains: Vec<Cell>,
     pub(super) grids: Vec<RegimeGrid>,
     /// sha256 of what the cells are made from (file text and base directory).
     pub(super) fingerprint: String,
 }
 
 impl SweepPlan {
-    /// Grid cells in the file (finals come later, from the coordinator).
+    /// Pretrain and grid cells in the file (finals come later, from the coordinator).
     pub fn total(&self) -> u64 {
-        self.grids.iter().map(|g| g.count(self.seeds.len())).sum()
+        self.grids.iter().map(|g| g.count(self.seeds.len())).fold(self.pretrains.len() as u64, u64::saturating_add)
     }
 
-    /// The cell at `index` in file order (regime, model, dataset, seed, lr, weight decay).
+    /// The cell at `index` in file order: the pretrain cells, then the grid cells (regime,
+    /// model, dataset, seed, lr, weight decay).
     pub fn cell(&self, index: u64) -> Option<Cell> {
-        let mut rest = index;
+        if let Some(cell) = usize::try_from(index).ok().and_then(|i| self.pretrains.get(i)) {
+            return Some(cell.clone());
+        }
+        let mut rest = index - self.pretrains.len() as u64;
         for grid in &self.grids {
             let count = grid.count(self.seeds.len());
             if rest >= count {
@@ -106,7 +124,7 @@ impl SweepPlan {
             let dataset = &grid.datasets[(rest % datasets) as usize];
             let model = &grid.models[(rest / datasets) as usize];
             let spec = self.spec(grid, model, dataset, seed, grid.points.get(point));
-            return Some(Cell { id: task_id(&spec), spec });
+            return Some(Cell { id: task_id(&spec), spec, after: model.after.clone() });
         }
         None
     }
@@ -140,20 +158,33 @@ impl SweepPlan {
         }
     }
 
-    /// Grid cells per regime, then the finals that will follow them (one per (model,
-    /// dataset, seed) of finetune and scratch), computed from the axes.
+    /// The pretrain cells (under the scratch regime), grid cells per regime, then the
+    /// finals that will follow them (one per (model, dataset, seed) of finetune and
+    /// scratch), computed from the axes, each with how many wait for a pretrain cell.
     pub fn stage_counts(&self) -> Vec<StageCount> {
         let mut counts = Vec::new();
+        if !self.pretrains.is_empty() {
+            counts.push(StageCount {
+                regime: Regime::Scratch,
+                stage: Stage::Pretrain,
+                cells: self.pretrains.len() as u64,
+                after_pretrain: 0,
+            });
+        }
+        let seeds = self.seeds.len();
         for regime in Regime::ALL {
             let grids: Vec<&RegimeGrid> = self.grids.iter().filter(|g| g.regime == regime).collect();
-            let cells: u64 = grids.iter().map(|g| g.count(self.seeds.len())).sum();
+            let cells: u64 = grids.iter().map(|g| g.count(seeds)).sum();
             if cells == 0 {
                 continue;
             }
-            counts.push(StageCount { regime, stage: Stage::Grid, cells });
+            let waiting = grids.iter().map(|g| g.count_of(g.waiting_models(), seeds)).sum();
+            counts.push(StageCount { regime, stage: Stage::Grid, cells, after_pretrain: waiting });
             if regime_has_final(regime) {
-                let finals = grids.iter().map(|g| (g.models.len() * g.datasets.len() * self.seeds.len()) as u64).sum();
-                counts.push(StageCount { regime, stage: Stage::Final, cells: finals });
+                let groups = |models: usize, g: &RegimeGrid| (models * g.datasets.len() * seeds) as u64;
+                let finals = grids.iter().map(|g| groups(g.models.len(), g)).sum();
+                let waiting = grids.iter().map(|g| groups(g.waiting_models(), g)).sum();
+                counts.push(StageCount { regime, stage: Stage::Final, cells: finals, after_pretrain: waiting });
             }
         }
         counts
@@ -174,7 +205,7 @@ impl SweepPlan {
 pub trait SweepCells: Sync {
     fn name(&self) -> &str;
     fn settings(&self) -> &SweepSettings;
-    /// Grid cells in file order.
+    /// Pretrain and grid cells in file order.
     fn total(&self) -> u64;
     /// The cells of `range`, in file order.
     fn batch(&self, range: Range<u64>) -> Vec<Cell>;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use tsweep_proto::cell::{DatasetFormat, FakeSettings, Metric, ModelSource, Precision, ValPolicy};
 
-use super::axis::Axis;
+use super::axis::{Axis, BoolAxis};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +28,10 @@ pub(crate) struct SweepFile {
     pub models: Vec<Spanned<ModelEntry>>,
     #[serde(default)]
     pub datasets: Vec<Spanned<DatasetEntry>>,
+    /// Source models trained from scratch here, one per grid point of their settings;
+    /// a `[[models]]` entry with `pretrain = "<name>"` transfers each of them.
+    #[serde(default)]
+    pub pretrain: Vec<Spanned<PretrainEntry>>,
     pub regimes: Option<Spanned<Regimes>>,
     /// Test executor behaviour for every cell (`tsweep-worker --executor fake`).
     pub fake: Option<FakeSettings>,
@@ -37,9 +41,13 @@ pub(crate) struct SweepFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ModelEntry {
     pub name: Spanned<String>,
-    pub source: ModelSource,
+    /// Required, except with `pretrain` (the backbone is builtin, from that entry).
+    pub source: Option<ModelSource>,
     /// Builtin architecture (resnet50, ...); defaults to the model's name.
     pub arch: Option<Spanned<String>>,
+    /// The `[[pretrain]]` entry whose trained backbones this model stands for: one model
+    /// per grid point of that entry, instead of `weights`.
+    pub pretrain: Option<Spanned<String>>,
     pub weights: Option<PathBuf>,
     pub imagenet_top1: Option<Spanned<f64>>,
     pub image_size: Option<Spanned<u32>>,
@@ -95,13 +103,15 @@ impl Schedule {
 /// Declares a struct holding every training setting (all optional, spanned) plus the
 /// extra fields given, so `[defaults]` and `[regimes.*]` share one list without `flatten`
 /// (which serde cannot combine with `deny_unknown_fields`).
+/// `steps` is written as `steps: TYPE => CONVERSION` (the `[[pretrain]]` tables make it
+/// an axis, which [`Settings`] does not carry).
 macro_rules! settings_struct {
-    ($(#[$attr:meta])* $name:ident { $($(#[$fattr:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+    ($(#[$attr:meta])* $name:ident steps: $sty:ty => $sconv:expr, { $($(#[$fattr:meta])* $field:ident : $ty:ty),* $(,)? }) => {
         $(#[$attr])*
-        #[derive(Debug, Default, Deserialize)]
+        #[derive(Debug, Deserialize)]
         #[serde(deny_unknown_fields)]
         pub(crate) struct $name {
-            pub steps: Option<Spanned<u64>>,
+            pub steps: Option<$sty>,
             pub batch_size: Option<Spanned<u32>>,
             pub momentum: Option<Spanned<f64>>,
             pub nesterov: Option<bool>,
@@ -121,8 +131,9 @@ macro_rules! settings_struct {
         impl $name {
             #[allow(dead_code)]
             pub fn settings(&self) -> Settings {
+                let steps: fn(&Option<$sty>) -> Option<Spanned<u64>> = $sconv;
                 Settings {
-                    steps: self.steps.clone(),
+                    steps: steps(&self.steps),
                     batch_size: self.batch_size.clone(),
                     momentum: self.momentum.clone(),
                     nesterov: self.nesterov,
@@ -145,13 +156,15 @@ macro_rules! settings_struct {
 
 settings_struct!(
     /// `[defaults]`: training settings every regime starts from.
-    Settings {}
+    #[derive(Default)]
+    Settings steps: Spanned<u64> => Clone::clone, {}
 );
 
 settings_struct!(
     /// `[regimes.<name>]`: the regime's axes, optional model/dataset filters, and
     /// overrides of `[defaults]`.
-    RegimeSection {
+    #[derive(Default)]
+    RegimeSection steps: Spanned<u64> => Clone::clone, {
         /// Linear: the L2 path (one task per (model, dataset) fits all of it).
         l2: Option<Spanned<Axis>>,
         /// Finetune / scratch: learning rate.
@@ -163,6 +176,33 @@ settings_struct!(
         /// Only these datasets (by name); default all.
         datasets: Option<Vec<Spanned<String>>>,
         /// Replaces the top-level `[fake]` for this regime's cells.
+        fake: Option<FakeSettings>,
+    }
+);
+
+settings_struct!(
+    /// `[[pretrain]]`: a source model trained from scratch on one of the `[[datasets]]`,
+    /// one cell per point of its axes; its training settings override `[defaults]`.
+    PretrainEntry steps: Spanned<Axis> => |_| None, {
+        name: Spanned<String>,
+        /// Builtin architecture (resnet18, inception_v3, ...).
+        arch: Spanned<String>,
+        /// The source dataset: the name of one `[[datasets]]` entry (train+val trains it,
+        /// test scores it).
+        dataset: Option<Spanned<String>>,
+        image_size: Option<Spanned<u32>>,
+        /// The seed of its cells (default 0), whatever the sweep's `seeds`.
+        seed: Option<u64>,
+        /// Axes: learning rate (required, > 0) and weight decay (>= 0, default [0]).
+        lr: Option<Spanned<Axis>>,
+        weight_decay: Option<Spanned<Axis>>,
+        /// Axes of the regularizers: label smoothing and dropout in [0, 1), the auxiliary
+        /// head's loss weight >= 0 (architectures with one), BatchNorm scale trained or not.
+        label_smoothing: Option<Spanned<Axis>>,
+        dropout: Option<Spanned<Axis>>,
+        aux_head: Option<Spanned<Axis>>,
+        bn_scale: Option<Spanned<BoolAxis>>,
+        /// Replaces the top-level `[fake]` for the pretrain cells.
         fake: Option<FakeSettings>,
     }
 );

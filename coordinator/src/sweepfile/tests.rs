@@ -83,11 +83,11 @@ fn expands_every_regime_with_counts_and_filled_specs() {
     assert_eq!(
         sweep.stage_counts(),
         vec![
-            StageCount { regime: Regime::Linear, stage: Stage::Grid, cells: 4 },
-            StageCount { regime: Regime::Finetune, stage: Stage::Grid, cells: 224 },
-            StageCount { regime: Regime::Finetune, stage: Stage::Final, cells: 4 },
-            StageCount { regime: Regime::Scratch, stage: Stage::Grid, cells: 4 },
-            StageCount { regime: Regime::Scratch, stage: Stage::Final, cells: 2 },
+            StageCount { regime: Regime::Linear, stage: Stage::Grid, cells: 4, after_pretrain: 0 },
+            StageCount { regime: Regime::Finetune, stage: Stage::Grid, cells: 224, after_pretrain: 0 },
+            StageCount { regime: Regime::Finetune, stage: Stage::Final, cells: 4, after_pretrain: 0 },
+            StageCount { regime: Regime::Scratch, stage: Stage::Grid, cells: 4, after_pretrain: 0 },
+            StageCount { regime: Regime::Scratch, stage: Stage::Final, cells: 2, after_pretrain: 0 },
         ]
     );
 

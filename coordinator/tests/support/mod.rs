@@ -33,6 +33,7 @@ pub fn spec(sweep: &str, model: &str, regime: Regime, lr: f64, gpus: u32, max_at
             weights: None,
             imagenet_top1: Some(70.0),
             image_size: 32,
+            pretrained: None,
             normalize: Default::default(),
         },
         dataset: DatasetSpec {
@@ -70,7 +71,7 @@ pub fn spec(sweep: &str, model: &str, regime: Regime, lr: f64, gpus: u32, max_at
 
 /// The cell of a spec, with its deterministic id.
 pub fn cell(spec: CellSpec) -> Cell {
-    Cell { id: task_id(&spec), spec }
+    Cell { id: task_id(&spec), spec, after: None }
 }
 
 /// A sweep file `name`: resnet18 from random init at 32², scratch on `shapes` (official

@@ -41,6 +41,10 @@ pub struct TaskInput {
     /// "auto" | "cpu" | "cuda:N"
     pub device: String,
     pub executor: ExecutorKind,
+    /// A pretrain cell's trained backbone goes here (see
+    /// `crate::agent::slot::pretrained_weights`); None for every other cell.
+    #[serde(default)]
+    pub pretrained_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

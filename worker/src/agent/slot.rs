@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use tsweep_proto::cell::CellSpec;
+use tsweep_proto::cell::{CellSpec, Stage};
 use tsweep_proto::v1::{FailTaskRequest, FailureClass, TaskAssignment};
 
 use super::backoff::Backoff;
@@ -159,10 +159,18 @@ impl Slot {
                     class: ChildFailure::Fatal,
                     message: format!("task {}: spec_json line {} column {}: {e}", key.task_id, e.line(), e.column()),
                 },
-                Ok(spec) => {
+                Ok(mut spec) => {
+                    // A transfer cell of a pretrained model loads the backbone its pretrain
+                    // cell wrote; a pretrain cell writes it there.
+                    if let Some(by) = &spec.model.pretrained {
+                        spec.model.weights = Some(pretrained_weights(&shared.checkpoint_root, &key.sweep, &by.task_id));
+                    }
+                    let pretrained_out = (spec.stage == Stage::Pretrain)
+                        .then(|| pretrained_weights(&shared.checkpoint_root, &key.sweep, &key.task_id));
                     let input = TaskInput {
                         task_id: key.task_id.clone(),
                         attempt: key.attempt,
+                        pretrained_out,
                         spec,
                         resume,
                         checkpoint_dir: checkpoint_dir(&shared.checkpoint_root, &key),
@@ -244,6 +252,17 @@ pub fn failure_class(class: ChildFailure) -> FailureClass {
         ChildFailure::OutOfMemory => FailureClass::OutOfMemory,
     }
 }
+
+/// `<root>/<sweep>/<task>/pretrained.safetensors`: the backbone a pretrain cell trained,
+/// next to its attempts' checkpoint directories. The coordinator knows no worker paths: the
+/// workers of its transfer cells find it from the pretrain cell's task id under the same
+/// (shared) checkpoint root.
+pub fn pretrained_weights(root: &std::path::Path, sweep: &str, pretrain_task_id: &str) -> PathBuf {
+    root.join(sweep).join(pretrain_task_id).join(PRETRAINED_FILE)
+}
+
+/// File name of a pretrain cell's trained backbone.
+pub const PRETRAINED_FILE: &str = "pretrained.safetensors";
 
 /// `<root>/<sweep>/<task>/attempt-<n>`: each attempt writes its own checkpoints, so a late
 /// writer of an old attempt never overwrites a newer one's.

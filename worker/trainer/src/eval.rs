@@ -100,7 +100,8 @@ pub fn score_split(
 pub fn stage_splits(spec: &CellSpec) -> (Split, Option<Split>, Split) {
     match spec.stage {
         tsweep_proto::cell::Stage::Grid => (Split::Train, Some(Split::Val), Split::Test),
-        tsweep_proto::cell::Stage::Final => (Split::TrainVal, None, Split::Test),
+        // a pretrain cell trains its source model on train+val and scores the source test split
+        tsweep_proto::cell::Stage::Final | tsweep_proto::cell::Stage::Pretrain => (Split::TrainVal, None, Split::Test),
     }
 }
 

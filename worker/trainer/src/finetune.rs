@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 use tsweep_data::{steps_per_epoch, Loader, LoaderConfig, Mode};
-use tsweep_proto::cell::{CellSpec, Regime};
+use tsweep_proto::cell::{CellSpec, Regime, Regularizers};
 use tsweep_proto::v1::TaskResult;
 
 use crate::error::{guard_torch, TrainerError};
@@ -18,7 +18,7 @@ use crate::eval;
 use crate::models::{Init, NetConfig, Network};
 use crate::precision::{self, GradScaler};
 use crate::sgd::{learning_rate, Sgd};
-use crate::tensors::{loss as loss_of, Normalizer};
+use crate::tensors::{smoothed_loss, Normalizer};
 use crate::{cell_fingerprint, checkpoint, device, weights, TrainJob, TrainerEvent};
 
 /// The BatchNorm momentum of a cell: the setting, else min(10 / steps_per_epoch, 0.1).
@@ -65,6 +65,14 @@ pub fn run(
     if spec.train.steps == 0 || spec.train.batch_size == 0 {
         return Err(TrainerError::InvalidCell("train.steps and train.batch_size must be > 0".into()));
     }
+    let regularizers = Regularizers::from_hparams(&spec.hparams).map_err(TrainerError::InvalidCell)?;
+    if regularizers.aux_weight > 0.0 {
+        return Err(TrainerError::InvalidCell(format!(
+            "hparams.{} = {}: this trainer builds no auxiliary classifier yet (use 0)",
+            Regularizers::AUX_HEAD,
+            regularizers.aux_weight
+        )));
+    }
     let batch_size = spec.train.batch_size as usize;
     let dev_name = device::name(device);
     let ds = eval::open_dataset(spec, &job.cache_dir)?;
@@ -100,6 +108,10 @@ pub fn run(
     let mut net = guard_torch("building the model", &dev_name, batch_size, || {
         Network::build(&model, &init, num_classes, device, cfg)
     })?;
+    if !regularizers.bn_scale {
+        let fixed = net.fix_bn_scale()?;
+        tracing::info!(fixed, "BatchNorm scales fixed at 1");
+    }
     let mut sgd = Sgd::new(net.trainable(), spec.train.momentum, spec.train.nesterov, wd / lr)?;
     let mut scaler = GradScaler::for_precision(spec.precision, device)?;
     let mut start_step = 0;
@@ -156,7 +168,9 @@ pub fn run(
     while step < total {
         if stop.load(Ordering::Relaxed) {
             if let Some(why) = log.read(scaler.as_mut())? {
-                return Ok(diverged(step, train_images, why));
+                let result = diverged(step, train_images, why);
+                hand_on(job, &net, &result)?;
+                return Ok(result);
             }
             let path = checkpoint::save(&job.checkpoint_dir, step, &fingerprint, &net, &sgd, scaler.as_ref())?;
             events(TrainerEvent::Checkpoint { path: path.clone(), step });
@@ -173,7 +187,8 @@ pub fn run(
             // autocast covers the forward pass and the loss (on f32 logits, as autocast's
             // own policy computes losses); backward runs outside it
             let loss = precision::autocast(spec.precision, device, || {
-                loss_of(&net.forward(&x, true)?.f_to_kind(Kind::Float)?, &y)
+                let logits = net.forward_with_dropout(&x, true, regularizers.dropout)?;
+                smoothed_loss(&logits.f_to_kind(Kind::Float)?, &y, regularizers.label_smoothing)
             })?;
             sgd.zero_grad();
             let skipped = match scaler.as_mut() {
@@ -200,7 +215,9 @@ pub fn run(
         }
         let read = guard_torch("reading the losses", &dev_name, batch_size, || log.read(scaler.as_mut()))?;
         if let Some(why) = read {
-            return Ok(diverged(step, train_images, why));
+            let result = diverged(step, train_images, why);
+            hand_on(job, &net, &result)?;
+            return Ok(result);
         }
         last_loss = log.recent.last().copied().unwrap_or(last_loss);
         if let Some(scaler) = &scaler {
@@ -249,7 +266,25 @@ pub fn run(
         extra.insert("loss_scale".to_string(), scaler.scale_value()?);
     }
     result.extra = extra;
+    hand_on(job, &net, &result)?;
     Ok(result)
+}
+
+/// A pretrain cell's last step: its trained backbone (without the head of its source
+/// classes) goes to [`TrainJob::pretrained_out`] with the architecture, the source test
+/// score and the source dataset in the file's metadata. Other cells write nothing.
+fn hand_on(job: &TrainJob, net: &Network, result: &TaskResult) -> Result<(), TrainerError> {
+    let Some(path) = &job.pretrained_out else { return Ok(()) };
+    let mut metadata = HashMap::from([
+        (weights::META_ARCH.to_string(), net.arch.clone()),
+        (weights::META_SOURCE_DATASET.to_string(), job.spec.dataset.name.clone()),
+    ]);
+    if let Some(score) = result.test_score {
+        metadata.insert(weights::META_SOURCE_SCORE.to_string(), score.to_string());
+    }
+    weights::write_safetensors(path, &net.backbone_state(), metadata)?;
+    tracing::info!(path = %path.display(), test_score = ?result.test_score, "pretrained backbone written");
+    Ok(())
 }
 
 /// The per-step values of the steps not read yet (on the device), and the losses read.

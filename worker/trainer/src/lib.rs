@@ -48,6 +48,10 @@ pub struct TrainJob {
     pub cache_dir: PathBuf,
     /// "auto" | "cpu" | "cuda:N"
     pub device: String,
+    /// A pretrain cell writes its trained backbone here (safetensors, see
+    /// [`weights::write_safetensors`]); the workers of its transfer cells load it from the
+    /// same place. None for every other cell.
+    pub pretrained_out: Option<PathBuf>,
 }
 
 /// What the trainer reports while it runs (the worker turns them into child events).

@@ -60,10 +60,30 @@ impl Normalizer {
 /// Mean loss of logits against targets: softmax cross-entropy for labels, per-class
 /// binary cross-entropy (one-vs-rest) for multi-hot.
 pub fn loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor, TrainerError> {
+    smoothed_loss(logits, targets, 0.0)
+}
+
+/// [`loss`] against label-smoothed targets (Szegedy et al. 2016): for labels, the target
+/// distribution is (1 − ε)·one-hot + ε/K, so the loss is (1 − ε)·NLL + ε·mean over the K
+/// classes of −log p; for multi-hot, each binary target t becomes (1 − ε)·t + ε/2.
+/// ε = 0 is the plain loss.
+pub fn smoothed_loss(logits: &Tensor, targets: &Tensor, epsilon: f64) -> Result<Tensor, TrainerError> {
     Ok(if targets.kind() == Kind::Int64 {
-        logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss::<Tensor>(targets, None, tch::Reduction::Mean, -100)?
+        let log_p = logits.f_log_softmax(-1, Kind::Float)?;
+        let nll = log_p.f_nll_loss::<Tensor>(targets, None, tch::Reduction::Mean, -100)?;
+        if epsilon == 0.0 {
+            nll
+        } else {
+            let uniform = log_p.f_mean_dim(-1, false, Kind::Float)?.f_mean(Kind::Float)?.f_neg()?;
+            (nll.f_mul_scalar(1.0 - epsilon)?).f_add(&uniform.f_mul_scalar(epsilon)?)?
+        }
     } else {
-        logits.f_binary_cross_entropy_with_logits::<Tensor>(targets, None, None, tch::Reduction::Mean)?
+        let smoothed = if epsilon == 0.0 {
+            targets.shallow_clone()
+        } else {
+            targets.f_mul_scalar(1.0 - epsilon)?.f_add_scalar(epsilon / 2.0)?
+        };
+        logits.f_binary_cross_entropy_with_logits::<Tensor>(&smoothed, None, None, tch::Reduction::Mean)?
     })
 }
 

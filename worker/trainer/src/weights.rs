@@ -172,6 +172,52 @@ pub fn load_into(vs: &nn::VarStore, path: &Path, arch: &str, skip: &[String]) ->
     Ok(loaded)
 }
 
+/// `__metadata__` key of a backbone a pretrain cell trained: its source test score (the
+/// cell's `test_score`, a fraction as the trainer reports it).
+pub const META_SOURCE_SCORE: &str = "source_test_score";
+/// `__metadata__` key: the source dataset a pretrain cell trained the backbone on.
+pub const META_SOURCE_DATASET: &str = "source_dataset";
+
+/// Writes named tensors (as f32, in their shapes) and `metadata` to a safetensors file:
+/// to a temporary file next to it, synced, then renamed, so a reader never sees half of
+/// one. The names are the variable names [`load_into`] matches.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<(), TrainerError> {
+    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, tensor) in tensors {
+        let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
+        let host = tensor.f_detach()?.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+        let values = Vec::<f32>::try_from(&host.f_flatten(0, -1)?)?;
+        buffers.push((name.clone(), shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+    }
+    let invalid =
+        |detail: String| TrainerError::WeightsMismatch { path: path.to_path_buf(), arch: String::new(), detail };
+    let mut views = Vec::with_capacity(buffers.len());
+    for (name, shape, bytes) in &buffers {
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+            .map_err(|e| invalid(format!("{name}: {e}")))?;
+        views.push((name.as_str(), view));
+    }
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| invalid(format!("serialising: {e}")))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+    }
+    let temp = path.with_extension(format!("safetensors.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&temp)?;
+        std::io::Write::write_all(&mut f, &bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&temp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        TrainerError::io(path, e)
+    })
+}
+
 /// sha256 of a file (hex), for the feature-cache key.
 pub fn file_sha256(path: &Path) -> Result<String, TrainerError> {
     let mut f = std::fs::File::open(path).map_err(|e| TrainerError::io(path, e))?;

@@ -122,6 +122,7 @@ fn model(arch: &str, size: u32, weights: &Path) -> ModelSpec {
         imagenet_top1: None,
         image_size: size,
         normalize: Normalize::default_for(arch, true),
+        pretrained: None,
     }
 }
 

@@ -2,9 +2,9 @@
 -- whose delete began (delete_begin), so that no call blocks Redis for long whatever the
 -- sweep's size. Keys are found from the sweep's own indexes, never by KEYS/SCAN: the task
 -- index `all` and the per-state indexes and lease zset (task hashes), the group set (group
--- hashes, members, finals lists and their tasks), the GPU-count set (queues), then the
--- fixed keys (closed, best, counts, the metrics stream and its progress hash) and last the
--- tombstone. Big collections go with UNLINK (freed off the main thread). Running totals
+-- hashes, members, finals lists and their tasks), the pretrain cells' set (each one's
+-- dependents set), the GPU-count set (queues), then the fixed keys (closed, best, counts,
+-- the metrics stream and its progress hash) and last the tombstone. Big collections go with UNLINK (freed off the main thread). Running totals
 -- are kept on the tombstone, so a delete interrupted and run again reports all it did.
 -- ARGV: batch
 -- Returns {'more' | 'done', keys_deleted, tasks_deleted, a checkpoint path ('' when none)}
@@ -72,6 +72,17 @@ if budget > 0 then
 end
 if redis.call('EXISTS', k('groups')) == 1 then empty = false end
 
+-- Pretrain cells: the set of transfer cells that wait for each (their hashes are in the
+-- task indexes above).
+if budget > 0 then
+  for _, id in ipairs(redis.call('SRANDMEMBER', k('pretrains'), budget)) do
+    keys = keys + redis.call('UNLINK', k('dependents:' .. id))
+    drop_member(k('pretrains'), id)
+    budget = budget - 1
+  end
+end
+if redis.call('EXISTS', k('pretrains')) == 1 then empty = false end
+
 -- The pending queues, one per GPU count.
 if budget > 0 then
   for _, g in ipairs(redis.call('SRANDMEMBER', k('gpus'), budget)) do
@@ -89,5 +100,5 @@ if not empty or budget <= 0 then
   return {'more', tostring(total_keys), tostring(total_tasks), checkpoint}
 end
 total_keys = total_keys + redis.call('UNLINK', k('closed'), k('best'), k('counts'), k('metrics'),
-  k('metrics:progress'), k('groups'), k('gpus'), k('meta'), tomb)
+  k('metrics:progress'), k('groups'), k('pretrains'), k('gpus'), k('meta'), tomb)
 return {'done', tostring(total_keys), tostring(total_tasks), checkpoint}

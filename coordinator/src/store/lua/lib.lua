@@ -107,9 +107,59 @@ local function final_waits(id)
   return group and group ~= '' and num(redis.call('HGET', k('group:' .. group), 'open'), 0) > 0
 end
 
+-- Transfer cells of a pretrained model wait for their pretrain cell (field `after`):
+-- `pending` but out of the queue (held) until that cell has succeeded.
+local function waits_for_pretrain(id)
+  local after = redis.call('HGET', task_key(id), 'after')
+  if not after or after == '' then return false end
+  return redis.call('HGET', task_key(after), 'state') ~= 'succeeded'
+end
+
+-- The reason a pretrain cell's dependents fail with it: its id, model and last error.
+local function pretrain_failure(pretrain_id)
+  local p = redis.call('HMGET', task_key(pretrain_id), 'spec', 'error')
+  local name = '?'
+  local ok, spec = pcall(cjson.decode, p[1] or '')
+  if ok and type(spec) == 'table' and type(spec.model) == 'table' and type(spec.model.name) == 'string' then
+    name = spec.model.name
+  end
+  return 'pretrain cell ' .. pretrain_id .. ' (model ' .. name .. ') failed: ' .. (p[2] or 'no message')
+end
+
+-- A held dependent fails because its pretrain cell failed for good: counts, state index
+-- and its selection group as any failure; class fatal (running it could not help).
+local function fail_dependent(id, why)
+  local f = redis.call('HMGET', task_key(id), 'state', 'gpus', 'seq', 'group')
+  if f[1] ~= 'pending' then return end
+  dequeue(id, f[2] or '1')
+  move_state(id, 'pending', 'failed', num(f[3], 0))
+  redis.call('HSET', task_key(id), 'finished_ms', now_ms(), 'error', why, 'error_class', 'fatal')
+  group_point_ended(f[4])
+end
+
+-- A pretrain cell ended: succeeded queues its held dependents (at their own priority),
+-- failed fails them with a message naming it; cancelled leaves them (cancel handles
+-- the pending ones itself).
+local function pretrain_ended(id, to)
+  if to ~= 'succeeded' and to ~= 'failed' then return end
+  local deps = redis.call('SMEMBERS', k('dependents:' .. id))
+  if #deps == 0 then return end
+  local why = ''
+  if to == 'failed' then why = pretrain_failure(id) end
+  for _, dep in ipairs(deps) do
+    if to == 'succeeded' then
+      local f = redis.call('HMGET', task_key(dep), 'state', 'gpus', 'seq', 'prio')
+      if f[1] == 'pending' then enqueue(dep, f[2] or '1', num(f[4], num(f[3], 0))) end
+    else
+      fail_dependent(dep, why)
+    end
+  end
+end
+
 -- A task that went back to pending after a lease: queued again, except a final that a
--- newer selection superseded (cancelled) and the current final of a group that is open
--- again (held until the group closes, like group_point_opened does).
+-- newer selection superseded (cancelled), the current final of a group that is open
+-- again (held until the group closes, like group_point_opened does) and a transfer cell
+-- whose pretrain cell has not succeeded (held until it does).
 -- Returns the task's state now ('pending' or 'cancelled').
 local function requeue(id, gpus, prio)
   local current = superseded_by(id)
@@ -117,7 +167,7 @@ local function requeue(id, gpus, prio)
     cancel_superseded_final(id, current)
     return 'cancelled'
   end
-  if not final_waits(id) then enqueue(id, gpus, prio) end
+  if not final_waits(id) and not waits_for_pretrain(id) then enqueue(id, gpus, prio) end
   return 'pending'
 end
 
@@ -133,6 +183,7 @@ local function end_lease(id, t, to)
   end
   redis.call('HSET', task_key(id), 'finished_ms', now_ms())
   group_point_ended(t.group)
+  if t.stage == 'pretrain' then pretrain_ended(id, to) end
   return to
 end
 

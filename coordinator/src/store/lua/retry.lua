@@ -22,7 +22,8 @@ for _, id in ipairs(ids) do
     -- A final of a group that is open again waits (held) for the group to close. A
     -- superseded final is queued like any task and acquire cancels it again (left in
     -- `cancelled` here, it would stay first in the batch and this loop would not end).
-    if not final_waits(id) then enqueue(id, t.gpus, num(t.prio, num(t.seq, 0))) end
+    -- A transfer cell whose pretrain cell has not succeeded waits for it the same way.
+    if not final_waits(id) and not waits_for_pretrain(id) then enqueue(id, t.gpus, num(t.prio, num(t.seq, 0))) end
     group_point_opened(t.group)
   else
     redis.call('ZREM', k('state:' .. from), id)

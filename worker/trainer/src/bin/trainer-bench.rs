@@ -169,6 +169,7 @@ fn train(
         weights: None,
         imagenet_top1: None,
         image_size: size,
+        pretrained: None,
         normalize: tsweep_proto::arch::Normalize::default_for(arch, true),
     };
     let mut net = Network::build(&spec, &Init::Random, classes, device, NetConfig { bn_momentum: 0.1 })?;

@@ -234,7 +234,43 @@ impl Network {
 
     /// Logits `[batch, num_classes]`.
     pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor, TrainerError> {
-        Ok(self.features(xs, train)?.apply(&self.head))
+        self.forward_with_dropout(xs, train, 0.0)
+    }
+
+    /// Logits with dropout of probability `p` on the pooled features, before the head (in
+    /// train mode only; `p` = 0 is [`Network::forward`]). It draws from libtorch's generator.
+    pub fn forward_with_dropout(&self, xs: &Tensor, train: bool, p: f64) -> Result<Tensor, TrainerError> {
+        let features = self.features(xs, train)?;
+        let features = if train && p > 0.0 { features.f_dropout(p, true)? } else { features };
+        Ok(features.apply(&self.head))
+    }
+
+    /// Fixes every BatchNorm scale γ at 1 and out of training (the `bn_scale = false`
+    /// setting): a BatchNorm's γ is the 1-d `<name>.weight` next to a `<name>.running_mean`.
+    /// Call it before creating the optimizer. Returns how many were fixed.
+    pub fn fix_bn_scale(&self) -> Result<usize, TrainerError> {
+        let vars = self.vs.variables();
+        let mut fixed = 0;
+        for (name, var) in &vars {
+            let Some(base) = name.strip_suffix(".weight") else { continue };
+            if var.dim() != 1 || !vars.contains_key(&format!("{base}.running_mean")) {
+                continue;
+            }
+            tch::no_grad(|| -> Result<(), TrainerError> {
+                let mut v = var.shallow_clone();
+                let _ = v.f_fill_(1.0)?;
+                Ok(())
+            })?;
+            let _ = var.set_requires_grad(false);
+            fixed += 1;
+        }
+        Ok(fixed)
+    }
+
+    /// The backbone's variables (parameters and BatchNorm buffers) by name, sorted: what a
+    /// pretrain cell hands on, without the head of its source classes.
+    pub fn backbone_state(&self) -> Vec<(String, Tensor)> {
+        self.state().into_iter().filter(|(name, _)| name != HEAD && !name.starts_with(&format!("{HEAD}."))).collect()
     }
 
     /// Switches TorchScript modules between train and eval mode (builtin backbones take
@@ -344,6 +380,7 @@ mod tests {
                 imagenet_top1: None,
                 image_size: size,
                 normalize: arch.normalize,
+                pretrained: None,
             };
             tch::manual_seed(0);
             let net = Network::build(&spec, &Init::Random, 3, Device::Cpu, NetConfig { bn_momentum: 0.1 })
@@ -365,6 +402,7 @@ mod tests {
             imagenet_top1: None,
             image_size: 32,
             normalize: Normalize::IMAGENET,
+            pretrained: None,
         };
         let err = Network::build(&spec, &Init::Random, 3, Device::Cpu, NetConfig { bn_momentum: 0.1 }).unwrap_err();
         assert!(matches!(err, TrainerError::UnknownArch(ref a) if a == "efficientnet_lite9"), "{err}");

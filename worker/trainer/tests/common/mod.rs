@@ -57,6 +57,7 @@ pub fn cell(regime: Regime, data: &Path, arch: &str, weights: Option<PathBuf>) -
             weights,
             imagenet_top1: None,
             image_size: 32,
+            pretrained: None,
             normalize: tsweep_proto::arch::Normalize::default_for(arch, true),
         },
         dataset: DatasetSpec {
@@ -99,6 +100,7 @@ pub fn job(spec: CellSpec, work: &Path, name: &str) -> TrainJob {
         checkpoint_dir: work.join("ckpt").join(name),
         cache_dir: work.join("cache"),
         device: "cpu".into(),
+        pretrained_out: None,
     }
 }
 
