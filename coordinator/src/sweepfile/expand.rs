@@ -330,7 +330,8 @@ impl<'a> Expander<'a> {
                     return Err(self.invalid(&arch.span(), "models.arch", "is empty"));
                 }
             }
-            if model.source == ModelSource::Builtin {
+            // (a model with `pretrain` takes its architecture from that entry)
+            if model.source == Some(ModelSource::Builtin) && model.pretrain.is_none() {
                 let (arch, span, field) = match &model.arch {
                     Some(arch) => (arch.get_ref(), arch.span(), "models.arch"),
                     None => (model.name.get_ref(), model.name.span(), "models.name"),
@@ -493,17 +494,7 @@ impl<'a> Expander<'a> {
                 ));
             }
         }
-        let gpus = match &settings.gpus {
-            Some(g) if *g.get_ref() > MAX_GPUS => {
-                return Err(self.invalid(
-                    &g.span(),
-                    &format!("{prefix}.gpus"),
-                    format!("{} is out of range: 0 to {MAX_GPUS} (the GPUs of one worker)", g.get_ref()),
-                ));
-            }
-            Some(g) => *g.get_ref(),
-            None => 1,
-        };
+        let gpus = self.gpus(&settings, &prefix)?;
         Ok(RegimePlan {
             regime,
             models,
@@ -515,6 +506,19 @@ impl<'a> Expander<'a> {
             fake: body.fake.clone().or_else(|| file.fake.clone()),
             l2_span: body.l2.as_ref().map(|l2| l2.span()),
         })
+    }
+
+    /// The GPUs a section's cells ask for (default 1), at most [`MAX_GPUS`].
+    fn gpus(&self, settings: &Settings, prefix: &str) -> Result<u32, SweepFileError> {
+        match &settings.gpus {
+            Some(g) if *g.get_ref() > MAX_GPUS => Err(self.invalid(
+                &g.span(),
+                &format!("{prefix}.gpus"),
+                format!("{} is out of range: 0 to {MAX_GPUS} (the GPUs of one worker)", g.get_ref()),
+            )),
+            Some(g) => Ok(*g.get_ref()),
+            None => Ok(1),
+        }
     }
 
     /// The entries a regime's `models = [...]` / `datasets = [...]` selects (all when absent).

@@ -72,7 +72,9 @@ impl RegimeGrid {
 
     /// Cells of `models` of this grid's models.
     fn count_of(&self, models: usize, seeds: usize) -> u64 {
-        [models, self.datasets.len(), seeds, self.points.count()].iter().fold(1u64, |acc, n| acc.saturating_mul(*n as u64))
+        [models, self.datasets.len(), seeds, self.points.count()]
+            .iter()
+            .fold(1u64, |acc, n| acc.saturating_mul(*n as u64))
     }
 
     /// Of this grid's models, those whose cells wait for a pretrain cell.

@@ -296,7 +296,7 @@ impl Expander<'_> {
         }
         let dataset_spec = self.dataset_spec(dataset);
         let precision = settings.precision.unwrap_or_default();
-        let gpus = settings.gpus.unwrap_or(1);
+        let gpus = self.gpus(&settings, "pretrain")?;
         let fake = body.fake.clone().or_else(|| file.fake.clone());
         let seed = body.seed.unwrap_or(0);
         let steps_span = body.steps.as_ref().map_or(entry.span(), |s| s.span());
