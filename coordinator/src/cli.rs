@@ -6,6 +6,7 @@
 //! sweep, refused token) · 3 unavailable (coordinator, Redis, a process `local` starts)
 //! · 4 the sweep ended with failed cells (`watch`, `local`).
 
+pub mod bulk;
 pub mod client;
 pub mod error;
 pub mod output;
@@ -16,13 +17,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tsweep_proto::v1::{
-    CancelSweepRequest, DeleteSweepRequest, GetSweepRequest, ListSweepsRequest, RetrySweepRequest, SubmitSweepRequest,
-};
+use tsweep_proto::v1::{GetSweepRequest, ListSweepsRequest, SubmitSweepRequest};
 
 use crate::config::{ConfigOverrides, ServiceConfig};
 use crate::logging::{self, LogFormat};
-use crate::sweepfile::{self, ExpandedSweep};
+use crate::sweepfile::{self, SweepPlan};
 
 pub use error::CliError;
 
@@ -70,7 +69,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the coordinator (gRPC server, lease protocol on Redis).
     Serve(ServeArgs),
-    /// Submit a sweep file (idempotent: only new cells are added).
+    /// Submit a sweep file (idempotent: only new cells are added; running it again finishes
+    /// an interrupted submission).
     Submit(SubmitArgs),
     /// Show one sweep's counts and best scores, or every sweep.
     Status(StatusArgs),
@@ -178,6 +178,10 @@ pub struct SubmitArgs {
     /// Accept grids over 1,000,000 cells.
     #[arg(long)]
     pub allow_huge: bool,
+    /// Apply settings that changed in the file (steps, max_attempts, paths, ...) to the
+    /// existing cells that have not succeeded. Without it they are listed and kept.
+    #[arg(long)]
+    pub update: bool,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -306,16 +310,29 @@ pub struct SweepSource {
 }
 
 impl SweepSource {
+    /// Reads at most [`tsweep_proto::limits::MAX_SWEEP_FILE_BYTES`] (a larger file, or a
+    /// device that never ends, is refused without reading further).
     pub fn read(path: &Path) -> Result<SweepSource, CliError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| CliError::ReadFile { path: path.to_path_buf(), source })?;
+        use std::io::Read;
+        let limit = tsweep_proto::limits::MAX_SWEEP_FILE_BYTES;
+        let read_error = |source| CliError::ReadFile { path: path.to_path_buf(), source };
+        let file = std::fs::File::open(path).map_err(read_error)?;
+        let mut bytes = Vec::new();
+        file.take(limit as u64 + 1).read_to_end(&mut bytes).map_err(read_error)?;
+        if bytes.len() > limit {
+            return Err(CliError::FileTooLarge { path: path.to_path_buf(), limit });
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 text: {e}")))
+        })?;
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let base_dir = absolute.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         Ok(SweepSource { text, file_name: path.display().to_string(), base_dir })
     }
 
-    pub fn expand(&self, allow_huge: bool) -> Result<ExpandedSweep, CliError> {
-        Ok(sweepfile::parse_and_expand(&self.text, &self.file_name, &self.base_dir, allow_huge)?)
+    /// Parses and validates the file without building its cells (any grid size fits).
+    pub fn plan(&self, allow_huge: bool) -> Result<SweepPlan, CliError> {
+        Ok(sweepfile::parse_plan(&self.text, &self.file_name, &self.base_dir, allow_huge)?)
     }
 
     pub fn request(&self, allow_huge: bool) -> SubmitSweepRequest {
@@ -324,24 +341,19 @@ impl SweepSource {
             file_name: self.file_name.clone(),
             base_dir: self.base_dir.display().to_string(),
             allow_huge,
+            ..SubmitSweepRequest::default()
         }
     }
 
-    /// Submits the file, waiting out a coordinator that is still connecting to Redis.
+    /// Submits the file in bounded calls ([`bulk::submit`]), waiting out a coordinator that
+    /// is still connecting to Redis.
     pub async fn submit(
         &self,
         client: &client::SweepClient,
         allow_huge: bool,
+        update: bool,
     ) -> Result<tsweep_proto::v1::SubmitSweepResponse, CliError> {
-        let request = self.request(allow_huge);
-        let response = client::retry_unavailable(|| {
-            let mut client = client.clone();
-            let request = request.clone();
-            async move { client.submit_sweep(request).await }
-        })
-        .await
-        .map_err(|s| CliError::from_status(&format!("submit {}", self.file_name), s))?;
-        Ok(response.into_inner())
+        bulk::submit(client, self, allow_huge, update).await
     }
 }
 
@@ -353,7 +365,7 @@ fn print_json(value: &serde_json::Value) -> Result<(), CliError> {
 
 fn submit_dry_run(args: &SubmitArgs) -> Result<(), CliError> {
     let source = SweepSource::read(&args.file)?;
-    let sweep = source.expand(args.allow_huge)?;
+    let sweep = source.plan(args.allow_huge)?;
     match args.format {
         Format::Table => print!("{}", output::dry_run_table(&sweep, &source.file_name)),
         Format::Json => print_json(&output::dry_run_json(&sweep))?,
@@ -475,9 +487,9 @@ pub async fn wait_for_shutdown_signal() {
 async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<(), CliError> {
     let source = SweepSource::read(&args.file)?;
     // Refuse bad input here, before the network: same parser as the coordinator's.
-    source.expand(args.allow_huge)?;
+    source.plan(args.allow_huge)?;
     let client = connect(cli).await?;
-    let response = source.submit(&client, args.allow_huge).await?;
+    let response = source.submit(&client, args.allow_huge, args.update).await?;
     match args.format {
         Format::Table => print!("{}", output::submit_table(&response)),
         Format::Json => print_json(&output::submit_json(&response))?,
@@ -554,36 +566,24 @@ async fn results(cli: &Cli, args: &ResultsArgs) -> Result<(), CliError> {
 }
 
 async fn cancel(cli: &Cli, sweep: &str) -> Result<(), CliError> {
-    let mut client = connect(cli).await?;
-    let response = client
-        .cancel_sweep(CancelSweepRequest { sweep: sweep.to_string() })
-        .await
-        .map_err(|s| CliError::from_status(&format!("cancel {sweep}"), s))?
-        .into_inner();
-    println!("sweep {sweep}: {} cell(s) cancelled", response.cancelled);
+    let client = connect(cli).await?;
+    let response = bulk::cancel(&client, sweep).await?;
+    println!("sweep {sweep}: {} cell(s) cancelled", response.moved);
     Ok(())
 }
 
 async fn retry(cli: &Cli, args: &RetryArgs) -> Result<(), CliError> {
     let (failed, cancelled) =
         if !args.failed && !args.cancelled { (true, true) } else { (args.failed, args.cancelled) };
-    let mut client = connect(cli).await?;
-    let response = client
-        .retry_sweep(RetrySweepRequest { sweep: args.sweep.clone(), failed, cancelled })
-        .await
-        .map_err(|s| CliError::from_status(&format!("retry {}", args.sweep), s))?
-        .into_inner();
-    println!("sweep {}: {} cell(s) back to pending", args.sweep, response.requeued);
+    let client = connect(cli).await?;
+    let response = bulk::retry(&client, &args.sweep, failed, cancelled).await?;
+    println!("sweep {}: {} cell(s) back to pending", args.sweep, response.moved);
     Ok(())
 }
 
 async fn delete(cli: &Cli, args: &DeleteArgs) -> Result<(), CliError> {
-    let mut client = connect(cli).await?;
-    let response = client
-        .delete_sweep(DeleteSweepRequest { sweep: args.sweep.clone(), force: args.force })
-        .await
-        .map_err(|s| CliError::from_status(&format!("delete {}", args.sweep), s))?
-        .into_inner();
+    let client = connect(cli).await?;
+    let response = bulk::delete(&client, &args.sweep, args.force).await?;
     if response.leftovers_only {
         println!("sweep {}: already deleted; {} leftover key(s) removed", args.sweep, response.keys_deleted);
         return Ok(());

@@ -6,7 +6,9 @@
 //! | `SweepNotFound`                 | NOT_FOUND           |
 //! | `ProtocolMismatch`              | FAILED_PRECONDITION |
 //! | `SweepUnfinished` (delete)      | FAILED_PRECONDITION |
+//! | `Precondition` (being deleted, another submission) | FAILED_PRECONDITION |
 //! | `Unavailable` (Redis away)      | UNAVAILABLE         |
+//! | `RedisFull` (`maxmemory`)       | RESOURCE_EXHAUSTED  |
 //! | `Unauthenticated`               | UNAUTHENTICATED     |
 //! | `WorkerUnregistered`, `WorkerSecretMismatch` | UNAUTHENTICATED + trailer `tsweep-worker-refusal` |
 //! | `WorkerIdInUse` (register)      | ALREADY_EXISTS      |
@@ -34,9 +36,20 @@ pub enum CoordinatorError {
     /// The sweep still has work: delete it after `tsweep cancel` (or with `--force`).
     #[error("{0}")]
     SweepUnfinished(String),
+    /// The sweep is in a state that refuses the call now (a delete not finished, another
+    /// submission under way); the message says what to run.
+    #[error("{0}")]
+    Precondition(String),
     /// Redis is unreachable (restarting, network); retry after a short wait.
     #[error("state store unavailable, retry later: {0}")]
     Unavailable(String),
+    /// Redis refuses writes: its memory reached `maxmemory`. Retrying does not help until
+    /// memory is freed (delete sweeps) or `maxmemory` raised.
+    #[error(
+        "redis is out of memory (maxmemory reached; nothing of this call was written by the refused step): \
+         delete sweeps you no longer need or raise maxmemory, then run the command again ({0})"
+    )]
+    RedisFull(String),
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
     /// The worker id has no live registration: the worker registers again.
@@ -60,15 +73,36 @@ impl CoordinatorError {
         match self {
             CoordinatorError::InvalidArgument(_) | CoordinatorError::SweepFile(_) => tonic::Code::InvalidArgument,
             CoordinatorError::SweepNotFound { .. } => tonic::Code::NotFound,
-            CoordinatorError::ProtocolMismatch { .. } | CoordinatorError::SweepUnfinished(_) => {
-                tonic::Code::FailedPrecondition
-            }
+            CoordinatorError::ProtocolMismatch { .. }
+            | CoordinatorError::SweepUnfinished(_)
+            | CoordinatorError::Precondition(_) => tonic::Code::FailedPrecondition,
             CoordinatorError::Unavailable(_) => tonic::Code::Unavailable,
+            CoordinatorError::RedisFull(_) => tonic::Code::ResourceExhausted,
             CoordinatorError::Unauthenticated(_)
             | CoordinatorError::WorkerUnregistered { .. }
             | CoordinatorError::WorkerSecretMismatch { .. } => tonic::Code::Unauthenticated,
             CoordinatorError::WorkerIdInUse { .. } => tonic::Code::AlreadyExists,
             CoordinatorError::Internal(_) => tonic::Code::Internal,
+        }
+    }
+
+    /// The same error (same code) with `note` added to its message.
+    pub fn with_note(self, note: &str) -> CoordinatorError {
+        let add = |message: String| format!("{message}; {note}");
+        match self {
+            CoordinatorError::InvalidArgument(m) => CoordinatorError::InvalidArgument(add(m)),
+            CoordinatorError::SweepUnfinished(m) => CoordinatorError::SweepUnfinished(add(m)),
+            CoordinatorError::Precondition(m) => CoordinatorError::Precondition(add(m)),
+            CoordinatorError::Unavailable(m) => CoordinatorError::Unavailable(add(m)),
+            CoordinatorError::RedisFull(m) => CoordinatorError::RedisFull(add(m)),
+            CoordinatorError::Unauthenticated(m) => CoordinatorError::Unauthenticated(add(m)),
+            CoordinatorError::Internal(m) => CoordinatorError::Internal(add(m)),
+            other @ (CoordinatorError::SweepFile(_)
+            | CoordinatorError::SweepNotFound { .. }
+            | CoordinatorError::ProtocolMismatch { .. }
+            | CoordinatorError::WorkerUnregistered { .. }
+            | CoordinatorError::WorkerSecretMismatch { .. }
+            | CoordinatorError::WorkerIdInUse { .. }) => other,
         }
     }
 
@@ -93,14 +127,26 @@ impl From<StoreError> for CoordinatorError {
         if error.is_retryable() {
             return CoordinatorError::Unavailable(error.to_string());
         }
+        if error.is_redis_full() {
+            return CoordinatorError::RedisFull(error.to_string());
+        }
         match error {
             StoreError::SweepNotFound { sweep } => CoordinatorError::SweepNotFound { sweep },
             StoreError::InvalidArgument(message) => CoordinatorError::InvalidArgument(message),
             unfinished @ StoreError::SweepUnfinished { .. } => {
                 CoordinatorError::SweepUnfinished(unfinished.to_string())
             }
+            refused @ (StoreError::SweepDeleting { .. } | StoreError::SubmitSuperseded { .. }) => {
+                CoordinatorError::Precondition(refused.to_string())
+            }
             other => CoordinatorError::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<tsweep_proto::limits::LimitError> for CoordinatorError {
+    fn from(error: tsweep_proto::limits::LimitError) -> Self {
+        CoordinatorError::InvalidArgument(error.to_string())
     }
 }
 
@@ -111,6 +157,7 @@ impl From<CoordinatorError> for tonic::Status {
             tonic::Code::Internal => tracing::error!(%error, "internal error answered"),
             // The readiness loop reports the outage once; each refused call is detail.
             tonic::Code::Unavailable => tracing::debug!(%error, "store unavailable"),
+            tonic::Code::ResourceExhausted => tracing::warn!(%error, "redis is full"),
             _ => tracing::debug!(%error, ?code, "call refused"),
         }
         match error.worker_refusal() {
@@ -143,6 +190,8 @@ mod tests {
             (CoordinatorError::Unavailable("down".into()), tonic::Code::Unavailable),
             (CoordinatorError::Unauthenticated("no".into()), tonic::Code::Unauthenticated),
             (CoordinatorError::SweepUnfinished("busy".into()), tonic::Code::FailedPrecondition),
+            (CoordinatorError::Precondition("deleting".into()), tonic::Code::FailedPrecondition),
+            (CoordinatorError::RedisFull("oom".into()), tonic::Code::ResourceExhausted),
             (CoordinatorError::WorkerIdInUse { worker_id: "w".into(), expires_in_ms: 9 }, tonic::Code::AlreadyExists),
         ];
         for (error, code) in cases {

@@ -51,7 +51,7 @@ const LOCAL_FINALS_INTERVAL_MS: u64 = 500;
 
 pub async fn run(cli: &Cli, args: &LocalArgs) -> Result<(), CliError> {
     let source = SweepSource::read(&args.file)?;
-    let sweep = source.expand(args.allow_huge)?;
+    let sweep = source.plan(args.allow_huge)?;
     if args.workers == 0 {
         return Err(CliError::BadInput("--workers must be at least 1".to_string()));
     }
@@ -144,7 +144,7 @@ async fn run_sweep(
         logs.display()
     );
 
-    let response = source.submit(&client, args.allow_huge).await?;
+    let response = source.submit(&client, args.allow_huge, false).await?;
     eprint!("{}", output::submit_table(&response));
 
     let summary = tokio::select! {

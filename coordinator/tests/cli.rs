@@ -54,9 +54,11 @@ steps = 10
 [[models]]
 name = "m1"
 source = "builtin"
+arch = "resnet18"
 [[models]]
 name = "m2"
 source = "builtin"
+arch = "resnet34"
 [[datasets]]
 name = "d1"
 format = "imagefolder"
@@ -149,6 +151,46 @@ fn bad_input_exits_2_with_one_line_and_writes_nothing() {
             "unknown regime",
             GOOD.replace("[regimes.scratch]", "[regimes.scrach]"),
             "unknown field `scrach`, expected one of `linear`, `finetune`, `scratch`",
+        ),
+        (
+            "unknown architecture",
+            GOOD.replace("arch = \"resnet18\"", "arch = \"resnet5000\""),
+            "bad.toml:9:8: models.arch: unknown builtin architecture \"resnet5000\"; builtin: resnet18,",
+        ),
+        (
+            "unknown architecture from the name",
+            GOOD.replace("arch = \"resnet34\"\n", ""),
+            "models.name: unknown builtin architecture \"m2\" (the model's name, as `arch` is not set)",
+        ),
+        (
+            "image size",
+            GOOD.replace("arch = \"resnet18\"\n", "arch = \"resnet18\"\nimage_size = 100000\n"),
+            "bad.toml:10:14: models.image_size: 100000 is out of range: 16 to 1024 pixels",
+        ),
+        (
+            "batch size",
+            GOOD.replace("steps = 10", "steps = 10\nbatch_size = 4294967295"),
+            "bad.toml:6:14: regimes.linear.batch_size: 4294967295 is out of range: 1 to 65536",
+        ),
+        (
+            "gpus",
+            GOOD.replace("steps = 10", "steps = 10\ngpus = 4000000000"),
+            "bad.toml:6:8: regimes.linear.gpus: 4000000000 is out of range: 0 to 16",
+        ),
+        (
+            "steps",
+            GOOD.replace("steps = 10", "steps = 100000000000"),
+            "bad.toml:5:9: regimes.linear.steps: 100000000000 is more than 10000000",
+        ),
+        (
+            "metric of another format",
+            GOOD.replace("path = \"data/d1\"", "path = \"data/d1\"\nmetric = \"map11\""),
+            "datasets.metric: map11 (multi-label mean average precision) does not fit the single-label format imagefolder",
+        ),
+        (
+            "a cell larger than a worker receives",
+            GOOD.replace("l2 = { logspace = [-2, 2, 5] }", "l2 = { logspace = [-2, 2, 1000000] }"),
+            "regimes.linear.l2: the L2 path has 1000000 points: each cell would be",
         ),
         (
             "unknown precision",
@@ -274,6 +316,22 @@ fn bad_pretrain_input_exits_2_naming_file_line_and_field_and_writes_nothing() {
             assert_eq!(dir_entries(dir.path()), vec!["bad.toml"], "{what} {args:?}: nothing written");
         }
     }
+}
+
+#[test]
+fn an_endless_or_huge_sweep_file_is_refused_at_its_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["submit", "--dry-run", "/dev/zero"][..], &["submit", "/dev/zero"], &["local", "/dev/zero"]] {
+        assert_one_line_error(
+            &tsweep(dir.path(), args),
+            2,
+            "/dev/zero: the file is larger than 4194304 bytes, the limit for a sweep file",
+        );
+    }
+    let big = format!("{GOOD}\n# {}\n", "x".repeat(4 * 1024 * 1024));
+    std::fs::write(dir.path().join("big.toml"), big).unwrap();
+    assert_one_line_error(&tsweep(dir.path(), &["submit", "--dry-run", "big.toml"]), 2, "big.toml: the file is larger");
+    assert_eq!(dir_entries(dir.path()), vec!["big.toml"], "nothing written");
 }
 
 #[test]

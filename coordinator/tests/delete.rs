@@ -25,6 +25,7 @@ use tsweep_proto::v1::{
 use tsweep_proto::PROTOCOL_VERSION;
 
 mod support;
+use support::scan;
 
 const TSWEEP: &str = env!("CARGO_BIN_EXE_tsweep");
 
@@ -60,29 +61,6 @@ fn held(a: &TaskAssignment) -> HeldLease {
 
 fn result(val: f64) -> TaskResult {
     TaskResult { metric: "top1".into(), val_score: Some(val), steps: 10, ..Default::default() }
-}
-
-/// Every key matching `pattern`, found with SCAN.
-async fn scan(store: &Store, pattern: &str) -> BTreeSet<String> {
-    let mut conn = store.connection();
-    let mut cursor: u64 = 0;
-    let mut keys = BTreeSet::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        keys.extend(batch);
-        if next == 0 {
-            return keys;
-        }
-        cursor = next;
-    }
 }
 
 /// Every key of the sweep with its DUMP, to compare before and after.
@@ -338,7 +316,10 @@ async fn delete_over_grpc_and_the_cli_codes_and_messages() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let missing = sweeps.delete_sweep(DeleteSweepRequest { sweep: "none".into(), force: false }).await.unwrap_err();
+    let missing = sweeps
+        .delete_sweep(DeleteSweepRequest { sweep: "none".into(), force: false, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound, "{missing}");
 
     sweeps
@@ -347,6 +328,7 @@ async fn delete_over_grpc_and_the_cli_codes_and_messages() {
             file_name: "cli.toml".into(),
             base_dir: "/data".into(),
             allow_huge: false,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -374,7 +356,10 @@ async fn delete_over_grpc_and_the_cli_codes_and_messages() {
         .task
         .expect("a task");
 
-    let refused = sweeps.delete_sweep(DeleteSweepRequest { sweep: "cli".into(), force: false }).await.unwrap_err();
+    let refused = sweeps
+        .delete_sweep(DeleteSweepRequest { sweep: "cli".into(), force: false, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused}");
     assert!(refused.message().contains("tsweep cancel cli"), "{}", refused.message());
 
@@ -389,7 +374,7 @@ async fn delete_over_grpc_and_the_cli_codes_and_messages() {
     assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
     assert!(text(&out.stderr).contains("not found"), "{}", text(&out.stderr));
 
-    sweeps.cancel_sweep(CancelSweepRequest { sweep: "cli".into() }).await.unwrap();
+    sweeps.cancel_sweep(CancelSweepRequest { sweep: "cli".into(), ..Default::default() }).await.unwrap();
     let out = tsweep(&url, &["delete", "cli"]).await;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let printed = text(&out.stdout);
@@ -431,6 +416,7 @@ async fn delete_over_grpc_and_the_cli_codes_and_messages() {
             file_name: "cli.toml".into(),
             base_dir: "/data".into(),
             allow_huge: false,
+            ..Default::default()
         })
         .await
         .unwrap();

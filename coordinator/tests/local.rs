@@ -25,10 +25,12 @@ steps = 5
 [[models]]
 name = "m1"
 source = "builtin"
+arch = "resnet18"
 imagenet_top1 = 70.0
 [[models]]
 name = "m2"
 source = "builtin"
+arch = "resnet34"
 imagenet_top1 = 75.0
 [[datasets]]
 name = "d1"

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use tsweep_coordinator::redis_server::RedisServer;
-use tsweep_coordinator::store::{Checkpoint, Store, StoreOptions};
+use tsweep_coordinator::store::{Budget, Checkpoint, Store, StoreOptions, SubmitOptions};
 use tsweep_coordinator::sweepfile::{Cell, ExpandedSweep, SweepSettings};
 use tsweep_proto::cell::Regime;
 use tsweep_proto::v1::{FailureClass, HeldLease, LeaseRef, ReportOutcome, StopReason, TaskAssignment, TaskResult};
@@ -181,6 +181,49 @@ async fn the_active_set_is_re_derived_from_the_task_state() {
     let _: () = redis.srem("tsweep:active", SWEEP).await.unwrap();
     assert!(store.repair_active().await.unwrap().is_empty());
     assert_eq!(store.summary(SWEEP).await.unwrap().status, "done");
+}
+
+#[tokio::test]
+async fn the_repair_leaves_a_submission_still_landing_and_a_delete_under_way_alone() {
+    let server = tokio::task::spawn_blocking(RedisServer::start_temp).await.unwrap().expect("redis-server starts");
+    let opts = StoreOptions { submit_batch: 2, bulk_batch: 1, ..options() };
+    let store = Store::connect(&server.url(), opts).await.expect("store connects");
+    let mut redis = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let is_active = |redis: &mut redis::aio::MultiplexedConnection| {
+        let mut redis = redis.clone();
+        async move { redis.sismember::<_, _, bool>("tsweep:active", SWEEP).await.unwrap() }
+    };
+
+    // A submission stopped after its first batch: cells are pending, but the sweep is
+    // `submitting` and only its own last batch makes it active.
+    let cells = sweep(6);
+    let stopped = SubmitOptions { budget: Budget::of(Duration::ZERO), ..SubmitOptions::default() };
+    let part = store.submit_part(&cells, &stopped).await.unwrap();
+    assert!(!part.complete && part.next == 2, "{part:?}");
+    assert!(store.repair_active().await.unwrap().is_empty(), "a submission still landing is not repaired");
+    assert!(!is_active(&mut redis).await);
+    assert_eq!(store.summary(SWEEP).await.unwrap().status, "submitting");
+    store.submit(&cells).await.unwrap();
+    assert!(is_active(&mut redis).await, "the finished submission marks it active");
+
+    // A cancelled sweep whose delete began: its tombstone keeps tasks (one still leased)
+    // until the batches remove them, and the repair never puts it back.
+    let a = store.acquire("w", 1).await.unwrap().expect("leased");
+    store.cancel_sweep(SWEEP).await.unwrap();
+    let part = store.delete_part(SWEEP, false, Budget::of(Duration::ZERO)).await.unwrap();
+    assert!(!part.complete && part.tasks_total == 6, "{part:?}");
+    assert_eq!(store.summary(SWEEP).await.unwrap().status, "deleting");
+    assert!(store.repair_active().await.unwrap().is_empty(), "a tombstoned sweep is not re-activated");
+    assert!(!is_active(&mut redis).await);
+    // Even when something put it back, the next acquire finds it idle and drops it.
+    let _: () = redis.sadd("tsweep:active", SWEEP).await.unwrap();
+    assert!(store.acquire("w", 1).await.unwrap().is_none());
+    assert!(!is_active(&mut redis).await, "acquire found it idle");
+    assert_eq!(store.renew("w", &[held(&a, None, "")]).await.unwrap()[0].reason, StopReason::LeaseLost as i32);
+    let done = store.delete_sweep(SWEEP, false).await.unwrap();
+    assert!(done.complete, "{done:?}");
+    assert!(store.repair_active().await.unwrap().is_empty());
+    assert!(!is_active(&mut redis).await);
 }
 
 #[tokio::test]

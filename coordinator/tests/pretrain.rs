@@ -1,7 +1,8 @@
 //! The pretrain stage against a real redis-server (one per test, on a free loopback port):
 //! transfer cells are held until their pretrain cell succeeds, fail with a message naming
 //! it when it fails for good, and resubmitting or extending a `[[pretrain]]` grid adds
-//! exactly the new chains under ids that stay stable.
+//! exactly the new chains under ids that stay stable; a submission written one cell per
+//! batch holds them the same way, and a delete in batches of one leaves no pretrain key.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -9,9 +10,13 @@ use std::time::Duration;
 
 use tsweep_coordinator::redis_server::RedisServer;
 use tsweep_coordinator::store::{Store, StoreOptions};
-use tsweep_coordinator::sweepfile::{parse_and_expand, ExpandedSweep};
+use tsweep_coordinator::sweepfile::{parse_and_expand, parse_plan, ExpandedSweep};
 use tsweep_proto::cell::{CellSpec, Stage};
 use tsweep_proto::v1::{FailureClass, LeaseRef, ReportOutcome, TaskAssignment, TaskResult};
+
+mod support;
+
+use support::scan;
 
 const SWEEP: &str = "reg";
 
@@ -55,8 +60,12 @@ fn expand(smoothing: &str) -> ExpandedSweep {
 }
 
 async fn start() -> (RedisServer, Store) {
+    start_with(StoreOptions::default()).await
+}
+
+async fn start_with(options: StoreOptions) -> (RedisServer, Store) {
     let server = RedisServer::start_temp().expect("redis-server starts");
-    let options = StoreOptions { lease_ttl: Duration::from_secs(30), ..StoreOptions::default() };
+    let options = StoreOptions { lease_ttl: Duration::from_secs(30), ..options };
     let store = Store::connect(&server.url(), options).await.expect("store connects");
     (server, store)
 }
@@ -171,4 +180,27 @@ async fn resubmitting_adds_nothing_and_extending_adds_exactly_the_new_chains() {
     let last = acquire_all(&store).await;
     assert_eq!(last.iter().map(|a| a.task_id.clone()).collect::<BTreeSet<_>>().len(), 2);
     assert!(last.iter().all(|a| new.contains(&a.task_id)));
+}
+
+#[tokio::test]
+async fn batches_of_one_cell_hold_dependents_and_a_batched_delete_leaves_no_pretrain_key() {
+    let (_server, store) = start_with(StoreOptions { submit_batch: 1, bulk_batch: 1, ..StoreOptions::default() }).await;
+    let plan = parse_plan(&file("[0.0, 0.1]"), "reg.toml", Path::new("/base"), false).expect("the file plans");
+    let expanded = expand("[0.0, 0.1]");
+    let ids = |cells: &[tsweep_coordinator::sweepfile::Cell]| cells.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&plan.expand().cells), ids(&expanded.cells), "the plan builds the same cells in the same order");
+    assert_eq!(plan.stage_counts(), expanded.stage_counts());
+    assert_eq!(store.submit(&plan).await.unwrap().added, 6);
+
+    let pretrain_ids: BTreeSet<String> =
+        expanded.cells.iter().filter(|c| c.spec.stage == Stage::Pretrain).map(|c| c.id.clone()).collect();
+    let leased = acquire_all(&store).await;
+    assert_eq!(leased.iter().map(|a| a.task_id.clone()).collect::<BTreeSet<_>>(), pretrain_ids);
+    let summary = store.summary(SWEEP).await.unwrap();
+    assert!(summary.pretrain.iter().all(|p| p.waiting == 2 && p.dependents == 2), "{:?}", summary.pretrain);
+    assert!(!scan(&store, &format!("tsweep:{{{SWEEP}}}:dependents:*")).await.is_empty());
+
+    store.cancel_sweep(SWEEP).await.unwrap();
+    store.delete_sweep(SWEEP, true).await.unwrap();
+    assert!(scan(&store, &format!("tsweep:{{{SWEEP}}}:*")).await.is_empty(), "no key of the sweep is left");
 }

@@ -117,6 +117,7 @@ async fn submit(sweeps: &mut SweepServiceClient<Interceptor>) -> SubmitSweepResp
             file_name: "svc.toml".into(),
             base_dir: "/data".into(),
             allow_huge: false,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -363,6 +364,7 @@ async fn bad_sweep_file_is_invalid_argument_with_its_message_and_writes_nothing(
             file_name: "bad.toml".into(),
             base_dir: "/data".into(),
             allow_huge: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -288,6 +288,9 @@ pub struct FakeSettings {
     pub hang_after_step: Option<u64>,
     /// The score it reports (val and test); defaults to a deterministic function of the hparams.
     pub score: Option<f64>,
+    /// How long the child stays after its result before it exits (or until SIGTERM): a
+    /// stop order can then arrive between the result and the exit.
+    pub linger_ms: u64,
 }
 
 /// The arithmetic a cell trains and extracts features in. `Fp32` is the paper's protocol;

@@ -1,9 +1,11 @@
 //! The tsweep wire: generated `tsweep.v1` gRPC code, the protocol version, the cell spec
-//! a worker runs ([`cell::CellSpec`]), and typed failure classes.
+//! a worker runs ([`cell::CellSpec`]), typed failure classes, and the bounds on everything
+//! clients send ([`limits`]).
 
 pub mod arch;
 pub mod auth;
 pub mod cell;
+pub mod limits;
 pub mod tls;
 
 #[allow(clippy::all, missing_docs)]

@@ -136,6 +136,7 @@ impl Cluster {
                 file_name: "test.toml".into(),
                 base_dir: self.path().display().to_string(),
                 allow_huge: false,
+                ..Default::default()
             })
             .await?;
         Ok(response.into_inner())

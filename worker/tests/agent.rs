@@ -598,6 +598,31 @@ async fn stop_orders_end_children_silently_and_sigkill_of_the_agent_takes_childr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_that_arrived_before_a_cancel_order_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let script = Scripted::default();
+    // The child reports its result after 100 ms, then stays (linger) until it is stopped.
+    let task = assignment("finished", 1, FakeSettings { linger_ms: 120_000, ..fake(100, 2) }, None);
+    script.with(|s| s.queue.push_back(task));
+    let coordinator = start_coordinator(script.clone()).await;
+    let agent = Agent::start(coordinator, &redis.url(), dir.path(), 1);
+
+    wait_until(Duration::from_secs(30), &agent, || agent.log().contains("task finished")).await;
+    assert!(script.with(|s| s.completes.is_empty()), "the child has not exited: nothing reported yet");
+    script.with(|s| {
+        s.stop_next_heartbeat
+            .push(StopOrder { lease: Some(lease("finished", 1)), reason: StopReason::Cancelled as i32 })
+    });
+    wait_until(Duration::from_secs(30), &agent, || script.with(|s| !s.completes.is_empty())).await;
+    let complete = script.with(|s| s.completes[0].clone());
+    assert_eq!(complete.lease, Some(lease("finished", 1)));
+    assert!(complete.result.as_ref().and_then(|r| r.val_score).is_some(), "the result is reported as it was");
+    assert!(script.with(|s| s.fails.is_empty()), "no failure reported for a task that had its result");
+    assert!(agent.log().contains("result arrived before the cancel order"), "{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_for_a_late_coordinator_and_retries_reports_it_could_not_deliver() {
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start();

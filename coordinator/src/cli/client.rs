@@ -41,8 +41,8 @@ pub async fn connect(url: &str, token: Option<String>, ca_file: Option<&Path>) -
     })?;
     let interceptor = bearer_interceptor(token).map_err(|e| CliError::BadInput(e.to_string()))?;
     Ok(SweepServiceClient::with_interceptor(channel, interceptor)
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024))
+        .max_decoding_message_size(tsweep_proto::limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(tsweep_proto::limits::MAX_MESSAGE_BYTES))
 }
 
 /// How long a call is repeated while the coordinator answers UNAVAILABLE (Redis away or

@@ -23,6 +23,9 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    /// A sweep file over [`tsweep_proto::limits::MAX_SWEEP_FILE_BYTES`] (read no further).
+    #[error("{path}: the file is larger than {limit} bytes, the limit for a sweep file")]
+    FileTooLarge { path: PathBuf, limit: usize },
     /// A bad argument or an answer of the coordinator that says the request was wrong.
     #[error("{0}")]
     BadInput(String),
@@ -39,10 +42,34 @@ pub enum CliError {
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::SweepFile(_) | CliError::ReadFile { .. } | CliError::BadInput(_) => EXIT_BAD_INPUT,
+            CliError::SweepFile(_)
+            | CliError::ReadFile { .. }
+            | CliError::FileTooLarge { .. }
+            | CliError::BadInput(_) => EXIT_BAD_INPUT,
             CliError::Unavailable(_) => EXIT_UNAVAILABLE,
             CliError::CellsFailed { .. } => EXIT_CELLS_FAILED,
             CliError::Other(_) => EXIT_OTHER,
+        }
+    }
+
+    /// The same failure (same exit code) with `note` added to its message.
+    pub fn with_note(self, note: &str) -> CliError {
+        match self {
+            CliError::BadInput(m) => CliError::BadInput(format!("{m}; {note}")),
+            CliError::Unavailable(m) => CliError::Unavailable(format!("{m}; {note}")),
+            CliError::Other(m) => CliError::Other(format!("{m}; {note}")),
+            other @ (CliError::SweepFile(_)
+            | CliError::ReadFile { .. }
+            | CliError::FileTooLarge { .. }
+            | CliError::CellsFailed { .. }) => {
+                let code = other.exit_code();
+                let message = format!("{other}; {note}");
+                match code {
+                    EXIT_BAD_INPUT => CliError::BadInput(message),
+                    EXIT_UNAVAILABLE => CliError::Unavailable(message),
+                    _ => CliError::Other(message),
+                }
+            }
         }
     }
 

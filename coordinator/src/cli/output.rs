@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tsweep_proto::cell::Stage;
 use tsweep_proto::v1::{BestScore, PretrainStatus, SubmitSweepResponse, SweepSummary, TaskCounts, TaskInfo};
 
-use crate::sweepfile::{ExpandedSweep, StageCount};
+use crate::sweepfile::{StageCount, SweepPlan};
 
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
@@ -40,7 +40,7 @@ fn when_text(c: &StageCount) -> String {
 }
 
 /// `submit --dry-run`: cells per regime and stage, then the total.
-pub fn dry_run_table(sweep: &ExpandedSweep, file: &str) -> String {
+pub fn dry_run_table(sweep: &SweepPlan, file: &str) -> String {
     let counts = sweep.stage_counts();
     let mut t = table(&["regime", "stage", "cells", "when"]);
     for c in &counts {
@@ -74,10 +74,10 @@ pub fn stage_counts_json(counts: &[StageCount]) -> Value {
     )
 }
 
-pub fn dry_run_json(sweep: &ExpandedSweep) -> Value {
+pub fn dry_run_json(sweep: &SweepPlan) -> Value {
     let counts = sweep.stage_counts();
     let total: u64 = counts.iter().map(|c| c.cells).sum();
-    let of_stage = |stage: Stage| sweep.cells.iter().filter(|c| c.spec.stage == stage).count();
+    let of_stage = |stage: Stage| counts.iter().filter(|c| c.stage == stage).map(|c| c.cells).sum::<u64>();
     json!({
         "sweep": sweep.name,
         "dry_run": true,
@@ -95,10 +95,40 @@ pub fn submit_table(response: &SubmitSweepResponse) -> String {
         t.add_row(vec![c.regime.clone(), c.stage.clone(), c.cells.to_string()]);
     }
     align_right(&mut t, &[2]);
-    format!(
+    let mut text = format!(
         "sweep {}: {} cells, {} added, {} already known (kept with their results)\n{t}\n",
         response.sweep, response.cells_total, response.cells_added, response.cells_existing
-    )
+    );
+    if response.resumed_at > 0 {
+        text.push_str(&format!(
+            "finished an interrupted submission: its first {} cells had been written already\n",
+            response.resumed_at
+        ));
+    }
+    if response.reactivated > 0 {
+        text.push_str(&format!("{} cancelled cell(s) back to pending\n", response.reactivated));
+    }
+    if response.cells_changed > 0 {
+        let kept = response.cells_changed - response.cells_updated;
+        if response.cells_updated > 0 {
+            text.push_str(&format!(
+                "{} existing cell(s) have other settings in the file: {} updated, {} kept (succeeded: their results stay)\n",
+                response.cells_changed, response.cells_updated, kept
+            ));
+        } else {
+            text.push_str(&format!(
+                "{} existing cell(s) have other settings in the file; the recorded ones are kept (pass --update to apply the file's to cells that have not succeeded):\n",
+                response.cells_changed
+            ));
+        }
+        for change in &response.changes {
+            text.push_str(&format!(
+                "  {}: {} -> {} ({} cell(s))\n",
+                change.field, change.recorded, change.submitted, change.cells
+            ));
+        }
+    }
+    text
 }
 
 /// Per-stage counts: pretrain cells first, then regime order (linear, finetune,
@@ -115,6 +145,13 @@ pub fn submit_json(response: &SubmitSweepResponse) -> Value {
         "cells_total": response.cells_total,
         "cells_added": response.cells_added,
         "cells_existing": response.cells_existing,
+        "cells_changed": response.cells_changed,
+        "cells_updated": response.cells_updated,
+        "resumed_at": response.resumed_at,
+        "reactivated": response.reactivated,
+        "changes": response.changes.iter().map(|c| json!({
+            "field": c.field, "recorded": c.recorded, "submitted": c.submitted, "cells": c.cells,
+        })).collect::<Vec<_>>(),
         "per_stage": sorted_stages(response).into_iter().map(|c| json!({ "regime": c.regime, "stage": c.stage, "cells": c.cells })).collect::<Vec<_>>(),
     })
 }
@@ -142,6 +179,8 @@ pub fn summary_json(s: &SweepSummary) -> Value {
         "stale_reports": s.stale_reports,
         "lease_expiries": s.lease_expiries,
         "created_unix_ms": s.created_unix_ms,
+        "submit_written": s.submit_written,
+        "submit_total": s.submit_total,
         "best": s.best.iter().map(|b| json!({
             "model": b.model, "dataset": b.dataset, "regime": b.regime, "val_score": b.val_score, "task_id": b.task_id,
         })).collect::<Vec<_>>(),
@@ -196,6 +235,19 @@ pub fn sweeps_table(sweeps: &[SweepSummary]) -> String {
 pub fn summary_text(s: &SweepSummary) -> String {
     let c = s.counts.unwrap_or_default();
     let mut text = format!("sweep {} ({}): {} cells\n{}\n", s.sweep, s.status, c.total, counts_line(&c));
+    match s.status.as_str() {
+        "submitting" => text.push_str(&format!(
+            "submission not finished: {} of {} cells written; nothing of this sweep is leased until `tsweep submit {}` finishes it\n",
+            s.submit_written,
+            s.submit_total,
+            if s.submit_file.is_empty() { "FILE" } else { s.submit_file.as_str() }
+        )),
+        "deleting" => text.push_str(&format!(
+            "a delete has not finished: run `tsweep delete {}` to finish it\n",
+            s.sweep
+        )),
+        _ => {}
+    }
     if s.stale_reports > 0 || s.lease_expiries > 0 {
         text.push_str(&format!("stale reports refused: {} · leases expired: {}\n", s.stale_reports, s.lease_expiries));
     }

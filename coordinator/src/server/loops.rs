@@ -1,14 +1,16 @@
 //! The coordinator's background loops, all stopped by one cancellation token:
 //! - `connect`: first Redis connection (retried with backoff; the server answers
 //!   UNAVAILABLE and readiness NOT_SERVING until it succeeds);
-//! - `readiness`: PINGs Redis, sets the `tsweep.ready` health status and `tsweep_redis_up`;
+//! - `readiness`: PINGs Redis and checks its memory against `maxmemory`, sets the
+//!   `tsweep.ready` health status and `tsweep_redis_up`;
 //! - `plane`: this coordinator's liveness beat in Redis, every `beat_interval` (a gap
 //!   between beats is a control-plane outage: leases get that time back, see
 //!   `store::plane`);
 //! - `reaper`: beat, then expired leases back to pending (outages applied first), every
 //!   `reaper_interval_ms`, per active sweep;
 //! - `repair`: puts sweeps with unfinished work back into the active set, every
-//!   `repair_interval_ms`;
+//!   `repair_interval_ms` (never a sweep being deleted, nor one whose submission is still
+//!   landing with nothing leased);
 //! - `finals`: refits of finished selection groups, every `finals_interval_ms`;
 //! - `gauges`: per-sweep task gauges and the queue depth, every `gauges_interval_ms`.
 //!
@@ -25,7 +27,7 @@ use tracing::{debug, error, info, warn};
 
 use super::state::{sleep_or_cancel, Backoff, Shared};
 use super::READINESS_SERVICE;
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{RedisMemory, Store, StoreError, StoreOptions};
 
 /// Longest wait between tries while Redis is away.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -88,33 +90,87 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Readiness follows Redis: SERVING while PING answers, NOT_SERVING otherwise. Liveness
-/// (the empty service name) is never touched: it stays SERVING while the process runs.
+/// Whether Redis is full, from what it reports each second: full once it refused a write
+/// for memory (its `OOM` count went up) or its memory is within 1 % of `maxmemory`; full
+/// until a delete (or a higher `maxmemory`) brings it under 95 %, so readiness does not
+/// flap while a refused batch's arguments come and go.
+#[derive(Debug, Default)]
+pub struct MemoryLatch {
+    full: bool,
+    refused_writes: Option<u64>,
+}
+
+impl MemoryLatch {
+    pub fn update(&mut self, memory: &RedisMemory) -> bool {
+        let refused_now = self.refused_writes.is_some_and(|before| memory.refused_writes > before);
+        self.refused_writes = Some(memory.refused_writes);
+        let max = memory.max_bytes;
+        if max == 0 {
+            self.full = false;
+        } else if refused_now || memory.used_bytes >= max - max / 100 {
+            self.full = true;
+        } else if memory.used_bytes < max - max / 20 {
+            self.full = false;
+        }
+        self.full
+    }
+}
+
+/// Readiness follows Redis: SERVING while PING answers and Redis takes writes,
+/// NOT_SERVING while it does not answer or is full ([`MemoryLatch`]; calls still go
+/// through then: reads work and a delete frees memory; writes answer RESOURCE_EXHAUSTED).
+/// Liveness (the empty service name) is never touched: it stays SERVING while the process
+/// runs.
 pub async fn readiness(shared: Shared, health: HealthReporter) {
     let cancel = shared.cancel.clone();
     let mut last: Option<bool> = None;
+    let mut latch = MemoryLatch::default();
+    let mut was_full = false;
     loop {
-        let up = match shared.store.get() {
+        let (up, memory) = match shared.store.get() {
             Ok(store) => match tokio::time::timeout(READINESS_INTERVAL, store.ping()).await {
-                Ok(Ok(())) => true,
+                Ok(Ok(())) => match tokio::time::timeout(READINESS_INTERVAL, store.memory()).await {
+                    Ok(Ok(memory)) => (true, Some(memory)),
+                    Ok(Err(error)) => {
+                        debug!(%error, "readiness memory check failed");
+                        (true, None)
+                    }
+                    Err(_) => (true, None),
+                },
                 Ok(Err(error)) => {
                     debug!(%error, "readiness ping failed");
-                    false
+                    (false, None)
                 }
-                Err(_) => false,
+                Err(_) => (false, None),
             },
-            Err(_) => false,
+            Err(_) => (false, None),
         };
         shared.set_redis_up(up);
-        if last != Some(up) {
-            let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let full = match &memory {
+            Some(memory) => latch.update(memory),
+            None => was_full && up,
+        };
+        match (&memory, full, was_full) {
+            (Some(memory), true, false) => warn!(
+                used_bytes = memory.used_bytes,
+                max_bytes = memory.max_bytes,
+                refused_writes = memory.refused_writes,
+                "not ready: redis memory reached maxmemory, writes are refused (delete sweeps or raise maxmemory)"
+            ),
+            (_, false, true) if up => info!("redis takes writes again"),
+            _ => {}
+        }
+        was_full = full;
+        let ready = up && !full;
+        if last != Some(ready) {
+            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
             health.set_service_status(READINESS_SERVICE, status).await;
-            if up {
+            if ready {
                 info!("ready: redis answers");
-            } else if last.is_some() {
+            } else if last.is_some() && !up {
                 warn!("not ready: redis does not answer");
             }
-            last = Some(up);
+            last = Some(ready);
         }
         if !sleep_or_cancel(READINESS_INTERVAL, &cancel).await {
             health.set_service_status(READINESS_SERVICE, ServingStatus::NotServing).await;
@@ -273,6 +329,18 @@ pub async fn gauges(shared: Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_write_latches_full_until_memory_is_freed() {
+        let memory = |used, refused| RedisMemory { used_bytes: used, max_bytes: 1000, refused_writes: refused };
+        let mut latch = MemoryLatch::default();
+        assert!(!latch.update(&memory(500, 7)), "refusals before the first look are not news");
+        assert!(latch.update(&memory(970, 8)), "a write was refused");
+        assert!(latch.update(&memory(960, 8)), "still too little room");
+        assert!(!latch.update(&memory(940, 8)), "a delete made room");
+        assert!(latch.update(&memory(995, 8)), "within 1 % of maxmemory");
+        assert!(!latch.update(&RedisMemory { max_bytes: 0, ..memory(995, 8) }), "no limit any more");
+    }
 
     #[test]
     fn redact_hides_the_password_only() {

@@ -74,6 +74,8 @@ pub enum EntryError {
     Missing { id: String, field: &'static str },
     #[error("metrics entry {id}: field `{field}` is not a number: {value:?}")]
     NotANumber { id: String, field: &'static str, value: String },
+    #[error("metrics entry {id}: field `{field}` is {bytes} bytes, more than {limit}")]
+    TooLong { id: String, field: &'static str, bytes: usize, limit: usize },
 }
 
 fn field_text(entry: &StreamId, field: &str) -> Option<String> {
@@ -102,6 +104,10 @@ fn finite(value: Option<f64>) -> Option<f64> {
 
 pub fn parse_entry(entry: &StreamId) -> Result<MetricEntry, EntryError> {
     let task_id = required(entry, "task_id", field_text(entry, "task_id"))?;
+    let limit = tsweep_proto::limits::MAX_ID_BYTES;
+    if task_id.len() > limit {
+        return Err(EntryError::TooLong { id: entry.id.clone(), field: "task_id", bytes: task_id.len(), limit });
+    }
     let attempt = required(entry, "attempt", parse_field::<u32>(entry, "attempt")?)?;
     let step = parse_field::<u64>(entry, "step")?.unwrap_or(0);
     let total_steps = parse_field::<u64>(entry, "total_steps")?.unwrap_or(0);

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
@@ -252,10 +253,20 @@ pub async fn start_with_token_reload(
     let reflection_v1alpha =
         reflection().build_v1alpha().map_err(|e| ServeError::Task(format!("reflection service (v1alpha): {e}")))?;
 
-    let sweep_service =
-        SweepServiceServer::with_interceptor(SweepServiceImpl::new(shared.clone()), roles.guard(Role::User));
-    let worker_service =
-        WorkerServiceServer::with_interceptor(WorkerServiceImpl::new(shared.clone()), roles.guard(Role::Worker));
+    // One message limit for both directions and both services, the one the clients use.
+    let limit = tsweep_proto::limits::MAX_MESSAGE_BYTES;
+    let sweep_service = InterceptedService::new(
+        SweepServiceServer::new(SweepServiceImpl::new(shared.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+        roles.guard(Role::User),
+    );
+    let worker_service = InterceptedService::new(
+        WorkerServiceServer::new(WorkerServiceImpl::new(shared.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+        roles.guard(Role::Worker),
+    );
 
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

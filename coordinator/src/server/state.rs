@@ -75,12 +75,17 @@ pub const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs one store operation with [`STORE_CALL_TIMEOUT`], mapping errors in the one place.
 pub async fn bounded<T>(operation: impl Future<Output = Result<T, StoreError>>) -> Result<T, CoordinatorError> {
-    match tokio::time::timeout(STORE_CALL_TIMEOUT, operation).await {
+    bounded_for(STORE_CALL_TIMEOUT, operation).await
+}
+
+/// [`bounded`] with another limit (a bulk call's budget plus [`STORE_CALL_TIMEOUT`]).
+pub async fn bounded_for<T>(
+    limit: Duration,
+    operation: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, CoordinatorError> {
+    match tokio::time::timeout(limit, operation).await {
         Ok(result) => result.map_err(CoordinatorError::from),
-        Err(_) => Err(CoordinatorError::Unavailable(format!(
-            "redis did not answer within {} ms",
-            STORE_CALL_TIMEOUT.as_millis()
-        ))),
+        Err(_) => Err(CoordinatorError::Unavailable(format!("redis did not answer within {} ms", limit.as_millis()))),
     }
 }
 

@@ -9,6 +9,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
+use tsweep_proto::limits::CheckLimits;
 use tsweep_proto::v1::sweep_service_server::SweepService;
 use tsweep_proto::v1::{
     CancelSweepRequest, CancelSweepResponse, DeleteSweepRequest, DeleteSweepResponse, GetSweepRequest,
@@ -16,9 +17,9 @@ use tsweep_proto::v1::{
     StageCount, SubmitSweepRequest, SubmitSweepResponse, SweepSummary, WatchSweepRequest,
 };
 
-use super::state::{bounded, Shared};
+use super::state::{bounded, bounded_for, Shared, STORE_CALL_TIMEOUT};
 use crate::error::CoordinatorError;
-use crate::store::{Store, TaskState};
+use crate::store::{Budget, Store, SubmitOptions, TaskState};
 use crate::sweepfile;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -26,6 +27,32 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub const DEFAULT_WATCH_INTERVAL_MS: u32 = 1000;
 /// Watchers are never answered more often than this, however busy the sweep.
 pub const MIN_WATCH_INTERVAL_MS: u32 = 100;
+/// Longest budget a bulk call (submit, cancel, retry, delete) may ask for.
+pub const MAX_BUDGET_MS: u32 = 4_000;
+
+/// A bulk call's budget (0: none, the operation runs to its end) and how long the call
+/// may wait on Redis in all: the budget plus one bounded store call.
+fn budget(budget_ms: u32) -> (Budget, Option<Duration>) {
+    match budget_ms {
+        0 => (Budget::unlimited(), None),
+        ms => {
+            let budget = Duration::from_millis(u64::from(ms.min(MAX_BUDGET_MS)));
+            (Budget::of(budget), Some(budget + STORE_CALL_TIMEOUT))
+        }
+    }
+}
+
+/// Runs a bulk store operation: bounded by its budget when it has one, else unbounded
+/// (each of its scripts is short and bounded by the store's response timeout).
+async fn bulk<T>(
+    limit: Option<Duration>,
+    operation: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+) -> Result<T, CoordinatorError> {
+    match limit {
+        Some(limit) => bounded_for(limit, operation).await,
+        None => operation.await.map_err(CoordinatorError::from),
+    }
+}
 
 #[derive(Clone)]
 pub struct SweepServiceImpl {
@@ -57,6 +84,18 @@ async fn summary_with_best(store: &Store, sweep: &str) -> Result<SweepSummary, C
     .await
 }
 
+/// A failed submission call's error, with how many cells of the file had landed when the
+/// sweep is left `submitting` (so the user knows what is there and what to run).
+async fn with_submit_progress(store: &Store, sweep: &str, error: CoordinatorError) -> CoordinatorError {
+    match bounded(store.summary(sweep)).await {
+        Ok(summary) if summary.status == "submitting" => error.with_note(&format!(
+            "{} of {} cells written; the sweep stays `submitting` (nothing of it is leased) until the file is submitted again",
+            summary.submit_written, summary.submit_total
+        )),
+        _ => error,
+    }
+}
+
 fn is_finished(summary: &SweepSummary) -> bool {
     matches!(summary.status.as_str(), "done" | "cancelled")
 }
@@ -67,50 +106,67 @@ impl SweepService for SweepServiceImpl {
         &self,
         request: Request<SubmitSweepRequest>,
     ) -> Result<Response<SubmitSweepResponse>, Status> {
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let request = request.into_inner();
         let store = self.shared.store_for_call()?;
         let file_name = if request.file_name.is_empty() { "<sweep file>".to_string() } else { request.file_name };
         let base_dir = PathBuf::from(&request.base_dir);
         let allow_huge = request.allow_huge;
         let text = request.file_text;
-        // Expansion of a big grid is CPU work: keep it off the async workers.
-        let expanded =
-            tokio::task::spawn_blocking(move || sweepfile::parse_and_expand(&text, &file_name, &base_dir, allow_huge))
-                .await
-                .map_err(|e| CoordinatorError::Internal(format!("sweep expansion task: {e}")))?
-                .map_err(CoordinatorError::from)?;
-        // Not bounded by STORE_CALL_TIMEOUT: a big grid takes many batches (each one bounded
-        // by the store's response timeout); a repeated submit adds nothing.
-        let outcome = store.submit(&expanded).await.map_err(CoordinatorError::from)?;
-        info!(sweep = %outcome.sweep, total = outcome.total, added = outcome.added, existing = outcome.existing, reactivated = outcome.reactivated, "sweep submitted");
-        self.shared.notify_sweep(&outcome.sweep);
+        let name = file_name.clone();
+        // Parsing and validating a big file is CPU work: keep it off the async workers. The
+        // plan builds each cell when its batch is written, so memory stays bounded.
+        let plan = tokio::task::spawn_blocking(move || sweepfile::parse_plan(&text, &name, &base_dir, allow_huge))
+            .await
+            .map_err(|e| CoordinatorError::Internal(format!("sweep parse task: {e}")))?
+            .map_err(CoordinatorError::from)?;
+        let (budget, limit) = budget(request.budget_ms);
+        let options = SubmitOptions { start: request.start_cell, update: request.update, budget, file: file_name };
+        let part = match bulk(limit, store.submit_part(&plan, &options)).await {
+            Ok(part) => part,
+            Err(error) => return Err(with_submit_progress(&store, &plan.name, error).await.into()),
+        };
+        info!(sweep = %part.sweep, total = part.total, next = part.next, complete = part.complete, added = part.added,
+              existing = part.existing, changed = part.changed, updated = part.updated, resumed_at = part.resumed_at,
+              "submission call");
+        self.shared.notify_sweep(&part.sweep);
         Ok(Response::new(SubmitSweepResponse {
-            sweep: outcome.sweep,
-            cells_total: outcome.total,
-            cells_added: outcome.added,
-            cells_existing: outcome.existing,
-            per_stage: outcome
+            sweep: part.sweep,
+            cells_total: part.total,
+            cells_added: part.added,
+            cells_existing: part.existing,
+            per_stage: part
                 .per_stage
                 .into_iter()
                 .map(|stage| StageCount { regime: stage.regime, stage: stage.stage, cells: stage.cells })
                 .collect(),
+            next_cell: part.next,
+            complete: part.complete,
+            resumed_at: part.resumed_at,
+            cells_changed: part.changed,
+            cells_updated: part.updated,
+            changes: part.changes,
+            reactivated: part.reactivated,
         }))
     }
 
     async fn get_sweep(&self, request: Request<GetSweepRequest>) -> Result<Response<SweepSummary>, Status> {
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let request = request.into_inner();
         require_sweep(&request.sweep)?;
         let store = self.shared.store_for_call()?;
         Ok(Response::new(summary_with_best(&store, &request.sweep).await?))
     }
 
-    async fn list_sweeps(&self, _request: Request<ListSweepsRequest>) -> Result<Response<ListSweepsResponse>, Status> {
+    async fn list_sweeps(&self, request: Request<ListSweepsRequest>) -> Result<Response<ListSweepsResponse>, Status> {
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let store = self.shared.store_for_call()?;
         let sweeps = bounded(store.list_sweeps()).await?;
         Ok(Response::new(ListSweepsResponse { sweeps }))
     }
 
     async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let request = request.into_inner();
         require_sweep(&request.sweep)?;
         let state = match request.state.trim() {
@@ -134,26 +190,35 @@ impl SweepService for SweepServiceImpl {
         &self,
         request: Request<CancelSweepRequest>,
     ) -> Result<Response<CancelSweepResponse>, Status> {
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let request = request.into_inner();
         require_sweep(&request.sweep)?;
         let store = self.shared.store_for_call()?;
-        let cancelled = bounded(store.cancel_sweep(&request.sweep)).await?;
-        info!(sweep = %request.sweep, cancelled, "sweep cancelled");
+        let (budget, limit) = budget(request.budget_ms);
+        let progress = bulk(limit, store.cancel_part(&request.sweep, budget)).await?;
+        info!(sweep = %request.sweep, cancelled = progress.moved, remaining = progress.remaining, "sweep cancel call");
         self.shared.notify_sweep(&request.sweep);
-        Ok(Response::new(CancelSweepResponse { cancelled }))
+        Ok(Response::new(CancelSweepResponse {
+            cancelled: progress.moved,
+            complete: progress.complete,
+            remaining: progress.remaining,
+        }))
     }
 
     async fn delete_sweep(
         &self,
         request: Request<DeleteSweepRequest>,
     ) -> Result<Response<DeleteSweepResponse>, Status> {
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let request = request.into_inner();
         require_sweep(&request.sweep)?;
         let store = self.shared.store_for_call()?;
-        // Not bounded by STORE_CALL_TIMEOUT: one script over every task of the sweep (each
-        // call bounded by the store's response timeout); a repeated delete is NOT_FOUND.
-        let outcome = store.delete_sweep(&request.sweep, request.force).await.map_err(CoordinatorError::from)?;
-        info!(sweep = %request.sweep, keys = outcome.keys_deleted, tasks = outcome.tasks_deleted, force = request.force, "sweep deleted");
+        // Batches of short scripts; with a budget the call answers how far it got and the
+        // client calls again. A repeated delete of a deleted sweep is NOT_FOUND.
+        let (budget, limit) = budget(request.budget_ms);
+        let outcome = bulk(limit, store.delete_part(&request.sweep, request.force, budget)).await?;
+        info!(sweep = %request.sweep, keys = outcome.keys_deleted, tasks = outcome.tasks_deleted,
+              tasks_total = outcome.tasks_total, complete = outcome.complete, force = request.force, "sweep delete call");
         self.shared.notify_sweep(&request.sweep);
         Ok(Response::new(DeleteSweepResponse {
             keys_deleted: outcome.keys_deleted,
@@ -161,11 +226,14 @@ impl SweepService for SweepServiceImpl {
             cancelled: outcome.cancelled,
             checkpoint_dir: outcome.checkpoint_dir.unwrap_or_default(),
             leftovers_only: outcome.leftovers_only,
+            complete: outcome.complete,
+            tasks_total: outcome.tasks_total,
         }))
     }
 
     /// Neither `failed` nor `cancelled` set means both.
     async fn retry_sweep(&self, request: Request<RetrySweepRequest>) -> Result<Response<RetrySweepResponse>, Status> {
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let request = request.into_inner();
         require_sweep(&request.sweep)?;
         let (failed, cancelled) = match (request.failed, request.cancelled) {
@@ -173,10 +241,16 @@ impl SweepService for SweepServiceImpl {
             flags => flags,
         };
         let store = self.shared.store_for_call()?;
-        let requeued = bounded(store.retry_sweep(&request.sweep, failed, cancelled)).await?;
-        info!(sweep = %request.sweep, requeued, failed, cancelled, "sweep retried");
+        let (budget, limit) = budget(request.budget_ms);
+        let progress = bulk(limit, store.retry_part(&request.sweep, failed, cancelled, budget)).await?;
+        info!(sweep = %request.sweep, requeued = progress.moved, remaining = progress.remaining, failed, cancelled,
+              "sweep retry call");
         self.shared.notify_sweep(&request.sweep);
-        Ok(Response::new(RetrySweepResponse { requeued }))
+        Ok(Response::new(RetrySweepResponse {
+            requeued: progress.moved,
+            complete: progress.complete,
+            remaining: progress.remaining,
+        }))
     }
 
     type WatchSweepStream = Pin<Box<dyn Stream<Item = Result<SweepSummary, Status>> + Send + 'static>>;
@@ -188,6 +262,7 @@ impl SweepService for SweepServiceImpl {
         &self,
         request: Request<WatchSweepRequest>,
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let request = request.into_inner();
         require_sweep(&request.sweep)?;
         let store = self.shared.store_for_call()?;

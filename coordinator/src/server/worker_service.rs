@@ -1,15 +1,19 @@
-//! `tsweep.v1.WorkerService`: what worker agents call. Every request's protocol version is
-//! checked first. RegisterWorker hands the worker a fresh secret (the store keeps only its
-//! SHA-256); every acquire, heartbeat and report must carry it, so a worker id is no
-//! longer self-asserted: an unregistered id or another secret is refused before the store
-//! is touched (`UNAUTHENTICATED` with a typed `tsweep-worker-refusal` trailer). Every
-//! report is then fenced by the store on `(task, attempt)`.
+//! `tsweep.v1.WorkerService`: what worker agents call. Every request's bounds
+//! (`tsweep_proto::limits`) and protocol version are checked first. RegisterWorker hands
+//! the worker a fresh secret (the store keeps only its SHA-256); every acquire, heartbeat
+//! and report must carry it, so a worker id is no longer self-asserted: an unregistered id
+//! or another secret is refused before the store is touched (`UNAUTHENTICATED` with a
+//! typed `tsweep-worker-refusal` trailer). Every report is then fenced by the store on
+//! `(task, attempt)`. A result whose scores are out of range is refused (INVALID_ARGUMENT)
+//! and its attempt failed as fatal: a trainer that reports such a score would only report
+//! it again.
 
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tonic::{Request, Response, Status};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
+use tsweep_proto::limits::CheckLimits;
 use tsweep_proto::v1::worker_service_server::WorkerService;
 use tsweep_proto::v1::{
     AcquireTaskRequest, AcquireTaskResponse, CompleteTaskRequest, FailTaskRequest, FailureClass, HeartbeatRequest,
@@ -76,6 +80,7 @@ impl WorkerService for WorkerServiceImpl {
         &self,
         request: Request<RegisterWorkerRequest>,
     ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let request = request.into_inner();
         check_protocol(request.protocol_version)?;
         require_worker_id(&request.worker_id)?;
@@ -111,6 +116,7 @@ impl WorkerService for WorkerServiceImpl {
         request: Request<AcquireTaskRequest>,
     ) -> Result<Response<AcquireTaskResponse>, Status> {
         let started = Instant::now();
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let request = request.into_inner();
         check_protocol(request.protocol_version)?;
         require_worker_id(&request.worker_id)?;
@@ -129,6 +135,7 @@ impl WorkerService for WorkerServiceImpl {
     }
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let request = request.into_inner();
         check_protocol(request.protocol_version)?;
         require_worker_id(&request.worker_id)?;
@@ -143,6 +150,7 @@ impl WorkerService for WorkerServiceImpl {
     }
 
     async fn complete_task(&self, request: Request<CompleteTaskRequest>) -> Result<Response<ReportResponse>, Status> {
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let request = request.into_inner();
         check_protocol(request.protocol_version)?;
         require_worker_id(&request.worker_id)?;
@@ -150,6 +158,21 @@ impl WorkerService for WorkerServiceImpl {
         let result = request.result.unwrap_or_default();
         let store = self.shared.store_for_call()?;
         authenticate(&store, &request.worker_id, &request.worker_secret).await?;
+        if let Some(problem) = result.score_problem() {
+            // Fenced like any report: only the attempt that holds the lease is failed.
+            let message = format!("result refused: {problem}");
+            let failed = bounded(store.fail(&request.worker_id, lease, FailureClass::Fatal, &message, None)).await?;
+            warn!(worker_id = %request.worker_id, sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt,
+                  outcome = ?failed.outcome, %problem, "result refused; attempt failed as fatal");
+            if failed.outcome == ReportOutcome::Accepted {
+                self.shared.notify_sweep(&lease.sweep);
+            }
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "{message}; the attempt was failed as fatal (task {})",
+                lease.task_id
+            ))
+            .into());
+        }
         let outcome = bounded(store.complete(&request.worker_id, lease, &result)).await?;
         match outcome {
             ReportOutcome::Accepted => {
@@ -166,6 +189,7 @@ impl WorkerService for WorkerServiceImpl {
     }
 
     async fn fail_task(&self, request: Request<FailTaskRequest>) -> Result<Response<ReportResponse>, Status> {
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let request = request.into_inner();
         check_protocol(request.protocol_version)?;
         require_worker_id(&request.worker_id)?;

@@ -33,6 +33,19 @@ pub enum StoreError {
          (cancels, then deletes)"
     )]
     SweepUnfinished { sweep: String, pending: u64, leased: u64, running: u64, selections: u64 },
+    /// A delete of the sweep began and has not finished: it must be finished (`tsweep
+    /// delete` again) before the sweep can be submitted again.
+    #[error(
+        "sweep {sweep} is being deleted (a delete has not finished): run `tsweep delete {sweep}` to finish it first"
+    )]
+    SweepDeleting { sweep: String },
+    /// Another submission of the sweep (another file, or other flags) set its own submit
+    /// marker while this one was landing its batches.
+    #[error(
+        "another submission of sweep {sweep} (another file or other flags) started while this one was being written; \
+         submit again to finish yours"
+    )]
+    SubmitSuperseded { sweep: String },
     /// A caller passed something the store refuses (bad sweep name, empty task id, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -51,6 +64,17 @@ pub enum StoreError {
 impl StoreError {
     pub(crate) fn redis(operation: &'static str) -> impl FnOnce(redis::RedisError) -> StoreError {
         move |source| StoreError::Redis { operation, source }
+    }
+
+    /// Redis refused a write because its memory reached `maxmemory` (the `OOM` error
+    /// code). Not retryable: only freeing memory (deleting sweeps) or a larger
+    /// `maxmemory` helps. A script that met it wrote nothing (Redis refuses a script's
+    /// first write, never one in the middle).
+    pub fn is_redis_full(&self) -> bool {
+        match self {
+            StoreError::Redis { source, .. } => source.code() == Some("OOM"),
+            _ => false,
+        }
     }
 
     /// True when the same call may succeed if repeated after a short wait: the connection

@@ -57,6 +57,11 @@ impl Keys {
         format!("{}meta", self.sweep_base(sweep))
     }
 
+    /// The tombstone a delete renames `meta` to while it removes the sweep in batches.
+    pub(crate) fn deleting(&self, sweep: &str) -> String {
+        format!("{}deleting", self.sweep_base(sweep))
+    }
+
     pub(crate) fn counts(&self, sweep: &str) -> String {
         format!("{}counts", self.sweep_base(sweep))
     }

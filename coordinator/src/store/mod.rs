@@ -11,6 +11,9 @@
 //!
 //! The protocol, in short (docs/ARCHITECTURE.md, "Task state and the lease protocol"):
 //! - [`Store::submit`] writes new cells only; existing cells keep state and results.
+//!   Submit, cancel, retry and delete run in bounded batches and can be resumed
+//!   (`bulk.rs`: [`Store::submit_part`], [`Store::cancel_part`], [`Store::retry_part`],
+//!   [`Store::delete_part`]).
 //! - [`Store::acquire`] leases the first pending task that fits the worker's free GPUs:
 //!   `attempt += 1`, deadline = Redis server `TIME` + lease TTL.
 //! - [`Store::renew`] extends the leases a worker still holds, and answers stop orders
@@ -32,6 +35,7 @@
 //! callers repeat retryable calls (every script is safe to repeat: a repeated report is
 //! `DUPLICATE`, a repeated submit adds nothing).
 
+mod bulk;
 mod error;
 mod keys;
 mod plane;
@@ -53,13 +57,15 @@ use tsweep_proto::v1::{
 use tsweep_redis::RedisTlsFiles;
 use tsweep_report::selection::{select_best, GridPoint};
 
-use crate::sweepfile::{self, ExpandedSweep};
+use crate::sweepfile;
 use scripts::SCRIPTS;
 
+pub use bulk::{merge_changes, Budget, SubmitOptions};
 pub use error::StoreError;
 pub use types::{
-    Beat, Checkpoint, DeleteOutcome, FailOutcome, GroupInfo, Outage, RegisterOutcome, StageSubmitCount, StoreOptions,
-    SubmitOutcome, TaskPage, TaskState, WorkerAuth, WorkerInfo,
+    Beat, BulkProgress, Checkpoint, DeleteOutcome, FailOutcome, GroupInfo, Outage, RedisMemory, RegisterOutcome,
+    SettingChange, StageSubmitCount, StoreOptions, SubmitOutcome, SubmitPart, TaskPage, TaskState, WorkerAuth,
+    WorkerInfo, MAX_SETTING_CHANGES,
 };
 
 use keys::Keys;
@@ -167,90 +173,32 @@ impl Store {
         Ok(())
     }
 
-    /// Records the sweep and writes its cells that do not exist yet (in batches of
-    /// `submit_batch` cells, one script call each). Existing cells keep their state,
-    /// attempts and results. Submitting a cancelled sweep again re-activates it and puts
-    /// its cancelled cells back to pending.
-    pub async fn submit(&self, sweep: &ExpandedSweep) -> Result<SubmitOutcome, StoreError> {
-        validate_sweep_name(&sweep.name)?;
+    /// Redis's memory against `maxmemory` and how many writes it refused for it, from
+    /// `INFO memory` and `INFO errorstats` (readiness: a full Redis is not ready).
+    pub async fn memory(&self) -> Result<RedisMemory, StoreError> {
         let mut conn = self.conn.clone();
-        let base = self.keys.sweep_base(&sweep.name);
-        let settings = serde_json::json!({ "max_attempts": sweep.settings.max_attempts }).to_string();
-        let previous: String = SCRIPTS
-            .submit_meta
-            .key(&base)
-            .arg(&sweep.name)
-            .arg(settings)
-            .arg(METRICS_GROUP)
-            .invoke_async(&mut conn)
+        let (memory, errors): (String, String) = redis::pipe()
+            .cmd("INFO")
+            .arg("memory")
+            .cmd("INFO")
+            .arg("errorstats")
+            .query_async(&mut conn)
             .await
-            .map_err(StoreError::redis("submit_meta script"))?;
-        let _: () = conn.sadd(self.keys.sweeps(), &sweep.name).await.map_err(StoreError::redis("sadd sweeps"))?;
-
-        let mut per_stage: BTreeMap<(String, String), StageSubmitCount> = BTreeMap::new();
-        for count in sweep.stage_counts() {
-            let key = (count.regime.name().to_string(), count.stage.name().to_string());
-            per_stage.insert(
-                key,
-                StageSubmitCount {
-                    regime: count.regime.name().to_string(),
-                    stage: count.stage.name().to_string(),
-                    cells: count.cells,
-                    added: 0,
-                },
-            );
-        }
-        let mut added = 0u64;
-        let batch = self.options.submit_batch.max(1);
-        for cells in sweep.cells.chunks(batch) {
-            let mut invocation = SCRIPTS.submit_cells.key(&base);
-            for cell in cells {
-                if cell.id.is_empty() {
-                    return Err(StoreError::InvalidArgument(format!(
-                        "sweep {}: cell {} has an empty task id",
-                        sweep.name,
-                        cell.spec.group_key()
-                    )));
-                }
-                let spec_json = cell.spec.to_json().map_err(|source| StoreError::Json { what: "cell spec", source })?;
-                invocation
-                    .arg(&cell.id)
-                    .arg(spec_json)
-                    .arg(cell.spec.gpus)
-                    .arg(cell.spec.stage.name())
-                    .arg(cell.spec.regime.name())
-                    .arg(selection_group(&cell.spec).unwrap_or_default())
-                    .arg(cell.spec.max_attempts.max(1))
-                    .arg(if cell.spec.stage == Stage::Grid { cell.spec.group_key() } else { String::new() })
-                    .arg(cell.after.as_deref().unwrap_or(""));
-            }
-            let flags: String =
-                invocation.invoke_async(&mut conn).await.map_err(StoreError::redis("submit_cells script"))?;
-            for (cell, flag) in cells.iter().zip(flags.bytes()) {
-                if flag == b'1' {
-                    added += 1;
-                    let key = (cell.spec.regime.name().to_string(), cell.spec.stage.name().to_string());
-                    let entry = per_stage.entry(key).or_insert_with(|| StageSubmitCount {
-                        regime: cell.spec.regime.name().to_string(),
-                        stage: cell.spec.stage.name().to_string(),
-                        cells: 0,
-                        added: 0,
-                    });
-                    entry.added += 1;
-                }
-            }
-        }
-        let reactivated = if previous == "cancelled" { self.move_back(&sweep.name, "cancelled").await? } else { 0 };
-        self.mark_active(&sweep.name).await?;
-        let total = sweep.cells.len() as u64;
-        info!(sweep = %sweep.name, total, added, reactivated, "sweep submitted");
-        Ok(SubmitOutcome {
-            sweep: sweep.name.clone(),
-            total,
-            added,
-            existing: total - added,
-            reactivated,
-            per_stage: per_stage.into_values().collect(),
+            .map_err(StoreError::redis("info memory"))?;
+        let field = |info: &str, name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(':')))
+                .map(|value| value.trim().to_string())
+        };
+        let number = |info: &str, name: &str| field(info, name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // `errorstat_OOM:count=N`
+        let refused_writes = field(&errors, "errorstat_OOM")
+            .and_then(|v| v.strip_prefix("count=").and_then(|n| n.split(',').next()).and_then(|n| n.parse().ok()))
+            .unwrap_or(0);
+        Ok(RedisMemory {
+            used_bytes: number(&memory, "used_memory").saturating_sub(number(&memory, "mem_not_counted_for_evict")),
+            max_bytes: number(&memory, "maxmemory"),
+            refused_writes,
         })
     }
 
@@ -536,6 +484,14 @@ impl Store {
     pub async fn schedule_finals(&self, sweep: &str) -> Result<Vec<String>, StoreError> {
         validate_sweep_name(sweep)?;
         let mut conn = self.conn.clone();
+        // A submission still landing its batches: its groups may be missing points.
+        let submitting: bool = conn
+            .hexists(self.keys.meta(sweep), "submit_fp")
+            .await
+            .map_err(StoreError::redis("hexists submit marker"))?;
+        if submitting {
+            return Ok(Vec::new());
+        }
         let closed: Vec<String> =
             conn.smembers(self.keys.closed(sweep)).await.map_err(StoreError::redis("smembers closed"))?;
         let mut created = Vec::new();
@@ -628,12 +584,14 @@ impl Store {
         Ok(created)
     }
 
-    /// The sweep's counts and status in O(1) (plus the best-score board).
+    /// The sweep's counts and status in O(1) (plus the best-score board). Status
+    /// `submitting` while a submission has not landed its last batch, `deleting` while a
+    /// delete has not finished.
     pub async fn summary(&self, sweep: &str) -> Result<SweepSummary, StoreError> {
         validate_sweep_name(sweep)?;
         let mut conn = self.conn.clone();
         type Fields = HashMap<String, String>;
-        let (meta, counts, closed, best): (Fields, Fields, u64, Fields) = redis::pipe()
+        let (mut meta, counts, closed, best): (Fields, Fields, u64, Fields) = redis::pipe()
             .hgetall(self.keys.meta(sweep))
             .hgetall(self.keys.counts(sweep))
             .scard(self.keys.closed(sweep))
@@ -641,6 +599,10 @@ impl Store {
             .query_async(&mut conn)
             .await
             .map_err(StoreError::redis("read summary"))?;
+        let deleting = meta.is_empty();
+        if deleting {
+            meta = conn.hgetall(self.keys.deleting(sweep)).await.map_err(StoreError::redis("read tombstone"))?;
+        }
         if meta.is_empty() {
             return Err(StoreError::SweepNotFound { sweep: sweep.to_string() });
         }
@@ -656,12 +618,15 @@ impl Store {
         };
         let meta_num = |field: &str| meta.get(field).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
         let in_flight = counts.pending + counts.leased + counts.running;
+        let submitting = meta.contains_key("submit_fp");
         let status = match meta.get("status").map(String::as_str) {
+            _ if deleting => "deleting",
+            _ if submitting => "submitting",
             Some("cancelled") => "cancelled",
             _ if in_flight == 0 && closed == 0 => "done",
             _ => "active",
         };
-        let pretrain = self.pretrain_status(sweep, status == "cancelled").await?;
+        let pretrain = self.pretrain_status(sweep, meta.get("status").map(String::as_str) == Some("cancelled")).await?;
         Ok(SweepSummary {
             sweep: sweep.to_string(),
             status: status.to_string(),
@@ -670,6 +635,9 @@ impl Store {
             lease_expiries: meta_num("lease_expiries").max(0) as u64,
             created_unix_ms: meta_num("created_ms"),
             best: parse_best(best),
+            submit_written: if submitting { meta_num("submit_next").max(0) as u64 } else { 0 },
+            submit_total: if submitting { meta_num("submit_total").max(0) as u64 } else { 0 },
+            submit_file: if submitting { meta.get("submit_file").cloned().unwrap_or_default() } else { String::new() },
             pretrain,
         })
     }
@@ -781,15 +749,26 @@ impl Store {
         } else {
             pipe.query_async(&mut conn).await.map_err(StoreError::redis("read tasks"))?
         };
+        // A page stays well inside one gRPC message whatever its cells' sizes: it ends
+        // early (the next page goes on after its last task) once its text passes half the
+        // message limit.
         let mut tasks = Vec::with_capacity(rows.len());
-        for ((id, _), row) in ids.iter().zip(rows) {
+        let mut page_bytes = 0usize;
+        let mut last_seq = None;
+        for ((id, seq), row) in ids.iter().zip(rows) {
+            if page_bytes > tsweep_proto::limits::MAX_MESSAGE_BYTES / 2 {
+                break;
+            }
+            page_bytes += row.values().map(String::len).sum::<usize>();
+            last_seq = Some(*seq);
             if !row.is_empty() {
                 tasks.push(self.task_info(sweep, id, &row)?);
             }
         }
         self.mark_current_finals(&mut conn, sweep, &mut tasks).await?;
-        let next_page_token = match ids.last() {
-            Some((_, seq)) if ids.len() as isize == size => format!("{}", *seq as u64),
+        let full = last_seq != ids.last().map(|(_, seq)| *seq) || ids.len() as isize == size;
+        let next_page_token = match last_seq {
+            Some(seq) if full => format!("{}", seq as u64),
             _ => String::new(),
         };
         Ok(TaskPage { tasks, next_page_token })
@@ -834,142 +813,6 @@ impl Store {
             tasks[i].current_final = current.as_deref() == Some(tasks[i].task_id.as_str());
         }
         Ok(())
-    }
-
-    /// Cancels the sweep: pending tasks become cancelled now; leased and running ones are
-    /// told to stop (renew answers `CANCELLED`) and end cancelled when they report a
-    /// failure or their lease runs out (a completion that arrives first is still
-    /// recorded). Returns how many pending tasks were cancelled.
-    pub async fn cancel_sweep(&self, sweep: &str) -> Result<u64, StoreError> {
-        self.require_sweep(sweep).await?;
-        let mut conn = self.conn.clone();
-        let mut moved = 0;
-        loop {
-            let reply: Vec<String> = SCRIPTS
-                .cancel
-                .key(self.keys.sweep_base(sweep))
-                .arg(self.options.bulk_batch.max(1))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(StoreError::redis("cancel script"))?;
-            let key = self.keys.meta(sweep);
-            moved += parse_num::<u64>(reply.first().map(String::as_str).unwrap_or(""), &key, "moved")?;
-            if parse_num::<u64>(reply.get(1).map(String::as_str).unwrap_or(""), &key, "remaining")? == 0 {
-                break;
-            }
-        }
-        info!(sweep = %sweep, cancelled = moved, "sweep cancelled");
-        Ok(moved)
-    }
-
-    /// Deletes every Redis key of the sweep (one script, see `lua/delete_sweep.lua`) and
-    /// removes its name from the global sets (`sweeps`, `active`). Refused with
-    /// [`StoreError::SweepUnfinished`] while the sweep has pending, leased or running
-    /// tasks or a selection waiting, unless it was cancelled first; `force` cancels it
-    /// first. Leases still held by workers of a cancelled sweep become stale: renew
-    /// answers `LEASE_LOST`, reports `STALE`, and nothing of the sweep is written again.
-    /// Files (checkpoints, feature caches, exported reports) are not touched.
-    pub async fn delete_sweep(&self, sweep: &str, force: bool) -> Result<DeleteOutcome, StoreError> {
-        validate_sweep_name(sweep)?;
-        let mut conn = self.conn.clone();
-        let cancelled = if force {
-            match self.cancel_sweep(sweep).await {
-                Ok(moved) => moved,
-                Err(StoreError::SweepNotFound { .. }) => 0,
-                Err(e) => return Err(e),
-            }
-        } else {
-            0
-        };
-        // Out of `active` first, so that no timer (reaper, finals, metrics consumer) picks
-        // the sweep up again while its keys go; put back if the delete is refused.
-        let was_active: bool = conn.srem(self.keys.active(), sweep).await.map_err(StoreError::redis("srem active"))?;
-        let reply: Result<Vec<String>, StoreError> = SCRIPTS
-            .delete_sweep
-            .key(self.keys.sweep_base(sweep))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(StoreError::redis("delete_sweep script"));
-        let reply = match reply {
-            Ok(reply) if reply.first().map(String::as_str) == Some("unfinished") || reply.is_empty() => {
-                if was_active {
-                    self.mark_active(sweep).await?;
-                }
-                reply
-            }
-            Ok(reply) => reply,
-            Err(e) => {
-                if was_active {
-                    self.mark_active(sweep).await?;
-                }
-                return Err(e);
-            }
-        };
-        let key = self.keys.meta(sweep);
-        let field = |i: usize, name: &str| parse_num::<u64>(reply.get(i).map(String::as_str).unwrap_or(""), &key, name);
-        match reply.first().map(String::as_str) {
-            Some("deleted") => {
-                let _: () = conn.srem(self.keys.sweeps(), sweep).await.map_err(StoreError::redis("srem sweeps"))?;
-                let checkpoint_dir = reply.get(3).and_then(|path| checkpoint_dir_of(path, sweep));
-                let outcome = DeleteOutcome {
-                    keys_deleted: field(1, "keys_deleted")?,
-                    tasks_deleted: field(2, "tasks_deleted")?,
-                    cancelled,
-                    checkpoint_dir,
-                    leftovers_only: false,
-                };
-                info!(sweep = %sweep, keys = outcome.keys_deleted, tasks = outcome.tasks_deleted, "sweep deleted");
-                Ok(outcome)
-            }
-            Some("leftovers") => {
-                let _: () = conn.srem(self.keys.sweeps(), sweep).await.map_err(StoreError::redis("srem sweeps"))?;
-                let keys_deleted = field(1, "keys_deleted")?;
-                info!(sweep = %sweep, keys = keys_deleted, "leftovers of a deleted sweep removed");
-                Ok(DeleteOutcome { keys_deleted, leftovers_only: true, ..DeleteOutcome::default() })
-            }
-            Some("not_found") => {
-                let _: () = conn.srem(self.keys.sweeps(), sweep).await.map_err(StoreError::redis("srem sweeps"))?;
-                Err(StoreError::SweepNotFound { sweep: sweep.to_string() })
-            }
-            Some("unfinished") => Err(StoreError::SweepUnfinished {
-                sweep: sweep.to_string(),
-                pending: field(1, "pending")?,
-                leased: field(2, "leased")?,
-                running: field(3, "running")?,
-                selections: field(4, "selections")?,
-            }),
-            other => Err(StoreError::Corrupt {
-                key,
-                field: "delete_sweep reply".into(),
-                detail: format!("unexpected {other:?}"),
-            }),
-        }
-    }
-
-    /// Puts failed and/or cancelled tasks back to pending with a fresh budget and
-    /// re-activates the sweep. Returns how many were re-queued.
-    pub async fn retry_sweep(&self, sweep: &str, failed: bool, cancelled: bool) -> Result<u64, StoreError> {
-        self.require_sweep(sweep).await?;
-        let mut requeued = 0;
-        if failed {
-            requeued += self.move_back(sweep, "failed").await?;
-        }
-        if cancelled {
-            requeued += self.move_back(sweep, "cancelled").await?;
-        }
-        if failed || cancelled {
-            // Marks the sweep active even when nothing moved (un-cancels it).
-            if requeued == 0 {
-                let mut conn = self.conn.clone();
-                let _: () = conn
-                    .hset(self.keys.meta(sweep), "status", "active")
-                    .await
-                    .map_err(StoreError::redis("hset status"))?;
-            }
-            self.mark_active(sweep).await?;
-        }
-        info!(sweep = %sweep, requeued, failed, cancelled, "sweep retried");
-        Ok(requeued)
     }
 
     /// Records a worker's registration with the SHA-256 of `secret` (never the secret
@@ -1149,35 +992,18 @@ impl Store {
 
     async fn require_sweep(&self, sweep: &str) -> Result<(), StoreError> {
         validate_sweep_name(sweep)?;
-        let mut conn = self.conn.clone();
-        let exists: bool = conn.exists(self.keys.meta(sweep)).await.map_err(StoreError::redis("exists meta"))?;
-        if exists {
+        if self.has_meta(sweep).await? {
             Ok(())
         } else {
             Err(StoreError::SweepNotFound { sweep: sweep.to_string() })
         }
     }
 
-    /// Moves every task of `from` (failed | cancelled) back to pending, in batches.
-    async fn move_back(&self, sweep: &str, from: &str) -> Result<u64, StoreError> {
+    /// Whether the sweep has its meta hash: false for a sweep that is gone or whose delete
+    /// began (its meta is the tombstone `deleting` then).
+    async fn has_meta(&self, sweep: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        let mut moved = 0;
-        loop {
-            let reply: Vec<String> = SCRIPTS
-                .retry
-                .key(self.keys.sweep_base(sweep))
-                .arg(from)
-                .arg(self.options.bulk_batch.max(1))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(StoreError::redis("retry script"))?;
-            let key = self.keys.meta(sweep);
-            moved += parse_num::<u64>(reply.first().map(String::as_str).unwrap_or(""), &key, "moved")?;
-            if parse_num::<u64>(reply.get(1).map(String::as_str).unwrap_or(""), &key, "remaining")? == 0 {
-                break;
-            }
-        }
-        Ok(moved)
+        conn.exists(self.keys.meta(sweep)).await.map_err(StoreError::redis("exists meta"))
     }
 
     async fn mark_active(&self, sweep: &str) -> Result<(), StoreError> {
@@ -1191,16 +1017,19 @@ impl Store {
     async fn deactivate_if_idle(&self, sweep: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: () = conn.srem(self.keys.active(), sweep).await.map_err(StoreError::redis("srem active"))?;
-        let (counts, closed): (Vec<Option<i64>>, u64) = redis::pipe()
+        let (counts, closed, meta): (Vec<Option<i64>>, u64, bool) = redis::pipe()
             .cmd("HMGET")
             .arg(self.keys.counts(sweep))
             .arg(&["pending", "leased", "running"])
             .scard(self.keys.closed(sweep))
+            .exists(self.keys.meta(sweep))
             .query_async(&mut conn)
             .await
             .map_err(StoreError::redis("recheck idle sweep"))?;
         let in_flight: i64 = counts.into_iter().map(|c| c.unwrap_or(0)).sum();
-        if in_flight > 0 || closed > 0 {
+        // A sweep without meta (its delete began: the counts stay until its last batch)
+        // has no work to come back to.
+        if meta && (in_flight > 0 || closed > 0) {
             self.mark_active(sweep).await?;
         } else {
             debug!(sweep = %sweep, "sweep idle");

@@ -84,7 +84,12 @@ impl Store {
     /// waiting, that is missing from it is put back. A submit, retry or delete interrupted
     /// between its writes and its last step (the coordinator killed, the call timed out,
     /// an AOF tail lost) can leave work outside the set, where nothing would lease it.
-    /// Returns the sweeps put back.
+    /// Never put back: a sweep without meta (gone, or a delete under way: its tombstone
+    /// `deleting`, whose tasks are only waiting for `delete_batch`), nor a sweep whose
+    /// submission is still landing (submit marker) with nothing leased or running: its
+    /// submission marks it active once its last batch landed. A delete that begins while
+    /// a sweep is put back is caught by the check after the SADD (and the delete takes the
+    /// name out of the set again once its tombstone exists). Returns the sweeps put back.
     pub async fn repair_active(&self) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn.clone();
         let (known, active): (Vec<String>, Vec<String>) = redis::pipe()
@@ -98,20 +103,34 @@ impl Store {
             if super::validate_sweep_name(&sweep).is_err() {
                 continue;
             }
-            let (pending, leased, running, closed): (u64, u64, u64, u64) = redis::pipe()
-                .zcard(self.keys.state_index(&sweep, TaskState::Pending))
-                .zcard(self.keys.state_index(&sweep, TaskState::Leased))
-                .zcard(self.keys.state_index(&sweep, TaskState::Running))
-                .scard(self.keys.closed(&sweep))
-                .query_async(&mut conn)
-                .await
-                .map_err(StoreError::redis("read sweep work"))?;
-            if pending + leased + running + closed > 0 {
-                let _: () = conn.sadd(self.keys.active(), &sweep).await.map_err(StoreError::redis("sadd active"))?;
-                warn!(sweep = %sweep, pending, leased, running, selections = closed,
-                      "sweep with unfinished work was missing from the active set; put back");
-                repaired.push(sweep);
+            let (meta, pending, leased, running, closed): ((Option<String>, Option<String>), u64, u64, u64, u64) =
+                redis::pipe()
+                    .cmd("HMGET")
+                    .arg(self.keys.meta(&sweep))
+                    .arg(&["status", "submit_fp"])
+                    .zcard(self.keys.state_index(&sweep, TaskState::Pending))
+                    .zcard(self.keys.state_index(&sweep, TaskState::Leased))
+                    .zcard(self.keys.state_index(&sweep, TaskState::Running))
+                    .scard(self.keys.closed(&sweep))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(StoreError::redis("read sweep work"))?;
+            let (status, submit_marker) = meta;
+            if status.is_none() || (submit_marker.is_some() && leased + running == 0) {
+                continue;
             }
+            if pending + leased + running + closed == 0 {
+                continue;
+            }
+            let _: () = conn.sadd(self.keys.active(), &sweep).await.map_err(StoreError::redis("sadd active"))?;
+            if !self.has_meta(&sweep).await? {
+                // Deleted (or its delete began) since the read above: never active again.
+                let _: () = conn.srem(self.keys.active(), &sweep).await.map_err(StoreError::redis("srem active"))?;
+                continue;
+            }
+            warn!(sweep = %sweep, pending, leased, running, selections = closed,
+                  "sweep with unfinished work was missing from the active set; put back");
+            repaired.push(sweep);
         }
         Ok(repaired)
     }

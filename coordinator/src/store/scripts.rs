@@ -15,6 +15,7 @@ macro_rules! lua {
 pub(crate) struct Scripts {
     pub submit_meta: Script,
     pub submit_cells: Script,
+    pub submit_finish: Script,
     pub acquire: Script,
     pub renew: Script,
     pub complete: Script,
@@ -27,13 +28,15 @@ pub(crate) struct Scripts {
     pub touch_worker: Script,
     pub register_worker: Script,
     pub worker_auth: Script,
-    pub delete_sweep: Script,
+    pub delete_begin: Script,
+    pub delete_batch: Script,
     pub plane_beat: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     submit_meta: lua!("submit_meta.lua"),
     submit_cells: lua!("submit_cells.lua"),
+    submit_finish: lua!("submit_finish.lua"),
     acquire: lua!("acquire.lua"),
     renew: lua!("renew.lua"),
     complete: lua!("complete.lua"),
@@ -46,6 +49,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     touch_worker: lua!("touch_worker.lua"),
     register_worker: lua!("register_worker.lua"),
     worker_auth: lua!("worker_auth.lua"),
-    delete_sweep: lua!("delete_sweep.lua"),
+    delete_begin: lua!("delete_begin.lua"),
+    delete_batch: lua!("delete_batch.lua"),
     plane_beat: lua!("plane_beat.lua"),
 });

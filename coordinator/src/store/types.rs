@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// A setting whose value in a resubmitted file differs from what existing cells recorded:
+/// the dotted field in the cell spec, the recorded and the submitted value (JSON), cells.
+pub use tsweep_proto::v1::SettingChange;
+
 /// A task's state. `pending → leased → running → succeeded | failed | cancelled`;
 /// `failed` and `cancelled` go back to `pending` only by `retry_sweep` (or a resubmit of a
 /// cancelled sweep).
@@ -98,8 +102,10 @@ impl Default for StoreOptions {
             lease_ttl: Duration::from_secs(30),
             key_prefix: "tsweep".to_string(),
             max_lost_attempts: 20,
-            submit_batch: 1000,
-            bulk_batch: 1000,
+            // About 10 ms of Redis time per script on an idle core at either size
+            // (BENCHMARKS.md, "Big operations"): no call blocks Redis for long.
+            submit_batch: 250,
+            bulk_batch: 250,
             reconnect_min_delay: Duration::from_millis(50),
             reconnect_max_delay: Duration::from_secs(2),
             response_timeout: Duration::from_secs(10),
@@ -125,6 +131,61 @@ pub struct SubmitOutcome {
     pub reactivated: u64,
     /// Per (regime, stage): cells in the file and how many of them are new.
     pub per_stage: Vec<StageSubmitCount>,
+    /// Existing cells whose spec in the file differs from the recorded one (a setting
+    /// outside the cell's identity changed), and how many of them took the new spec
+    /// (`update`: cells that had not succeeded).
+    pub changed: u64,
+    pub updated: u64,
+    /// What differs, per (field, recorded, submitted) (at most [`MAX_SETTING_CHANGES`]).
+    pub changes: Vec<SettingChange>,
+}
+
+/// Distinct setting changes one submission reports (the cells are all counted).
+pub const MAX_SETTING_CHANGES: usize = 32;
+
+/// How far one bounded call of a submission got ([`super::Store::submit_part`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubmitPart {
+    pub sweep: String,
+    /// Cells in the file.
+    pub total: u64,
+    /// Where the next call starts; equals `total` once every cell is written.
+    pub next: u64,
+    /// Every batch landed and the submit marker is cleared.
+    pub complete: bool,
+    /// Cells an interrupted submission of the same file had written already (0: none);
+    /// this call went on from there.
+    pub resumed_at: u64,
+    /// Of the cells this call wrote: new ones, existing ones (same or changed spec).
+    pub added: u64,
+    pub existing: u64,
+    pub changed: u64,
+    pub updated: u64,
+    pub reactivated: u64,
+    pub changes: Vec<SettingChange>,
+    /// Cells in the file per (regime, stage), with the new ones of this call.
+    pub per_stage: Vec<StageSubmitCount>,
+}
+
+/// How far one bounded call of a cancel or retry got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BulkProgress {
+    /// Tasks moved by this call.
+    pub moved: u64,
+    /// Tasks still to move.
+    pub remaining: u64,
+    pub complete: bool,
+}
+
+/// Redis's memory against `maxmemory` (policy noeviction: writes over it are refused).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedisMemory {
+    /// What `maxmemory` is compared with (`used_memory` less replication and AOF buffers).
+    pub used_bytes: u64,
+    /// 0: no limit.
+    pub max_bytes: u64,
+    /// Commands Redis refused with `OOM` since it started (`INFO errorstats`).
+    pub refused_writes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +282,11 @@ pub struct DeleteOutcome {
     /// Only leftovers of an already deleted sweep were found (its metrics stream or
     /// progress hash, recreated by a worker that was still stopping).
     pub leftovers_only: bool,
+    /// Every key is gone; false: the delete stopped at its deadline, call again to go on
+    /// (the totals above count everything since the delete began).
+    pub complete: bool,
+    /// Tasks the sweep had when the delete began.
+    pub tasks_total: u64,
 }
 
 /// A control-plane outage: the gap between two liveness beats that was longer than

@@ -1,20 +1,22 @@
 //! From the parsed file to validated cells.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 use tsweep_proto::arch::Normalize;
 use tsweep_proto::cell::{
-    CellSpec, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Precision, Regime, Stage, TrainSettings,
+    DatasetFormat, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Precision, Regime, TrainSettings,
     ValPolicy, DEFAULT_STALL_TIMEOUT_S,
 };
+use tsweep_proto::limits::{MAX_CELL_SPEC_BYTES, MAX_SWEEPFILE_NAME_BYTES};
 
 use super::axis::{Axis, AxisError};
 use super::location::SourceText;
+use super::plan::{file_fingerprint, GridModel, Points, RegimeGrid, SweepPlan};
 use super::schema::{DatasetEntry, ModelEntry, NormalizeEntry, RegimeSection, Schedule, Settings, SweepFile};
-use super::{task_id, Cell, ExpandedSweep, SweepFileError, SweepSettings, HARD_MAX_CELLS, MAX_CELLS};
+use super::{SweepFileError, SweepSettings, HARD_MAX_CELLS, MAX_CELLS};
 
 mod pretrain;
 
@@ -22,19 +24,35 @@ use pretrain::PretrainPlan;
 
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 const DEFAULT_IMAGE_SIZE: u32 = 224;
-/// Longest sweep, model or dataset name (they become Redis keys and directory names).
-const MAX_NAME_LEN: usize = 100;
+/// Longest sweep, model, dataset or pretrain entry name, and longest model name a
+/// pretrain setting makes (they become Redis keys and directory names).
+const MAX_NAME_LEN: usize = MAX_SWEEPFILE_NAME_BYTES;
 /// Held-out validation when a dataset does not say: 10% of train, stratified, seed 0.
 const DEFAULT_HELD_OUT_FRACTION: f64 = 0.1;
+/// Model input resolutions a cell may ask for (`image_size`, `eval_resize`).
+pub const IMAGE_SIZE_RANGE: std::ops::RangeInclusive<u32> = 16..=1024;
+/// Training steps of one cell.
+pub const MAX_STEPS: u64 = 10_000_000;
+/// Images per training batch.
+pub const MAX_BATCH_SIZE: u32 = 65_536;
+/// GPUs one cell may ask for (one worker runs it: the GPUs of one machine).
+pub const MAX_GPUS: u32 = 16;
+/// Data-loader threads of one cell.
+pub const MAX_LOADER_THREADS: u32 = 256;
+/// L-BFGS iterations per L2 path point.
+pub const MAX_LBFGS_ITER: u32 = 100_000;
+/// Room left in the cell-size check for hyperparameter values and seeds of other lengths
+/// than the representative cell's (each number's JSON is at most 24 characters).
+const CELL_SIZE_SLACK: usize = 128;
 /// Longest `stall_timeout_s` / `max_runtime_s`: 30 days.
-const MAX_LIMIT_S: u64 = 30 * 24 * 3600;
+pub const MAX_LIMIT_S: u64 = 30 * 24 * 3600;
 
-pub(super) fn parse_and_expand(
+pub(super) fn parse_plan(
     text: &str,
     file_name: &str,
     base_dir: &Path,
     allow_huge: bool,
-) -> Result<ExpandedSweep, SweepFileError> {
+) -> Result<SweepPlan, SweepFileError> {
     let src = SourceText { file: file_name, text };
     let file: SweepFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
@@ -49,7 +67,8 @@ pub(super) fn parse_and_expand(
         Some(root) => base_dir.join(root),
         None => base_dir.to_path_buf(),
     };
-    Expander { src, base_dir: &root }.expand(file, allow_huge)
+    let fingerprint = file_fingerprint(text, base_dir);
+    Expander { src, base_dir: &root }.plan_sweep(file, allow_huge, fingerprint)
 }
 
 struct Expander<'a> {
@@ -69,6 +88,8 @@ struct RegimePlan<'f> {
     precision: Precision,
     gpus: u32,
     fake: Option<FakeSettings>,
+    /// Where the linear regime's `l2` axis is written (for the cell-size check).
+    l2_span: Option<Range<usize>>,
 }
 
 impl<'a> Expander<'a> {
@@ -114,7 +135,7 @@ impl<'a> Expander<'a> {
         }
     }
 
-    fn expand(&self, file: SweepFile, allow_huge: bool) -> Result<ExpandedSweep, SweepFileError> {
+    fn plan_sweep(&self, file: SweepFile, allow_huge: bool, fingerprint: String) -> Result<SweepPlan, SweepFileError> {
         self.check_name(&file.name, "name", "sweep name")?;
         let max_attempts = match &file.max_attempts {
             Some(m) if *m.get_ref() == 0 => {
@@ -183,43 +204,96 @@ impl<'a> Expander<'a> {
         check_size(self.src.file, total.saturating_add(pretrains.cell_count()), allow_huge)?;
 
         // Pretrain cells first: their dependents are written after them.
-        let mut cells = pretrains.cells();
-        cells.reserve(total as usize);
-        for plan in &plans {
-            for model in &plan.models {
-                let source = pretrains.source_of(model.name.get_ref());
-                let variants = match pretrains.transfer_models(model.name.get_ref(), plan.regime) {
-                    Some(variants) => variants,
-                    None => vec![(self.model_spec(model, plan.regime), None)],
-                };
-                for (model_spec, after) in variants {
-                    // A pretrained model is not transferred to its own source dataset.
-                    for dataset in plan.datasets.iter().filter(|d| Some(d.name.get_ref().as_str()) != source) {
-                        let dataset_spec = self.dataset_spec(dataset);
-                        for &seed in &seeds {
-                            for hparams in plan.points.iter() {
-                                let spec = CellSpec {
-                                    sweep: name.clone(),
-                                    stage: Stage::Grid,
-                                    regime: plan.regime,
-                                    model: model_spec.clone(),
-                                    dataset: dataset_spec.clone(),
-                                    hparams,
-                                    train: plan.train.clone(),
-                                    seed,
-                                    precision: model.precision.unwrap_or(plan.precision),
-                                    gpus: plan.gpus,
-                                    max_attempts,
-                                    fake: plan.fake.clone(),
-                                };
-                                cells.push(Cell { id: task_id(&spec), spec, after: after.clone() });
-                            }
-                        }
+        let mut sweep = SweepPlan {
+            name,
+            settings: SweepSettings { max_attempts },
+            seeds,
+            pretrains: pretrains.cells(),
+            grids: Vec::with_capacity(plans.len()),
+            fingerprint,
+        };
+        // One grid per (regime, model entry): a pretrained model stands for one model per
+        // pretrain setting and is not transferred to its own source dataset.
+        for plan in plans {
+            for entry in &plan.models {
+                let model_name = entry.name.get_ref();
+                let precision = entry.precision.unwrap_or(plan.precision);
+                let models: Vec<GridModel> = match pretrains.transfer_models(model_name, plan.regime) {
+                    Some(variants) => {
+                        variants.into_iter().map(|(spec, after)| GridModel { spec, precision, after }).collect()
                     }
-                }
+                    None => vec![GridModel { spec: self.model_spec(entry, plan.regime), precision, after: None }],
+                };
+                let source = pretrains.source_of(model_name);
+                let grid = RegimeGrid {
+                    regime: plan.regime,
+                    models,
+                    datasets: plan
+                        .datasets
+                        .iter()
+                        .filter(|d| Some(d.name.get_ref().as_str()) != source)
+                        .map(|d| self.dataset_spec(d))
+                        .collect(),
+                    points: plan.points.clone(),
+                    train: plan.train.clone(),
+                    gpus: plan.gpus,
+                    fake: plan.fake.clone(),
+                };
+                self.check_cell_size(&sweep, &grid, entry, plan.l2_span.as_ref())?;
+                sweep.grids.push(grid);
             }
         }
-        Ok(ExpandedSweep { name, settings: SweepSettings { max_attempts }, cells })
+        Ok(sweep)
+    }
+
+    /// Refuses cells larger than [`MAX_CELL_SPEC_BYTES`] (a worker receives its cell in one
+    /// gRPC message, and a `ListTasks` page carries up to 1,000 of them), measured on one
+    /// cell per (model, dataset) with the largest seed: the other cells differ only in
+    /// their numbers.
+    fn check_cell_size(
+        &self,
+        sweep: &SweepPlan,
+        grid: &RegimeGrid,
+        entry: &ModelEntry,
+        l2_span: Option<&Range<usize>>,
+    ) -> Result<(), SweepFileError> {
+        let seed = sweep.seeds.iter().copied().max().unwrap_or(0);
+        for model in &grid.models {
+            for dataset in &grid.datasets {
+                let spec = sweep.spec(grid, model, dataset, seed, grid.points.get(0));
+                let size = spec.to_json().map(|json| json.len()).unwrap_or(usize::MAX).saturating_add(CELL_SIZE_SLACK);
+                if size <= MAX_CELL_SPEC_BYTES {
+                    continue;
+                }
+                let prefix = format!("regimes.{}", grid.regime.name());
+                let limit = format!(
+                    "more than the {} KiB a cell may be (a worker receives its cell in one message)",
+                    MAX_CELL_SPEC_BYTES / 1024
+                );
+                let path_bytes = serde_json::to_string(&grid.train.l2_path).map_or(0, |json| json.len());
+                return Err(match l2_span {
+                    Some(span) if path_bytes > MAX_CELL_SPEC_BYTES / 2 => self.invalid(
+                        span,
+                        &format!("{prefix}.l2"),
+                        format!(
+                            "the L2 path has {} points: each cell would be {size} bytes, {limit}; use fewer points",
+                            grid.train.l2_path.len()
+                        ),
+                    ),
+                    _ => self.invalid(
+                        &entry.name.span(),
+                        "models",
+                        format!(
+                            "the {} cell of model {:?} on dataset {:?} would be {size} bytes, {limit}",
+                            grid.regime.name(),
+                            model.spec.name,
+                            dataset.name
+                        ),
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn check_models(&self, models: &[Spanned<ModelEntry>]) -> Result<(), SweepFileError> {
@@ -252,8 +326,26 @@ impl<'a> Expander<'a> {
                 ));
             }
             if let Some(arch) = &model.arch {
-                if arch.trim().is_empty() {
-                    return Err(self.invalid(&entry.span(), "models.arch", "is empty"));
+                if arch.get_ref().trim().is_empty() {
+                    return Err(self.invalid(&arch.span(), "models.arch", "is empty"));
+                }
+            }
+            // (a model with `pretrain` takes its architecture from that entry)
+            if model.source == Some(ModelSource::Builtin) && model.pretrain.is_none() {
+                let (arch, span, field) = match &model.arch {
+                    Some(arch) => (arch.get_ref(), arch.span(), "models.arch"),
+                    None => (model.name.get_ref(), model.name.span(), "models.name"),
+                };
+                if tsweep_proto::arch::lookup(arch).is_none() {
+                    let given = if model.arch.is_some() { "" } else { " (the model's name, as `arch` is not set)" };
+                    return Err(self.invalid(
+                        &span,
+                        field,
+                        format!(
+                            "unknown builtin architecture {arch:?}{given}; builtin: {}; or use source = \"torchscript\"",
+                            tsweep_proto::arch::known_names()
+                        ),
+                    ));
                 }
             }
             if let Some(top1) = &model.imagenet_top1 {
@@ -267,8 +359,17 @@ impl<'a> Expander<'a> {
                 }
             }
             if let Some(size) = &model.image_size {
-                if *size.get_ref() == 0 {
-                    return Err(self.invalid(&size.span(), "models.image_size", "must be at least 1"));
+                if !IMAGE_SIZE_RANGE.contains(size.get_ref()) {
+                    return Err(self.invalid(
+                        &size.span(),
+                        "models.image_size",
+                        format!(
+                            "{} is out of range: {} to {} pixels",
+                            size.get_ref(),
+                            IMAGE_SIZE_RANGE.start(),
+                            IMAGE_SIZE_RANGE.end()
+                        ),
+                    ));
                 }
             }
             if let Some(normalize) = &model.normalize {
@@ -314,6 +415,11 @@ impl<'a> Expander<'a> {
             if let Some(n) = &dataset.num_classes {
                 if *n.get_ref() < 2 {
                     return Err(self.invalid(&n.span(), "datasets.num_classes", "must be at least 2"));
+                }
+            }
+            if let Some(metric) = &dataset.metric {
+                if let Some(problem) = metric_misfit(dataset.format, *metric.get_ref()) {
+                    return Err(self.invalid(&metric.span(), "datasets.metric", problem));
                 }
             }
             if let Some(val) = &dataset.val {
@@ -371,6 +477,13 @@ impl<'a> Expander<'a> {
             }
         }
         if let Some(resize) = &settings.eval_resize {
+            if *resize.get_ref() > *IMAGE_SIZE_RANGE.end() * 2 {
+                return Err(self.invalid(
+                    &resize.span(),
+                    &format!("{prefix}.eval_resize"),
+                    format!("{} is out of range: at most {} pixels", resize.get_ref(), IMAGE_SIZE_RANGE.end() * 2),
+                ));
+            }
             if let Some(model) =
                 models.iter().find(|m| pretrains.image_size(m).unwrap_or_else(|| image_size(m)) > *resize.get_ref())
             {
@@ -381,6 +494,7 @@ impl<'a> Expander<'a> {
                 ));
             }
         }
+        let gpus = self.gpus(&settings, &prefix)?;
         Ok(RegimePlan {
             regime,
             models,
@@ -388,9 +502,23 @@ impl<'a> Expander<'a> {
             points,
             train,
             precision: settings.precision.unwrap_or_default(),
-            gpus: settings.gpus.unwrap_or(1),
+            gpus,
             fake: body.fake.clone().or_else(|| file.fake.clone()),
+            l2_span: body.l2.as_ref().map(|l2| l2.span()),
         })
+    }
+
+    /// The GPUs a section's cells ask for (default 1), at most [`MAX_GPUS`].
+    fn gpus(&self, settings: &Settings, prefix: &str) -> Result<u32, SweepFileError> {
+        match &settings.gpus {
+            Some(g) if *g.get_ref() > MAX_GPUS => Err(self.invalid(
+                &g.span(),
+                &format!("{prefix}.gpus"),
+                format!("{} is out of range: 0 to {MAX_GPUS} (the GPUs of one worker)", g.get_ref()),
+            )),
+            Some(g) => Ok(*g.get_ref()),
+            None => Ok(1),
+        }
     }
 
     /// The entries a regime's `models = [...]` / `datasets = [...]` selects (all when absent).
@@ -516,10 +644,27 @@ impl<'a> Expander<'a> {
             let span = settings.steps.as_ref().map_or(section.clone(), |s| s.span());
             return Err(self.invalid(&span, &format!("{prefix}.steps"), "must be at least 1"));
         }
+        if steps > MAX_STEPS {
+            let span = settings.steps.as_ref().map_or(section.clone(), |s| s.span());
+            return Err(self.invalid(&span, &format!("{prefix}.steps"), format!("{steps} is more than {MAX_STEPS}")));
+        }
         let batch_size = settings.batch_size.as_ref().map_or(256, |b| *b.get_ref());
-        if batch_size == 0 {
+        if batch_size == 0 || batch_size > MAX_BATCH_SIZE {
             let span = settings.batch_size.as_ref().map_or(section.clone(), |b| b.span());
-            return Err(self.invalid(&span, &format!("{prefix}.batch_size"), "must be at least 1"));
+            return Err(self.invalid(
+                &span,
+                &format!("{prefix}.batch_size"),
+                format!("{batch_size} is out of range: 1 to {MAX_BATCH_SIZE}"),
+            ));
+        }
+        let loader_threads = settings.loader_threads.as_ref().map_or(4, |t| *t.get_ref());
+        if loader_threads == 0 || loader_threads > MAX_LOADER_THREADS {
+            let span = settings.loader_threads.as_ref().map_or(section.clone(), |t| t.span());
+            return Err(self.invalid(
+                &span,
+                &format!("{prefix}.loader_threads"),
+                format!("{loader_threads} is out of range: 1 to {MAX_LOADER_THREADS}"),
+            ));
         }
         let momentum = settings.momentum.as_ref().map_or(0.9, |m| *m.get_ref());
         if !(0.0..1.0).contains(&momentum) {
@@ -538,9 +683,13 @@ impl<'a> Expander<'a> {
             None => None,
         };
         let lbfgs_max_iter = settings.lbfgs_max_iter.as_ref().map_or(100, |l| *l.get_ref());
-        if lbfgs_max_iter == 0 {
+        if lbfgs_max_iter == 0 || lbfgs_max_iter > MAX_LBFGS_ITER {
             let span = settings.lbfgs_max_iter.as_ref().map_or(section.clone(), |l| l.span());
-            return Err(self.invalid(&span, &format!("{prefix}.lbfgs_max_iter"), "must be at least 1"));
+            return Err(self.invalid(
+                &span,
+                &format!("{prefix}.lbfgs_max_iter"),
+                format!("{lbfgs_max_iter} is out of range: 1 to {MAX_LBFGS_ITER}"),
+            ));
         }
         let stall_timeout_s = settings.stall_timeout_s.as_ref().map_or(DEFAULT_STALL_TIMEOUT_S, |s| *s.get_ref());
         if !(1..=MAX_LIMIT_S).contains(&stall_timeout_s) {
@@ -548,7 +697,7 @@ impl<'a> Expander<'a> {
             return Err(self.invalid(
                 &span,
                 &format!("{prefix}.stall_timeout_s"),
-                format!("{stall_timeout_s} is not in [1, {MAX_LIMIT_S}] seconds"),
+                format!("{stall_timeout_s} is out of range: 1 to {MAX_LIMIT_S} seconds"),
             ));
         }
         let max_runtime_s = match &settings.max_runtime_s {
@@ -556,7 +705,7 @@ impl<'a> Expander<'a> {
                 return Err(self.invalid(
                     &m.span(),
                     &format!("{prefix}.max_runtime_s"),
-                    format!("{} is not in [1, {MAX_LIMIT_S}] seconds", m.get_ref()),
+                    format!("{} is out of range: 1 to {MAX_LIMIT_S} seconds", m.get_ref()),
                 ));
             }
             Some(m) => Some(*m.get_ref()),
@@ -572,7 +721,7 @@ impl<'a> Expander<'a> {
             eval_every: settings.eval_every.unwrap_or(0),
             checkpoint_every: settings.checkpoint_every.unwrap_or(1000),
             eval_resize: settings.eval_resize.as_ref().map(|r| *r.get_ref()),
-            loader_threads: settings.loader_threads.unwrap_or(4),
+            loader_threads,
             l2_path,
             lbfgs_max_iter,
             stall_timeout_s,
@@ -588,7 +737,7 @@ impl<'a> Expander<'a> {
             (Regime::Scratch, ModelSource::Builtin) => None,
             _ => model.weights.as_deref().map(|w| self.resolve(w)),
         };
-        let arch = model.arch.clone().unwrap_or_else(|| model.name.get_ref().clone());
+        let arch = model.arch.as_ref().map_or_else(|| model.name.get_ref().clone(), |a| a.get_ref().clone());
         let normalize = match &model.normalize {
             // check_normalize has made sure there are three of each
             Some(n) => Normalize { mean: triple(n.get_ref().mean.get_ref()), std: triple(n.get_ref().std.get_ref()) },
@@ -611,7 +760,7 @@ impl<'a> Expander<'a> {
             name: dataset.name.get_ref().clone(),
             format: dataset.format,
             path: self.resolve(&dataset.path),
-            metric: dataset.metric.unwrap_or(Metric::Top1),
+            metric: dataset.metric.as_ref().map_or_else(|| default_metric(dataset.format), |m| *m.get_ref()),
             val: dataset
                 .val
                 .as_ref()
@@ -628,36 +777,6 @@ fn triple(values: &[f64]) -> [f64; 3] {
     [at(0), at(1), at(2)]
 }
 
-/// A regime's grid, kept as its axes so that its size is known before anything is built.
-struct Points {
-    /// Finetune / scratch axes (empty for linear).
-    lrs: Vec<f64>,
-    weight_decays: Vec<f64>,
-    /// Linear: the L2 path of its single task.
-    l2_path: Vec<f64>,
-}
-
-impl Points {
-    fn count(&self) -> usize {
-        if self.lrs.is_empty() {
-            1
-        } else {
-            self.lrs.len() * self.weight_decays.len()
-        }
-    }
-
-    /// Each grid point's hparams, lr-major (linear: one empty map).
-    fn iter(&self) -> impl Iterator<Item = BTreeMap<String, f64>> + '_ {
-        let linear = self.lrs.is_empty().then(BTreeMap::new);
-        let grid = self.lrs.iter().flat_map(move |&lr| {
-            self.weight_decays
-                .iter()
-                .map(move |&wd| BTreeMap::from([("lr".to_string(), lr), ("weight_decay".to_string(), wd)]))
-        });
-        linear.into_iter().chain(grid)
-    }
-}
-
 /// A `[[models]]` entry's input resolution.
 fn image_size(model: &ModelEntry) -> u32 {
     model.image_size.as_ref().map_or(DEFAULT_IMAGE_SIZE, |s| *s.get_ref())
@@ -669,6 +788,37 @@ fn default_steps(regime: Regime) -> u64 {
         Regime::Linear => 0,
         Regime::Finetune => 20_000,
         Regime::Scratch => 40_000,
+    }
+}
+
+/// The metric a dataset gets when it does not say: 11-point mAP for multi-label lists,
+/// top-1 otherwise.
+fn default_metric(format: DatasetFormat) -> Metric {
+    match format {
+        DatasetFormat::MultilabelList => Metric::Map11,
+        _ => Metric::Top1,
+    }
+}
+
+/// Why `metric` cannot score a dataset of `format`, if it cannot. A prepared directory
+/// says whether it is multi-label only in its manifest, which the worker reads.
+fn metric_misfit(format: DatasetFormat, metric: Metric) -> Option<String> {
+    let single_label = matches!(format, DatasetFormat::Imagefolder | DatasetFormat::CifarBinary);
+    let format_name = match format {
+        DatasetFormat::Imagefolder => "imagefolder",
+        DatasetFormat::CifarBinary => "cifar-binary",
+        DatasetFormat::MultilabelList => "multilabel-list",
+        DatasetFormat::Prepared => return None,
+    };
+    match (single_label, metric) {
+        (true, Metric::Map11) => Some(format!(
+            "map11 (multi-label mean average precision) does not fit the single-label format {format_name}; use top1 or mean_per_class"
+        )),
+        (false, Metric::Top1 | Metric::MeanPerClass) => Some(format!(
+            "{} is a single-label metric and does not fit the multi-label format {format_name}; use map11",
+            metric.name()
+        )),
+        _ => None,
     }
 }
 

@@ -8,6 +8,7 @@ mod axis;
 mod expand;
 mod identity;
 mod location;
+mod plan;
 mod schema;
 
 use std::path::Path;
@@ -15,8 +16,10 @@ use std::path::Path;
 use tsweep_proto::cell::{CellSpec, Regime, Stage};
 
 pub use axis::{Axis, AxisError};
+pub use expand::{IMAGE_SIZE_RANGE, MAX_BATCH_SIZE, MAX_GPUS, MAX_LBFGS_ITER, MAX_LOADER_THREADS, MAX_STEPS};
 pub use identity::identity_json;
 pub use location::Location;
+pub use plan::{SweepCells, SweepPlan};
 
 /// Grids larger than this are refused unless the caller passes `allow_huge`.
 pub const MAX_CELLS: u64 = 1_000_000;
@@ -134,14 +137,22 @@ pub enum SweepFileError {
     TooLarge { file: String, cells: u64, limit: u64 },
 }
 
-/// Parses a sweep file and expands its grid. `base_dir` resolves relative paths.
+/// Parses and validates a sweep file without building its cells: the plan builds any cell
+/// from its index (bounded memory whatever the grid size). `base_dir` resolves relative
+/// paths.
+pub fn parse_plan(text: &str, file_name: &str, base_dir: &Path, allow_huge: bool) -> Result<SweepPlan, SweepFileError> {
+    expand::parse_plan(text, file_name, base_dir, allow_huge)
+}
+
+/// Parses a sweep file and expands its whole grid in memory ([`parse_plan`], then
+/// [`SweepPlan::expand`]).
 pub fn parse_and_expand(
     text: &str,
     file_name: &str,
     base_dir: &Path,
     allow_huge: bool,
 ) -> Result<ExpandedSweep, SweepFileError> {
-    expand::parse_and_expand(text, file_name, base_dir, allow_huge)
+    parse_plan(text, file_name, base_dir, allow_huge).map(|plan| plan.expand())
 }
 
 /// The cell's identity: hash of (sweep, stage, model, dataset, regime, hparams, seed).

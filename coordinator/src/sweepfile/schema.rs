@@ -44,7 +44,7 @@ pub(crate) struct ModelEntry {
     /// Required, except with `pretrain` (the backbone is builtin, from that entry).
     pub source: Option<ModelSource>,
     /// Builtin architecture (resnet50, ...); defaults to the model's name.
-    pub arch: Option<String>,
+    pub arch: Option<Spanned<String>>,
     /// The `[[pretrain]]` entry whose trained backbones this model stands for: one model
     /// per grid point of that entry, instead of `weights`.
     pub pretrain: Option<Spanned<String>>,
@@ -71,7 +71,7 @@ pub(crate) struct DatasetEntry {
     pub name: Spanned<String>,
     pub format: DatasetFormat,
     pub path: PathBuf,
-    pub metric: Option<Metric>,
+    pub metric: Option<Spanned<Metric>>,
     pub val: Option<Spanned<ValPolicy>>,
     pub num_classes: Option<Spanned<u32>>,
 }
@@ -120,9 +120,9 @@ macro_rules! settings_struct {
             pub eval_every: Option<u64>,
             pub checkpoint_every: Option<u64>,
             pub eval_resize: Option<Spanned<u32>>,
-            pub loader_threads: Option<u32>,
+            pub loader_threads: Option<Spanned<u32>>,
             pub lbfgs_max_iter: Option<Spanned<u32>>,
-            pub gpus: Option<u32>,
+            pub gpus: Option<Spanned<u32>>,
             pub stall_timeout_s: Option<Spanned<u64>>,
             pub max_runtime_s: Option<Spanned<u64>>,
             pub precision: Option<Precision>,
@@ -142,9 +142,9 @@ macro_rules! settings_struct {
                     eval_every: self.eval_every,
                     checkpoint_every: self.checkpoint_every,
                     eval_resize: self.eval_resize.clone(),
-                    loader_threads: self.loader_threads,
+                    loader_threads: self.loader_threads.clone(),
                     lbfgs_max_iter: self.lbfgs_max_iter.clone(),
-                    gpus: self.gpus,
+                    gpus: self.gpus.clone(),
                     stall_timeout_s: self.stall_timeout_s.clone(),
                     max_runtime_s: self.max_runtime_s.clone(),
                     precision: self.precision,
@@ -220,9 +220,9 @@ impl Settings {
             eval_every: over.eval_every.or(self.eval_every),
             checkpoint_every: over.checkpoint_every.or(self.checkpoint_every),
             eval_resize: over.eval_resize.clone().or_else(|| self.eval_resize.clone()),
-            loader_threads: over.loader_threads.or(self.loader_threads),
+            loader_threads: over.loader_threads.clone().or_else(|| self.loader_threads.clone()),
             lbfgs_max_iter: over.lbfgs_max_iter.clone().or_else(|| self.lbfgs_max_iter.clone()),
-            gpus: over.gpus.or(self.gpus),
+            gpus: over.gpus.clone().or_else(|| self.gpus.clone()),
             stall_timeout_s: over.stall_timeout_s.clone().or_else(|| self.stall_timeout_s.clone()),
             max_runtime_s: over.max_runtime_s.clone().or_else(|| self.max_runtime_s.clone()),
             precision: over.precision.or(self.precision),

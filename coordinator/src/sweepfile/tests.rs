@@ -79,7 +79,7 @@ fn expands_every_regime_with_counts_and_filled_specs() {
     let count = |r: Regime| sweep.cells.iter().filter(|c| c.spec.regime == r).count();
     assert_eq!(count(Regime::Linear), 2 * 2);
     assert_eq!(count(Regime::Finetune), 2 * 2 * 7 * 8);
-    assert_eq!(count(Regime::Scratch), 2 * 2, "one model, two datasets, two lrs");
+    assert_eq!(count(Regime::Scratch), 2 * 2, "one model x 2 datasets x 2 lr");
     assert_eq!(
         sweep.stage_counts(),
         vec![
@@ -323,6 +323,75 @@ fn semantic_errors_point_at_their_line() {
 }
 
 #[test]
+fn the_plan_builds_any_cell_from_its_index_as_the_expansion_does() {
+    let plan = parse_plan(SMALL, "sweep.toml", Path::new("/base"), false).unwrap();
+    let sweep = plan.expand();
+    assert_eq!(plan.total(), sweep.cells.len() as u64);
+    assert_eq!(plan.stage_counts(), sweep.stage_counts(), "counted from the axes, the same as from the cells");
+    for index in [0, 1, 3, 4, 5, 100, 227, 231] {
+        assert_eq!(plan.cell(index).as_ref(), sweep.cells.get(index as usize), "cell {index}");
+    }
+    assert_eq!(plan.cell(plan.total()), None);
+    let batch: Vec<Cell> = plan.cells(220..1000).collect();
+    assert_eq!(batch.as_slice(), &sweep.cells[220..], "a range past the end is clamped");
+    // The fingerprint follows the file and the directory its paths resolve against.
+    let same = parse_plan(SMALL, "other-name.toml", Path::new("/base"), false).unwrap();
+    let moved = parse_plan(SMALL, "sweep.toml", Path::new("/elsewhere"), false).unwrap();
+    assert_eq!(SweepCells::fingerprint(&plan), SweepCells::fingerprint(&same));
+    assert_ne!(SweepCells::fingerprint(&plan), SweepCells::fingerprint(&moved));
+}
+
+#[test]
+fn submit_checks_architecture_sizes_and_metrics() {
+    let msg = error(&SMALL.replace("name = \"mobilenet_v2\"", "name = \"mobilenet_v2\"\narch = \"resnet5000\""));
+    assert!(
+        msg.contains("models.arch: unknown builtin architecture \"resnet5000\"; builtin: resnet18, resnet34"),
+        "{msg}"
+    );
+    let torchscript = SMALL.replace(
+        "name = \"mobilenet_v2\"\nsource = \"builtin\"",
+        "name = \"mobilenet_v2\"\nsource = \"torchscript\"\narch = \"anything\"\nweights = \"m.pt\"",
+    );
+    assert!(expand(&torchscript).is_ok(), "a torchscript module names its own architecture");
+    let msg = error(&SMALL.replace("image_size = 32\n\n[[models]]", "image_size = 0\n\n[[models]]"));
+    assert!(msg.contains("models.image_size: 0 is out of range: 16 to 1024 pixels"), "{msg}");
+    let msg = error(&SMALL.replace("metric = \"mean_per_class\"", "metric = \"map11\""));
+    assert!(msg.contains("datasets.metric: map11 (multi-label mean average precision) does not fit the single-label format cifar-binary"), "{msg}");
+    let multilabel = SMALL.replace("format = \"imagefolder\"", "format = \"multilabel-list\"");
+    let sweep = expand(&multilabel).unwrap();
+    let voc = sweep.cells.iter().find(|c| c.spec.dataset.name == "shapes").unwrap();
+    assert_eq!(voc.spec.dataset.metric, Metric::Map11, "multi-label lists default to 11-point mAP");
+    let msg =
+        error(&multilabel.replace("val = { kind = \"official\" }", "val = { kind = \"official\" }\nmetric = \"top1\""));
+    assert!(
+        msg.contains("top1 is a single-label metric and does not fit the multi-label format multilabel-list"),
+        "{msg}"
+    );
+    let msg = error(&SMALL.replace("gpus = 0", "gpus = 17"));
+    assert!(msg.contains("regimes.linear.gpus: 17 is out of range: 0 to 16"), "{msg}");
+    let msg = error(&SMALL.replace("batch_size = 8", "batch_size = 0"));
+    assert!(msg.contains("regimes.linear.batch_size: 0 is out of range: 1 to 65536"), "{msg}");
+    let msg = error(&SMALL.replace("steps = 100\n", "steps = 10000001\n"));
+    assert!(msg.contains("regimes.finetune.steps: 10000001 is more than 10000000"), "{msg}");
+}
+
+#[test]
+fn a_cell_larger_than_a_worker_receives_is_refused_at_its_axis() {
+    let long = SMALL.replace("l2 = { logspace = [-6, 5, 45] }", "l2 = { logspace = [-6, 5, 20000] }");
+    let msg = error(&long);
+    let line = line_of(SMALL, "l2 = { logspace = [-6, 5, 45] }");
+    assert!(
+        msg.starts_with(&format!(
+            "sweep.toml:{line}:6: regimes.linear.l2: the L2 path has 20000 points: each cell would be"
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("more than the 64 KiB a cell may be"), "{msg}");
+    let fits = SMALL.replace("l2 = { logspace = [-6, 5, 45] }", "l2 = { logspace = [-6, 5, 2000] }");
+    assert!(expand(&fits).is_ok());
+}
+
+#[test]
 fn attempt_limits_default_override_per_regime_and_are_checked_with_their_line() {
     let sweep = expand(&SMALL.replace("steps = 100\n", "steps = 100\nstall_timeout_s = 7200\nmax_runtime_s = 86400\n"))
         .unwrap();
@@ -340,11 +409,11 @@ fn attempt_limits_default_override_per_regime_and_are_checked_with_their_line() 
     let msg = error(&zero);
     let line = line_of(&zero, "stall_timeout_s = 0");
     assert!(msg.starts_with(&format!("sweep.toml:{line}:")), "{msg}");
-    assert!(msg.contains("regimes.finetune.stall_timeout_s: 0 is not in [1, 2592000] seconds"), "{msg}");
+    assert!(msg.contains("regimes.finetune.stall_timeout_s: 0 is out of range: 1 to 2592000 seconds"), "{msg}");
     let huge = SMALL.replace("steps = 100\n", "steps = 100\nmax_runtime_s = 99999999\n");
     let msg = error(&huge);
     assert!(msg.contains(&format!("sweep.toml:{}:", line_of(&huge, "max_runtime_s"))), "{msg}");
-    assert!(msg.contains("regimes.finetune.max_runtime_s: 99999999 is not in [1, 2592000] seconds"), "{msg}");
+    assert!(msg.contains("regimes.finetune.max_runtime_s: 99999999 is out of range: 1 to 2592000 seconds"), "{msg}");
     let msg = error(&SMALL.replace("steps = 100\n", "steps = 100\nstall_timeout_s = \"30m\"\n"));
     assert!(msg.contains("stall_timeout_s"), "{msg}");
 }

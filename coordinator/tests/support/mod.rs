@@ -4,9 +4,10 @@
 
 #![allow(dead_code)] // each test file uses a part
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use tsweep_coordinator::store::Store;
 use tsweep_coordinator::sweepfile::{task_id, Cell};
 use tsweep_proto::cell::{
     CellSpec, DatasetFormat, DatasetSpec, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings, ValPolicy,
@@ -104,4 +105,27 @@ weight_decay = [0.0001]
 "#,
         lrs.join(", ")
     )
+}
+
+/// Every key matching `pattern`, found with SCAN.
+pub async fn scan(store: &Store, pattern: &str) -> BTreeSet<String> {
+    let mut conn = store.connection();
+    let mut cursor: u64 = 0;
+    let mut keys = BTreeSet::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
 }

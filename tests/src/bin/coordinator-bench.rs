@@ -99,6 +99,7 @@ async fn submit_bench_sweep(url: &str, sweep: &str, cells: usize) -> Result<u64>
             file_name: format!("{sweep}.toml"),
             base_dir: "/".into(),
             allow_huge: false,
+            ..Default::default()
         })
         .await
         .context("submitting the bench sweep")?

@@ -308,6 +308,7 @@ async fn submit(url: &str, sweep: &str, cells: usize) -> Result<usize> {
             file_name: format!("{sweep}.toml"),
             base_dir: "/".into(),
             allow_huge: false,
+            ..Default::default()
         })
         .await
         .context("submitting the soak sweep")?

@@ -12,6 +12,8 @@
 //! - `fail = "retryable" | "fatal" | "out_of_memory"` fails with that class half-way through, `"crash"` aborts
 //!   the process there (no result, killed by SIGABRT); with `fail_attempts = N > 0` only
 //!   attempts 1..=N fail;
+//! - with `linger_ms` the child stays that long after its result (or until SIGTERM), so a
+//!   stop order can arrive between the result and the exit;
 //! - `hang_after_step = N` hangs after step N (no events, SIGTERM ignored) until killed,
 //!   like a deadlocked trainer (also limited by `fail_attempts`);
 //! - an unreadable resume checkpoint is a `resume_failed` event, then a run from step 0;
@@ -183,6 +185,11 @@ fn hang(input: &TaskInput, step: u64) -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// After the result: stays `total` (`fake.linger_ms`) or until the stop flag is raised.
+pub fn linger(total: Duration, stop: &AtomicBool) {
+    sleep_unless_stopped(total, stop);
 }
 
 /// Sleeps `total`, returning false early when `stop` is raised.

@@ -8,6 +8,7 @@
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tracing::{error, info, warn};
 use tsweep_proto::v1::TaskResult;
@@ -109,6 +110,10 @@ pub fn run_child_with(executor: ExecutorKind, execute: &mut Execute<'_>) -> i32 
             info!(task_id = %input.task_id, attempt = input.attempt, val_score = ?result.val_score,
                   steps = result.steps, "task finished");
             emit_line(ChildEvent::Result { result });
+            if executor == ExecutorKind::Fake {
+                let linger = Duration::from_millis(input.spec.fake.as_ref().map_or(0, |f| f.linger_ms));
+                crate::fake::linger(linger, &STOP_REQUESTED);
+            }
             exit_code::OK
         }
         Err(failure) => {

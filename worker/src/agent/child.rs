@@ -53,7 +53,7 @@ pub enum AttemptOutcome {
     },
     /// Stopped by a LEASE_LOST order: report nothing.
     LeaseLost,
-    /// Stopped by a CANCELLED order: report nothing.
+    /// Stopped by a CANCELLED order before it had a result: report nothing.
     Cancelled,
 }
 
@@ -289,10 +289,15 @@ impl ChildLauncher {
             }
         }
 
-        match stop_reason {
-            Some(StopCommand::LeaseLost) => return AttemptOutcome::LeaseLost,
-            Some(StopCommand::Cancelled) => return AttemptOutcome::Cancelled,
-            None => {}
+        match (stop_reason, &watch.terminal) {
+            (Some(StopCommand::LeaseLost), _) => return AttemptOutcome::LeaseLost,
+            // A result that arrived is a result, even if a cancel order followed before the
+            // child exited: the coordinator records a completion of a cancelled sweep.
+            (Some(StopCommand::Cancelled), Some(AttemptOutcome::Completed(_))) => {
+                info!(task_id = %key.task_id, attempt = key.attempt, "result arrived before the cancel order: reporting it");
+            }
+            (Some(StopCommand::Cancelled), _) => return AttemptOutcome::Cancelled,
+            (None, _) => {}
         }
         if let Some(message) = limit_hit {
             // A result the child sent before it stopped is still a result.

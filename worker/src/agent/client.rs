@@ -99,7 +99,9 @@ impl CoordinatorClient {
         let channel = endpoint.connect_lazy();
         let token = TokenInterceptor::new(token).map_err(|e| AgentError::Coordinator(e.to_string()))?;
         Ok(Self {
-            inner: WorkerServiceClient::with_interceptor(channel, token.clone()),
+            inner: WorkerServiceClient::with_interceptor(channel, token.clone())
+                .max_decoding_message_size(tsweep_proto::limits::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(tsweep_proto::limits::MAX_MESSAGE_BYTES),
             token,
             endpoint,
             identity: Arc::new(Identity {

@@ -80,11 +80,11 @@ impl LeaseTable {
 
     /// The attempt could not resume from its checkpoint: the checkpoint passed on so far
     /// (the one it was to resume from) is dropped, and `reason` goes out with the next
-    /// heartbeat or report.
+    /// heartbeat or report (cut to `tsweep_proto::limits::MAX_ERROR_MESSAGE_BYTES`).
     pub fn set_resume_error(&self, key: &LeaseKey, reason: String) {
         if let Some(entry) = self.lock().get_mut(key) {
             entry.checkpoint = None;
-            entry.resume_error = Some(reason);
+            entry.resume_error = Some(tsweep_proto::limits::truncate_message(&reason));
         }
     }
 

@@ -219,7 +219,8 @@ impl Slot {
                     worker_id: String::new(),
                     lease: Some(key.to_ref()),
                     class: failure_class(class) as i32,
-                    message,
+                    // The coordinator refuses longer ones (tsweep_proto::limits).
+                    message: tsweep_proto::limits::truncate_message(&message),
                     checkpoint_path: checkpoint
                         .as_ref()
                         .map(|c| c.path.to_string_lossy().into_owned())

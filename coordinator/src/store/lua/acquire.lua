@@ -7,6 +7,7 @@
 --      or {'none'}     pending tasks exist but none fits
 --      or {'inactive'} the sweep is cancelled (its leases still run out)
 --      or {'idle'}     nothing pending, leased or running, and no selection waiting
+-- A sweep whose submission has not landed its last batch (submit marker) leases nothing.
 local bad = validate_base(); if bad then return bad end
 local worker, free, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 if worker == nil or worker == '' then return redis.error_reply('acquire: empty worker id') end
@@ -17,6 +18,7 @@ local counts = redis.call('HMGET', k('counts'), 'pending', 'leased', 'running')
 local pending, leased, running = num(counts[1], 0), num(counts[2], 0), num(counts[3], 0)
 local status = sweep_status()
 if not status then return {'idle'} end
+if redis.call('HEXISTS', k('meta'), 'submit_fp') == 1 then return {'none'} end
 if pending + leased + running == 0 then
   if redis.call('SCARD', k('closed')) == 0 then return {'idle'} end
   return {'none'}

@@ -8,6 +8,8 @@ local batch = tonumber(ARGV[1])
 if batch == nil or batch <= 0 then return redis.error_reply('cancel: batch must be a number > 0') end
 if not redis.call('HGET', k('meta'), 'status') then return redis.error_reply('cancel: sweep not found') end
 redis.call('HSET', k('meta'), 'status', 'cancelled')
+-- A submission still landing its batches no longer puts cancelled cells back at its end.
+redis.call('HDEL', k('meta'), 'submit_reactivate')
 local ids = redis.call('ZRANGE', k('state:pending'), 0, batch - 1)
 local now = now_ms()
 for _, id in ipairs(ids) do

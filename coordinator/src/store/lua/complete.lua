@@ -13,6 +13,8 @@ if ARGV[4] == nil or ARGV[4] == '' then return redis.error_reply('complete: empt
 local val = tonumber(ARGV[5])
 local diverged = ARGV[6] == '1'
 
+-- A sweep without meta is gone or being deleted: the report is stale and writes nothing.
+if not sweep_status() then return {'stale', ''} end
 local t = load_task(id)
 if t ~= nil and holds_lease(t, worker, attempt) then
   redis.call('HSET', task_key(id), 'result', ARGV[4], 'done_attempt', attempt, 'diverged', ARGV[6])

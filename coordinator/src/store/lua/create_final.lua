@@ -25,7 +25,7 @@
 --   * incomplete: nothing selected, the held current final is queued again.
 -- ARGV: group, version, winner_id ('' when no point is eligible), final_id, spec_json,
 --       gpus, regime, max_attempts, mode ('select' | 'incomplete')
--- Returns {'created' | 'exists' | 'none' | 'incomplete' | 'reopened' | 'changed', final_id}
+-- Returns {'created' | 'exists' | 'none' | 'incomplete' | 'reopened' | 'changed' | 'gone', final_id}
 local bad = validate_base(); if bad then return bad end
 local group, version, winner, final_id = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local spec, gpus, regime, max_attempts = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
@@ -34,6 +34,8 @@ if version == nil then return redis.error_reply('create_final: version must be a
 if winner ~= '' and (final_id == nil or final_id == '' or spec == nil or spec == '' or gpus == nil) then
   return redis.error_reply('create_final: a winner needs final_id, spec_json and gpus')
 end
+-- A sweep without meta is gone or being deleted: nothing is created in it.
+if not sweep_status() then return {'gone', ''} end
 local gkey = k('group:' .. group)
 local g = redis.call('HMGET', gkey, 'open', 'version')
 if not g[2] then

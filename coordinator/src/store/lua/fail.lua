@@ -25,6 +25,8 @@ if class ~= 'lost_worker' and class ~= 'preempted' and class ~= 'retryable' and 
   return redis.error_reply('fail: unknown failure class ' .. tostring(class))
 end
 
+-- A sweep without meta is gone or being deleted: the report is stale and writes nothing.
+if not sweep_status() then return {'stale', ''} end
 local t = load_task(id)
 if t ~= nil and holds_lease(t, worker, attempt) then
   record_resume_error(id, t, ARGV[9])

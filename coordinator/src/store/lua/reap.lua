@@ -28,8 +28,11 @@ for i = 4, #ARGV, 2 do
   end
 end
 
+-- A sweep without meta is gone or being deleted: nothing to take back or extend.
+if not sweep_status() then return {'0', '0', '0', '0'} end
+
 local extended, dark_ms = 0, 0
-if sweep_status() then
+do
   local applied = num(redis.call('HGET', k('meta'), 'dark_applied_ms'), 0)
   local latest = applied
   for i = 4, #ARGV, 2 do

@@ -17,12 +17,15 @@ for i = 3, #ARGV, 6 do
     return redis.error_reply('renew: attempt and checkpoint_step must be numbers for ' .. ARGV[i])
   end
 end
-local cancelled = sweep_status() == 'cancelled'
+local status = sweep_status()
+local cancelled = status == 'cancelled'
 local deadline = now_ms() + ttl
 local answers = {}
 for i = 3, #ARGV, 6 do
   local id, attempt = ARGV[i], tonumber(ARGV[i + 1])
-  local t = load_task(id)
+  local t = nil
+  -- A sweep without meta is gone or being deleted: no lease of it is held any more.
+  if status then t = load_task(id) end
   if t == nil or not holds_lease(t, worker, attempt) then
     if t ~= nil and t.state == 'cancelled' then
       answers[#answers + 1] = 'cancelled'

@@ -14,7 +14,7 @@ use tsweep_proto::cell::{CellSpec, ModelSource, ModelSpec, PretrainedBy, Regime,
 use super::super::axis::Axis;
 use super::super::schema::{ModelEntry, PretrainEntry, SweepFile};
 use super::super::{task_id, Cell, SweepFileError};
-use super::{default_steps, Expander, MAX_NAME_LEN};
+use super::{default_steps, Expander, IMAGE_SIZE_RANGE, MAX_NAME_LEN};
 
 /// One grid point of a `[[pretrain]]` entry.
 struct PretrainPoint {
@@ -258,8 +258,17 @@ impl Expander<'_> {
             ));
         };
         let image_size = match &body.image_size {
-            Some(size) if *size.get_ref() == 0 => {
-                return Err(self.invalid(&size.span(), "pretrain.image_size", "must be at least 1"));
+            Some(size) if !IMAGE_SIZE_RANGE.contains(size.get_ref()) => {
+                return Err(self.invalid(
+                    &size.span(),
+                    "pretrain.image_size",
+                    format!(
+                        "{} is out of range: {} to {} pixels",
+                        size.get_ref(),
+                        IMAGE_SIZE_RANGE.start(),
+                        IMAGE_SIZE_RANGE.end()
+                    ),
+                ));
             }
             Some(size) => *size.get_ref(),
             None => arch.native_size,
@@ -267,6 +276,13 @@ impl Expander<'_> {
         let axes = self.axes(file, entry, arch)?;
         let settings = file.defaults.overridden_by(&body.settings());
         if let Some(resize) = &settings.eval_resize {
+            if *resize.get_ref() > *IMAGE_SIZE_RANGE.end() * 2 {
+                return Err(self.invalid(
+                    &resize.span(),
+                    "pretrain.eval_resize",
+                    format!("{} is out of range: at most {} pixels", resize.get_ref(), IMAGE_SIZE_RANGE.end() * 2),
+                ));
+            }
             if *resize.get_ref() < image_size {
                 return Err(self.invalid(
                     &resize.span(),
@@ -280,7 +296,7 @@ impl Expander<'_> {
         }
         let dataset_spec = self.dataset_spec(dataset);
         let precision = settings.precision.unwrap_or_default();
-        let gpus = settings.gpus.unwrap_or(1);
+        let gpus = self.gpus(&settings, "pretrain")?;
         let fake = body.fake.clone().or_else(|| file.fake.clone());
         let seed = body.seed.unwrap_or(0);
         let steps_span = body.steps.as_ref().map_or(entry.span(), |s| s.span());
