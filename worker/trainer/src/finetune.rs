@@ -41,6 +41,27 @@ fn hparam(spec: &CellSpec, key: &str) -> Result<f64, TrainerError> {
     Ok(v)
 }
 
+/// The loss of one training batch: cross-entropy with `label_smoothing` on the head's logits
+/// (dropout before the head), plus `aux_weight` times the same loss on the auxiliary
+/// classifier's logits where the network trains one (torchvision's Inception recipe:
+/// `loss + 0.4 * aux_loss`). Losses are computed on f32 logits.
+pub fn training_loss(
+    net: &Network,
+    x: &Tensor,
+    y: &Tensor,
+    regularizers: &Regularizers,
+) -> Result<Tensor, TrainerError> {
+    let (logits, aux) = net.forward_train(x, regularizers.dropout)?;
+    let loss = smoothed_loss(&logits.f_to_kind(Kind::Float)?, y, regularizers.label_smoothing)?;
+    match aux {
+        Some(aux) if regularizers.aux_weight > 0.0 => {
+            let aux_loss = smoothed_loss(&aux.f_to_kind(Kind::Float)?, y, regularizers.label_smoothing)?;
+            Ok(loss.f_add(&aux_loss.f_mul_scalar(regularizers.aux_weight)?)?)
+        }
+        _ => Ok(loss),
+    }
+}
+
 /// Seed of the torch generator at a step (dropout): a function of (seed, step) only.
 fn step_seed(seed: u64, step: u64) -> i64 {
     let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -66,13 +87,6 @@ pub fn run(
         return Err(TrainerError::InvalidCell("train.steps and train.batch_size must be > 0".into()));
     }
     let regularizers = Regularizers::from_hparams(&spec.hparams).map_err(TrainerError::InvalidCell)?;
-    if regularizers.aux_weight > 0.0 {
-        return Err(TrainerError::InvalidCell(format!(
-            "hparams.{} = {}: this trainer builds no auxiliary classifier yet (use 0)",
-            Regularizers::AUX_HEAD,
-            regularizers.aux_weight
-        )));
-    }
     let batch_size = spec.train.batch_size as usize;
     let dev_name = device::name(device);
     let ds = eval::open_dataset(spec, &job.cache_dir)?;
@@ -106,7 +120,18 @@ pub fn run(
     };
     tch::manual_seed(spec.seed as i64);
     let mut net = guard_torch("building the model", &dev_name, batch_size, || {
-        Network::build(&model, &init, num_classes, device, cfg)
+        let net = Network::build(&model, &init, num_classes, device, cfg)?;
+        if regularizers.aux_weight > 0.0 {
+            return net.with_aux_head(cfg).map_err(|e| match e {
+                TrainerError::InvalidCell(why) => TrainerError::InvalidCell(format!(
+                    "hparams.{} = {}: {why}",
+                    Regularizers::AUX_HEAD,
+                    regularizers.aux_weight
+                )),
+                other => other,
+            });
+        }
+        Ok(net)
     })?;
     if !regularizers.bn_scale {
         let fixed = net.fix_bn_scale()?;
@@ -186,10 +211,7 @@ pub fn run(
             let y = norm.targets(&batch)?;
             // autocast covers the forward pass and the loss (on f32 logits, as autocast's
             // own policy computes losses); backward runs outside it
-            let loss = precision::autocast(spec.precision, device, || {
-                let logits = net.forward_with_dropout(&x, true, regularizers.dropout)?;
-                smoothed_loss(&logits.f_to_kind(Kind::Float)?, &y, regularizers.label_smoothing)
-            })?;
+            let loss = precision::autocast(spec.precision, device, || training_loss(&net, &x, &y, &regularizers))?;
             sgd.zero_grad();
             let skipped = match scaler.as_mut() {
                 Some(scaler) => {

@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tch::{Device, Kind, Tensor};
 use tsweep_proto::cell::{Regime, Regularizers, Stage};
+use tsweep_trainer::finetune::training_loss;
 use tsweep_trainer::models::{Init, NetConfig, Network};
 use tsweep_trainer::tensors::{loss, smoothed_loss};
 use tsweep_trainer::{run_task, weights};
@@ -146,4 +147,54 @@ fn a_pretrain_cell_writes_its_backbone_with_the_source_score_and_a_finetune_cell
     aux.hparams.insert(Regularizers::AUX_HEAD.to_string(), 0.4);
     let err = run_task(&common::job(aux, work.path(), "aux"), &mut |_| {}, &AtomicBool::new(false)).unwrap_err();
     assert_eq!(err.class(), tsweep_proto::v1::FailureClass::Fatal, "{err}");
+}
+
+#[test]
+fn the_auxiliary_classifier_adds_its_weighted_loss_and_trains_without_being_handed_on() {
+    let _torch = torch_lock();
+    tch::set_num_threads(2);
+    let work = tempfile::tempdir().unwrap();
+    let spec = common::cell(Regime::Scratch, work.path(), "inception_v3", None);
+    let cfg = NetConfig { bn_momentum: 0.1 };
+    tch::manual_seed(0);
+    let net = Network::build(&spec.model, &Init::Random, 3, Device::Cpu, cfg).unwrap().with_aux_head(cfg).unwrap();
+    let x = Tensor::randn([2, 3, 75, 75], (Kind::Float, Device::Cpu));
+    let y = Tensor::from_slice(&[0i64, 2]);
+    let regularizers = Regularizers { label_smoothing: 0.1, dropout: 0.0, aux_weight: 0.4, bn_scale: true };
+    let total = training_loss(&net, &x, &y, &regularizers).unwrap();
+    // BatchNorm in train mode normalises with the batch's statistics: the same pass again
+    // gives the same logits, from which the loss is recomputed by hand
+    let (logits, aux) = net.forward_train(&x, 0.0).unwrap();
+    let aux = aux.expect("the aux head's logits in training");
+    assert_eq!(aux.size(), vec![2, 3]);
+    let main = f64::try_from(smoothed_loss(&logits, &y, 0.1).unwrap()).unwrap();
+    let aux_loss = f64::try_from(smoothed_loss(&aux, &y, 0.1).unwrap()).unwrap();
+    let got = f64::try_from(&total).unwrap();
+    assert!(close(got, main + 0.4 * aux_loss, 1e-5), "total {got} vs {main} + 0.4 * {aux_loss}");
+    total.backward();
+    let vars = net.vs.variables();
+    let grad = vars["AuxLogits.fc.weight"].grad();
+    assert!(f64::try_from(grad.abs().sum(Kind::Float)).unwrap() > 0.0, "the aux head is trained");
+    // without the aux head the loss is the head's alone
+    let plain = Regularizers { aux_weight: 0.0, ..regularizers };
+    let head_only = f64::try_from(training_loss(&net, &x, &y, &plain).unwrap()).unwrap();
+    assert!(close(head_only, main, 1e-5));
+
+    // A pretrain cell with the aux head runs end to end; the handed-on backbone has neither head.
+    let data = work.path().join("colours");
+    common::make_imagefolder(&data, 3, 3, 2);
+    let mut pretrain = common::cell(Regime::Scratch, &data, "inception_v3", None);
+    pretrain.stage = Stage::Pretrain;
+    pretrain.model.image_size = 75;
+    pretrain.train.steps = 2;
+    pretrain.train.batch_size = 4;
+    Regularizers { aux_weight: 0.4, ..Regularizers::default() }.write_hparams(&mut pretrain.hparams);
+    let out = work.path().join("pretrained.safetensors");
+    let mut job = common::job(pretrain, work.path(), "pretrain-aux");
+    job.pretrained_out = Some(out.clone());
+    let result = run_task(&job, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    assert!(result.test_score.is_some());
+    let file = weights::read(&out).unwrap();
+    assert!(file.tensors.keys().all(|k| !k.starts_with("AuxLogits") && !k.starts_with("tsweep_head")));
+    assert!(file.tensors.contains_key("Mixed_6e.branch_pool.bn.running_var"));
 }

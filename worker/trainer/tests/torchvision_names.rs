@@ -13,7 +13,7 @@ use std::ffi::OsStr;
 use common::*;
 use tch::Device;
 use tsweep_proto::cell::Regime;
-use tsweep_trainer::models::{Init, NetConfig, Network, HEAD};
+use tsweep_trainer::models::{Init, NetConfig, Network, AUX_LOGITS, HEAD};
 
 const ARCHS: &[&str] = &["inception_v3", "efficientnet_b0"];
 
@@ -61,4 +61,33 @@ fn variable_names_and_shapes_are_torchvision_state_dict_keys() {
             assert_eq!(&ours[name], shape, "{arch}: {name}");
         }
     }
+}
+
+/// Inception v3's auxiliary classifier, once added, is torchvision's `AuxLogits` by name and
+/// shape (1,000 classes, as torchvision's).
+#[test]
+fn the_auxiliary_classifier_is_torchvisions_aux_logits() {
+    let Some(python) = reference_python(&["torch", "torchvision"]) else {
+        return;
+    };
+    let script = r#"
+import json, torchvision
+sd = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict()
+print(json.dumps({k: list(v.shape) for k, v in sd.items()
+                  if k.startswith("AuxLogits.") and not k.endswith("num_batches_tracked")}))
+"#;
+    let theirs: BTreeMap<String, Vec<i64>> =
+        serde_json::from_str(&common::python(python, &[OsStr::new("-c"), OsStr::new(script)])).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = cell(Regime::Scratch, dir.path(), "inception_v3", None);
+    let cfg = NetConfig { bn_momentum: 0.1 };
+    let net = Network::build(&spec.model, &Init::Random, 1000, Device::Cpu, cfg).unwrap().with_aux_head(cfg).unwrap();
+    let ours: BTreeMap<String, Vec<i64>> = net
+        .state()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(&format!("{AUX_LOGITS}.")))
+        .map(|(name, t)| (name, t.size()))
+        .collect();
+    assert!(!theirs.is_empty());
+    assert_eq!(ours, theirs);
 }

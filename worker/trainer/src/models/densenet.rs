@@ -110,3 +110,5 @@ impl ModuleT for DenseNet {
         h.apply_t(&self.norm5, train).relu_().adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
 }
+
+impl super::FeatureNet for DenseNet {}

@@ -299,6 +299,8 @@ impl ModuleT for EfficientNet {
     }
 }
 
+impl super::FeatureNet for EfficientNet {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

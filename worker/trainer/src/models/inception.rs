@@ -1,7 +1,8 @@
 //! Inception v3 with torchvision's parameter names (`Conv2d_1a_3x3.conv`, `Conv2d_1a_3x3.bn`,
 //! `Mixed_5b.branch1x1.conv`, `Mixed_7c.branch3x3dbl_3b.bn`, ...), BatchNorm eps 0.001 and
-//! momentum from the cell. No auxiliary classifier (torchvision's `AuxLogits` only feeds the
-//! aux loss) and no `fc`: the output is the pooled 2048-d feature, before the dropout.
+//! momentum from the cell. No `fc`: the output is the pooled 2048-d feature, before the
+//! dropout. The auxiliary classifier (torchvision's `AuxLogits`, which only feeds the aux
+//! loss in training) is [`AuxLogits`], added to a network by `Network::with_aux_head`.
 //! Based on tch 0.24's `vision::inception` (MIT/Apache-2.0, Laurent Mazare).
 
 use tch::nn::{self, ModuleT};
@@ -19,12 +20,27 @@ struct BasicConv2d {
 
 impl BasicConv2d {
     fn new(p: nn::Path, i: i64, o: i64, kernel: [i64; 2], stride: i64, padding: [i64; 2], cfg: &NetConfig) -> Self {
+        // torchvision's init_weights: truncated normal, std 0.1, cut at +-2 (20 std: a plain normal)
+        Self::with_init(p, i, o, kernel, stride, padding, 0.1, cfg)
+    }
+
+    /// Weights drawn from N(0, `stdev`²) (torchvision sets 0.01 for the aux head's `conv1`).
+    #[allow(clippy::too_many_arguments)]
+    fn with_init(
+        p: nn::Path,
+        i: i64,
+        o: i64,
+        kernel: [i64; 2],
+        stride: i64,
+        padding: [i64; 2],
+        stdev: f64,
+        cfg: &NetConfig,
+    ) -> Self {
         let conv_cfg = nn::ConvConfigND::<[i64; 2]> {
             stride: [stride, stride],
             padding,
             bias: false,
-            // torchvision's init_weights: truncated normal, std 0.1, cut at +-2 (20 std: a plain normal)
-            ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.1 },
+            ws_init: nn::Init::Randn { mean: 0.0, stdev },
             ..Default::default()
         };
         let bn_cfg = nn::BatchNormConfig { momentum: cfg.bn_momentum, eps: 0.001, ..Default::default() };
@@ -245,19 +261,80 @@ impl InceptionV3 {
     }
 }
 
-impl ModuleT for InceptionV3 {
-    /// Pooled penultimate features, `[batch, 2048]` (inputs of at least 75x75).
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+/// Index in `InceptionV3::mixed` of `Mixed_6e`, whose output the auxiliary classifier reads.
+const MIXED_6E: usize = 7;
+
+impl InceptionV3 {
+    /// Pooled features, and `Mixed_6e`'s output (768 channels) when `tap` is set.
+    fn run(&self, xs: &Tensor, train: bool, tap: bool) -> (Tensor, Option<Tensor>) {
         let xs = match &self.transform_input {
             Some((scale, shift)) => xs * scale.to_kind(xs.kind()) + shift.to_kind(xs.kind()),
             None => xs.shallow_clone(),
         };
         let h = max_pool_3x3_s2(&chain(&xs, &self.stem1, train));
         let mut h = max_pool_3x3_s2(&chain(&h, &self.stem2, train));
-        for block in &self.mixed {
+        let mut tapped = None;
+        for (i, block) in self.mixed.iter().enumerate() {
             h = block.forward_t(&h, train);
+            if tap && i == MIXED_6E {
+                tapped = Some(h.shallow_clone());
+            }
         }
-        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        (h.adaptive_avg_pool2d([1, 1]).flatten(1, -1), tapped)
+    }
+}
+
+impl ModuleT for InceptionV3 {
+    /// Pooled penultimate features, `[batch, 2048]` (inputs of at least 75x75).
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.run(xs, train, false).0
+    }
+}
+
+impl super::FeatureNet for InceptionV3 {
+    fn forward_tapped(&self, xs: &Tensor, train: bool) -> (Tensor, Option<Tensor>) {
+        self.run(xs, train, true)
+    }
+}
+
+/// torchvision's `InceptionAux` (parameters under `AuxLogits.`): 5x5/3 average pool of
+/// `Mixed_6e`'s output, `conv0` (1x1, 128), `conv1` (5x5, 768), global average pool, `fc`.
+/// At 299 px inputs `Mixed_6e` is 17x17 and this is torchvision's head exactly. Smaller
+/// inputs (where torchvision's head fails: the map is too small for the pool and the 5x5
+/// conv) pool adaptively to 5x5 instead, so the head also trains at the small sizes a CPU
+/// study uses.
+#[derive(Debug)]
+pub struct AuxLogits {
+    conv0: BasicConv2d,
+    conv1: BasicConv2d,
+    fc: nn::Linear,
+}
+
+impl AuxLogits {
+    pub fn new(p: &nn::Path, num_classes: i64, cfg: &NetConfig) -> AuxLogits {
+        let fc_cfg = nn::LinearConfig {
+            // torchvision: truncated normal, std 0.001 (a plain normal at that width); bias 0
+            ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.001 },
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
+        AuxLogits {
+            conv0: BasicConv2d::square(p / "conv0", 768, 128, 1, 1, 0, cfg),
+            conv1: BasicConv2d::with_init(p / "conv1", 128, 768, [5, 5], 1, [0, 0], 0.01, cfg),
+            fc: nn::linear(p / "fc", 768, num_classes, fc_cfg),
+        }
+    }
+
+    /// Logits `[batch, num_classes]` from `Mixed_6e`'s output.
+    pub fn forward_t(&self, mixed_6e: &Tensor, train: bool) -> Tensor {
+        let size = mixed_6e.size();
+        let pooled = if size.len() == 4 && size[2] >= 17 && size[3] >= 17 {
+            mixed_6e.avg_pool2d([5, 5], [3, 3], [0, 0], false, true, None::<i64>)
+        } else {
+            mixed_6e.adaptive_avg_pool2d([5, 5])
+        };
+        let h = self.conv1.forward_t(&self.conv0.forward_t(&pooled, train), train);
+        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
     }
 }
 

@@ -106,3 +106,5 @@ impl ModuleT for MobileNetV2 {
         self.last.forward_t(&h, train).adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
 }
+
+impl super::FeatureNet for MobileNetV2 {}

@@ -29,6 +29,18 @@ use crate::weights;
 /// Variable-store path of the new linear head.
 pub const HEAD: &str = "tsweep_head";
 
+/// Variable-store path of an auxiliary classifier (torchvision's name for Inception v3's).
+pub const AUX_LOGITS: &str = "AuxLogits";
+
+/// A builtin backbone: pooled penultimate features, and for a network with an auxiliary
+/// classifier (`tsweep_proto::arch`'s `aux_head`) the activation that classifier reads.
+pub(crate) trait FeatureNet: ModuleT {
+    /// The features and, where the network has one, the auxiliary classifier's input.
+    fn forward_tapped(&self, xs: &Tensor, train: bool) -> (Tensor, Option<Tensor>) {
+        (self.forward_t(xs, train), None)
+    }
+}
+
 /// Settings the builders need.
 #[derive(Debug, Clone, Copy)]
 pub struct NetConfig {
@@ -70,8 +82,8 @@ fn builtin(
     arch: &str,
     transform_input: Option<Normalize>,
     cfg: &NetConfig,
-) -> Option<(Box<dyn ModuleT>, i64)> {
-    fn boxed(m: impl ModuleT + 'static, d: i64) -> Option<(Box<dyn ModuleT>, i64)> {
+) -> Option<(Box<dyn FeatureNet>, i64)> {
+    fn boxed(m: impl FeatureNet + 'static, d: i64) -> Option<(Box<dyn FeatureNet>, i64)> {
         Some((Box::new(m), d))
     }
     if let Some((bottleneck, stages)) = resnet::layout(arch) {
@@ -100,7 +112,7 @@ fn builtin(
 }
 
 enum Backbone {
-    Native(Box<dyn ModuleT>),
+    Native(Box<dyn FeatureNet>),
     Script(tch::TrainableCModule),
 }
 
@@ -109,6 +121,8 @@ pub struct Network {
     pub vs: nn::VarStore,
     backbone: Backbone,
     head: nn::Linear,
+    /// The auxiliary classifier, when the cell trains one (see [`Network::with_aux_head`]).
+    aux: Option<inception::AuxLogits>,
     pub feature_dim: i64,
     pub num_classes: i64,
     pub arch: String,
@@ -178,6 +192,7 @@ impl Network {
             vs,
             backbone,
             head,
+            aux: None,
             feature_dim,
             num_classes,
             arch: arch.clone(),
@@ -217,19 +232,64 @@ impl Network {
         self.channels_last
     }
 
-    /// Pooled penultimate features `[batch, feature_dim]`.
-    pub fn features(&self, xs: &Tensor, train: bool) -> Result<Tensor, TrainerError> {
-        // the input in the layout the backbone runs in (inputs come channels-last from the
-        // loader, contiguous from elsewhere; either conversion is a no-op when it fits)
-        let xs = match self.channels_last && xs.dim() == 4 {
+    /// Adds a new auxiliary classifier for the network's classes (Inception v3's
+    /// `AuxLogits`), trained next to the head: [`Network::forward_train`] then returns its
+    /// logits too. It always starts from a random init (pretrained weights are loaded before
+    /// it exists) and is not handed on ([`Network::backbone_state`]). Call it before
+    /// creating the optimizer. A network without one is an invalid cell.
+    pub fn with_aux_head(mut self, cfg: NetConfig) -> Result<Network, TrainerError> {
+        let has_one = tsweep_proto::arch::lookup(&self.arch).is_some_and(|a| a.aux_head);
+        if !has_one || !matches!(self.backbone, Backbone::Native(_)) {
+            let with: Vec<&str> = tsweep_proto::arch::ARCHS.iter().filter(|a| a.aux_head).map(|a| a.name).collect();
+            return Err(TrainerError::InvalidCell(format!(
+                "{} has no auxiliary classifier (builtin networks with one: {})",
+                self.arch,
+                with.join(", ")
+            )));
+        }
+        self.aux = Some(inception::AuxLogits::new(&(self.vs.root() / AUX_LOGITS), self.num_classes, &cfg));
+        if self.channels_last {
+            for (name, mut var) in self.vs.variables() {
+                if var.dim() == 4 && name.starts_with(&format!("{AUX_LOGITS}.")) {
+                    let laid_out = tch::no_grad(|| to_channels_last(&var))?;
+                    var.f_set_data(&laid_out)?;
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// The input in the layout the backbone runs in (inputs come channels-last from the
+    /// loader, contiguous from elsewhere; either conversion is a no-op when it fits).
+    fn laid_out(&self, xs: &Tensor) -> Result<Tensor, TrainerError> {
+        Ok(match self.channels_last && xs.dim() == 4 {
             true if is_channels_last(xs) => xs.shallow_clone(),
             true => to_channels_last(xs)?,
             false => xs.f_contiguous()?,
-        };
+        })
+    }
+
+    /// Pooled penultimate features `[batch, feature_dim]`.
+    pub fn features(&self, xs: &Tensor, train: bool) -> Result<Tensor, TrainerError> {
+        let xs = self.laid_out(xs)?;
         match &self.backbone {
             Backbone::Native(m) => Ok(m.forward_t(&xs, train)),
             Backbone::Script(m) => Ok(m.forward_ts(&[xs])?.flatten(1, -1)),
         }
+    }
+
+    /// A training forward pass: the head's logits with dropout of probability `p` on the
+    /// pooled features (as [`Network::forward_with_dropout`]), and the auxiliary
+    /// classifier's logits when the network has one ([`Network::with_aux_head`]).
+    pub fn forward_train(&self, xs: &Tensor, p: f64) -> Result<(Tensor, Option<Tensor>), TrainerError> {
+        let (features, aux) = match (&self.backbone, &self.aux) {
+            (Backbone::Native(m), Some(aux)) => {
+                let (features, tapped) = m.forward_tapped(&self.laid_out(xs)?, true);
+                (features, tapped.map(|t| aux.forward_t(&t, true)))
+            }
+            _ => (self.features(xs, true)?, None),
+        };
+        Ok((self.head_with_dropout(features, true, p)?, aux))
     }
 
     /// Logits `[batch, num_classes]`.
@@ -240,7 +300,10 @@ impl Network {
     /// Logits with dropout of probability `p` on the pooled features, before the head (in
     /// train mode only; `p` = 0 is [`Network::forward`]). It draws from libtorch's generator.
     pub fn forward_with_dropout(&self, xs: &Tensor, train: bool, p: f64) -> Result<Tensor, TrainerError> {
-        let features = self.features(xs, train)?;
+        self.head_with_dropout(self.features(xs, train)?, train, p)
+    }
+
+    fn head_with_dropout(&self, features: Tensor, train: bool, p: f64) -> Result<Tensor, TrainerError> {
         let features = if train && p > 0.0 { features.f_dropout(p, true)? } else { features };
         Ok(features.apply(&self.head))
     }
@@ -268,9 +331,14 @@ impl Network {
     }
 
     /// The backbone's variables (parameters and BatchNorm buffers) by name, sorted: what a
-    /// pretrain cell hands on, without the head of its source classes.
+    /// pretrain cell hands on, without the head and the auxiliary classifier of its source
+    /// classes.
     pub fn backbone_state(&self) -> Vec<(String, Tensor)> {
-        self.state().into_iter().filter(|(name, _)| name != HEAD && !name.starts_with(&format!("{HEAD}."))).collect()
+        let heads = [HEAD, AUX_LOGITS];
+        self.state()
+            .into_iter()
+            .filter(|(name, _)| !heads.iter().any(|h| name == h || name.starts_with(&format!("{h}."))))
+            .collect()
     }
 
     /// Switches TorchScript modules between train and eval mode (builtin backbones take

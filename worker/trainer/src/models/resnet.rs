@@ -129,3 +129,5 @@ impl ModuleT for ResNet {
         h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
 }
+
+impl super::FeatureNet for ResNet {}
