@@ -1,9 +1,11 @@
 //! `tsweep local FILE --workers N`: a whole sweep on one machine.
 //!
 //! 1. parse and expand the file (bad input stops here, nothing started);
-//! 2. without `--redis-url`, start a private `redis-server` in a temporary directory on a
-//!    free loopback port (the shipped `deploy/redis/redis.conf`, AOF on), by PID, and
-//!    restart it with its AOF if it stops answering;
+//! 2. without `--redis-url`, start a private `redis-server` with its data in `<out>/redis/`
+//!    on a free loopback port (the shipped `deploy/redis/redis.conf`, AOF on), by PID, and
+//!    restart it with its AOF if it stops answering. The data outlives the run: running
+//!    the same file with the same `--out` again resumes a stopped or failed run (cells
+//!    that succeeded keep their results, cut runs resume from their checkpoints);
 //! 3. start the coordinator in this process on a free loopback port (no /metrics);
 //! 4. spawn N `tsweep-worker` processes (one slot each), logs in `<out>/logs/`;
 //! 5. submit, watch to the end, print the results table, write the report to `<out>`
@@ -44,6 +46,8 @@ pub const WORKER_BINARY: &str = "tsweep-worker";
 const COORDINATOR_READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long workers get to drain after SIGTERM before they are killed.
 const WORKER_STOP_GRACE: Duration = Duration::from_secs(30);
+/// How long the private redis-server may take to write its AOF out and exit on SIGTERM.
+const REDIS_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How often `local` checks that its private redis-server still answers.
 const REDIS_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Refits are scheduled this often in local mode (snappier than the service default).
@@ -89,12 +93,19 @@ async fn run_sweep(
     let redis_url = match &args.redis_url {
         Some(url) => url.clone(),
         None => {
-            let server = tokio::task::spawn_blocking(RedisServer::start_temp)
+            let dir = out.join("redis");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| CliError::Other(format!("cannot create {}: {e}", dir.display())))?;
+            let data = dir.clone();
+            let server = tokio::task::spawn_blocking(move || RedisServer::start_in(&data, 0))
                 .await
                 .map_err(|e| CliError::Other(format!("redis-server start: {e}")))?
                 .map_err(|e| CliError::Unavailable(format!("cannot start a private redis-server: {e}")))?;
             let url = server.url();
-            eprintln!("redis: {url} (private, stopped at the end)");
+            eprintln!(
+                "redis: {url} (private, stopped at the end; data in {}: the same command resumes this run)",
+                dir.display()
+            );
             let server = Arc::new(Mutex::new(Some(server)));
             let stop = CancellationToken::new();
             stack.redis_watchdog = Some((stop.clone(), tokio::spawn(redis_watchdog(server.clone(), stop))));
@@ -219,11 +230,14 @@ impl LocalStack {
             let _ = watchdog.await;
         }
         if let Some(redis) = self.redis.take() {
-            // Dropping it kills the process and removes its temporary directory.
+            // SIGTERM first: redis-server writes its AOF out before it exits, so a re-run
+            // finds everything recorded (its data directory under `<out>` stays).
             let _ = tokio::task::spawn_blocking(move || {
                 let server =
                     redis.lock().map(|mut guard| guard.take()).unwrap_or_else(|poisoned| poisoned.into_inner().take());
-                drop(server);
+                if let Some(mut server) = server {
+                    server.stop(REDIS_STOP_GRACE);
+                }
             })
             .await;
         }

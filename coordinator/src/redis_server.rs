@@ -258,6 +258,26 @@ impl RedisServer {
         }
     }
 
+    /// SIGTERM, which makes redis-server write and fsync its AOF before it exits, then
+    /// SIGKILL if it has not exited within `grace`; the data directory stays.
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(child) = &mut self.child {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    self.child = None;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.kill();
+    }
+
     /// Kill -9, then start again on the same port with the same AOF.
     pub fn restart(&mut self) -> Result<(), RedisServerError> {
         self.kill();

@@ -179,3 +179,58 @@ fn local_stops_everything_it_started_on_sigint_sigterm_and_sighup() {
         assert!(log.contains("draining") && log.contains("worker stopped"), "{signal}: {log}");
     }
 }
+
+/// Cells whose attempts succeeded, by the worker logs of the last run in `out`.
+fn succeeded_in_logs(dir: &Path) -> usize {
+    (0..2)
+        .map(|i| std::fs::read_to_string(dir.join(format!("out/logs/worker-{i}.log"))).unwrap_or_default())
+        .map(|log| log.matches("attempt succeeded").count())
+        .sum()
+}
+
+#[test]
+fn local_run_again_with_the_same_out_resumes_an_interrupted_run() {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+
+    if worker_binary().is_none() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "tsweep-worker is not built next to {TSWEEP}");
+        eprintln!("skipped: tsweep-worker is not built next to {TSWEEP} (cargo build -p tsweep-worker)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let name = "localresume";
+    let slow = FAKE.replace("steps = 5", "steps = 20").replace("NAME", name);
+    std::fs::write(dir.path().join(format!("{name}.toml")), &slow).unwrap();
+    let mut local = Command::new(TSWEEP)
+        .current_dir(dir.path())
+        .args(["local", &format!("{name}.toml"), "--workers", "2", "--executor", "fake", "--out", "out"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Ctrl-C once at least one cell has succeeded, before the sweep ends.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while succeeded_in_logs(dir.path()) == 0 {
+        assert!(Instant::now() < deadline, "no cell succeeded in 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    killpg(Pid::from_raw(local.id() as i32), Signal::SIGINT).unwrap();
+    assert_eq!(local.wait().unwrap().code(), Some(1), "interrupted is exit 1");
+    let first = succeeded_in_logs(dir.path());
+    assert!(first < 12, "the sweep was interrupted before its end ({first} cells succeeded)");
+    assert!(dir.path().join("out/redis").is_dir(), "the private Redis keeps its data under --out");
+
+    // The same command again: the recorded cells are kept, the rest run, the sweep ends.
+    let out = run_local(dir.path(), name, &slow);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("8 cells, 0 added, 8 already known"), "{stderr}");
+    assert!(stdout.contains("succeeded 12 · failed 0"), "{stdout}");
+    let second = succeeded_in_logs(dir.path());
+    assert!(second <= 12 - first, "{first} cells succeeded before the interrupt, {second} ran again after it");
+}
