@@ -239,7 +239,8 @@ fn local_warns_when_its_workers_cannot_take_cells() {
 /// The cells of the running table's row for `cell` in a screen capture: (step, loss).
 fn table_row(screen: &str, cell: &str) -> Option<(String, String)> {
     let line = screen.lines().find(|l| l.contains(cell))?;
-    let cells: Vec<&str> = line.split('│').map(str::trim).filter(|c| !c.is_empty()).collect();
+    // comfy_table's UTF8_FULL_CONDENSED: `│` outside, `┆` between the columns
+    let cells: Vec<&str> = line.split(['│', '┆']).map(str::trim).filter(|c| !c.is_empty()).collect();
     // cell, worker, attempt, step, loss, img/s, best val, ETA
     let step = cells.iter().find(|c| c.contains('/') && !c.contains(cell))?.to_string();
     let loss = cells.get(cells.iter().position(|c| *c == step)? + 1)?.to_string();
