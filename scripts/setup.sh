@@ -22,6 +22,8 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The pseudo-terminal test of `tsweep watch` (coordinator/tests/local.rs) runs it in tmux.
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tsweep_proto::v1::{GetSweepRequest, ListSweepsRequest, SubmitSweepRequest};
+use tsweep_proto::v1::{GetCurveRequest, GetSweepRequest, ListSweepsRequest, SubmitSweepRequest};
 
 use crate::config::{ConfigOverrides, ServiceConfig};
 use crate::logging::{self, LogFormat};
@@ -78,6 +78,9 @@ pub enum Command {
     Watch(SweepArg),
     /// Print every cell of a sweep with its state and scores.
     Results(ResultsArgs),
+    /// Print one task's training curve (step, loss, lr, img/s, validation score per
+    /// metrics entry, oldest first) as CSV or JSON.
+    Curve(CurveArgs),
     /// Cancel every pending and running cell of a sweep.
     Cancel(SweepArg),
     /// Put failed and/or cancelled cells back to pending with a fresh retry budget.
@@ -206,6 +209,22 @@ pub struct ResultsArgs {
     pub format: ResultsFormat,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum CurveFormat {
+    #[default]
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CurveArgs {
+    pub sweep: String,
+    /// The task id (`tsweep results SWEEP --format csv` lists them).
+    pub task_id: String,
+    #[arg(long, value_enum, default_value_t = CurveFormat::Csv)]
+    pub format: CurveFormat,
+}
+
 #[derive(Debug, Args)]
 pub struct RetryArgs {
     pub sweep: String,
@@ -294,6 +313,7 @@ async fn run_async(cli: Cli) -> Result<(), CliError> {
         Command::Status(args) => status(&cli, args).await,
         Command::Watch(args) => watch(&cli, &args.sweep).await,
         Command::Results(args) => results(&cli, args).await,
+        Command::Curve(args) => curve(&cli, args).await,
         Command::Cancel(args) => cancel(&cli, &args.sweep).await,
         Command::Retry(args) => retry(&cli, args).await,
         Command::Delete(args) => delete(&cli, args).await,
@@ -561,6 +581,22 @@ async fn results(cli: &Cli, args: &ResultsArgs) -> Result<(), CliError> {
         ResultsFormat::Table => print!("{}", output::results_table(&tasks)),
         ResultsFormat::Csv => print!("{}", output::results_csv(&tasks)),
         ResultsFormat::Json => print_json(&output::results_json(&tasks))?,
+    }
+    Ok(())
+}
+
+async fn curve(cli: &Cli, args: &CurveArgs) -> Result<(), CliError> {
+    let mut client = connect(cli).await?;
+    let curve = client
+        .get_curve(GetCurveRequest { sweep: args.sweep.clone(), task_id: args.task_id.clone() })
+        .await
+        .map_err(|s| CliError::from_status(&format!("sweep {} task {}", args.sweep, args.task_id), s))?
+        .into_inner();
+    match args.format {
+        CurveFormat::Csv => print!("{}", output::curve_csv(&curve.points)),
+        CurveFormat::Json => {
+            print_json(&output::curve_json(&args.sweep, &args.task_id, &curve.points, curve.kept_at_most))?
+        }
     }
     Ok(())
 }

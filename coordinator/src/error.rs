@@ -3,7 +3,7 @@
 //! | variant                         | code                |
 //! |---------------------------------|---------------------|
 //! | `InvalidArgument`, `SweepFile`  | INVALID_ARGUMENT    |
-//! | `SweepNotFound`                 | NOT_FOUND           |
+//! | `SweepNotFound`, `TaskNotFound` | NOT_FOUND           |
 //! | `ProtocolMismatch`              | FAILED_PRECONDITION |
 //! | `SweepUnfinished` (delete)      | FAILED_PRECONDITION |
 //! | `Precondition` (being deleted, another submission) | FAILED_PRECONDITION |
@@ -28,6 +28,8 @@ pub enum CoordinatorError {
     SweepFile(#[from] SweepFileError),
     #[error("sweep {sweep} not found")]
     SweepNotFound { sweep: String },
+    #[error("sweep {sweep} has no task {task_id}")]
+    TaskNotFound { sweep: String, task_id: String },
     #[error(
         "protocol version mismatch: worker speaks {worker}, coordinator speaks {coordinator} \
          (upgrade the older side)"
@@ -72,7 +74,7 @@ impl CoordinatorError {
     pub fn code(&self) -> tonic::Code {
         match self {
             CoordinatorError::InvalidArgument(_) | CoordinatorError::SweepFile(_) => tonic::Code::InvalidArgument,
-            CoordinatorError::SweepNotFound { .. } => tonic::Code::NotFound,
+            CoordinatorError::SweepNotFound { .. } | CoordinatorError::TaskNotFound { .. } => tonic::Code::NotFound,
             CoordinatorError::ProtocolMismatch { .. }
             | CoordinatorError::SweepUnfinished(_)
             | CoordinatorError::Precondition(_) => tonic::Code::FailedPrecondition,
@@ -99,6 +101,7 @@ impl CoordinatorError {
             CoordinatorError::Internal(m) => CoordinatorError::Internal(add(m)),
             other @ (CoordinatorError::SweepFile(_)
             | CoordinatorError::SweepNotFound { .. }
+            | CoordinatorError::TaskNotFound { .. }
             | CoordinatorError::ProtocolMismatch { .. }
             | CoordinatorError::WorkerUnregistered { .. }
             | CoordinatorError::WorkerSecretMismatch { .. }
@@ -132,6 +135,7 @@ impl From<StoreError> for CoordinatorError {
         }
         match error {
             StoreError::SweepNotFound { sweep } => CoordinatorError::SweepNotFound { sweep },
+            StoreError::TaskNotFound { sweep, task_id } => CoordinatorError::TaskNotFound { sweep, task_id },
             StoreError::InvalidArgument(message) => CoordinatorError::InvalidArgument(message),
             unfinished @ StoreError::SweepUnfinished { .. } => {
                 CoordinatorError::SweepUnfinished(unfinished.to_string())

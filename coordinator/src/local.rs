@@ -50,6 +50,9 @@ const WORKER_STOP_GRACE: Duration = Duration::from_secs(30);
 const REDIS_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How often `local` checks that its private redis-server still answers.
 const REDIS_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long `local` waits for its workers to register before it checks they can take
+/// every cell.
+const WORKERS_REGISTER_WAIT: Duration = Duration::from_secs(15);
 /// Refits are scheduled this often in local mode (snappier than the service default).
 const LOCAL_FINALS_INTERVAL_MS: u64 = 500;
 
@@ -157,6 +160,7 @@ async fn run_sweep(
 
     let response = source.submit(&client, args.allow_huge, false).await?;
     eprint!("{}", output::submit_table(&response));
+    warn_unplaceable(&mut client, sweep, args.workers).await;
 
     let summary = tokio::select! {
         summary = watch_until_done(&mut client, sweep, WATCH_SETTLE, false) => summary?,
@@ -172,6 +176,28 @@ async fn run_sweep(
     print!("{}", written.terminal_tables);
     println!("report: {}", written.index_html.display());
     failed_cells_error(&summary)
+}
+
+/// Once the workers registered (or after [`WORKERS_REGISTER_WAIT`]), warns about cells
+/// they cannot take (the coordinator's `blocked` reasons: a cell needing GPUs on a machine
+/// whose workers have none sits pending for ever).
+async fn warn_unplaceable(client: &mut SweepClient, sweep: &str, workers: u32) {
+    let deadline = Instant::now() + WORKERS_REGISTER_WAIT;
+    loop {
+        let request = tsweep_proto::v1::GetSweepRequest { sweep: sweep.to_string() };
+        let Ok(summary) = client.get_sweep(request).await.map(|r| r.into_inner()) else { return };
+        if summary.workers >= workers || Instant::now() >= deadline {
+            for block in &summary.blocked {
+                let fix = match block.max_worker_gpus {
+                    0 => "`gpus = 0` in the sweep file runs them on CPU".to_string(),
+                    most => format!("give them at most `gpus = {most}` in the sweep file"),
+                };
+                eprintln!("warning: {}; they stay pending ({fix})", output::blocked_line(block));
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// What `local` started, stopped in reverse order.

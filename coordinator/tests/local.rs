@@ -69,7 +69,7 @@ fn local_runs_a_fake_sweep_to_the_end_and_writes_the_report() {
     assert!(stdout.contains("report: out/index.html"), "{stdout}");
     assert!(dir.path().join("out/index.html").is_file());
     assert!(dir.path().join("out/results.csv").is_file());
-    // The private redis-server is gone with its temporary directory.
+    // The private redis-server is stopped (its data stays under out/redis).
     let redis_line = stderr.lines().find(|l| l.starts_with("redis: ")).unwrap();
     let port = redis_line.trim_start_matches("redis: redis://127.0.0.1:").split('/').next().unwrap();
     assert!(std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err(), "redis still listening on {port}");
@@ -178,6 +178,137 @@ fn local_stops_everything_it_started_on_sigint_sigterm_and_sighup() {
         let log = std::fs::read_to_string(dir.path().join("out/logs/worker-0.log")).unwrap();
         assert!(log.contains("draining") && log.contains("worker stopped"), "{signal}: {log}");
     }
+}
+
+/// True when the test can run; a missing tool fails the test under `CI=true`.
+fn have(tool_ok: bool, what: &str) -> bool {
+    if !tool_ok {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{what} is missing");
+        eprintln!("skipped: {what} is missing");
+    }
+    tool_ok
+}
+
+#[test]
+fn local_warns_when_its_workers_cannot_take_cells() {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+
+    if !have(worker_binary().is_some(), "tsweep-worker next to tsweep") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Without `gpus = 0` every cell needs one GPU; the workers are told they have none
+    // (as `gpus = auto` finds on a machine without /dev/nvidiaN).
+    let text = FAKE.replace("[defaults]\ngpus = 0\n", "").replace("NAME", "localgpu");
+    std::fs::write(dir.path().join("localgpu.toml"), text).unwrap();
+    let stderr_path = dir.path().join("stderr.log");
+    let mut local = Command::new(TSWEEP)
+        .current_dir(dir.path())
+        .args(["local", "localgpu.toml", "--workers", "2", "--executor", "fake", "--out", "out"])
+        .env("TSWEEP_WORKER__GPUS", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let warning = loop {
+        if let Some(line) = stderr().lines().find(|l| l.starts_with("warning: ")).map(String::from) {
+            break line;
+        }
+        assert!(local.try_wait().unwrap().is_none(), "tsweep local ended:\n{}", stderr());
+        assert!(Instant::now() < deadline, "no warning:\n{}", stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // 2 linear + 4 finetune + 2 scratch grid cells, none leasable by the two CPU workers.
+    assert_eq!(
+        warning,
+        "warning: 8 pending cells need 1 GPU; the 2 registered workers have 0; they stay pending (`gpus = 0` in \
+         the sweep file runs them on CPU)",
+        "{}",
+        stderr()
+    );
+    killpg(Pid::from_raw(local.id() as i32), Signal::SIGINT).unwrap();
+    assert_eq!(local.wait().unwrap().code(), Some(1));
+}
+
+/// The cells of the running table's row for `cell` in a screen capture: (step, loss).
+fn table_row(screen: &str, cell: &str) -> Option<(String, String)> {
+    let line = screen.lines().find(|l| l.contains(cell))?;
+    // comfy_table's UTF8_FULL_CONDENSED: `│` outside, `┆` between the columns
+    let cells: Vec<&str> = line.split(['│', '┆']).map(str::trim).filter(|c| !c.is_empty()).collect();
+    // cell, worker, attempt, step, loss, img/s, best val, ETA
+    let step = cells.iter().find(|c| c.contains('/') && !c.contains(cell))?.to_string();
+    let loss = cells.get(cells.iter().position(|c| *c == step)? + 1)?.to_string();
+    Some((step, loss))
+}
+
+#[test]
+fn watch_redraws_the_running_table_in_place_in_a_terminal() {
+    use std::time::{Duration, Instant};
+
+    let tmux_ok = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !have(tmux_ok, "tmux (scripts/setup.sh installs it)") || !have(worker_binary().is_some(), "tsweep-worker") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // One linear cell of 8 steps, 2 s each: the table shows its step and loss moving.
+    let text = r#"
+name = "livetable"
+allow_random_init = true
+[defaults]
+gpus = 0
+[fake]
+sleep_ms = 16000
+steps = 8
+[[models]]
+name = "m1"
+source = "builtin"
+arch = "resnet18"
+imagenet_top1 = 70.0
+[[datasets]]
+name = "d1"
+format = "imagefolder"
+path = "data/d1"
+[regimes.linear]
+l2 = [0.1]
+"#;
+    std::fs::write(dir.path().join("livetable.toml"), text).unwrap();
+    let socket = format!("tsweep-watch-test-{}", std::process::id());
+    let tmux = |args: &[&str]| Command::new("tmux").arg("-L").arg(&socket).args(args).output().unwrap();
+    let script = format!(
+        "cd {} && {TSWEEP} local livetable.toml --workers 1 --executor fake --out out; echo $? > exit-code; sleep 600",
+        dir.path().display()
+    );
+    let started = tmux(&["new-session", "-d", "-s", "watch", "-x", "200", "-y", "50", &script]);
+    assert!(started.status.success(), "{started:?}");
+
+    let mut rows = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = String::new();
+    while !dir.path().join("exit-code").exists() {
+        assert!(Instant::now() < deadline, "the sweep did not end:\n{last}");
+        let screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "watch"]).stdout).into_owned();
+        // Redrawn in place: one table header on the screen, never a pile of them.
+        let headers = screen.lines().filter(|l| l.contains("ETA")).count();
+        assert!(headers <= 1, "the table was appended, not redrawn:\n{screen}");
+        if let Some(row) = table_row(&screen, "m1/d1/linear") {
+            rows.insert(row);
+        }
+        last = screen;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ = tmux(&["kill-server"]);
+    let exit = std::fs::read_to_string(dir.path().join("exit-code")).unwrap();
+    assert_eq!(exit.trim(), "0", "{last}");
+    let steps: std::collections::BTreeSet<&String> = rows.iter().map(|(step, _)| step).collect();
+    let losses: std::collections::BTreeSet<&String> = rows.iter().map(|(_, loss)| loss).collect();
+    assert!(steps.len() >= 2 && losses.len() >= 2, "step and loss should move in the table: {rows:?}\n{last}");
+    assert!(steps.iter().all(|s| s.ends_with("/8")), "{rows:?}");
 }
 
 /// Cells whose attempts succeeded, by the worker logs of the last run in `out`.

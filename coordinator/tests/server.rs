@@ -15,6 +15,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tsweep_coordinator::config::{ConfigError, ServiceConfig};
 use tsweep_coordinator::redis_server::RedisServer;
 use tsweep_coordinator::server::{self, RunningCoordinator, ServeError, READINESS_SERVICE};
+use tsweep_coordinator::store::{Store, StoreOptions};
 use tsweep_proto::auth::{bearer_interceptor, BearerInterceptor, WorkerRefusal};
 use tsweep_proto::v1::sweep_service_client::SweepServiceClient;
 use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
@@ -125,6 +126,10 @@ async fn submit(sweeps: &mut SweepServiceClient<Interceptor>) -> SubmitSweepResp
 }
 
 async fn register(workers: &mut Workers, worker_id: &str) -> RegisterWorkerResponse {
+    register_with_gpus(workers, worker_id, 0).await
+}
+
+async fn register_with_gpus(workers: &mut Workers, worker_id: &str, gpus: u32) -> RegisterWorkerResponse {
     let response = workers
         .client
         .register_worker(RegisterWorkerRequest {
@@ -132,7 +137,7 @@ async fn register(workers: &mut Workers, worker_id: &str) -> RegisterWorkerRespo
             worker_id: worker_id.into(),
             hostname: "test".into(),
             slots: 1,
-            gpus: 0,
+            gpus,
             version: "test".into(),
             worker_secret: workers.secret(worker_id),
         })
@@ -470,6 +475,197 @@ async fn watch_streams_until_done_and_metrics_entries_are_fenced() {
     assert!(counts.succeeded >= 3, "{counts:?}");
     assert_eq!(counts.succeeded, counts.total, "{counts:?}");
     assert_eq!(last.best.len(), 1, "one (model, dataset, regime) group: {:?}", last.best);
+    harness.stop().await;
+}
+
+/// The real `tsweep` binary against the harness's coordinator.
+fn tsweep_cli(harness: &Harness, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tsweep"))
+        .args(["--coordinator", &harness.coordinator().url()])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn stdout_of(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn get_summary(sweeps: &mut SweepServiceClient<Interceptor>, sweep: &str) -> SweepSummary {
+    sweeps.get_sweep(GetSweepRequest { sweep: sweep.into() }).await.unwrap().into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_why_pending_cells_wait_for_a_worker_that_can_take_them() {
+    let harness = Harness::start(None).await;
+    let mut sweeps = harness.sweeps(None);
+    let file_text = support::sweep_file("gpu", &[0.01, 0.1, 0.2]).replace("gpus = 0", "gpus = 1");
+    sweeps
+        .submit_sweep(SubmitSweepRequest {
+            file_text,
+            file_name: "gpu.toml".into(),
+            base_dir: "/data".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let summary = get_summary(&mut sweeps, "gpu").await;
+    assert_eq!(summary.workers, 0);
+    assert_eq!(
+        summary.blocked,
+        vec![PendingBlock { gpus: 1, cells: 3, workers: 0, min_worker_gpus: 0, max_worker_gpus: 0 }]
+    );
+    let text = stdout_of(&tsweep_cli(&harness, &["status", "gpu"]));
+    assert!(text.contains("waiting: 3 pending cells need 1 GPU; no worker is registered"), "{text}");
+
+    let mut workers = harness.workers(None);
+    register(&mut workers, "cpu-a").await;
+    register(&mut workers, "cpu-b").await;
+    let summary = get_summary(&mut sweeps, "gpu").await;
+    assert_eq!(summary.workers, 2);
+    assert_eq!(
+        summary.blocked,
+        vec![PendingBlock { gpus: 1, cells: 3, workers: 2, min_worker_gpus: 0, max_worker_gpus: 0 }]
+    );
+    let text = stdout_of(&tsweep_cli(&harness, &["status", "gpu"]));
+    assert!(text.contains("waiting: 3 pending cells need 1 GPU; the 2 registered workers have 0"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout_of(&tsweep_cli(&harness, &["status", "gpu", "--format", "json"]))).unwrap();
+    assert_eq!(json["blocked"][0]["reason"], "3 pending cells need 1 GPU; the 2 registered workers have 0", "{json}");
+    // The CPU workers are refused the cells the summary says they cannot take.
+    assert!(acquire(&mut workers, "cpu-a").await.is_none());
+
+    // A worker with a GPU can take them: nothing is reported as waiting any more.
+    register_with_gpus(&mut workers, "gpu-a", 1).await;
+    let summary = get_summary(&mut sweeps, "gpu").await;
+    assert_eq!(summary.workers, 3);
+    assert!(summary.blocked.is_empty(), "{:?}", summary.blocked);
+    let text = stdout_of(&tsweep_cli(&harness, &["status", "gpu"]));
+    assert!(!text.contains("waiting:"), "{text}");
+    harness.stop().await;
+}
+
+/// Appends one metrics entry for `task`'s attempt, as a worker does.
+async fn add_metrics(
+    conn: &mut redis::aio::MultiplexedConnection,
+    task: &TaskAssignment,
+    step: u64,
+    loss: f64,
+    ts_ms: i64,
+) {
+    let _: String = redis::cmd("XADD")
+        .arg(format!("tsweep:{{{}}}:metrics", task.sweep))
+        .arg("*")
+        .arg(&[
+            ("task_id", task.task_id.clone()),
+            ("attempt", task.attempt.to_string()),
+            ("step", step.to_string()),
+            ("total_steps", "10".to_string()),
+            ("loss", loss.to_string()),
+            ("lr", "0.01".to_string()),
+            ("images_per_s", "250".to_string()),
+            ("val_score", (0.05 * step as f64).to_string()),
+            ("ts_ms", ts_ms.to_string()),
+        ])
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// Polls GetSweep until its running task shows `step`; that summary.
+async fn wait_for_step(sweeps: &mut SweepServiceClient<Interceptor>, step: u64) -> SweepSummary {
+    // generous: the consumer refreshes every 2 s, but a loaded CI machine can stall it
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let summary = get_summary(sweeps, "svc").await;
+        if summary.running.first().and_then(|r| r.progress).is_some_and(|p| p.step == step) {
+            return summary;
+        }
+        assert!(Instant::now() < deadline, "step {step} never showed: {:?}", summary.running);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_tasks_show_moving_step_and_loss_and_their_curve_is_kept_until_delete() {
+    let harness = Harness::start(None).await;
+    let mut sweeps = harness.sweeps(None);
+    submit(&mut sweeps).await;
+    let mut workers = harness.workers(None);
+    register(&mut workers, "w1").await;
+    let task = acquire(&mut workers, "w1").await.unwrap();
+    let summary = get_summary(&mut sweeps, "svc").await;
+    assert_eq!(summary.running.len(), 1, "{:?}", summary.running);
+    let running = summary.running[0].task.clone().unwrap();
+    assert_eq!(
+        (running.task_id.as_str(), running.worker.as_str(), running.state.as_str()),
+        (task.task_id.as_str(), "w1", "leased")
+    );
+    assert_eq!(summary.running[0].progress, None, "nothing streamed yet");
+
+    let client = redis::Client::open(harness.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    add_metrics(&mut conn, &task, 2, 1.5, 10_000).await;
+    let summary = wait_for_step(&mut sweeps, 2).await;
+    let progress = summary.running[0].progress.unwrap();
+    assert_eq!((progress.loss, progress.total_steps, progress.eta_s), (Some(1.5), 10, None), "{progress:?}");
+    let table = stdout_of(&tsweep_cli(&harness, &["status", "svc"]));
+    assert!(table.contains("resnet18/shapes/scratch lr="), "{table}");
+    assert!(table.contains("2/10") && table.contains("1.5000") && table.contains("w1"), "{table}");
+
+    // Three more steps in 3 s of the worker's clock: 1 step/s, 5 steps left.
+    add_metrics(&mut conn, &task, 5, 0.75, 13_000).await;
+    let summary = wait_for_step(&mut sweeps, 5).await;
+    let progress = summary.running[0].progress.unwrap();
+    assert_eq!(progress.loss, Some(0.75));
+    assert_eq!(progress.best_val, Some(0.25));
+    assert_eq!(progress.steps_per_s, Some(1.0));
+    assert_eq!(progress.eta_s, Some(5.0));
+    let table = stdout_of(&tsweep_cli(&harness, &["status", "svc"]));
+    assert!(
+        table.contains("5/10") && table.contains("0.7500") && table.contains("250.0") && table.contains("5s"),
+        "{table}"
+    );
+    assert!(!table.contains("2/10"), "{table}");
+
+    // The curve keeps both points, oldest first, as CSV and JSON.
+    let csv = stdout_of(&tsweep_cli(&harness, &["curve", "svc", &task.task_id]));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "attempt,step,total_steps,loss,lr,images_per_s,val_score,ts_ms", "{csv}");
+    assert_eq!(
+        &lines[1..],
+        [
+            format!("{},2,10,1.5,0.01,250,0.1,10000", task.attempt),
+            format!("{},5,10,0.75,0.01,250,0.25,13000", task.attempt)
+        ],
+        "{csv}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout_of(&tsweep_cli(&harness, &["curve", "svc", &task.task_id, "--format", "json"])))
+            .unwrap();
+    assert_eq!(json["points"].as_array().unwrap().len(), 2, "{json}");
+    assert_eq!(json["points"][1]["loss"], 0.75, "{json}");
+    let unknown = tsweep_cli(&harness, &["curve", "svc", "no-such-task"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no task no-such-task"), "{unknown:?}");
+
+    // Once the task ends it leaves the running table; delete removes progress and curves.
+    complete(&mut workers, "w1", lease_of(&task)).await;
+    assert!(get_summary(&mut sweeps, "svc").await.running.is_empty());
+    let store = Store::connect(&harness.redis.url(), StoreOptions::default()).await.unwrap();
+    let curve_key = format!("tsweep:{{svc}}:curve:{}", task.task_id);
+    assert!(!support::scan(&store, &curve_key).await.is_empty());
+    sweeps.delete_sweep(DeleteSweepRequest { sweep: "svc".into(), force: true, budget_ms: 0 }).await.unwrap();
+    let left = support::scan(&store, "tsweep:{svc}:*").await;
+    assert!(left.is_empty(), "{left:?}");
     harness.stop().await;
 }
 

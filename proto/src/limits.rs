@@ -4,9 +4,9 @@
 //! CLI and the worker agent), so what one side may send the other can receive.
 
 use crate::v1::{
-    AcquireTaskRequest, CancelSweepRequest, CompleteTaskRequest, DeleteSweepRequest, FailTaskRequest, GetSweepRequest,
-    HeartbeatRequest, LeaseRef, ListSweepsRequest, ListTasksRequest, RegisterWorkerRequest, RetrySweepRequest,
-    SubmitSweepRequest, TaskResult, WatchSweepRequest,
+    AcquireTaskRequest, CancelSweepRequest, CompleteTaskRequest, DeleteSweepRequest, FailTaskRequest, GetCurveRequest,
+    GetSweepRequest, HeartbeatRequest, LeaseRef, ListSweepsRequest, ListTasksRequest, RegisterWorkerRequest,
+    RetrySweepRequest, SubmitSweepRequest, TaskResult, WatchSweepRequest,
 };
 
 /// Largest gRPC message either side encodes or decodes (server, CLI and worker alike).
@@ -112,6 +112,13 @@ macro_rules! sweep_only {
     )*};
 }
 sweep_only!(GetSweepRequest, CancelSweepRequest, RetrySweepRequest, DeleteSweepRequest, WatchSweepRequest);
+
+impl CheckLimits for GetCurveRequest {
+    fn check_limits(&self) -> Result<(), LimitError> {
+        bytes("sweep", &self.sweep, MAX_SWEEP_NAME_BYTES)?;
+        bytes("task_id", &self.task_id, MAX_ID_BYTES)
+    }
+}
 
 impl CheckLimits for ListTasksRequest {
     fn check_limits(&self) -> Result<(), LimitError> {

@@ -7,7 +7,10 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, ContentArrangement, Table};
 use serde_json::{json, Value};
 use tsweep_proto::cell::Stage;
-use tsweep_proto::v1::{BestScore, PretrainStatus, SubmitSweepResponse, SweepSummary, TaskCounts, TaskInfo};
+use tsweep_proto::v1::{
+    BestScore, CurvePoint, PendingBlock, PretrainStatus, RunningTask, SubmitSweepResponse, SweepSummary, TaskCounts,
+    TaskInfo, TaskProgress,
+};
 
 use crate::sweepfile::{StageCount, SweepPlan};
 
@@ -188,6 +191,154 @@ pub fn summary_json(s: &SweepSummary) -> Value {
             "task_id": p.task_id, "model": p.model, "dataset": p.dataset, "state": p.state,
             "test_score": p.test_score, "dependents": p.dependents, "waiting": p.waiting, "error": p.error,
         })).collect::<Vec<_>>(),
+        "workers": s.workers,
+        "blocked": s.blocked.iter().map(|b| json!({
+            "gpus": b.gpus, "cells": b.cells, "workers": b.workers,
+            "min_worker_gpus": b.min_worker_gpus, "max_worker_gpus": b.max_worker_gpus, "reason": blocked_line(b),
+        })).collect::<Vec<_>>(),
+        "running": s.running.iter().map(running_json).collect::<Vec<_>>(),
+    })
+}
+
+fn running_json(r: &RunningTask) -> Value {
+    let task = r.task.clone().unwrap_or_default();
+    let p = r.progress.unwrap_or_default();
+    json!({
+        "task_id": task.task_id, "cell": cell_label(&task), "state": task.state, "worker": task.worker,
+        "attempt": task.attempt, "step": p.step, "total_steps": p.total_steps, "loss": p.loss, "lr": p.lr,
+        "images_per_s": p.images_per_s, "best_val": p.best_val, "steps_per_s": p.steps_per_s, "eta_s": p.eta_s,
+    })
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Why queued cells wait: `6 pending cells need 1 GPU; the 2 registered workers have 0`.
+pub fn blocked_line(b: &PendingBlock) -> String {
+    let need =
+        format!("{} need {}", plural(b.cells, "pending cell", "pending cells"), plural(b.gpus.into(), "GPU", "GPUs"));
+    if b.workers == 0 {
+        return format!("{need}; no worker is registered");
+    }
+    let have = if b.min_worker_gpus == b.max_worker_gpus {
+        b.max_worker_gpus.to_string()
+    } else {
+        format!("{} to {}", b.min_worker_gpus, b.max_worker_gpus)
+    };
+    match b.workers {
+        1 => format!("{need}; the 1 registered worker has {have}"),
+        n => format!("{need}; the {n} registered workers have {have}"),
+    }
+}
+
+/// `m1/d1/finetune lr=0.01`, with the stage when it is not a grid point.
+pub fn cell_label(task: &TaskInfo) -> String {
+    let stage = if task.stage.is_empty() || task.stage == Stage::Grid.name() {
+        String::new()
+    } else {
+        format!(" ({})", task.stage)
+    };
+    let hparams = hparams_text(task);
+    let label = format!("{}/{}/{}{stage}", task.model, task.dataset, task.regime);
+    if hparams.is_empty() {
+        label
+    } else {
+        format!("{label} {hparams}")
+    }
+}
+
+/// `1h02m`, `3m05s`, `42s`.
+pub fn format_duration_s(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return String::new();
+    }
+    let s = seconds.round() as u64;
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, min, sec) => format!("{min}m{sec:02}s"),
+        (h, min, _) => format!("{h}h{min:02}m"),
+    }
+}
+
+fn format_opt(value: Option<f64>, digits: usize) -> String {
+    value.filter(|v| v.is_finite()).map_or(String::new(), |v| format!("{v:.digits$}"))
+}
+
+/// The cells of one running task's row: cell, worker, attempt, step/total, loss, img/s,
+/// best val, ETA (empty fields until its worker streamed them).
+pub fn running_row(r: &RunningTask) -> Vec<String> {
+    let task = r.task.clone().unwrap_or_default();
+    let (step, loss, speed, best, eta) = match &r.progress {
+        Some(p) => progress_cells(p),
+        None => (format!("({})", task.state), String::new(), String::new(), String::new(), String::new()),
+    };
+    vec![cell_label(&task), task.worker.clone(), task.attempt.to_string(), step, loss, speed, best, eta]
+}
+
+fn progress_cells(p: &TaskProgress) -> (String, String, String, String, String) {
+    (
+        format!("{}/{}", p.step, p.total_steps),
+        format_opt(p.loss, 4),
+        format_opt(p.images_per_s, 1),
+        format_opt(p.best_val, 4),
+        p.eta_s.map_or(String::new(), format_duration_s),
+    )
+}
+
+pub const RUNNING_COLUMNS: [&str; 8] = ["cell", "worker", "attempt", "step", "loss", "img/s", "best val", "ETA"];
+
+/// The running tasks, one row each (Ray Tune's console table is the model).
+pub fn running_table(running: &[RunningTask]) -> String {
+    let mut t = table(&RUNNING_COLUMNS);
+    for r in running {
+        t.add_row(running_row(r));
+    }
+    align_right(&mut t, &[2, 3, 4, 5, 6, 7]);
+    format!("{t}\n")
+}
+
+/// One running task as a plain line: `running m1/d1/linear worker=w1 attempt=1 step=3/10 loss=0.5123 ...`.
+pub fn running_line(r: &RunningTask) -> String {
+    let row = running_row(r);
+    let mut line = format!("running {}", row[0]);
+    for (name, value) in RUNNING_COLUMNS.iter().zip(&row).skip(1) {
+        if !value.is_empty() {
+            line.push_str(&format!(" {}={value}", name.replace([' ', '/'], "_")));
+        }
+    }
+    line
+}
+
+/// A task's curve as CSV: attempt,step,total_steps,loss,lr,images_per_s,val_score,ts_ms.
+pub fn curve_csv(points: &[CurvePoint]) -> String {
+    let cell = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
+    let mut out = String::from("attempt,step,total_steps,loss,lr,images_per_s,val_score,ts_ms\n");
+    for p in points {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\n",
+            p.attempt,
+            p.step,
+            p.total_steps,
+            cell(p.loss),
+            cell(p.lr),
+            cell(p.images_per_s),
+            cell(p.val_score),
+            p.ts_ms
+        ));
+    }
+    out
+}
+
+pub fn curve_json(sweep: &str, task_id: &str, points: &[CurvePoint], kept_at_most: u32) -> Value {
+    json!({
+        "sweep": sweep,
+        "task_id": task_id,
+        "kept_at_most": kept_at_most,
+        "points": points.iter().map(|p| json!({
+            "attempt": p.attempt, "step": p.step, "total_steps": p.total_steps, "loss": p.loss, "lr": p.lr,
+            "images_per_s": p.images_per_s, "val_score": p.val_score, "ts_ms": p.ts_ms,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -253,6 +404,12 @@ pub fn summary_text(s: &SweepSummary) -> String {
     }
     if !s.pretrain.is_empty() {
         text.push_str(&pretrain_table(&s.pretrain));
+    }
+    for block in &s.blocked {
+        text.push_str(&format!("waiting: {}\n", blocked_line(block)));
+    }
+    if !s.running.is_empty() {
+        text.push_str(&running_table(&s.running));
     }
     if !s.best.is_empty() {
         text.push_str(&best_table(&s.best));

@@ -1,6 +1,12 @@
-//! `tsweep watch`: a live progress bar, per-state counts and the best validation score
-//! so far per (model, dataset, regime), from the coordinator's `WatchSweep` stream.
+//! `tsweep watch`: a live progress bar, per-state counts, why pending cells wait (no
+//! worker can take them), a table of the running tasks (cell, worker, attempt, step/total,
+//! loss, img/s, best val, ETA) and the best validation score so far per (model, dataset,
+//! regime), from the coordinator's `WatchSweep` stream. On a terminal (stderr) everything
+//! is redrawn in place; otherwise plain lines are appended: the counts at most every
+//! [`PLAIN_LINE_EVERY`], a `waiting:` line when the reason changes, and one line per
+//! running task when its step, loss or state changed.
 
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -9,7 +15,7 @@ use tsweep_proto::v1::{GetSweepRequest, SweepSummary, WatchSweepRequest};
 
 use super::client::SweepClient;
 use super::error::CliError;
-use super::output::{best_table, counts_line, pretrain_table};
+use super::output::{best_table, blocked_line, counts_line, pretrain_table, running_line, running_table};
 
 /// Summaries asked for at least this often.
 const WATCH_INTERVAL_MS: u32 = 1000;
@@ -25,10 +31,14 @@ pub fn is_finished(summary: &SweepSummary) -> bool {
 
 struct Display {
     bar: ProgressBar,
+    live: ProgressBar,
     best: ProgressBar,
     plain: bool,
     last_plain: Option<Instant>,
     last_line: String,
+    /// Plain mode: the last line printed per running task, and the last waiting reasons.
+    last_running: HashMap<String, String>,
+    last_blocked: Vec<String>,
 }
 
 impl Display {
@@ -44,12 +54,23 @@ impl Display {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
         let bar = multi.add(ProgressBar::new(0).with_style(style).with_prefix(sweep.to_string()));
-        let best =
-            multi
-                .add(ProgressBar::new(0).with_style(
-                    ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
-                ));
-        Display { bar, best, plain: plain && !quiet, last_plain: None, last_line: String::new() }
+        let message = || {
+            multi.add(
+                ProgressBar::new(0)
+                    .with_style(ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar())),
+            )
+        };
+        let (live, best) = (message(), message());
+        Display {
+            bar,
+            live,
+            best,
+            plain: plain && !quiet,
+            last_plain: None,
+            last_line: String::new(),
+            last_running: HashMap::new(),
+            last_blocked: Vec::new(),
+        }
     }
 
     fn update(&mut self, summary: &SweepSummary) {
@@ -69,6 +90,15 @@ impl Display {
         if !board.is_empty() {
             self.best.set_message(board.trim_end().to_string());
         }
+        let blocked: Vec<String> = summary.blocked.iter().map(|b| format!("waiting: {}", blocked_line(b))).collect();
+        let mut live = blocked.join("\n");
+        if !summary.running.is_empty() {
+            live.push_str(&format!("\nrunning:\n{}", running_table(&summary.running)));
+        }
+        self.live.set_message(live.trim().to_string());
+        if self.plain {
+            self.plain_live(summary, blocked);
+        }
         if self.plain {
             let due = self.last_plain.is_none_or(|t| t.elapsed() >= PLAIN_LINE_EVERY);
             if (due || is_finished(summary)) && line != self.last_line {
@@ -86,8 +116,31 @@ impl Display {
         }
     }
 
+    /// Plain mode: the waiting reasons when they change, and a line per running task
+    /// whose row changed since its last line.
+    fn plain_live(&mut self, summary: &SweepSummary, blocked: Vec<String>) {
+        if blocked != self.last_blocked {
+            for line in &blocked {
+                eprintln!("{}: {line}", summary.sweep);
+            }
+            self.last_blocked = blocked;
+        }
+        let mut seen = HashSet::new();
+        for running in &summary.running {
+            let Some(task) = &running.task else { continue };
+            let line = running_line(running);
+            seen.insert(task.task_id.clone());
+            if self.last_running.get(&task.task_id) != Some(&line) {
+                eprintln!("{}: {line}", summary.sweep);
+                self.last_running.insert(task.task_id.clone(), line);
+            }
+        }
+        self.last_running.retain(|id, _| seen.contains(id));
+    }
+
     fn finish(&self) {
         self.bar.finish();
+        self.live.finish_and_clear();
         self.best.finish();
     }
 }

@@ -6,9 +6,9 @@
 //! Each entry (fields written by workers: `task_id, attempt, step, total_steps, loss, lr,
 //! images_per_s, val_score?, ts_ms`) is checked against the task's current attempt:
 //! - current: the task's progress summary (last step, loss, lr, images/s, best val of the
-//!   attempt) is merged into the hash `<stream key>:progress` (field = task id, JSON
-//!   [`TaskProgress`]) by a small Lua script that never lets an older attempt or an older
-//!   step overwrite a newer one;
+//!   attempt) and its curve point are merged by [`Store::merge_progress`]
+//!   (`store/progress.rs`), which never lets an older attempt or an older step overwrite
+//!   a newer one;
 //! - stale (an attempt that no longer holds the lease): counted (store + telemetry) and
 //!   ignored;
 //! - malformed: logged and dropped (a poison entry must not block the stream).
@@ -26,11 +26,10 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::AsyncConnectionConfig;
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::state::{sleep_or_cancel, Backoff, Shared};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, TaskProgress};
 use crate::telemetry::StaleKind;
 
 pub const GROUP: &str = crate::store::METRICS_GROUP;
@@ -42,24 +41,6 @@ pub const BATCH: usize = 512;
 pub const CLAIM_MIN_IDLE: Duration = Duration::from_secs(30);
 /// How often the set of active sweeps (streams to read) and stuck entries are re-checked.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
-
-/// Last known progress of a task's current attempt, from its metrics entries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct TaskProgress {
-    pub attempt: u32,
-    pub step: u64,
-    pub total_steps: u64,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub loss: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub lr: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub images_per_s: Option<f64>,
-    /// Best validation score this attempt reported so far.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub best_val: Option<f64>,
-    pub ts_ms: i64,
-}
 
 /// One parsed stream entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,76 +101,9 @@ pub fn parse_entry(entry: &StreamId) -> Result<MetricEntry, EntryError> {
         images_per_s: finite(parse_field(entry, "images_per_s")?),
         best_val: finite(parse_field(entry, "val_score")?),
         ts_ms: parse_field::<i64>(entry, "ts_ms")?.unwrap_or(0),
+        ..TaskProgress::default()
     };
     Ok(MetricEntry { task_id, progress })
-}
-
-/// The hash of per-task progress of a sweep, beside its metrics stream (same hash slot).
-pub fn progress_key(stream_key: &str) -> String {
-    format!("{stream_key}:progress")
-}
-
-/// Merges one progress record; an older attempt, or an older step of the same attempt,
-/// never replaces a newer one (best_val is kept as the maximum within an attempt).
-const MERGE_PROGRESS_LUA: &str = r#"
-local new = cjson.decode(ARGV[2])
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current then
-  local old = cjson.decode(current)
-  if old.attempt > new.attempt then return 0 end
-  if old.attempt == new.attempt then
-    local best = new.best_val
-    if old.best_val ~= nil and (best == nil or old.best_val > best) then best = old.best_val end
-    if old.step > new.step then new = old end
-    new.best_val = best
-  end
-end
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(new))
-return 1
-"#;
-
-/// Trims a stream up to what its consumer groups still need: entries older than the
-/// oldest pending one (delivered, not acked) of any group, or, with nothing pending, than
-/// the last one delivered to every group. `~` lets Redis drop whole nodes only (cheap);
-/// at most one node of acked entries stays. Returns the entries removed.
-const TRIM_STREAM_LUA: &str = r#"
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-local function older(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  return am < bm or (am == bm and as < bs)
-end
-local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
-if type(groups) ~= 'table' or groups.err or #groups == 0 then return 0 end
-local keep = nil
-for _, group in ipairs(groups) do
-  local name, delivered = nil, nil
-  for i = 1, #group, 2 do
-    if group[i] == 'name' then name = group[i + 1] end
-    if group[i] == 'last-delivered-id' then delivered = group[i + 1] end
-  end
-  if name == nil or delivered == nil then return 0 end
-  local needed = delivered
-  local pending = redis.call('XPENDING', KEYS[1], name)
-  if tonumber(pending[1]) > 0 and pending[2] then needed = pending[2] end
-  if keep == nil or older(needed, keep) then keep = needed end
-end
-if keep == nil or keep == '0-0' then return 0 end
-return redis.call('XTRIM', KEYS[1], 'MINID', '~', keep)
-"#;
-
-/// Reads every task's progress of a sweep (for the CLI or reports; absent tasks sent none).
-pub async fn read_progress(store: &Store, sweep: &str) -> Result<HashMap<String, TaskProgress>, StoreError> {
-    let mut conn = store.connection();
-    let raw: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(progress_key(&store.metrics_stream_key(sweep)))
-        .query_async(&mut conn)
-        .await
-        .map_err(|source| StoreError::Redis { operation: "read task progress", source })?;
-    Ok(raw.into_iter().filter_map(|(task, json)| serde_json::from_str(&json).ok().map(|p| (task, p))).collect())
 }
 
 /// A blocking read that outlives BLOCK by this much counts as a lost connection.
@@ -226,8 +140,6 @@ pub async fn run(shared: Shared) {
             shared: shared.clone(),
             store: store.clone(),
             consumer: consumer.clone(),
-            merge: redis::Script::new(MERGE_PROGRESS_LUA),
-            trim: redis::Script::new(TRIM_STREAM_LUA),
             streams: HashMap::new(),
             groups_ready: HashSet::new(),
             last_refresh: None,
@@ -250,8 +162,6 @@ struct Consumer {
     shared: Shared,
     store: Store,
     consumer: String,
-    merge: redis::Script,
-    trim: redis::Script,
     /// Stream key → sweep name, for the active sweeps.
     streams: HashMap<String, String>,
     groups_ready: HashSet<String>,
@@ -386,10 +296,10 @@ impl Consumer {
         Ok(())
     }
 
-    /// Drops the entries every consumer group is done with (see `TRIM_STREAM_LUA`).
+    /// Drops the entries every consumer group is done with (see `store/lua/trim_stream.lua`).
     async fn trim_streams(&mut self, conn: &mut MultiplexedConnection) -> Result<(), ConsumeError> {
         for key in self.streams.keys() {
-            let trimmed: u64 = self.trim.key(key).invoke_async(conn).await.map_err(redis_err("trim metrics stream"))?;
+            let trimmed = self.store.trim_stream(conn, key).await?;
             if trimmed > 0 {
                 debug!(stream = %key, trimmed, "metrics stream trimmed");
             }
@@ -415,7 +325,6 @@ impl Consumer {
                 return Ok(());
             }
         };
-        let progress_key = progress_key(key);
         let mut current: HashMap<(String, u32), bool> = HashMap::new();
         let mut stale: u64 = 0;
         let mut applied: u64 = 0;
@@ -442,16 +351,7 @@ impl Consumer {
                 stale += 1;
                 continue;
             }
-            let json = serde_json::to_string(&parsed.progress)
-                .map_err(|source| StoreError::Json { what: "task progress", source })?;
-            let _: i64 = self
-                .merge
-                .key(&progress_key)
-                .arg(&parsed.task_id)
-                .arg(json)
-                .invoke_async(conn)
-                .await
-                .map_err(redis_err("merge task progress"))?;
+            self.store.merge_progress(conn, &sweep, &parsed.task_id, &parsed.progress).await?;
             applied += 1;
         }
         self.ack(conn, key, &entries).await?;

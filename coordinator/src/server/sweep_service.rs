@@ -12,14 +12,15 @@ use tracing::{debug, info, warn};
 use tsweep_proto::limits::CheckLimits;
 use tsweep_proto::v1::sweep_service_server::SweepService;
 use tsweep_proto::v1::{
-    CancelSweepRequest, CancelSweepResponse, DeleteSweepRequest, DeleteSweepResponse, GetSweepRequest,
-    ListSweepsRequest, ListSweepsResponse, ListTasksRequest, ListTasksResponse, RetrySweepRequest, RetrySweepResponse,
-    StageCount, SubmitSweepRequest, SubmitSweepResponse, SweepSummary, WatchSweepRequest,
+    CancelSweepRequest, CancelSweepResponse, DeleteSweepRequest, DeleteSweepResponse, GetCurveRequest,
+    GetCurveResponse, GetSweepRequest, ListSweepsRequest, ListSweepsResponse, ListTasksRequest, ListTasksResponse,
+    RetrySweepRequest, RetrySweepResponse, StageCount, SubmitSweepRequest, SubmitSweepResponse, SweepSummary,
+    WatchSweepRequest,
 };
 
 use super::state::{bounded, bounded_for, Shared, STORE_CALL_TIMEOUT};
 use crate::error::CoordinatorError;
-use crate::store::{Budget, Store, SubmitOptions, TaskState};
+use crate::store::{Budget, Store, SubmitOptions, TaskState, CURVE_POINTS_PER_TASK};
 use crate::sweepfile;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -72,12 +73,23 @@ fn require_sweep(sweep: &str) -> Result<(), CoordinatorError> {
     Ok(())
 }
 
-/// The sweep's summary with its best validation scores filled in.
+/// The sweep's summary with its best validation scores, the running tasks with their
+/// progress, and the live workers with the pending cells none of them can take (what
+/// GetSweep and WatchSweep answer).
 async fn summary_with_best(store: &Store, sweep: &str) -> Result<SweepSummary, CoordinatorError> {
     bounded(async {
         let mut summary = store.summary(sweep).await?;
         if summary.best.is_empty() {
             summary.best = store.best_scores(sweep).await?;
+        }
+        let counts = summary.counts.unwrap_or_default();
+        if counts.leased + counts.running > 0 {
+            summary.running = store.running(sweep).await?;
+        }
+        let fit = store.pending_fit(sweep).await?;
+        summary.workers = fit.workers;
+        if summary.status == "active" {
+            summary.blocked = fit.blocked;
         }
         Ok(summary)
     })
@@ -148,6 +160,15 @@ impl SweepService for SweepServiceImpl {
             changes: part.changes,
             reactivated: part.reactivated,
         }))
+    }
+
+    async fn get_curve(&self, request: Request<GetCurveRequest>) -> Result<Response<GetCurveResponse>, Status> {
+        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
+        let request = request.into_inner();
+        require_sweep(&request.sweep)?;
+        let store = self.shared.store_for_call()?;
+        let points = bounded(store.curve(&request.sweep, &request.task_id)).await?;
+        Ok(Response::new(GetCurveResponse { points, kept_at_most: CURVE_POINTS_PER_TASK }))
     }
 
     async fn get_sweep(&self, request: Request<GetSweepRequest>) -> Result<Response<SweepSummary>, Status> {

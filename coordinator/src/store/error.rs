@@ -26,6 +26,9 @@ pub enum StoreError {
     /// The sweep is not known.
     #[error("sweep {sweep} not found")]
     SweepNotFound { sweep: String },
+    /// The sweep has no task of that id.
+    #[error("sweep {sweep} has no task {task_id}")]
+    TaskNotFound { sweep: String, task_id: String },
     /// The sweep still has work and was not cancelled: deleting it is refused.
     #[error(
         "sweep {sweep} has unfinished work ({pending} pending, {leased} leased, {running} running, \

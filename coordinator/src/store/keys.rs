@@ -117,6 +117,17 @@ impl Keys {
         format!("{}metrics", self.sweep_base(sweep))
     }
 
+    /// `<p>:{<sweep>}:metrics:progress`: hash of each task's latest progress (task id →
+    /// JSON), merged by `lua/merge_progress.lua`.
+    pub(crate) fn progress(&self, sweep: &str) -> String {
+        format!("{}metrics:progress", self.sweep_base(sweep))
+    }
+
+    /// `<p>:{<sweep>}:curve:<id>`: list of a task's curve points (JSON), capped.
+    pub(crate) fn curve(&self, sweep: &str, task_id: &str) -> String {
+        format!("{}curve:{}", self.sweep_base(sweep), task_id)
+    }
+
     /// The pattern handed to workers: `{sweep}` is replaced by the sweep's name, which
     /// gives [`Keys::metrics`].
     pub(crate) fn metrics_pattern(&self) -> String {

@@ -39,8 +39,10 @@ mod bulk;
 mod error;
 mod keys;
 mod plane;
+mod progress;
 mod scripts;
 mod types;
+mod waiting;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -62,11 +64,13 @@ use scripts::SCRIPTS;
 
 pub use bulk::{merge_changes, Budget, SubmitOptions};
 pub use error::StoreError;
+pub use progress::{CurveEntry, TaskProgress, CURVE_POINTS_PER_TASK, MAX_RUNNING_SHOWN};
 pub use types::{
     Beat, BulkProgress, Checkpoint, DeleteOutcome, FailOutcome, GroupInfo, Outage, RedisMemory, RegisterOutcome,
     SettingChange, StageSubmitCount, StoreOptions, SubmitOutcome, SubmitPart, TaskPage, TaskState, WorkerAuth,
     WorkerInfo, MAX_SETTING_CHANGES,
 };
+pub use waiting::PendingFit;
 
 use keys::Keys;
 
@@ -639,6 +643,7 @@ impl Store {
             submit_total: if submitting { meta_num("submit_total").max(0) as u64 } else { 0 },
             submit_file: if submitting { meta.get("submit_file").cloned().unwrap_or_default() } else { String::new() },
             pretrain,
+            ..SweepSummary::default()
         })
     }
 

@@ -31,6 +31,9 @@ pub(crate) struct Scripts {
     pub delete_begin: Script,
     pub delete_batch: Script,
     pub plane_beat: Script,
+    pub merge_progress: Script,
+    pub trim_stream: Script,
+    pub pending_fit: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -52,4 +55,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     delete_begin: lua!("delete_begin.lua"),
     delete_batch: lua!("delete_batch.lua"),
     plane_beat: lua!("plane_beat.lua"),
+    merge_progress: lua!("merge_progress.lua"),
+    trim_stream: lua!("trim_stream.lua"),
+    pending_fit: lua!("pending_fit.lua"),
 });

@@ -31,7 +31,7 @@ for _ = 1, 64 do
   local best_id, best_score, best_gpus = nil, nil, nil
   for _, g in ipairs(redis.call('SMEMBERS', k('gpus'))) do
     local gn = tonumber(g)
-    if gn ~= nil and gn <= free then
+    if gn ~= nil and gpus_fit(gn, free) then
       local head = redis.call('ZRANGE', k('queue:' .. g), 0, 0, 'WITHSCORES')
       if head[1] then
         local score = tonumber(head[2])

@@ -1,7 +1,8 @@
 -- delete_batch: removes up to `batch` task hashes (or group key sets, queues) of a sweep
 -- whose delete began (delete_begin), so that no call blocks Redis for long whatever the
 -- sweep's size. Keys are found from the sweep's own indexes, never by KEYS/SCAN: the task
--- index `all` and the per-state indexes and lease zset (task hashes), the group set (group
+-- index `all` and the per-state indexes and lease zset (task hashes and their curves
+-- `curve:<id>`), the group set (group
 -- hashes, members, finals lists and their tasks), the pretrain cells' set (each one's
 -- dependents set), the GPU-count set (queues), then the fixed keys (closed, best, counts,
 -- the metrics stream and its progress hash) and last the tombstone. Big collections go with UNLINK (freed off the main thread). Running totals
@@ -28,6 +29,7 @@ local function drop_task(id)
     end
   end
   local gone = redis.call('DEL', task_key(id))
+  keys = keys + redis.call('UNLINK', k('curve:' .. id))
   keys = keys + gone
   tasks = tasks + gone
 end

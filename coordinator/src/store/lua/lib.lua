@@ -36,6 +36,12 @@ local function move_state(id, from, to, seq)
   redis.call('HINCRBY', k('counts'), to, 1)
 end
 
+-- The one lease-matching rule: a cell that needs `need` GPUs runs on a worker with at
+-- least that many free (acquire leases by it, pending_fit explains waiting cells by it).
+local function gpus_fit(need, free)
+  return need <= free
+end
+
 -- The pending queue: one zset per GPU count (scored by priority), and the set of GPU
 -- counts that have one, so acquire looks only at queues the worker can run.
 local function enqueue(id, gpus, prio)
