@@ -17,7 +17,7 @@ cargo build --bins --locked
 bin="$CARGO_TARGET_DIR/debug"
 # `scripts/quickstart.sh --real-small` runs examples/real-small.toml instead: the same
 # networks and datasets with more images, larger inputs and the paper's grid shape (about
-# an hour). Other arguments go to `tsweep local`.
+# three hours; run again, it resumes where it stopped). Other arguments go to `tsweep local`.
 sweep=examples/quickstart.toml short_side=64 per_class=(100 50)
 if [ "${1:-}" = "--real-small" ]; then
   shift
