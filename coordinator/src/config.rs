@@ -28,6 +28,11 @@ pub const DEFAULT_FINALS_INTERVAL_MS: u64 = 2_000;
 pub const DEFAULT_ACQUIRE_RETRY_AFTER_MS: u64 = 1_000;
 pub const DEFAULT_GAUGES_INTERVAL_MS: u64 = 5_000;
 pub const DEFAULT_REPAIR_INTERVAL_MS: u64 = 30_000;
+/// Cells per Redis script of a big operation: a few ms of Redis time each at a million
+/// cells (BENCHMARKS.md, "Big operations"), so no call blocks Redis for long.
+pub const DEFAULT_BATCH_CELLS: u64 = 125;
+/// The most `batch_cells` may be: one script of that many cells stays well under a second.
+pub const MAX_BATCH_CELLS: u64 = 5_000;
 
 /// Everything `tsweep serve` needs. Build it with [`ServiceConfig::load`]; the fields are
 /// public so tests and `tsweep local` can adjust a loaded config (then call `validate`).
@@ -60,6 +65,9 @@ pub struct ServiceConfig {
     /// How often the set of active sweeps is re-derived from the task state (a sweep left
     /// out of it by an interrupted operation is put back).
     pub repair_interval_ms: u64,
+    /// Cells written, cancelled, retried or deleted per Redis script call of a big
+    /// operation (submit, cancel, retry, delete): the longest any one call holds Redis.
+    pub batch_cells: u64,
     /// One bearer token for both roles: the fallback of `user_token` and `worker_token`.
     pub auth_token: Option<String>,
     /// File holding that token (a Kubernetes Secret mount); exclusive with `auth_token`.
@@ -98,6 +106,7 @@ impl Default for ServiceConfig {
             acquire_retry_after_ms: DEFAULT_ACQUIRE_RETRY_AFTER_MS,
             gauges_interval_ms: DEFAULT_GAUGES_INTERVAL_MS,
             repair_interval_ms: DEFAULT_REPAIR_INTERVAL_MS,
+            batch_cells: DEFAULT_BATCH_CELLS,
             auth_token: None,
             auth_token_file: None,
             user_token: None,
@@ -228,6 +237,7 @@ impl ServiceConfig {
             .set_default("acquire_retry_after_ms", defaults.acquire_retry_after_ms)?
             .set_default("gauges_interval_ms", defaults.gauges_interval_ms)?
             .set_default("repair_interval_ms", defaults.repair_interval_ms)?
+            .set_default("batch_cells", defaults.batch_cells)?
             .set_default("insecure", defaults.insecure)?;
         if let Some(path) = file {
             if !path.is_file() {
@@ -319,6 +329,9 @@ impl ServiceConfig {
             if value == 0 {
                 return Err(invalid(field, "must be above 0"));
             }
+        }
+        if !(1..=MAX_BATCH_CELLS).contains(&self.batch_cells) {
+            return Err(invalid("batch_cells", &format!("must be 1 to {MAX_BATCH_CELLS}")));
         }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => return Err(invalid("tls_key", "is required when tls_cert is set")),
@@ -469,6 +482,18 @@ mod tests {
         assert_eq!(config.lease_ttl_ms, 12_000, "env beats file");
         assert_eq!(config.redis_url, "redis://127.0.0.1:7000", "flags beat env");
         assert_eq!(config.heartbeat_interval(), Duration::from_millis(4_000));
+    }
+
+    #[test]
+    fn batch_cells_comes_from_the_environment_and_is_bounded() {
+        let load = |value: &str| {
+            ServiceConfig::load_with_env(None, Default::default(), env(&[("TSWEEP__BATCH_CELLS", value)]))
+        };
+        assert_eq!(load("250").unwrap().batch_cells, 250);
+        for bad in ["0", "5001"] {
+            let err = load(bad).unwrap_err().to_string();
+            assert!(err.contains("batch_cells") && err.contains("1 to 5000"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -202,8 +202,13 @@ pub async fn start_with_token_reload(
 
     let cancel = CancellationToken::new();
     let telemetry = Telemetry::new();
-    let store_options =
-        StoreOptions { lease_ttl: config.lease_ttl(), dark_after: config.dark_after(), ..StoreOptions::default() };
+    let store_options = StoreOptions {
+        lease_ttl: config.lease_ttl(),
+        dark_after: config.dark_after(),
+        submit_batch: config.batch_cells as usize,
+        bulk_batch: config.batch_cells as usize,
+        ..StoreOptions::default()
+    };
     let roles = RoleTokens::from_config(&config);
     let (user_auth, worker_auth) = (roles.user.enabled(), roles.worker.enabled());
     if roles.shared && !listen.ip().is_loopback() {

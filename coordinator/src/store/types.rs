@@ -69,9 +69,9 @@ pub struct StoreOptions {
     /// a task fails for good ("lost too many times"), so a task that kills its worker
     /// cannot loop forever.
     pub max_lost_attempts: u32,
-    /// Cells written per submit script call.
+    /// Cells written per submit script call (the service's `batch_cells`).
     pub submit_batch: usize,
-    /// Tasks moved per cancel/retry/reap script call.
+    /// Tasks moved per cancel/retry/reap/delete script call (the service's `batch_cells`).
     pub bulk_batch: usize,
     /// Reconnect backoff: first and longest delay.
     pub reconnect_min_delay: Duration,
@@ -102,10 +102,8 @@ impl Default for StoreOptions {
             lease_ttl: Duration::from_secs(30),
             key_prefix: "tsweep".to_string(),
             max_lost_attempts: 20,
-            // About 10 ms of Redis time per script on an idle core at either size
-            // (BENCHMARKS.md, "Big operations"): no call blocks Redis for long.
-            submit_batch: 250,
-            bulk_batch: 250,
+            submit_batch: crate::config::DEFAULT_BATCH_CELLS as usize,
+            bulk_batch: crate::config::DEFAULT_BATCH_CELLS as usize,
             reconnect_min_delay: Duration::from_millis(50),
             reconnect_max_delay: Duration::from_secs(2),
             response_timeout: Duration::from_secs(10),

@@ -158,6 +158,10 @@ async fn main() -> Result<()> {
     let entries = shared.entries.load(Ordering::Relaxed);
     let errors = shared.errors.load(Ordering::Relaxed);
     println!("metrics entries written {entries}, call errors {errors}");
+    // Memory the coordinator keeps once the load is gone: a leak keeps growing with the
+    // work done, memory an allocator keeps for reuse stays at the busiest moment's level.
+    tokio::time::sleep(Duration::from_secs(args.sample_s)).await;
+    println!("coordinator RSS {:.1} MiB after {} s without load", rss_mib(coordinator_pid), args.sample_s);
     if let (Some(first), Some(last)) = (samples.get(samples.len().min(2).saturating_sub(1)), samples.last()) {
         println!(
             "from t={} s to t={} s: redis {:.1} -> {:.1} MiB, stream {} -> {} entries, coordinator RSS {:.1} -> {:.1} MiB, \
