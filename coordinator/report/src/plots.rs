@@ -149,6 +149,47 @@ struct ScatterPanel {
     empty_message: Option<String>,
 }
 
+impl ScatterPanel {
+    /// A panel with nothing to plot yet, saying so.
+    fn empty(title: &str, x_desc: String, message: &str) -> ScatterPanel {
+        ScatterPanel {
+            title: title.to_string(),
+            x_desc,
+            y_desc: "transfer accuracy (mean log-odds)",
+            series: Vec::new(),
+            fit: None,
+            links: Vec::new(),
+            labels: false,
+            legend: false,
+            empty_message: Some(message.to_string()),
+        }
+    }
+}
+
+/// The corner of the plot where the legend covers the fewest points (lower right on a
+/// tie): scratch points sit low on the right of a comparison panel, for one.
+fn legend_corner(points: impl Iterator<Item = (f64, f64)>, x: (f64, f64), y: (f64, f64)) -> SeriesLabelPosition {
+    let share = |v: f64, (lo, hi): (f64, f64)| if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+    // (right, upper) of lower right, upper right, lower left, upper left.
+    const CORNERS: [(bool, bool); 4] = [(true, false), (true, true), (false, false), (false, true)];
+    let mut covered = [0usize; 4];
+    for (px, py) in points {
+        let (u, v) = (share(px, x), share(py, y));
+        for (count, (right, upper)) in covered.iter_mut().zip(CORNERS) {
+            let across = if right { u > 0.6 } else { u < 0.4 };
+            let up = if upper { v > 0.8 } else { v < 0.2 };
+            *count += usize::from(across && up);
+        }
+    }
+    let best = (0..4).min_by_key(|&i| covered[i]).unwrap_or(0);
+    match CORNERS[best] {
+        (true, false) => SeriesLabelPosition::LowerRight,
+        (true, true) => SeriesLabelPosition::UpperRight,
+        (false, false) => SeriesLabelPosition::LowerLeft,
+        (false, true) => SeriesLabelPosition::UpperLeft,
+    }
+}
+
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &ScatterPanel) -> Result<(), String> {
     let all = || panel.series.iter().flat_map(|(_, _, pts)| pts.iter());
     let (x0, x1) = padded_range(all().map(|p| p.x), 0.08, 0.12, (60.0, 85.0));
@@ -220,7 +261,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Scatter
     if panel.legend || panel.fit.is_some() {
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(legend_corner(all().map(|p| (p.x, p.y)), (x0, x1), (y0, y1)))
             .label_font((FONT, 13.0))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(200, 200, 200))
@@ -267,48 +308,18 @@ fn regime_panel(regime: &RegimeAnalysis, x_axis: &str) -> ScatterPanel {
     }
 }
 
-fn draw_figure1<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, analysis: &Analysis) -> Result<(), String> {
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
+/// Figure 1 (`figure1.svg|png`): one panel per regime, transfer against ImageNet top-1.
+pub fn figure1(analysis: &Analysis) -> Figure {
     let panels: Vec<ScatterPanel> = if analysis.regimes.is_empty() {
-        vec![ScatterPanel {
-            title: "no results yet".to_string(),
-            x_desc: format!("{} accuracy (%)", analysis.x_axis),
-            y_desc: "transfer accuracy (mean log-odds)",
-            series: Vec::new(),
-            fit: None,
-            links: Vec::new(),
-            labels: false,
-            legend: false,
-            empty_message: Some("no cell has a score yet".to_string()),
-        }]
+        vec![ScatterPanel::empty(
+            "no results yet",
+            format!("{} accuracy (%)", analysis.x_axis),
+            "no cell has a score yet",
+        )]
     } else {
         analysis.regimes.iter().map(|r| regime_panel(r, &analysis.x_axis)).collect()
     };
-    let areas = root.split_evenly((1, panels.len()));
-    for (area, panel) in areas.iter().zip(&panels) {
-        draw_panel(area, panel)?;
-    }
-    root.present().map_err(|e| e.to_string())
-}
-
-fn figure1_size(analysis: &Analysis) -> (u32, u32) {
-    (FIGURE1_PANEL.0 * analysis.regimes.len().max(1) as u32, FIGURE1_PANEL.1)
-}
-
-pub fn figure1_svg(analysis: &Analysis) -> Result<String, ReportError> {
-    ensure_font()?;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, figure1_size(analysis)).into_drawing_area();
-        draw_figure1(root, analysis).map_err(|e| plot_error("figure1.svg", e))?;
-    }
-    Ok(svg)
-}
-
-pub fn figure1_png(analysis: &Analysis, path: &Path) -> Result<(), ReportError> {
-    ensure_font()?;
-    let root = BitMapBackend::new(path, figure1_size(analysis)).into_drawing_area();
-    draw_figure1(root, analysis).map_err(|e| plot_error(&path.display().to_string(), e))
+    Figure::in_a_row("figure1", FIGURE1_PANEL, panels)
 }
 
 fn comparison_panels(analysis: &Analysis) -> Vec<ScatterPanel> {
@@ -351,35 +362,12 @@ fn comparison_grid(n: usize) -> (usize, usize) {
     (n.div_ceil(cols).max(1), cols)
 }
 
-fn comparison_size(analysis: &Analysis) -> (u32, u32) {
-    let (rows, cols) = comparison_grid(analysis.scratch_vs_finetune.len());
-    (COMPARISON_PANEL.0 * cols as u32, COMPARISON_PANEL.1 * rows as u32)
-}
-
-fn draw_comparison<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, analysis: &Analysis) -> Result<(), String> {
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
+/// The scratch-vs-fine-tune figure (`scratch_vs_finetune.svg|png`), a panel per dataset.
+pub fn scratch_vs_finetune(analysis: &Analysis) -> Figure {
     let panels = comparison_panels(analysis);
-    let areas = root.split_evenly(comparison_grid(panels.len()));
-    for (area, panel) in areas.iter().zip(&panels) {
-        draw_panel(area, panel)?;
-    }
-    root.present().map_err(|e| e.to_string())
-}
-
-pub fn scratch_vs_finetune_svg(analysis: &Analysis) -> Result<String, ReportError> {
-    ensure_font()?;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, comparison_size(analysis)).into_drawing_area();
-        draw_comparison(root, analysis).map_err(|e| plot_error("scratch_vs_finetune.svg", e))?;
-    }
-    Ok(svg)
-}
-
-pub fn scratch_vs_finetune_png(analysis: &Analysis, path: &Path) -> Result<(), ReportError> {
-    ensure_font()?;
-    let root = BitMapBackend::new(path, comparison_size(analysis)).into_drawing_area();
-    draw_comparison(root, analysis).map_err(|e| plot_error(&path.display().to_string(), e))
+    let (rows, cols) = comparison_grid(panels.len());
+    let size = (COMPARISON_PANEL.0 * cols as u32, COMPARISON_PANEL.1 * rows as u32);
+    Figure { name: "scratch_vs_finetune", size, grid: (rows, cols), panels }
 }
 
 const REGULARIZER_PANEL: (u32, u32) = (620, 560);
@@ -430,46 +418,73 @@ fn regularizer_panels(study: &RegularizerStudy) -> Vec<ScatterPanel> {
         .collect()
 }
 
-fn regularizer_size(study: &RegularizerStudy) -> (u32, u32) {
-    (REGULARIZER_PANEL.0 * study.panels.len().max(1) as u32, REGULARIZER_PANEL.1)
-}
-
-fn draw_regularizers<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, study: &RegularizerStudy) -> Result<(), String> {
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
+/// The regularizer figure (`regularizers.svg|png`), linear probe and fine-tuning side by side.
+pub fn regularizers(study: &RegularizerStudy) -> Figure {
     let mut panels = regularizer_panels(study);
     if panels.is_empty() {
-        panels.push(ScatterPanel {
-            title: "no transfer scores yet".to_string(),
-            x_desc: "source test accuracy (%)".to_string(),
-            y_desc: "transfer accuracy (mean log-odds)",
-            series: Vec::new(),
-            fit: None,
-            links: Vec::new(),
-            labels: false,
-            legend: false,
-            empty_message: Some("no transfer cell of a pretrained model has a score".to_string()),
-        });
+        panels.push(ScatterPanel::empty(
+            "no transfer scores yet",
+            "source test accuracy (%)".to_string(),
+            "no transfer cell of a pretrained model has a score",
+        ));
     }
-    let areas = root.split_evenly((1, panels.len()));
-    for (area, panel) in areas.iter().zip(&panels) {
-        draw_panel(area, panel)?;
-    }
-    root.present().map_err(|e| e.to_string())
+    Figure::in_a_row("regularizers", REGULARIZER_PANEL, panels)
 }
 
-/// The regularizer figure (`regularizers.svg`), linear probe and fine-tuning side by side.
-pub fn regularizers_svg(study: &RegularizerStudy) -> Result<String, ReportError> {
-    ensure_font()?;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, regularizer_size(study)).into_drawing_area();
-        draw_regularizers(root, study).map_err(|e| plot_error("regularizers.svg", e))?;
-    }
-    Ok(svg)
+/// A figure of scatter panels on a grid, drawn to SVG text or to a PNG file.
+pub struct Figure {
+    /// The file stem: `figure1` is written as figure1.svg and figure1.png.
+    pub name: &'static str,
+    size: (u32, u32),
+    /// (rows, columns) of panels.
+    grid: (usize, usize),
+    panels: Vec<ScatterPanel>,
 }
 
-pub fn regularizers_png(study: &RegularizerStudy, path: &Path) -> Result<(), ReportError> {
-    ensure_font()?;
-    let root = BitMapBackend::new(path, regularizer_size(study)).into_drawing_area();
-    draw_regularizers(root, study).map_err(|e| plot_error(&path.display().to_string(), e))
+impl Figure {
+    fn in_a_row(name: &'static str, panel: (u32, u32), panels: Vec<ScatterPanel>) -> Figure {
+        let size = (panel.0 * panels.len().max(1) as u32, panel.1);
+        Figure { name, size, grid: (1, panels.len()), panels }
+    }
+
+    pub fn svg(&self) -> Result<String, ReportError> {
+        ensure_font()?;
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, self.size).into_drawing_area();
+            self.draw(root).map_err(|e| plot_error(&format!("{}.svg", self.name), e))?;
+        }
+        Ok(svg)
+    }
+
+    pub fn png(&self, path: &Path) -> Result<(), ReportError> {
+        ensure_font()?;
+        let root = BitMapBackend::new(path, self.size).into_drawing_area();
+        self.draw(root).map_err(|e| plot_error(&path.display().to_string(), e))
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let areas = root.split_evenly(self.grid);
+        for (area, panel) in areas.iter().zip(&self.panels) {
+            draw_panel(area, panel)?;
+        }
+        root.present().map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legend_goes_to_the_corner_with_fewest_points() {
+        let (x, y) = ((70.0, 80.0), (0.0, 100.0));
+        // Scratch points low on the right (as on a comparison panel) push it elsewhere.
+        let low_right = [(71.0, 70.0), (77.0, 12.0), (79.0, 10.0)];
+        assert!(matches!(legend_corner(low_right.into_iter(), x, y), SeriesLabelPosition::UpperRight));
+        assert!(matches!(legend_corner(std::iter::empty(), x, y), SeriesLabelPosition::LowerRight));
+        let everywhere = [(71.0, 90.0), (79.0, 90.0), (71.0, 5.0), (79.0, 5.0), (79.0, 6.0)];
+        assert!(matches!(legend_corner(everywhere.into_iter(), x, y), SeriesLabelPosition::UpperRight));
+    }
 }

@@ -24,11 +24,6 @@ const PLAIN_LINE_EVERY: Duration = Duration::from_secs(10);
 /// Reconnects of the watch stream before giving up.
 const MAX_STREAM_RETRIES: u32 = 30;
 
-/// A sweep has ended when nothing is pending, leased or running.
-pub fn is_finished(summary: &SweepSummary) -> bool {
-    matches!(summary.status.as_str(), "done" | "cancelled")
-}
-
 struct Display {
     bar: ProgressBar,
     live: ProgressBar,
@@ -101,7 +96,7 @@ impl Display {
         }
         if self.plain {
             let due = self.last_plain.is_none_or(|t| t.elapsed() >= PLAIN_LINE_EVERY);
-            if (due || is_finished(summary)) && line != self.last_line {
+            if (due || summary.is_finished()) && line != self.last_line {
                 let held: u64 = summary.pretrain.iter().map(|p| p.waiting).sum();
                 let pretrained = summary.pretrain.iter().filter(|p| p.state == "succeeded").count();
                 let stage = if summary.pretrain.is_empty() {
@@ -157,12 +152,12 @@ pub async fn watch_until_done(
     let mut retries = 0;
     let result = loop {
         match follow_stream(client, sweep, &mut display).await {
-            Ok(Some(last)) if is_finished(&last) => {
+            Ok(Some(last)) if last.is_finished() => {
                 tokio::time::sleep(settle).await;
                 let now = get_summary(client, sweep).await?;
                 display.update(&now);
                 let total = |s: &SweepSummary| s.counts.as_ref().map_or(0, |c| c.total);
-                if is_finished(&now) && total(&now) == total(&last) {
+                if now.is_finished() && total(&now) == total(&last) {
                     break Ok(now);
                 }
             }
@@ -210,7 +205,7 @@ async fn follow_stream(
         match stream.message().await {
             Ok(Some(summary)) => {
                 display.update(&summary);
-                let finished = is_finished(&summary);
+                let finished = summary.is_finished();
                 last = Some(summary);
                 if finished {
                     return Ok(last);

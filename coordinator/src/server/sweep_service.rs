@@ -108,10 +108,6 @@ async fn with_submit_progress(store: &Store, sweep: &str, error: CoordinatorErro
     }
 }
 
-fn is_finished(summary: &SweepSummary) -> bool {
-    matches!(summary.status.as_str(), "done" | "cancelled")
-}
-
 #[tonic::async_trait]
 impl SweepService for SweepServiceImpl {
     async fn submit_sweep(
@@ -318,7 +314,7 @@ async fn watch_loop(
     cancel: tokio_util::sync::CancellationToken,
     sender: mpsc::Sender<Result<SweepSummary, Status>>,
 ) {
-    let mut finished = is_finished(&first);
+    let mut finished = first.is_finished();
     if sender.send(Ok(first)).await.is_err() {
         return;
     }
@@ -348,7 +344,7 @@ async fn watch_loop(
         }
         match summary_with_best(&store, &sweep).await {
             Ok(summary) => {
-                finished = is_finished(&summary);
+                finished = summary.is_finished();
                 if sender.send(Ok(summary)).await.is_err() {
                     return;
                 }

@@ -213,13 +213,11 @@ impl Store {
         if worker_id.is_empty() {
             return Err(StoreError::InvalidArgument("acquire: empty worker id".into()));
         }
-        let mut conn = self.conn.clone();
-        let mut sweeps: Vec<String> =
-            conn.smembers(self.keys.active()).await.map_err(StoreError::redis("smembers active"))?;
+        let sweeps = self.sorted_members(self.keys.active(), "smembers active").await?;
         if sweeps.is_empty() {
             return Ok(None);
         }
-        sweeps.sort();
+        let mut conn = self.conn.clone();
         let start = self.round_robin.fetch_add(1, Ordering::Relaxed);
         let ttl_ms = self.lease_ttl_ms();
         for offset in 0..sweeps.len() {
@@ -474,11 +472,15 @@ impl Store {
     /// Sweeps that may have work (pending, leased or running tasks, or a selection
     /// waiting); what the timers (reaper, finals) go over.
     pub async fn active_sweeps(&self) -> Result<Vec<String>, StoreError> {
+        self.sorted_members(self.keys.active(), "smembers active").await
+    }
+
+    /// The members of a Redis set, sorted (`operation` names the read in errors).
+    async fn sorted_members(&self, key: String, operation: &'static str) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn.clone();
-        let mut sweeps: Vec<String> =
-            conn.smembers(self.keys.active()).await.map_err(StoreError::redis("smembers active"))?;
-        sweeps.sort();
-        Ok(sweeps)
+        let mut members: Vec<String> = conn.smembers(key).await.map_err(StoreError::redis(operation))?;
+        members.sort();
+        Ok(members)
     }
 
     /// Drains the sweep's closed selection groups: for each, picks the best grid point
@@ -695,10 +697,7 @@ impl Store {
 
     /// Every sweep's summary, by name.
     pub async fn list_sweeps(&self) -> Result<Vec<SweepSummary>, StoreError> {
-        let mut conn = self.conn.clone();
-        let mut names: Vec<String> =
-            conn.smembers(self.keys.sweeps()).await.map_err(StoreError::redis("smembers sweeps"))?;
-        names.sort();
+        let names = self.sorted_members(self.keys.sweeps(), "smembers sweeps").await?;
         let mut summaries = Vec::with_capacity(names.len());
         for name in names {
             match self.summary(&name).await {
@@ -964,10 +963,8 @@ impl Store {
     /// The sweep's selection groups with their current final, by key.
     pub async fn groups(&self, sweep: &str) -> Result<Vec<GroupInfo>, StoreError> {
         validate_sweep_name(sweep)?;
+        let keys = self.sorted_members(self.keys.groups(sweep), "smembers groups").await?;
         let mut conn = self.conn.clone();
-        let mut keys: Vec<String> =
-            conn.smembers(self.keys.groups(sweep)).await.map_err(StoreError::redis("smembers groups"))?;
-        keys.sort();
         let mut groups = Vec::with_capacity(keys.len());
         for key in keys {
             let (row, finals): (HashMap<String, String>, Vec<String>) = redis::pipe()

@@ -57,43 +57,35 @@ for _, suffix in ipairs({'all', 'state:pending', 'state:leased', 'state:running'
   if not drain_index(k(suffix)) then empty = false end
 end
 
--- Selection groups: their hashes, member sets, finals lists and the finals' tasks.
 -- Takes `member` out of the set `key`; the set itself counts as deleted when it empties.
 local function drop_member(key, member)
   redis.call('SREM', key, member)
   if redis.call('EXISTS', key) == 0 then keys = keys + 1 end
 end
 
-if budget > 0 then
-  for _, g in ipairs(redis.call('SRANDMEMBER', k('groups'), budget)) do
-    for _, id in ipairs(redis.call('LRANGE', k('finals:' .. g), 0, -1)) do drop_task(id) end
-    keys = keys + redis.call('UNLINK', k('group:' .. g), k('members:' .. g), k('finals:' .. g))
-    drop_member(k('groups'), g)
-    budget = budget - 1
+-- Drops up to `budget` members of the index set `index`, each with `drop_one(member)`
+-- (which unlinks the member's own keys); the sweep is not empty while the index is not.
+local function drain_set(index, drop_one)
+  if budget > 0 then
+    for _, m in ipairs(redis.call('SRANDMEMBER', k(index), budget)) do
+      drop_one(m)
+      drop_member(k(index), m)
+      budget = budget - 1
+    end
   end
+  if redis.call('EXISTS', k(index)) == 1 then empty = false end
 end
-if redis.call('EXISTS', k('groups')) == 1 then empty = false end
 
+-- Selection groups: their hashes, member sets, finals lists and the finals' tasks.
+drain_set('groups', function(g)
+  for _, id in ipairs(redis.call('LRANGE', k('finals:' .. g), 0, -1)) do drop_task(id) end
+  keys = keys + redis.call('UNLINK', k('group:' .. g), k('members:' .. g), k('finals:' .. g))
+end)
 -- Pretrain cells: the set of transfer cells that wait for each (their hashes are in the
 -- task indexes above).
-if budget > 0 then
-  for _, id in ipairs(redis.call('SRANDMEMBER', k('pretrains'), budget)) do
-    keys = keys + redis.call('UNLINK', k('dependents:' .. id))
-    drop_member(k('pretrains'), id)
-    budget = budget - 1
-  end
-end
-if redis.call('EXISTS', k('pretrains')) == 1 then empty = false end
-
+drain_set('pretrains', function(id) keys = keys + redis.call('UNLINK', k('dependents:' .. id)) end)
 -- The pending queues, one per GPU count.
-if budget > 0 then
-  for _, g in ipairs(redis.call('SRANDMEMBER', k('gpus'), budget)) do
-    keys = keys + redis.call('UNLINK', k('queue:' .. g))
-    drop_member(k('gpus'), g)
-    budget = budget - 1
-  end
-end
-if redis.call('EXISTS', k('gpus')) == 1 then empty = false end
+drain_set('gpus', function(g) keys = keys + redis.call('UNLINK', k('queue:' .. g)) end)
 
 local totals = redis.call('HMGET', tomb, 'del_keys', 'del_tasks')
 local total_keys, total_tasks = num(totals[1], 0) + keys, num(totals[2], 0) + tasks
