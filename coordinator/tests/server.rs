@@ -475,6 +475,12 @@ async fn watch_streams_until_done_and_metrics_entries_are_fenced() {
     assert!(counts.succeeded >= 3, "{counts:?}");
     assert_eq!(counts.succeeded, counts.total, "{counts:?}");
     assert_eq!(last.best.len(), 1, "one (model, dataset, regime) group: {:?}", last.best);
+    // ListSweeps (and the gauges loop, through the same summary) stays O(1) per sweep: the
+    // counts and status, never the best-score board, which grows with the grid.
+    let listed = sweeps.list_sweeps(ListSweepsRequest {}).await.unwrap().into_inner().sweeps;
+    let svc = listed.iter().find(|s| s.sweep == "svc").expect("listed");
+    assert_eq!((svc.status.as_str(), svc.counts.unwrap().succeeded), ("done", counts.succeeded));
+    assert!(svc.best.is_empty() && svc.running.is_empty(), "{svc:?}");
     harness.stop().await;
 }
 

@@ -79,9 +79,7 @@ fn require_sweep(sweep: &str) -> Result<(), CoordinatorError> {
 async fn summary_with_best(store: &Store, sweep: &str) -> Result<SweepSummary, CoordinatorError> {
     bounded(async {
         let mut summary = store.summary(sweep).await?;
-        if summary.best.is_empty() {
-            summary.best = store.best_scores(sweep).await?;
-        }
+        summary.best = store.best_scores(sweep).await?;
         let counts = summary.counts.unwrap_or_default();
         if counts.leased + counts.running > 0 {
             summary.running = store.running(sweep).await?;

@@ -590,18 +590,18 @@ impl Store {
         Ok(created)
     }
 
-    /// The sweep's counts and status in O(1) (plus the best-score board). Status
-    /// `submitting` while a submission has not landed its last batch, `deleting` while a
-    /// delete has not finished.
+    /// The sweep's counts and status in O(1), without the best-score board (which has an
+    /// entry per model, dataset and regime: [`Store::best_scores`]). Status `submitting`
+    /// while a submission has not landed its last batch, `deleting` while a delete has not
+    /// finished.
     pub async fn summary(&self, sweep: &str) -> Result<SweepSummary, StoreError> {
         validate_sweep_name(sweep)?;
         let mut conn = self.conn.clone();
         type Fields = HashMap<String, String>;
-        let (mut meta, counts, closed, best): (Fields, Fields, u64, Fields) = redis::pipe()
+        let (mut meta, counts, closed): (Fields, Fields, u64) = redis::pipe()
             .hgetall(self.keys.meta(sweep))
             .hgetall(self.keys.counts(sweep))
             .scard(self.keys.closed(sweep))
-            .hgetall(self.keys.best(sweep))
             .query_async(&mut conn)
             .await
             .map_err(StoreError::redis("read summary"))?;
@@ -640,7 +640,6 @@ impl Store {
             stale_reports: meta_num("stale_reports").max(0) as u64,
             lease_expiries: meta_num("lease_expiries").max(0) as u64,
             created_unix_ms: meta_num("created_ms"),
-            best: parse_best(best),
             submit_written: if submitting { meta_num("submit_next").max(0) as u64 } else { 0 },
             submit_total: if submitting { meta_num("submit_total").max(0) as u64 } else { 0 },
             submit_file: if submitting { meta.get("submit_file").cloned().unwrap_or_default() } else { String::new() },
