@@ -55,7 +55,7 @@ fn cells(sweep: &str, n: usize) -> Vec<Cell> {
                     batch_size: 256,
                     momentum: 0.9,
                     nesterov: true,
-                    schedule: "cosine".into(),
+                    schedule: tsweep_proto::cell::Schedule::Cosine,
                     bn_momentum: None,
                     eval_every: 1000,
                     checkpoint_every: 1000,
@@ -161,7 +161,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let Ok(Some(a)) = store.acquire(&worker, 1).await else { break };
                     latencies.push(t.elapsed());
                     let lease = LeaseRef { sweep: a.sweep, task_id: a.task_id, attempt: a.attempt };
-                    let result = TaskResult { metric: "top1".into(), val_score: Some(0.5), ..Default::default() };
+                    let result = TaskResult {
+                        metric: tsweep_proto::v1::Metric::Top1.into(),
+                        val_score: Some(0.5),
+                        ..Default::default()
+                    };
                     if store.complete(&worker, &lease, &result).await.is_ok() {
                         done += 1;
                     }

@@ -9,6 +9,7 @@
 pub mod bulk;
 pub mod client;
 pub mod error;
+pub mod local;
 pub mod output;
 pub mod watch;
 
@@ -318,7 +319,7 @@ async fn run_async(cli: Cli) -> Result<(), CliError> {
         Command::Retry(args) => retry(&cli, args).await,
         Command::Delete(args) => delete(&cli, args).await,
         Command::Report(args) => report(&cli, args).await,
-        Command::Local(args) => crate::local::run(&cli, args).await,
+        Command::Local(args) => local::run(&cli, args).await,
     }
 }
 
@@ -481,27 +482,8 @@ pub fn serve_error(error: crate::server::ServeError) -> CliError {
 
 /// Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal was closed).
 pub async fn wait_for_shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
-            (Ok(mut term), Ok(mut hup)) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                    _ = hup.recv() => {}
-                }
-            }
-            _ => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    let signal = tsweep_proto::signals::shutdown_signal().await;
+    tracing::info!(signal, "stopping");
 }
 
 async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<(), CliError> {
@@ -579,7 +561,12 @@ async fn results(cli: &Cli, args: &ResultsArgs) -> Result<(), CliError> {
     output::sort_tasks(&mut tasks);
     match args.format {
         ResultsFormat::Table => print!("{}", output::results_table(&tasks)),
-        ResultsFormat::Csv => print!("{}", output::results_csv(&tasks)),
+        ResultsFormat::Csv => {
+            // The report's column set: `tsweep results --format csv` is `results.csv`.
+            let report_error = |e: tsweep_report::ReportError| CliError::Other(format!("results: {e}"));
+            let input = tsweep_report::ReportInput::from_task_infos(&tasks).map_err(report_error)?;
+            print!("{}", tsweep_report::export::results_csv(&input.cells).map_err(report_error)?);
+        }
         ResultsFormat::Json => print_json(&output::results_json(&tasks))?,
     }
     Ok(())
@@ -593,7 +580,9 @@ async fn curve(cli: &Cli, args: &CurveArgs) -> Result<(), CliError> {
         .map_err(|s| CliError::from_status(&format!("sweep {} task {}", args.sweep, args.task_id), s))?
         .into_inner();
     match args.format {
-        CurveFormat::Csv => print!("{}", output::curve_csv(&curve.points)),
+        CurveFormat::Csv => {
+            print!("{}", output::curve_csv(&curve.points).map_err(|e| CliError::Other(format!("curve: {e}")))?)
+        }
         CurveFormat::Json => {
             print_json(&output::curve_json(&args.sweep, &args.task_id, &curve.points, curve.kept_at_most))?
         }

@@ -4,7 +4,6 @@
 pub mod cli;
 pub mod config;
 pub mod error;
-pub mod local;
 pub mod logging;
 pub mod redis_server;
 pub mod server;

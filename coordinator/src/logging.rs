@@ -1,14 +1,7 @@
-//! Logging for the `tsweep` binary: `tracing` to stderr as text or JSON lines
-//! (`--log-format json`), filtered by `RUST_LOG` when set, else by `-v` count.
+//! Logging for the `tsweep` binary: [`tsweep_proto::logging`] at a level set by the `-v`
+//! count (`RUST_LOG` overrides it).
 
-use tracing_subscriber::EnvFilter;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+pub use tsweep_proto::logging::LogFormat;
 
 /// Installs the global subscriber. `base` is the level without `-v` (`info` for the
 /// server, `warn` for CLI commands); each `-v` raises it one step. Safe to call twice
@@ -21,15 +14,8 @@ pub fn init(format: LogFormat, base: tracing::Level, verbose: u8) {
         (tracing::Level::INFO, 1) | (tracing::Level::WARN, 2) | (tracing::Level::ERROR, 3) => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        // Our crates at the chosen level; dependencies one notch quieter unless tracing.
-        let deps = if level == tracing::Level::TRACE { "debug" } else { "warn" };
-        EnvFilter::new(format!("{deps},tsweep={level},tsweep_coordinator={level},tsweep_report={level}").to_lowercase())
-    });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        // Colours only on a terminal: log files and pipes get plain text.
-        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
-    };
+    // Our crates at the chosen level; dependencies one notch quieter unless tracing.
+    let deps = if level == tracing::Level::TRACE { "debug" } else { "warn" };
+    let directives = format!("{deps},tsweep={level},tsweep_coordinator={level},tsweep_report={level}");
+    tsweep_proto::logging::init(format, &directives.to_lowercase());
 }

@@ -300,7 +300,7 @@ async fn complete(
             worker_secret: secret.into(),
             lease: Some(lease(task)),
             result: Some(TaskResult {
-                metric: "top1".into(),
+                metric: tsweep_proto::v1::Metric::Top1.into(),
                 val_score: Some(val),
                 test_score: Some(test),
                 steps: 10,
@@ -338,7 +338,7 @@ async fn a_submission_killed_midway_stays_submitting_and_submitting_again_finish
     let mut workers = s.coordinator.workers().await;
     let secret = register(&mut workers).await;
     let half = summary(&mut sweeps, "big").await;
-    assert_eq!(half.status, "submitting");
+    assert_eq!(half.status(), tsweep_proto::v1::SweepStatus::Submitting);
     assert_eq!((half.submit_written, half.submit_total), (written, 60_000));
     assert_eq!(half.submit_file, "big.toml");
     assert!(acquire(&mut workers, &secret).await.is_none(), "nothing is leased from a sweep whose submit did not land");
@@ -357,7 +357,7 @@ async fn a_submission_killed_midway_stays_submitting_and_submitting_again_finish
     assert!(out.contains("sweep big: 60000 cells"), "{out}");
     assert!(out.contains(&format!("its first {written} cells had been written already")), "{out}");
     let whole = summary(&mut sweeps, "big").await;
-    assert_eq!(whole.status, "active");
+    assert_eq!(whole.status(), tsweep_proto::v1::SweepStatus::Active);
     let counts = whole.counts.unwrap();
     assert_eq!((counts.total, counts.pending), (60_000, 60_000), "every cell once");
     assert_eq!(whole.submit_total, 0, "the marker is gone");
@@ -386,7 +386,7 @@ async fn redis_at_maxmemory_fails_the_submit_clearly_and_readiness_follows() {
     s.coordinator.wait_readiness(ServingStatus::NotServing).await;
     let mut sweeps = s.coordinator.sweeps().await;
     let half = summary(&mut sweeps, "big").await;
-    assert_eq!(half.status, "submitting", "an incomplete submit never looks complete");
+    assert_eq!(half.status(), tsweep_proto::v1::SweepStatus::Submitting, "an incomplete submit never looks complete");
     assert!(half.submit_written < 60_000);
     assert_eq!(half.counts.unwrap().total, half.submit_written, "what landed is exactly what is counted");
     assert!(acquire(&mut workers, &secret).await.is_none());
@@ -396,7 +396,7 @@ async fn redis_at_maxmemory_fails_the_submit_clearly_and_readiness_follows() {
     let again = s.coordinator.cli(s.dir.path(), &["submit", "big.toml"]);
     assert_success(&again);
     let whole = summary(&mut sweeps, "big").await;
-    assert_eq!((whole.status.as_str(), whole.counts.unwrap().total), ("active", 60_000));
+    assert_eq!((whole.status().name(), whole.counts.unwrap().total), ("active", 60_000));
     s.redis.kill();
 }
 
@@ -439,7 +439,7 @@ async fn cancel_retry_and_delete_go_in_batches_resume_and_leave_other_sweeps_ans
     // A cancel stopped after one batch: the sweep is cancelled already, the rest pending.
     let first = s.store.cancel_part("big", Budget::of(Duration::ZERO)).await.unwrap();
     assert!(!first.complete && first.moved > 0 && first.remaining > 0, "{first:?}");
-    assert_eq!(summary(&mut sweeps, "big").await.status, "cancelled");
+    assert_eq!(summary(&mut sweeps, "big").await.status(), tsweep_proto::v1::SweepStatus::Cancelled);
     let out = s.coordinator.cli(s.dir.path(), &["cancel", "big"]);
     assert_success(&out);
     assert_eq!(summary(&mut sweeps, "big").await.counts.unwrap().cancelled, 60_000);
@@ -465,7 +465,7 @@ async fn cancel_retry_and_delete_go_in_batches_resume_and_leave_other_sweeps_ans
     };
     assert_eq!(cancelled, 60_000, "every pending cell cancelled first");
     assert_eq!(part.tasks_total, 60_000);
-    assert_eq!(summary(&mut sweeps, "big").await.status, "deleting");
+    assert_eq!(summary(&mut sweeps, "big").await.status(), tsweep_proto::v1::SweepStatus::Deleting);
     let status = s.coordinator.cli(s.dir.path(), &["status", "big"]);
     assert!(text(&status.stdout).contains("run `tsweep delete big` to finish it"), "{}", text(&status.stdout));
     let refused = sweeps.submit_sweep(request("big", grid_file("big", 6, 100, 100, 10, 3))).await.unwrap_err();
@@ -610,14 +610,14 @@ async fn out_of_range_scores_are_refused_and_fail_their_attempt() {
                 assert_eq!(status.code(), Code::InvalidArgument);
                 assert!(status.message().contains(what), "{}", status.message());
                 assert!(status.message().contains("out of range for top1: scores are fractions in [0, 1]"));
-                assert_eq!(info.state, "failed", "the attempt failed for good");
+                assert_eq!(info.state(), tsweep_proto::v1::TaskState::Failed, "the attempt failed for good");
                 assert_eq!(info.error_class, FailureClass::Fatal as i32);
                 assert!(info.error.starts_with("result refused: "), "{}", info.error);
                 assert!(info.result.is_none(), "nothing of the refused result is recorded");
             }
             None => {
                 assert_eq!(answer.unwrap().outcome, ReportOutcome::Accepted as i32);
-                assert_eq!(info.state, "succeeded");
+                assert_eq!(info.state(), tsweep_proto::v1::TaskState::Succeeded);
             }
         }
     }
@@ -661,7 +661,7 @@ async fn a_resubmission_lists_changed_settings_and_update_applies_them() {
     for task in s.store.list_tasks("s", None, 0, "").await.unwrap().tasks {
         let steps = spec(&task).train.steps;
         if task.task_id == done.task_id {
-            assert_eq!((steps, task.state.as_str()), (10, "succeeded"), "a succeeded cell keeps its settings");
+            assert_eq!((steps, task.state().name()), (10, "succeeded"), "a succeeded cell keeps its settings");
             assert!(task.result.is_some());
         } else {
             assert_eq!((steps, spec(&task).max_attempts), (20, 5), "updated");

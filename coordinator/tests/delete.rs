@@ -60,7 +60,7 @@ fn held(a: &TaskAssignment) -> HeldLease {
 }
 
 fn result(val: f64) -> TaskResult {
-    TaskResult { metric: "top1".into(), val_score: Some(val), steps: 10, ..Default::default() }
+    TaskResult { metric: tsweep_proto::v1::Metric::Top1.into(), val_score: Some(val), steps: 10, ..Default::default() }
 }
 
 /// Every key of the sweep with its DUMP, to compare before and after.
@@ -86,8 +86,7 @@ async fn finish(store: &Store, name: &str) {
         while let Some(task) = store.acquire("w-finish", 1).await.unwrap() {
             let checkpoint = format!("/ckpt/{}/{}/attempt-{}/state.pt", task.sweep, task.task_id, task.attempt);
             let mut beat = held(&task);
-            beat.checkpoint_path = checkpoint;
-            beat.checkpoint_step = 5;
+            beat.checkpoint = Some(Checkpoint { path: checkpoint, step: 5 });
             assert!(store.renew("w-finish", &[beat]).await.unwrap().is_empty());
             let outcome = store.complete("w-finish", &lease(&task), &result(0.5)).await.unwrap();
             assert_eq!(outcome, ReportOutcome::Accepted);
@@ -102,7 +101,7 @@ async fn finish(store: &Store, name: &str) {
         redis::cmd("XADD").arg(&stream).arg("*").arg("task_id").arg("t").query_async(&mut conn).await.unwrap();
     let _: i64 =
         redis::cmd("HSET").arg(format!("{stream}:progress")).arg("t").arg("{}").query_async(&mut conn).await.unwrap();
-    assert_eq!(store.summary(name).await.unwrap().status, "done");
+    assert_eq!(store.summary(name).await.unwrap().status(), tsweep_proto::v1::SweepStatus::Done);
 }
 
 #[tokio::test]
@@ -368,7 +367,10 @@ async fn delete_over_grpc_and_the_cli_codes_and_messages() {
     let err = text(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("error: delete cli: ") && err.contains("--force"), "{err}");
-    assert_eq!(sweeps.get_sweep(GetSweepRequest { sweep: "cli".into() }).await.unwrap().into_inner().status, "active");
+    assert_eq!(
+        sweeps.get_sweep(GetSweepRequest { sweep: "cli".into() }).await.unwrap().into_inner().status(),
+        tsweep_proto::v1::SweepStatus::Active
+    );
 
     let out = tsweep(&url, &["delete", "nope"]).await;
     assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));

@@ -42,15 +42,19 @@ fn lease(a: &TaskAssignment) -> LeaseRef {
 fn held(a: &TaskAssignment, checkpoint: Option<(&str, u64)>, resume_error: &str) -> HeldLease {
     HeldLease {
         lease: Some(lease(a)),
-        checkpoint_path: checkpoint.map(|c| c.0.to_string()).unwrap_or_default(),
-        checkpoint_step: checkpoint.map(|c| c.1).unwrap_or(0),
+        checkpoint: checkpoint.map(|(path, step)| Checkpoint { path: path.to_string(), step }),
         running: true,
         resume_error: resume_error.to_string(),
     }
 }
 
 fn scored() -> TaskResult {
-    TaskResult { metric: "top1".into(), val_score: Some(0.5), test_score: Some(0.4), ..Default::default() }
+    TaskResult {
+        metric: tsweep_proto::v1::Metric::Top1.into(),
+        val_score: Some(0.5),
+        test_score: Some(0.4),
+        ..Default::default()
+    }
 }
 
 /// Beats and reaps every 50 ms (a coordinator that is up) for `span`; returns the leases reaped.
@@ -101,10 +105,10 @@ async fn an_outage_longer_than_the_ttl_costs_no_lease_and_an_abandoned_one_still
     }
     assert!(returned.elapsed() >= TTL / 2, "reaped too early: {:?}", returned.elapsed());
     let dead_task = store.task(SWEEP, &dead.task_id).await.unwrap().unwrap();
-    assert_eq!(dead_task.state, "pending");
+    assert_eq!(dead_task.state(), tsweep_proto::v1::TaskState::Pending);
     assert_eq!(dead_task.error_class, FailureClass::LostWorker as i32);
-    assert_eq!(store.task(SWEEP, &fresh.task_id).await.unwrap().unwrap().state, "pending");
-    assert_eq!(store.task(SWEEP, &alive.task_id).await.unwrap().unwrap().state, "running");
+    assert_eq!(store.task(SWEEP, &fresh.task_id).await.unwrap().unwrap().state(), tsweep_proto::v1::TaskState::Pending);
+    assert_eq!(store.task(SWEEP, &alive.task_id).await.unwrap().unwrap().state(), tsweep_proto::v1::TaskState::Running);
     assert_eq!(store.summary(SWEEP).await.unwrap().lease_expiries, 2);
 }
 
@@ -180,7 +184,7 @@ async fn the_active_set_is_re_derived_from_the_task_state() {
     // A finished sweep is not put back.
     let _: () = redis.srem("tsweep:active", SWEEP).await.unwrap();
     assert!(store.repair_active().await.unwrap().is_empty());
-    assert_eq!(store.summary(SWEEP).await.unwrap().status, "done");
+    assert_eq!(store.summary(SWEEP).await.unwrap().status(), tsweep_proto::v1::SweepStatus::Done);
 }
 
 #[tokio::test]
@@ -202,7 +206,7 @@ async fn the_repair_leaves_a_submission_still_landing_and_a_delete_under_way_alo
     assert!(!part.complete && part.next == 2, "{part:?}");
     assert!(store.repair_active().await.unwrap().is_empty(), "a submission still landing is not repaired");
     assert!(!is_active(&mut redis).await);
-    assert_eq!(store.summary(SWEEP).await.unwrap().status, "submitting");
+    assert_eq!(store.summary(SWEEP).await.unwrap().status(), tsweep_proto::v1::SweepStatus::Submitting);
     store.submit(&cells).await.unwrap();
     assert!(is_active(&mut redis).await, "the finished submission marks it active");
 
@@ -212,7 +216,7 @@ async fn the_repair_leaves_a_submission_still_landing_and_a_delete_under_way_alo
     store.cancel_sweep(SWEEP).await.unwrap();
     let part = store.delete_part(SWEEP, false, Budget::of(Duration::ZERO)).await.unwrap();
     assert!(!part.complete && part.tasks_total == 6, "{part:?}");
-    assert_eq!(store.summary(SWEEP).await.unwrap().status, "deleting");
+    assert_eq!(store.summary(SWEEP).await.unwrap().status(), tsweep_proto::v1::SweepStatus::Deleting);
     assert!(store.repair_active().await.unwrap().is_empty(), "a tombstoned sweep is not re-activated");
     assert!(!is_active(&mut redis).await);
     // Even when something put it back, the next acquire finds it idle and drops it.
@@ -236,34 +240,34 @@ async fn a_resume_checkpoint_that_is_gone_is_recorded_and_the_checkpoint_follows
     assert_eq!(lost.outcome, ReportOutcome::Accepted);
 
     let second = store.acquire("w2", 1).await.unwrap().unwrap();
-    assert_eq!((second.resume_checkpoint_path.as_str(), second.resume_checkpoint_step), ("/ckpt/attempt-1/c", 50));
+    assert_eq!(second.resume, Some(Checkpoint { path: "/ckpt/attempt-1/c".into(), step: 50 }));
     // Its resume checkpoint is gone: it says so and starts from step 0; its own checkpoints
     // (below step 50) are recorded from now on.
     let why = "checkpoint /ckpt/attempt-1/c (step 50) is missing";
     let stops = store.renew("w2", &[held(&second, Some(("/ckpt/attempt-2/c", 10)), why)]).await.unwrap();
     assert!(stops.is_empty());
     let task = store.task(SWEEP, &second.task_id).await.unwrap().unwrap();
-    assert_eq!((task.checkpoint_path.as_str(), task.checkpoint_step), ("/ckpt/attempt-2/c", 10));
+    assert_eq!(task.checkpoint, Some(Checkpoint { path: "/ckpt/attempt-2/c".into(), step: 10 }));
     assert_eq!(task.resume_error, format!("attempt 2: {why}"));
     // A late heartbeat with an older checkpoint of the same attempt changes nothing.
     store.renew("w2", &[held(&second, Some(("/ckpt/attempt-2/old", 5)), why)]).await.unwrap();
     store.renew("w2", &[held(&second, Some(("/ckpt/attempt-2/c", 20)), why)]).await.unwrap();
     let task = store.task(SWEEP, &second.task_id).await.unwrap().unwrap();
-    assert_eq!((task.checkpoint_path.as_str(), task.checkpoint_step), ("/ckpt/attempt-2/c", 20));
+    assert_eq!(task.checkpoint, Some(Checkpoint { path: "/ckpt/attempt-2/c".into(), step: 20 }));
 
     // A failure report carries it too (an attempt that fails before its first heartbeat).
     let c = Checkpoint { path: "/ckpt/attempt-2/c".into(), step: 30 };
     store.fail("w2", &lease(&second), FailureClass::Preempted, "drained", Some(&c)).await.unwrap();
     let third = store.acquire("w3", 1).await.unwrap().unwrap();
-    assert_eq!((third.resume_checkpoint_path.as_str(), third.resume_checkpoint_step), ("/ckpt/attempt-2/c", 30));
+    assert_eq!(third.resume, Some(Checkpoint { path: "/ckpt/attempt-2/c".into(), step: 30 }));
     let c = Checkpoint { path: "/ckpt/attempt-3/c".into(), step: 3 };
     let why = "checkpoint /ckpt/attempt-2/c (step 30) is missing";
     store.fail_with_resume_error("w3", &lease(&third), FailureClass::Retryable, "boom", Some(&c), why).await.unwrap();
     let task = store.task(SWEEP, &third.task_id).await.unwrap().unwrap();
-    assert_eq!((task.checkpoint_path.as_str(), task.checkpoint_step), ("/ckpt/attempt-3/c", 3));
+    assert_eq!(task.checkpoint, Some(Checkpoint { path: "/ckpt/attempt-3/c".into(), step: 3 }));
     assert_eq!(task.resume_error, format!("attempt 3: {why}"));
     // An old attempt's stale heartbeat can do none of this.
     let stops = store.renew("w1", &[held(&first, Some(("/ckpt/attempt-1/c", 1)), "x")]).await.unwrap();
     assert_eq!(stops[0].reason, StopReason::LeaseLost as i32);
-    assert_eq!(store.task(SWEEP, &third.task_id).await.unwrap().unwrap().checkpoint_step, 3);
+    assert_eq!(store.task(SWEEP, &third.task_id).await.unwrap().unwrap().checkpoint.map(|c| c.step), Some(3));
 }

@@ -75,7 +75,13 @@ fn lease(a: &TaskAssignment) -> LeaseRef {
 }
 
 fn result(test: f64) -> TaskResult {
-    TaskResult { metric: "top1".into(), test_score: Some(test), val_score: Some(test), steps: 10, ..Default::default() }
+    TaskResult {
+        metric: tsweep_proto::v1::Metric::Top1.into(),
+        test_score: Some(test),
+        val_score: Some(test),
+        steps: 10,
+        ..Default::default()
+    }
 }
 
 fn stage(a: &TaskAssignment) -> Stage {
@@ -138,7 +144,7 @@ async fn transfer_cells_wait_for_their_pretrain_cell_and_fail_with_it() {
         .collect();
     assert_eq!(dependents.len(), 2);
     for t in dependents {
-        assert_eq!(t.state, "failed");
+        assert_eq!(t.state(), tsweep_proto::v1::TaskState::Failed);
         assert!(t.error.contains(&format!("pretrain cell {}", bad.task_id)), "{}", t.error);
         assert!(t.error.contains("source training exploded"), "{}", t.error);
         assert_eq!(t.error_class, FailureClass::Fatal as i32);

@@ -41,9 +41,14 @@ async fn submit_acquire_complete(store: &Store) {
     let assignment = store.acquire("w1", 1).await.unwrap().expect("the task is leased over tls");
     assert_eq!(assignment.task_id, cell.id);
     let lease = LeaseRef { sweep: SWEEP.into(), task_id: cell.id.clone(), attempt: assignment.attempt };
-    let result = TaskResult { metric: "top1".into(), val_score: Some(0.9), steps: 1, ..Default::default() };
+    let result = TaskResult {
+        metric: tsweep_proto::v1::Metric::Top1.into(),
+        val_score: Some(0.9),
+        steps: 1,
+        ..Default::default()
+    };
     assert_eq!(store.complete("w1", &lease, &result).await.unwrap(), ReportOutcome::Accepted);
-    assert_eq!(store.task(SWEEP, &cell.id).await.unwrap().unwrap().state, "succeeded");
+    assert_eq!(store.task(SWEEP, &cell.id).await.unwrap().unwrap().state(), tsweep_proto::v1::TaskState::Succeeded);
 }
 
 fn assert_tls_refusal(err: &StoreError) {

@@ -16,7 +16,7 @@ use tsweep_coordinator::config::{ConfigError, ServiceConfig};
 use tsweep_coordinator::redis_server::RedisServer;
 use tsweep_coordinator::server::{self, RunningCoordinator, ServeError, READINESS_SERVICE};
 use tsweep_coordinator::store::{Store, StoreOptions};
-use tsweep_proto::auth::{bearer_interceptor, BearerInterceptor, WorkerRefusal};
+use tsweep_proto::auth::{TokenInterceptor, WorkerRefusal};
 use tsweep_proto::v1::sweep_service_client::SweepServiceClient;
 use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use tsweep_proto::v1::*;
@@ -24,7 +24,7 @@ use tsweep_proto::PROTOCOL_VERSION;
 
 mod support;
 
-type Interceptor = tonic::service::interceptor::InterceptedService<Channel, BearerInterceptor>;
+type Interceptor = tonic::service::interceptor::InterceptedService<Channel, TokenInterceptor>;
 
 /// The worker service with the secret each worker id registered with.
 struct Workers {
@@ -78,13 +78,16 @@ impl Harness {
     }
 
     fn sweeps(&self, token: Option<&str>) -> SweepServiceClient<Interceptor> {
-        SweepServiceClient::with_interceptor(self.channel.clone(), bearer_interceptor(token.map(String::from)).unwrap())
+        SweepServiceClient::with_interceptor(
+            self.channel.clone(),
+            TokenInterceptor::inline(token.map(String::from)).unwrap(),
+        )
     }
 
     fn workers(&self, token: Option<&str>) -> Workers {
         let client = WorkerServiceClient::with_interceptor(
             self.channel.clone(),
-            bearer_interceptor(token.map(String::from)).unwrap(),
+            TokenInterceptor::inline(token.map(String::from)).unwrap(),
         );
         Workers { client, secrets: HashMap::new() }
     }
@@ -193,7 +196,11 @@ async fn complete(workers: &mut Workers, worker_id: &str, lease: LeaseRef) -> Re
             protocol_version: PROTOCOL_VERSION,
             worker_id: id.clone(),
             lease: Some(lease.clone()),
-            result: Some(TaskResult { metric: "top1".into(), val_score: Some(0.5), ..Default::default() }),
+            result: Some(TaskResult {
+                metric: tsweep_proto::v1::Metric::Top1.into(),
+                val_score: Some(0.5),
+                ..Default::default()
+            }),
             worker_secret,
         };
         async move { client.complete_task(request).await }
@@ -336,7 +343,7 @@ async fn a_worker_cannot_complete_or_renew_a_lease_it_does_not_hold() {
     let tasks = sweeps
         .list_tasks(ListTasksRequest {
             sweep: "svc".into(),
-            state: "succeeded".into(),
+            state: tsweep_proto::v1::TaskState::Succeeded.into(),
             page_size: 2,
             page_token: String::new(),
         })
@@ -378,10 +385,8 @@ async fn bad_sweep_file_is_invalid_argument_with_its_message_and_writes_nothing(
     assert!(sweeps.list_sweeps(ListSweepsRequest {}).await.unwrap().into_inner().sweeps.is_empty());
     let unknown = sweeps.get_sweep(GetSweepRequest { sweep: "nope".into() }).await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
-    let bad_state = sweeps
-        .list_tasks(ListTasksRequest { sweep: "svc".into(), state: "sleeping".into(), ..Default::default() })
-        .await
-        .unwrap_err();
+    let bad_state =
+        sweeps.list_tasks(ListTasksRequest { sweep: "svc".into(), state: 99, ..Default::default() }).await.unwrap_err();
     assert_eq!(bad_state.code(), Code::InvalidArgument);
     harness.stop().await;
 }
@@ -396,7 +401,7 @@ async fn watch_streams_until_done_and_metrics_entries_are_fenced() {
     let mut stream =
         sweeps.watch_sweep(WatchSweepRequest { sweep: "svc".into(), interval_ms: 200 }).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
-    assert_eq!(first.status, "active");
+    assert_eq!(first.status(), tsweep_proto::v1::SweepStatus::Active);
 
     // Metrics of the current attempt update progress; of another attempt are stale.
     let task = acquire(&mut workers, "a").await.unwrap();
@@ -470,7 +475,7 @@ async fn watch_streams_until_done_and_metrics_entries_are_fenced() {
     .expect("the watch stream ends when the sweep is done")
     .unwrap();
     worker.abort();
-    assert_eq!(last.status, "done");
+    assert_eq!(last.status(), tsweep_proto::v1::SweepStatus::Done);
     let counts = last.counts.unwrap();
     assert!(counts.succeeded >= 3, "{counts:?}");
     assert_eq!(counts.succeeded, counts.total, "{counts:?}");
@@ -479,7 +484,7 @@ async fn watch_streams_until_done_and_metrics_entries_are_fenced() {
     // counts and status, never the best-score board, which grows with the grid.
     let listed = sweeps.list_sweeps(ListSweepsRequest {}).await.unwrap().into_inner().sweeps;
     let svc = listed.iter().find(|s| s.sweep == "svc").expect("listed");
-    assert_eq!((svc.status.as_str(), svc.counts.unwrap().succeeded), ("done", counts.succeeded));
+    assert_eq!((svc.status().name(), svc.counts.unwrap().succeeded), ("done", counts.succeeded));
     assert!(svc.best.is_empty() && svc.running.is_empty(), "{svc:?}");
     harness.stop().await;
 }
@@ -592,7 +597,7 @@ async fn wait_for_step(sweeps: &mut SweepServiceClient<Interceptor>, step: u64) 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let summary = get_summary(sweeps, "svc").await;
-        if summary.running.first().and_then(|r| r.progress).is_some_and(|p| p.step == step) {
+        if summary.running.first().and_then(|r| r.progress).and_then(|p| p.latest).is_some_and(|p| p.step == step) {
             return summary;
         }
         assert!(Instant::now() < deadline, "step {step} never showed: {:?}", summary.running);
@@ -612,7 +617,7 @@ async fn running_tasks_show_moving_step_and_loss_and_their_curve_is_kept_until_d
     assert_eq!(summary.running.len(), 1, "{:?}", summary.running);
     let running = summary.running[0].task.clone().unwrap();
     assert_eq!(
-        (running.task_id.as_str(), running.worker.as_str(), running.state.as_str()),
+        (running.task_id.as_str(), running.worker.as_str(), running.state().name()),
         (task.task_id.as_str(), "w1", "leased")
     );
     assert_eq!(summary.running[0].progress, None, "nothing streamed yet");
@@ -622,7 +627,8 @@ async fn running_tasks_show_moving_step_and_loss_and_their_curve_is_kept_until_d
     add_metrics(&mut conn, &task, 2, 1.5, 10_000).await;
     let summary = wait_for_step(&mut sweeps, 2).await;
     let progress = summary.running[0].progress.unwrap();
-    assert_eq!((progress.loss, progress.total_steps, progress.eta_s), (Some(1.5), 10, None), "{progress:?}");
+    let latest = progress.latest.unwrap();
+    assert_eq!((latest.loss, latest.total_steps, progress.eta_s), (Some(1.5), 10, None), "{progress:?}");
     let table = stdout_of(&tsweep_cli(&harness, &["status", "svc"]));
     assert!(table.contains("resnet18/shapes/scratch lr="), "{table}");
     assert!(table.contains("2/10") && table.contains("1.5000") && table.contains("w1"), "{table}");
@@ -631,7 +637,7 @@ async fn running_tasks_show_moving_step_and_loss_and_their_curve_is_kept_until_d
     add_metrics(&mut conn, &task, 5, 0.75, 13_000).await;
     let summary = wait_for_step(&mut sweeps, 5).await;
     let progress = summary.running[0].progress.unwrap();
-    assert_eq!(progress.loss, Some(0.75));
+    assert_eq!(progress.latest.unwrap().loss, Some(0.75));
     assert_eq!(progress.best_val, Some(0.25));
     assert_eq!(progress.steps_per_s, Some(1.0));
     assert_eq!(progress.eta_s, Some(5.0));

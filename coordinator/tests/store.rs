@@ -48,8 +48,7 @@ fn lease(a: &TaskAssignment) -> LeaseRef {
 fn held(a: &TaskAssignment, running: bool, checkpoint: Option<(&str, u64)>) -> HeldLease {
     HeldLease {
         lease: Some(lease(a)),
-        checkpoint_path: checkpoint.map(|c| c.0.to_string()).unwrap_or_default(),
-        checkpoint_step: checkpoint.map(|c| c.1).unwrap_or(0),
+        checkpoint: checkpoint.map(|(path, step)| Checkpoint { path: path.to_string(), step }),
         running,
         resume_error: String::new(),
     }
@@ -57,7 +56,7 @@ fn held(a: &TaskAssignment, running: bool, checkpoint: Option<(&str, u64)>) -> H
 
 fn result(val: f64) -> TaskResult {
     TaskResult {
-        metric: "top1".into(),
+        metric: tsweep_proto::v1::Metric::Top1.into(),
         val_score: Some(val),
         test_score: Some(val - 1.0),
         steps: 10,
@@ -65,8 +64,8 @@ fn result(val: f64) -> TaskResult {
     }
 }
 
-async fn state_of(store: &Store, id: &str) -> String {
-    store.task(SWEEP, id).await.unwrap().expect("task exists").state
+async fn state_of(store: &Store, id: &str) -> tsweep_proto::v1::TaskState {
+    store.task(SWEEP, id).await.unwrap().expect("task exists").state()
 }
 
 #[tokio::test]
@@ -88,7 +87,7 @@ async fn acquire_respects_free_gpus_and_leases_on_redis_time() {
     assert!(store.acquire("w2", 8).await.unwrap().is_none());
 
     let info = store.task(SWEEP, &small.id).await.unwrap().unwrap();
-    assert_eq!(info.state, "leased");
+    assert_eq!(info.state(), tsweep_proto::v1::TaskState::Leased);
     assert_eq!(info.worker, "w1");
     let counts = store.summary(SWEEP).await.unwrap().counts.unwrap();
     assert_eq!((counts.pending, counts.leased, counts.total), (0, 2, 2));
@@ -105,7 +104,7 @@ async fn expired_lease_returns_to_pending_without_spending_budget_and_fences_the
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert_eq!(store.reap_expired(SWEEP).await.unwrap(), 1);
     let info = store.task(SWEEP, &c.id).await.unwrap().unwrap();
-    assert_eq!(info.state, "pending");
+    assert_eq!(info.state(), tsweep_proto::v1::TaskState::Pending);
     assert_eq!(info.retries_used, 0, "a lost worker does not spend the retry budget");
     assert_eq!(info.error_class, FailureClass::LostWorker as i32);
     assert_eq!(store.summary(SWEEP).await.unwrap().lease_expiries, 1);
@@ -120,11 +119,11 @@ async fn expired_lease_returns_to_pending_without_spending_budget_and_fences_the
     let fail = store.fail("frozen", &lease(&old), FailureClass::Retryable, "late", None).await.unwrap();
     assert_eq!(fail.outcome, ReportOutcome::Stale);
     assert_eq!(store.summary(SWEEP).await.unwrap().stale_reports, 2);
-    assert_eq!(state_of(&store, &c.id).await, "leased", "stale reports change nothing");
+    assert_eq!(state_of(&store, &c.id).await, tsweep_proto::v1::TaskState::Leased, "stale reports change nothing");
 
     assert_eq!(store.complete("alive", &lease(&new), &result(0.8)).await.unwrap(), ReportOutcome::Accepted);
     let info = store.task(SWEEP, &c.id).await.unwrap().unwrap();
-    assert_eq!(info.state, "succeeded");
+    assert_eq!(info.state(), tsweep_proto::v1::TaskState::Succeeded);
     assert_eq!(info.accepted_completions, 1);
     assert_eq!(info.result.unwrap().val_score, Some(0.8));
 }
@@ -145,8 +144,8 @@ async fn renew_keeps_a_lease_alive_marks_running_and_records_checkpoints() {
     // An older checkpoint does not replace a newer one.
     store.renew("w", &[held(&a, true, Some(("/ckpt/old", 5)))]).await.unwrap();
     let info = store.task(SWEEP, &c.id).await.unwrap().unwrap();
-    assert_eq!(info.state, "running");
-    assert_eq!((info.checkpoint_path.as_str(), info.checkpoint_step), ("/ckpt/a", 50));
+    assert_eq!(info.state(), tsweep_proto::v1::TaskState::Running);
+    assert_eq!(info.checkpoint, Some(Checkpoint { path: "/ckpt/a".into(), step: 50 }));
     // Another worker cannot renew it.
     let stops = store.renew("intruder", &[held(&a, true, None)]).await.unwrap();
     assert_eq!(stops[0].reason, StopReason::LeaseLost as i32);
@@ -170,7 +169,7 @@ async fn duplicate_and_stale_completions() {
     // A fail after success is stale too.
     let f = store.fail("w", &lease(&a), FailureClass::Fatal, "x", None).await.unwrap();
     assert_eq!(f.outcome, ReportOutcome::Stale);
-    assert_eq!(state_of(&store, &c.id).await, "succeeded");
+    assert_eq!(state_of(&store, &c.id).await, tsweep_proto::v1::TaskState::Succeeded);
     let unknown = LeaseRef { task_id: "nope".into(), ..lease(&a) };
     assert_eq!(store.complete("w", &unknown, &result(0.5)).await.unwrap(), ReportOutcome::Stale);
 }
@@ -192,14 +191,18 @@ async fn retryable_failures_spend_the_budget_then_fail() {
         assert_eq!(again.outcome, ReportOutcome::Duplicate);
     }
     let info = store.task(SWEEP, &c.id).await.unwrap().unwrap();
-    assert_eq!(info.state, "failed");
+    assert_eq!(info.state(), tsweep_proto::v1::TaskState::Failed);
     assert_eq!(info.retries_used, 3);
     assert!(info.error.contains("cuda hiccup"), "{}", info.error);
     assert!(store.acquire("w", 1).await.unwrap().is_none());
-    assert_eq!(store.summary(SWEEP).await.unwrap().status, "active", "its group waits for selection");
+    assert_eq!(
+        store.summary(SWEEP).await.unwrap().status(),
+        tsweep_proto::v1::SweepStatus::Active,
+        "its group waits for selection"
+    );
     assert!(store.schedule_finals(SWEEP).await.unwrap().is_empty(), "no eligible point, no final");
     let s = store.summary(SWEEP).await.unwrap();
-    assert_eq!(s.status, "done");
+    assert_eq!(s.status(), tsweep_proto::v1::SweepStatus::Done);
     assert_eq!(s.stale_reports, 0);
 }
 
@@ -240,7 +243,7 @@ async fn out_of_memory_is_retried_once_from_the_checkpoint_then_fails_with_a_cle
 
     let b = store.acquire("w", 1).await.unwrap().expect("the first OOM is re-queued");
     assert_eq!(b.attempt, 2);
-    assert_eq!((b.resume_checkpoint_path.as_str(), b.resume_checkpoint_step), ("/ckpt/1", 100));
+    assert_eq!(b.resume, Some(Checkpoint { path: "/ckpt/1".into(), step: 100 }));
     let f = store.fail("w", &lease(&b), FailureClass::OutOfMemory, OOM, None).await.unwrap();
     assert_eq!(
         (f.outcome, f.state),
@@ -248,7 +251,7 @@ async fn out_of_memory_is_retried_once_from_the_checkpoint_then_fails_with_a_cle
         "budget left, but a second OOM"
     );
     let info = store.task(SWEEP, &c.id).await.unwrap().unwrap();
-    assert_eq!(info.state, "failed");
+    assert_eq!(info.state(), tsweep_proto::v1::TaskState::Failed);
     assert_eq!(info.retries_used, 2);
     assert_eq!(info.error_class, FailureClass::OutOfMemory as i32);
     assert_eq!(info.error, format!("{OOM_PREFIX}{OOM}"));
@@ -309,7 +312,7 @@ async fn a_stale_out_of_memory_report_is_fenced_and_not_counted() {
     let wrong_worker = store.fail("w1", &lease(&new), FailureClass::OutOfMemory, OOM, None).await.unwrap();
     assert_eq!(wrong_worker.outcome, ReportOutcome::Stale);
     let info = store.task(SWEEP, &c.id).await.unwrap().unwrap();
-    assert_eq!((info.state.as_str(), info.retries_used), ("leased", 1), "stale reports change nothing");
+    assert_eq!((info.state().name(), info.retries_used), ("leased", 1), "stale reports change nothing");
     assert_eq!(store.summary(SWEEP).await.unwrap().stale_reports, 2);
 
     // The current attempt's OOM is the task's first: re-queued, not failed.
@@ -330,14 +333,14 @@ async fn preemption_is_not_counted_and_the_next_attempt_resumes_from_the_checkpo
     for attempt in 1..=5u32 {
         let a = store.acquire("w", 1).await.unwrap().expect("preempted tasks come back");
         assert_eq!(a.attempt, attempt);
-        assert_eq!(a.resume_checkpoint_step, step);
+        assert_eq!(a.resume.as_ref().map_or(0, |c| c.step), step);
         step += 100;
         let ckpt = Checkpoint { path: format!("/ckpt/{attempt}"), step };
         let f = store.fail("w", &lease(&a), FailureClass::Preempted, "sigterm", Some(&ckpt)).await.unwrap();
         assert_eq!(f.state, Some(TaskState::Pending));
     }
     let a = store.acquire("w", 1).await.unwrap().unwrap();
-    assert_eq!((a.resume_checkpoint_path.as_str(), a.resume_checkpoint_step), ("/ckpt/5", 500));
+    assert_eq!(a.resume, Some(Checkpoint { path: "/ckpt/5".into(), step: 500 }));
     let info = store.task(SWEEP, &c.id).await.unwrap().unwrap();
     assert_eq!(info.retries_used, 0, "max_attempts = 1 and five preemptions: nothing counted");
     let lost = store.fail("w", &lease(&a), FailureClass::LostWorker, "gone", None).await.unwrap();
@@ -371,7 +374,11 @@ async fn resubmit_adds_nothing_and_an_extension_adds_only_new_cells() {
 
     let again = store.submit(&sweep(first.clone())).await.unwrap();
     assert_eq!((again.added, again.existing), (0, 3));
-    let finetune = again.per_stage.iter().find(|c| c.regime == "finetune" && c.stage == "grid").unwrap();
+    let finetune = again
+        .per_stage
+        .iter()
+        .find(|c| c.regime == tsweep_proto::v1::Regime::Finetune && c.stage == tsweep_proto::v1::Stage::Grid)
+        .unwrap();
     assert_eq!((finetune.cells, finetune.added), (3, 0));
 
     let mut extended = grid("m", 5);
@@ -379,7 +386,7 @@ async fn resubmit_adds_nothing_and_an_extension_adds_only_new_cells() {
     let ext = store.submit(&sweep(extended)).await.unwrap();
     assert_eq!((ext.total, ext.added, ext.existing), (6, 3, 3));
     let info = store.task(SWEEP, &a.task_id).await.unwrap().unwrap();
-    assert_eq!(info.state, "succeeded", "an extension keeps finished results");
+    assert_eq!(info.state(), tsweep_proto::v1::TaskState::Succeeded, "an extension keeps finished results");
     assert_eq!(info.accepted_completions, 1);
     assert_eq!(info.result.unwrap().val_score, Some(0.7));
     let counts = store.summary(SWEEP).await.unwrap().counts.unwrap();
@@ -398,7 +405,7 @@ async fn cancel_stops_leases_and_retry_requeues() {
     assert_eq!(stops.len(), 2);
     assert!(stops.iter().all(|s| s.reason == StopReason::Cancelled as i32));
     let s = store.summary(SWEEP).await.unwrap();
-    assert_eq!(s.status, "cancelled");
+    assert_eq!(s.status(), tsweep_proto::v1::SweepStatus::Cancelled);
     // One stops and reports; the other finished just before it heard: its result is kept.
     let f = store.fail("w", &lease(&a), FailureClass::Preempted, "cancelled", None).await.unwrap();
     assert_eq!(f.state, Some(TaskState::Cancelled));
@@ -408,7 +415,7 @@ async fn cancel_stops_leases_and_retry_requeues() {
 
     assert_eq!(store.retry_sweep(SWEEP, false, true).await.unwrap(), 3);
     let s = store.summary(SWEEP).await.unwrap();
-    assert_eq!(s.status, "active");
+    assert_eq!(s.status(), tsweep_proto::v1::SweepStatus::Active);
     assert_eq!(s.counts.unwrap().pending, 3);
     let c = store.acquire("w", 1).await.unwrap().expect("retried tasks run again");
     let info = store.task(SWEEP, &c.task_id).await.unwrap().unwrap();
@@ -418,7 +425,7 @@ async fn cancel_stops_leases_and_retry_requeues() {
     let f = store.fail("w", &lease(&c), FailureClass::Fatal, "bad", None).await.unwrap();
     assert_eq!(f.state, Some(TaskState::Failed));
     assert_eq!(store.retry_sweep(SWEEP, true, false).await.unwrap(), 1);
-    assert_eq!(state_of(&store, &c.task_id).await, "pending");
+    assert_eq!(state_of(&store, &c.task_id).await, tsweep_proto::v1::TaskState::Pending);
 }
 
 #[tokio::test]
@@ -429,7 +436,7 @@ async fn resubmitting_a_cancelled_sweep_reactivates_it() {
     let outcome = store.submit(&sweep(grid("m", 3))).await.unwrap();
     assert_eq!((outcome.added, outcome.reactivated), (0, 3));
     let s = store.summary(SWEEP).await.unwrap();
-    assert_eq!((s.status.as_str(), s.counts.unwrap().pending), ("active", 3));
+    assert_eq!((s.status().name(), s.counts.unwrap().pending), ("active", 3));
     assert!(store.acquire("w", 1).await.unwrap().is_some());
 }
 
@@ -460,7 +467,7 @@ async fn list_tasks_pages_through_every_task_once() {
     let succeeded = store.list_tasks(SWEEP, Some(TaskState::Succeeded), 0, "").await.unwrap();
     assert_eq!(succeeded.tasks.len(), 10);
     assert!(succeeded.next_page_token.is_empty());
-    assert!(succeeded.tasks.iter().all(|t| t.state == "succeeded" && t.result.is_some()));
+    assert!(succeeded.tasks.iter().all(|t| t.state() == tsweep_proto::v1::TaskState::Succeeded && t.result.is_some()));
     assert!(store.list_tasks(SWEEP, None, 10, "garbage").await.is_err());
     assert!(store.list_tasks("unknown", None, 10, "").await.is_err());
 }
@@ -488,7 +495,11 @@ async fn a_closed_group_gets_one_final_and_an_extension_reopens_it() {
         }
     }
     assert_eq!(ran.len(), 4);
-    assert_eq!(store.summary(SWEEP).await.unwrap().status, "active", "a selection is waiting");
+    assert_eq!(
+        store.summary(SWEEP).await.unwrap().status(),
+        tsweep_proto::v1::SweepStatus::Active,
+        "a selection is waiting"
+    );
     let created = store.schedule_finals(SWEEP).await.unwrap();
     assert_eq!(created.len(), 1, "one final for the finetune group, none for linear");
     assert!(store.schedule_finals(SWEEP).await.unwrap().is_empty(), "drained once");
@@ -498,7 +509,7 @@ async fn a_closed_group_gets_one_final_and_an_extension_reopens_it() {
     let winner = grid("m", 3).remove(1);
     assert_eq!(groups[0].winner, winner.id);
     let best = store.best_scores(SWEEP).await.unwrap();
-    let finetune_best = best.iter().find(|b| b.regime == "finetune").unwrap();
+    let finetune_best = best.iter().find(|b| b.regime() == tsweep_proto::v1::Regime::Finetune).unwrap();
     assert_eq!((finetune_best.task_id.as_str(), finetune_best.val_score), (winner.id.as_str(), 0.9));
 
     let f = store.acquire("w", 1).await.unwrap().expect("the final runs");
@@ -508,7 +519,7 @@ async fn a_closed_group_gets_one_final_and_an_extension_reopens_it() {
     assert_eq!(fspec.hparams, winner.spec.hparams);
     assert_eq!(f.task_id, task_id(&fspec));
     store.complete("w", &lease(&f), &result(0.88)).await.unwrap();
-    assert_eq!(store.summary(SWEEP).await.unwrap().status, "done");
+    assert_eq!(store.summary(SWEEP).await.unwrap().status(), tsweep_proto::v1::SweepStatus::Done);
 
     // Resubmitting changes nothing and re-runs nothing.
     let again = store.submit(&sweep(grid("m", 3))).await.unwrap();
@@ -530,7 +541,7 @@ async fn a_closed_group_gets_one_final_and_an_extension_reopens_it() {
     let g = &store.groups(SWEEP).await.unwrap()[0];
     assert_eq!((g.current_final.as_str(), g.winner.as_str()), (created2[0].as_str(), a.task_id.as_str()));
     assert_eq!(g.finals, vec![created[0].clone(), created2[0].clone()]);
-    assert_eq!(store.task(SWEEP, &created[0]).await.unwrap().unwrap().state, "succeeded");
+    assert_eq!(store.task(SWEEP, &created[0]).await.unwrap().unwrap().state(), tsweep_proto::v1::TaskState::Succeeded);
 }
 
 #[tokio::test]
@@ -543,7 +554,7 @@ async fn a_group_with_no_eligible_point_gets_no_final() {
     assert!(store.schedule_finals(SWEEP).await.unwrap().is_empty());
     let g = &store.groups(SWEEP).await.unwrap()[0];
     assert_eq!(g.current_final, "");
-    assert_eq!(store.summary(SWEEP).await.unwrap().status, "done");
+    assert_eq!(store.summary(SWEEP).await.unwrap().status(), tsweep_proto::v1::SweepStatus::Done);
 }
 
 #[tokio::test]
@@ -630,7 +641,7 @@ async fn a_group_with_cancelled_points_is_not_selected_until_they_are_retried() 
     store.complete("w", &lease(&a), &result(0.6)).await.unwrap();
     assert_eq!(store.cancel_sweep(SWEEP).await.unwrap(), 2);
     assert!(store.schedule_finals(SWEEP).await.unwrap().is_empty(), "cancelled points: no selection");
-    assert_eq!(store.summary(SWEEP).await.unwrap().status, "cancelled");
+    assert_eq!(store.summary(SWEEP).await.unwrap().status(), tsweep_proto::v1::SweepStatus::Cancelled);
     store.retry_sweep(SWEEP, false, true).await.unwrap();
     while let Some(b) = store.acquire("w", 1).await.unwrap() {
         store.complete("w", &lease(&b), &result(0.5)).await.unwrap();

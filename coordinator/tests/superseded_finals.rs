@@ -44,7 +44,7 @@ fn score(a: &TaskAssignment, fourth: f64) -> f64 {
 
 fn result(val: f64) -> TaskResult {
     TaskResult {
-        metric: "top1".into(),
+        metric: tsweep_proto::v1::Metric::Top1.into(),
         val_score: Some(val),
         test_score: Some(val - 1.0),
         steps: 10,
@@ -71,7 +71,7 @@ async fn first_final(store: &Store) -> String {
     }
     let created = store.schedule_finals(SWEEP).await.unwrap();
     assert_eq!(created.len(), 1);
-    assert_eq!(store.task(SWEEP, &created[0]).await.unwrap().unwrap().state, "pending");
+    assert_eq!(store.task(SWEEP, &created[0]).await.unwrap().unwrap().state(), tsweep_proto::v1::TaskState::Pending);
     created[0].clone()
 }
 
@@ -85,8 +85,8 @@ async fn extend_and_run_the_new_point(store: &Store, fourth: f64) {
     store.complete("w", &lease(&a), &result(score(&a, fourth))).await.unwrap();
 }
 
-async fn state_of(store: &Store, id: &str) -> String {
-    store.task(SWEEP, id).await.unwrap().expect("task exists").state
+async fn state_of(store: &Store, id: &str) -> tsweep_proto::v1::TaskState {
+    store.task(SWEEP, id).await.unwrap().expect("task exists").state()
 }
 
 /// Counts, state indexes and queues agree: every count equals its index, every queued
@@ -135,7 +135,7 @@ async fn a_superseded_pending_final_is_cancelled_and_never_runs() {
     assert_eq!((g.current_final.as_str(), g.winner.as_str()), (f2.as_str(), point(0.004).id.as_str()));
     assert_eq!(g.finals, vec![f1.clone(), f2.clone()]);
     let old = store.task(SWEEP, &f1).await.unwrap().unwrap();
-    assert_eq!(old.state, "cancelled");
+    assert_eq!(old.state(), tsweep_proto::v1::TaskState::Cancelled);
     assert_eq!(old.error, format!("superseded by final {f2}"));
     assert_eq!(old.attempt, 0, "never leased");
     assert!(old.finished_unix_ms > 0);
@@ -148,16 +148,16 @@ async fn a_superseded_pending_final_is_cancelled_and_never_runs() {
     assert!(store.acquire("w", 1).await.unwrap().is_none(), "the superseded final never runs");
     store.complete("w", &lease(&f), &result(0.9)).await.unwrap();
     let s = store.summary(SWEEP).await.unwrap();
-    assert_eq!(s.status, "done");
+    assert_eq!(s.status(), tsweep_proto::v1::SweepStatus::Done);
     assert_eq!(s.counts.unwrap().cancelled, 1);
 
     // Retrying the cancelled tasks does not run the superseded final either: it is
     // cancelled again when it reaches the head of the queue.
     assert_eq!(store.retry_sweep(SWEEP, false, true).await.unwrap(), 1);
     assert!(store.acquire("w", 1).await.unwrap().is_none());
-    assert_eq!(state_of(&store, &f1).await, "cancelled");
+    assert_eq!(state_of(&store, &f1).await, tsweep_proto::v1::TaskState::Cancelled);
     assert_consistent(&server, &[]).await;
-    assert_eq!(store.summary(SWEEP).await.unwrap().status, "done");
+    assert_eq!(store.summary(SWEEP).await.unwrap().status(), tsweep_proto::v1::SweepStatus::Done);
 }
 
 #[tokio::test]
@@ -169,14 +169,14 @@ async fn a_leased_final_that_is_superseded_finishes_under_its_lease() {
     extend_and_run_the_new_point(&store, 0.95).await;
     let created = store.schedule_finals(SWEEP).await.unwrap();
     assert_eq!(created.len(), 1);
-    assert_eq!(state_of(&store, &f1).await, "leased", "a held final is never touched");
+    assert_eq!(state_of(&store, &f1).await, tsweep_proto::v1::TaskState::Leased, "a held final is never touched");
     assert_consistent(&server, &[]).await;
 
     let renewal = HeldLease { lease: Some(lease(&held_f1)), running: true, ..Default::default() };
     assert!(store.renew("w1", &[renewal]).await.unwrap().is_empty(), "its lease stays valid");
     assert_eq!(store.complete("w1", &lease(&held_f1), &result(0.88)).await.unwrap(), ReportOutcome::Accepted);
     let old = store.task(SWEEP, &f1).await.unwrap().unwrap();
-    assert_eq!((old.state.as_str(), old.accepted_completions, old.error.as_str()), ("succeeded", 1, ""));
+    assert_eq!((old.state().name(), old.accepted_completions, old.error.as_str()), ("succeeded", 1, ""));
     assert_eq!(store.groups(SWEEP).await.unwrap()[0].current_final, created[0], "reported as not current");
     assert_eq!(store.acquire("w", 1).await.unwrap().expect("the new final runs").task_id, created[0]);
     assert_consistent(&server, &[]).await;
@@ -193,7 +193,7 @@ async fn a_superseded_final_whose_attempt_is_lost_is_cancelled_not_requeued() {
     let outcome = store.fail("w1", &lease(&held_f1), FailureClass::Preempted, "spot reclaimed", None).await.unwrap();
     assert_eq!(outcome.state, Some(TaskState::Cancelled));
     let old = store.task(SWEEP, &f1).await.unwrap().unwrap();
-    assert_eq!((old.state.as_str(), old.error.clone()), ("cancelled", format!("superseded by final {f2}")));
+    assert_eq!((old.state().name(), old.error.clone()), ("cancelled", format!("superseded by final {f2}")));
     assert_consistent(&server, &[]).await;
     assert_eq!(store.acquire("w", 1).await.unwrap().unwrap().task_id, f2);
     assert!(store.acquire("w", 1).await.unwrap().is_none());
@@ -209,12 +209,12 @@ async fn a_group_whose_winner_did_not_change_keeps_its_final() {
     let g = &store.groups(SWEEP).await.unwrap()[0];
     assert_eq!((g.current_final.as_str(), g.finals.clone()), (f1.as_str(), vec![f1.clone()]));
     let info = store.task(SWEEP, &f1).await.unwrap().unwrap();
-    assert_eq!((info.state.as_str(), info.error.as_str(), info.attempt), ("pending", "", 0));
+    assert_eq!((info.state().name(), info.error.as_str(), info.attempt), ("pending", "", 0));
     assert_consistent(&server, &[]).await;
     let f = store.acquire("w", 1).await.unwrap().expect("the final is queued again");
     assert_eq!(f.task_id, f1);
     store.complete("w", &lease(&f), &result(0.88)).await.unwrap();
-    assert_eq!(store.summary(SWEEP).await.unwrap().status, "done");
+    assert_eq!(store.summary(SWEEP).await.unwrap().status(), tsweep_proto::v1::SweepStatus::Done);
 }
 
 #[tokio::test]
@@ -225,7 +225,7 @@ async fn a_lost_final_of_a_reopened_group_waits_for_the_group() {
     assert_eq!(store.submit(&grid(4)).await.unwrap().added, 1);
     // The final's worker is lost while the group is open: it waits, out of the queue.
     store.fail("w1", &lease(&held_f1), FailureClass::LostWorker, "gone", None).await.unwrap();
-    assert_eq!(state_of(&store, &f1).await, "pending");
+    assert_eq!(state_of(&store, &f1).await, tsweep_proto::v1::TaskState::Pending);
     assert_consistent(&server, &[f1.as_str()]).await;
     let a = store.acquire("w", 1).await.unwrap().expect("the new grid point runs");
     assert_eq!(a.task_id, point(0.004).id);
@@ -240,7 +240,7 @@ async fn a_final_cancelled_as_superseded_comes_back_when_its_winner_wins_again()
     let f1 = first_final(&store).await;
     extend_and_run_the_new_point(&store, 0.95).await;
     let f2 = store.schedule_finals(SWEEP).await.unwrap().remove(0);
-    assert_eq!(state_of(&store, &f1).await, "cancelled");
+    assert_eq!(state_of(&store, &f1).await, tsweep_proto::v1::TaskState::Cancelled);
 
     // The lr 0.004 point loses its lead (its score rewritten in Redis: no public call
     // re-scores a point), then a fifth point re-opens the group and closes it again.
@@ -256,9 +256,9 @@ async fn a_final_cancelled_as_superseded_comes_back_when_its_winner_wins_again()
     let g = &store.groups(SWEEP).await.unwrap()[0];
     assert_eq!((g.current_final.as_str(), g.winner.as_str()), (f1.as_str(), point(0.002).id.as_str()));
     let back = store.task(SWEEP, &f1).await.unwrap().unwrap();
-    assert_eq!((back.state.as_str(), back.error.as_str()), ("pending", ""));
+    assert_eq!((back.state().name(), back.error.as_str()), ("pending", ""));
     let gone = store.task(SWEEP, &f2).await.unwrap().unwrap();
-    assert_eq!((gone.state.as_str(), gone.error.clone()), ("cancelled", format!("superseded by final {f1}")));
+    assert_eq!((gone.state().name(), gone.error.clone()), ("cancelled", format!("superseded by final {f1}")));
     assert_consistent(&server, &[]).await;
     assert_eq!(store.acquire("w", 1).await.unwrap().expect("the first final runs").task_id, f1);
     assert!(store.acquire("w", 1).await.unwrap().is_none());

@@ -14,7 +14,7 @@ use tonic::Code;
 use tsweep_coordinator::config::{ConfigOverrides, ServiceConfig};
 use tsweep_coordinator::redis_server::RedisServer;
 use tsweep_coordinator::server::{self, auth::TokenReload};
-use tsweep_proto::auth::bearer_interceptor;
+use tsweep_proto::auth::TokenInterceptor;
 use tsweep_proto::v1::sweep_service_client::SweepServiceClient;
 use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use tsweep_proto::v1::{ListSweepsRequest, RegisterWorkerRequest};
@@ -24,7 +24,7 @@ const GRACE: Duration = Duration::from_secs(4);
 
 /// The code a ListSweeps call with `token` gets (`Ok` when accepted).
 async fn list_with(channel: &Channel, token: &str) -> Code {
-    let interceptor = bearer_interceptor(Some(token.to_string())).unwrap();
+    let interceptor = TokenInterceptor::inline(Some(token.to_string())).unwrap();
     match SweepServiceClient::with_interceptor(channel.clone(), interceptor).list_sweeps(ListSweepsRequest {}).await {
         Ok(_) => Code::Ok,
         Err(status) => status.code(),
@@ -72,7 +72,7 @@ async fn a_rotated_token_file_is_accepted_without_restart_and_the_old_token_only
         assert!(Instant::now() < deadline, "the rotated token is never accepted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let interceptor = bearer_interceptor(Some("second".into())).unwrap();
+    let interceptor = TokenInterceptor::inline(Some("second".into())).unwrap();
     WorkerServiceClient::with_interceptor(channel.clone(), interceptor)
         .register_worker(RegisterWorkerRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -119,7 +119,7 @@ async fn a_rotated_token_file_is_accepted_without_restart_and_the_old_token_only
 
 /// The code a RegisterWorker call with `token` gets (`Ok` when accepted).
 async fn register_with(channel: &Channel, token: &str) -> Code {
-    let interceptor = bearer_interceptor(Some(token.to_string())).unwrap();
+    let interceptor = TokenInterceptor::inline(Some(token.to_string())).unwrap();
     let request = RegisterWorkerRequest {
         protocol_version: PROTOCOL_VERSION,
         worker_id: format!("w-{token}"),

@@ -4,10 +4,10 @@
 //! agent and the coordinator re-read so that a rotated Secret needs no restart.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 use tracing::{info, warn};
@@ -15,36 +15,122 @@ use tracing::{info, warn};
 /// The gRPC metadata key the token travels in.
 pub const AUTHORIZATION: &str = "authorization";
 
-/// Client side: adds `authorization: Bearer <token>` to every request when a token is set.
-///
-/// ```ignore
-/// let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
-/// let client = WorkerServiceClient::with_interceptor(channel, bearer_interceptor(token)?);
-/// ```
-#[derive(Clone, Debug)]
-pub struct BearerInterceptor {
-    header: Option<MetadataValue<tonic::metadata::Ascii>>,
+/// Where a client's token comes from: none, inline (a flag, the environment), or a file
+/// (e.g. a mounted Kubernetes Secret) read at startup and again while the client runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    None,
+    Inline(String),
+    File(PathBuf),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("auth token is not a valid header value (printable ascii only)")]
     NotAscii,
+    #[error(transparent)]
+    File(#[from] TokenFileError),
 }
 
-/// Builds the client-side interceptor; `None` (or an empty token) sends no header.
-pub fn bearer_interceptor(token: Option<String>) -> Result<BearerInterceptor, TokenError> {
-    let header = match token.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(token) => Some(format!("Bearer {token}").parse::<MetadataValue<_>>().map_err(|_| TokenError::NotAscii)?),
-    };
-    Ok(BearerInterceptor { header })
+/// Client side, the one interceptor of the CLI and the worker agent: adds
+/// `authorization: Bearer <token>` to every call when there is a token. A token file is
+/// re-read at most every [`TOKEN_REREAD_EVERY`], so a rotated Secret is picked up without
+/// a restart; a failed re-read keeps the last good token. Clones share the cached token.
+///
+/// ```ignore
+/// let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
+/// let client = WorkerServiceClient::with_interceptor(channel, TokenInterceptor::inline(token)?);
+/// ```
+#[derive(Clone, Debug)]
+pub struct TokenInterceptor {
+    inner: Arc<Mutex<CachedToken>>,
 }
 
-impl Interceptor for BearerInterceptor {
+#[derive(Debug)]
+struct CachedToken {
+    file: Option<TokenFile>,
+    header: Option<MetadataValue<Ascii>>,
+    read_at: Instant,
+    reread_every: Duration,
+}
+
+/// `Bearer <token>`; None for an empty token; an error for one that is not a header value.
+fn header_of(token: &str) -> Result<Option<MetadataValue<Ascii>>, TokenError> {
+    match token.trim() {
+        "" => Ok(None),
+        token => format!("Bearer {token}").parse::<MetadataValue<Ascii>>().map(Some).map_err(|_| TokenError::NotAscii),
+    }
+}
+
+impl TokenInterceptor {
+    /// Builds the interceptor; a token file is read now (errors name the path).
+    pub fn new(source: &TokenSource) -> Result<Self, TokenError> {
+        Self::with_reread_every(source, TOKEN_REREAD_EVERY)
+    }
+
+    /// An inline token, or none (`None` or empty: no header).
+    pub fn inline(token: Option<String>) -> Result<Self, TokenError> {
+        Self::new(&token.map_or(TokenSource::None, TokenSource::Inline))
+    }
+
+    /// As [`Self::new`] with another re-read period (tests).
+    pub fn with_reread_every(source: &TokenSource, reread_every: Duration) -> Result<Self, TokenError> {
+        let (file, header) = match source {
+            TokenSource::None => (None, None),
+            TokenSource::Inline(token) => (None, header_of(token)?),
+            TokenSource::File(path) => {
+                let file = TokenFile::open(path)?;
+                let header = header_of(file.token())?;
+                (Some(file), header)
+            }
+        };
+        let cached = CachedToken { file, header, read_at: Instant::now(), reread_every };
+        Ok(Self { inner: Arc::new(Mutex::new(cached)) })
+    }
+
+    /// Whether the token comes from a file (and can change while the client runs).
+    pub fn from_file(&self) -> bool {
+        self.lock().file.is_some()
+    }
+
+    /// Makes the next call read the token file again (after an UNAUTHENTICATED answer:
+    /// the Secret may just have been rotated). No effect for an inline token.
+    pub fn expire(&self) {
+        let mut cached = self.lock();
+        if let Some(earlier) = Instant::now().checked_sub(cached.reread_every) {
+            cached.read_at = earlier;
+        } else {
+            cached.reread_every = Duration::ZERO;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedToken> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The header value to send now, re-reading the token file when it is due.
+    pub fn current(&self) -> Option<MetadataValue<Ascii>> {
+        let mut cached = self.lock();
+        let CachedToken { file, header, read_at, reread_every } = &mut *cached;
+        if let Some(file) = file {
+            if read_at.elapsed() >= *reread_every {
+                *read_at = Instant::now();
+                if file.reread() {
+                    // (the file's token was checked when it was read: printable ascii)
+                    if let Ok(new) = header_of(file.token()) {
+                        *header = new;
+                    }
+                }
+            }
+        }
+        cached.header.clone()
+    }
+}
+
+impl Interceptor for TokenInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(header) = &self.header {
-            request.metadata_mut().insert(AUTHORIZATION, header.clone());
+        if let Some(header) = self.current() {
+            request.metadata_mut().insert(AUTHORIZATION, header);
         }
         Ok(request)
     }
@@ -304,8 +390,46 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    fn bearer(interceptor: &TokenInterceptor) -> Option<String> {
+        interceptor.current().map(|v| v.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn a_rotated_token_file_is_picked_up_and_a_broken_one_keeps_the_last_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "first\n").unwrap();
+        let interceptor =
+            TokenInterceptor::with_reread_every(&TokenSource::File(file.clone()), Duration::ZERO).unwrap();
+        assert_eq!(bearer(&interceptor).as_deref(), Some("Bearer first"));
+        std::fs::write(&file, "second\n").unwrap();
+        assert_eq!(bearer(&interceptor).as_deref(), Some("Bearer second"));
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(bearer(&interceptor).as_deref(), Some("Bearer second"), "kept while the file is away");
+        std::fs::write(&file, "third").unwrap();
+        assert_eq!(bearer(&interceptor).as_deref(), Some("Bearer third"));
+
+        let slow =
+            TokenInterceptor::with_reread_every(&TokenSource::File(file.clone()), Duration::from_secs(3600)).unwrap();
+        std::fs::write(&file, "fourth").unwrap();
+        assert_eq!(bearer(&slow).as_deref(), Some("Bearer third"), "not re-read before the period");
+        slow.expire();
+        assert_eq!(bearer(&slow).as_deref(), Some("Bearer fourth"), "re-read at once after expire");
+        assert!(slow.from_file());
+    }
+
+    #[test]
+    fn inline_and_no_token() {
+        let inline = TokenInterceptor::new(&TokenSource::Inline("abc".into())).unwrap();
+        assert_eq!(bearer(&inline).as_deref(), Some("Bearer abc"));
+        assert_eq!(bearer(&TokenInterceptor::new(&TokenSource::None).unwrap()), None);
+        assert_eq!(bearer(&TokenInterceptor::inline(Some(String::new())).unwrap()), None);
+        assert!(matches!(TokenInterceptor::inline(Some("a\nb".into())), Err(TokenError::NotAscii)));
+        assert!(TokenInterceptor::new(&TokenSource::File("/nonexistent/tsweep-token".into())).is_err());
+    }
+
     fn request_with(token: Option<&str>) -> Request<()> {
-        let mut interceptor = bearer_interceptor(token.map(String::from)).unwrap();
+        let mut interceptor = TokenInterceptor::inline(token.map(String::from)).unwrap();
         interceptor.call(Request::new(())).unwrap()
     }
 

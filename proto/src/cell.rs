@@ -8,52 +8,100 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::Normalize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Regime, stage and metric are the wire's enums (`tsweep.v1`); [`crate::vocab`] gives
+/// them their names, in the spec's JSON as everywhere.
+pub use crate::v1::{Metric, Regime, Stage};
+
+/// The learning-rate schedule of finetune, scratch and pretrain cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Regime {
-    /// Logistic regression on frozen penultimate features, whole L2 path in one task.
-    Linear,
-    /// ImageNet weights + new head, all weights trained.
-    Finetune,
-    /// Same recipe from random initialisation.
-    Scratch,
+pub enum Schedule {
+    /// Half a cosine from the base rate down to zero over the run, no warmup.
+    #[default]
+    Cosine,
+    /// The base rate throughout.
+    Constant,
 }
 
-impl Regime {
-    pub const ALL: [Regime; 3] = [Regime::Linear, Regime::Finetune, Regime::Scratch];
-    pub fn name(self) -> &'static str {
+impl Schedule {
+    /// The rate at `step` of `total` for base rate `base`.
+    pub fn learning_rate(self, base: f64, step: u64, total: u64) -> f64 {
         match self {
-            Regime::Linear => "linear",
-            Regime::Finetune => "finetune",
-            Regime::Scratch => "scratch",
+            Schedule::Constant => base,
+            Schedule::Cosine => 0.5 * base * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos()),
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stage {
-    /// A grid point: trained on train, scored on val (and test, for the record).
-    Grid,
-    /// The refit of the selected grid point on train+val, scored on test.
-    Final,
-    /// A source model trained from scratch on a source dataset (train+val) under one
-    /// setting of a `[[pretrain]]` grid, scored on the source test split; its backbone
-    /// weights feed the transfer cells of the model it stands for ([`PretrainedBy`]).
-    Pretrain,
+/// One attempt of a cell as a trainer runs it: the worker's child gets it inside its
+/// task input (`tsweep-worker run-task`) and hands it to the trainer as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainJob {
+    pub spec: CellSpec,
+    /// A checkpoint written by an earlier attempt of this cell.
+    pub resume: Option<crate::v1::Checkpoint>,
+    /// Where this attempt writes its checkpoints (created if missing).
+    pub checkpoint_dir: PathBuf,
+    /// Shared cache: prepared dataset shards (`datasets/`) and extracted features (`features/`).
+    pub cache_dir: PathBuf,
+    pub device: Device,
+    /// A pretrain cell writes its trained backbone here (safetensors); the workers of its
+    /// transfer cells load it from the same place. None for every other cell.
+    #[serde(default)]
+    pub pretrained_out: Option<PathBuf>,
 }
 
-impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::Pretrain, Stage::Grid, Stage::Final];
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Grid => "grid",
-            Stage::Final => "final",
-            Stage::Pretrain => "pretrain",
+/// Where a task runs: `auto` (the first GPU the process sees, else the CPU), `cpu` or
+/// `cuda:N`. The one grammar of the worker's `device` setting and of the device its child
+/// and trainer get; written and read as that text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(u32),
+}
+
+/// A device text that is not `auto`, `cpu` or `cuda:N`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not auto, cpu or cuda:N")]
+pub struct DeviceParseError(pub String);
+
+impl std::str::FromStr for Device {
+    type Err = DeviceParseError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<u32>().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| DeviceParseError(other.to_string())),
         }
     }
-    pub fn from_name(name: &str) -> Option<Stage> {
-        Stage::ALL.into_iter().find(|s| s.name() == name)
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Auto => f.write_str("auto"),
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Serialize for Device {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Device {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -187,25 +235,6 @@ pub enum DatasetFormat {
     Prepared,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    Top1,
-    MeanPerClass,
-    /// 11-point interpolated mean average precision (multi-label).
-    Map11,
-}
-
-impl Metric {
-    pub fn name(self) -> &'static str {
-        match self {
-            Metric::Top1 => "top1",
-            Metric::MeanPerClass => "mean_per_class",
-            Metric::Map11 => "map11",
-        }
-    }
-}
-
 /// How the validation split used for selection is obtained.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -236,8 +265,7 @@ pub struct TrainSettings {
     pub batch_size: u32,
     pub momentum: f64,
     pub nesterov: bool,
-    /// "cosine" (decay to zero, no warmup) or "constant".
-    pub schedule: String,
+    pub schedule: Schedule,
     /// BatchNorm running-stat momentum; None: min(10 / steps_per_epoch, 0.1).
     pub bn_momentum: Option<f64>,
     /// Evaluate on val every N steps (0: only at the end).
@@ -365,5 +393,33 @@ impl CellSpec {
     /// `model/dataset/regime`: the group whose grid points are compared for selection.
     pub fn group_key(&self) -> String {
         format!("{}/{}/{}", self.model.name, self.dataset.name, self.regime.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Device, Schedule};
+
+    #[test]
+    fn device_text_round_trips_and_anything_else_is_refused() {
+        for device in [Device::Auto, Device::Cpu, Device::Cuda(0), Device::Cuda(7)] {
+            assert_eq!(device.to_string().parse::<Device>(), Ok(device));
+            let json = serde_json::to_string(&device).unwrap();
+            assert_eq!(serde_json::from_str::<Device>(&json).unwrap(), device);
+        }
+        for bad in ["gpu", "cuda", "cuda:x", "cuda:-1", ""] {
+            let err = bad.parse::<Device>().unwrap_err().to_string();
+            assert!(err.ends_with("is not auto, cpu or cuda:N"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn cosine_decays_to_zero_and_constant_keeps_the_rate() {
+        assert_eq!(Schedule::Cosine.learning_rate(0.1, 0, 100), 0.1);
+        assert!((Schedule::Cosine.learning_rate(0.1, 50, 100) - 0.05).abs() < 1e-12);
+        assert!(Schedule::Cosine.learning_rate(0.1, 100, 100).abs() < 1e-12);
+        assert_eq!(Schedule::Constant.learning_rate(0.1, 70, 100), 0.1);
+        assert_eq!(serde_json::from_str::<Schedule>("\"constant\"").unwrap(), Schedule::Constant);
+        assert!(serde_json::from_str::<Schedule>("\"linear\"").is_err(), "an unknown schedule is refused");
     }
 }

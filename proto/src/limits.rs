@@ -70,9 +70,12 @@ fn lease(field: &str, lease: Option<&LeaseRef>) -> Result<(), LimitError> {
     Ok(())
 }
 
+fn checkpoint(field: &'static str, checkpoint: Option<&crate::v1::Checkpoint>) -> Result<(), LimitError> {
+    checkpoint.map_or(Ok(()), |c| bytes(field, &c.path, MAX_PATH_BYTES))
+}
+
 fn result(result: Option<&TaskResult>) -> Result<(), LimitError> {
     let Some(result) = result else { return Ok(()) };
-    bytes("result.metric", &result.metric, MAX_RESULT_KEY_BYTES)?;
     count("result.selected + result.extra", result.selected.len() + result.extra.len(), MAX_RESULT_ENTRIES)?;
     for key in result.selected.keys() {
         bytes("result.selected key", key, MAX_RESULT_KEY_BYTES)?;
@@ -123,7 +126,6 @@ impl CheckLimits for GetCurveRequest {
 impl CheckLimits for ListTasksRequest {
     fn check_limits(&self) -> Result<(), LimitError> {
         bytes("sweep", &self.sweep, MAX_SWEEP_NAME_BYTES)?;
-        bytes("state", &self.state, MAX_LABEL_BYTES)?;
         bytes("page_token", &self.page_token, MAX_LABEL_BYTES)
     }
 }
@@ -151,7 +153,7 @@ impl CheckLimits for HeartbeatRequest {
         count("leases", self.leases.len(), MAX_HELD_LEASES)?;
         for held in &self.leases {
             lease("leases.lease", held.lease.as_ref())?;
-            bytes("leases.checkpoint_path", &held.checkpoint_path, MAX_PATH_BYTES)?;
+            checkpoint("leases.checkpoint.path", held.checkpoint.as_ref())?;
             bytes("leases.resume_error", &held.resume_error, MAX_ERROR_MESSAGE_BYTES)?;
         }
         Ok(())
@@ -174,7 +176,7 @@ impl CheckLimits for FailTaskRequest {
         lease("lease", self.lease.as_ref())?;
         bytes("message", &self.message, MAX_ERROR_MESSAGE_BYTES)?;
         bytes("resume_error", &self.resume_error, MAX_ERROR_MESSAGE_BYTES)?;
-        bytes("checkpoint_path", &self.checkpoint_path, MAX_PATH_BYTES)
+        checkpoint("checkpoint.path", self.checkpoint.as_ref())
     }
 }
 
@@ -200,7 +202,10 @@ impl TaskResult {
             match score {
                 Some(value) if !value.is_finite() => return Some(format!("{name} {value} is not a finite number")),
                 Some(value) if !(0.0..=1.0).contains(&value) => {
-                    let metric = if self.metric.is_empty() { "the metric" } else { self.metric.as_str() };
+                    let metric = match self.metric() {
+                        crate::v1::Metric::Unspecified => "the metric",
+                        metric => metric.name(),
+                    };
                     let value = short_number(value);
                     return Some(format!(
                         "{name} {value} is out of range for {metric}: scores are fractions in [0, 1]"
@@ -237,9 +242,10 @@ mod tests {
 
     #[test]
     fn heartbeats_are_bounded_in_leases_and_paths() {
-        let held = crate::v1::HeldLease { checkpoint_path: "p".repeat(MAX_PATH_BYTES + 1), ..Default::default() };
+        let long = crate::v1::Checkpoint { path: "p".repeat(MAX_PATH_BYTES + 1), step: 1 };
+        let held = crate::v1::HeldLease { checkpoint: Some(long), ..Default::default() };
         let request = HeartbeatRequest { worker_id: "w".into(), leases: vec![held], ..Default::default() };
-        assert_eq!(request.check_limits().unwrap_err().field, "leases.checkpoint_path");
+        assert_eq!(request.check_limits().unwrap_err().field, "leases.checkpoint.path");
         let held = crate::v1::HeldLease { resume_error: "r".repeat(MAX_ERROR_MESSAGE_BYTES + 1), ..Default::default() };
         let request = HeartbeatRequest { worker_id: "w".into(), leases: vec![held], ..Default::default() };
         assert_eq!(request.check_limits().unwrap_err().field, "leases.resume_error");
@@ -267,7 +273,7 @@ mod tests {
     #[test]
     fn scores_must_be_finite_fractions() {
         let result = |val: Option<f64>, test: Option<f64>| TaskResult {
-            metric: "top1".into(),
+            metric: crate::v1::Metric::Top1.into(),
             val_score: val,
             test_score: test,
             ..Default::default()

@@ -308,7 +308,7 @@ fn start_worker(cluster: &mut Cluster, proxy: &DuplicatingProxy, proxied: bool, 
 }
 
 async fn is_done(cluster: &Cluster) -> bool {
-    cluster.summary(SWEEP).await.is_ok_and(|s| s.status == "done")
+    cluster.summary(SWEEP).await.is_ok_and(|s| s.status() == tsweep_proto::v1::SweepStatus::Done)
 }
 
 async fn inject(
@@ -378,14 +378,14 @@ async fn check(
     report.lease_expiries = summary.lease_expiries;
     report.stale_reports = summary.stale_reports;
     let v = &mut report.violations;
-    if summary.status != "done" {
+    if summary.status() != tsweep_proto::v1::SweepStatus::Done {
         v.push(format!("status {} at the end", summary.status));
     }
     if tasks.len() != report.cells {
         v.push(format!("{} tasks, expected {}", tasks.len(), report.cells));
     }
     for task in &tasks {
-        if task.state != "succeeded" {
+        if task.state() != tsweep_proto::v1::TaskState::Succeeded {
             v.push(format!("task {} ended {}: {}", task.task_id, task.state, task.error));
         }
         if task.accepted_completions != 1 {
@@ -443,7 +443,7 @@ async fn check_counts(
     let counts = summary.counts.unwrap_or_default();
     let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
     for task in tasks {
-        *by_state.entry(task.state.as_str()).or_default() += 1;
+        *by_state.entry(task.state().name()).or_default() += 1;
     }
     let mut conn = redis::Client::open(cluster.redis.url())?.get_multiplexed_async_connection().await?;
     for (state, counted) in [

@@ -156,7 +156,7 @@ impl Cluster {
             let page = client
                 .list_tasks(ListTasksRequest {
                     sweep: sweep.into(),
-                    state: String::new(),
+                    state: tsweep_proto::v1::TaskState::Unspecified.into(),
                     page_size: 1000,
                     page_token: page_token.clone(),
                 })
@@ -174,7 +174,7 @@ impl Cluster {
     pub async fn wait_done(&self, sweep: &str, timeout: Duration) -> Result<SweepSummary> {
         wait_for(&format!("sweep {sweep} to finish"), timeout, || async {
             let summary = self.summary(sweep).await.ok()?;
-            (summary.status == "done").then_some(summary)
+            (summary.status() == tsweep_proto::v1::SweepStatus::Done).then_some(summary)
         })
         .await
     }

@@ -10,7 +10,7 @@ use tsweep_tests::cluster::{fake_sweep, Cluster, ClusterOptions};
 use tsweep_tests::process::wait_for;
 
 fn assert_every_cell_succeeded_once(tasks: &[TaskInfo], cluster: &Cluster) {
-    let not_done: Vec<_> = tasks.iter().filter(|t| t.state != "succeeded").collect();
+    let not_done: Vec<_> = tasks.iter().filter(|t| t.state() != tsweep_proto::v1::TaskState::Succeeded).collect();
     assert!(
         not_done.is_empty(),
         "{} cells did not succeed, e.g. {:?}\nlogs: {:#?}",
@@ -126,12 +126,15 @@ async fn resubmitting_and_extending_a_finished_sweep_reruns_nothing() -> anyhow:
     assert_eq!(extended.cells_added, 3 * 2 * 4 - 12);
     cluster.wait_done("extend", Duration::from_secs(120)).await?;
     let after = cluster.tasks("extend").await?;
-    for old in before.iter().filter(|t| t.stage == "grid") {
+    for old in before.iter().filter(|t| t.stage() == tsweep_proto::v1::Stage::Grid) {
         let now = after.iter().find(|t| t.task_id == old.task_id).expect("finished cells are kept");
-        assert_eq!(now.state, "succeeded");
+        assert_eq!(now.state(), tsweep_proto::v1::TaskState::Succeeded);
         assert_eq!(now.attempt, old.attempt, "cell {} ran again", old.task_id);
         assert_eq!(now.accepted_completions, 1);
     }
-    assert!(after.iter().filter(|t| t.stage == "grid").all(|t| t.state == "succeeded"));
+    assert!(after
+        .iter()
+        .filter(|t| t.stage() == tsweep_proto::v1::Stage::Grid)
+        .all(|t| t.state() == tsweep_proto::v1::TaskState::Succeeded));
     Ok(())
 }

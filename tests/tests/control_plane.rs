@@ -26,7 +26,7 @@ async fn running(cluster: &Cluster, sweep: &str) -> u64 {
 
 fn assert_succeeded_once(tasks: &[TaskInfo]) {
     for task in tasks {
-        assert_eq!(task.state, "succeeded", "{task:?}");
+        assert_eq!(task.state(), tsweep_proto::v1::TaskState::Succeeded, "{task:?}");
         assert_eq!(task.accepted_completions, 1, "{task:?}");
         assert_eq!(task.retries_used, 0, "no retry budget spent: {task:?}");
     }
@@ -83,7 +83,8 @@ async fn a_coordinator_outage_of_three_ttls_costs_no_lease_and_dead_or_cut_off_w
         assert!(reaped.is_empty(), "leases of healthy {id} were reaped: {reaped:#?}");
     }
     // The healthy workers' attempts ran through the outage: first attempt, not restarted.
-    let kept: Vec<&TaskInfo> = tasks.iter().filter(|t| healthy.contains(&t.worker) && t.stage == "grid").collect();
+    let kept: Vec<&TaskInfo> =
+        tasks.iter().filter(|t| healthy.contains(&t.worker) && t.stage() == tsweep_proto::v1::Stage::Grid).collect();
     for task in &kept {
         let result = task.result.as_ref().expect("succeeded with a result");
         if task.attempt == 1 {
@@ -121,7 +122,7 @@ async fn a_redis_restart_longer_than_the_ttl_costs_no_lease() -> anyhow::Result<
     let tasks = cluster.tasks("redis-dark").await?;
     assert_eq!(tasks.len(), 5);
     assert_succeeded_once(&tasks);
-    for task in tasks.iter().filter(|t| t.stage == "grid") {
+    for task in tasks.iter().filter(|t| t.stage() == tsweep_proto::v1::Stage::Grid) {
         assert_eq!(task.attempt, 1, "{task:?}");
     }
     for worker in cluster.workers.iter_mut() {

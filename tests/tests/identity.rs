@@ -23,7 +23,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 use tsweep_coordinator::redis_server::RedisServer;
-use tsweep_proto::auth::{bearer_interceptor, BearerInterceptor, WorkerRefusal};
+use tsweep_proto::auth::{TokenInterceptor, WorkerRefusal};
 use tsweep_proto::v1::sweep_service_client::SweepServiceClient;
 use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use tsweep_proto::v1::{
@@ -132,14 +132,14 @@ async fn channel(url: &str, ca: Option<&Path>) -> Result<Channel> {
     Ok(endpoint.connect().await?)
 }
 
-type Authed = InterceptedService<Channel, BearerInterceptor>;
+type Authed = InterceptedService<Channel, TokenInterceptor>;
 
 fn sweeps(channel: &Channel, token: Option<&str>) -> SweepServiceClient<Authed> {
-    SweepServiceClient::with_interceptor(channel.clone(), bearer_interceptor(token.map(String::from)).unwrap())
+    SweepServiceClient::with_interceptor(channel.clone(), TokenInterceptor::inline(token.map(String::from)).unwrap())
 }
 
 fn workers(channel: &Channel, token: Option<&str>) -> WorkerServiceClient<Authed> {
-    WorkerServiceClient::with_interceptor(channel.clone(), bearer_interceptor(token.map(String::from)).unwrap())
+    WorkerServiceClient::with_interceptor(channel.clone(), TokenInterceptor::inline(token.map(String::from)).unwrap())
 }
 
 async fn summary(client: &mut SweepServiceClient<Authed>, sweep: &str) -> Option<SweepSummary> {
@@ -149,7 +149,7 @@ async fn summary(client: &mut SweepServiceClient<Authed>, sweep: &str) -> Option
 async fn wait_done(client: &SweepServiceClient<Authed>, sweep: &str, timeout: Duration) -> Result<SweepSummary> {
     wait_for(&format!("sweep {sweep} to finish"), timeout, || {
         let mut client = client.clone();
-        async move { summary(&mut client, sweep).await.filter(|s| s.status == "done") }
+        async move { summary(&mut client, sweep).await.filter(|s| s.status() == tsweep_proto::v1::SweepStatus::Done) }
     })
     .await
 }
@@ -264,7 +264,7 @@ async fn a_worker_whose_registration_redis_lost_registers_again_and_its_task_fin
         let mut users = users.clone();
         async move {
             let tasks = all_tasks(&mut users, "lost").await.ok()?;
-            tasks.into_iter().find(|t| t.state == "running")
+            tasks.into_iter().find(|t| t.state() == tsweep_proto::v1::TaskState::Running)
         }
     })
     .await
@@ -291,7 +291,7 @@ async fn a_worker_whose_registration_redis_lost_registers_again_and_its_task_fin
     assert_eq!(done.lease_expiries, 0, "no lease ran out: {}", stack.logs());
     let tasks = all_tasks(&mut users, "lost").await?;
     let task = tasks.iter().find(|t| t.task_id == running.task_id).context("the task")?;
-    assert_eq!((task.state.as_str(), task.attempt, task.accepted_completions), ("succeeded", 1, 1), "{task:?}");
+    assert_eq!((task.state().name(), task.attempt, task.accepted_completions), ("succeeded", 1, 1), "{task:?}");
     let steps = task.result.as_ref().map(|r| (r.steps, r.resumed_from_step));
     assert_eq!(steps, Some((12, 0)), "the child ran through");
     let log = stack.workers[0].log_text();
@@ -417,7 +417,7 @@ fn promtool_check(text: &str) -> Result<Option<(bool, String)>> {
     let mut child = match spawned {
         Ok(child) => child,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            if std::env::var("CI").as_deref() == Ok("true") {
+            if tsweep_proto::testing::under_ci() {
                 bail!("promtool is not installed (Debian package `prometheus`, see scripts/setup.sh)");
             }
             return Ok(None);
@@ -454,7 +454,11 @@ async fn promtool_accepts_the_metrics_and_reflection_answers_v1_and_v1alpha() ->
         protocol_version: PROTOCOL_VERSION,
         worker_id: "late".into(),
         lease: Some(LeaseRef { sweep: "tools".into(), task_id: done.task_id, attempt: done.attempt }),
-        result: Some(TaskResult { metric: "top1".into(), val_score: Some(0.5), ..Default::default() }),
+        result: Some(TaskResult {
+            metric: tsweep_proto::v1::Metric::Top1.into(),
+            val_score: Some(0.5),
+            ..Default::default()
+        }),
         worker_secret,
     };
     let outcome = late.complete_task(report).await?.into_inner().outcome;
@@ -538,7 +542,7 @@ async fn a_multi_seed_report_uses_each_seeds_current_final_and_reports_their_mea
     let seed_of =
         |t: &TaskInfo| serde_json::from_str::<serde_json::Value>(&t.spec_json).unwrap()["seed"].as_u64().unwrap();
     let mut current: BTreeMap<(String, u64), &TaskInfo> = BTreeMap::new();
-    for final_task in tasks.iter().filter(|t| t.stage == "final") {
+    for final_task in tasks.iter().filter(|t| t.stage() == tsweep_proto::v1::Stage::Final) {
         assert_eq!(final_task.selection_group, format!("{}/d0/finetune/{}", final_task.model, seed_of(final_task)));
         if final_task.current_final {
             assert!(current.insert((final_task.model.clone(), seed_of(final_task)), final_task).is_none());
@@ -574,8 +578,14 @@ async fn a_multi_seed_report_uses_each_seeds_current_final_and_reports_their_mea
 
         // What pooling every seed's grid points (the store grouping by seed, the report
         // not) would have reported: the final carrying the pooled winner's hparams.
-        let grid: Vec<&TaskInfo> =
-            tasks.iter().filter(|t| t.model == model && t.stage == "grid" && t.state == "succeeded").collect();
+        let grid: Vec<&TaskInfo> = tasks
+            .iter()
+            .filter(|t| {
+                t.model == model
+                    && t.stage() == tsweep_proto::v1::Stage::Grid
+                    && t.state() == tsweep_proto::v1::TaskState::Succeeded
+            })
+            .collect();
         let best = grid
             .iter()
             .max_by(|a, b| {
@@ -585,7 +595,7 @@ async fn a_multi_seed_report_uses_each_seeds_current_final_and_reports_their_mea
             .context("a best grid point")?;
         let pooled = tasks
             .iter()
-            .filter(|t| t.model == model && t.stage == "final" && t.hparams == best.hparams)
+            .filter(|t| t.model == model && t.stage() == tsweep_proto::v1::Stage::Final && t.hparams == best.hparams)
             .map(test_of)
             .next()
             .context("a final with the pooled winner's hparams")?;

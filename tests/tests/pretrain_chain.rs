@@ -61,13 +61,17 @@ async fn a_killed_pretrain_worker_resumes_and_transfer_cells_start_after_their_p
     // Both pretrain cells checkpoint a few steps; nothing else has started.
     wait_for("the pretrain cells to checkpoint", Duration::from_secs(60), || async {
         let tasks = cluster.tasks("chain").await.ok()?;
-        let pretrain: Vec<_> = tasks.iter().filter(|t| t.stage == "pretrain").collect();
-        (pretrain.len() == 2 && pretrain.iter().all(|t| t.checkpoint_step >= 3)).then_some(())
+        let pretrain: Vec<_> = tasks.iter().filter(|t| t.stage() == tsweep_proto::v1::Stage::Pretrain).collect();
+        (pretrain.len() == 2 && pretrain.iter().all(|t| t.checkpoint.as_ref().is_some_and(|c| c.step >= 3)))
+            .then_some(())
     })
     .await?;
     let tasks = cluster.tasks("chain").await?;
     assert!(
-        tasks.iter().filter(|t| t.stage != "pretrain").all(|t| t.state == "pending" && t.attempt == 0),
+        tasks
+            .iter()
+            .filter(|t| t.stage() != tsweep_proto::v1::Stage::Pretrain)
+            .all(|t| t.state() == tsweep_proto::v1::TaskState::Pending && t.attempt == 0),
         "transfer cells wait while their pretrain cells run"
     );
     let summary = cluster.summary("chain").await?;
@@ -77,8 +81,8 @@ async fn a_killed_pretrain_worker_resumes_and_transfer_cells_start_after_their_p
     cluster.start_worker(2, &[])?;
     let summary = cluster.wait_done("chain", Duration::from_secs(180)).await?;
     let tasks = cluster.tasks("chain").await?;
-    assert!(tasks.iter().all(|t| t.state == "succeeded"), "{:?}", summary.counts);
-    let pretrain: Vec<_> = tasks.iter().filter(|t| t.stage == "pretrain").collect();
+    assert!(tasks.iter().all(|t| t.state() == tsweep_proto::v1::TaskState::Succeeded), "{:?}", summary.counts);
+    let pretrain: Vec<_> = tasks.iter().filter(|t| t.stage() == tsweep_proto::v1::Stage::Pretrain).collect();
     for p in &pretrain {
         let result = p.result.as_ref().expect("a succeeded pretrain cell has a result");
         assert!(
@@ -91,7 +95,7 @@ async fn a_killed_pretrain_worker_resumes_and_transfer_cells_start_after_their_p
         assert!(result.test_score.is_some());
     }
     // Every transfer cell started after its own pretrain cell finished.
-    for t in tasks.iter().filter(|t| t.stage != "pretrain") {
+    for t in tasks.iter().filter(|t| t.stage() != tsweep_proto::v1::Stage::Pretrain) {
         let spec = CellSpec::from_json(&t.spec_json)?;
         let Some(by) = spec.model.pretrained else {
             anyhow::bail!("transfer cell {} names no pretrain cell", t.task_id)

@@ -35,7 +35,7 @@ async fn scale_in_with_sigterm_resumes_from_checkpoints_and_node_loss_costs_noth
 
     cluster.wait_done("scale", Duration::from_secs(300)).await?;
     let tasks = cluster.tasks("scale").await?;
-    assert!(tasks.iter().all(|t| t.state == "succeeded" && t.accepted_completions == 1));
+    assert!(tasks.iter().all(|t| t.state() == tsweep_proto::v1::TaskState::Succeeded && t.accepted_completions == 1));
     assert!(tasks.iter().all(|t| t.retries_used == 0), "preempted and lost attempts do not count");
     let resumed: Vec<_> =
         tasks.iter().filter_map(|t| t.result.as_ref().map(|r| r.resumed_from_step)).filter(|step| *step > 0).collect();

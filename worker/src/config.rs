@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tsweep_proto::auth::read_token_file;
+use tsweep_proto::auth::{read_token_file, TokenSource};
+use tsweep_proto::cell::Device;
 
 use crate::child_protocol::ExecutorKind;
 use crate::logging::LogFormat;
-use crate::token::TokenSource;
 
 /// Prefix of the environment variables read as settings (`TSWEEP_WORKER__REDIS_URL`, ...).
 pub const ENV_PREFIX: &str = "TSWEEP_WORKER";
@@ -327,24 +327,9 @@ impl GpuSetting {
     }
 }
 
-/// Where a task runs, as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceSetting {
-    Auto,
-    Cpu,
-    Cuda(u32),
-}
-
-pub fn parse_device(text: &str) -> Result<DeviceSetting, ConfigError> {
-    match text.trim() {
-        "auto" => Ok(DeviceSetting::Auto),
-        "cpu" => Ok(DeviceSetting::Cpu),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<u32>().ok())
-            .map(DeviceSetting::Cuda)
-            .ok_or_else(|| invalid("device", format!("`{other}` is not auto, cpu or cuda:N"))),
-    }
+/// The configured `device` (auto | cpu | cuda:N).
+pub fn parse_device(text: &str) -> Result<Device, ConfigError> {
+    text.parse().map_err(|e: tsweep_proto::cell::DeviceParseError| invalid("device", e.to_string()))
 }
 
 /// Counts `nvidiaN` device files (the GPUs a container was given) in `dev`.

@@ -6,7 +6,6 @@ pub mod agent;
 pub mod config;
 pub mod data_cli;
 pub mod run_task;
-pub mod token;
 pub mod trainer_bridge;
 
 pub use tsweep_child::{child_protocol, fake, logging};

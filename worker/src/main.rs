@@ -70,7 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Some(Command::RunTask { executor, log_format }) => {
-            logging::init(log_format);
+            logging::init(log_format, "info");
             std::process::exit(tsweep_worker::run_task::run_child(executor));
         }
         Some(Command::Agent(args)) => run_agent(&args),
@@ -81,7 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Data { command: DataCommand::Prepare(args) }) => {
-            logging::init(LogFormat::Text);
+            logging::init(LogFormat::Text, "info");
             println!("{}", data_cli::prepare(&args)?);
             Ok(())
         }
@@ -110,7 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
     let config = WorkerConfig::load(args)?;
-    logging::init(config.log_format);
+    logging::init(config.log_format, "info");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

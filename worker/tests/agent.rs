@@ -21,9 +21,9 @@ use tsweep_proto::cell::{
 };
 use tsweep_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use tsweep_proto::v1::{
-    AcquireTaskRequest, AcquireTaskResponse, CompleteTaskRequest, FailTaskRequest, FailureClass, HeartbeatRequest,
-    HeartbeatResponse, HeldLease, LeaseRef, RegisterWorkerRequest, RegisterWorkerResponse, ReportOutcome,
-    ReportResponse, StopOrder, StopReason, TaskAssignment,
+    AcquireTaskRequest, AcquireTaskResponse, Checkpoint, CompleteTaskRequest, FailTaskRequest, FailureClass,
+    HeartbeatRequest, HeartbeatResponse, HeldLease, LeaseRef, RegisterWorkerRequest, RegisterWorkerResponse,
+    ReportOutcome, ReportResponse, StopOrder, StopReason, TaskAssignment,
 };
 
 // ------------------------------------------------------------ scripted coordinator
@@ -87,7 +87,7 @@ impl Scripted {
 }
 
 fn accepted() -> Response<ReportResponse> {
-    Response::new(ReportResponse { outcome: ReportOutcome::Accepted as i32, task_state: String::new() })
+    Response::new(ReportResponse { outcome: ReportOutcome::Accepted as i32, task_state: 0 })
 }
 
 #[tonic::async_trait]
@@ -368,7 +368,7 @@ fn assignment(task_id: &str, attempt: u32, fake: FakeSettings, resume: Option<(&
             batch_size: 8,
             momentum: 0.9,
             nesterov: true,
-            schedule: "cosine".into(),
+            schedule: tsweep_proto::cell::Schedule::Cosine,
             bn_momentum: None,
             eval_every: 0,
             checkpoint_every: 0,
@@ -391,8 +391,7 @@ fn assignment(task_id: &str, attempt: u32, fake: FakeSettings, resume: Option<(&
         attempt,
         spec_json: spec.to_json().unwrap(),
         gpus: 0,
-        resume_checkpoint_path: resume.map(|(p, _)| p.to_string_lossy().into_owned()).unwrap_or_default(),
-        resume_checkpoint_step: resume.map(|(_, s)| s).unwrap_or(0),
+        resume: resume.map(|(p, step)| Checkpoint { path: p.display().to_string(), step }),
         lease_ttl_ms: 3_000,
     }
 }
@@ -462,7 +461,7 @@ async fn runs_tasks_reports_them_heartbeats_and_forwards_metrics() {
     let c = fails.iter().find(|f| f.lease == Some(lease("c", 1))).expect("task c failed");
     assert_eq!(c.class, FailureClass::Retryable as i32, "a crash is retryable: {c:?}");
     assert!(c.message.contains("crash"), "{}", c.message);
-    assert_eq!(c.checkpoint_step, 2, "the crashed attempt's last checkpoint is reported");
+    assert_eq!(step_of(&c.checkpoint), 2, "the crashed attempt's last checkpoint is reported");
     let d = fails.iter().find(|f| f.lease == Some(lease("d", 1))).expect("task d failed");
     assert_eq!(d.class, FailureClass::Fatal as i32);
     let e = fails.iter().find(|f| f.lease == Some(lease("e", 1))).expect("task e failed");
@@ -472,7 +471,7 @@ async fn runs_tasks_reports_them_heartbeats_and_forwards_metrics() {
     let a_beats: Vec<_> =
         heartbeats.iter().flat_map(|h| h.leases.iter()).filter(|l| l.lease == Some(lease("a", 1))).collect();
     assert!(a_beats.len() >= 2, "{a_beats:?}");
-    assert!(a_beats.iter().any(|l| l.running && l.checkpoint_step > 0 && !l.checkpoint_path.is_empty()));
+    assert!(a_beats.iter().any(|l| l.running && step_of(&l.checkpoint) > 0 && !path_of(&l.checkpoint).is_empty()));
     // After the reports, the agent holds nothing.
     let beats_before = script.with(|s| s.heartbeats.len());
     wait_until(Duration::from_secs(5), &agent, || script.with(|s| s.heartbeats.len() > beats_before + 1)).await;
@@ -519,7 +518,7 @@ async fn sigterm_releases_running_tasks_as_preempted_with_their_checkpoint_even_
         s.heartbeats
             .iter()
             .flat_map(|h| h.leases.iter())
-            .any(|l| l.lease.as_ref().is_some_and(|r| r.task_id == task) && l.running && l.checkpoint_step >= 2)
+            .any(|l| l.lease.as_ref().is_some_and(|r| r.task_id == task) && l.running && step_of(&l.checkpoint) >= 2)
     };
     wait_until(Duration::from_secs(30), &agent, || script.with(|s| progressed(s, "long1") && progressed(s, "long2")))
         .await;
@@ -533,9 +532,9 @@ async fn sigterm_releases_running_tasks_as_preempted_with_their_checkpoint_even_
     assert_eq!(fails.len(), 2, "{fails:?}");
     for fail in &fails {
         assert_eq!(fail.class, FailureClass::Preempted as i32, "{fail:?}");
-        assert!(fail.checkpoint_step >= 2, "{fail:?}");
-        let on_disk = tsweep_worker::fake::read_checkpoint(Path::new(&fail.checkpoint_path)).unwrap();
-        assert_eq!(on_disk.step, fail.checkpoint_step);
+        assert!(step_of(&fail.checkpoint) >= 2, "{fail:?}");
+        let on_disk = tsweep_worker::fake::read_checkpoint(Path::new(path_of(&fail.checkpoint))).unwrap();
+        assert_eq!(on_disk.step, step_of(&fail.checkpoint));
         assert_eq!(Some(on_disk.attempt), fail.lease.as_ref().map(|l| l.attempt));
     }
     assert!(acquires <= acquires_before + 2, "no acquiring while draining ({acquires_before} -> {acquires})");
@@ -719,14 +718,14 @@ async fn a_hung_child_is_killed_after_its_stall_timeout_and_a_long_one_after_max
     let hung = fails.iter().find(|f| f.lease == Some(lease("hung", 1))).expect("the hung task failed");
     assert_eq!(hung.class, FailureClass::Retryable as i32, "{hung:?}");
     assert!(hung.message.contains("no progress") && hung.message.contains("stall_timeout_s"), "{}", hung.message);
-    assert_eq!(hung.checkpoint_step, 1, "its last checkpoint goes with the report: {hung:?}\n{}", agent.log());
+    assert_eq!(step_of(&hung.checkpoint), 1, "its last checkpoint goes with the report: {hung:?}\n{}", agent.log());
     let log = agent.log();
     assert!(log.contains("child did not stop in time: SIGKILL"), "the hung child ignored SIGTERM:\n{log}");
 
     let slow = fails.iter().find(|f| f.lease == Some(lease("slow", 1))).expect("the slow task failed");
     assert_eq!(slow.class, FailureClass::Retryable as i32, "{slow:?}");
     assert!(slow.message.contains("max_runtime_s = 1"), "{}", slow.message);
-    assert!(slow.checkpoint_step >= 1, "it checkpointed on SIGTERM: {slow:?}");
+    assert!(step_of(&slow.checkpoint) >= 1, "it checkpointed on SIGTERM: {slow:?}");
     assert!(log.contains("stopped by signal after step"), "the slow child stopped on SIGTERM:\n{log}");
     assert!(started.elapsed() < Duration::from_secs(30), "limits took {:?}", started.elapsed());
     assert!(script.with(|s| s.completes.is_empty()));
@@ -746,9 +745,9 @@ async fn a_lost_lease_stops_the_child_with_sigterm_and_sigkills_only_one_that_ig
     let agent = Agent::start_with_grace(coordinator, &redis.url(), dir.path(), 1, &[], "2");
     let running = |s: &State, task: &str, step: u64| {
         s.heartbeats.last().is_some_and(|h| {
-            h.leases
-                .iter()
-                .any(|l| l.lease.as_ref().is_some_and(|r| r.task_id == task) && l.running && l.checkpoint_step >= step)
+            h.leases.iter().any(|l| {
+                l.lease.as_ref().is_some_and(|r| r.task_id == task) && l.running && step_of(&l.checkpoint) >= step
+            })
         })
     };
     wait_until(Duration::from_secs(30), &agent, || script.with(|s| running(s, "lost", 2))).await;
@@ -808,12 +807,12 @@ async fn a_missing_resume_checkpoint_is_reported_and_the_attempt_runs_from_step_
     assert!(reported[0].resume_error.contains(&gone.display().to_string()), "{:?}", reported[0]);
     assert!(reported[0].resume_error.contains("missing"), "{:?}", reported[0]);
     for beat in &reported {
-        assert_ne!(beat.checkpoint_path, gone.display().to_string(), "the missing checkpoint is not passed on");
+        assert_ne!(path_of(&beat.checkpoint), gone.display().to_string(), "the missing checkpoint is not passed on");
     }
     assert!(
-        reported
-            .iter()
-            .any(|l| l.checkpoint_step > 0 && l.checkpoint_step < 5 && l.checkpoint_path.contains("attempt-2")),
+        reported.iter().any(|l| step_of(&l.checkpoint) > 0
+            && step_of(&l.checkpoint) < 5
+            && path_of(&l.checkpoint).contains("attempt-2")),
         "its own checkpoints go out instead: {reported:?}"
     );
     assert!(agent.log().contains("cannot resume from the recorded checkpoint"), "{}", agent.log());
@@ -862,4 +861,14 @@ async fn a_worker_whose_id_another_process_took_stops_with_an_error() {
     assert_ne!(code, Some(0));
     assert!(agent.log().contains("another process registered under this"), "{}", agent.log());
     assert_eq!(script.with(|s| s.registers.len()), 1, "a wrong secret is not answered by registering again");
+}
+
+/// The step of a reported checkpoint (0: none).
+fn step_of(checkpoint: &Option<Checkpoint>) -> u64 {
+    checkpoint.as_ref().map_or(0, |c| c.step)
+}
+
+/// The path of a reported checkpoint ("": none).
+fn path_of(checkpoint: &Option<Checkpoint>) -> &str {
+    checkpoint.as_ref().map_or("", |c| c.path.as_str())
 }

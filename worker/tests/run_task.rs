@@ -7,10 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tsweep_proto::cell::{
-    CellSpec, DatasetFormat, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings,
-    ValPolicy,
+    CellSpec, DatasetFormat, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Regime, Stage, TrainJob,
+    TrainSettings, ValPolicy,
 };
-use tsweep_worker::child_protocol::{exit_code, CheckpointRef, ChildEvent, ChildFailure, ExecutorKind, TaskInput};
+use tsweep_worker::child_protocol::{exit_code, Checkpoint, ChildEvent, ExecutorKind, FailureClass, TaskInput};
 
 fn spec(fake: FakeSettings) -> CellSpec {
     CellSpec {
@@ -41,7 +41,7 @@ fn spec(fake: FakeSettings) -> CellSpec {
             batch_size: 8,
             momentum: 0.9,
             nesterov: true,
-            schedule: "cosine".into(),
+            schedule: tsweep_proto::cell::Schedule::Cosine,
             bn_momentum: None,
             eval_every: 0,
             checkpoint_every: 0,
@@ -60,18 +60,20 @@ fn spec(fake: FakeSettings) -> CellSpec {
     }
 }
 
-fn input(dir: &Path, attempt: u32, fake: FakeSettings, resume: Option<CheckpointRef>) -> TaskInput {
+fn input(dir: &Path, attempt: u32, fake: FakeSettings, resume: Option<Checkpoint>) -> TaskInput {
     TaskInput {
         task_id: "t1".into(),
         attempt,
-        spec: spec(fake),
-        resume,
-        checkpoint_dir: dir.join(format!("attempt-{attempt}")),
-        cache_dir: dir.join("cache"),
+        job: TrainJob {
+            spec: spec(fake),
+            resume,
+            checkpoint_dir: dir.join(format!("attempt-{attempt}")),
+            cache_dir: dir.join("cache"),
+            device: tsweep_proto::cell::Device::Cpu,
+            pretrained_out: None,
+        },
         cpu_threads: Some(1),
-        device: "cpu".into(),
         executor: ExecutorKind::Fake,
-        pretrained_out: None,
     }
 }
 
@@ -132,7 +134,7 @@ fn success_emits_started_progress_checkpoints_and_one_result() {
         .collect();
     assert_eq!(progress, vec![1, 2, 3, 4, 5]);
     let Some(ChildEvent::Result { result }) = done.events.last() else { panic!("{:?}", done.events) };
-    assert_eq!(result.metric, "top1");
+    assert_eq!(result.metric(), tsweep_proto::v1::Metric::Top1);
     assert_eq!(result.steps, 5);
     assert!(result.val_score.is_some() && result.test_score.is_some());
     let finals = done.events.iter().filter(|e| matches!(e, ChildEvent::Result { .. } | ChildEvent::Failed { .. }));
@@ -156,7 +158,7 @@ fn score_is_deterministic_and_prefers_the_sweet_spot() {
     let dir = tempfile::tempdir().unwrap();
     let score = |lr: f64| {
         let mut task = input(dir.path(), 1, fake(0, 1), None);
-        task.spec.hparams.insert("lr".into(), lr);
+        task.job.spec.hparams.insert("lr".into(), lr);
         let done = run(&task);
         match done.events.last() {
             Some(ChildEvent::Result { result }) => result.val_score.unwrap(),
@@ -167,7 +169,7 @@ fn score_is_deterministic_and_prefers_the_sweet_spot() {
     assert!(score(0.01) > score(1.0));
     // An explicit score wins.
     let mut task = input(dir.path(), 1, FakeSettings { score: Some(0.42), ..fake(0, 1) }, None);
-    task.spec.hparams.clear();
+    task.job.spec.hparams.clear();
     match run(&task).events.last() {
         Some(ChildEvent::Result { result }) => assert_eq!(result.val_score, Some(0.42)),
         other => panic!("{other:?}"),
@@ -201,7 +203,7 @@ fn sigterm_mid_run_checkpoints_and_exits_preempted() {
     let ChildEvent::Checkpoint { path, step } = &rest[n - 2] else { panic!("{rest:?}") };
     assert!(*step >= last_step);
     assert_eq!(tsweep_worker::fake::read_checkpoint(path).unwrap().step, *step);
-    assert!(matches!(&rest[n - 1], ChildEvent::Failed { class: ChildFailure::Preempted, .. }), "{rest:?}");
+    assert!(matches!(&rest[n - 1], ChildEvent::Failed { class: FailureClass::Preempted, .. }), "{rest:?}");
 }
 
 #[test]
@@ -221,7 +223,7 @@ fn resume_continues_from_the_checkpoint_step_and_logs_it() {
         .unwrap();
     assert_eq!(step, 3);
 
-    let second = run(&input(dir.path(), 2, crash, Some(CheckpointRef { path, step })));
+    let second = run(&input(dir.path(), 2, crash, Some(Checkpoint { path: path.display().to_string(), step })));
     assert_eq!(second.code, Some(exit_code::OK), "{}", second.stderr);
     assert!(matches!(second.events.first(), Some(ChildEvent::Started { resumed_from_step: 3 })), "{:?}", second.events);
     let steps: Vec<u64> = second
@@ -251,9 +253,9 @@ fn crash_gives_no_result_and_a_nonzero_exit() {
 fn injected_failures_carry_their_class_and_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     for (fail, class, code) in [
-        ("retryable", ChildFailure::Retryable, exit_code::RETRYABLE),
-        ("fatal", ChildFailure::Fatal, exit_code::FATAL),
-        ("out_of_memory", ChildFailure::OutOfMemory, exit_code::OUT_OF_MEMORY),
+        ("retryable", FailureClass::Retryable, exit_code::RETRYABLE),
+        ("fatal", FailureClass::Fatal, exit_code::FATAL),
+        ("out_of_memory", FailureClass::OutOfMemory, exit_code::OUT_OF_MEMORY),
     ] {
         let done = run(&input(dir.path(), 1, FakeSettings { fail: Some(fail.into()), ..fake(0, 2) }, None));
         assert_eq!(done.code, Some(code));
@@ -277,7 +279,7 @@ fn bad_input_is_a_fatal_failure() {
     child.stdin.take().unwrap().write_all(b"{\"task_id\": 3}").unwrap();
     let done = finish(child);
     assert_eq!(done.code, Some(exit_code::FATAL));
-    assert!(matches!(done.events.last(), Some(ChildEvent::Failed { class: ChildFailure::Fatal, .. })));
+    assert!(matches!(done.events.last(), Some(ChildEvent::Failed { class: FailureClass::Fatal, .. })));
 }
 
 // ------------------------------------------------------------ --executor trainer (libtorch)
@@ -305,7 +307,7 @@ fn trainer_input(dir: &Path, arch: &str) -> TaskInput {
     spec.train.checkpoint_every = 1;
     let mut task = input(dir, 1, FakeSettings::default(), None);
     task.executor = ExecutorKind::Trainer;
-    task.spec = spec;
+    task.job.spec = spec;
     task
 }
 
@@ -340,38 +342,34 @@ fn trainer_errors_keep_their_class() {
     let done = run_trainer(&trainer_input(dir.path(), "no_such_net"));
     assert_eq!(done.code, Some(exit_code::FATAL), "{}", done.stderr);
     let Some(ChildEvent::Failed { class, message }) = done.events.last() else { panic!("{:?}", done.events) };
-    assert_eq!(*class, ChildFailure::Fatal);
+    assert_eq!(*class, FailureClass::Fatal);
     assert!(message.contains("no_such_net"), "{message}");
 }
 
 #[test]
 fn every_class_survives_the_trip_from_trainer_to_fail_task() {
     use std::os::unix::process::ExitStatusExt;
-    use tsweep_proto::v1::FailureClass;
     use tsweep_worker::agent::child::classify_exit;
-    use tsweep_worker::agent::slot::failure_class;
-    use tsweep_worker::trainer_bridge::child_failure;
 
     for class in [FailureClass::Retryable, FailureClass::Fatal, FailureClass::Preempted, FailureClass::OutOfMemory] {
-        let child = child_failure(class);
-        let line = ChildEvent::Failed { class: child, message: "m".into() }.to_line();
+        let line = ChildEvent::Failed { class, message: "m".into() }.to_line();
         let Ok(ChildEvent::Failed { class: parsed, .. }) = ChildEvent::parse_line(&line) else { panic!("{line}") };
-        assert_eq!(failure_class(parsed), class, "{line}");
+        assert_eq!(parsed.as_reported_by_task(), class, "{line}");
     }
-    assert!(ChildEvent::Failed { class: ChildFailure::OutOfMemory, message: String::new() }
+    assert!(ChildEvent::Failed { class: FailureClass::OutOfMemory, message: String::new() }
         .to_line()
         .contains(r#""class":"out_of_memory""#));
     assert_eq!(
-        child_failure(FailureClass::LostWorker),
-        ChildFailure::Retryable,
-        "the child never decides a lost worker"
+        FailureClass::LostWorker.as_reported_by_task(),
+        FailureClass::Retryable,
+        "the task's process never decides a lost worker"
     );
 
     // Without a final event: the exit code decides, and a crash stays retryable.
     let exited = |code: i32| classify_exit(Some(std::process::ExitStatus::from_raw(code << 8))).0;
-    assert_eq!(exited(exit_code::OUT_OF_MEMORY), ChildFailure::OutOfMemory);
-    assert_eq!(exited(exit_code::FATAL), ChildFailure::Fatal);
-    assert_eq!(exited(101), ChildFailure::Retryable, "a panic is a crash");
+    assert_eq!(exited(exit_code::OUT_OF_MEMORY), FailureClass::OutOfMemory);
+    assert_eq!(exited(exit_code::FATAL), FailureClass::Fatal);
+    assert_eq!(exited(101), FailureClass::Retryable, "a panic is a crash");
     let killed = classify_exit(Some(std::process::ExitStatus::from_raw(9))).0;
-    assert_eq!(killed, ChildFailure::Retryable, "killed by a signal (the kernel's OOM killer too) is a crash");
+    assert_eq!(killed, FailureClass::Retryable, "killed by a signal (the kernel's OOM killer too) is a crash");
 }

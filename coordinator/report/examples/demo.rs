@@ -11,8 +11,9 @@ use std::path::PathBuf;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tsweep_proto::cell::{Regime, Stage};
-use tsweep_report::{CellRow, CellStatus, DatasetInfo, ModelInfo, ReportInput};
+use tsweep_proto::cell::{Metric, Regime, Stage};
+use tsweep_proto::v1::TaskState;
+use tsweep_report::{CellRow, DatasetInfo, ModelInfo, ReportInput};
 
 const MODELS: [(&str, f64); 16] = [
     ("Inception v1", 73.2),
@@ -74,11 +75,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 regime,
                 stage,
                 hparams,
-                status: CellStatus::Succeeded,
+                status: TaskState::Succeeded,
                 attempts: 1,
                 val_score: None,
                 test_score: None,
-                metric: metric.to_string(),
+                metric: Metric::from_name(metric).unwrap_or_default(),
                 diverged: false,
                 selected: BTreeMap::new(),
                 duration_s: Some(600.0),
@@ -123,7 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 if mi == 11 && di == 3 && regime == Regime::Scratch {
                     let point = &mut grid[0];
-                    point.status = CellStatus::Failed;
+                    point.status = TaskState::Failed;
                     point.attempts = 3;
                     point.val_score = None;
                     point.test_score = None;
@@ -132,7 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 let best = grid
                     .iter()
-                    .filter(|c| !c.diverged && c.status == CellStatus::Succeeded)
+                    .filter(|c| !c.diverged && c.status == TaskState::Succeeded)
                     .max_by(|a, b| a.val_score.unwrap_or(0.0).total_cmp(&b.val_score.unwrap_or(0.0)))
                     .map(|c| c.hparams.clone())
                     .unwrap_or_default();
@@ -141,14 +142,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 fin.is_current_final = true;
                 fin.test_score = Some(sigmoid(truth + 0.03 + 0.03 * normal(&mut rng)));
                 if mi == 5 && di == 6 && regime == Regime::Finetune {
-                    fin.status = CellStatus::Failed;
+                    fin.status = TaskState::Failed;
                     fin.test_score = None;
                     fin.attempts = 3;
                     fin.error = "checkpoint store unreachable".to_string();
                     fin.error_class = "retryable".to_string();
                 }
                 if mi == 2 && di == 0 && regime == Regime::Scratch {
-                    fin.status = CellStatus::Running;
+                    fin.status = TaskState::Running;
                     fin.test_score = None;
                 }
                 cells.extend(grid);
@@ -165,7 +166,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect(),
         datasets: DATASETS
             .iter()
-            .map(|(name, metric, ..)| DatasetInfo { name: name.to_string(), metric: metric.to_string() })
+            .map(|(name, metric, ..)| DatasetInfo {
+                name: name.to_string(),
+                metric: Metric::from_name(metric).unwrap_or_default(),
+            })
             .collect(),
         settings: Default::default(),
     };

@@ -38,9 +38,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use tsweep_proto::cell::{Regime, Stage};
+use tsweep_proto::cell::{Metric, Regime, Stage};
+use tsweep_proto::v1::TaskState;
 
-use crate::input::{AnalysisSettings, CellRow, CellStatus, DatasetInfo, ReportInput};
+use crate::input::{AnalysisSettings, CellRow, DatasetInfo, ReportInput};
 use crate::selection::select_best;
 
 /// Below this many models the percentile bootstrap of r is noted as rough.
@@ -238,7 +239,7 @@ pub struct ReportedScore {
     pub model: String,
     pub dataset: String,
     pub regime: Regime,
-    pub metric: String,
+    pub metric: Metric,
     /// Test accuracy as a fraction: the mean over the seeds that have one.
     pub accuracy: Option<f64>,
     /// Sample standard deviation (n − 1) of the seeds' accuracies; None below two seeds.
@@ -470,10 +471,10 @@ pub fn replicate_score(cells: &[&CellRow], scale: ScoreScale, epsilon: f64) -> O
     for cell in &grid_cells {
         grid.total += 1;
         match cell.status {
-            CellStatus::Succeeded if cell.diverged => grid.diverged += 1,
-            CellStatus::Succeeded => grid.succeeded += 1,
-            CellStatus::Failed => grid.failed += 1,
-            CellStatus::Cancelled => grid.cancelled += 1,
+            TaskState::Succeeded if cell.diverged => grid.diverged += 1,
+            TaskState::Succeeded => grid.succeeded += 1,
+            TaskState::Failed => grid.failed += 1,
+            TaskState::Cancelled => grid.cancelled += 1,
             _ => grid.unfinished += 1,
         }
     }
@@ -482,7 +483,7 @@ pub fn replicate_score(cells: &[&CellRow], scale: ScoreScale, epsilon: f64) -> O
         model: first.model.clone(),
         dataset: first.dataset.clone(),
         regime: first.regime,
-        metric: cells.iter().map(|c| c.metric.as_str()).find(|m| !m.is_empty()).unwrap_or_default().to_string(),
+        metric: cells.iter().map(|c| c.metric).find(|m| *m != Metric::Unspecified).unwrap_or_default(),
         accuracy: None,
         spread: None,
         log_odds: None,
@@ -505,7 +506,7 @@ pub fn replicate_score(cells: &[&CellRow], scale: ScoreScale, epsilon: f64) -> O
         score.selected = selected.clone();
         score.task_id = Some(cell.task_id.clone());
     };
-    let has_test = |c: &CellRow| c.status == CellStatus::Succeeded && finite(c.test_score).is_some();
+    let has_test = |c: &CellRow| c.status == TaskState::Succeeded && finite(c.test_score).is_some();
 
     if first.regime == Regime::Linear {
         let mut done: Vec<&CellRow> = cells.iter().copied().filter(|c| has_test(c)).collect();
@@ -541,7 +542,7 @@ pub fn replicate_score(cells: &[&CellRow], scale: ScoreScale, epsilon: f64) -> O
             }
             (fin, Some(best)) if has_test(best) => {
                 let source = match fin {
-                    Some(f) if matches!(f.status, CellStatus::Failed | CellStatus::Cancelled) => {
+                    Some(f) if matches!(f.status, TaskState::Failed | TaskState::Cancelled) => {
                         ScoreSource::BestGridFinalFailed
                     }
                     _ => ScoreSource::BestGridNoFinal,
@@ -554,13 +555,13 @@ pub fn replicate_score(cells: &[&CellRow], scale: ScoreScale, epsilon: f64) -> O
     }
     if score.accuracy.is_none() {
         score.source = ScoreSource::Missing;
-        score.missing = Some(if cells.iter().any(|c| !c.status.has_ended()) {
+        score.missing = Some(if cells.iter().any(|c| !c.status.is_terminal()) {
             MissingReason::Pending
-        } else if cells.iter().any(|c| c.status == CellStatus::Succeeded && c.diverged)
-            && !cells.iter().any(|c| c.status == CellStatus::Succeeded && !c.diverged)
+        } else if cells.iter().any(|c| c.status == TaskState::Succeeded && c.diverged)
+            && !cells.iter().any(|c| c.status == TaskState::Succeeded && !c.diverged)
         {
             MissingReason::Diverged
-        } else if cells.iter().all(|c| c.status == CellStatus::Cancelled) {
+        } else if cells.iter().all(|c| c.status == TaskState::Cancelled) {
             MissingReason::Cancelled
         } else {
             MissingReason::Failed
@@ -594,7 +595,7 @@ pub fn analyze(input: &ReportInput) -> Analysis {
     let mut datasets = input.datasets.clone();
     for cell in &input.cells {
         if !datasets.iter().any(|d| d.name == cell.dataset) {
-            datasets.push(DatasetInfo { name: cell.dataset.clone(), metric: cell.metric.clone() });
+            datasets.push(DatasetInfo { name: cell.dataset.clone(), metric: cell.metric });
         }
     }
     let mut top1: BTreeMap<&str, f64> = input

@@ -9,22 +9,14 @@ use crate::analysis::Analysis;
 use crate::input::{CellRow, ReportInput};
 use crate::ReportError;
 
-/// RFC 4180 field: quoted when it holds a comma, quote, CR or LF.
-pub fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
-}
-
 fn opt(v: Option<f64>) -> String {
     v.map_or(String::new(), |v| v.to_string())
 }
 
-/// One row per cell. Hyperparameters get a column each (`hparam_<name>`, and
+/// One row per cell (RFC 4180, the `csv` crate): the one column set of `results.csv` and
+/// `tsweep results --format csv`. Hyperparameters get a column each (`hparam_<name>`, and
 /// `selected_<name>` for what a task chose itself); absent values are empty.
-pub fn results_csv(cells: &[CellRow]) -> String {
+pub fn results_csv(cells: &[CellRow]) -> Result<String, ReportError> {
     let hparam_keys: BTreeSet<&str> = cells.iter().flat_map(|c| c.hparams.keys().map(String::as_str)).collect();
     let selected_keys: BTreeSet<&str> = cells.iter().flat_map(|c| c.selected.keys().map(String::as_str)).collect();
     let mut header: Vec<String> = [
@@ -53,9 +45,7 @@ pub fn results_csv(cells: &[CellRow]) -> String {
     .collect();
     header.extend(hparam_keys.iter().map(|k| format!("hparam_{k}")));
     header.extend(selected_keys.iter().map(|k| format!("selected_{k}")));
-    let mut out = header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(",");
-    out.push('\n');
-    for c in cells {
+    let rows = cells.iter().map(|c| {
         let mut fields = vec![
             c.task_id.clone(),
             c.sweep.clone(),
@@ -69,7 +59,7 @@ pub fn results_csv(cells: &[CellRow]) -> String {
             c.attempts.to_string(),
             opt(c.val_score),
             opt(c.test_score),
-            c.metric.clone(),
+            c.metric.to_string(),
             c.diverged.to_string(),
             c.is_current_final.to_string(),
             opt(c.duration_s),
@@ -79,10 +69,27 @@ pub fn results_csv(cells: &[CellRow]) -> String {
         ];
         fields.extend(hparam_keys.iter().map(|k| opt(c.hparams.get(*k).copied())));
         fields.extend(selected_keys.iter().map(|k| opt(c.selected.get(*k).copied())));
-        out.push_str(&fields.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
-        out.push('\n');
+        fields
+    });
+    csv_document(&header, rows)
+}
+
+/// A CSV document (RFC 4180, the `csv` crate): the header, then one record per row. The
+/// one CSV writer of the project (`results.csv`, `tsweep results` and `tsweep curve`).
+pub fn csv_document<H, R>(header: &[H], rows: impl Iterator<Item = R>) -> Result<String, ReportError>
+where
+    H: AsRef<[u8]>,
+    R: IntoIterator,
+    R::Item: AsRef<[u8]>,
+{
+    let csv_error = |e: &dyn std::fmt::Display| ReportError::Csv(e.to_string());
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record(header).map_err(|e| csv_error(&e))?;
+    for row in rows {
+        out.write_record(row).map_err(|e| csv_error(&e))?;
     }
-    out
+    let bytes = out.into_inner().map_err(|e| csv_error(&e))?;
+    String::from_utf8(bytes).map_err(|e| csv_error(&e))
 }
 
 #[derive(Serialize)]

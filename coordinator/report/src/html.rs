@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use tsweep_proto::v1::TaskState;
+
 use crate::analysis::{Analysis, MissingReason, RegimeAnalysis, ScoreSource};
-use crate::input::{CellRow, CellStatus};
+use crate::input::CellRow;
 use crate::pretraining::RegularizerStudy;
 use crate::tables::{
     hparams_long, mean_with_spread, missing_text, percent, r_with_interval, score_text, source_text, study_regimes,
@@ -204,7 +206,7 @@ fn regime_section(out: &mut String, regime: &RegimeAnalysis, level: f64, x_axis:
 
 fn attention_section(out: &mut String, cells: &[CellRow]) {
     let attention: Vec<&CellRow> =
-        cells.iter().filter(|c| matches!(c.status, CellStatus::Failed | CellStatus::Cancelled) || c.diverged).collect();
+        cells.iter().filter(|c| matches!(c.status, TaskState::Failed | TaskState::Cancelled) || c.diverged).collect();
     let _ = writeln!(out, "<h2 id=\"attention\">Failed, cancelled and diverged cells ({})</h2>", attention.len());
     if attention.is_empty() {
         out.push_str("<p>None.</p>\n");
@@ -212,7 +214,7 @@ fn attention_section(out: &mut String, cells: &[CellRow]) {
     }
     out.push_str("<div class=\"scroll\"><table>\n<tr><th>status</th><th>model</th><th>dataset</th><th>regime</th><th>stage</th><th>hparams</th><th>attempts</th><th>val</th><th>test</th><th>worker</th><th>error</th><th>task</th></tr>\n");
     for c in attention.iter().take(MAX_ATTENTION_ROWS) {
-        let status = if c.diverged && c.status == CellStatus::Succeeded {
+        let status = if c.diverged && c.status == TaskState::Succeeded {
             "diverged".to_string()
         } else {
             c.status.name().to_string()
@@ -279,8 +281,8 @@ fn pretraining_section(out: &mut String, study: &RegularizerStudy, figure_svg: O
     out.push_str("<th>task</th></tr>\n");
     for s in &study.settings {
         let class = match s.status {
-            CellStatus::Failed | CellStatus::Cancelled => "num failed",
-            CellStatus::Succeeded => "num",
+            TaskState::Failed | TaskState::Cancelled => "num failed",
+            TaskState::Succeeded => "num",
             _ => "num pending",
         };
         let _ = write!(

@@ -4,65 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Serialize, Serializer};
-use tsweep_proto::cell::{CellSpec, Regime, Stage};
-use tsweep_proto::v1::TaskInfo;
+use serde::Serialize;
+use tsweep_proto::cell::{CellSpec, Metric, Regime, Stage};
+use tsweep_proto::v1::{TaskInfo, TaskState};
 
 use crate::selection::GridPoint;
 use crate::ReportError;
 
 /// (model, dataset, regime): one score of the report, over its seeds.
 pub type GroupKey = (String, String, Regime);
-
-/// A cell's lifecycle state as the coordinator names it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum CellStatus {
-    Pending,
-    Leased,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// A state this version of the report does not know; shown as is.
-    Other(String),
-}
-
-impl CellStatus {
-    pub fn from_name(name: &str) -> Self {
-        match name {
-            "pending" => Self::Pending,
-            "leased" => Self::Leased,
-            "running" => Self::Running,
-            "succeeded" => Self::Succeeded,
-            "failed" => Self::Failed,
-            "cancelled" => Self::Cancelled,
-            other => Self::Other(other.to_string()),
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        match self {
-            Self::Pending => "pending",
-            Self::Leased => "leased",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::Other(name) => name,
-        }
-    }
-
-    /// Whether the cell will not change any more without a user's retry.
-    pub fn has_ended(&self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
-    }
-}
-
-impl Serialize for CellStatus {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.name())
-    }
-}
 
 /// One cell of the sweep: a grid point, a final (refit on train+val) or a pretrain cell
 /// (a source model trained from scratch: `dataset` is its source, `hparams` its setting,
@@ -80,13 +30,14 @@ pub struct CellRow {
     pub stage: Stage,
     /// The grid point (lr, weight_decay, ...); empty for the linear regime.
     pub hparams: BTreeMap<String, f64>,
-    pub status: CellStatus,
+    pub status: TaskState,
     /// Attempts started (acquires).
     pub attempts: u32,
     pub val_score: Option<f64>,
     pub test_score: Option<f64>,
-    /// top1 | mean_per_class | map11.
-    pub metric: String,
+    /// How the cell's dataset is scored (Unspecified when neither its result nor its spec
+    /// says).
+    pub metric: Metric,
     /// NaN/inf loss: a result with a chance-level score, never selected.
     pub diverged: bool,
     /// Hyperparameters chosen inside the task (the linear regime's l2).
@@ -128,7 +79,7 @@ impl CellRow {
         GridPoint {
             task_id: self.task_id.clone(),
             hparams: self.hparams.clone(),
-            val_score: if self.status == CellStatus::Succeeded { self.val_score } else { None },
+            val_score: if self.status == TaskState::Succeeded { self.val_score } else { None },
             diverged: self.diverged,
         }
     }
@@ -146,7 +97,7 @@ pub struct ModelInfo {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DatasetInfo {
     pub name: String,
-    pub metric: String,
+    pub metric: Metric,
 }
 
 /// Knobs of the analysis; the defaults are what `tsweep report` uses.
@@ -195,7 +146,7 @@ impl ReportInput {
         // the top-1 the workers found in the weights files' metadata, for models whose
         // sweep file gives none
         let mut weights_top1: BTreeMap<String, f64> = BTreeMap::new();
-        let mut datasets: BTreeMap<String, String> = BTreeMap::new();
+        let mut datasets: BTreeMap<String, Metric> = BTreeMap::new();
         for task in tasks {
             let spec = if task.spec_json.trim().is_empty() {
                 None
@@ -207,11 +158,11 @@ impl ReportInput {
             };
             let regime = match &spec {
                 Some(spec) => spec.regime,
-                None => parse_regime(&task.task_id, &task.regime)?,
+                None => known(&task.task_id, "regime", task.regime(), task.regime)?,
             };
             let stage = match &spec {
                 Some(spec) => spec.stage,
-                None => parse_stage(&task.task_id, &task.stage)?,
+                None => known(&task.task_id, "stage", task.stage(), task.stage)?,
             };
             let model = spec.as_ref().map_or_else(|| task.model.clone(), |s| s.model.name.clone());
             let dataset = spec.as_ref().map_or_else(|| task.dataset.clone(), |s| s.dataset.name.clone());
@@ -224,14 +175,14 @@ impl ReportInput {
             if let Some(top1) = result.and_then(|r| r.backbone_top1) {
                 weights_top1.entry(model.clone()).or_insert(top1);
             }
-            let metric = match (result.map(|r| r.metric.as_str()), &spec) {
-                (Some(m), _) if !m.is_empty() => m.to_string(),
-                (_, Some(spec)) => spec.dataset.metric.name().to_string(),
-                _ => String::new(),
+            let metric = match (result.map(|r| r.metric()), &spec) {
+                (Some(m), _) if m != Metric::Unspecified => m,
+                (_, Some(spec)) => spec.dataset.metric,
+                _ => Metric::Unspecified,
             };
             let dataset_metric = datasets.entry(dataset.clone()).or_default();
-            if dataset_metric.is_empty() {
-                dataset_metric.clone_from(&metric);
+            if *dataset_metric == Metric::Unspecified {
+                *dataset_metric = metric;
             }
             let wall_s = (task.started_unix_ms > 0 && task.finished_unix_ms >= task.started_unix_ms)
                 .then(|| (task.finished_unix_ms - task.started_unix_ms) as f64 / 1000.0);
@@ -246,7 +197,7 @@ impl ReportInput {
                 hparams: spec
                     .as_ref()
                     .map_or_else(|| task.hparams.iter().map(|(k, v)| (k.clone(), *v)).collect(), |s| s.hparams.clone()),
-                status: CellStatus::from_name(&task.state),
+                status: task.state(),
                 attempts: task.attempt,
                 val_score: result.and_then(|r| r.val_score),
                 test_score: result.and_then(|r| r.test_score),
@@ -278,18 +229,10 @@ impl ReportInput {
     }
 }
 
-fn parse_regime(task_id: &str, name: &str) -> Result<Regime, ReportError> {
-    Regime::ALL.into_iter().find(|r| r.name() == name).ok_or_else(|| ReportError::UnknownValue {
-        task_id: task_id.to_string(),
-        field: "regime",
-        value: name.to_string(),
-    })
-}
-
-fn parse_stage(task_id: &str, name: &str) -> Result<Stage, ReportError> {
-    Stage::from_name(name).ok_or_else(|| ReportError::UnknownValue {
-        task_id: task_id.to_string(),
-        field: "stage",
-        value: name.to_string(),
-    })
+/// A regime or stage the task info carries, refused when unset or newer than this report.
+fn known<T: PartialEq + Default>(task_id: &str, field: &'static str, value: T, number: i32) -> Result<T, ReportError> {
+    if value == T::default() {
+        return Err(ReportError::UnknownValue { task_id: task_id.to_string(), field, value: number.to_string() });
+    }
+    Ok(value)
 }

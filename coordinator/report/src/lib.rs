@@ -25,7 +25,7 @@ pub mod tables;
 use std::path::{Path, PathBuf};
 
 pub use analysis::{analyze, Analysis};
-pub use input::{AnalysisSettings, CellRow, CellStatus, DatasetInfo, ModelInfo, ReportInput};
+pub use input::{AnalysisSettings, CellRow, DatasetInfo, ModelInfo, ReportInput};
 pub use selection::{select_best, GridPoint};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,8 @@ pub enum ReportError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("cannot write csv: {0}")]
+    Csv(String),
     #[error("cannot draw {figure}: {message}")]
     Plot { figure: String, message: String },
     #[error("embedded font {name} cannot be loaded")]
@@ -135,7 +137,7 @@ pub fn write_report(input: &ReportInput, out_dir: &Path) -> Result<ReportPaths, 
     let (reg_svg_text, reg_svg, reg_png) = split(regularizers);
 
     let tables_txt = write("tables.txt", tables::render_tables(&analysis).as_bytes())?;
-    let results_csv = write("results.csv", export::results_csv(&input.cells).as_bytes())?;
+    let results_csv = write("results.csv", export::results_csv(&input.cells)?.as_bytes())?;
     let results_json = write("results.json", export::results_json(input)?.as_bytes())?;
     let analysis_json = write("analysis.json", export::analysis_json(&analysis)?.as_bytes())?;
     let page =

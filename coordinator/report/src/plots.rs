@@ -398,6 +398,7 @@ fn regularizer_panels(study: &RegularizerStudy) -> Vec<ScatterPanel> {
                 Regime::Linear => "linear probe",
                 Regime::Finetune => "fine-tuning",
                 Regime::Scratch => "scratch",
+                Regime::Unspecified => "unspecified",
             };
             let title = match &panel.correlation {
                 Some(c) => format!("{name}: r = {}, n = {}", r_with_interval(c), c.n),

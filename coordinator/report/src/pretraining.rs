@@ -18,9 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use tsweep_proto::cell::{Regime, Regularizers, Stage};
+use tsweep_proto::v1::TaskState;
 
 use crate::analysis::{correlation, Correlation, RegimeAnalysis, ScoreScale};
-use crate::input::{AnalysisSettings, CellRow, CellStatus};
+use crate::input::{AnalysisSettings, CellRow};
 
 /// The regimes the figure shows side by side: the two that transfer the trained backbone.
 pub const STUDY_REGIMES: [Regime; 2] = [Regime::Linear, Regime::Finetune];
@@ -43,7 +44,7 @@ pub fn source_scores(cells: &[CellRow], scale: ScoreScale) -> SourceScores {
     let mut datasets = BTreeSet::new();
     for cell in cells.iter().filter(|c| c.stage == Stage::Pretrain) {
         datasets.insert(cell.dataset.clone());
-        if cell.status != CellStatus::Succeeded {
+        if cell.status != TaskState::Succeeded {
             continue;
         }
         if let Some(score) = cell.test_score.filter(|v| v.is_finite()) {
@@ -74,7 +75,7 @@ pub struct PretrainSetting {
     pub task_id: String,
     /// The source dataset.
     pub source: String,
-    pub status: CellStatus,
+    pub status: TaskState,
     pub diverged: bool,
     /// The setting: lr, weight_decay, steps and the regularizers.
     pub hparams: BTreeMap<String, f64>,
@@ -199,11 +200,11 @@ pub fn study(
                 model: cell.model.clone(),
                 task_id: cell.task_id.clone(),
                 source: cell.dataset.clone(),
-                status: cell.status.clone(),
+                status: cell.status,
                 diverged: cell.diverged,
                 hparams: cell.hparams.clone(),
                 label,
-                source_accuracy: if cell.status == CellStatus::Succeeded { finite(cell.test_score) } else { None },
+                source_accuracy: if cell.status == TaskState::Succeeded { finite(cell.test_score) } else { None },
                 transfer,
                 error: cell.error.clone(),
             }

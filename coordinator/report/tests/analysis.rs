@@ -7,11 +7,12 @@ use common::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tsweep_proto::cell::{Regime, Stage};
+use tsweep_proto::v1::TaskState;
 use tsweep_report::analysis::{
     analyze, bootstrap_pearson, least_squares, log_odds, pearson, quantile_sorted, reported_score, MissingReason,
     ScoreScale, ScoreSource,
 };
-use tsweep_report::{CellRow, CellStatus, ModelInfo, ReportInput};
+use tsweep_report::{CellRow, ModelInfo, ReportInput};
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol
@@ -198,7 +199,7 @@ fn final_score_is_reported_and_grid_best_is_the_fallback() {
 
     // No final yet (pending): the best grid point's test score, marked.
     let mut pending = with_final.clone();
-    pending[3].status = CellStatus::Pending;
+    pending[3].status = TaskState::Pending;
     pending[3].test_score = None;
     let refs: Vec<_> = pending.iter().collect();
     let s = reported_score(&refs, ScoreScale::Fraction, 1e-4).expect("score");
@@ -206,7 +207,7 @@ fn final_score_is_reported_and_grid_best_is_the_fallback() {
 
     // The final failed for good: the same fallback, marked differently.
     let mut failed = with_final.clone();
-    failed[3].status = CellStatus::Failed;
+    failed[3].status = TaskState::Failed;
     failed[3].test_score = None;
     let refs: Vec<_> = failed.iter().collect();
     let s = reported_score(&refs, ScoreScale::Fraction, 1e-4).expect("score");
@@ -240,16 +241,16 @@ fn groups_without_a_score_say_why() {
     assert_eq!(reason(&all_diverged), Some(MissingReason::Diverged));
 
     let mut all_failed = vec![grid("a", m, d, r, hp(1.0, 0.0), 0.5, 0.5)];
-    all_failed[0].status = CellStatus::Failed;
+    all_failed[0].status = TaskState::Failed;
     assert_eq!(reason(&all_failed), Some(MissingReason::Failed));
 
     let mut running = all_failed.clone();
     running.push(cell("b", m, d, r, Stage::Grid));
-    running[1].status = CellStatus::Running;
+    running[1].status = TaskState::Running;
     assert_eq!(reason(&running), Some(MissingReason::Pending));
 
     let mut cancelled = all_failed;
-    cancelled[0].status = CellStatus::Cancelled;
+    cancelled[0].status = TaskState::Cancelled;
     assert_eq!(reason(&cancelled), Some(MissingReason::Cancelled));
 }
 
@@ -284,7 +285,7 @@ fn models_without_top1_or_with_missing_datasets_are_reported_but_left_out() {
     let mut input = linear_input(&models, &["a", "b"], |m, d| sigmoid(0.1 * d as f64 + 0.07 * (TOP1[m] - 76.0)));
     // net05 has no score on "b" (its task failed).
     let lost = input.cells.iter_mut().find(|c| c.model == "net05" && c.dataset == "b").expect("cell");
-    lost.status = CellStatus::Failed;
+    lost.status = TaskState::Failed;
     lost.test_score = None;
     let analysis = analyze(&input);
     let regime = &analysis.regimes[0];
@@ -354,7 +355,7 @@ fn the_current_final_is_the_one_the_store_names_not_the_one_the_report_would_pic
     old_final.test_score = Some(0.7);
     let mut new_final = cell("f-new", m, d, r, Stage::Final);
     new_final.hparams = hp(0.01, 0.0);
-    new_final.status = CellStatus::Pending;
+    new_final.status = TaskState::Pending;
     new_final.is_current_final = true;
     let cells = [
         grid("g1", m, d, r, hp(0.1, 0.0), 0.70, 0.70),
@@ -388,7 +389,7 @@ fn seed_group(
     let mut fin = cell(&format!("f{seed}"), m, d, r, Stage::Final);
     fin.hparams = hp(winner, 0.0);
     fin.test_score = final_test;
-    fin.status = if final_test.is_some() { CellStatus::Succeeded } else { CellStatus::Running };
+    fin.status = if final_test.is_some() { TaskState::Succeeded } else { TaskState::Running };
     fin.is_current_final = true;
     cells.push(fin);
     for c in &mut cells {
@@ -427,7 +428,7 @@ fn seeds_are_selected_each_on_its_own_and_reported_as_mean_and_spread() {
     // marked as a fallback; a seed without any score counts as missing (k/n).
     let mut partial = cells.clone();
     for c in partial.iter_mut().filter(|c| c.task_id == "f2") {
-        c.status = CellStatus::Running;
+        c.status = TaskState::Running;
         c.test_score = None;
     }
     let refs: Vec<_> = partial.iter().collect();
@@ -437,7 +438,7 @@ fn seeds_are_selected_each_on_its_own_and_reported_as_mean_and_spread() {
     let mut missing = cells;
     missing.retain(|c| c.seed != 2 || c.stage == Stage::Final);
     for c in missing.iter_mut().filter(|c| c.task_id == "f2") {
-        c.status = CellStatus::Pending;
+        c.status = TaskState::Pending;
         c.test_score = None;
     }
     let refs: Vec<_> = missing.iter().collect();

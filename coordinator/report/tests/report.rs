@@ -10,8 +10,8 @@ use common::*;
 use tsweep_proto::cell::{
     CellSpec, DatasetFormat, DatasetSpec, Metric, ModelSource, ModelSpec, Regime, Stage, TrainSettings, ValPolicy,
 };
-use tsweep_proto::v1::{FailureClass, TaskInfo, TaskResult};
-use tsweep_report::{write_report, AnalysisSettings, CellRow, CellStatus, DatasetInfo, ModelInfo, ReportInput};
+use tsweep_proto::v1::{FailureClass, TaskInfo, TaskResult, TaskState};
+use tsweep_report::{write_report, AnalysisSettings, CellRow, DatasetInfo, ModelInfo, ReportInput};
 
 /// 5 models x 2 datasets x 3 regimes, with a failed final, a diverged grid point, a
 /// diverged final, a group whose every grid point failed, and a pending final.
@@ -42,7 +42,7 @@ fn troubled_sweep() -> ReportInput {
                 fin.test_score = Some(base + 0.03);
                 match (mi, di, regime) {
                     (0, 0, Regime::Finetune) => {
-                        fin.status = CellStatus::Failed;
+                        fin.status = TaskState::Failed;
                         fin.test_score = None;
                         fin.attempts = 3;
                         fin.error = "worker lost <gpu-7> & never came back".to_string();
@@ -60,7 +60,7 @@ fn troubled_sweep() -> ReportInput {
                     }
                     (3, 1, Regime::Scratch) => {
                         for g in &mut group {
-                            g.status = CellStatus::Failed;
+                            g.status = TaskState::Failed;
                             g.val_score = None;
                             g.test_score = None;
                             g.error = "fatal: dataset missing".to_string();
@@ -70,7 +70,7 @@ fn troubled_sweep() -> ReportInput {
                         continue;
                     }
                     (2, 0, Regime::Finetune) => {
-                        fin.status = CellStatus::Pending;
+                        fin.status = TaskState::Pending;
                         fin.test_score = None;
                     }
                     _ => {}
@@ -84,7 +84,7 @@ fn troubled_sweep() -> ReportInput {
         sweep: "troubled".to_string(),
         cells,
         models: models.iter().zip(top1).map(|(m, t)| ModelInfo { name: m.to_string(), imagenet_top1: t }).collect(),
-        datasets: datasets.iter().map(|d| DatasetInfo { name: d.to_string(), metric: "top1".to_string() }).collect(),
+        datasets: datasets.iter().map(|d| DatasetInfo { name: d.to_string(), metric: Metric::Top1 }).collect(),
         settings: AnalysisSettings { bootstrap_resamples: 500, ..AnalysisSettings::default() },
     }
 }
@@ -198,7 +198,7 @@ fn report_with_failed_and_diverged_cells_renders_and_marks_them() {
 fn csv_quotes_fields_with_commas_quotes_and_newlines() {
     let mut input = troubled_sweep();
     input.cells[0].error = "line one, \"two\"\nthree".to_string();
-    let csv = tsweep_report::export::results_csv(&input.cells);
+    let csv = tsweep_report::export::results_csv(&input.cells).unwrap();
     assert!(csv.contains("\"line one, \"\"two\"\"\nthree\""));
 }
 
@@ -263,7 +263,7 @@ fn spec(
             batch_size: 2,
             momentum: 0.9,
             nesterov: true,
-            schedule: "cosine".to_string(),
+            schedule: tsweep_proto::cell::Schedule::Cosine,
             bn_momentum: None,
             eval_every: 0,
             checkpoint_every: 0,
@@ -286,18 +286,18 @@ fn task(id: &str, state: &str, spec: &CellSpec, val: Option<f64>, test: Option<f
     TaskInfo {
         task_id: id.to_string(),
         sweep: spec.sweep.clone(),
-        state: state.to_string(),
+        state: TaskState::from_name(state).expect("state").into(),
         model: spec.model.name.clone(),
         dataset: spec.dataset.name.clone(),
-        regime: spec.regime.name().to_string(),
-        stage: spec.stage.name().to_string(),
+        regime: spec.regime.into(),
+        stage: spec.stage.into(),
         hparams: spec.hparams.clone().into_iter().collect(),
         attempt: 1,
         worker: "w1".to_string(),
         started_unix_ms: 1_000,
         finished_unix_ms: 61_000,
         result: (state == "succeeded").then(|| TaskResult {
-            metric: String::new(),
+            metric: Metric::Unspecified.into(),
             val_score: val,
             test_score: test,
             ..Default::default()
@@ -322,7 +322,7 @@ fn from_task_infos_reads_list_tasks_output() {
     let mut lin_task = task("t5", "succeeded", &lin, Some(0.9), Some(0.88));
     if let Some(r) = lin_task.result.as_mut() {
         r.selected.insert("l2".to_string(), 0.01);
-        r.metric = "mean_per_class".to_string();
+        r.metric = Metric::MeanPerClass.into();
         r.duration_s = 12.5;
     }
     // What the store answers: each grid point's selection group, and which final of it
@@ -351,7 +351,7 @@ fn from_task_infos_reads_list_tasks_output() {
             ModelInfo { name: "vgg".into(), imagenet_top1: None }
         ]
     );
-    assert_eq!(input.datasets, vec![DatasetInfo { name: "pets".into(), metric: "mean_per_class".into() }]);
+    assert_eq!(input.datasets, vec![DatasetInfo { name: "pets".into(), metric: Metric::MeanPerClass }]);
     let by_id = |id: &str| input.cells.iter().find(|c| c.task_id == id).expect("cell");
     assert!(!by_id("t3").is_current_final, "the store says the old final is not current");
     assert!(by_id("t4").is_current_final);
@@ -360,9 +360,9 @@ fn from_task_infos_reads_list_tasks_output() {
     assert_eq!(by_id("t1").duration_s, Some(60.0), "wall time when the result has none");
     assert_eq!(by_id("t5").duration_s, Some(12.5));
     assert_eq!(by_id("t5").selected.get("l2"), Some(&0.01));
-    assert_eq!(by_id("t6").status, CellStatus::Failed);
+    assert_eq!(by_id("t6").status, TaskState::Failed);
     assert_eq!((by_id("t6").error_class.as_str(), by_id("t6").attempts), ("retryable", 3));
-    assert_eq!(by_id("t2").metric, "mean_per_class", "metric from the spec when the result has none");
+    assert_eq!(by_id("t2").metric, Metric::MeanPerClass, "metric from the spec when the result has none");
 
     let analysis = tsweep_report::analyze(&input);
     let finetune = analysis.regime(Regime::Finetune).expect("finetune");
@@ -375,9 +375,9 @@ fn from_task_infos_reads_list_tasks_output() {
     assert!(err.to_string().contains("t1"), "{err}");
     let mut no_spec = tasks;
     no_spec[0].spec_json.clear();
-    no_spec[0].regime = "sideways".to_string();
+    no_spec[0].regime = 99;
     let err = ReportInput::from_task_infos(&no_spec).expect_err("bad regime");
-    assert!(err.to_string().contains("regime") && err.to_string().contains("sideways"), "{err}");
+    assert!(err.to_string().contains("unknown regime \"99\""), "{err}");
 }
 
 #[test]

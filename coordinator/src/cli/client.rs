@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tsweep_proto::auth::{bearer_interceptor, BearerInterceptor};
+use tsweep_proto::auth::TokenInterceptor;
 use tsweep_proto::tls::{coordinator_endpoint, error_chain, is_tls_failure, COORDINATOR_CA_FILE_SETTING};
 use tsweep_proto::v1::sweep_service_client::SweepServiceClient;
-use tsweep_proto::v1::{ListTasksRequest, TaskInfo};
+use tsweep_proto::v1::{ListTasksRequest, TaskInfo, TaskState};
 
 use super::error::CliError;
 
-pub type SweepClient = SweepServiceClient<InterceptedService<Channel, BearerInterceptor>>;
+pub type SweepClient = SweepServiceClient<InterceptedService<Channel, TokenInterceptor>>;
 
 /// How long to wait for the first connection before saying the coordinator is unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,7 +39,7 @@ pub async fn connect(url: &str, token: Option<String>, ca_file: Option<&Path>) -
             CliError::Unavailable(format!("cannot reach the coordinator at {url}: {}", error_chain(&e)))
         }
     })?;
-    let interceptor = bearer_interceptor(token).map_err(|e| CliError::BadInput(e.to_string()))?;
+    let interceptor = TokenInterceptor::inline(token).map_err(|e| CliError::BadInput(e.to_string()))?;
     Ok(SweepServiceClient::with_interceptor(channel, interceptor)
         .max_decoding_message_size(tsweep_proto::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(tsweep_proto::limits::MAX_MESSAGE_BYTES))
@@ -50,20 +50,19 @@ pub async fn connect(url: &str, token: Option<String>, ca_file: Option<&Path>) -
 pub const UNAVAILABLE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Runs `call` until it succeeds, fails with another code, or `UNAVAILABLE` has lasted
-/// [`UNAVAILABLE_PATIENCE`]; waits 100 ms doubling to 2 s between tries.
+/// [`UNAVAILABLE_PATIENCE`]; waits about 100 ms doubling to 2 s between tries.
 pub async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
     let started = std::time::Instant::now();
-    let mut wait = Duration::from_millis(100);
+    let mut backoff = tsweep_proto::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         match call().await {
             Err(status) if status.code() == tonic::Code::Unavailable && started.elapsed() < UNAVAILABLE_PATIENCE => {
                 tracing::debug!(message = status.message(), "coordinator unavailable; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             other => return other,
         }
@@ -77,7 +76,7 @@ pub async fn all_tasks(client: &mut SweepClient, sweep: &str) -> Result<Vec<Task
     loop {
         let request = ListTasksRequest {
             sweep: sweep.to_string(),
-            state: String::new(),
+            state: TaskState::Unspecified.into(),
             page_size: PAGE_SIZE,
             page_token: page_token.clone(),
         };

@@ -11,7 +11,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tsweep_proto::v1::{GetSweepRequest, SweepSummary, WatchSweepRequest};
+use tsweep_proto::v1::{GetSweepRequest, SweepSummary, TaskState, WatchSweepRequest};
 
 use super::client::SweepClient;
 use super::error::CliError;
@@ -98,7 +98,7 @@ impl Display {
             let due = self.last_plain.is_none_or(|t| t.elapsed() >= PLAIN_LINE_EVERY);
             if (due || summary.is_finished()) && line != self.last_line {
                 let held: u64 = summary.pretrain.iter().map(|p| p.waiting).sum();
-                let pretrained = summary.pretrain.iter().filter(|p| p.state == "succeeded").count();
+                let pretrained = summary.pretrain.iter().filter(|p| p.state() == TaskState::Succeeded).count();
                 let stage = if summary.pretrain.is_empty() {
                     String::new()
                 } else {

@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tracing::{debug, error, info, warn};
+use tsweep_proto::backoff::Backoff;
 
-use super::state::{sleep_or_cancel, Backoff, Shared};
+use super::state::{sleep_or_cancel, Shared};
 use super::READINESS_SERVICE;
 use crate::store::{RedisMemory, Store, StoreError, StoreOptions};
 

@@ -27,9 +27,10 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::AsyncConnectionConfig;
 use tracing::{debug, info, warn};
+use tsweep_proto::backoff::Backoff;
 
-use super::state::{sleep_or_cancel, Backoff, Shared};
-use crate::store::{Store, StoreError, TaskProgress};
+use super::state::{sleep_or_cancel, Shared};
+use crate::store::{ProgressRecord, Store, StoreError, TaskState};
 use crate::telemetry::StaleKind;
 
 pub const GROUP: &str = crate::store::METRICS_GROUP;
@@ -46,7 +47,7 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricEntry {
     pub task_id: String,
-    pub progress: TaskProgress,
+    pub progress: ProgressRecord,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -92,7 +93,7 @@ pub fn parse_entry(entry: &StreamId) -> Result<MetricEntry, EntryError> {
     let attempt = required(entry, "attempt", parse_field::<u32>(entry, "attempt")?)?;
     let step = parse_field::<u64>(entry, "step")?.unwrap_or(0);
     let total_steps = parse_field::<u64>(entry, "total_steps")?.unwrap_or(0);
-    let progress = TaskProgress {
+    let progress = ProgressRecord {
         attempt,
         step,
         total_steps,
@@ -101,7 +102,7 @@ pub fn parse_entry(entry: &StreamId) -> Result<MetricEntry, EntryError> {
         images_per_s: finite(parse_field(entry, "images_per_s")?),
         best_val: finite(parse_field(entry, "val_score")?),
         ts_ms: parse_field::<i64>(entry, "ts_ms")?.unwrap_or(0),
-        ..TaskProgress::default()
+        ..ProgressRecord::default()
     };
     Ok(MetricEntry { task_id, progress })
 }
@@ -371,7 +372,11 @@ impl Consumer {
         let Some(task) = self.store.task(sweep, task_id).await? else {
             return Ok(false);
         };
-        Ok(task.attempt == attempt && matches!(task.state.as_str(), "leased" | "running" | "succeeded" | "failed"))
+        Ok(task.attempt == attempt
+            && matches!(
+                task.state(),
+                TaskState::Leased | TaskState::Running | TaskState::Succeeded | TaskState::Failed
+            ))
     }
 
     async fn ack(&self, conn: &mut MultiplexedConnection, key: &str, entries: &[StreamId]) -> Result<(), ConsumeError> {

@@ -155,50 +155,10 @@ impl Shared {
     }
 }
 
-/// Exponential backoff for loops that meet an unavailable Redis: doubles from `min` up to
-/// `max`, back to `min` after a success.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, next: min }
-    }
-
-    /// The delay to wait now; the following one is twice as long (capped).
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
 /// Sleeps `delay` unless cancelled first; returns false when cancelled.
 pub async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
         _ = cancel.cancelled() => false,
         _ = tokio::time::sleep(delay) => true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_caps_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
-        let delays: Vec<_> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 500, 500]);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), Duration::from_millis(100));
     }
 }

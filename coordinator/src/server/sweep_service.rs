@@ -14,8 +14,8 @@ use tsweep_proto::v1::sweep_service_server::SweepService;
 use tsweep_proto::v1::{
     CancelSweepRequest, CancelSweepResponse, DeleteSweepRequest, DeleteSweepResponse, GetCurveRequest,
     GetCurveResponse, GetSweepRequest, ListSweepsRequest, ListSweepsResponse, ListTasksRequest, ListTasksResponse,
-    RetrySweepRequest, RetrySweepResponse, StageCount, SubmitSweepRequest, SubmitSweepResponse, SweepSummary,
-    WatchSweepRequest,
+    RetrySweepRequest, RetrySweepResponse, StageCount, SubmitSweepRequest, SubmitSweepResponse, SweepStatus,
+    SweepSummary, WatchSweepRequest,
 };
 
 use super::state::{bounded, bounded_for, Shared, STORE_CALL_TIMEOUT};
@@ -86,7 +86,7 @@ async fn summary_with_best(store: &Store, sweep: &str) -> Result<SweepSummary, C
         }
         let fit = store.pending_fit(sweep).await?;
         summary.workers = fit.workers;
-        if summary.status == "active" {
+        if summary.status() == SweepStatus::Active {
             summary.blocked = fit.blocked;
         }
         Ok(summary)
@@ -98,7 +98,7 @@ async fn summary_with_best(store: &Store, sweep: &str) -> Result<SweepSummary, C
 /// sweep is left `submitting` (so the user knows what is there and what to run).
 async fn with_submit_progress(store: &Store, sweep: &str, error: CoordinatorError) -> CoordinatorError {
     match bounded(store.summary(sweep)).await {
-        Ok(summary) if summary.status == "submitting" => error.with_note(&format!(
+        Ok(summary) if summary.status() == SweepStatus::Submitting => error.with_note(&format!(
             "{} of {} cells written; the sweep stays `submitting` (nothing of it is leased) until the file is submitted again",
             summary.submit_written, summary.submit_total
         )),
@@ -144,7 +144,7 @@ impl SweepService for SweepServiceImpl {
             per_stage: part
                 .per_stage
                 .into_iter()
-                .map(|stage| StageCount { regime: stage.regime, stage: stage.stage, cells: stage.cells })
+                .map(|stage| StageCount { regime: stage.regime.into(), stage: stage.stage.into(), cells: stage.cells })
                 .collect(),
             next_cell: part.next,
             complete: part.complete,
@@ -184,13 +184,17 @@ impl SweepService for SweepServiceImpl {
         request.get_ref().check_limits().map_err(CoordinatorError::from)?;
         let request = request.into_inner();
         require_sweep(&request.sweep)?;
-        let state = match request.state.trim() {
-            "" => None,
-            name => Some(TaskState::from_name(name).ok_or_else(|| {
-                CoordinatorError::InvalidArgument(format!(
-                    "unknown task state {name:?}: expected pending, leased, running, succeeded, failed or cancelled"
+        let state = match TaskState::try_from(request.state) {
+            Ok(TaskState::Unspecified) => None,
+            Ok(state) => Some(state),
+            Err(_) => {
+                return Err(CoordinatorError::InvalidArgument(format!(
+                    "unknown task state {}: expected one of {}",
+                    request.state,
+                    TaskState::NAMES.join(", ")
                 ))
-            })?),
+                .into())
+            }
         };
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,

@@ -22,7 +22,7 @@ use tsweep_proto::v1::{
 
 use super::state::{bounded, Shared};
 use crate::error::{check_protocol, CoordinatorError};
-use crate::store::{new_worker_secret, Checkpoint, RegisterOutcome, Store, WorkerAuth, WorkerInfo};
+use crate::store::{new_worker_secret, RegisterOutcome, Store, TaskState, WorkerAuth, WorkerInfo};
 use crate::telemetry::StaleKind;
 
 #[derive(Clone)]
@@ -185,7 +185,7 @@ impl WorkerService for WorkerServiceImpl {
             }
             ReportOutcome::Duplicate | ReportOutcome::Unspecified => {}
         }
-        Ok(Response::new(ReportResponse { outcome: outcome as i32, task_state: String::new() }))
+        Ok(Response::new(ReportResponse { outcome: outcome as i32, task_state: TaskState::Unspecified.into() }))
     }
 
     async fn fail_task(&self, request: Request<FailTaskRequest>) -> Result<Response<ReportResponse>, Status> {
@@ -196,8 +196,7 @@ impl WorkerService for WorkerServiceImpl {
         let lease = require_lease(request.lease.as_ref())?;
         let class = FailureClass::try_from(request.class)
             .map_err(|_| CoordinatorError::InvalidArgument(format!("unknown failure class {}", request.class)))?;
-        let checkpoint = (!request.checkpoint_path.is_empty())
-            .then(|| Checkpoint { path: request.checkpoint_path.clone(), step: request.checkpoint_step });
+        let checkpoint = request.checkpoint.as_ref().filter(|c| !c.path.is_empty());
         let store = self.shared.store_for_call()?;
         authenticate(&store, &request.worker_id, &request.worker_secret).await?;
         let outcome = bounded(store.fail_with_resume_error(
@@ -205,11 +204,11 @@ impl WorkerService for WorkerServiceImpl {
             lease,
             class,
             &request.message,
-            checkpoint.as_ref(),
+            checkpoint,
             &request.resume_error,
         ))
         .await?;
-        let task_state = outcome.state.map(|s| s.name().to_string()).unwrap_or_default();
+        let task_state = outcome.state.unwrap_or_default();
         match outcome.outcome {
             ReportOutcome::Accepted => {
                 info!(worker_id = %request.worker_id, sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, class = class.name(), state = %task_state, message = %request.message, "failure recorded");
@@ -221,7 +220,7 @@ impl WorkerService for WorkerServiceImpl {
             }
             ReportOutcome::Duplicate | ReportOutcome::Unspecified => {}
         }
-        Ok(Response::new(ReportResponse { outcome: outcome.outcome as i32, task_state }))
+        Ok(Response::new(ReportResponse { outcome: outcome.outcome as i32, task_state: task_state.into() }))
     }
 }
 

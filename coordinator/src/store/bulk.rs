@@ -91,12 +91,7 @@ impl Store {
             per_stage: sweep
                 .stage_counts()
                 .into_iter()
-                .map(|c| StageSubmitCount {
-                    regime: c.regime.name().to_string(),
-                    stage: c.stage.name().to_string(),
-                    cells: c.cells,
-                    added: 0,
-                })
+                .map(|c| StageSubmitCount { regime: c.regime, stage: c.stage, cells: c.cells, added: 0 })
                 .collect(),
             ..SubmitPart::default()
         };
@@ -174,15 +169,10 @@ impl Store {
                 match flag {
                     b'1' => {
                         part.added += 1;
-                        let (regime, stage) = (cell.spec.regime.name(), cell.spec.stage.name());
+                        let (regime, stage) = (cell.spec.regime, cell.spec.stage);
                         match part.per_stage.iter_mut().find(|c| c.regime == regime && c.stage == stage) {
                             Some(count) => count.added += 1,
-                            None => part.per_stage.push(StageSubmitCount {
-                                regime: regime.to_string(),
-                                stage: stage.to_string(),
-                                cells: 0,
-                                added: 1,
-                            }),
+                            None => part.per_stage.push(StageSubmitCount { regime, stage, cells: 0, added: 1 }),
                         }
                     }
                     b'0' => part.existing += 1,

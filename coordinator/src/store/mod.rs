@@ -51,10 +51,10 @@ use std::sync::Arc;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use tracing::{debug, info, warn};
-use tsweep_proto::cell::{CellSpec, Stage};
+use tsweep_proto::cell::{CellSpec, Regime, Stage};
 use tsweep_proto::v1::{
-    BestScore, FailureClass, HeldLease, LeaseRef, PretrainStatus, ReportOutcome, StopOrder, StopReason, SweepSummary,
-    TaskAssignment, TaskCounts, TaskInfo, TaskResult,
+    BestScore, FailureClass, HeldLease, LeaseRef, PretrainStatus, ReportOutcome, StopOrder, StopReason, SweepStatus,
+    SweepSummary, TaskAssignment, TaskCounts, TaskInfo, TaskResult,
 };
 use tsweep_redis::RedisTlsFiles;
 use tsweep_report::selection::{select_best, GridPoint};
@@ -64,7 +64,7 @@ use scripts::SCRIPTS;
 
 pub use bulk::{merge_changes, Budget, SubmitOptions};
 pub use error::StoreError;
-pub use progress::{CurveEntry, TaskProgress, CURVE_POINTS_PER_TASK, MAX_RUNNING_SHOWN};
+pub use progress::{CurveEntry, ProgressRecord, CURVE_POINTS_PER_TASK, MAX_RUNNING_SHOWN};
 pub use types::{
     Beat, BulkProgress, Checkpoint, DeleteOutcome, FailOutcome, GroupInfo, Outage, RedisMemory, RegisterOutcome,
     SettingChange, StageSubmitCount, StoreOptions, SubmitOutcome, SubmitPart, TaskPage, TaskState, WorkerAuth,
@@ -244,8 +244,7 @@ impl Store {
                         attempt,
                         spec_json: reply[3].clone(),
                         gpus,
-                        resume_checkpoint_path: reply[5].clone(),
-                        resume_checkpoint_step: step,
+                        resume: (!reply[5].is_empty()).then(|| Checkpoint { path: reply[5].clone(), step }),
                         lease_ttl_ms: ttl_ms,
                     }));
                 }
@@ -291,8 +290,8 @@ impl Store {
                     .arg(&lease.task_id)
                     .arg(lease.attempt)
                     .arg(if h.running { "1" } else { "0" })
-                    .arg(&h.checkpoint_path)
-                    .arg(h.checkpoint_step)
+                    .arg(h.checkpoint.as_ref().map_or("", |c| c.path.as_str()))
+                    .arg(h.checkpoint.as_ref().map_or(0, |c| c.step))
                     .arg(&h.resume_error);
             }
             let answers: Vec<String> =
@@ -523,8 +522,8 @@ impl Store {
             let mut any_cancelled = false;
             for (id, row) in members.iter().zip(rows) {
                 let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-                let state = field(0);
-                match TaskState::from_name(&state) {
+                let state = TaskState::from_name(&field(0));
+                match state {
                     Some(TaskState::Cancelled) => any_cancelled = true,
                     Some(s) if s.is_terminal() => {}
                     _ => still_open = true,
@@ -535,7 +534,7 @@ impl Store {
                     field: "spec".into(),
                     detail: e.to_string(),
                 })?;
-                let succeeded = state == TaskState::Succeeded.name();
+                let succeeded = state == Some(TaskState::Succeeded);
                 points.push(GridPoint {
                     task_id: id.clone(),
                     hparams: spec.hparams.clone(),
@@ -625,17 +624,18 @@ impl Store {
         let meta_num = |field: &str| meta.get(field).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
         let in_flight = counts.pending + counts.leased + counts.running;
         let submitting = meta.contains_key("submit_fp");
-        let status = match meta.get("status").map(String::as_str) {
-            _ if deleting => "deleting",
-            _ if submitting => "submitting",
-            Some("cancelled") => "cancelled",
-            _ if in_flight == 0 && closed == 0 => "done",
-            _ => "active",
+        let cancelled = meta.get("status").map(String::as_str) == Some(SweepStatus::Cancelled.name());
+        let status = match () {
+            _ if deleting => SweepStatus::Deleting,
+            _ if submitting => SweepStatus::Submitting,
+            _ if cancelled => SweepStatus::Cancelled,
+            _ if in_flight == 0 && closed == 0 => SweepStatus::Done,
+            _ => SweepStatus::Active,
         };
-        let pretrain = self.pretrain_status(sweep, meta.get("status").map(String::as_str) == Some("cancelled")).await?;
+        let pretrain = self.pretrain_status(sweep, cancelled).await?;
         Ok(SweepSummary {
             sweep: sweep.to_string(),
-            status: status.to_string(),
+            status: status.into(),
             counts: Some(counts),
             stale_reports: meta_num("stale_reports").max(0) as u64,
             lease_expiries: meta_num("lease_expiries").max(0) as u64,
@@ -674,17 +674,17 @@ impl Store {
                 redis::from_redis_value(row.clone()).map_err(|e| corrupt(format!("fields: {e}")))?;
             let dependents: u64 = redis::from_redis_value(deps.clone()).map_err(|e| corrupt(format!("scard: {e}")))?;
             let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-            let state = field(0);
+            let state = TaskState::from_name(&field(0)).unwrap_or_default();
             let spec: serde_json::Value = serde_json::from_str(&field(1)).unwrap_or_default();
             let name_of = |part: &str| spec[part]["name"].as_str().unwrap_or_default().to_string();
             let test_score = serde_json::from_str::<TaskResult>(&field(2)).ok().and_then(|r| r.test_score);
-            let open = matches!(TaskState::from_name(&state), Some(s) if !s.is_terminal());
+            let open = state != TaskState::Unspecified && !state.is_terminal();
             out.push(PretrainStatus {
                 task_id: id.clone(),
                 model: name_of("model"),
                 dataset: name_of("dataset"),
                 waiting: if open && !cancelled { dependents } else { 0 },
-                state,
+                state: state.into(),
                 test_score,
                 dependents,
                 error: field(3),
@@ -801,7 +801,7 @@ impl Store {
         tasks: &mut [TaskInfo],
     ) -> Result<(), StoreError> {
         let finals: Vec<usize> = (0..tasks.len())
-            .filter(|&i| tasks[i].stage == Stage::Final.name() && !tasks[i].selection_group.is_empty())
+            .filter(|&i| tasks[i].stage() == Stage::Final && !tasks[i].selection_group.is_empty())
             .collect();
         if finals.is_empty() {
             return Ok(());
@@ -1064,11 +1064,11 @@ impl Store {
         Ok(TaskInfo {
             task_id: task_id.to_string(),
             sweep: sweep.to_string(),
-            state: text("state"),
+            state: TaskState::from_name(&text("state")).unwrap_or_default().into(),
             model: name_of("model"),
             dataset: name_of("dataset"),
-            regime: text("regime"),
-            stage: text("stage"),
+            regime: Regime::from_name(&text("regime")).unwrap_or_default().into(),
+            stage: Stage::from_name(&text("stage")).unwrap_or_default().into(),
             hparams,
             attempt: number("attempt").max(0) as u32,
             retries_used: number("retries_used").max(0) as u32,
@@ -1076,8 +1076,10 @@ impl Store {
             result,
             error: text("error"),
             error_class: error_class as i32,
-            checkpoint_step: number("ckpt_step").max(0) as u64,
-            checkpoint_path: text("ckpt_path"),
+            checkpoint: row
+                .get("ckpt_path")
+                .filter(|path| !path.is_empty())
+                .map(|path| Checkpoint { path: path.clone(), step: number("ckpt_step").max(0) as u64 }),
             started_unix_ms: number("started_ms"),
             finished_unix_ms: number("finished_ms"),
             accepted_completions: number("accepted").max(0) as u32,
@@ -1205,7 +1207,7 @@ fn parse_best(best: HashMap<String, String>) -> Vec<BestScore> {
             Some(BestScore {
                 model: model.to_string(),
                 dataset: dataset.to_string(),
-                regime: regime.to_string(),
+                regime: Regime::from_name(regime)?.into(),
                 val_score,
                 task_id: task_id.to_string(),
             })

@@ -1,6 +1,6 @@
 //! Live training progress, from the metrics workers stream (the consumer in
 //! `server/metrics_consumer.rs` reads the stream and calls [`Store::merge_progress`]):
-//! - the hash `<p>:{<sweep>}:metrics:progress` (field = task id, JSON [`TaskProgress`]):
+//! - the hash `<p>:{<sweep>}:metrics:progress` (field = task id, JSON [`ProgressRecord`]):
 //!   the latest step of each task's current attempt, merged by `lua/merge_progress.lua`
 //!   so that an older attempt or an older step never overwrites a newer one;
 //! - the list `<p>:{<sweep>}:curve:<task id>`: the task's training curve, one JSON
@@ -25,9 +25,10 @@ pub const CURVE_POINTS_PER_TASK: u32 = 256;
 /// Running tasks a summary carries at most.
 pub const MAX_RUNNING_SHOWN: u32 = 64;
 
-/// Last known progress of a task's current attempt, from its metrics entries.
+/// The stored record of a task's current attempt's progress (JSON in the progress hash),
+/// merged from its metrics entries; [`ProgressRecord::to_proto`] is what GetSweep shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct TaskProgress {
+pub struct ProgressRecord {
     pub attempt: u32,
     pub step: u64,
     pub total_steps: u64,
@@ -49,7 +50,7 @@ pub struct TaskProgress {
     pub first_ts_ms: Option<i64>,
 }
 
-impl TaskProgress {
+impl ProgressRecord {
     /// Steps per second over the attempt's entries so far (None before two entries apart
     /// in time and step).
     pub fn steps_per_s(&self) -> Option<f64> {
@@ -61,14 +62,18 @@ impl TaskProgress {
     pub fn to_proto(&self) -> v1::TaskProgress {
         let steps_per_s = self.steps_per_s();
         v1::TaskProgress {
-            attempt: self.attempt,
-            step: self.step,
-            total_steps: self.total_steps,
-            loss: self.loss,
-            lr: self.lr,
-            images_per_s: self.images_per_s,
+            latest: Some(v1::MetricPoint {
+                attempt: self.attempt,
+                step: self.step,
+                total_steps: self.total_steps,
+                loss: self.loss,
+                lr: self.lr,
+                images_per_s: self.images_per_s,
+                // the record keeps the attempt's best, not each entry's own score
+                val_score: None,
+                ts_ms: self.ts_ms,
+            }),
             best_val: self.best_val,
-            ts_ms: self.ts_ms,
             steps_per_s,
             eta_s: steps_per_s.map(|rate| self.total_steps.saturating_sub(self.step) as f64 / rate),
         }
@@ -98,7 +103,7 @@ pub struct CurveEntry {
 
 impl CurveEntry {
     /// The point of one metrics entry (its `val_score` is the entry's own, not the best).
-    pub fn of(progress: &TaskProgress) -> CurveEntry {
+    pub fn of(progress: &ProgressRecord) -> CurveEntry {
         CurveEntry {
             attempt: progress.attempt,
             step: progress.step,
@@ -111,8 +116,8 @@ impl CurveEntry {
         }
     }
 
-    fn to_proto(&self) -> v1::CurvePoint {
-        v1::CurvePoint {
+    fn to_proto(&self) -> v1::MetricPoint {
+        v1::MetricPoint {
             attempt: self.attempt,
             step: self.step,
             total_steps: self.total_steps,
@@ -138,7 +143,7 @@ impl Store {
         conn: &mut C,
         sweep: &str,
         task_id: &str,
-        progress: &TaskProgress,
+        progress: &ProgressRecord,
     ) -> Result<bool, StoreError> {
         let merged: i64 = SCRIPTS
             .merge_progress
@@ -160,7 +165,7 @@ impl Store {
 
     /// Every task's progress of a sweep (tasks that streamed nothing are absent). A
     /// record that does not parse is skipped: progress is advisory.
-    pub async fn read_progress(&self, sweep: &str) -> Result<HashMap<String, TaskProgress>, StoreError> {
+    pub async fn read_progress(&self, sweep: &str) -> Result<HashMap<String, ProgressRecord>, StoreError> {
         validate_sweep_name(sweep)?;
         let mut conn = self.conn.clone();
         let raw: HashMap<String, String> =
@@ -194,7 +199,7 @@ impl Store {
             .zip(raw)
             .map(|(task, json)| {
                 let progress = json
-                    .and_then(|json| serde_json::from_str::<TaskProgress>(&json).ok())
+                    .and_then(|json| serde_json::from_str::<ProgressRecord>(&json).ok())
                     .filter(|p| p.attempt == task.attempt)
                     .map(|p| p.to_proto());
                 v1::RunningTask { task: Some(task), progress }
@@ -206,7 +211,7 @@ impl Store {
 
     /// A task's curve, oldest point first. `SweepNotFound` / `TaskNotFound` for unknown
     /// names.
-    pub async fn curve(&self, sweep: &str, task_id: &str) -> Result<Vec<v1::CurvePoint>, StoreError> {
+    pub async fn curve(&self, sweep: &str, task_id: &str) -> Result<Vec<v1::MetricPoint>, StoreError> {
         self.require_sweep(sweep).await?;
         let mut conn = self.conn.clone();
         let (exists, raw): (bool, Vec<String>) = redis::pipe()

@@ -5,57 +5,11 @@ use std::time::Duration;
 /// A setting whose value in a resubmitted file differs from what existing cells recorded:
 /// the dotted field in the cell spec, the recorded and the submitted value (JSON), cells.
 pub use tsweep_proto::v1::SettingChange;
+use tsweep_proto::v1::{Regime, Stage};
 
-/// A task's state. `pending → leased → running → succeeded | failed | cancelled`;
-/// `failed` and `cancelled` go back to `pending` only by `retry_sweep` (or a resubmit of a
-/// cancelled sweep).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TaskState {
-    Pending,
-    Leased,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl TaskState {
-    pub const ALL: [TaskState; 6] = [
-        TaskState::Pending,
-        TaskState::Leased,
-        TaskState::Running,
-        TaskState::Succeeded,
-        TaskState::Failed,
-        TaskState::Cancelled,
-    ];
-
-    /// Lowercase name used in Redis, on the wire and in the CLI.
-    pub fn name(self) -> &'static str {
-        match self {
-            TaskState::Pending => "pending",
-            TaskState::Leased => "leased",
-            TaskState::Running => "running",
-            TaskState::Succeeded => "succeeded",
-            TaskState::Failed => "failed",
-            TaskState::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<TaskState> {
-        TaskState::ALL.into_iter().find(|s| s.name() == name)
-    }
-
-    /// Succeeded, failed or cancelled: nothing happens to the task unless a user retries it.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
-    }
-}
-
-impl std::fmt::Display for TaskState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// A task's state (the wire's enum; `tsweep_proto::vocab` names it and says which states
+/// are terminal).
+pub use tsweep_proto::v1::TaskState;
 
 /// Settings of a [`super::Store`].
 #[derive(Debug, Clone)]
@@ -188,18 +142,14 @@ pub struct RedisMemory {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageSubmitCount {
-    pub regime: String,
-    pub stage: String,
+    pub regime: Regime,
+    pub stage: Stage,
     pub cells: u64,
     pub added: u64,
 }
 
-/// A checkpoint an attempt wrote.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Checkpoint {
-    pub path: String,
-    pub step: u64,
-}
+/// A checkpoint an attempt wrote (the wire's message).
+pub use tsweep_proto::v1::Checkpoint;
 
 /// What `fail` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

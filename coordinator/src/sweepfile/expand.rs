@@ -15,7 +15,7 @@ use tsweep_proto::limits::{MAX_CELL_SPEC_BYTES, MAX_SWEEPFILE_NAME_BYTES};
 use super::axis::{Axis, AxisError};
 use super::location::SourceText;
 use super::plan::{file_fingerprint, GridModel, Points, RegimeGrid, SweepPlan};
-use super::schema::{DatasetEntry, ModelEntry, NormalizeEntry, RegimeSection, Schedule, Settings, SweepFile};
+use super::schema::{DatasetEntry, ModelEntry, NormalizeEntry, RegimeSection, Settings, SweepFile};
 use super::{SweepFileError, SweepSettings, HARD_MAX_CELLS, MAX_CELLS};
 
 mod pretrain;
@@ -600,7 +600,8 @@ impl<'a> Expander<'a> {
                 let path = self.axis_points(l2, &format!("{prefix}.l2"), |v| v > 0.0, "L2 strengths must be > 0")?;
                 Ok(Points { lrs: Vec::new(), weight_decays: Vec::new(), l2_path: path })
             }
-            Regime::Finetune | Regime::Scratch => {
+            // (Regime::ALL has no Unspecified: the file's sections are named.)
+            Regime::Finetune | Regime::Scratch | Regime::Unspecified => {
                 refuse(
                     &body.l2,
                     "l2",
@@ -716,7 +717,7 @@ impl<'a> Expander<'a> {
             batch_size,
             momentum,
             nesterov: settings.nesterov.unwrap_or(true),
-            schedule: settings.schedule.unwrap_or(Schedule::Cosine).name().to_string(),
+            schedule: settings.schedule.unwrap_or_default(),
             bn_momentum,
             eval_every: settings.eval_every.unwrap_or(0),
             checkpoint_every: settings.checkpoint_every.unwrap_or(1000),
@@ -785,7 +786,7 @@ fn image_size(model: &ModelEntry) -> u32 {
 /// The paper's step counts when neither `[defaults]` nor the regime says.
 fn default_steps(regime: Regime) -> u64 {
     match regime {
-        Regime::Linear => 0,
+        Regime::Linear | Regime::Unspecified => 0,
         Regime::Finetune => 20_000,
         Regime::Scratch => 40_000,
     }

@@ -84,21 +84,7 @@ pub(crate) struct Regimes {
     pub scratch: Option<Spanned<RegimeSection>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Schedule {
-    Cosine,
-    Constant,
-}
-
-impl Schedule {
-    pub fn name(self) -> &'static str {
-        match self {
-            Schedule::Cosine => "cosine",
-            Schedule::Constant => "constant",
-        }
-    }
-}
+use tsweep_proto::cell::Schedule;
 
 /// Declares a struct holding every training setting (all optional, spanned) plus the
 /// extra fields given, so `[defaults]` and `[regimes.*]` share one list without `flatten`

@@ -50,7 +50,7 @@ pub fn spec(sweep: &str, model: &str, regime: Regime, lr: f64, gpus: u32, max_at
             batch_size: 8,
             momentum: 0.9,
             nesterov: true,
-            schedule: "cosine".to_string(),
+            schedule: tsweep_proto::cell::Schedule::Cosine,
             bn_momentum: None,
             eval_every: 0,
             checkpoint_every: 0,

@@ -189,7 +189,11 @@ async fn simulated_worker(
                 protocol_version: PROTOCOL_VERSION,
                 worker_id: worker_id.clone(),
                 lease: Some(LeaseRef { sweep: task.sweep, task_id: task.task_id, attempt: task.attempt }),
-                result: Some(TaskResult { metric: "top1".into(), val_score: Some(0.5), ..Default::default() }),
+                result: Some(TaskResult {
+                    metric: tsweep_proto::v1::Metric::Top1.into(),
+                    val_score: Some(0.5),
+                    ..Default::default()
+                }),
                 worker_secret: worker_secret.clone(),
             })
             .await?

@@ -287,7 +287,11 @@ impl SimWorker {
                     protocol_version: PROTOCOL_VERSION,
                     worker_id: self.id.clone(),
                     lease: Some(lease),
-                    result: Some(TaskResult { metric: "top1".into(), val_score: Some(0.5), ..Default::default() }),
+                    result: Some(TaskResult {
+                        metric: tsweep_proto::v1::Metric::Top1.into(),
+                        val_score: Some(0.5),
+                        ..Default::default()
+                    }),
                     worker_secret: worker_secret.clone(),
                 })
                 .await;

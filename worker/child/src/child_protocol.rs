@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use tsweep_proto::cell::CellSpec;
+use tsweep_proto::cell::TrainJob;
 use tsweep_proto::v1::TaskResult;
 
 /// Which executor the child runs.
@@ -24,45 +24,24 @@ pub enum ExecutorKind {
     Fake,
 }
 
+/// What the agent writes to a child's stdin: the attempt, the job its executor runs (the
+/// trainer takes it as it is; a pretrain cell's `pretrained_out` comes from
+/// `crate::agent::slot::pretrained_weights`), and the process's settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskInput {
     pub task_id: String,
     pub attempt: u32,
-    pub spec: CellSpec,
-    /// Resume from this checkpoint (written by an earlier attempt), if any.
-    pub resume: Option<CheckpointRef>,
-    /// Where this attempt writes its checkpoints (created by the child).
-    pub checkpoint_dir: PathBuf,
-    /// Feature and prepared-shard cache shared by every task on this machine.
-    pub cache_dir: PathBuf,
+    #[serde(flatten)]
+    pub job: TrainJob,
     /// libtorch threads on the CPU (None: libtorch's default, every core).
     #[serde(default)]
     pub cpu_threads: Option<u32>,
-    /// "auto" | "cpu" | "cuda:N"
-    pub device: String,
     pub executor: ExecutorKind,
-    /// A pretrain cell's trained backbone goes here (see
-    /// `crate::agent::slot::pretrained_weights`); None for every other cell.
-    #[serde(default)]
-    pub pretrained_out: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointRef {
-    pub path: PathBuf,
-    pub step: u64,
-}
-
-/// How a failed child classifies its failure (mirrors `tsweep.v1.FailureClass`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChildFailure {
-    Retryable,
-    Fatal,
-    Preempted,
-    /// The accelerator ran out of memory (retried once in a fresh process, then failed).
-    OutOfMemory,
-}
+/// A checkpoint an attempt wrote (the wire's message; JSON `{"path": ..., "step": ...}`),
+/// and how a failed attempt classifies its failure (`"class": "out_of_memory"`).
+pub use tsweep_proto::v1::{Checkpoint, FailureClass};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -97,7 +76,7 @@ pub enum ChildEvent {
         result: TaskResult,
     },
     Failed {
-        class: ChildFailure,
+        class: FailureClass,
         message: String,
     },
 }

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use tsweep_proto::cell::{CellSpec, FakeSettings};
 use tsweep_proto::v1::TaskResult;
 
-use crate::child_protocol::{ChildEvent, ChildFailure, TaskInput};
+use crate::child_protocol::{ChildEvent, FailureClass, TaskInput};
 use crate::run_task::ExecutorFailure;
 
 /// File name of the fake checkpoint inside the attempt's checkpoint directory.
@@ -53,7 +53,7 @@ pub struct FakeCheckpoint {
 /// What `fake.fail` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InjectedFault {
-    Fail(ChildFailure),
+    Fail(FailureClass),
     Crash,
 }
 
@@ -63,28 +63,28 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<TaskResult, ExecutorFailure> {
     let started = Instant::now();
-    let settings = input.spec.fake.clone().unwrap_or_default();
+    let settings = input.job.spec.fake.clone().unwrap_or_default();
     let total_steps = settings.steps.max(1);
     let step_sleep = Duration::from_millis(settings.sleep_ms) / u32::try_from(total_steps).unwrap_or(u32::MAX);
     let fault = injected_fault(&settings, input.attempt)?;
     let hang_after = settings.hang_after_step.filter(|_| fault_applies(&settings, input.attempt));
 
-    std::fs::create_dir_all(&input.checkpoint_dir).map_err(|e| {
-        ExecutorFailure::retryable(format!("cannot create checkpoint dir {}: {e}", input.checkpoint_dir.display()))
+    std::fs::create_dir_all(&input.job.checkpoint_dir).map_err(|e| {
+        ExecutorFailure::retryable(format!("cannot create checkpoint dir {}: {e}", input.job.checkpoint_dir.display()))
     })?;
 
-    let resumed_from_step = match &input.resume {
-        Some(resume) => match read_checkpoint(&resume.path) {
+    let resumed_from_step = match &input.job.resume {
+        Some(resume) => match read_checkpoint(Path::new(&resume.path)) {
             Ok(checkpoint) => {
                 let step = checkpoint.step.min(total_steps);
                 info!(task_id = %input.task_id, attempt = input.attempt, resumed_from_step = step,
-                      checkpoint = %resume.path.display(), "resuming from checkpoint");
+                      checkpoint = %resume.path, "resuming from checkpoint");
                 step
             }
             Err(e) => {
                 warn!(task_id = %input.task_id, attempt = input.attempt, error = %e,
                       "cannot read the checkpoint to resume from, starting at step 0");
-                emit(ChildEvent::ResumeFailed { path: resume.path.clone(), step: resume.step, reason: e });
+                emit(ChildEvent::ResumeFailed { path: PathBuf::from(&resume.path), step: resume.step, reason: e });
                 0
             }
         },
@@ -132,17 +132,17 @@ pub fn run(
             step: done,
             total_steps,
             loss,
-            lr: input.spec.hparams.get("lr").copied().unwrap_or(0.0),
+            lr: input.job.spec.hparams.get("lr").copied().unwrap_or(0.0),
             images_per_s,
             val_score: None,
         });
     }
 
-    let score = settings.score.unwrap_or_else(|| deterministic_score(&input.spec));
+    let score = settings.score.unwrap_or_else(|| deterministic_score(&input.job.spec));
     let duration_s = started.elapsed().as_secs_f64();
     let ran = total_steps - resumed_from_step;
     Ok(TaskResult {
-        metric: input.spec.dataset.metric.name().to_string(),
+        metric: input.job.spec.dataset.metric.into(),
         val_score: Some(score),
         test_score: Some((score - 0.01).max(0.0)),
         train_loss: Some(loss),
@@ -160,9 +160,9 @@ pub fn run(
 fn injected_fault(settings: &FakeSettings, attempt: u32) -> Result<Option<InjectedFault>, ExecutorFailure> {
     let Some(fail) = settings.fail.as_deref() else { return Ok(None) };
     let fault = match fail {
-        "retryable" => InjectedFault::Fail(ChildFailure::Retryable),
-        "fatal" => InjectedFault::Fail(ChildFailure::Fatal),
-        "out_of_memory" => InjectedFault::Fail(ChildFailure::OutOfMemory),
+        "retryable" => InjectedFault::Fail(FailureClass::Retryable),
+        "fatal" => InjectedFault::Fail(FailureClass::Fatal),
+        "out_of_memory" => InjectedFault::Fail(FailureClass::OutOfMemory),
         "crash" => InjectedFault::Crash,
         other => {
             return Err(ExecutorFailure::fatal(format!(
@@ -213,11 +213,11 @@ fn loss_at(step: u64) -> f64 {
 
 /// Writes `<checkpoint_dir>/fake-checkpoint.json` atomically (temp file, fsync, rename).
 pub fn write_checkpoint(input: &TaskInput, step: u64) -> Result<PathBuf, ExecutorFailure> {
-    let path = input.checkpoint_dir.join(CHECKPOINT_FILE);
+    let path = input.job.checkpoint_dir.join(CHECKPOINT_FILE);
     let checkpoint = FakeCheckpoint { task_id: input.task_id.clone(), attempt: input.attempt, step };
     let text = serde_json::to_vec(&checkpoint)
         .map_err(|e| ExecutorFailure::retryable(format!("cannot encode checkpoint {}: {e}", path.display())))?;
-    let temp = input.checkpoint_dir.join(format!(".{CHECKPOINT_FILE}.tmp-{}", std::process::id()));
+    let temp = input.job.checkpoint_dir.join(format!(".{CHECKPOINT_FILE}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(&text)?;

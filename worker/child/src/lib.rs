@@ -7,5 +7,5 @@
 //! "The child process".
 pub mod child_protocol;
 pub mod fake;
-pub mod logging;
+pub use tsweep_proto::logging;
 pub mod run_task;

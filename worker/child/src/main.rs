@@ -29,7 +29,7 @@ enum Command {
 
 fn main() {
     let Command::RunTask { executor, log_format } = Cli::parse().command;
-    logging::init(log_format);
+    logging::init(log_format, "info");
     if executor != ExecutorKind::Fake {
         eprintln!("tsweep-fake-task runs only the fake executor (got {executor:?}); use tsweep-worker run-task");
         std::process::exit(exit_code::FATAL);

@@ -7,13 +7,14 @@
 //! stop flag: the executor checkpoints, emits `checkpoint`, then `failed { preempted }`.
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tracing::{error, info, warn};
 use tsweep_proto::v1::TaskResult;
 
-use crate::child_protocol::{exit_code, ChildEvent, ChildFailure, ExecutorKind, TaskInput};
+use crate::child_protocol::{exit_code, ChildEvent, ExecutorKind, FailureClass, TaskInput};
 
 /// Raised by SIGTERM / SIGINT in the child.
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -22,29 +23,29 @@ static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{class:?}: {message}")]
 pub struct ExecutorFailure {
-    pub class: ChildFailure,
+    pub class: FailureClass,
     pub message: String,
 }
 
 impl ExecutorFailure {
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { class: ChildFailure::Retryable, message: message.into() }
+        Self { class: FailureClass::Retryable, message: message.into() }
     }
     pub fn fatal(message: impl Into<String>) -> Self {
-        Self { class: ChildFailure::Fatal, message: message.into() }
+        Self { class: FailureClass::Fatal, message: message.into() }
     }
     pub fn preempted(message: impl Into<String>) -> Self {
-        Self { class: ChildFailure::Preempted, message: message.into() }
+        Self { class: FailureClass::Preempted, message: message.into() }
     }
 }
 
 /// The exit code that goes with a failure class.
-pub fn failure_exit_code(class: ChildFailure) -> i32 {
+pub fn failure_exit_code(class: FailureClass) -> i32 {
     match class {
-        ChildFailure::Retryable => exit_code::RETRYABLE,
-        ChildFailure::Fatal => exit_code::FATAL,
-        ChildFailure::Preempted => exit_code::PREEMPTED,
-        ChildFailure::OutOfMemory => exit_code::OUT_OF_MEMORY,
+        FailureClass::Retryable | FailureClass::LostWorker | FailureClass::Unspecified => exit_code::RETRYABLE,
+        FailureClass::Fatal => exit_code::FATAL,
+        FailureClass::Preempted => exit_code::PREEMPTED,
+        FailureClass::OutOfMemory => exit_code::OUT_OF_MEMORY,
     }
 }
 
@@ -86,7 +87,7 @@ pub fn run_child_with(executor: ExecutorKind, execute: &mut Execute<'_>) -> i32 
     if let Err(e) = std::io::stdin().read_to_string(&mut text) {
         let message = format!("run-task: cannot read the task input from stdin: {e}");
         error!("{message}");
-        emit_line(ChildEvent::Failed { class: ChildFailure::Retryable, message });
+        emit_line(ChildEvent::Failed { class: FailureClass::Retryable, message });
         return exit_code::RETRYABLE;
     }
     let input: TaskInput = match serde_json::from_str(&text) {
@@ -94,7 +95,7 @@ pub fn run_child_with(executor: ExecutorKind, execute: &mut Execute<'_>) -> i32 
         Err(e) => {
             let message = format!("run-task: stdin line {} column {}: not a task input: {e}", e.line(), e.column());
             error!("{message}");
-            emit_line(ChildEvent::Failed { class: ChildFailure::Fatal, message });
+            emit_line(ChildEvent::Failed { class: FailureClass::Fatal, message });
             return exit_code::FATAL;
         }
     };
@@ -103,7 +104,7 @@ pub fn run_child_with(executor: ExecutorKind, execute: &mut Execute<'_>) -> i32 
               "the task input names another executor; running the one given by --executor");
     }
     info!(task_id = %input.task_id, attempt = input.attempt, executor = ?executor,
-          resume_step = input.resume.as_ref().map(|r| r.step), "task starting");
+          resume_step = input.job.resume.as_ref().map(|r| r.step), "task starting");
     let input = drop_missing_resume(input, &mut emit_line);
     match execute(&input, &mut emit_line, &STOP_REQUESTED) {
         Ok(result) => {
@@ -111,7 +112,7 @@ pub fn run_child_with(executor: ExecutorKind, execute: &mut Execute<'_>) -> i32 
                   steps = result.steps, "task finished");
             emit_line(ChildEvent::Result { result });
             if executor == ExecutorKind::Fake {
-                let linger = Duration::from_millis(input.spec.fake.as_ref().map_or(0, |f| f.linger_ms));
+                let linger = Duration::from_millis(input.job.spec.fake.as_ref().map_or(0, |f| f.linger_ms));
                 crate::fake::linger(linger, &STOP_REQUESTED);
             }
             exit_code::OK
@@ -129,11 +130,11 @@ pub fn run_child_with(executor: ExecutorKind, execute: &mut Execute<'_>) -> i32 
 /// A resume checkpoint whose file is gone (a cleaned scratch disk, a checkpoint root that
 /// is not shared): says so with a `resume_failed` event and runs the attempt from step 0.
 pub fn drop_missing_resume(mut input: TaskInput, emit: &mut dyn FnMut(ChildEvent)) -> TaskInput {
-    if let Some(resume) = input.resume.take_if(|resume| !resume.path.is_file()) {
-        let reason = format!("checkpoint {} (step {}) is missing", resume.path.display(), resume.step);
-        warn!(task_id = %input.task_id, attempt = input.attempt, checkpoint = %resume.path.display(),
+    if let Some(resume) = input.job.resume.take_if(|resume| !Path::new(&resume.path).is_file()) {
+        let reason = format!("checkpoint {} (step {}) is missing", resume.path, resume.step);
+        warn!(task_id = %input.task_id, attempt = input.attempt, checkpoint = %resume.path,
               step = resume.step, "the checkpoint to resume from is missing: starting from step 0");
-        emit(ChildEvent::ResumeFailed { path: resume.path, step: resume.step, reason });
+        emit(ChildEvent::ResumeFailed { path: resume.path.into(), step: resume.step, reason });
     }
     input
 }

@@ -303,6 +303,14 @@ fn voc2007_multi_label_from_annotations() {
     std::fs::remove_file(root.join("Annotations/000007.xml")).unwrap();
     let err = prepare("voc2007", src.path(), &src.path().join("o2"), &opts(), &|_| {}).unwrap_err().to_string();
     assert!(err.contains("000007.xml"), "{err}");
+
+    // A cut-off annotation is not XML: an error naming the file, nothing written.
+    let full = voc_xml(&[("car", false)]);
+    write(&root.join("Annotations/000007.xml"), &full[..full.len() - 20]);
+    let out = src.path().join("o3");
+    let err = prepare("voc2007", src.path(), &out, &opts(), &|_| {}).unwrap_err().to_string();
+    assert!(err.contains("000007.xml") && err.contains("not valid XML"), "{err}");
+    assert!(!out.join("manifest.json").exists(), "no manifest for a failed prepare");
 }
 
 #[test]

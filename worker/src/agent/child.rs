@@ -24,11 +24,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use tsweep_proto::cell::CellSpec;
-use tsweep_proto::v1::TaskResult;
+use tsweep_proto::v1::{LeaseRef, TaskResult};
 
-use super::leases::{LeaseKey, LeaseTable, StopCommand};
+use super::leases::{LeaseTable, StopCommand};
 use super::metrics::{MetricPoint, MetricsSink};
-use crate::child_protocol::{exit_code, CheckpointRef, ChildEvent, ChildFailure, ExecutorKind, TaskInput};
+use crate::child_protocol::{exit_code, Checkpoint, ChildEvent, ExecutorKind, FailureClass, TaskInput};
 use crate::logging::LogFormat;
 
 /// How to start children.
@@ -48,7 +48,7 @@ pub struct GpuAssignment(pub Option<String>);
 pub enum AttemptOutcome {
     Completed(Box<TaskResult>),
     Failed {
-        class: ChildFailure,
+        class: FailureClass,
         message: String,
     },
     /// Stopped by a LEASE_LOST order: report nothing.
@@ -97,24 +97,24 @@ fn signal_group(pid: u32, signal: Signal) {
 }
 
 /// Maps an exit without a final event to a failure.
-pub fn classify_exit(status: Option<ExitStatus>) -> (ChildFailure, String) {
+pub fn classify_exit(status: Option<ExitStatus>) -> (FailureClass, String) {
     use std::os::unix::process::ExitStatusExt;
     let Some(status) = status else {
-        return (ChildFailure::Retryable, "child process: cannot wait for it".to_string());
+        return (FailureClass::Retryable, "child process: cannot wait for it".to_string());
     };
     match (status.code(), status.signal()) {
         (Some(exit_code::FATAL), _) => {
-            (ChildFailure::Fatal, "child exited with the fatal code and no message".to_string())
+            (FailureClass::Fatal, "child exited with the fatal code and no message".to_string())
         }
         (Some(exit_code::PREEMPTED), _) => {
-            (ChildFailure::Preempted, "child exited as preempted without a message".to_string())
+            (FailureClass::Preempted, "child exited as preempted without a message".to_string())
         }
         (Some(exit_code::OUT_OF_MEMORY), _) => {
-            (ChildFailure::OutOfMemory, "child exited as out of accelerator memory without a message".to_string())
+            (FailureClass::OutOfMemory, "child exited as out of accelerator memory without a message".to_string())
         }
-        (Some(code), _) => (ChildFailure::Retryable, format!("child crashed: exit code {code} without a result")),
-        (None, Some(signal)) => (ChildFailure::Retryable, format!("child crashed: killed by signal {signal}")),
-        (None, None) => (ChildFailure::Retryable, "child crashed".to_string()),
+        (Some(code), _) => (FailureClass::Retryable, format!("child crashed: exit code {code} without a result")),
+        (None, Some(signal)) => (FailureClass::Retryable, format!("child crashed: killed by signal {signal}")),
+        (None, None) => (FailureClass::Retryable, "child crashed".to_string()),
     }
 }
 
@@ -126,7 +126,7 @@ impl ChildLauncher {
     pub async fn run(
         &self,
         input: &TaskInput,
-        key: &LeaseKey,
+        key: &LeaseRef,
         gpus: &GpuAssignment,
         leases: &LeaseTable,
         metrics: &MetricsSink,
@@ -169,7 +169,7 @@ impl ChildLauncher {
             Ok(child) => child,
             Err(e) => {
                 return AttemptOutcome::Failed {
-                    class: ChildFailure::Retryable,
+                    class: FailureClass::Retryable,
                     message: format!("cannot start the child {}: {e}", self.exe.display()),
                 }
             }
@@ -184,7 +184,7 @@ impl ChildLauncher {
                     signal_group(pid, Signal::SIGKILL);
                     let _ = child.wait().await;
                     return AttemptOutcome::Failed {
-                        class: ChildFailure::Fatal,
+                        class: FailureClass::Fatal,
                         message: format!("cannot encode the task input: {e}"),
                     };
                 }
@@ -199,13 +199,13 @@ impl ChildLauncher {
             signal_group(pid, Signal::SIGKILL);
             let _ = child.wait().await;
             return AttemptOutcome::Failed {
-                class: ChildFailure::Retryable,
+                class: FailureClass::Retryable,
                 message: "child has no stdout".to_string(),
             };
         };
         let mut lines = BufReader::new(stdout).lines();
 
-        let limits = AttemptLimits::of(&input.spec);
+        let limits = AttemptLimits::of(&input.job.spec);
         let started = Instant::now();
         let runtime_ends = limits.max_runtime.map(|limit| started + limit);
         let mut watch = Watch { key, leases, metrics, terminal: None, last_progress: started };
@@ -302,13 +302,13 @@ impl ChildLauncher {
         if let Some(message) = limit_hit {
             // A result the child sent before it stopped is still a result.
             if !matches!(watch.terminal, Some(AttemptOutcome::Completed(_))) {
-                return AttemptOutcome::Failed { class: ChildFailure::Retryable, message };
+                return AttemptOutcome::Failed { class: FailureClass::Retryable, message };
             }
         }
         match watch.terminal {
             Some(outcome) => outcome,
             None if draining => AttemptOutcome::Failed {
-                class: ChildFailure::Preempted,
+                class: FailureClass::Preempted,
                 message: format!("worker draining: child stopped without a final event ({status:?})"),
             },
             None => {
@@ -321,7 +321,7 @@ impl ChildLauncher {
 
 /// Applies the child's events as they arrive.
 struct Watch<'a> {
-    key: &'a LeaseKey,
+    key: &'a LeaseRef,
     leases: &'a LeaseTable,
     metrics: &'a MetricsSink,
     terminal: Option<AttemptOutcome>,
@@ -375,7 +375,7 @@ impl Watch<'_> {
             }
             ChildEvent::Checkpoint { path, step } => {
                 debug!(task_id = %self.key.task_id, step, path = %path.display(), "checkpoint");
-                self.leases.set_checkpoint(self.key, CheckpointRef { path, step });
+                self.leases.set_checkpoint(self.key, Checkpoint { path: path.to_string_lossy().into_owned(), step });
             }
             ChildEvent::Result { result } => self.terminal = Some(AttemptOutcome::Completed(Box::new(result))),
             ChildEvent::Failed { class, message } => self.terminal = Some(AttemptOutcome::Failed { class, message }),

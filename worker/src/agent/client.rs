@@ -19,7 +19,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::{error, info, warn};
-use tsweep_proto::auth::WorkerRefusal;
+use tsweep_proto::auth::{TokenInterceptor, TokenSource, WorkerRefusal};
 use tsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use tsweep_proto::v1::{
     AcquireTaskRequest, AcquireTaskResponse, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, HeartbeatResponse,
@@ -27,9 +27,8 @@ use tsweep_proto::v1::{
 };
 use tsweep_proto::PROTOCOL_VERSION;
 
-use super::backoff::Backoff;
 use super::AgentError;
-use crate::token::{TokenInterceptor, TokenSource};
+use tsweep_proto::backoff::Backoff;
 
 type Inner = WorkerServiceClient<InterceptedService<Channel, TokenInterceptor>>;
 
@@ -306,7 +305,7 @@ impl CoordinatorClient {
             match answer {
                 Ok(response) => {
                     let outcome = ReportOutcome::try_from(response.outcome).unwrap_or(ReportOutcome::Unspecified);
-                    info!(task_id = %task_id, attempt, outcome = outcome.as_str_name(), task_state = %response.task_state,
+                    info!(task_id = %task_id, attempt, outcome = outcome.as_str_name(), task_state = %response.task_state(),
                           "report delivered");
                     return Delivery::Answered(outcome);
                 }

@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use tsweep_proto::v1::{HeartbeatResponse, StopReason};
 
-use super::backoff::Backoff;
 use super::client::CoordinatorClient;
-use super::leases::{LeaseKey, LeaseTable, StopCommand};
+use super::leases::{LeaseTable, StopCommand};
+use tsweep_proto::backoff::Backoff;
 
 /// Waits before a failed heartbeat is tried again: from 200 ms doubling up to 500 ms (or
 /// the interval, if shorter), so the leases are renewed within half a second of the
@@ -77,9 +77,8 @@ fn apply_stop_orders(leases: &LeaseTable, response: &HeartbeatResponse) {
             // Unknown reasons are treated as the safe one: this worker must not go on.
             Ok(StopReason::LeaseLost) | Ok(StopReason::Unspecified) | Err(_) => StopCommand::LeaseLost,
         };
-        let key = LeaseKey::from_ref(lease);
-        if !leases.stop(&key, command) {
-            debug!(task_id = %key.task_id, attempt = key.attempt, "stop order for a lease not held here");
+        if !leases.stop(lease, command) {
+            debug!(task_id = %lease.task_id, attempt = lease.attempt, "stop order for a lease not held here");
         }
     }
 }

@@ -7,23 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 use tsweep_proto::v1::{HeldLease, LeaseRef};
 
-use crate::child_protocol::CheckpointRef;
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LeaseKey {
-    pub sweep: String,
-    pub task_id: String,
-    pub attempt: u32,
-}
-
-impl LeaseKey {
-    pub fn to_ref(&self) -> LeaseRef {
-        LeaseRef { sweep: self.sweep.clone(), task_id: self.task_id.clone(), attempt: self.attempt }
-    }
-    pub fn from_ref(lease: &LeaseRef) -> Self {
-        Self { sweep: lease.sweep.clone(), task_id: lease.task_id.clone(), attempt: lease.attempt }
-    }
-}
+use crate::child_protocol::Checkpoint;
 
 /// What the coordinator told the agent to do with a running attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +21,7 @@ pub enum StopCommand {
 
 #[derive(Debug)]
 struct LeaseEntry {
-    checkpoint: Option<CheckpointRef>,
+    checkpoint: Option<Checkpoint>,
     running: bool,
     /// Why the checkpoint this attempt was to resume from could not be read.
     resume_error: Option<String>,
@@ -46,33 +30,33 @@ struct LeaseEntry {
 
 #[derive(Debug, Clone, Default)]
 pub struct LeaseTable {
-    entries: Arc<Mutex<HashMap<LeaseKey, LeaseEntry>>>,
+    entries: Arc<Mutex<HashMap<LeaseRef, LeaseEntry>>>,
 }
 
 impl LeaseTable {
-    fn lock(&self) -> MutexGuard<'_, HashMap<LeaseKey, LeaseEntry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<LeaseRef, LeaseEntry>> {
         // A panic while holding the lock leaves the map consistent (single inserts/removes).
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Starts tracking a lease; stop orders for it arrive on the returned receiver.
-    pub fn insert(&self, key: LeaseKey) -> mpsc::UnboundedReceiver<StopCommand> {
+    pub fn insert(&self, key: LeaseRef) -> mpsc::UnboundedReceiver<StopCommand> {
         let (stop, receiver) = mpsc::unbounded_channel();
         self.lock().insert(key, LeaseEntry { checkpoint: None, running: false, resume_error: None, stop });
         receiver
     }
 
-    pub fn remove(&self, key: &LeaseKey) {
+    pub fn remove(&self, key: &LeaseRef) {
         self.lock().remove(key);
     }
 
-    pub fn set_running(&self, key: &LeaseKey) {
+    pub fn set_running(&self, key: &LeaseRef) {
         if let Some(entry) = self.lock().get_mut(key) {
             entry.running = true;
         }
     }
 
-    pub fn set_checkpoint(&self, key: &LeaseKey, checkpoint: CheckpointRef) {
+    pub fn set_checkpoint(&self, key: &LeaseRef, checkpoint: Checkpoint) {
         if let Some(entry) = self.lock().get_mut(key) {
             entry.checkpoint = Some(checkpoint);
         }
@@ -81,23 +65,23 @@ impl LeaseTable {
     /// The attempt could not resume from its checkpoint: the checkpoint passed on so far
     /// (the one it was to resume from) is dropped, and `reason` goes out with the next
     /// heartbeat or report (cut to `tsweep_proto::limits::MAX_ERROR_MESSAGE_BYTES`).
-    pub fn set_resume_error(&self, key: &LeaseKey, reason: String) {
+    pub fn set_resume_error(&self, key: &LeaseRef, reason: String) {
         if let Some(entry) = self.lock().get_mut(key) {
             entry.checkpoint = None;
             entry.resume_error = Some(tsweep_proto::limits::truncate_message(&reason));
         }
     }
 
-    pub fn resume_error(&self, key: &LeaseKey) -> Option<String> {
+    pub fn resume_error(&self, key: &LeaseRef) -> Option<String> {
         self.lock().get(key).and_then(|entry| entry.resume_error.clone())
     }
 
-    pub fn checkpoint(&self, key: &LeaseKey) -> Option<CheckpointRef> {
+    pub fn checkpoint(&self, key: &LeaseRef) -> Option<Checkpoint> {
         self.lock().get(key).and_then(|entry| entry.checkpoint.clone())
     }
 
     /// Passes a stop order to the slot running `key`; false when the lease is not held.
-    pub fn stop(&self, key: &LeaseKey, command: StopCommand) -> bool {
+    pub fn stop(&self, key: &LeaseRef, command: StopCommand) -> bool {
         match self.lock().get(key) {
             Some(entry) => entry.stop.send(command).is_ok(),
             None => false,
@@ -117,13 +101,8 @@ impl LeaseTable {
         self.lock()
             .iter()
             .map(|(key, entry)| HeldLease {
-                lease: Some(key.to_ref()),
-                checkpoint_path: entry
-                    .checkpoint
-                    .as_ref()
-                    .map(|c| c.path.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                checkpoint_step: entry.checkpoint.as_ref().map(|c| c.step).unwrap_or(0),
+                lease: Some(key.clone()),
+                checkpoint: entry.checkpoint.clone(),
                 running: entry.running,
                 resume_error: entry.resume_error.clone().unwrap_or_default(),
             })
@@ -135,8 +114,8 @@ impl LeaseTable {
 mod tests {
     use super::*;
 
-    fn key(task: &str) -> LeaseKey {
-        LeaseKey { sweep: "s".into(), task_id: task.into(), attempt: 1 }
+    fn key(task: &str) -> LeaseRef {
+        LeaseRef { sweep: "s".into(), task_id: task.into(), attempt: 1 }
     }
 
     #[test]
@@ -144,16 +123,15 @@ mod tests {
         let table = LeaseTable::default();
         let _stop = table.insert(key("a"));
         table.set_running(&key("a"));
-        table.set_checkpoint(&key("a"), CheckpointRef { path: "/c/a".into(), step: 7 });
+        table.set_checkpoint(&key("a"), Checkpoint { path: "/c/a".into(), step: 7 });
         let held = table.held();
         assert_eq!(held.len(), 1);
         assert!(held[0].running);
-        assert_eq!(held[0].checkpoint_step, 7);
-        assert_eq!(held[0].checkpoint_path, "/c/a");
+        assert_eq!(held[0].checkpoint, Some(Checkpoint { path: "/c/a".into(), step: 7 }));
         table.set_resume_error(&key("a"), "gone".into());
         let held = table.held();
         assert_eq!(held[0].resume_error, "gone");
-        assert_eq!(held[0].checkpoint_step, 0, "the unreadable resume checkpoint is not passed on");
+        assert_eq!(held[0].checkpoint, None, "the unreadable resume checkpoint is not passed on");
         table.remove(&key("a"));
         assert!(table.is_empty());
     }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use tsweep_redis::RedisTlsFiles;
 
-use super::backoff::Backoff;
+use tsweep_proto::backoff::Backoff;
 
 /// Approximate length the streams are trimmed to.
 pub const STREAM_MAXLEN: u64 = 100_000;

@@ -2,7 +2,6 @@
 //! (acquire → child process → report), heartbeats on its own timer, forwards progress to
 //! Redis, and drains on SIGTERM/SIGINT. See docs/ARCHITECTURE.md, "The worker".
 
-pub mod backoff;
 pub mod child;
 pub mod client;
 pub mod heartbeat;
@@ -19,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{parse_device, ConfigError, WorkerConfig};
-use backoff::Backoff;
 use child::ChildLauncher;
 use client::{is_transient, CoordinatorClient, Registration};
 use leases::LeaseTable;
 use slot::{Slot, SlotShared};
+use tsweep_proto::backoff::Backoff;
 use tsweep_proto::tls::ProbeError;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,19 +77,8 @@ pub fn child_exe(agent_exe: &std::path::Path, executor: crate::child_protocol::E
 /// Cancels `token` on the first SIGTERM, SIGINT or SIGHUP (a closed terminal drains the
 /// agent like a stop does).
 pub async fn cancel_on_signal(token: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
-    let (mut term, mut int, mut hup) = match signals {
-        (Ok(term), Ok(int), Ok(hup)) => (term, int, hup),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            error!(error = %e, "cannot listen for SIGTERM/SIGINT/SIGHUP; the agent will not drain on signals");
-            return;
-        }
-    };
     let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-        _ = hup.recv() => "SIGHUP",
+        name = tsweep_proto::signals::shutdown_signal() => name,
         _ = token.cancelled() => return,
     };
     info!(signal = name, "draining: no new tasks, children checkpoint, leases released as preempted");
@@ -202,7 +190,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     });
     let mut slot_tasks = JoinSet::new();
     for index in 0..slots {
-        let slot = Slot { index, gpus: slot_gpus(index, slots, gpus), device: device.clone(), shared: shared.clone() };
+        let slot = Slot { index, gpus: slot_gpus(index, slots, gpus), device, shared: shared.clone() };
         slot_tasks.spawn(slot.run());
     }
     drop(shared);

@@ -7,15 +7,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use tsweep_proto::cell::{CellSpec, Stage};
-use tsweep_proto::v1::{FailTaskRequest, FailureClass, TaskAssignment};
+use tsweep_proto::cell::{CellSpec, Device, Stage, TrainJob};
+use tsweep_proto::v1::{FailTaskRequest, LeaseRef, TaskAssignment};
 
-use super::backoff::Backoff;
 use super::child::{AttemptOutcome, ChildLauncher, DrainPolicy, GpuAssignment};
 use super::client::{is_transient, CoordinatorClient, Delivery, Report};
-use super::leases::{LeaseKey, LeaseTable};
+use super::leases::LeaseTable;
 use super::metrics::MetricsSink;
-use crate::child_protocol::{CheckpointRef, ChildFailure, TaskInput};
+use crate::child_protocol::{FailureClass, TaskInput};
+use tsweep_proto::backoff::Backoff;
 
 /// Everything a slot needs; shared by all slots of the agent.
 pub struct SlotShared {
@@ -52,7 +52,7 @@ pub struct Slot {
     /// GPUs this slot owns (indices on this machine); empty on a CPU slot.
     pub gpus: Vec<u32>,
     /// `auto` | `cpu` | `cuda:N` as configured.
-    pub device: crate::config::DeviceSetting,
+    pub device: Device,
     pub shared: Arc<SlotShared>,
 }
 
@@ -61,32 +61,29 @@ impl Slot {
     /// task there whatever its GPU count, so it takes them all (dev clusters, fake-executor
     /// tests); otherwise the slot's own GPUs, and a GPU-less slot only takes `gpus = 0` tasks.
     fn free_gpus(&self) -> u32 {
-        if self.device == crate::config::DeviceSetting::Cpu {
+        if self.device == Device::Cpu {
             return CPU_SLOT_FREE_GPUS;
         }
         u32::try_from(self.gpus.len()).unwrap_or(u32::MAX)
     }
 
     fn gpu_assignment(&self) -> GpuAssignment {
-        use crate::config::DeviceSetting;
         match (&self.device, self.gpus.is_empty()) {
-            (DeviceSetting::Cpu, _) => GpuAssignment(Some(String::new())),
-            (DeviceSetting::Cuda(_), _) => GpuAssignment(None),
-            (DeviceSetting::Auto, false) => {
+            (Device::Cpu, _) => GpuAssignment(Some(String::new())),
+            (Device::Cuda(_), _) => GpuAssignment(None),
+            (Device::Auto, false) => {
                 GpuAssignment(Some(self.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")))
             }
-            (DeviceSetting::Auto, true) => GpuAssignment(Some(String::new())),
+            (Device::Auto, true) => GpuAssignment(Some(String::new())),
         }
     }
 
-    /// The device string the child gets.
-    fn child_device(&self) -> String {
-        use crate::config::DeviceSetting;
+    /// The device the child gets.
+    fn child_device(&self) -> Device {
         match (&self.device, self.gpus.is_empty()) {
-            (DeviceSetting::Cpu, _) => "cpu".to_string(),
-            (DeviceSetting::Auto, false) => "cuda:0".to_string(),
-            (DeviceSetting::Auto, true) => "cpu".to_string(),
-            (DeviceSetting::Cuda(n), _) => format!("cuda:{n}"),
+            (Device::Cpu, _) | (Device::Auto, true) => Device::Cpu,
+            (Device::Auto, false) => Device::Cuda(0),
+            (Device::Cuda(n), _) => Device::Cuda(*n),
         }
     }
 
@@ -130,33 +127,30 @@ impl Slot {
 
     async fn run_assignment(&self, assignment: TaskAssignment) {
         let shared = &self.shared;
-        let key = LeaseKey {
+        let key = LeaseRef {
             sweep: assignment.sweep.clone(),
             task_id: assignment.task_id.clone(),
             attempt: assignment.attempt,
         };
         let stop_orders = shared.leases.insert(key.clone());
-        let resume = (!assignment.resume_checkpoint_path.is_empty()).then(|| CheckpointRef {
-            path: PathBuf::from(&assignment.resume_checkpoint_path),
-            step: assignment.resume_checkpoint_step,
-        });
+        let resume = assignment.resume.clone().filter(|c| !c.path.is_empty());
         if let Some(resume) = &resume {
             // Until this attempt writes its own, the checkpoint to pass on is the one it resumes
             // from (a release or failure before the first checkpoint must not lose it).
             shared.leases.set_checkpoint(&key, resume.clone());
         }
         info!(slot = self.index, sweep = %key.sweep, task_id = %key.task_id, attempt = key.attempt,
-              resume_step = assignment.resume_checkpoint_step, "leased");
+              resume_step = resume.as_ref().map(|c| c.step), "leased");
 
         let outcome = if shared.shutdown.is_cancelled() {
             AttemptOutcome::Failed {
-                class: ChildFailure::Preempted,
+                class: FailureClass::Preempted,
                 message: "worker draining: task released before it started".to_string(),
             }
         } else {
             match CellSpec::from_json(&assignment.spec_json) {
                 Err(e) => AttemptOutcome::Failed {
-                    class: ChildFailure::Fatal,
+                    class: FailureClass::Fatal,
                     message: format!("task {}: spec_json line {} column {}: {e}", key.task_id, e.line(), e.column()),
                 },
                 Ok(mut spec) => {
@@ -170,13 +164,15 @@ impl Slot {
                     let input = TaskInput {
                         task_id: key.task_id.clone(),
                         attempt: key.attempt,
-                        pretrained_out,
-                        spec,
-                        resume,
-                        checkpoint_dir: checkpoint_dir(&shared.checkpoint_root, &key),
-                        cache_dir: shared.cache_dir.clone(),
+                        job: TrainJob {
+                            spec,
+                            resume,
+                            checkpoint_dir: checkpoint_dir(&shared.checkpoint_root, &key),
+                            cache_dir: shared.cache_dir.clone(),
+                            device: self.child_device(),
+                            pretrained_out,
+                        },
                         cpu_threads: Some(shared.cpu_threads),
-                        device: self.child_device(),
                         executor: shared.launcher.executor,
                     };
                     shared
@@ -199,7 +195,7 @@ impl Slot {
         shared.leases.remove(&key);
     }
 
-    async fn report(&self, key: &LeaseKey, outcome: AttemptOutcome) {
+    async fn report(&self, key: &LeaseRef, outcome: AttemptOutcome) {
         let shared = &self.shared;
         let report = match outcome {
             AttemptOutcome::LeaseLost | AttemptOutcome::Cancelled => {
@@ -208,7 +204,7 @@ impl Slot {
             }
             AttemptOutcome::Completed(result) => {
                 info!(task_id = %key.task_id, attempt = key.attempt, val_score = ?result.val_score, "attempt succeeded");
-                Report::Complete { lease: key.to_ref(), result: *result }
+                Report::Complete { lease: key.clone(), result: *result }
             }
             AttemptOutcome::Failed { class, message } => {
                 let checkpoint = shared.leases.checkpoint(key);
@@ -217,15 +213,11 @@ impl Slot {
                 Report::Fail(FailTaskRequest {
                     protocol_version: 0,
                     worker_id: String::new(),
-                    lease: Some(key.to_ref()),
-                    class: failure_class(class) as i32,
+                    lease: Some(key.clone()),
+                    class: class.as_reported_by_task() as i32,
                     // The coordinator refuses longer ones (tsweep_proto::limits).
                     message: tsweep_proto::limits::truncate_message(&message),
-                    checkpoint_path: checkpoint
-                        .as_ref()
-                        .map(|c| c.path.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    checkpoint_step: checkpoint.as_ref().map(|c| c.step).unwrap_or(0),
+                    checkpoint,
                     resume_error: shared.leases.resume_error(key).unwrap_or_default(),
                     // The client fills in the protocol version, worker id and secret.
                     worker_secret: String::new(),
@@ -244,15 +236,6 @@ impl Slot {
     }
 }
 
-pub fn failure_class(class: ChildFailure) -> FailureClass {
-    match class {
-        ChildFailure::Retryable => FailureClass::Retryable,
-        ChildFailure::Fatal => FailureClass::Fatal,
-        ChildFailure::Preempted => FailureClass::Preempted,
-        ChildFailure::OutOfMemory => FailureClass::OutOfMemory,
-    }
-}
-
 /// `<root>/<sweep>/<task>/pretrained.safetensors`: the backbone a pretrain cell trained,
 /// next to its attempts' checkpoint directories. The coordinator knows no worker paths: the
 /// workers of its transfer cells find it from the pretrain cell's task id under the same
@@ -266,6 +249,6 @@ pub const PRETRAINED_FILE: &str = "pretrained.safetensors";
 
 /// `<root>/<sweep>/<task>/attempt-<n>`: each attempt writes its own checkpoints, so a late
 /// writer of an old attempt never overwrites a newer one's.
-pub fn checkpoint_dir(root: &std::path::Path, key: &LeaseKey) -> PathBuf {
+pub fn checkpoint_dir(root: &std::path::Path, key: &LeaseRef) -> PathBuf {
     root.join(&key.sweep).join(&key.task_id).join(format!("attempt-{}", key.attempt))
 }

@@ -22,33 +22,22 @@ pub fn load_cuda_library() -> bool {
     })
 }
 
-/// Resolves the device string of a task.
-pub fn resolve(device: &str) -> Result<Device, TrainerError> {
-    let device = device.trim();
+/// The libtorch device of a task's device.
+pub fn resolve(device: tsweep_proto::cell::Device) -> Result<Device, TrainerError> {
+    use tsweep_proto::cell::Device as Wanted;
     match device {
-        "cpu" => Ok(Device::Cpu),
-        "auto" | "" => {
+        Wanted::Cpu => Ok(Device::Cpu),
+        Wanted::Auto => {
             load_cuda_library();
             Ok(if Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu })
         }
-        other => {
-            let Some(index) = other.strip_prefix("cuda") else {
-                return Err(TrainerError::InvalidCell(format!("device {other:?}: expected auto, cpu or cuda:N")));
-            };
-            let index: usize = match index.strip_prefix(':') {
-                None if index.is_empty() => 0,
-                Some(n) => n.parse().map_err(|_| {
-                    TrainerError::InvalidCell(format!("device {other:?}: expected auto, cpu or cuda:N"))
-                })?,
-                None => {
-                    return Err(TrainerError::InvalidCell(format!("device {other:?}: expected auto, cpu or cuda:N")))
-                }
-            };
+        Wanted::Cuda(index) => {
             load_cuda_library();
             let count = Cuda::device_count() as usize;
+            let index = index as usize;
             if index >= count {
                 return Err(TrainerError::DeviceUnavailable(
-                    other.to_string(),
+                    device.to_string(),
                     format!("{count} cuda device(s) visible (is libtorch_cuda loaded and CUDA_VISIBLE_DEVICES right?)"),
                 ));
             }
@@ -127,13 +116,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_device_strings() {
-        assert_eq!(resolve("cpu").unwrap(), Device::Cpu);
-        assert!(resolve("auto").is_ok());
-        assert!(matches!(resolve("tpu"), Err(TrainerError::InvalidCell(_))));
-        assert!(matches!(resolve("cuda:x"), Err(TrainerError::InvalidCell(_))));
+    fn resolves_the_cpu_and_refuses_a_gpu_that_is_not_there() {
+        use tsweep_proto::cell::Device as Wanted;
+        assert_eq!(resolve(Wanted::Cpu).unwrap(), Device::Cpu);
+        assert!(resolve(Wanted::Auto).is_ok());
         if !Cuda::is_available() {
-            assert!(matches!(resolve("cuda:0"), Err(TrainerError::DeviceUnavailable(..))));
+            assert_eq!(resolve(Wanted::Auto).unwrap(), Device::Cpu);
+            assert!(matches!(resolve(Wanted::Cuda(0)), Err(TrainerError::DeviceUnavailable(..))));
         }
     }
 }

@@ -99,7 +99,10 @@ pub fn score_split(
 /// test, for the record); Final trains on train+val and scores test.
 pub fn stage_splits(spec: &CellSpec) -> (Split, Option<Split>, Split) {
     match spec.stage {
-        tsweep_proto::cell::Stage::Grid => (Split::Train, Some(Split::Val), Split::Test),
+        // (a spec read from JSON never has an unspecified stage)
+        tsweep_proto::cell::Stage::Grid | tsweep_proto::cell::Stage::Unspecified => {
+            (Split::Train, Some(Split::Val), Split::Test)
+        }
         // a pretrain cell trains its source model on train+val and scores the source test split
         tsweep_proto::cell::Stage::Final | tsweep_proto::cell::Stage::Pretrain => (Split::TrainVal, None, Split::Test),
     }

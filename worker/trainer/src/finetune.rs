@@ -5,6 +5,7 @@
 //! and fp16, with dynamic loss scaling for fp16.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -17,7 +18,7 @@ use crate::error::{guard_torch, TrainerError};
 use crate::eval;
 use crate::models::{Init, NetConfig, Network};
 use crate::precision::{self, GradScaler};
-use crate::sgd::{learning_rate, Sgd};
+use crate::sgd::Sgd;
 use crate::tensors::{smoothed_loss, Normalizer};
 use crate::{cell_fingerprint, checkpoint, device, weights, TrainJob, TrainerEvent};
 
@@ -100,16 +101,16 @@ pub fn run(
     // Resume: a checkpoint that has gone missing restarts the cell (the cell is still
     // correct, only slower); one of another cell is fatal.
     let resume = match &job.resume {
-        Some(r) if r.path.is_file() => Some(r.clone()),
+        Some(r) if Path::new(&r.path).is_file() => Some(r.clone()),
         Some(r) => {
-            tracing::warn!(path = %r.path.display(), step = r.step, "checkpoint to resume from is missing: starting from step 0");
+            tracing::warn!(path = %r.path, step = r.step, "checkpoint to resume from is missing: starting from step 0");
             None
         }
         None => None,
     };
     let mut model = spec.model.clone();
     if let Some(r) = &resume {
-        let script = checkpoint::script_path(&r.path);
+        let script = checkpoint::script_path(Path::new(&r.path));
         if script.is_file() {
             model.weights = Some(script);
         }
@@ -141,8 +142,8 @@ pub fn run(
     let mut scaler = GradScaler::for_precision(spec.precision, device)?;
     let mut start_step = 0;
     if let Some(r) = &resume {
-        let loaded = checkpoint::read(&r.path, &fingerprint)?;
-        loaded.restore(&r.path, &net, &mut sgd, scaler.as_mut())?;
+        let loaded = checkpoint::read(Path::new(&r.path), &fingerprint)?;
+        loaded.restore(Path::new(&r.path), &net, &mut sgd, scaler.as_mut())?;
         start_step = loaded.step;
     }
     net.set_train(true)?;
@@ -204,7 +205,7 @@ pub fn run(
         let batch = loader.next_batch().map_err(|e| TrainerError::data(ds.name(), e))?.ok_or_else(|| {
             TrainerError::data(ds.name(), tsweep_data::DataError::LoaderStopped("training loader ended".into()))
         })?;
-        let rate = learning_rate(&spec.train.schedule, lr, step, total);
+        let rate = spec.train.schedule.learning_rate(lr, step, total);
         let (loss, skipped) = guard_torch("a training step", &dev_name, batch_size, || {
             tch::manual_seed(step_seed(spec.seed, step));
             let x = norm.images(&batch)?;
@@ -364,7 +365,7 @@ impl StepLog {
 
 fn base_result(spec: &CellSpec, steps: u64, started: Instant, images: usize, train_started: Instant) -> TaskResult {
     TaskResult {
-        metric: spec.dataset.metric.name().to_string(),
+        metric: spec.dataset.metric.into(),
         steps,
         images_per_s: images as f64 / train_started.elapsed().as_secs_f64().max(1e-9),
         duration_s: started.elapsed().as_secs_f64(),

@@ -29,30 +29,9 @@ pub use tsweep_proto::v1::TaskResult;
 
 pub use error::TrainerError;
 
-/// Where a resumed attempt starts from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResumeFrom {
-    pub path: PathBuf,
-    pub step: u64,
-}
-
-/// One task for the trainer.
-#[derive(Debug, Clone)]
-pub struct TrainJob {
-    pub spec: CellSpec,
-    /// A checkpoint written by an earlier attempt of this cell.
-    pub resume: Option<ResumeFrom>,
-    /// Where this attempt writes its checkpoints (created if missing).
-    pub checkpoint_dir: PathBuf,
-    /// Shared cache: prepared dataset shards (`datasets/`) and extracted features (`features/`).
-    pub cache_dir: PathBuf,
-    /// "auto" | "cpu" | "cuda:N"
-    pub device: String,
-    /// A pretrain cell writes its trained backbone here (safetensors, see
-    /// [`weights::write_safetensors`]); the workers of its transfer cells load it from the
-    /// same place. None for every other cell.
-    pub pretrained_out: Option<PathBuf>,
-}
+/// One task for the trainer, and where a resumed attempt starts from.
+pub use tsweep_proto::cell::TrainJob;
+pub use tsweep_proto::v1::Checkpoint;
 
 /// What the trainer reports while it runs (the worker turns them into child events).
 #[derive(Debug, Clone, PartialEq)]
@@ -77,7 +56,7 @@ pub fn run_task(
     events: &mut dyn FnMut(TrainerEvent),
     stop: &AtomicBool,
 ) -> Result<TaskResult, TrainerError> {
-    let device = device::resolve(&job.device)?;
+    let device = device::resolve(job.device)?;
     tracing::info!(
         sweep = %job.spec.sweep, cell = %job.spec.group_key(), stage = job.spec.stage.name(),
         device = %device::name(device), precision = job.spec.precision.name(),
@@ -87,6 +66,7 @@ pub fn run_task(
     match job.spec.regime {
         Regime::Linear => linear::run(job, device, events, stop),
         Regime::Finetune | Regime::Scratch => finetune::run(job, device, events, stop),
+        Regime::Unspecified => Err(TrainerError::InvalidCell("the cell has no regime".into())),
     }
 }
 

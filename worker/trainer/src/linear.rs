@@ -254,7 +254,7 @@ pub fn run(
     extra.insert("refit_converged".to_string(), if refit.converged { 1.0 } else { 0.0 });
     let diverged = !refit.value.is_finite();
     Ok(TaskResult {
-        metric: spec.dataset.metric.name().to_string(),
+        metric: spec.dataset.metric.into(),
         val_score: Some(val_score),
         test_score: Some(test_score),
         train_loss: Some(refit.value),

@@ -221,26 +221,9 @@ fn segment_view(flat: &Tensor, off: i64, n: i64, shape: &[i64], nhwc: bool) -> R
     }
 }
 
-/// The learning rate at `step` of `total`: "cosine" decays to zero with no warmup,
-/// "constant" keeps it.
-pub fn learning_rate(schedule: &str, base: f64, step: u64, total: u64) -> f64 {
-    match schedule {
-        "constant" => base,
-        _ => 0.5 * base * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cosine_decays_to_zero() {
-        assert_eq!(learning_rate("cosine", 0.1, 0, 100), 0.1);
-        assert!((learning_rate("cosine", 0.1, 50, 100) - 0.05).abs() < 1e-12);
-        assert!(learning_rate("cosine", 0.1, 100, 100).abs() < 1e-12);
-        assert_eq!(learning_rate("constant", 0.1, 70, 100), 0.1);
-    }
 
     #[test]
     fn channels_last_parameters_keep_their_layout_and_get_the_same_update() {

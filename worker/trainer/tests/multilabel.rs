@@ -18,7 +18,7 @@ fn linear_and_scratch_score_map11_above_chance() {
         spec.train.steps = 30;
         let (r, _) = run(&job(spec, dir.path(), regime.name()));
         let r = r.unwrap();
-        assert_eq!(r.metric, "map11");
+        assert_eq!(r.metric(), tsweep_proto::v1::Metric::Map11);
         // chance (mean prevalence) is about 0.37 here
         assert!(r.val_score.unwrap() > 0.6 && r.test_score.unwrap() > 0.6, "{}: {r:?}", regime.name());
     }

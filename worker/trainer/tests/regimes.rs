@@ -41,7 +41,7 @@ fn scratch_learns_above_chance_and_reports_progress() {
     let r = r.unwrap();
     assert!(!r.diverged);
     assert_eq!(r.steps, 40);
-    assert_eq!(r.metric, "top1");
+    assert_eq!(r.metric(), tsweep_proto::v1::Metric::Top1);
     let (val, test) = (r.val_score.unwrap(), r.test_score.unwrap());
     assert!(val > 0.5 && test > 0.5, "val {val} test {test}");
     assert!(matches!(events.first(), Some(TrainerEvent::Started { resumed_from_step: 0 })));

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use common::*;
 use tsweep_proto::cell::{Precision, Regime};
-use tsweep_trainer::{run_task, ResumeFrom, TrainerError, TrainerEvent};
+use tsweep_trainer::{run_task, Checkpoint, TrainerError, TrainerEvent};
 
 #[test]
 fn resumed_runs_match_an_uninterrupted_run() {
@@ -67,7 +67,7 @@ fn resumed_runs_match(precision: Precision) {
 
     for (name, path, from) in [("after-stop", preempted_ckpt, 12), ("after-kill9", kill9_copy, 5)] {
         let mut resumed = job(spec.clone(), dir.path(), name);
-        resumed.resume = Some(ResumeFrom { path, step: from });
+        resumed.resume = Some(Checkpoint { path: path.display().to_string(), step: from });
         let (r, events) = run(&resumed);
         let r = r.unwrap();
         assert!(
@@ -84,8 +84,8 @@ fn resumed_runs_match(precision: Precision) {
     let mut other = spec.clone();
     other.seed += 1;
     let mut wrong = job(other, dir.path(), "wrong");
-    wrong.resume = Some(ResumeFrom {
-        path: dir.path().join("ckpt/interrupted").join(tsweep_trainer::checkpoint::file_name(12)),
+    wrong.resume = Some(Checkpoint {
+        path: dir.path().join("ckpt/interrupted").join(tsweep_trainer::checkpoint::file_name(12)).display().to_string(),
         step: 12,
     });
     let err = run(&wrong).0.unwrap_err();
@@ -95,8 +95,8 @@ fn resumed_runs_match(precision: Precision) {
     let mut other = spec.clone();
     other.precision = if precision == Precision::Fp32 { Precision::Bf16 } else { Precision::Fp32 };
     let mut wrong = job(other, dir.path(), "other-precision");
-    wrong.resume = Some(ResumeFrom {
-        path: dir.path().join("ckpt/interrupted").join(tsweep_trainer::checkpoint::file_name(12)),
+    wrong.resume = Some(Checkpoint {
+        path: dir.path().join("ckpt/interrupted").join(tsweep_trainer::checkpoint::file_name(12)).display().to_string(),
         step: 12,
     });
     let err = run(&wrong).0.unwrap_err();

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use tsweep_proto::cell::{Regime, Stage};
-use tsweep_report::{AnalysisSettings, CellRow, CellStatus, DatasetInfo, ModelInfo, ReportInput};
+use tsweep_proto::cell::{Metric, Regime, Stage};
+use tsweep_proto::v1::TaskState;
+use tsweep_report::{AnalysisSettings, CellRow, DatasetInfo, ModelInfo, ReportInput};
 
 pub fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
@@ -19,11 +20,11 @@ pub fn cell(id: &str, model: &str, dataset: &str, regime: Regime, stage: Stage) 
         regime,
         stage,
         hparams: BTreeMap::new(),
-        status: CellStatus::Succeeded,
+        status: TaskState::Succeeded,
         attempts: 1,
         val_score: None,
         test_score: None,
-        metric: "top1".to_string(),
+        metric: Metric::Top1,
         diverged: false,
         selected: BTreeMap::new(),
         duration_s: Some(1.0),
@@ -82,7 +83,7 @@ pub fn linear_input(
         sweep: "s".to_string(),
         cells,
         models: models.iter().map(|(m, t)| ModelInfo { name: m.to_string(), imagenet_top1: *t }).collect(),
-        datasets: datasets.iter().map(|d| DatasetInfo { name: d.to_string(), metric: "top1".to_string() }).collect(),
+        datasets: datasets.iter().map(|d| DatasetInfo { name: d.to_string(), metric: Metric::Top1 }).collect(),
         settings: AnalysisSettings { bootstrap_resamples: 2000, ..AnalysisSettings::default() },
     }
 }

@@ -79,7 +79,7 @@ impl PretrainPlan {
                 .points
                 .iter()
                 .map(|p| match regime {
-                    Regime::Scratch => (ModelSpec { pretrained: None, ..p.model.clone() }, None),
+                    Regime::Scratch | Regime::Unspecified => (ModelSpec { pretrained: None, ..p.model.clone() }, None),
                     Regime::Linear | Regime::Finetune => (p.model.clone(), Some(p.cell.id.clone())),
                 })
                 .collect(),

@@ -343,43 +343,27 @@ pub const VOC_CLASSES: [&str; 20] = [
 ];
 
 /// Classes of a VOC annotation: every object's `<name>`, skipping `<difficult>1` objects
-/// (as the devkit's classification ground truth does for positives).
+/// (as the devkit's classification ground truth does for positives). Read as XML
+/// (`roxmltree`): the objects are the children `<object>` of `<annotation>`, and the
+/// `<name>` of an object is its own child, not one of its person-layout `<part>`s.
 pub fn voc_labels(xml: &str, path: &Path) -> Result<Vec<u32>> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| DataError::format(path, format!("not valid XML: {e}")))?;
     let mut labels = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find("<object>") {
-        let after = &rest[start + 8..];
-        let end = after.find("</object>").ok_or_else(|| DataError::format(path, "unclosed <object>"))?;
-        let mut object = after[..end].to_string();
-        // Person layout parts carry their own <name>: drop them.
-        while let (Some(a), Some(b)) = (object.find("<part>"), object.find("</part>")) {
-            if b < a {
-                break;
-            }
-            object.replace_range(a..b + 7, "");
-        }
-        let name = tag(&object, "name").ok_or_else(|| DataError::format(path, "object without <name>"))?;
-        let difficult = tag(&object, "difficult").map(|d| d.trim() == "1").unwrap_or(false);
+    for object in doc.root_element().children().filter(|n| n.has_tag_name("object")) {
+        let child_text =
+            |tag: &str| object.children().find(|n| n.has_tag_name(tag)).map(|n| n.text().unwrap_or_default().trim());
+        let name = child_text("name").ok_or_else(|| DataError::format(path, "object without <name>"))?;
         let c = VOC_CLASSES
             .iter()
-            .position(|&v| v == name.trim())
+            .position(|&v| v == name)
             .ok_or_else(|| DataError::format(path, format!("unknown class {name}")))?;
-        if !difficult {
+        if child_text("difficult") != Some("1") {
             labels.push(c as u32);
         }
-        rest = &after[end..];
     }
     labels.sort_unstable();
     labels.dedup();
     Ok(labels)
-}
-
-fn tag<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    let open = format!("<{name}>");
-    let close = format!("</{name}>");
-    let a = text.find(&open)? + open.len();
-    let b = text[a..].find(&close)? + a;
-    Some(&text[a..b])
 }
 
 fn voc2007(source: &Path) -> Result<DatasetIndex> {

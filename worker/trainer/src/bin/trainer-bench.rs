@@ -58,7 +58,7 @@ enum Command {
         #[arg(long)]
         synthetic: bool,
         #[arg(long, default_value = "cpu")]
-        device: String,
+        device: tsweep_proto::cell::Device,
         /// Loader threads (0: every core).
         #[arg(long, default_value_t = 2)]
         loader_threads: usize,
@@ -83,7 +83,7 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         max_iter: u32,
         #[arg(long, default_value = "cpu")]
-        device: String,
+        device: tsweep_proto::cell::Device,
     },
 }
 
@@ -120,14 +120,14 @@ fn main() -> Result<()> {
             features,
         } => {
             tch::set_num_threads(threads);
-            let device = tsweep_trainer::device::resolve(&device)?;
+            let device = tsweep_trainer::device::resolve(device)?;
             precision::check(precision, device)?;
             let run = Run { precision, layout, features };
             train(&model, batch, size, warmup, steps, classes, data.as_deref(), synthetic, device, loader_threads, &run)
         }
         Command::Linear { features, l2, threads, max_iter, device } => {
             tch::set_num_threads(threads);
-            let device = tsweep_trainer::device::resolve(&device)?;
+            let device = tsweep_trainer::device::resolve(device)?;
             linear(&features, &l2, max_iter, device)
         }
     }

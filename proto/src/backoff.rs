@@ -1,4 +1,5 @@
-//! Exponential backoff with jitter, for calls to the coordinator and Redis.
+//! Exponential backoff with jitter: the one retry pacing of every client of the wire and
+//! of Redis (the worker agent, the coordinator's loops, the CLI).
 
 use std::time::Duration;
 

@@ -29,10 +29,10 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::client::{self, SweepClient};
-use crate::cli::output;
-use crate::cli::watch::watch_until_done;
-use crate::cli::{
+use super::client::{self, SweepClient};
+use super::output;
+use super::watch::watch_until_done;
+use super::{
     default_out_dir, failed_cells_error, serve_error, wait_for_shutdown_signal, write_report, Cli, CliError, LocalArgs,
     SweepSource, WATCH_SETTLE,
 };
@@ -385,10 +385,7 @@ fn spawn_worker(
         .arg("--worker-id")
         .arg(format!("local-{}-{index}", std::process::id()))
         .arg("--log-format")
-        .arg(match cli.log_format {
-            crate::logging::LogFormat::Text => "text",
-            crate::logging::LogFormat::Json => "json",
-        });
+        .arg(cli.log_format.name());
     if let Some(device) = &args.device {
         command.arg("--device").arg(device);
     }
