@@ -640,7 +640,7 @@ async fn report(cli: &Cli, args: &ReportArgs) -> Result<(), CliError> {
         return Err(CliError::BadInput(format!("sweep {} has no cells", args.sweep)));
     }
     let out = default_out_dir(&args.sweep, args.out.as_deref());
-    let written = write_report(&tasks, &out)?;
+    let written = write_report(&mut client, &tasks, &out).await?;
     print!("{}", written.terminal_tables);
     println!("report: {}", written.index_html.display());
     Ok(())
@@ -652,10 +652,17 @@ pub struct WrittenReport {
     pub terminal_tables: String,
 }
 
-/// Builds the analysis from the cells and writes it under `out` (tsweep-report).
-pub fn write_report(tasks: &[tsweep_proto::v1::TaskInfo], out: &Path) -> Result<WrittenReport, CliError> {
-    let input =
+/// Builds the analysis from the cells, fetches the training curves of the selected runs,
+/// and writes it all under `out` (tsweep-report).
+pub async fn write_report(
+    client: &mut client::SweepClient,
+    tasks: &[tsweep_proto::v1::TaskInfo],
+    out: &Path,
+) -> Result<WrittenReport, CliError> {
+    let mut input =
         tsweep_report::ReportInput::from_task_infos(tasks).map_err(|e| CliError::Other(format!("report: {e}")))?;
+    let selected: Vec<String> = input.selected_runs().map(|c| c.task_id.clone()).collect();
+    input.curves = client::curves(client, &input.sweep, selected.iter().map(String::as_str)).await?;
     let terminal_tables = tsweep_report::render_terminal_tables(&input);
     let paths = tsweep_report::write_report(&input, out).map_err(|e| CliError::Other(format!("report: {e}")))?;
     Ok(WrittenReport { index_html: paths.index_html, terminal_tables })

@@ -71,6 +71,10 @@ fn local_runs_a_fake_sweep_to_the_end_and_writes_the_report() {
     assert!(stdout.contains("report: out/index.html"), "{stdout}");
     assert!(dir.path().join("out/index.html").is_file());
     assert!(dir.path().join("out/results.csv").is_file());
+    // The selected runs' curves, fetched from the coordinator before it stopped.
+    assert!(dir.path().join("out/training_curves.png").is_file(), "{stdout}");
+    let html = std::fs::read_to_string(dir.path().join("out/index.html")).unwrap();
+    assert!(html.contains("Training curves of the selected runs"));
     // The private redis-server is stopped (its data stays under out/redis).
     let redis_line = stderr.lines().find(|l| l.starts_with("redis: ")).unwrap();
     let port = redis_line.trim_start_matches("redis: redis://127.0.0.1:").split('/').next().unwrap();

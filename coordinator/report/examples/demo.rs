@@ -172,6 +172,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .collect(),
         settings: Default::default(),
+        curves: Default::default(),
     };
     print!("{}", tsweep_report::render_terminal_tables(&input));
     let paths = tsweep_report::write_report(&input, &out)?;

@@ -302,15 +302,16 @@ fn pretraining_section(out: &mut String, study: &RegularizerStudy, figure_svg: O
     out.push_str("</table></div>\n");
 }
 
-/// The whole page. `figure1_svg`, `comparison_svg` and `regularizers_svg` are inlined as
-/// they are.
-pub fn render_page(
-    analysis: &Analysis,
-    cells: &[CellRow],
-    figure1_svg: &str,
-    comparison_svg: Option<&str>,
-    regularizers_svg: Option<&str>,
-) -> String {
+/// The figures of a page, as SVG text (inlined as it is).
+pub struct PageFigures<'a> {
+    pub figure1: &'a str,
+    pub comparison: Option<&'a str>,
+    pub regularizers: Option<&'a str>,
+    pub training_curves: Option<&'a str>,
+}
+
+/// The whole page.
+pub fn render_page(analysis: &Analysis, cells: &[CellRow], figures: &PageFigures) -> String {
     let mut out = String::new();
     let title = format!("tsweep report: {}", analysis.sweep);
     let _ = writeln!(
@@ -353,11 +354,11 @@ pub fn render_page(
         analysis.settings.log_odds_epsilon,
         analysis.settings.log_odds_epsilon
     );
-    let _ = writeln!(out, "<div class=\"figure\">{figure1_svg}</div>");
+    let _ = writeln!(out, "<div class=\"figure\">{}</div>", figures.figure1);
     out.push_str("<p class=\"note\">Figure 1: one point per model; filled points are in the correlation, hollow grey ones are not (a dataset without a score); red: least-squares fit. Also <code>figure1.png</code> and <code>figure1.svg</code>.</p>\n");
 
     if let Some(study) = &analysis.pretraining {
-        pretraining_section(&mut out, study, regularizers_svg);
+        pretraining_section(&mut out, study, figures.regularizers);
     }
 
     for regime in &analysis.regimes {
@@ -382,10 +383,16 @@ pub fn render_page(
             );
         }
         out.push_str("</table>\n");
-        if let Some(svg) = comparison_svg {
+        if let Some(svg) = figures.comparison {
             let _ = writeln!(out, "<div class=\"figure\">{svg}</div>");
             out.push_str("<p class=\"note\">Per dataset: test accuracy of each model fine-tuned (blue) and trained from random init (orange), against its ImageNet top-1. Also <code>scratch_vs_finetune.png</code>.</p>\n");
         }
+    }
+
+    if let Some(svg) = figures.training_curves {
+        out.push_str("<h2 id=\"training-curves\">Training curves of the selected runs</h2>\n");
+        let _ = writeln!(out, "<div class=\"figure\">{svg}</div>");
+        out.push_str("<p class=\"note\">The training loss of each current fine-tune and scratch final (the refit of the selected grid point) against its step, as its workers streamed it; a resumed attempt takes over from the step it resumed at. Also <code>training_curves.png</code>; every point: <code>tsweep curve SWEEP TASK_ID</code>.</p>\n");
     }
 
     attention_section(&mut out, cells);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use tsweep_proto::cell::{CellSpec, Metric, Regime, Stage};
-use tsweep_proto::v1::{TaskInfo, TaskState};
+use tsweep_proto::v1::{MetricPoint, TaskInfo, TaskState};
 
 use crate::selection::GridPoint;
 use crate::ReportError;
@@ -129,6 +129,11 @@ pub struct ReportInput {
     /// Column order of the tables. Datasets that appear only in `cells` are appended.
     pub datasets: Vec<DatasetInfo>,
     pub settings: AnalysisSettings,
+    /// Training curves (metrics entries, oldest first, as `GetCurve` answers them) of the
+    /// runs the report draws, by task id: the CLI fetches them for
+    /// [`ReportInput::selected_runs`]. Empty: no curve figure.
+    #[serde(skip)]
+    pub curves: BTreeMap<String, Vec<MetricPoint>>,
 }
 
 impl ReportInput {
@@ -225,8 +230,30 @@ impl ReportInput {
                 .collect(),
             datasets: datasets.into_iter().map(|(name, metric)| DatasetInfo { name, metric }).collect(),
             settings: AnalysisSettings::default(),
+            curves: BTreeMap::new(),
         })
     }
+
+    /// The runs whose training the report draws: each current final of a fine-tune or
+    /// scratch group (the refit of the grid point the coordinator selected) that
+    /// succeeded, in cell order.
+    pub fn selected_runs(&self) -> impl Iterator<Item = &CellRow> {
+        self.cells.iter().filter(|c| c.is_current_final && c.status == TaskState::Succeeded)
+    }
+}
+
+/// The loss of one task's curve as (step, loss), in step order: a later attempt that
+/// resumed from a checkpoint takes over from the step it resumed at (the earlier attempt's
+/// points from there on are dropped); entries without a finite loss are left out.
+pub fn loss_curve(points: &[MetricPoint]) -> Vec<(f64, f64)> {
+    let mut kept: Vec<&MetricPoint> = Vec::new();
+    for point in points {
+        while kept.last().is_some_and(|k| k.attempt < point.attempt && k.step >= point.step) {
+            kept.pop();
+        }
+        kept.push(point);
+    }
+    kept.iter().filter_map(|p| Some((p.step as f64, p.loss.filter(|l| l.is_finite())?))).collect()
 }
 
 /// A regime or stage the task info carries, refused when unset or newer than this report.

@@ -81,6 +81,9 @@ pub struct ReportPaths {
     /// and fine-tuning side by side); None when the sweep has no pretrain cells.
     pub regularizers_png: Option<PathBuf>,
     pub regularizers_svg: Option<PathBuf>,
+    /// The selected runs' training loss (`ReportInput::curves`); None without curves.
+    pub training_curves_png: Option<PathBuf>,
+    pub training_curves_svg: Option<PathBuf>,
 }
 
 impl ReportPaths {
@@ -99,6 +102,8 @@ impl ReportPaths {
         files.extend(self.scratch_vs_finetune_svg.as_deref());
         files.extend(self.regularizers_png.as_deref());
         files.extend(self.regularizers_svg.as_deref());
+        files.extend(self.training_curves_png.as_deref());
+        files.extend(self.training_curves_svg.as_deref());
         files
     }
 }
@@ -133,15 +138,22 @@ pub fn write_report(input: &ReportInput, out_dir: &Path) -> Result<ReportPaths, 
     let comparison =
         (!analysis.scratch_vs_finetune.is_empty()).then(|| draw(plots::scratch_vs_finetune(&analysis))).transpose()?;
     let regularizers = analysis.pretraining.as_ref().map(|study| draw(plots::regularizers(study))).transpose()?;
+    let curves = plots::training_curves(input).map(draw).transpose()?;
     let (svf_svg_text, svf_svg, svf_png) = split(comparison);
     let (reg_svg_text, reg_svg, reg_png) = split(regularizers);
+    let (curves_svg_text, curves_svg, curves_png) = split(curves);
 
     let tables_txt = write("tables.txt", tables::render_tables(&analysis).as_bytes())?;
     let results_csv = write("results.csv", export::results_csv(&input.cells)?.as_bytes())?;
     let results_json = write("results.json", export::results_json(input)?.as_bytes())?;
     let analysis_json = write("analysis.json", export::analysis_json(&analysis)?.as_bytes())?;
-    let page =
-        html::render_page(&analysis, &input.cells, &figure1_svg_text, svf_svg_text.as_deref(), reg_svg_text.as_deref());
+    let figures = html::PageFigures {
+        figure1: &figure1_svg_text,
+        comparison: svf_svg_text.as_deref(),
+        regularizers: reg_svg_text.as_deref(),
+        training_curves: curves_svg_text.as_deref(),
+    };
+    let page = html::render_page(&analysis, &input.cells, &figures);
     let index_html = write("index.html", page.as_bytes())?;
 
     Ok(ReportPaths {
@@ -157,6 +169,8 @@ pub fn write_report(input: &ReportInput, out_dir: &Path) -> Result<ReportPaths, 
         scratch_vs_finetune_svg: svf_svg,
         regularizers_png: reg_png,
         regularizers_svg: reg_svg,
+        training_curves_png: curves_png,
+        training_curves_svg: curves_svg,
     })
 }
 

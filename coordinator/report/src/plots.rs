@@ -15,6 +15,7 @@ use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
 use crate::analysis::{Analysis, RegimeAnalysis};
+use crate::input::{loss_curve, ReportInput};
 use crate::pretraining::RegularizerStudy;
 use crate::tables::r_with_interval;
 use crate::ReportError;
@@ -147,6 +148,8 @@ struct ScatterPanel {
     labels: bool,
     legend: bool,
     empty_message: Option<String>,
+    /// Each series' points joined in order by a line (training curves), not markers.
+    joined: bool,
 }
 
 impl ScatterPanel {
@@ -162,6 +165,7 @@ impl ScatterPanel {
             labels: false,
             legend: false,
             empty_message: Some(message.to_string()),
+            joined: false,
         }
     }
 }
@@ -249,6 +253,16 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Scatter
     }
     for (name, color, points) in &panel.series {
         let color = *color;
+        if panel.joined {
+            let line = LineSeries::new(points.iter().map(|p| (p.x, p.y)), color.stroke_width(2));
+            let drawn = chart.draw_series(line).map_err(|e| e.to_string())?;
+            if panel.legend {
+                drawn
+                    .label(name.as_str())
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+            }
+            continue;
+        }
         let excluded =
             points.iter().filter(|p| !p.included).map(|p| Circle::new((p.x, p.y), 5, EXCLUDED_COLOR.stroke_width(2)));
         chart.draw_series(excluded).map_err(|e| e.to_string())?;
@@ -300,6 +314,7 @@ fn regime_panel(regime: &RegimeAnalysis, x_axis: &str) -> ScatterPanel {
         x_desc: format!("{x_axis} accuracy (%)"),
         y_desc: "transfer accuracy (mean log-odds)",
         empty_message: points.is_empty().then(|| "no model with a top-1 and a score yet".to_string()),
+        joined: false,
         series: vec![("models".to_string(), FINETUNE_COLOR, points)],
         fit: regime.correlation.as_ref().map(|c| (c.intercept, c.slope)),
         links: Vec::new(),
@@ -344,6 +359,7 @@ fn comparison_panels(analysis: &Analysis) -> Vec<ScatterPanel> {
                 x_desc: format!("{} (%)", analysis.x_axis),
                 y_desc: "test accuracy (%)",
                 empty_message: with_top1.is_empty().then(|| "no model with both scores and a top-1".to_string()),
+                joined: false,
                 series: vec![
                     ("fine-tune".to_string(), FINETUNE_COLOR, series(|p| p.finetune)),
                     ("scratch".to_string(), SCRATCH_COLOR, series(|p| p.scratch)),
@@ -409,6 +425,7 @@ fn regularizer_panels(study: &RegularizerStudy) -> Vec<ScatterPanel> {
                 x_desc: format!("{source} test accuracy (%)"),
                 y_desc: "transfer accuracy (mean log-odds)",
                 empty_message: points.is_empty().then(|| "no setting with both scores yet".to_string()),
+                joined: false,
                 series: vec![("settings".to_string(), FINETUNE_COLOR, points)],
                 fit: panel.correlation.as_ref().map(|c| (c.intercept, c.slope)),
                 links: Vec::new(),
@@ -430,6 +447,53 @@ pub fn regularizers(study: &RegularizerStudy) -> Figure {
         ));
     }
     Figure::in_a_row("regularizers", REGULARIZER_PANEL, panels)
+}
+
+/// Series in a curve panel up to which it has a legend (beyond, the lines stay unnamed).
+const MAX_CURVE_LEGEND: usize = 12;
+
+/// A distinct colour per series of a curve panel.
+fn series_color(i: usize) -> RGBColor {
+    let RGBAColor(r, g, b, _) = Palette99::pick(i).to_rgba();
+    RGBColor(r, g, b)
+}
+
+/// The selected runs' training curves (`training_curves.svg|png`): the training loss of
+/// each current fine-tune and scratch final against its step, one panel per regime, a line
+/// per model and dataset. None when no selected run has a curve.
+pub fn training_curves(input: &ReportInput) -> Option<Figure> {
+    let panels: Vec<ScatterPanel> = [Regime::Finetune, Regime::Scratch]
+        .into_iter()
+        .filter_map(|regime| {
+            let series: Vec<(String, RGBColor, Vec<Point>)> = input
+                .selected_runs()
+                .filter(|c| c.regime == regime)
+                .filter_map(|c| {
+                    let curve = loss_curve(input.curves.get(&c.task_id)?);
+                    (!curve.is_empty()).then(|| (format!("{}/{}", c.model, c.dataset), curve))
+                })
+                .enumerate()
+                .map(|(i, (name, curve))| {
+                    let points =
+                        curve.into_iter().map(|(x, y)| Point { label: String::new(), x, y, included: true }).collect();
+                    (name, series_color(i), points)
+                })
+                .collect();
+            (!series.is_empty()).then(|| ScatterPanel {
+                title: format!("{}: training loss of the selected runs", regime.name()),
+                x_desc: "step".to_string(),
+                y_desc: "training loss",
+                legend: series.len() <= MAX_CURVE_LEGEND,
+                series,
+                fit: None,
+                links: Vec::new(),
+                labels: false,
+                empty_message: None,
+                joined: true,
+            })
+        })
+        .collect();
+    (!panels.is_empty()).then(|| Figure::in_a_row("training_curves", FIGURE1_PANEL, panels))
 }
 
 /// A figure of scatter panels on a grid, drawn to SVG text or to a PNG file.

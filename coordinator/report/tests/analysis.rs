@@ -332,6 +332,7 @@ fn scratch_vs_finetune_per_dataset() {
         ],
         datasets: vec![],
         settings: Default::default(),
+        curves: Default::default(),
     };
     let analysis = analyze(&input);
     assert_eq!(analysis.datasets.len(), 1, "datasets found in the cells are added");

@@ -86,6 +86,7 @@ fn troubled_sweep() -> ReportInput {
         models: models.iter().zip(top1).map(|(m, t)| ModelInfo { name: m.to_string(), imagenet_top1: t }).collect(),
         datasets: datasets.iter().map(|d| DatasetInfo { name: d.to_string(), metric: Metric::Top1 }).collect(),
         settings: AnalysisSettings { bootstrap_resamples: 500, ..AnalysisSettings::default() },
+        curves: Default::default(),
     }
 }
 
@@ -211,6 +212,7 @@ fn empty_and_linear_only_sweeps_still_render() {
         models: vec![],
         datasets: vec![],
         settings: AnalysisSettings::default(),
+        curves: Default::default(),
     };
     let paths = write_report(&empty, &dir.path().join("empty")).expect("empty report");
     assert!(paths.scratch_vs_finetune_png.is_none());
@@ -461,4 +463,40 @@ fn pretrain_settings_give_the_regularizer_figure_and_table() {
         serde_json::from_str(&std::fs::read_to_string(&paths.analysis_json).unwrap()).unwrap();
     let text = analysis.to_string();
     assert!(text.contains("source top-1 (fashion)"), "the x axis is the source accuracy: {text:.400}");
+}
+
+#[test]
+fn the_selected_runs_training_curves_are_drawn_with_a_resumed_attempt_taking_over() {
+    use tsweep_proto::v1::MetricPoint;
+    use tsweep_report::input::loss_curve;
+
+    let point = |attempt: u32, step: u64, loss: f64| MetricPoint {
+        attempt,
+        step,
+        total_steps: 6,
+        loss: Some(loss),
+        ..Default::default()
+    };
+    // Attempt 1 reached step 4, attempt 2 resumed from the checkpoint at step 2.
+    let curve =
+        [point(1, 1, 2.0), point(1, 2, 1.8), point(1, 3, 1.7), point(1, 4, 1.6), point(2, 3, 1.5), point(2, 4, 1.4)];
+    assert_eq!(loss_curve(&curve), vec![(1.0, 2.0), (2.0, 1.8), (3.0, 1.5), (4.0, 1.4)]);
+    let no_loss = MetricPoint { loss: Some(f64::NAN), ..point(1, 5, 0.0) };
+    assert_eq!(loss_curve(&[no_loss]), vec![], "a non-finite loss is not drawn");
+
+    let mut input = troubled_sweep();
+    let selected: Vec<String> = input.selected_runs().map(|c| c.task_id.clone()).collect();
+    assert!(!selected.is_empty());
+    assert!(input.selected_runs().all(|c| c.is_current_final && c.regime != Regime::Linear));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let without = write_report(&input, &dir.path().join("without")).expect("report");
+    assert_eq!(without.training_curves_png, None, "no curves, no figure");
+    input.curves = selected.iter().map(|id| (id.clone(), curve.to_vec())).collect();
+    let with = write_report(&input, &dir.path().join("with")).expect("report");
+    let png = std::fs::read(with.training_curves_png.as_ref().expect("training_curves.png")).expect("png");
+    assert!(png_size(&png).is_some_and(|(w, h)| w >= 1000 && h > 300), "a panel per regime");
+    let svg = std::fs::read_to_string(with.training_curves_svg.as_ref().expect("svg")).expect("svg");
+    assert!(svg.contains("finetune: training loss of the selected runs"), "{}", &svg[..svg.len().min(400)]);
+    let html = std::fs::read_to_string(&with.index_html).expect("html");
+    assert!(html.contains("Training curves of the selected runs") && html.contains("<svg"));
 }

@@ -1,6 +1,7 @@
 //! The CLI's connection to a coordinator: the gRPC `SweepService` with the user
 //! credential, over TLS for an `https://` coordinator (`tsweep_proto::tls`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use tonic::transport::Channel;
 use tsweep_proto::auth::TokenInterceptor;
 use tsweep_proto::tls::{coordinator_endpoint, error_chain, is_tls_failure, COORDINATOR_CA_FILE_SETTING};
 use tsweep_proto::v1::sweep_service_client::SweepServiceClient;
-use tsweep_proto::v1::{ListTasksRequest, TaskInfo, TaskState};
+use tsweep_proto::v1::{GetCurveRequest, ListTasksRequest, MetricPoint, TaskInfo, TaskState};
 
 use super::error::CliError;
 
@@ -95,4 +96,31 @@ pub async fn all_tasks(client: &mut SweepClient, sweep: &str) -> Result<Vec<Task
         page_token = page.next_page_token;
     }
     Ok(tasks)
+}
+
+/// The training curves of `task_ids` (`GetCurve`, one call each), by task id; a task the
+/// coordinator no longer knows is left out.
+pub async fn curves<'a>(
+    client: &mut SweepClient,
+    sweep: &str,
+    task_ids: impl Iterator<Item = &'a str>,
+) -> Result<BTreeMap<String, Vec<MetricPoint>>, CliError> {
+    let mut curves = BTreeMap::new();
+    for task_id in task_ids {
+        let request = GetCurveRequest { sweep: sweep.to_string(), task_id: task_id.to_string() };
+        match retry_unavailable(|| {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move { client.get_curve(request).await }
+        })
+        .await
+        {
+            Ok(answer) => {
+                curves.insert(task_id.to_string(), answer.into_inner().points);
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => {}
+            Err(status) => return Err(CliError::from_status(&format!("curve of {sweep} task {task_id}"), status)),
+        }
+    }
+    Ok(curves)
 }

@@ -85,6 +85,7 @@ pub fn linear_input(
         models: models.iter().map(|(m, t)| ModelInfo { name: m.to_string(), imagenet_top1: *t }).collect(),
         datasets: datasets.iter().map(|d| DatasetInfo { name: d.to_string(), metric: Metric::Top1 }).collect(),
         settings: AnalysisSettings { bootstrap_resamples: 2000, ..AnalysisSettings::default() },
+        curves: Default::default(),
     }
 }
 
