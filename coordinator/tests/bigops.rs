@@ -121,15 +121,17 @@ impl Coordinator {
         }
     }
 
-    async fn readiness(&self) -> ServingStatus {
+    /// None while the answer is not a health reply (a connection reset by a process that
+    /// is still starting, or stopping, on this port).
+    async fn readiness(&self) -> Option<ServingStatus> {
         let mut health = HealthClient::new(self.channel().await);
-        let reply = health.check(HealthCheckRequest { service: READINESS_SERVICE.into() }).await.unwrap();
-        ServingStatus::try_from(reply.into_inner().status).unwrap()
+        let reply = health.check(HealthCheckRequest { service: READINESS_SERVICE.into() }).await.ok()?;
+        ServingStatus::try_from(reply.into_inner().status).ok()
     }
 
     async fn wait_readiness(&self, want: ServingStatus) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.readiness().await != want {
+        while self.readiness().await != Some(want) {
             assert!(Instant::now() < deadline, "readiness never became {want:?}:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -115,7 +115,9 @@ impl SweepStatus {
 }
 
 /// `TaskResult.metric` (an `i32` field in the generated struct) as its name in JSON, so the
-/// results the store keeps read as `"metric": "top1"`.
+/// results the store keeps read as `"metric": "top1"`. Reading is lenient: a result that
+/// names no metric (`"unspecified"`, or `""` as results recorded before protocol 3 could)
+/// or one this version does not know reads as unspecified, never as a corrupt result.
 pub(crate) mod metric_field {
     use super::Metric;
 
@@ -124,7 +126,8 @@ pub(crate) mod metric_field {
     }
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {
-        <Metric as serde::Deserialize>::deserialize(deserializer).map(i32::from)
+        let name = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+        Ok(Metric::from_name(&name).unwrap_or_default().into())
     }
 }
 
@@ -162,5 +165,10 @@ mod tests {
         assert_eq!(json["metric"], "top1");
         let back: crate::v1::TaskResult = serde_json::from_value(json).unwrap();
         assert_eq!(back.metric(), Metric::Top1);
+        // A result without a metric round-trips, and older records' "" reads as unspecified.
+        let none = serde_json::to_string(&crate::v1::TaskResult::default()).unwrap();
+        assert_eq!(serde_json::from_str::<crate::v1::TaskResult>(&none).unwrap().metric(), Metric::Unspecified);
+        let old: crate::v1::TaskResult = serde_json::from_str(r#"{"metric": "", "val_score": 0.5}"#).unwrap();
+        assert_eq!((old.metric(), old.val_score), (Metric::Unspecified, Some(0.5)));
     }
 }

@@ -62,17 +62,8 @@ impl ProgressRecord {
     pub fn to_proto(&self) -> v1::TaskProgress {
         let steps_per_s = self.steps_per_s();
         v1::TaskProgress {
-            latest: Some(v1::MetricPoint {
-                attempt: self.attempt,
-                step: self.step,
-                total_steps: self.total_steps,
-                loss: self.loss,
-                lr: self.lr,
-                images_per_s: self.images_per_s,
-                // the record keeps the attempt's best, not each entry's own score
-                val_score: None,
-                ts_ms: self.ts_ms,
-            }),
+            // (the record keeps the attempt's best, not the latest entry's own score)
+            latest: Some(v1::MetricPoint { val_score: None, ..CurveEntry::of(self).to_proto() }),
             best_val: self.best_val,
             steps_per_s,
             eta_s: steps_per_s.map(|rate| self.total_steps.saturating_sub(self.step) as f64 / rate),
