@@ -124,12 +124,8 @@ impl Store {
             serde_json::to_string(&result).map_err(|source| StoreError::Json { what: "task result", source })?;
         let val = result.val_score.filter(|v| v.is_finite()).map(|v| v.to_string()).unwrap_or_default();
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = SCRIPTS
-            .complete
-            .key(self.keys.sweep_base(&lease.sweep))
-            .arg(worker_id)
-            .arg(&lease.task_id)
-            .arg(lease.attempt)
+        let reply: Vec<String> = self
+            .report_invocation(&SCRIPTS.complete, worker_id, lease)
             .arg(result_json)
             .arg(val)
             .arg(if result.diverged { "1" } else { "0" })
@@ -177,12 +173,8 @@ impl Store {
         validate_report(worker_id, lease)?;
         let (path, step) = checkpoint.map(|c| (c.path.as_str(), c.step)).unwrap_or(("", 0));
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = SCRIPTS
-            .fail
-            .key(self.keys.sweep_base(&lease.sweep))
-            .arg(worker_id)
-            .arg(&lease.task_id)
-            .arg(lease.attempt)
+        let reply: Vec<String> = self
+            .report_invocation(&SCRIPTS.fail, worker_id, lease)
             .arg(class.name())
             .arg(message)
             .arg(path)
@@ -197,6 +189,19 @@ impl Store {
         info!(sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, worker = %worker_id,
             class = class.name(), outcome = ?outcome, state = ?state, "failure reported");
         Ok(FailOutcome { outcome, state })
+    }
+
+    /// A fenced report's script call (complete, fail) with the lease in place: the sweep's
+    /// key, then worker, task and attempt, the arguments every report script starts with.
+    fn report_invocation<'a>(
+        &self,
+        script: &'a redis::Script,
+        worker_id: &str,
+        lease: &LeaseRef,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.key(self.keys.sweep_base(&lease.sweep));
+        invocation.arg(worker_id).arg(&lease.task_id).arg(lease.attempt);
+        invocation
     }
 
     /// Takes back every lease of the sweep whose deadline (Redis server time) has passed:
