@@ -640,7 +640,7 @@ async fn report(cli: &Cli, args: &ReportArgs) -> Result<(), CliError> {
         return Err(CliError::BadInput(format!("sweep {} has no cells", args.sweep)));
     }
     let out = default_out_dir(&args.sweep, args.out.as_deref());
-    let written = write_report(&mut client, &tasks, &out).await?;
+    let written = write_report(&mut client, &tasks, &out, std::time::Duration::ZERO).await?;
     print!("{}", written.terminal_tables);
     println!("report: {}", written.index_html.display());
     Ok(())
@@ -653,16 +653,27 @@ pub struct WrittenReport {
 }
 
 /// Builds the analysis from the cells, fetches the training curves of the selected runs,
-/// and writes it all under `out` (tsweep-report).
+/// and writes it all under `out` (tsweep-report). `curve_settle`: how long to wait for a
+/// selected run whose curve is still empty (the coordinator merges metrics entries a
+/// moment after a task ends; `tsweep local` writes its report right then).
 pub async fn write_report(
     client: &mut client::SweepClient,
     tasks: &[tsweep_proto::v1::TaskInfo],
     out: &Path,
+    curve_settle: std::time::Duration,
 ) -> Result<WrittenReport, CliError> {
     let mut input =
         tsweep_report::ReportInput::from_task_infos(tasks).map_err(|e| CliError::Other(format!("report: {e}")))?;
     let selected: Vec<String> = input.selected_runs().map(|c| c.task_id.clone()).collect();
-    input.curves = client::curves(client, &input.sweep, selected.iter().map(String::as_str)).await?;
+    let deadline = std::time::Instant::now() + curve_settle;
+    loop {
+        input.curves = client::curves(client, &input.sweep, selected.iter().map(String::as_str)).await?;
+        let all_in = selected.iter().all(|id| input.curves.get(id).is_some_and(|points| !points.is_empty()));
+        if all_in || std::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let terminal_tables = tsweep_report::render_terminal_tables(&input);
     let paths = tsweep_report::write_report(&input, out).map_err(|e| CliError::Other(format!("report: {e}")))?;
     Ok(WrittenReport { index_html: paths.index_html, terminal_tables })

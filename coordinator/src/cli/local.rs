@@ -172,7 +172,8 @@ async fn run_sweep(
     output::sort_tasks(&mut tasks);
     print!("{}", output::results_table(&tasks));
     println!("{}", output::counts_line(&summary.counts.unwrap_or_default()));
-    let written = write_report(&mut client, &tasks, out).await?;
+    // The last finals' metrics entries are merged a moment after they end.
+    let written = write_report(&mut client, &tasks, out, Duration::from_secs(10)).await?;
     print!("{}", written.terminal_tables);
     println!("report: {}", written.index_html.display());
     failed_cells_error(&summary)
