@@ -23,12 +23,15 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 use tsweep_proto::cell::{CellSpec, Stage};
 
+use super::replies::{
+    CellWrite, DeleteBatchReply, DeleteBeginReply, MoveReply, SubmitCellsReply, SubmitFinishReply, SubmitMetaReply,
+};
 use super::scripts::SCRIPTS;
 use super::types::{
     BulkProgress, DeleteOutcome, SettingChange, StageSubmitCount, SubmitOutcome, SubmitPart, TaskState,
     MAX_SETTING_CHANGES,
 };
-use super::{checkpoint_dir_of, parse_num, selection_group, validate_sweep_name, Store, StoreError, METRICS_GROUP};
+use super::{checkpoint_dir_of, selection_group, validate_sweep_name, Store, StoreError, METRICS_GROUP};
 use crate::sweepfile::SweepCells;
 
 /// When a bounded call stops: once its deadline passed, checked between batches (so a
@@ -98,7 +101,7 @@ impl Store {
         let mut next = options.start.min(total);
         if options.start == 0 {
             let settings = serde_json::json!({ "max_attempts": sweep.settings().max_attempts }).to_string();
-            let reply: Vec<String> = SCRIPTS
+            let reply: SubmitMetaReply = SCRIPTS
                 .submit_meta
                 .key(&base)
                 .arg(name)
@@ -110,14 +113,12 @@ impl Store {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(StoreError::redis("submit_meta script"))?;
-            match reply.first().map(String::as_str) {
-                Some("ok") => {
-                    next = parse_num::<u64>(reply.get(2).map(String::as_str).unwrap_or(""), &meta_key, "submit_next")?
-                        .min(total);
+            match reply {
+                SubmitMetaReply::Recorded { resume_at } => {
+                    next = resume_at.min(total);
                     part.resumed_at = next;
                 }
-                Some("deleting") => return Err(StoreError::SweepDeleting { sweep: name.to_string() }),
-                other => return Err(unexpected(&meta_key, "submit_meta reply", other)),
+                SubmitMetaReply::Deleting => return Err(StoreError::SweepDeleting { sweep: name.to_string() }),
             }
             let _: () = conn.sadd(self.keys.sweeps(), name).await.map_err(StoreError::redis("sadd sweeps"))?;
             if next > 0 {
@@ -155,19 +156,16 @@ impl Store {
                     .arg(if cell.spec.stage == Stage::Grid { cell.spec.group_key() } else { String::new() })
                     .arg(cell.after.as_deref().unwrap_or(""));
             }
-            let reply: Vec<String> =
+            let reply: SubmitCellsReply =
                 invocation.invoke_async(&mut conn).await.map_err(StoreError::redis("submit_cells script"))?;
-            match reply.first().map(String::as_str) {
-                Some("ok") => {}
-                Some("superseded") => return Err(StoreError::SubmitSuperseded { sweep: name.to_string() }),
-                Some("gone") => return Err(StoreError::SweepNotFound { sweep: name.to_string() }),
-                other => return Err(unexpected(&meta_key, "submit_cells reply", other)),
-            }
-            let flags = reply.get(1).map(String::as_bytes).unwrap_or_default();
-            let mut recorded = reply.iter().skip(2);
-            for (cell, flag) in cells.iter().zip(flags) {
-                match flag {
-                    b'1' => {
+            let writes = match reply {
+                SubmitCellsReply::Written(writes) => writes,
+                SubmitCellsReply::Superseded => return Err(StoreError::SubmitSuperseded { sweep: name.to_string() }),
+                SubmitCellsReply::Gone => return Err(StoreError::SweepNotFound { sweep: name.to_string() }),
+            };
+            for (cell, write) in cells.iter().zip(writes) {
+                match write {
+                    CellWrite::Added => {
                         part.added += 1;
                         let (regime, stage) = (cell.spec.regime, cell.spec.stage);
                         match part.per_stage.iter_mut().find(|c| c.regime == regime && c.stage == stage) {
@@ -175,15 +173,14 @@ impl Store {
                             None => part.per_stage.push(StageSubmitCount { regime, stage, cells: 0, added: 1 }),
                         }
                     }
-                    b'0' => part.existing += 1,
-                    b'2' | b'3' => {
+                    CellWrite::Existing => part.existing += 1,
+                    CellWrite::Changed { updated, recorded } => {
                         part.existing += 1;
                         part.changed += 1;
-                        if *flag == b'3' {
+                        if updated {
                             part.updated += 1;
                         }
-                        let old = recorded.next().map(String::as_str).unwrap_or("");
-                        for difference in spec_differences(old, &cell.spec) {
+                        for difference in spec_differences(&recorded, &cell.spec) {
                             let room = changes.len() < MAX_SETTING_CHANGES;
                             match changes.get_mut(&difference) {
                                 Some(cells) => *cells += 1,
@@ -193,9 +190,6 @@ impl Store {
                                 None => {}
                             }
                         }
-                    }
-                    other => {
-                        return Err(unexpected(&meta_key, "submit_cells flag", Some(&char::from(*other).to_string())))
                     }
                 }
             }
@@ -224,18 +218,17 @@ impl Store {
             }
         }
         self.mark_active(name).await?;
-        let finish: String = SCRIPTS
+        let finish: SubmitFinishReply = SCRIPTS
             .submit_finish
             .key(&base)
             .arg(&fingerprint)
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::redis("submit_finish script"))?;
-        match finish.as_str() {
-            "done" => part.complete = true,
-            "superseded" => return Err(StoreError::SubmitSuperseded { sweep: name.to_string() }),
-            "gone" => return Err(StoreError::SweepNotFound { sweep: name.to_string() }),
-            other => return Err(unexpected(&meta_key, "submit_finish reply", Some(other))),
+        match finish {
+            SubmitFinishReply::Done => part.complete = true,
+            SubmitFinishReply::Superseded => return Err(StoreError::SubmitSuperseded { sweep: name.to_string() }),
+            SubmitFinishReply::Gone => return Err(StoreError::SweepNotFound { sweep: name.to_string() }),
         }
         info!(sweep = %name, total, added = part.added, changed = part.changed, updated = part.updated,
               reactivated = part.reactivated, "submission landed");
@@ -290,7 +283,7 @@ impl Store {
         self.require_sweep(sweep).await?;
         let mut cancel = SCRIPTS.cancel.key(self.keys.sweep_base(sweep));
         cancel.arg(self.options.bulk_batch.max(1));
-        let progress = self.move_in_batches(sweep, &cancel, "cancel script", budget).await?;
+        let progress = self.move_in_batches(&cancel, "cancel script", budget).await?;
         info!(sweep = %sweep, cancelled = progress.moved, remaining = progress.remaining, "sweep cancelled");
         Ok(progress)
     }
@@ -368,25 +361,23 @@ impl Store {
     ) -> Result<BulkProgress, StoreError> {
         let mut retry = SCRIPTS.retry.key(self.keys.sweep_base(sweep));
         retry.arg(from).arg(self.options.bulk_batch.max(1));
-        self.move_in_batches(sweep, &retry, "retry script", budget).await
+        self.move_in_batches(&retry, "retry script", budget).await
     }
 
     /// Runs `script` (one batch per call; it answers {moved, remaining}) until nothing is
     /// left or the budget is spent: the one loop of cancel and retry.
     async fn move_in_batches(
         &self,
-        sweep: &str,
         script: &redis::ScriptInvocation<'_>,
         what: &'static str,
         budget: Budget,
     ) -> Result<BulkProgress, StoreError> {
         let mut conn = self.conn.clone();
-        let key = self.keys.meta(sweep);
         let mut progress = BulkProgress::default();
         loop {
-            let reply: Vec<String> = script.invoke_async(&mut conn).await.map_err(StoreError::redis(what))?;
-            progress.moved += parse_num::<u64>(reply.first().map(String::as_str).unwrap_or(""), &key, "moved")?;
-            progress.remaining = parse_num::<u64>(reply.get(1).map(String::as_str).unwrap_or(""), &key, "remaining")?;
+            let reply: MoveReply = script.invoke_async(&mut conn).await.map_err(StoreError::redis(what))?;
+            progress.moved += reply.moved;
+            progress.remaining = reply.remaining;
             if progress.remaining == 0 {
                 progress.complete = true;
                 return Ok(progress);
@@ -418,81 +409,66 @@ impl Store {
         // Out of `active` first, so that no timer (reaper, finals, metrics consumer) picks
         // the sweep up again while its keys go; put back if the delete is refused.
         let was_active: bool = conn.srem(self.keys.active(), sweep).await.map_err(StoreError::redis("srem active"))?;
-        let key = self.keys.meta(sweep);
-        let begun: Result<Vec<String>, StoreError> = SCRIPTS
+        let begun: Result<DeleteBeginReply, StoreError> = SCRIPTS
             .delete_begin
             .key(self.keys.sweep_base(sweep))
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::redis("delete_begin script"));
-        let begun = match begun {
-            Ok(reply) if matches!(reply.first().map(String::as_str), Some("started" | "resumed")) => reply,
-            other => {
-                if was_active {
-                    self.mark_active(sweep).await?;
-                }
-                let reply = other?;
-                let field =
-                    |i: usize, name: &str| parse_num::<u64>(reply.get(i).map(String::as_str).unwrap_or(""), &key, name);
-                return match reply.first().map(String::as_str) {
-                    Some("leftovers") => {
-                        let _: () =
-                            conn.srem(self.keys.sweeps(), sweep).await.map_err(StoreError::redis("srem sweeps"))?;
-                        let keys_deleted = field(1, "keys_deleted")?;
-                        info!(sweep = %sweep, keys = keys_deleted, "leftovers of a deleted sweep removed");
-                        Ok(DeleteOutcome {
-                            keys_deleted,
-                            leftovers_only: true,
-                            complete: true,
-                            ..DeleteOutcome::default()
-                        })
-                    }
-                    Some("not_found") => {
-                        let _: () =
-                            conn.srem(self.keys.sweeps(), sweep).await.map_err(StoreError::redis("srem sweeps"))?;
-                        Err(StoreError::SweepNotFound { sweep: sweep.to_string() })
-                    }
-                    Some("unfinished") => Err(StoreError::SweepUnfinished {
-                        sweep: sweep.to_string(),
-                        pending: field(1, "pending")?,
-                        leased: field(2, "leased")?,
-                        running: field(3, "running")?,
-                        selections: field(4, "selections")?,
-                    }),
-                    other => Err(unexpected(&key, "delete_begin reply", other)),
-                };
+        if was_active && !matches!(begun, Ok(DeleteBeginReply::Begun { .. })) {
+            self.mark_active(sweep).await?;
+        }
+        let tasks_total = match begun? {
+            DeleteBeginReply::Begun { tasks_total } => tasks_total,
+            DeleteBeginReply::Leftovers { keys_deleted } => {
+                let _: () = conn.srem(self.keys.sweeps(), sweep).await.map_err(StoreError::redis("srem sweeps"))?;
+                info!(sweep = %sweep, keys = keys_deleted, "leftovers of a deleted sweep removed");
+                return Ok(DeleteOutcome {
+                    keys_deleted,
+                    leftovers_only: true,
+                    complete: true,
+                    ..DeleteOutcome::default()
+                });
+            }
+            DeleteBeginReply::NotFound => {
+                let _: () = conn.srem(self.keys.sweeps(), sweep).await.map_err(StoreError::redis("srem sweeps"))?;
+                return Err(StoreError::SweepNotFound { sweep: sweep.to_string() });
+            }
+            DeleteBeginReply::Unfinished { pending, leased, running, selections } => {
+                return Err(StoreError::SweepUnfinished {
+                    sweep: sweep.to_string(),
+                    pending,
+                    leased,
+                    running,
+                    selections,
+                });
             }
         };
         // Out of `active` again now that the tombstone exists: a repair pass that read the
         // sweep's meta before it became the tombstone may have put it back in between.
         let _: () = conn.srem(self.keys.active(), sweep).await.map_err(StoreError::redis("srem active"))?;
-        let tasks_total = parse_num::<u64>(begun.get(1).map(String::as_str).unwrap_or(""), &key, "tasks_total")?;
         loop {
-            let reply: Vec<String> = SCRIPTS
+            let reply: DeleteBatchReply = SCRIPTS
                 .delete_batch
                 .key(self.keys.sweep_base(sweep))
                 .arg(self.options.bulk_batch.max(1))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(StoreError::redis("delete_batch script"))?;
-            let field =
-                |i: usize, name: &str| parse_num::<u64>(reply.get(i).map(String::as_str).unwrap_or(""), &key, name);
-            let state = reply.first().map(String::as_str);
-            let outcome = match state {
-                Some("more" | "done") => DeleteOutcome {
-                    keys_deleted: field(1, "keys_deleted")?,
-                    tasks_deleted: field(2, "tasks_deleted")?,
+            let outcome = match reply {
+                DeleteBatchReply::Deleted { done, keys_deleted, tasks_deleted, checkpoint } => DeleteOutcome {
+                    keys_deleted,
+                    tasks_deleted,
                     cancelled,
-                    checkpoint_dir: reply.get(3).and_then(|path| checkpoint_dir_of(path, sweep)),
+                    checkpoint_dir: checkpoint_dir_of(&checkpoint, sweep),
                     leftovers_only: false,
-                    complete: state == Some("done"),
+                    complete: done,
                     tasks_total,
                 },
                 // Another coordinator finished this delete in the meantime.
-                Some("not_found") => {
+                DeleteBatchReply::NotFound => {
                     DeleteOutcome { cancelled, complete: true, tasks_total, ..DeleteOutcome::default() }
                 }
-                other => return Err(unexpected(&key, "delete_batch reply", other)),
             };
             if outcome.complete {
                 let _: () = conn.srem(self.keys.sweeps(), sweep).await.map_err(StoreError::redis("srem sweeps"))?;
@@ -522,10 +498,6 @@ impl Store {
 fn submit_fingerprint(cells: &str, update: bool) -> String {
     let digest = Sha256::digest(format!("{cells}\0update={update}").as_bytes());
     hex::encode(&digest[..16])
-}
-
-fn unexpected(key: &str, field: &str, reply: Option<&str>) -> StoreError {
-    StoreError::Corrupt { key: key.to_string(), field: field.to_string(), detail: format!("unexpected {reply:?}") }
 }
 
 /// Adds `more` into `into` (same field and values: cells summed), keeping at most

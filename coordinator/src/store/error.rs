@@ -101,6 +101,9 @@ fn redis_error_is_retryable(err: &redis::RedisError) -> bool {
         return true;
     }
     match err.kind() {
+        // A reply of a shape the store does not read (`replies.rs`): the same call would
+        // get the same reply.
+        ErrorKind::Parse => false,
         ErrorKind::Server(
             ServerErrorKind::BusyLoading
             | ServerErrorKind::TryAgain

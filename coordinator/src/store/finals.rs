@@ -1,6 +1,7 @@
 //! Selection, the coordinator's alone: the group a grid point belongs to, and the final
 //! (refit on train+val) each group gets once its grid points have ended.
 
+use super::replies::CreateFinalReply;
 use super::*;
 
 impl Store {
@@ -87,12 +88,10 @@ impl Store {
                     invocation.arg("").arg("").arg("").arg(0).arg("").arg(1).arg(mode);
                 }
             }
-            let reply: Vec<String> =
+            let CreateFinalReply { outcome, final_id } =
                 invocation.invoke_async(&mut conn).await.map_err(StoreError::redis("create_final script"))?;
-            let what = reply.first().map(String::as_str).unwrap_or("");
-            let final_id = reply.get(1).cloned().unwrap_or_default();
-            info!(sweep = %sweep, group = %group, outcome = what, final_id = %final_id, "selection");
-            if what == "created" {
+            info!(sweep = %sweep, group = %group, outcome = %outcome, final_id = %final_id, "selection");
+            if outcome == "created" {
                 created.push(final_id);
             }
         }

@@ -2,6 +2,7 @@
 //! heartbeat), complete and fail (fenced reports), and the reaper that takes expired
 //! leases back. See the module docs of [`super`] for the protocol in short.
 
+use super::replies::{AcquireReply, LeasedTask, LostLease, ReapReply, RenewAnswer, ReportReply};
 use super::*;
 
 impl Store {
@@ -21,7 +22,7 @@ impl Store {
         let ttl_ms = self.lease_ttl_ms();
         for offset in 0..sweeps.len() {
             let sweep = &sweeps[(start + offset) % sweeps.len()];
-            let reply: Vec<String> = SCRIPTS
+            let reply: AcquireReply = SCRIPTS
                 .acquire
                 .key(self.keys.sweep_base(sweep))
                 .arg(worker_id)
@@ -30,32 +31,21 @@ impl Store {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(StoreError::redis("acquire script"))?;
-            match reply.first().map(String::as_str) {
-                Some("ok") if reply.len() >= 7 => {
-                    let task_id = reply[1].clone();
-                    let attempt = parse_num::<u32>(&reply[2], &task_id, "attempt")?;
-                    let gpus = parse_num::<u32>(&reply[4], &task_id, "gpus")?;
-                    let step = parse_num::<u64>(&reply[6], &task_id, "ckpt_step")?;
+            match reply {
+                AcquireReply::Leased(LeasedTask { task_id, attempt, spec_json, gpus, resume }) => {
                     debug!(sweep = %sweep, task_id = %task_id, attempt, worker = %worker_id, "leased");
                     return Ok(Some(TaskAssignment {
                         sweep: sweep.clone(),
                         task_id,
                         attempt,
-                        spec_json: reply[3].clone(),
+                        spec_json,
                         gpus,
-                        resume: (!reply[5].is_empty()).then(|| Checkpoint { path: reply[5].clone(), step }),
+                        resume,
                         lease_ttl_ms: ttl_ms,
                     }));
                 }
-                Some("idle") => self.deactivate_if_idle(sweep).await?,
-                Some("none") | Some("inactive") => {}
-                other => {
-                    return Err(StoreError::Corrupt {
-                        key: self.keys.meta(sweep),
-                        field: "acquire reply".into(),
-                        detail: format!("unexpected {other:?}"),
-                    })
-                }
+                AcquireReply::Idle => self.deactivate_if_idle(sweep).await?,
+                AcquireReply::NothingFits => {}
             }
         }
         Ok(None)
@@ -93,13 +83,13 @@ impl Store {
                     .arg(h.checkpoint.as_ref().map_or(0, |c| c.step))
                     .arg(&h.resume_error);
             }
-            let answers: Vec<String> =
+            let answers: Vec<RenewAnswer> =
                 invocation.invoke_async(&mut conn).await.map_err(StoreError::redis("renew script"))?;
-            for ((lease, _), answer) in held.iter().zip(answers.iter()) {
-                match answer.as_str() {
-                    "ok" => {}
-                    "cancelled" => stops.push(stop(lease, StopReason::Cancelled)),
-                    _ => {
+            for ((lease, _), answer) in held.iter().zip(answers) {
+                match answer {
+                    RenewAnswer::Held => {}
+                    RenewAnswer::Cancelled => stops.push(stop(lease, StopReason::Cancelled)),
+                    RenewAnswer::Lost => {
                         debug!(sweep = %sweep, task_id = %lease.task_id, attempt = lease.attempt, worker = %worker_id, "lease lost");
                         stops.push(stop(lease, StopReason::LeaseLost));
                     }
@@ -124,7 +114,7 @@ impl Store {
             serde_json::to_string(&result).map_err(|source| StoreError::Json { what: "task result", source })?;
         let val = result.val_score.filter(|v| v.is_finite()).map(|v| v.to_string()).unwrap_or_default();
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = self
+        let ReportReply { outcome, .. } = self
             .report_invocation(&SCRIPTS.complete, worker_id, lease)
             .arg(result_json)
             .arg(val)
@@ -132,7 +122,6 @@ impl Store {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::redis("complete script"))?;
-        let outcome = parse_outcome(&reply, &self.keys.task(&lease.sweep, &lease.task_id))?;
         match outcome {
             ReportOutcome::Stale => {
                 warn!(sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, worker = %worker_id, "stale completion refused")
@@ -173,7 +162,7 @@ impl Store {
         validate_report(worker_id, lease)?;
         let (path, step) = checkpoint.map(|c| (c.path.as_str(), c.step)).unwrap_or(("", 0));
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = self
+        let ReportReply { outcome, state } = self
             .report_invocation(&SCRIPTS.fail, worker_id, lease)
             .arg(class.name())
             .arg(message)
@@ -184,8 +173,6 @@ impl Store {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::redis("fail script"))?;
-        let outcome = parse_outcome(&reply, &self.keys.task(&lease.sweep, &lease.task_id))?;
-        let state = reply.get(1).and_then(|s| TaskState::from_name(s));
         info!(sweep = %lease.sweep, task_id = %lease.task_id, attempt = lease.attempt, worker = %worker_id,
             class = class.name(), outcome = ?outcome, state = ?state, "failure reported");
         Ok(FailOutcome { outcome, state })
@@ -217,7 +204,6 @@ impl Store {
     async fn reap_sweep(&self, sweep: &str, outages: &[Outage]) -> Result<u64, StoreError> {
         validate_sweep_name(sweep)?;
         let mut conn = self.conn.clone();
-        let key = self.keys.meta(sweep);
         let mut total = 0u64;
         loop {
             let mut invocation = SCRIPTS.reap.key(self.keys.sweep_base(sweep));
@@ -228,31 +214,23 @@ impl Store {
             for outage in outages {
                 invocation.arg(outage.start_ms).arg(outage.end_ms);
             }
-            let reply: Vec<String> =
+            let reply: ReapReply =
                 invocation.invoke_async(&mut conn).await.map_err(StoreError::redis("reap script"))?;
-            let field =
-                |i: usize, name: &str| parse_num::<u64>(reply.get(i).map(String::as_str).unwrap_or(""), &key, name);
-            let reaped = field(0, "reaped")?;
-            let extended = field(2, "extended")?;
-            if extended > 0 {
-                info!(sweep = %sweep, leases = extended, outage_ms = field(3, "dark_ms")?,
+            if reply.extended > 0 {
+                info!(sweep = %sweep, leases = reply.extended, outage_ms = reply.dark_ms,
                       "leases extended by the control-plane outage before reaping");
             }
-            for lost in reply.get(4..).unwrap_or_default().chunks(4) {
-                match lost {
-                    [task_id, worker, attempt, state] if state == "leased" => {
-                        info!(sweep = %sweep, task_id = %task_id, worker = %worker, attempt = %attempt,
-                              "lease expired before its worker started it (the worker died first, or the acquire reply never reached it): task back to pending");
-                    }
-                    [task_id, worker, attempt, _] => {
-                        info!(sweep = %sweep, task_id = %task_id, worker = %worker, attempt = %attempt,
-                              "lease expired: attempt lost, task back to pending");
-                    }
-                    _ => {}
+            for LostLease { task_id, worker, attempt, state } in &reply.lost {
+                if state == "leased" {
+                    info!(sweep = %sweep, task_id = %task_id, worker = %worker, attempt = %attempt,
+                          "lease expired before its worker started it (the worker died first, or the acquire reply never reached it): task back to pending");
+                } else {
+                    info!(sweep = %sweep, task_id = %task_id, worker = %worker, attempt = %attempt,
+                          "lease expired: attempt lost, task back to pending");
                 }
             }
-            total += reaped;
-            if reply.get(1).map(String::as_str) != Some("1") {
+            total += reply.reaped;
+            if !reply.more {
                 break;
             }
         }
@@ -320,19 +298,6 @@ fn validate_report(worker_id: &str, lease: &LeaseRef) -> Result<(), StoreError> 
 
 fn stop(lease: &LeaseRef, reason: StopReason) -> StopOrder {
     StopOrder { lease: Some(lease.clone()), reason: reason as i32 }
-}
-
-fn parse_outcome(reply: &[String], key: &str) -> Result<ReportOutcome, StoreError> {
-    match reply.first().map(String::as_str) {
-        Some("accepted") => Ok(ReportOutcome::Accepted),
-        Some("duplicate") => Ok(ReportOutcome::Duplicate),
-        Some("stale") => Ok(ReportOutcome::Stale),
-        other => Err(StoreError::Corrupt {
-            key: key.to_string(),
-            field: "report reply".into(),
-            detail: format!("unexpected {other:?}"),
-        }),
-    }
 }
 
 /// JSON has no NaN or infinity: non-finite optional scores become unset, other

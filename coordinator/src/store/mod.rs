@@ -47,6 +47,7 @@ mod lifecycle;
 mod plane;
 mod progress;
 mod queries;
+mod replies;
 mod scripts;
 mod types;
 mod waiting;

@@ -15,6 +15,7 @@
 use redis::AsyncCommands;
 use tracing::{info, warn};
 
+use super::replies::BeatReply;
 use super::scripts::SCRIPTS;
 use super::{parse_num, Beat, Outage, Store, StoreError, TaskState};
 
@@ -27,7 +28,7 @@ impl Store {
     pub async fn beat(&self, who: &str) -> Result<Beat, StoreError> {
         let mut conn = self.conn.clone();
         let dark_after_ms = (self.options.dark_after.as_millis() as u64).max(1);
-        let reply: Vec<String> = SCRIPTS
+        let BeatReply { dark, gap_ms, last_ms, redis_restarted } = SCRIPTS
             .plane_beat
             .key(self.keys.plane())
             .key(self.keys.outages())
@@ -37,24 +38,7 @@ impl Store {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::redis("plane_beat script"))?;
-        let key = self.keys.plane();
-        let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
-        let gap_ms = parse_num::<u64>(field(1), &key, "gap_ms")?;
-        let redis_restarted = field(3) == "1";
-        let outage = match field(0) {
-            "dark" => {
-                let start_ms = parse_num::<u64>(field(2), &key, "start_ms")?;
-                Some(Outage { start_ms, end_ms: start_ms + gap_ms })
-            }
-            "ok" | "first" => None,
-            other => {
-                return Err(StoreError::Corrupt {
-                    key,
-                    field: "plane_beat reply".into(),
-                    detail: format!("unexpected {other:?}"),
-                })
-            }
-        };
+        let outage = last_ms.filter(|_| dark).map(|start_ms| Outage { start_ms, end_ms: start_ms + gap_ms });
         if let Some(outage) = outage {
             warn!(coordinator = %who, outage_ms = outage.duration_ms(), redis_restarted,
                   "the control plane was dark (no coordinator beat); leases get that time back before any reaping");

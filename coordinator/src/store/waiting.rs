@@ -5,8 +5,9 @@
 use redis::AsyncCommands;
 use tsweep_proto::v1::PendingBlock;
 
+use super::replies::PendingFitReply;
 use super::scripts::SCRIPTS;
-use super::{parse_num, validate_sweep_name, Store, StoreError};
+use super::{validate_sweep_name, Store, StoreError};
 
 /// The live registered workers and the sweep's pending cells none of them can take.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -45,24 +46,19 @@ impl Store {
         for gpus in &workers {
             call.arg(*gpus);
         }
-        let reply: Vec<String> = call.invoke_async(&mut conn).await.map_err(StoreError::redis("pending_fit script"))?;
-        let key = self.keys.sweep_base(sweep);
-        let mut blocked = Vec::new();
-        for row in reply.chunks(3) {
-            let [gpus, cells, takers] = row else {
-                return Err(StoreError::Corrupt { key, field: "pending_fit reply".into(), detail: "short row".into() });
-            };
-            if parse_num::<u64>(takers, &key, "takers")? > 0 {
-                continue;
-            }
-            blocked.push(PendingBlock {
-                gpus: parse_num(gpus, &key, "gpus")?,
-                cells: parse_num(cells, &key, "cells")?,
+        let PendingFitReply(rows) =
+            call.invoke_async(&mut conn).await.map_err(StoreError::redis("pending_fit script"))?;
+        let mut blocked: Vec<PendingBlock> = rows
+            .into_iter()
+            .filter(|row| row.takers == 0)
+            .map(|row| PendingBlock {
+                gpus: row.gpus,
+                cells: row.cells,
                 workers: workers.len() as u32,
                 min_worker_gpus: workers.iter().copied().min().unwrap_or(0),
                 max_worker_gpus: workers.iter().copied().max().unwrap_or(0),
-            });
-        }
+            })
+            .collect();
         blocked.sort_by_key(|b| b.gpus);
         Ok(PendingFit { workers: workers.len() as u32, blocked })
     }

@@ -1,6 +1,7 @@
 //! Worker registration and identity: the per-worker secret (only its digest is kept), the
 //! registration record's lifetime, and the live-worker count.
 
+use super::replies::{RegisterReply, WorkerAuthReply};
 use super::*;
 
 impl Store {
@@ -23,7 +24,7 @@ impl Store {
         }
         let mut conn = self.conn.clone();
         let key = self.keys.worker(&worker.worker_id);
-        let reply: Vec<String> = SCRIPTS
+        let reply: RegisterReply = SCRIPTS
             .register_worker
             .key(&key)
             .key(self.keys.workers())
@@ -38,20 +39,12 @@ impl Store {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::redis("register_worker script"))?;
-        match reply.first().map(String::as_str) {
-            Some("ok") => {
+        match reply {
+            RegisterReply::Registered => {
                 info!(worker = %worker.worker_id, hostname = %worker.hostname, slots = worker.slots, gpus = worker.gpus, "worker registered");
                 Ok(RegisterOutcome::Registered)
             }
-            Some("in_use") => {
-                let expires_in_ms = reply.get(1).and_then(|ms| ms.parse::<i64>().ok()).unwrap_or(0).max(0) as u64;
-                Ok(RegisterOutcome::InUse { expires_in_ms })
-            }
-            other => Err(StoreError::Corrupt {
-                key,
-                field: "register_worker reply".into(),
-                detail: format!("unexpected {other:?}"),
-            }),
+            RegisterReply::InUse { pttl_ms } => Ok(RegisterOutcome::InUse { expires_in_ms: pttl_ms.max(0) as u64 }),
         }
     }
 
@@ -63,7 +56,7 @@ impl Store {
         }
         let mut conn = self.conn.clone();
         let key = self.keys.worker(worker_id);
-        let reply: String = SCRIPTS
+        let reply: WorkerAuthReply = SCRIPTS
             .worker_auth
             .key(&key)
             .arg(if presented.is_empty() { String::new() } else { secret_digest(presented) })
@@ -71,16 +64,11 @@ impl Store {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::redis("worker_auth script"))?;
-        match reply.as_str() {
-            "ok" => Ok(WorkerAuth::Verified),
-            "unregistered" => Ok(WorkerAuth::Unregistered),
-            "wrong" => Ok(WorkerAuth::WrongSecret),
-            other => Err(StoreError::Corrupt {
-                key,
-                field: "worker_auth reply".into(),
-                detail: format!("unexpected {other:?}"),
-            }),
-        }
+        Ok(match reply {
+            WorkerAuthReply::Ok => WorkerAuth::Verified,
+            WorkerAuthReply::Unregistered => WorkerAuth::Unregistered,
+            WorkerAuthReply::Wrong => WorkerAuth::WrongSecret,
+        })
     }
 
     fn worker_record_ttl_ms(&self) -> u64 {
@@ -96,7 +84,7 @@ impl Store {
     pub(super) async fn touch_worker(&self, worker_id: &str) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
         let forget_ms = (self.options.worker_forget.as_millis() as u64).max(1);
-        let count: String = SCRIPTS
+        let count: u64 = SCRIPTS
             .touch_worker
             .key(self.keys.workers())
             .arg(worker_id)
@@ -104,7 +92,7 @@ impl Store {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::redis("touch_worker script"))?;
-        parse_num(&count, &self.keys.workers(), "count")
+        Ok(count)
     }
 }
 
