@@ -1,6 +1,7 @@
 //! The tsweep wire: generated `tsweep.v1` gRPC code, the protocol version, the cell spec
 //! a worker runs ([`cell::CellSpec`]), the names of the wire's enums ([`vocab`]), typed
-//! failure classes, and the bounds on everything clients send ([`limits`]).
+//! failure classes, training progress from the trainer to the metrics stream
+//! ([`progress`]), and the bounds on everything clients send ([`limits`]).
 
 pub mod arch;
 pub mod auth;
@@ -8,6 +9,7 @@ pub mod backoff;
 pub mod cell;
 pub mod limits;
 pub mod logging;
+pub mod progress;
 pub mod signals;
 pub mod testing;
 pub mod tls;

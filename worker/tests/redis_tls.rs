@@ -5,8 +5,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
+use tsweep_proto::v1::MetricPoint;
 use tsweep_redis::test_support::TestPki;
-use tsweep_worker::agent::metrics::{self, MetricPoint};
+use tsweep_worker::agent::metrics::{self, StreamedPoint};
 
 struct TlsRedis {
     child: Child,
@@ -76,17 +77,17 @@ async fn metrics_are_appended_over_tls() {
 
     let (sink, forwarder) = metrics::channel(&redis.url(), &pki.ca_only(), "m:{sweep}");
     let forwarding = tokio::spawn(forwarder.run(Duration::from_secs(5)));
-    sink.send(MetricPoint {
+    sink.send(StreamedPoint {
         sweep: "s".into(),
         task_id: "t".into(),
-        attempt: 1,
-        step: 7,
-        total_steps: 10,
-        loss: 0.5,
-        lr: 0.1,
-        images_per_s: 10.0,
-        val_score: None,
-        ts_ms: 1,
+        point: MetricPoint {
+            attempt: 1,
+            step: 7,
+            total_steps: 10,
+            loss: Some(0.5),
+            ts_ms: 1,
+            ..MetricPoint::default()
+        },
     });
     drop(sink);
     tokio::time::timeout(Duration::from_secs(20), forwarding).await.unwrap().unwrap();

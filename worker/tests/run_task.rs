@@ -10,7 +10,9 @@ use tsweep_proto::cell::{
     CellSpec, DatasetFormat, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Regime, Stage, TrainJob,
     TrainSettings, ValPolicy,
 };
-use tsweep_worker::child_protocol::{exit_code, Checkpoint, ChildEvent, ExecutorKind, FailureClass, TaskInput};
+use tsweep_worker::child_protocol::{
+    exit_code, Checkpoint, ChildEvent, ExecutorKind, FailureClass, StepProgress, TaskInput, TrainingEvent,
+};
 
 fn spec(fake: FakeSettings) -> CellSpec {
     CellSpec {
@@ -120,12 +122,12 @@ fn success_emits_started_progress_checkpoints_and_one_result() {
     let dir = tempfile::tempdir().unwrap();
     let done = run(&input(dir.path(), 1, fake(50, 5), None));
     assert_eq!(done.code, Some(exit_code::OK), "{}", done.stderr);
-    assert!(matches!(done.events.first(), Some(ChildEvent::Started { resumed_from_step: 0 })));
+    assert!(matches!(done.events.first(), Some(ChildEvent::Training(TrainingEvent::Started { resumed_from_step: 0 }))));
     let progress: Vec<u64> = done
         .events
         .iter()
         .filter_map(|e| match e {
-            ChildEvent::Progress { step, total_steps, .. } => {
+            ChildEvent::Training(TrainingEvent::Progress(StepProgress { step, total_steps, .. })) => {
                 assert_eq!(*total_steps, 5);
                 Some(*step)
             }
@@ -145,7 +147,7 @@ fn success_emits_started_progress_checkpoints_and_one_result() {
         .iter()
         .rev()
         .find_map(|e| match e {
-            ChildEvent::Checkpoint { path, step } => Some((path.clone(), *step)),
+            ChildEvent::Training(TrainingEvent::Checkpoint { path, step }) => Some((path.clone(), *step)),
             _ => None,
         })
         .unwrap();
@@ -185,7 +187,9 @@ fn sigterm_mid_run_checkpoints_and_exits_preempted() {
     // Wait until it has made progress, then stop it.
     let mut last_step = 0;
     for line in lines.by_ref() {
-        if let ChildEvent::Progress { step, .. } = ChildEvent::parse_line(&line.unwrap()).unwrap() {
+        if let ChildEvent::Training(TrainingEvent::Progress(StepProgress { step, .. })) =
+            ChildEvent::parse_line(&line.unwrap()).unwrap()
+        {
             last_step = step;
             if step >= 2 {
                 break;
@@ -200,7 +204,7 @@ fn sigterm_mid_run_checkpoints_and_exits_preempted() {
     assert_eq!(status.code(), Some(exit_code::PREEMPTED));
     let n = rest.len();
     assert!(n >= 2, "{rest:?}");
-    let ChildEvent::Checkpoint { path, step } = &rest[n - 2] else { panic!("{rest:?}") };
+    let ChildEvent::Training(TrainingEvent::Checkpoint { path, step }) = &rest[n - 2] else { panic!("{rest:?}") };
     assert!(*step >= last_step);
     assert_eq!(tsweep_worker::fake::read_checkpoint(path).unwrap().step, *step);
     assert!(matches!(&rest[n - 1], ChildEvent::Failed { class: FailureClass::Preempted, .. }), "{rest:?}");
@@ -217,7 +221,7 @@ fn resume_continues_from_the_checkpoint_step_and_logs_it() {
         .iter()
         .rev()
         .find_map(|e| match e {
-            ChildEvent::Checkpoint { path, step } => Some((path.clone(), *step)),
+            ChildEvent::Training(TrainingEvent::Checkpoint { path, step }) => Some((path.clone(), *step)),
             _ => None,
         })
         .unwrap();
@@ -225,12 +229,16 @@ fn resume_continues_from_the_checkpoint_step_and_logs_it() {
 
     let second = run(&input(dir.path(), 2, crash, Some(Checkpoint { path: path.display().to_string(), step })));
     assert_eq!(second.code, Some(exit_code::OK), "{}", second.stderr);
-    assert!(matches!(second.events.first(), Some(ChildEvent::Started { resumed_from_step: 3 })), "{:?}", second.events);
+    assert!(
+        matches!(second.events.first(), Some(ChildEvent::Training(TrainingEvent::Started { resumed_from_step: 3 }))),
+        "{:?}",
+        second.events
+    );
     let steps: Vec<u64> = second
         .events
         .iter()
         .filter_map(|e| match e {
-            ChildEvent::Progress { step, .. } => Some(*step),
+            ChildEvent::Training(TrainingEvent::Progress(StepProgress { step, .. })) => Some(*step),
             _ => None,
         })
         .collect();
@@ -328,9 +336,16 @@ fn trainer_executor_runs_a_tiny_cell_through_the_child_protocol() {
     let dir = tempfile::tempdir().unwrap();
     let done = run_trainer(&trainer_input(dir.path(), "resnet18"));
     assert_eq!(done.code, Some(exit_code::OK), "{}", done.stderr);
-    assert!(matches!(done.events.first(), Some(ChildEvent::Started { resumed_from_step: 0 })), "{:?}", done.events);
-    assert!(done.events.iter().any(|e| matches!(e, ChildEvent::Progress { step: 2, total_steps: 2, .. })));
-    assert!(done.events.iter().any(|e| matches!(e, ChildEvent::Checkpoint { .. })));
+    assert!(
+        matches!(done.events.first(), Some(ChildEvent::Training(TrainingEvent::Started { resumed_from_step: 0 }))),
+        "{:?}",
+        done.events
+    );
+    assert!(done.events.iter().any(|e| matches!(
+        e,
+        ChildEvent::Training(TrainingEvent::Progress(StepProgress { step: 2, total_steps: 2, .. }))
+    )));
+    assert!(done.events.iter().any(|e| matches!(e, ChildEvent::Training(TrainingEvent::Checkpoint { .. }))));
     let Some(ChildEvent::Result { result }) = done.events.last() else { panic!("{:?}", done.events) };
     assert_eq!(result.steps, 2);
     assert!(result.test_score.is_some());

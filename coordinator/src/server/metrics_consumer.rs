@@ -3,8 +3,8 @@
 //! connection that has no response timeout (a blocking read must not look like a dead
 //! server, and must not hold up the shared connection manager).
 //!
-//! Each entry (fields written by workers: `task_id, attempt, step, total_steps, loss, lr,
-//! images_per_s, val_score?, ts_ms`) is checked against the task's current attempt:
+//! Each entry (a task's `MetricPoint`, fields written by workers with
+//! `tsweep_proto::progress::entry_fields`) is checked against the task's current attempt:
 //! - current: the task's progress summary (last step, loss, lr, images/s, best val of the
 //!   attempt) and its curve point are merged by [`Store::merge_progress`]
 //!   (`store/progress.rs`), which never lets an older attempt or an older step overwrite
@@ -28,9 +28,11 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::AsyncConnectionConfig;
 use tracing::{debug, info, warn};
 use tsweep_proto::backoff::Backoff;
+use tsweep_proto::progress::{self, EntryError};
+use tsweep_proto::v1::MetricPoint;
 
 use super::state::{sleep_or_cancel, Shared};
-use crate::store::{ProgressRecord, Store, StoreError, TaskState};
+use crate::store::{Store, StoreError, TaskState};
 use crate::telemetry::StaleKind;
 
 pub const GROUP: &str = crate::store::METRICS_GROUP;
@@ -43,68 +45,17 @@ pub const CLAIM_MIN_IDLE: Duration = Duration::from_secs(30);
 /// How often the set of active sweeps (streams to read) and stuck entries are re-checked.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
 
-/// One parsed stream entry.
+/// One parsed stream entry: the task and its point.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricEntry {
     pub task_id: String,
-    pub progress: ProgressRecord,
+    pub point: MetricPoint,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum EntryError {
-    #[error("metrics entry {id}: field `{field}` is missing")]
-    Missing { id: String, field: &'static str },
-    #[error("metrics entry {id}: field `{field}` is not a number: {value:?}")]
-    NotANumber { id: String, field: &'static str, value: String },
-    #[error("metrics entry {id}: field `{field}` is {bytes} bytes, more than {limit}")]
-    TooLong { id: String, field: &'static str, bytes: usize, limit: usize },
-}
-
-fn field_text(entry: &StreamId, field: &str) -> Option<String> {
-    entry.get::<String>(field).filter(|text| !text.trim().is_empty())
-}
-
-fn parse_field<T: std::str::FromStr>(entry: &StreamId, field: &'static str) -> Result<Option<T>, EntryError> {
-    match field_text(entry, field) {
-        None => Ok(None),
-        Some(text) => text.trim().parse::<T>().map(Some).map_err(|_| EntryError::NotANumber {
-            id: entry.id.clone(),
-            field,
-            value: text,
-        }),
-    }
-}
-
-fn required<T>(entry: &StreamId, field: &'static str, value: Option<T>) -> Result<T, EntryError> {
-    value.ok_or_else(|| EntryError::Missing { id: entry.id.clone(), field })
-}
-
-/// Only finite values are kept: a NaN loss is a diverged run, reported on completion.
-fn finite(value: Option<f64>) -> Option<f64> {
-    value.filter(|v| v.is_finite())
-}
-
+/// Reads a worker's entry (fields: `tsweep_proto::progress::entry_fields`).
 pub fn parse_entry(entry: &StreamId) -> Result<MetricEntry, EntryError> {
-    let task_id = required(entry, "task_id", field_text(entry, "task_id"))?;
-    let limit = tsweep_proto::limits::MAX_ID_BYTES;
-    if task_id.len() > limit {
-        return Err(EntryError::TooLong { id: entry.id.clone(), field: "task_id", bytes: task_id.len(), limit });
-    }
-    let attempt = required(entry, "attempt", parse_field::<u32>(entry, "attempt")?)?;
-    let step = parse_field::<u64>(entry, "step")?.unwrap_or(0);
-    let total_steps = parse_field::<u64>(entry, "total_steps")?.unwrap_or(0);
-    let progress = ProgressRecord {
-        attempt,
-        step,
-        total_steps,
-        loss: finite(parse_field(entry, "loss")?),
-        lr: finite(parse_field(entry, "lr")?),
-        images_per_s: finite(parse_field(entry, "images_per_s")?),
-        best_val: finite(parse_field(entry, "val_score")?),
-        ts_ms: parse_field::<i64>(entry, "ts_ms")?.unwrap_or(0),
-        ..ProgressRecord::default()
-    };
-    Ok(MetricEntry { task_id, progress })
+    let (task_id, point) = progress::parse_entry(&entry.id, |field| entry.get::<String>(field))?;
+    Ok(MetricEntry { task_id, point })
 }
 
 /// A blocking read that outlives BLOCK by this much counts as a lost connection.
@@ -337,7 +288,7 @@ impl Consumer {
                     continue;
                 }
             };
-            let attempt = parsed.progress.attempt;
+            let attempt = parsed.point.attempt;
             let cache_key = (parsed.task_id.clone(), attempt);
             let is_current = match current.get(&cache_key) {
                 Some(known) => *known,
@@ -352,7 +303,7 @@ impl Consumer {
                 stale += 1;
                 continue;
             }
-            self.store.merge_progress(conn, &sweep, &parsed.task_id, &parsed.progress).await?;
+            self.store.merge_progress(conn, &sweep, &parsed.task_id, &parsed.point).await?;
             applied += 1;
         }
         self.ack(conn, key, &entries).await?;
@@ -414,16 +365,8 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(parsed.task_id, "t1");
-        assert_eq!(parsed.progress.attempt, 2);
-        assert_eq!(parsed.progress.step, 40);
-        assert_eq!(parsed.progress.loss, None);
-        assert_eq!(parsed.progress.best_val, Some(0.7));
-    }
-
-    #[test]
-    fn missing_attempt_or_bad_number_is_an_error_naming_the_field() {
-        let missing = parse_entry(&entry(&[("task_id", "t1")])).unwrap_err();
-        assert!(missing.to_string().contains("attempt"), "{missing}");
+        assert_eq!((parsed.point.attempt, parsed.point.step, parsed.point.loss), (2, 40, None));
+        assert_eq!(parsed.point.val_score, Some(0.7));
         let bad = parse_entry(&entry(&[("task_id", "t1"), ("attempt", "1"), ("step", "x")])).unwrap_err();
         assert!(bad.to_string().contains("step"), "{bad}");
     }

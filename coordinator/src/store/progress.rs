@@ -59,11 +59,36 @@ impl ProgressRecord {
         (steps > 0 && ms > 0).then(|| steps as f64 * 1000.0 / ms as f64)
     }
 
+    /// The record of one entry (the merge script folds it into the stored one).
+    pub fn of_point(point: &v1::MetricPoint) -> Self {
+        ProgressRecord {
+            attempt: point.attempt,
+            step: point.step,
+            total_steps: point.total_steps,
+            loss: point.loss,
+            lr: point.lr,
+            images_per_s: point.images_per_s,
+            best_val: point.val_score,
+            ts_ms: point.ts_ms,
+            first_step: None,
+            first_ts_ms: None,
+        }
+    }
+
     pub fn to_proto(&self) -> v1::TaskProgress {
         let steps_per_s = self.steps_per_s();
         v1::TaskProgress {
             // (the record keeps the attempt's best, not the latest entry's own score)
-            latest: Some(v1::MetricPoint { val_score: None, ..CurveEntry::of(self).to_proto() }),
+            latest: Some(v1::MetricPoint {
+                attempt: self.attempt,
+                step: self.step,
+                total_steps: self.total_steps,
+                loss: self.loss,
+                lr: self.lr,
+                images_per_s: self.images_per_s,
+                val_score: None,
+                ts_ms: self.ts_ms,
+            }),
             best_val: self.best_val,
             steps_per_s,
             eta_s: steps_per_s.map(|rate| self.total_steps.saturating_sub(self.step) as f64 / rate),
@@ -92,31 +117,32 @@ pub struct CurveEntry {
     pub ts_ms: i64,
 }
 
-impl CurveEntry {
-    /// The point of one metrics entry (its `val_score` is the entry's own, not the best).
-    pub fn of(progress: &ProgressRecord) -> CurveEntry {
+impl From<&v1::MetricPoint> for CurveEntry {
+    fn from(point: &v1::MetricPoint) -> Self {
         CurveEntry {
-            attempt: progress.attempt,
-            step: progress.step,
-            total_steps: progress.total_steps,
-            loss: progress.loss,
-            lr: progress.lr,
-            images_per_s: progress.images_per_s,
-            val_score: progress.best_val,
-            ts_ms: progress.ts_ms,
+            attempt: point.attempt,
+            step: point.step,
+            total_steps: point.total_steps,
+            loss: point.loss,
+            lr: point.lr,
+            images_per_s: point.images_per_s,
+            val_score: point.val_score,
+            ts_ms: point.ts_ms,
         }
     }
+}
 
-    fn to_proto(&self) -> v1::MetricPoint {
+impl From<CurveEntry> for v1::MetricPoint {
+    fn from(entry: CurveEntry) -> Self {
         v1::MetricPoint {
-            attempt: self.attempt,
-            step: self.step,
-            total_steps: self.total_steps,
-            loss: self.loss,
-            lr: self.lr,
-            images_per_s: self.images_per_s,
-            val_score: self.val_score,
-            ts_ms: self.ts_ms,
+            attempt: entry.attempt,
+            step: entry.step,
+            total_steps: entry.total_steps,
+            loss: entry.loss,
+            lr: entry.lr,
+            images_per_s: entry.images_per_s,
+            val_score: entry.val_score,
+            ts_ms: entry.ts_ms,
         }
     }
 }
@@ -134,14 +160,14 @@ impl Store {
         conn: &mut C,
         sweep: &str,
         task_id: &str,
-        progress: &ProgressRecord,
+        point: &v1::MetricPoint,
     ) -> Result<bool, StoreError> {
         let merged: i64 = SCRIPTS
             .merge_progress
             .key(self.keys.sweep_base(sweep))
             .arg(task_id)
-            .arg(to_json(progress, "task progress")?)
-            .arg(to_json(&CurveEntry::of(progress), "curve point")?)
+            .arg(to_json(&ProgressRecord::of_point(point), "task progress")?)
+            .arg(to_json(&CurveEntry::from(point), "curve point")?)
             .arg(CURVE_POINTS_PER_TASK)
             .invoke_async(conn)
             .await
@@ -214,6 +240,10 @@ impl Store {
         if !exists {
             return Err(StoreError::TaskNotFound { sweep: sweep.to_string(), task_id: task_id.to_string() });
         }
-        Ok(raw.iter().filter_map(|json| serde_json::from_str::<CurveEntry>(json).ok()).map(|e| e.to_proto()).collect())
+        Ok(raw
+            .iter()
+            .filter_map(|json| serde_json::from_str::<CurveEntry>(json).ok())
+            .map(v1::MetricPoint::from)
+            .collect())
     }
 }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tsweep_proto::cell::TrainJob;
+pub use tsweep_proto::progress::{StepProgress, TrainingEvent};
 use tsweep_proto::v1::TaskResult;
 
 /// Which executor the child runs.
@@ -43,26 +44,11 @@ pub struct TaskInput {
 /// and how a failed attempt classifies its failure (`"class": "out_of_memory"`).
 pub use tsweep_proto::v1::{Checkpoint, FailureClass};
 
+/// A child's stdout line: its training run's events as the run reported them, then the
+/// attempt's end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ChildEvent {
-    /// Training has started (the agent marks the lease running).
-    Started {
-        resumed_from_step: u64,
-    },
-    Progress {
-        step: u64,
-        total_steps: u64,
-        loss: f64,
-        lr: f64,
-        images_per_s: f64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        val_score: Option<f64>,
-    },
-    Checkpoint {
-        path: PathBuf,
-        step: u64,
-    },
     /// The checkpoint this attempt was to resume from could not be read (missing or not a
     /// checkpoint of this cell): the attempt starts from step 0. The agent logs it and puts
     /// it on the task (`resume_error`); the task's recorded checkpoint then follows this
@@ -79,6 +65,15 @@ pub enum ChildEvent {
         class: FailureClass,
         message: String,
     },
+    /// Started, a step's progress, a checkpoint written (`{"event": "progress", ...}`).
+    #[serde(untagged)]
+    Training(TrainingEvent),
+}
+
+impl From<TrainingEvent> for ChildEvent {
+    fn from(event: TrainingEvent) -> Self {
+        ChildEvent::Training(event)
+    }
 }
 
 impl ChildEvent {

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use tsweep_proto::cell::{CellSpec, FakeSettings};
 use tsweep_proto::v1::TaskResult;
 
-use crate::child_protocol::{ChildEvent, FailureClass, TaskInput};
+use crate::child_protocol::{ChildEvent, FailureClass, StepProgress, TaskInput, TrainingEvent};
 use crate::run_task::ExecutorFailure;
 
 /// File name of the fake checkpoint inside the attempt's checkpoint directory.
@@ -90,7 +90,7 @@ pub fn run(
         },
         None => 0,
     };
-    emit(ChildEvent::Started { resumed_from_step });
+    emit(TrainingEvent::Started { resumed_from_step }.into());
 
     let fault_step = (total_steps / 2).max(resumed_from_step);
     let mut done = resumed_from_step;
@@ -120,22 +120,25 @@ pub fn run(
         }
         if !sleep_unless_stopped(step_sleep, stop) {
             let path = write_checkpoint(input, done)?;
-            emit(ChildEvent::Checkpoint { path, step: done });
+            emit(TrainingEvent::Checkpoint { path, step: done }.into());
             return Err(ExecutorFailure::preempted(format!("stopped by signal after step {done}")));
         }
         done += 1;
         loss = loss_at(done);
         let path = write_checkpoint(input, done)?;
-        emit(ChildEvent::Checkpoint { path, step: done });
+        emit(TrainingEvent::Checkpoint { path, step: done }.into());
         let images_per_s = if step_sleep.is_zero() { 0.0 } else { 32.0 / step_sleep.as_secs_f64() };
-        emit(ChildEvent::Progress {
-            step: done,
-            total_steps,
-            loss,
-            lr: input.job.spec.hparams.get("lr").copied().unwrap_or(0.0),
-            images_per_s,
-            val_score: None,
-        });
+        emit(
+            TrainingEvent::Progress(StepProgress {
+                step: done,
+                total_steps,
+                loss,
+                lr: input.job.spec.hparams.get("lr").copied().unwrap_or(0.0),
+                images_per_s,
+                val_score: None,
+            })
+            .into(),
+        );
     }
 
     let score = settings.score.unwrap_or_else(|| deterministic_score(&input.job.spec));

@@ -24,11 +24,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use tsweep_proto::cell::CellSpec;
-use tsweep_proto::v1::{LeaseRef, TaskResult};
+use tsweep_proto::v1::{LeaseRef, MetricPoint, TaskResult};
 
 use super::leases::{LeaseTable, StopCommand};
-use super::metrics::{MetricPoint, MetricsSink};
-use crate::child_protocol::{exit_code, Checkpoint, ChildEvent, ExecutorKind, FailureClass, TaskInput};
+use super::metrics::{MetricsSink, StreamedPoint};
+use crate::child_protocol::{exit_code, Checkpoint, ChildEvent, ExecutorKind, FailureClass, TaskInput, TrainingEvent};
 use crate::logging::LogFormat;
 
 /// How to start children.
@@ -355,25 +355,18 @@ impl Watch<'_> {
                       reason = %reason, "cannot resume from the recorded checkpoint: the attempt starts from step 0");
                 self.leases.set_resume_error(self.key, reason);
             }
-            ChildEvent::Started { resumed_from_step } => {
+            ChildEvent::Training(TrainingEvent::Started { resumed_from_step }) => {
                 info!(task_id = %self.key.task_id, attempt = self.key.attempt, resumed_from_step, "task running");
                 self.leases.set_running(self.key);
             }
-            ChildEvent::Progress { step, total_steps, loss, lr, images_per_s, val_score } => {
-                self.metrics.send(MetricPoint {
+            ChildEvent::Training(TrainingEvent::Progress(step)) => {
+                self.metrics.send(StreamedPoint {
                     sweep: self.key.sweep.clone(),
                     task_id: self.key.task_id.clone(),
-                    attempt: self.key.attempt,
-                    step,
-                    total_steps,
-                    loss,
-                    lr,
-                    images_per_s,
-                    val_score,
-                    ts_ms: unix_ms(),
+                    point: MetricPoint::of_step(self.key.attempt, &step, unix_ms()),
                 });
             }
-            ChildEvent::Checkpoint { path, step } => {
+            ChildEvent::Training(TrainingEvent::Checkpoint { path, step }) => {
                 debug!(task_id = %self.key.task_id, step, path = %path.display(), "checkpoint");
                 self.leases.set_checkpoint(self.key, Checkpoint { path: path.to_string_lossy().into_owned(), step });
             }

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use tsweep_redis::RedisTlsFiles;
 
 use tsweep_proto::backoff::Backoff;
+use tsweep_proto::{progress, v1};
 
 /// Approximate length the streams are trimmed to.
 pub const STREAM_MAXLEN: u64 = 100_000;
@@ -36,39 +37,13 @@ const BATCH_MAX: usize = 1_000;
 /// How long points wait to be batched.
 const BATCH_INTERVAL: Duration = Duration::from_millis(200);
 
-/// One progress line of one attempt.
+/// One step of one attempt, for the stream of its sweep (entry fields:
+/// `tsweep_proto::progress::entry_fields`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct MetricPoint {
+pub struct StreamedPoint {
     pub sweep: String,
     pub task_id: String,
-    pub attempt: u32,
-    pub step: u64,
-    pub total_steps: u64,
-    pub loss: f64,
-    pub lr: f64,
-    pub images_per_s: f64,
-    pub val_score: Option<f64>,
-    pub ts_ms: i64,
-}
-
-impl MetricPoint {
-    /// The stream entry's fields.
-    pub fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut fields = vec![
-            ("task_id", self.task_id.clone()),
-            ("attempt", self.attempt.to_string()),
-            ("step", self.step.to_string()),
-            ("total_steps", self.total_steps.to_string()),
-            ("loss", self.loss.to_string()),
-            ("lr", self.lr.to_string()),
-            ("images_per_s", self.images_per_s.to_string()),
-            ("ts_ms", self.ts_ms.to_string()),
-        ];
-        if let Some(val_score) = self.val_score {
-            fields.push(("val_score", val_score.to_string()));
-        }
-        fields
-    }
+    pub point: v1::MetricPoint,
 }
 
 /// The stream key of a sweep: `pattern` with `{sweep}` replaced by the sweep's name.
@@ -82,12 +57,12 @@ pub fn stream_key(pattern: &str, sweep: &str) -> String {
 /// Where slots put points. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct MetricsSink {
-    sender: mpsc::Sender<MetricPoint>,
+    sender: mpsc::Sender<StreamedPoint>,
     dropped: Arc<AtomicU64>,
 }
 
 impl MetricsSink {
-    pub fn send(&self, point: MetricPoint) {
+    pub fn send(&self, point: StreamedPoint) {
         if self.sender.try_send(point).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -96,12 +71,12 @@ impl MetricsSink {
 
 /// Owns the Redis connection and the buffer.
 pub struct MetricsForwarder {
-    receiver: mpsc::Receiver<MetricPoint>,
+    receiver: mpsc::Receiver<StreamedPoint>,
     dropped: Arc<AtomicU64>,
     redis_url: String,
     redis_tls: RedisTlsFiles,
     pattern: String,
-    buffer: VecDeque<MetricPoint>,
+    buffer: VecDeque<StreamedPoint>,
 }
 
 /// The sink for the slots and the forwarder that appends to Redis at `redis_url` (with
@@ -209,7 +184,7 @@ impl MetricsForwarder {
         }
     }
 
-    fn push(&mut self, point: MetricPoint) {
+    fn push(&mut self, point: StreamedPoint) {
         if self.buffer.len() >= BUFFER_CAPACITY {
             self.buffer.pop_front();
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -231,7 +206,7 @@ impl MetricsForwarder {
                 .arg("~")
                 .arg(STREAM_MAXLEN)
                 .arg("*");
-            for (field, value) in point.fields() {
+            for (field, value) in progress::entry_fields(&point.task_id, &point.point) {
                 command.arg(field).arg(value);
             }
         }
@@ -239,7 +214,7 @@ impl MetricsForwarder {
         let ids: Vec<Option<String>> = pipe.query_async(manager).await?;
         for (point, id) in self.buffer.iter().take(count).zip(&ids) {
             if id.is_none() {
-                debug!(sweep = %point.sweep, task_id = %point.task_id, attempt = point.attempt, step = point.step,
+                debug!(sweep = %point.sweep, task_id = %point.task_id, attempt = point.point.attempt, step = point.point.step,
                     "metric point dropped: the sweep's stream does not exist (sweep deleted?)");
             }
         }
@@ -256,25 +231,5 @@ mod tests {
     fn stream_key_keeps_the_hash_tag() {
         assert_eq!(stream_key("", "k19"), "tsweep:{k19}:metrics");
         assert_eq!(stream_key("m:{sweep}", "k19"), "m:k19");
-    }
-
-    #[test]
-    fn fields_include_val_score_only_when_present() {
-        let mut point = MetricPoint {
-            sweep: "s".into(),
-            task_id: "t".into(),
-            attempt: 2,
-            step: 3,
-            total_steps: 10,
-            loss: 0.5,
-            lr: 0.1,
-            images_per_s: 100.0,
-            val_score: None,
-            ts_ms: 1,
-        };
-        assert!(!point.fields().iter().any(|(k, _)| *k == "val_score"));
-        point.val_score = Some(0.9);
-        assert!(point.fields().contains(&("val_score", "0.9".to_string())));
-        assert!(point.fields().contains(&("attempt", "2".to_string())));
     }
 }

@@ -20,7 +20,7 @@ use crate::models::{Init, NetConfig, Network};
 use crate::precision::{self, GradScaler};
 use crate::sgd::Sgd;
 use crate::tensors::{smoothed_loss, Normalizer};
-use crate::{cell_fingerprint, checkpoint, device, weights, TrainJob, TrainerEvent};
+use crate::{cell_fingerprint, checkpoint, device, weights, StepProgress, TrainJob, TrainingEvent};
 
 /// The BatchNorm momentum of a cell: the setting, else min(10 / steps_per_epoch, 0.1).
 pub fn bn_momentum(spec: &CellSpec, train_images: usize) -> f64 {
@@ -74,7 +74,7 @@ fn step_seed(seed: u64, step: u64) -> i64 {
 pub fn run(
     job: &TrainJob,
     device: Device,
-    events: &mut dyn FnMut(TrainerEvent),
+    events: &mut dyn FnMut(TrainingEvent),
     stop: &AtomicBool,
 ) -> Result<TaskResult, TrainerError> {
     let started = Instant::now();
@@ -147,7 +147,7 @@ pub fn run(
         start_step = loaded.step;
     }
     net.set_train(true)?;
-    events(TrainerEvent::Started { resumed_from_step: start_step });
+    events(TrainingEvent::Started { resumed_from_step: start_step });
     tracing::info!(
         arch = %net.arch, classes = num_classes, train_images = train_view.len(), bn_momentum = cfg.bn_momentum,
         lr, wd, start_step, steps = spec.train.steps, precision = spec.precision.name(), "training"
@@ -199,7 +199,7 @@ pub fn run(
                 return Ok(result);
             }
             let path = checkpoint::save(&job.checkpoint_dir, step, &fingerprint, &net, &sgd, scaler.as_ref())?;
-            events(TrainerEvent::Checkpoint { path: path.clone(), step });
+            events(TrainingEvent::Checkpoint { path: path.clone(), step });
             return Err(TrainerError::Preempted { step, checkpoint: Some(path) });
         }
         let batch = loader.next_batch().map_err(|e| TrainerError::data(ds.name(), e))?.ok_or_else(|| {
@@ -251,19 +251,19 @@ pub fn run(
             _ => None,
         };
         let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-        events(TrainerEvent::Progress {
+        events(TrainingEvent::Progress(StepProgress {
             step,
             total_steps: total,
             loss: last_loss,
             lr: rate,
             images_per_s: window_images as f64 / secs,
             val_score,
-        });
+        }));
         window_start = Instant::now();
         window_images = 0;
         if checkpoint_now {
             let path = checkpoint::save(&job.checkpoint_dir, step, &fingerprint, &net, &sgd, scaler.as_ref())?;
-            events(TrainerEvent::Checkpoint { path, step });
+            events(TrainingEvent::Checkpoint { path, step });
         }
     }
     drop(loader);

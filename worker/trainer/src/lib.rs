@@ -2,7 +2,7 @@
 //! See docs/ARCHITECTURE.md ("The trainer").
 //!
 //! Entry point: [`run_task`]. It runs the cell's regime (linear probe, fine-tune,
-//! scratch) on the device, reports [`TrainerEvent`]s, checkpoints, honours the stop flag,
+//! scratch) on the device, reports [`TrainingEvent`]s, checkpoints, honours the stop flag,
 //! and returns the [`TaskResult`] or a [`TrainerError`] that classifies itself
 //! ([`TrainerError::class`]).
 
@@ -20,7 +20,6 @@ pub mod sgd;
 pub mod tensors;
 pub mod weights;
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use sha2::{Digest, Sha256};
@@ -33,13 +32,8 @@ pub use error::TrainerError;
 pub use tsweep_proto::cell::TrainJob;
 pub use tsweep_proto::v1::Checkpoint;
 
-/// What the trainer reports while it runs (the worker turns them into child events).
-#[derive(Debug, Clone, PartialEq)]
-pub enum TrainerEvent {
-    Started { resumed_from_step: u64 },
-    Progress { step: u64, total_steps: u64, loss: f64, lr: f64, images_per_s: f64, val_score: Option<f64> },
-    Checkpoint { path: PathBuf, step: u64 },
-}
+/// What the trainer reports while it runs (the child prints them as they are).
+pub use tsweep_proto::progress::{StepProgress, TrainingEvent};
 
 /// Sets libtorch's intra-op threads for CPU work in this process (one task per process:
 /// the agent gives each concurrent task its share of the cores).
@@ -53,7 +47,7 @@ pub fn set_cpu_threads(threads: u32) {
 /// chance-level score, not an error.
 pub fn run_task(
     job: &TrainJob,
-    events: &mut dyn FnMut(TrainerEvent),
+    events: &mut dyn FnMut(TrainingEvent),
     stop: &AtomicBool,
 ) -> Result<TaskResult, TrainerError> {
     let device = device::resolve(job.device)?;

@@ -26,7 +26,7 @@ use crate::metrics::{self, EvalTargets};
 use crate::models::{Init, NetConfig, Network};
 use crate::precision;
 use crate::tensors::{to_vec_f32, Normalizer};
-use crate::{device, weights, TrainJob, TrainerEvent};
+use crate::{device, weights, StepProgress, TrainJob, TrainingEvent};
 
 /// Features and targets of one split.
 pub struct Features {
@@ -154,7 +154,7 @@ pub fn features(
 pub fn run(
     job: &TrainJob,
     device: Device,
-    events: &mut dyn FnMut(TrainerEvent),
+    events: &mut dyn FnMut(TrainingEvent),
     stop: &AtomicBool,
 ) -> Result<TaskResult, TrainerError> {
     let started = Instant::now();
@@ -167,7 +167,7 @@ pub fn run(
     let k = ds.num_classes() as i64;
     let weights_id = weights_identity(spec)?;
     let backbone_top1 = weights::backbone_top1(spec)?;
-    events(TrainerEvent::Started { resumed_from_step: 0 });
+    events(TrainingEvent::Started { resumed_from_step: 0 });
     let model = spec.model.clone();
     let init = match &model.weights {
         Some(p) => Init::Pretrained(p.clone()),
@@ -207,7 +207,7 @@ pub fn run(
         let scores = to_vec_f32(&problem.scores(&val.x, &theta)?)?;
         let score = metrics::score(spec.dataset.metric, &scores, k as usize, &val_targets);
         tracing::debug!(l2, score, iterations = report.iterations, value = report.value, "path point");
-        events(TrainerEvent::Progress {
+        events(TrainingEvent::Progress(StepProgress {
             step: i as u64 + 1,
             total_steps: total,
             loss: report.value,
@@ -215,7 +215,7 @@ pub fn run(
             images_per_s: train.x.size()[0] as f64 * f64::from(report.evaluations)
                 / t0.elapsed().as_secs_f64().max(1e-9),
             val_score: Some(score),
-        });
+        }));
         // ties go to the stronger penalty (seen first)
         if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
             best = Some((score, l2, theta.f_detach()?.f_contiguous()?.copy()));
@@ -235,14 +235,14 @@ pub fn run(
     iterations += u64::from(refit.iterations);
     let test_scores = to_vec_f32(&refit_problem.scores(&test.x, &theta)?)?;
     let test_score = metrics::score(spec.dataset.metric, &test_scores, k as usize, &test.eval_targets()?);
-    events(TrainerEvent::Progress {
+    events(TrainingEvent::Progress(StepProgress {
         step: total,
         total_steps: total,
         loss: refit.value,
         lr: best_l2,
         images_per_s: 0.0,
         val_score: Some(val_score),
-    });
+    }));
     let n_tv = x_tv.size()[0] as f64;
     let mut selected = HashMap::new();
     selected.insert("l2".to_string(), best_l2);

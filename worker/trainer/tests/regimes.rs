@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use tsweep_proto::cell::{Precision, Regime};
 use tsweep_proto::v1::FailureClass;
-use tsweep_trainer::{TrainerError, TrainerEvent};
+use tsweep_trainer::{StepProgress, TrainerError, TrainingEvent};
 
 fn dataset(dir: &std::path::Path) -> std::path::PathBuf {
     let data = dir.join("data");
@@ -44,8 +44,10 @@ fn scratch_learns_above_chance_and_reports_progress() {
     assert_eq!(r.metric(), tsweep_proto::v1::Metric::Top1);
     let (val, test) = (r.val_score.unwrap(), r.test_score.unwrap());
     assert!(val > 0.5 && test > 0.5, "val {val} test {test}");
-    assert!(matches!(events.first(), Some(TrainerEvent::Started { resumed_from_step: 0 })));
-    assert!(events.iter().any(|e| matches!(e, TrainerEvent::Progress { step: 40, total_steps: 40, .. })));
+    assert!(matches!(events.first(), Some(TrainingEvent::Started { resumed_from_step: 0 })));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, TrainingEvent::Progress(StepProgress { step: 40, total_steps: 40, .. }))));
 }
 
 #[test]
@@ -73,7 +75,7 @@ fn linear_probe_selects_on_val_and_scores_test() {
     assert!(r.val_score.unwrap() > 0.5 && r.test_score.unwrap() > 0.5, "{r:?}");
     let l2 = r.selected["l2"];
     assert!(j.spec.train.l2_path.contains(&l2));
-    let path_points = events.iter().filter(|e| matches!(e, TrainerEvent::Progress { .. })).count();
+    let path_points = events.iter().filter(|e| matches!(e, TrainingEvent::Progress(_))).count();
     assert_eq!(path_points, j.spec.train.l2_path.len() + 1);
     // features are cached: a second run extracts nothing and gives the same answer
     let cached = std::fs::read_dir(dir.path().join("cache/features")).unwrap().count();
@@ -133,7 +135,7 @@ fn bf16_scratch_learns_with_f32_weights_and_fp16_on_the_cpu_is_fatal() {
     let ckpt = events
         .iter()
         .find_map(|e| match e {
-            TrainerEvent::Checkpoint { path, step: 20 } => Some(path.clone()),
+            TrainingEvent::Checkpoint { path, step: 20 } => Some(path.clone()),
             _ => None,
         })
         .unwrap();

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use common::*;
 use tsweep_proto::cell::{Precision, Regime};
-use tsweep_trainer::{run_task, Checkpoint, TrainerError, TrainerEvent};
+use tsweep_trainer::{run_task, Checkpoint, StepProgress, TrainerError, TrainingEvent};
 
 #[test]
 fn resumed_runs_match_an_uninterrupted_run() {
@@ -50,10 +50,10 @@ fn resumed_runs_match(precision: Precision) {
     let r = run_task(
         &interrupted,
         &mut |e| match e {
-            TrainerEvent::Checkpoint { path, step: 5 } => {
+            TrainingEvent::Checkpoint { path, step: 5 } => {
                 std::fs::copy(&path, &kill9_copy).unwrap();
             }
-            TrainerEvent::Progress { step: 12, .. } => stop.store(true, Ordering::Relaxed),
+            TrainingEvent::Progress(StepProgress { step: 12, .. }) => stop.store(true, Ordering::Relaxed),
             _ => {}
         },
         &stop,
@@ -71,7 +71,7 @@ fn resumed_runs_match(precision: Precision) {
         let (r, events) = run(&resumed);
         let r = r.unwrap();
         assert!(
-            matches!(events.first(), Some(TrainerEvent::Started { resumed_from_step }) if *resumed_from_step == from)
+            matches!(events.first(), Some(TrainingEvent::Started { resumed_from_step }) if *resumed_from_step == from)
         );
         assert_eq!(r.resumed_from_step, from);
         assert_eq!(r.steps, whole.steps, "{name}");

@@ -130,7 +130,7 @@ fn torchscript_backbone_extracts_and_trains() {
     let (r, events) = run(&job(spec.clone(), dir.path(), "ts-finetune"));
     let r = r.unwrap();
     assert!(r.test_score.unwrap() > 0.4, "{r:?}");
-    assert!(events.iter().any(|e| matches!(e, tsweep_trainer::TrainerEvent::Checkpoint { step: 20, .. })));
+    assert!(events.iter().any(|e| matches!(e, tsweep_trainer::TrainingEvent::Checkpoint { step: 20, .. })));
     assert!(
         dir.path().join("ckpt/ts-finetune/ckpt-0000000020.pt").is_file(),
         "the module is saved beside the checkpoint"

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use rand::{Rng, SeedableRng};
 use tsweep_proto::cell::*;
-use tsweep_trainer::{run_task, TaskResult, TrainJob, TrainerError, TrainerEvent};
+use tsweep_trainer::{run_task, TaskResult, TrainJob, TrainerError, TrainingEvent};
 
 pub const CLASSES: usize = 4;
 
@@ -104,7 +104,7 @@ pub fn job(spec: CellSpec, work: &Path, name: &str) -> TrainJob {
     }
 }
 
-pub fn run(job: &TrainJob) -> (Result<TaskResult, TrainerError>, Vec<TrainerEvent>) {
+pub fn run(job: &TrainJob) -> (Result<TaskResult, TrainerError>, Vec<TrainingEvent>) {
     tch::set_num_threads(2);
     let stop = AtomicBool::new(false);
     let mut events = Vec::new();
