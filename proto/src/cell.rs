@@ -294,6 +294,34 @@ pub struct TrainSettings {
 /// What `stall_timeout_s` is when the sweep file does not say: 30 minutes.
 pub const DEFAULT_STALL_TIMEOUT_S: u64 = 30 * 60;
 
+impl TrainSettings {
+    /// The settings of a cell of `regime` whose sweep file sets none: the sweep file's
+    /// defaults, with the paper's step counts (the linear regime's L2 path comes from its
+    /// `l2` axis).
+    pub fn defaults_for(regime: Regime) -> Self {
+        TrainSettings {
+            steps: match regime {
+                Regime::Linear | Regime::Unspecified => 0,
+                Regime::Finetune => 20_000,
+                Regime::Scratch => 40_000,
+            },
+            batch_size: 256,
+            momentum: 0.9,
+            nesterov: true,
+            schedule: Schedule::default(),
+            bn_momentum: None,
+            eval_every: 0,
+            checkpoint_every: 1000,
+            eval_resize: None,
+            loader_threads: 4,
+            l2_path: Vec::new(),
+            lbfgs_max_iter: 100,
+            stall_timeout_s: DEFAULT_STALL_TIMEOUT_S,
+            max_runtime_s: None,
+        }
+    }
+}
+
 fn default_stall_timeout_s() -> u64 {
     DEFAULT_STALL_TIMEOUT_S
 }

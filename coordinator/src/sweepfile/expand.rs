@@ -8,7 +8,7 @@ use toml::Spanned;
 use tsweep_proto::arch::Normalize;
 use tsweep_proto::cell::{
     DatasetFormat, DatasetSpec, FakeSettings, Metric, ModelSource, ModelSpec, Precision, Regime, TrainSettings,
-    ValPolicy, DEFAULT_STALL_TIMEOUT_S,
+    ValPolicy,
 };
 use tsweep_proto::limits::{MAX_CELL_SPEC_BYTES, MAX_SWEEPFILE_NAME_BYTES};
 
@@ -637,10 +637,8 @@ impl<'a> Expander<'a> {
         prefix: &str,
         l2_path: Vec<f64>,
     ) -> Result<TrainSettings, SweepFileError> {
-        let steps = match &settings.steps {
-            Some(s) => *s.get_ref(),
-            None => default_steps(regime),
-        };
+        let defaults = TrainSettings::defaults_for(regime);
+        let steps = settings.steps.as_ref().map_or(defaults.steps, |s| *s.get_ref());
         if steps == 0 && regime != Regime::Linear {
             let span = settings.steps.as_ref().map_or(section.clone(), |s| s.span());
             return Err(self.invalid(&span, &format!("{prefix}.steps"), "must be at least 1"));
@@ -649,7 +647,7 @@ impl<'a> Expander<'a> {
             let span = settings.steps.as_ref().map_or(section.clone(), |s| s.span());
             return Err(self.invalid(&span, &format!("{prefix}.steps"), format!("{steps} is more than {MAX_STEPS}")));
         }
-        let batch_size = settings.batch_size.as_ref().map_or(256, |b| *b.get_ref());
+        let batch_size = settings.batch_size.as_ref().map_or(defaults.batch_size, |b| *b.get_ref());
         if batch_size == 0 || batch_size > MAX_BATCH_SIZE {
             let span = settings.batch_size.as_ref().map_or(section.clone(), |b| b.span());
             return Err(self.invalid(
@@ -658,7 +656,7 @@ impl<'a> Expander<'a> {
                 format!("{batch_size} is out of range: 1 to {MAX_BATCH_SIZE}"),
             ));
         }
-        let loader_threads = settings.loader_threads.as_ref().map_or(4, |t| *t.get_ref());
+        let loader_threads = settings.loader_threads.as_ref().map_or(defaults.loader_threads, |t| *t.get_ref());
         if loader_threads == 0 || loader_threads > MAX_LOADER_THREADS {
             let span = settings.loader_threads.as_ref().map_or(section.clone(), |t| t.span());
             return Err(self.invalid(
@@ -667,7 +665,7 @@ impl<'a> Expander<'a> {
                 format!("{loader_threads} is out of range: 1 to {MAX_LOADER_THREADS}"),
             ));
         }
-        let momentum = settings.momentum.as_ref().map_or(0.9, |m| *m.get_ref());
+        let momentum = settings.momentum.as_ref().map_or(defaults.momentum, |m| *m.get_ref());
         if !(0.0..1.0).contains(&momentum) {
             let span = settings.momentum.as_ref().map_or(section.clone(), |m| m.span());
             return Err(self.invalid(&span, &format!("{prefix}.momentum"), format!("{momentum} is not in [0, 1)")));
@@ -683,7 +681,7 @@ impl<'a> Expander<'a> {
             Some(b) => Some(*b.get_ref()),
             None => None,
         };
-        let lbfgs_max_iter = settings.lbfgs_max_iter.as_ref().map_or(100, |l| *l.get_ref());
+        let lbfgs_max_iter = settings.lbfgs_max_iter.as_ref().map_or(defaults.lbfgs_max_iter, |l| *l.get_ref());
         if lbfgs_max_iter == 0 || lbfgs_max_iter > MAX_LBFGS_ITER {
             let span = settings.lbfgs_max_iter.as_ref().map_or(section.clone(), |l| l.span());
             return Err(self.invalid(
@@ -692,7 +690,7 @@ impl<'a> Expander<'a> {
                 format!("{lbfgs_max_iter} is out of range: 1 to {MAX_LBFGS_ITER}"),
             ));
         }
-        let stall_timeout_s = settings.stall_timeout_s.as_ref().map_or(DEFAULT_STALL_TIMEOUT_S, |s| *s.get_ref());
+        let stall_timeout_s = settings.stall_timeout_s.as_ref().map_or(defaults.stall_timeout_s, |s| *s.get_ref());
         if !(1..=MAX_LIMIT_S).contains(&stall_timeout_s) {
             let span = settings.stall_timeout_s.as_ref().map_or(section.clone(), |s| s.span());
             return Err(self.invalid(
@@ -716,11 +714,11 @@ impl<'a> Expander<'a> {
             steps,
             batch_size,
             momentum,
-            nesterov: settings.nesterov.unwrap_or(true),
-            schedule: settings.schedule.unwrap_or_default(),
+            nesterov: settings.nesterov.unwrap_or(defaults.nesterov),
+            schedule: settings.schedule.unwrap_or(defaults.schedule),
             bn_momentum,
-            eval_every: settings.eval_every.unwrap_or(0),
-            checkpoint_every: settings.checkpoint_every.unwrap_or(1000),
+            eval_every: settings.eval_every.unwrap_or(defaults.eval_every),
+            checkpoint_every: settings.checkpoint_every.unwrap_or(defaults.checkpoint_every),
             eval_resize: settings.eval_resize.as_ref().map(|r| *r.get_ref()),
             loader_threads,
             l2_path,
@@ -781,15 +779,6 @@ fn triple(values: &[f64]) -> [f64; 3] {
 /// A `[[models]]` entry's input resolution.
 fn image_size(model: &ModelEntry) -> u32 {
     model.image_size.as_ref().map_or(DEFAULT_IMAGE_SIZE, |s| *s.get_ref())
-}
-
-/// The paper's step counts when neither `[defaults]` nor the regime says.
-fn default_steps(regime: Regime) -> u64 {
-    match regime {
-        Regime::Linear | Regime::Unspecified => 0,
-        Regime::Finetune => 20_000,
-        Regime::Scratch => 40_000,
-    }
 }
 
 /// The metric a dataset gets when it does not say: 11-point mAP for multi-label lists,

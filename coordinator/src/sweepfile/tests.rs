@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use tsweep_proto::arch::Normalize;
-use tsweep_proto::cell::{Metric, Regime, Stage, ValPolicy};
+use tsweep_proto::cell::{Metric, Regime, Stage, TrainSettings, ValPolicy};
 
 use super::*;
 
@@ -128,6 +128,20 @@ fn expands_every_regime_with_counts_and_filled_specs() {
         let back = tsweep_proto::cell::CellSpec::from_json(&cell.spec.to_json().unwrap()).unwrap();
         assert_eq!(back, cell.spec);
     }
+}
+
+#[test]
+fn a_file_that_sets_no_training_settings_gets_the_defaults_of_each_regime() {
+    let bare = SMALL.replace("steps = 50\nbatch_size = 8\n", "").replace("steps = 100\n", "");
+    let sweep = expand(&bare).unwrap();
+    for regime in [Regime::Linear, Regime::Finetune, Regime::Scratch] {
+        let cell = sweep.cells.iter().find(|c| c.spec.regime == regime).unwrap();
+        let expected =
+            TrainSettings { l2_path: cell.spec.train.l2_path.clone(), ..TrainSettings::defaults_for(regime) };
+        assert_eq!(cell.spec.train, expected, "{regime}");
+    }
+    let steps = |r: Regime| TrainSettings::defaults_for(r).steps;
+    assert_eq!((steps(Regime::Finetune), steps(Regime::Scratch)), (20_000, 40_000), "the paper's step counts");
 }
 
 #[test]

@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use toml::Spanned;
 use tsweep_proto::arch;
-use tsweep_proto::cell::{CellSpec, ModelSource, ModelSpec, PretrainedBy, Regime, Regularizers, Stage};
+use tsweep_proto::cell::{CellSpec, ModelSource, ModelSpec, PretrainedBy, Regime, Regularizers, Stage, TrainSettings};
 
 use super::super::axis::Axis;
 use super::super::schema::{ModelEntry, PretrainEntry, SweepFile};
 use super::super::{task_id, Cell, SweepFileError};
-use super::{default_steps, Expander, IMAGE_SIZE_RANGE, MAX_NAME_LEN};
+use super::{Expander, IMAGE_SIZE_RANGE, MAX_NAME_LEN};
 
 /// One grid point of a `[[pretrain]]` entry.
 struct PretrainPoint {
@@ -422,7 +422,8 @@ impl Expander<'_> {
             })?,
             None => vec![true],
         };
-        let default_steps = file.defaults.steps.as_ref().map_or(default_steps(Regime::Scratch), |s| *s.get_ref());
+        let default_steps =
+            file.defaults.steps.as_ref().map_or(TrainSettings::defaults_for(Regime::Scratch).steps, |s| *s.get_ref());
         let steps = axis(
             &body.steps,
             "steps",
