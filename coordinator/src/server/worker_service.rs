@@ -1,5 +1,5 @@
 //! `tsweep.v1.WorkerService`: what worker agents call. Every request's bounds
-//! (`tsweep_proto::limits`) and protocol version are checked first. RegisterWorker hands
+//! (`tsweep_proto::limits`), protocol version and worker id are checked first (`admit`). RegisterWorker hands
 //! the worker a fresh secret (the store keeps only its SHA-256); every acquire, heartbeat
 //! and report must carry it, so a worker id is no longer self-asserted: an unregistered id
 //! or another secret is refused before the store is touched (`UNAUTHENTICATED` with a
@@ -47,11 +47,45 @@ impl WorkerServiceImpl {
     }
 }
 
-fn require_worker_id(worker_id: &str) -> Result<(), CoordinatorError> {
-    if worker_id.trim().is_empty() {
+/// What every worker call carries: the protocol version and the worker's id and secret.
+trait WorkerCall: CheckLimits {
+    fn protocol_version(&self) -> u32;
+    fn worker_id(&self) -> &str;
+    fn worker_secret(&self) -> &str;
+}
+
+macro_rules! worker_call {
+    ($($request:ty),*) => {$(
+        impl WorkerCall for $request {
+            fn protocol_version(&self) -> u32 { self.protocol_version }
+            fn worker_id(&self) -> &str { &self.worker_id }
+            fn worker_secret(&self) -> &str { &self.worker_secret }
+        }
+    )*};
+}
+worker_call!(RegisterWorkerRequest, AcquireTaskRequest, HeartbeatRequest, CompleteTaskRequest, FailTaskRequest);
+
+/// The checks every worker call passes first, in this order: its bounds, its protocol
+/// version, a worker id.
+fn admit<R: WorkerCall>(request: Request<R>) -> Result<R, CoordinatorError> {
+    request.get_ref().check_limits()?;
+    let request = request.into_inner();
+    check_protocol(request.protocol_version())?;
+    if request.worker_id().trim().is_empty() {
         return Err(CoordinatorError::InvalidArgument("worker_id is empty".into()));
     }
-    Ok(())
+    Ok(request)
+}
+
+impl WorkerServiceImpl {
+    /// [`admit`], then the store, and the caller's secret checked against its
+    /// registration: what acquire, heartbeat and the reports start with.
+    async fn admit_registered<R: WorkerCall>(&self, request: Request<R>) -> Result<(R, Store), CoordinatorError> {
+        let request = admit(request)?;
+        let store = self.shared.store_for_call()?;
+        authenticate(&store, request.worker_id(), request.worker_secret()).await?;
+        Ok((request, store))
+    }
 }
 
 /// Refuses a call whose secret is not the one `worker_id` registered with.
@@ -80,10 +114,7 @@ impl WorkerService for WorkerServiceImpl {
         &self,
         request: Request<RegisterWorkerRequest>,
     ) -> Result<Response<RegisterWorkerResponse>, Status> {
-        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
-        let request = request.into_inner();
-        check_protocol(request.protocol_version)?;
-        require_worker_id(&request.worker_id)?;
+        let request = admit(request)?;
         let store = self.shared.store_for_call()?;
         let worker = WorkerInfo {
             worker_id: request.worker_id.clone(),
@@ -116,12 +147,7 @@ impl WorkerService for WorkerServiceImpl {
         request: Request<AcquireTaskRequest>,
     ) -> Result<Response<AcquireTaskResponse>, Status> {
         let started = Instant::now();
-        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
-        let request = request.into_inner();
-        check_protocol(request.protocol_version)?;
-        require_worker_id(&request.worker_id)?;
-        let store = self.shared.store_for_call()?;
-        authenticate(&store, &request.worker_id, &request.worker_secret).await?;
+        let (request, store) = self.admit_registered(request).await?;
         let task = bounded(store.acquire(&request.worker_id, request.free_gpus)).await?;
         self.shared.telemetry.observe_acquire(started.elapsed());
         let retry_after_ms = match &task {
@@ -135,12 +161,7 @@ impl WorkerService for WorkerServiceImpl {
     }
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
-        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
-        let request = request.into_inner();
-        check_protocol(request.protocol_version)?;
-        require_worker_id(&request.worker_id)?;
-        let store = self.shared.store_for_call()?;
-        authenticate(&store, &request.worker_id, &request.worker_secret).await?;
+        let (request, store) = self.admit_registered(request).await?;
         self.shared.roster.seen(&request.worker_id);
         let stop = bounded(store.renew(&request.worker_id, &request.leases)).await?;
         if !stop.is_empty() {
@@ -150,14 +171,9 @@ impl WorkerService for WorkerServiceImpl {
     }
 
     async fn complete_task(&self, request: Request<CompleteTaskRequest>) -> Result<Response<ReportResponse>, Status> {
-        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
-        let request = request.into_inner();
-        check_protocol(request.protocol_version)?;
-        require_worker_id(&request.worker_id)?;
+        let (request, store) = self.admit_registered(request).await?;
         let lease = require_lease(request.lease.as_ref())?;
-        let result = request.result.unwrap_or_default();
-        let store = self.shared.store_for_call()?;
-        authenticate(&store, &request.worker_id, &request.worker_secret).await?;
+        let result = request.result.clone().unwrap_or_default();
         if let Some(problem) = result.score_problem() {
             // Fenced like any report: only the attempt that holds the lease is failed.
             let message = format!("result refused: {problem}");
@@ -189,16 +205,11 @@ impl WorkerService for WorkerServiceImpl {
     }
 
     async fn fail_task(&self, request: Request<FailTaskRequest>) -> Result<Response<ReportResponse>, Status> {
-        request.get_ref().check_limits().map_err(CoordinatorError::from)?;
-        let request = request.into_inner();
-        check_protocol(request.protocol_version)?;
-        require_worker_id(&request.worker_id)?;
+        let (request, store) = self.admit_registered(request).await?;
         let lease = require_lease(request.lease.as_ref())?;
         let class = FailureClass::try_from(request.class)
             .map_err(|_| CoordinatorError::InvalidArgument(format!("unknown failure class {}", request.class)))?;
         let checkpoint = request.checkpoint.as_ref().filter(|c| !c.path.is_empty());
-        let store = self.shared.store_for_call()?;
-        authenticate(&store, &request.worker_id, &request.worker_secret).await?;
         let outcome = bounded(store.fail_with_resume_error(
             &request.worker_id,
             lease,
