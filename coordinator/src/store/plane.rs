@@ -28,7 +28,7 @@ impl Store {
     pub async fn beat(&self, who: &str) -> Result<Beat, StoreError> {
         let mut conn = self.conn.clone();
         let dark_after_ms = (self.options.dark_after.as_millis() as u64).max(1);
-        let BeatReply { dark, gap_ms, last_ms, redis_restarted } = SCRIPTS
+        let BeatReply { gap_ms, dark_since_ms, redis_restarted } = SCRIPTS
             .plane_beat
             .key(self.keys.plane())
             .key(self.keys.outages())
@@ -38,7 +38,7 @@ impl Store {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::redis("plane_beat script"))?;
-        let outage = last_ms.filter(|_| dark).map(|start_ms| Outage { start_ms, end_ms: start_ms + gap_ms });
+        let outage = dark_since_ms.map(|start_ms| Outage { start_ms, end_ms: start_ms + gap_ms });
         if let Some(outage) = outage {
             warn!(coordinator = %who, outage_ms = outage.duration_ms(), redis_restarted,
                   "the control plane was dark (no coordinator beat); leases get that time back before any reaping");

@@ -34,7 +34,15 @@ impl Items {
 
     fn num<T: FromStr>(&mut self, field: &str) -> Result<T, ParsingError> {
         let text = self.text(field)?;
+        self.parse(field, &text)
+    }
+
+    fn parse<T: FromStr>(&self, field: &str, text: &str) -> Result<T, ParsingError> {
         text.parse().map_err(|_| format!("{} reply: `{field}` is not a number: {text:?}", self.script).into())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.as_slice().is_empty()
     }
 
     /// The outcome's name (the first item).
@@ -200,11 +208,11 @@ impl FromRedisValue for RegisterReply {
 /// `plane_beat.lua`.
 #[derive(Debug)]
 pub(super) struct BeatReply {
-    /// The previous beat was longer ago than the dark threshold.
-    pub dark: bool,
+    /// Since the previous beat of any coordinator.
     pub gap_ms: u64,
-    /// The previous beat's time, when dark.
-    pub last_ms: Option<u64>,
+    /// The previous beat's time when the gap was longer than the dark threshold: an
+    /// outage began then.
+    pub dark_since_ms: Option<u64>,
     pub redis_restarted: bool,
 }
 
@@ -218,10 +226,9 @@ impl FromRedisValue for BeatReply {
         };
         let gap_ms = items.num("gap_ms")?;
         let last = items.text("last_ms")?;
-        let last_ms =
-            if dark { Some(last.parse().map_err(|_| format!("plane_beat reply: `last_ms` {last:?}"))?) } else { None };
+        let dark_since_ms = if dark { Some(items.parse("last_ms", &last)?) } else { None };
         let redis_restarted = items.text("restarted")? == "1";
-        Ok(BeatReply { dark, gap_ms, last_ms, redis_restarted })
+        Ok(BeatReply { gap_ms, dark_since_ms, redis_restarted })
     }
 }
 
@@ -242,7 +249,7 @@ impl FromRedisValue for PendingFitReply {
     fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
         let mut items = Items::of("pending_fit", value)?;
         let mut rows = Vec::new();
-        while items.items.len() > 0 {
+        while !items.is_empty() {
             rows.push(PendingFitRow {
                 gpus: items.num("gpus")?,
                 cells: items.num("cells")?,
